@@ -1,0 +1,38 @@
+"""The ``subtomo`` command: parses options, calls one library function, reports one line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from subtomo import __version__
+from subtomo.commands import convert, demo, poses, select, star
+from subtomo.errors import InputError
+
+COMMANDS = (convert, star, select, poses, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="subtomo",
+        description="Subtomogram averaging and heterogeneity analysis for cryo-ET.",
+    )
+    parser.add_argument("--version", action="version", version=f"subtomo {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except InputError as exc:
+        print(f"subtomo: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Format interop as library functions; each ``subtomo`` conversion command calls one of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from subtomo.errors import InputError
+from subtomo.io import dynamo, poses
+from subtomo.io.files import check_not_input
+from subtomo.io.particles import COORD_PX, ORIGIN_A, ParticleSet, present
+from subtomo.io.star import read_particles, write_particles
+
+POSE_FORMATS = ("opus", "cryodrgn")
+
+
+def dynamo2star(
+    table: str | Path,
+    table_map: str | Path | None,
+    output: str | Path,
+    *,
+    angpix: float | None = None,
+    flavour: str = "auto",
+    tomograms: str | Path | None = None,
+) -> tuple[ParticleSet, str]:
+    """Dynamo table (+ table map) → particle STAR (replaces dynamo2m's ``dynamo2warp``).
+
+    Coordinates x+dx, y+dy, z+dz in tomogram pixels (``angpix`` Å each); angles to RELION.
+    Returns the particles and the flavour written.
+    """
+    check_not_input(output, table, table_map, tomograms)
+    mapping = None if table_map is None else dynamo.read_table_map(table_map)
+    ps = dynamo.table_to_particles(dynamo.read_table(table), mapping, angpix=angpix,
+                                   source=table, map_source=table_map)
+    if tomograms is not None:
+        from subtomo.io.star import read_tomograms
+
+        ps.tomograms = read_tomograms(tomograms)
+        ps.particles.insert(0, "rlnTomoName", ps.particles["rlnMicrographName"].map(
+            dynamo_tomo_name))
+    if flavour in ("relion31", "relion4", "relion5") and "rlnImagePixelSize" not in ps.optics:
+        raise InputError(table, f"{flavour} needs the tomogram pixel size: pass --angpix",
+                         field="apix (column 36)")
+    written = write_particles(ps, output, flavour)
+    return ps, written
+
+
+def dynamo_tomo_name(name: str) -> str:
+    """The tomogram name RELION uses for a Dynamo table-map entry."""
+    from subtomo.io.particles import tomo_name_from_path
+
+    return tomo_name_from_path(name)
+
+
+def star2dynamo(
+    star: str | Path, output: str | Path, *, tomograms: str | Path | None = None,
+    angpix: float | None = None,
+) -> tuple[Path, Path]:
+    """Particle STAR → Dynamo table (centres in x, y, z) and table map beside it (``.doc``)."""
+    output = Path(output)
+    if output.suffix != ".tbl":
+        output = output.with_suffix(".tbl")
+    doc = output.with_suffix(".doc")
+    check_not_input(output, star, tomograms)
+    check_not_input(doc, star, tomograms)
+    ps = read_particles(star, angpix=angpix, tomograms=tomograms)
+    table, mapping = dynamo.particles_to_table(ps)
+    dynamo.write_table(table, output)
+    dynamo.write_table_map(mapping, doc)
+    return output, doc
+
+
+def star_downgrade(
+    star: str | Path, output: str | Path | None = None, *, keep_origins: bool = False
+) -> Path:
+    """RELION 3.1+ → 3.0, as dynamo2m's ``relion_star_downgrade`` (default ``<stem>_rln3.0.star``).
+
+    By default shifts are applied to the coordinates (centre = coordinate − origin, in tomogram
+    pixels) and the origins dropped, ready for re-extraction in Warp; ``keep_origins`` keeps
+    them as ``rlnOriginX/Y/Z`` in pixels instead.
+    """
+    star = Path(star)
+    output = Path(output) if output else star.with_name(f"{star.stem}_rln3.0.star")
+    check_not_input(output, star)
+    ps = read_particles(star)
+    if not keep_origins:
+        ps = recentre(ps)
+    write_particles(ps, output, "relion30")
+    return output
+
+
+def recentre(ps: ParticleSet) -> ParticleSet:
+    """Apply shifts to pixel coordinates (centre = coordinate − origin) and drop the origins."""
+    ps = ps.with_pixel_coordinates()
+    if present(ps.particles, ORIGIN_A) == 0 or not ps.has_pixel_coordinates():
+        return ps
+    df = ps.particles.copy()
+    shift_px = ps.shifts_A() / ps.coordinate_pixel_size_A()[:, None]
+    for i, label in enumerate(COORD_PX):
+        if label in df:
+            df[label] = df[label].to_numpy(float) - shift_px[:, i]
+    df = df.drop(columns=[c for c in ORIGIN_A if c in df])
+    return ParticleSet(particles=df, optics=ps.optics, tomograms=ps.tomograms,
+                       general=ps.general, flavour=ps.flavour, source=ps.source)
+
+
+def star_convert(
+    star: str | Path, output: str | Path, *, flavour: str = "auto",
+    angpix: float | None = None, tomograms: str | Path | None = None,
+) -> str:
+    """Any particle STAR flavour → ``flavour`` (``auto``: RELION 5 when possible, else 4)."""
+    check_not_input(output, star, tomograms)
+    ps = read_particles(star, angpix=angpix, tomograms=tomograms)
+    return write_particles(ps, output, flavour)
+
+
+def select_random(star: str | Path, output: str | Path, n: int, seed: int = 0) -> ParticleSet:
+    """A random subset of ``n`` particles, in file order, same flavour as the input."""
+    check_not_input(output, star)
+    ps = read_particles(star)
+    if n <= 0:
+        raise InputError(star, f"asked for {n} particles; need at least 1", field="--n")
+    if n > len(ps):
+        raise InputError(star, f"asked for {n} particles but the file has {len(ps)}",
+                         field="--n")
+    chosen = np.sort(np.random.default_rng(seed).choice(len(ps), size=n, replace=False))
+    subset = ps.subset(chosen)
+    write_particles(subset, output, _same_flavour(ps))
+    return subset
+
+
+def _same_flavour(ps: ParticleSet) -> str:
+    return ps.flavour if ps.flavour in ("relion5", "relion4", "relion31", "relion30",
+                                        "warp") else "auto"
+
+
+def export_poses(
+    star: str | Path, output: str | Path, *, box_px: int, pixel_size_A: float | None = None,
+    fmt: str = "opus",
+) -> int:
+    """Poses for the heterogeneity tools (OPUS-TOMO ``parse_pose_star`` or cryoDRGN) as pickle."""
+    if fmt not in POSE_FORMATS:
+        raise InputError(None, f"unknown pose format {fmt!r}; choose from {POSE_FORMATS}")
+    check_not_input(output, star)
+    ps = read_particles(star, angpix=pixel_size_A)
+    apix = pixel_size_A if pixel_size_A is not None else float(np.nanmean(ps.pixel_size_A()))
+    if not np.isfinite(apix):
+        raise InputError(star, "no pixel size; pass --Apix", field="rlnImagePixelSize")
+    angles, shifts = ps.angles_deg(), ps.shifts_A()
+    if fmt == "opus":
+        obj = poses.poses_opus(angles, shifts, box_px, apix)
+    else:
+        obj = poses.poses_cryodrgn(angles, shifts, box_px, apix)
+    poses.write_poses_pickle(obj, output)
+    return len(ps)
+
+
+def star_info(star: str | Path) -> dict:
+    """Summary of a particle STAR file: flavour, counts, pixel sizes, tomograms, columns."""
+    ps = read_particles(star)
+    df = ps.particles
+    names = df.get("rlnTomoName", df.get("rlnMicrographName", pd.Series(dtype=str)))
+    apix = ps.pixel_size_A()
+    return {
+        "file": str(star),
+        "flavour": ps.flavour,
+        "particles": len(ps),
+        "optics_groups": len(ps.optics),
+        "pixel_size_A": sorted({round(float(a), 6) for a in apix if np.isfinite(a)}),
+        "tomograms": int(names.nunique()),
+        "coordinates": "centred Å" if ps.has_centred_coordinates() else (
+            "pixels" if ps.has_pixel_coordinates() else "none"),
+        "columns": list(df.columns),
+    }

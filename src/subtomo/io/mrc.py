@@ -1,0 +1,106 @@
+"""MRC volumes, stacks and 3D CTF volumes via ``mrcfile``.
+
+Arrays are ``(z, y, x)`` (volumes) or ``(n, y, x)`` (stacks). Pixel sizes are Å.
+3D CTF volumes in memory are half-spectrum weights matching ``torch.fft.rfftn`` of a ``(D, D, D)``
+box: shape ``(D, D, D // 2 + 1)``, zero frequency at index 0. On disk RELION accepts either
+- ``relion`` (full, centred): ``(D, D, D)`` with zero frequency at voxel ``D // 2``, or
+- ``warp`` (half, FFTW order): ``(D, D, D // 2 + 1)`` with zero frequency at index 0, as Warp
+  writes them and RELION reads them without change.
+Both hold a real, centrosymmetric weight, so the two layouts carry the same information.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import torch
+
+from subtomo.errors import InputError
+from subtomo.io.files import atomic_path
+
+CTF_LAYOUTS = ("relion", "warp")
+
+
+def read_mrc(path: str | Path) -> tuple[np.ndarray, float]:
+    """Read an MRC file: ``(data as float32, voxel size in Å)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    try:
+        with mrcfile.open(path, permissive=True) as mrc:
+            if mrc.data is None:
+                raise InputError(path, "not a readable MRC file (no data)")
+            data = np.asarray(mrc.data, dtype=np.float32).copy()
+            voxel = float(mrc.voxel_size.x)
+    except (ValueError, OSError) as exc:
+        raise InputError(path, f"not a readable MRC file ({exc})") from exc
+    return data, voxel
+
+
+def read_mrc_header(path: str | Path) -> tuple[tuple[int, ...], float]:
+    """Shape ``(nz, ny, nx)`` and voxel size (Å) without reading the data."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+        h = mrc.header
+        return (int(h.nz), int(h.ny), int(h.nx)), float(mrc.voxel_size.x)
+
+
+def write_mrc(path: str | Path, data: np.ndarray | torch.Tensor, voxel_size_A: float,
+              *, stack: bool = False) -> None:
+    """Write float32 data with its voxel size (Å), atomically; ``stack`` marks an image stack."""
+    if isinstance(data, torch.Tensor):
+        data = data.detach().cpu().numpy()
+    array = np.ascontiguousarray(data, dtype=np.float32)
+    with atomic_path(path) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(array)
+            if stack:
+                mrc.set_image_stack()
+            mrc.voxel_size = voxel_size_A
+            mrc.update_header_stats()
+
+
+def ctf_from_disk(volume: np.ndarray, box: int, path: str | Path | None = None) -> torch.Tensor:
+    """Convert an on-disk CTF volume (either layout) to ``(box, box, box // 2 + 1)`` weights."""
+    half = (box, box, box // 2 + 1)
+    full = (box, box, box)
+    if volume.shape == half:
+        return torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+    if volume.shape == full:
+        weights = np.fft.ifftshift(volume, axes=(0, 1, 2))[..., : box // 2 + 1]
+        return torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
+    raise InputError(path, f"CTF volume has shape {volume.shape} (z, y, x); for a {box}-pixel "
+                     f"box expected {full} (RELION, centred) or {half} (Warp, half)")
+
+
+def ctf_to_disk(weights: torch.Tensor, layout: str = "relion") -> np.ndarray:
+    """Half-spectrum weights ``(D, D, D // 2 + 1)`` → the on-disk array of ``layout``."""
+    if layout not in CTF_LAYOUTS:
+        raise ValueError(f"unknown CTF layout {layout!r}; choose from {CTF_LAYOUTS}")
+    half = weights.detach().cpu().numpy().astype(np.float32)
+    box = half.shape[0]
+    if layout == "warp":
+        return half
+    full = np.empty((box, box, box), dtype=np.float32)
+    full[..., : box // 2 + 1] = half
+    # the other half from Hermitian symmetry: w(-k) = w(k)
+    neg = (-np.arange(box)) % box
+    rest = np.arange(box // 2 + 1, box)
+    full[..., rest] = half[np.ix_(neg, neg, neg[rest])]
+    return np.fft.fftshift(full, axes=(0, 1, 2))
+
+
+def read_ctf_volume(path: str | Path, box: int) -> torch.Tensor:
+    """Read a 3D CTF volume of either layout as ``(box, box, box // 2 + 1)`` weights."""
+    data, _ = read_mrc(path)
+    return ctf_from_disk(data, box, path)
+
+
+def write_ctf_volume(path: str | Path, weights: torch.Tensor, voxel_size_A: float,
+                     layout: str = "relion") -> None:
+    """Write half-spectrum CTF weights in ``layout`` (``relion`` centred full, or ``warp``)."""
+    write_mrc(path, ctf_to_disk(weights, layout), voxel_size_A)

@@ -1,0 +1,73 @@
+"""Simulated particle sets with known poses, for demos and round-trip tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from subtomo.io.particles import ParticleSet
+
+
+def random_particle_set(
+    n: int = 200,
+    *,
+    n_tomograms: int = 3,
+    tomo_size_px: tuple[int, int, int] = (928, 928, 464),
+    tilt_series_pixel_size_A: float = 10.0,
+    pixel_size_A: float = 5.0,
+    box_px: int = 48,
+    subtomogram_angles: bool = False,
+    seed: int = 0,
+) -> ParticleSet:
+    """``n`` particles with random poses (deg), shifts (Å) and positions (tomogram px).
+
+    Coordinates count tilt-series pixels (``tilt_series_pixel_size_A``); images have
+    ``pixel_size_A``. An extra column ``rlnSubtomoDemoScore`` stands for unknown labels.
+    """
+    rng = np.random.default_rng(seed)
+    names = [f"TS_{i + 1:02d}" for i in range(n_tomograms)]
+    tomo = rng.integers(0, n_tomograms, n)
+    size = np.asarray(tomo_size_px, float)
+    df = pd.DataFrame({
+        "rlnTomoName": [names[t] for t in tomo],
+        "rlnMicrographName": [f"tomograms/{names[t]}.mrc" for t in tomo],
+        "rlnCoordinateX": rng.uniform(0, size[0], n),
+        "rlnCoordinateY": rng.uniform(0, size[1], n),
+        "rlnCoordinateZ": rng.uniform(0, size[2], n),
+        "rlnImageName": [f"Subtomograms/{names[t]}/{i:06d}_{box_px}.mrc"
+                         for i, t in enumerate(tomo)],
+        "rlnCtfImage": [f"Subtomograms/{names[t]}/{i:06d}_ctf.mrc" for i, t in enumerate(tomo)],
+        "rlnAngleRot": rng.uniform(-180, 180, n),
+        "rlnAngleTilt": np.degrees(np.arccos(rng.uniform(-1, 1, n))),
+        "rlnAnglePsi": rng.uniform(-180, 180, n),
+        "rlnOriginXAngst": rng.normal(0, 6, n),
+        "rlnOriginYAngst": rng.normal(0, 6, n),
+        "rlnOriginZAngst": rng.normal(0, 6, n),
+        "rlnOpticsGroup": np.ones(n, dtype=np.int64),
+        "rlnRandomSubset": rng.integers(1, 3, n),
+        "rlnSubtomoDemoScore": rng.normal(size=n),
+    })
+    if subtomogram_angles:
+        df["rlnTomoSubtomogramRot"] = rng.uniform(-180, 180, n)
+        df["rlnTomoSubtomogramTilt"] = np.degrees(np.arccos(rng.uniform(-1, 1, n)))
+        df["rlnTomoSubtomogramPsi"] = rng.uniform(-180, 180, n)
+    optics = pd.DataFrame({
+        "rlnOpticsGroup": [1],
+        "rlnOpticsGroupName": ["opticsGroup1"],
+        "rlnVoltage": [300.0],
+        "rlnSphericalAberration": [2.7],
+        "rlnAmplitudeContrast": [0.07],
+        "rlnImagePixelSize": [pixel_size_A],
+        "rlnImageSize": [box_px],
+        "rlnImageDimensionality": [3],
+        "rlnTomoTiltSeriesPixelSize": [tilt_series_pixel_size_A],
+    })
+    tomograms = pd.DataFrame({
+        "rlnTomoName": names,
+        "rlnTomoSizeX": [int(size[0])] * n_tomograms,
+        "rlnTomoSizeY": [int(size[1])] * n_tomograms,
+        "rlnTomoSizeZ": [int(size[2])] * n_tomograms,
+        "rlnTomoTiltSeriesPixelSize": [tilt_series_pixel_size_A] * n_tomograms,
+    })
+    return ParticleSet(particles=df, optics=optics, tomograms=tomograms, flavour="relion4",
+                       source="simulated")
