@@ -23,13 +23,13 @@ def _centres_A(ps: ParticleSet) -> np.ndarray:
     """Particle centres (x, y, z) in Å in the tomogram frame: coordinate × px − origin."""
     ps = ps.with_pixel_coordinates()
     coords = ps.particles[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy(float)
-    return coords * ps.coordinate_pixel_size_A()[:, None] - ps.shifts_A()
+    return coords * ps.coordinate_pixel_size_A()[:, None] - ps.tomogram_shifts_A()
 
 
 def compare(truth: ParticleSet, other: ParticleSet) -> dict[str, float]:
     """Largest pose (deg) and centre (Å) differences between two views of the same particles."""
     angle = angular_distance_deg(truth.rotation_matrices(), other.rotation_matrices())
-    shift = np.abs(truth.shifts_A() - other.shifts_A()).max()
+    shift = np.abs(truth.tomogram_shifts_A() - other.tomogram_shifts_A()).max()
     centre = np.abs(_centres_A(truth) - _centres_A(other)).max()
     return {"angle_deg": float(torch.max(angle)), "shift_A": float(shift),
             "centre_A": float(centre)}
@@ -41,7 +41,7 @@ def run_demo(out_dir: str | Path = "demo_out", n: int = 300, seed: int = 0,
 
     Returns the worst pose/shift/position error per route; prints a summary table.
     """
-    console = console or Console()
+    console = console or Console(width=120)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

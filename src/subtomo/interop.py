@@ -10,7 +10,7 @@ import pandas as pd
 from subtomo.errors import InputError
 from subtomo.io import dynamo, poses
 from subtomo.io.files import check_not_input
-from subtomo.io.particles import COORD_PX, ORIGIN_A, ParticleSet, present
+from subtomo.io.particles import ANGLES, COORD_PX, ORIGIN_A, ParticleSet, present
 from subtomo.io.star import read_particles, write_particles
 
 POSE_FORMATS = ("opus", "cryodrgn")
@@ -97,7 +97,7 @@ def recentre(ps: ParticleSet) -> ParticleSet:
     if present(ps.particles, ORIGIN_A) == 0 or not ps.has_pixel_coordinates():
         return ps
     df = ps.particles.copy()
-    shift_px = ps.shifts_A() / ps.coordinate_pixel_size_A()[:, None]
+    shift_px = ps.tomogram_shifts_A() / ps.coordinate_pixel_size_A()[:, None]
     for i, label in enumerate(COORD_PX):
         if label in df:
             df[label] = df[label].to_numpy(float) - shift_px[:, i]
@@ -148,12 +148,17 @@ def export_poses(
     apix = pixel_size_A if pixel_size_A is not None else float(np.nanmean(ps.pixel_size_A()))
     if not np.isfinite(apix):
         raise InputError(star, "no pixel size; pass --Apix", field="rlnImagePixelSize")
-    angles, shifts = ps.angles_deg(), ps.shifts_A()
+    # poses of the images themselves: RELION 4/5 subtomograms are cut in their subtomogram
+    # frame, so angles and origins relative to it are what the peers need
+    df = ps.particles
+    has_angles = present(df, ANGLES) == 3
+    angles = df[list(ANGLES)].to_numpy(float) if has_angles else np.zeros((len(ps), 3))
+    shifts = ps.shifts_A()
     if fmt == "opus":
         obj = poses.poses_opus(angles, shifts, box_px, apix)
     else:
         obj = poses.poses_cryodrgn(angles, shifts, box_px, apix)
-    poses.write_poses_pickle(obj, output)
+    poses.write_poses_pickle(obj, output, inputs=(star,))
     return len(ps)
 
 

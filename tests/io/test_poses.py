@@ -115,6 +115,13 @@ def test_relion_matrix_is_transpose_of_scipy_zyz():
     np.testing.assert_allclose(np.linalg.det(got), 1.0, atol=1e-12)
 
 
+def test_relion_matrix_accepts_reversed_and_read_only_input():
+    angles = np.array([[0.0, 90.0, 0.0], [90.0, 0.0, 0.0]])
+    angles.setflags(write=False)
+    got = relion_matrices(angles[::-1])
+    np.testing.assert_allclose(got, [HAND[1][1], HAND[3][1]], atol=1e-12)
+
+
 def test_cryodrgn_matches_peer_pickle():
     shifts_a = PEER_ORIGIN_PX * PEER_APIX
     rot, trans = poses_cryodrgn(PEER_ANGLES, shifts_a, 300, PEER_APIX)

@@ -120,7 +120,7 @@ def table_to_particles(
     df = pd.DataFrame({"rlnMicrographName": names})
     for axis, label in zip("xyz", COORD_PX, strict=True):
         df[label] = table[axis].to_numpy(float) + table[f"d{axis}"].to_numpy(float)
-    dynamo = torch.as_tensor(table[["tdrot", "tilt", "narot"]].to_numpy(float))
+    dynamo = torch.tensor(table[["tdrot", "tilt", "narot"]].to_numpy(float))
     relion = dynamo_to_relion(dynamo).numpy()
     for i, label in enumerate(ANGLES):
         df[label] = relion[:, i]
@@ -150,7 +150,8 @@ def particles_to_table(ps: ParticleSet) -> tuple[pd.DataFrame, dict[int, str]]:
     unique = list(dict.fromkeys(names.astype(str)))
     index = {name: i + 1 for i, name in enumerate(unique)}
     coord_apix = ps.coordinate_pixel_size_A()
-    shift_px = ps.shifts_A() / coord_apix[:, None] if "rlnOriginXAngst" in df else np.zeros((n, 3))
+    shift_px = ps.tomogram_shifts_A() / coord_apix[:, None] if "rlnOriginXAngst" in df else (
+        np.zeros((n, 3)))
     table = pd.DataFrame(0.0, index=range(n), columns=list(COLUMNS[:WRITE_COLUMNS]))
     table["tag"] = np.arange(1, n + 1)
     table["aligned_value"] = 1

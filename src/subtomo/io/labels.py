@@ -80,7 +80,7 @@ _TABLE: tuple[tuple[str, type, str, str], ...] = (
     ("rlnTomoTiltSeriesPixelSize", float, "Å", "pixel size of the tilt series (RELION 5)"),
     ("rlnTomoSubtomogramBinning", float, "", "binning of the subtomograms (RELION 5)"),
     ("rlnCtfDataAreCtfPremultiplied", int, "", "1 if the images are CTF-premultiplied"),
-    ("rlnTomoSubTomosAreMotionCorrected", int, "", "1 if subtomograms are motion corrected"),
+    ("rlnTomoSubTomosAre2DStacks", int, "", "1 if particles are 2D stacks (RELION 5)"),
     # tomograms
     ("rlnTomoSizeX", int, "px", "tomogram width, tilt-series pixels"),
     ("rlnTomoSizeY", int, "px", "tomogram height, tilt-series pixels"),

@@ -3,9 +3,9 @@
 Arrays are ``(z, y, x)`` (volumes) or ``(n, y, x)`` (stacks). Pixel sizes are Å.
 3D CTF volumes in memory are half-spectrum weights matching ``torch.fft.rfftn`` of a ``(D, D, D)``
 box: shape ``(D, D, D // 2 + 1)``, zero frequency at index 0. On disk RELION accepts either
-- ``relion`` (full, centred): ``(D, D, D)`` with zero frequency at voxel ``D // 2``, or
+- ``relion`` (full, centred): ``(D, D, D)``, frequency k at voxel ``D // 2 − k`` (wrapped), or
 - ``warp`` (half, FFTW order): ``(D, D, D // 2 + 1)`` with zero frequency at index 0, as Warp
-  writes them and RELION reads them without change.
+  writes them (float16, MRC mode 12) and RELION reads them without change.
 Both hold a real, centrosymmetric weight, so the two layouts carry the same information.
 """
 
@@ -71,7 +71,9 @@ def ctf_from_disk(volume: np.ndarray, box: int, path: str | Path | None = None) 
     if volume.shape == half:
         return torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
     if volume.shape == full:
-        weights = np.fft.ifftshift(volume, axes=(0, 1, 2))[..., : box // 2 + 1]
+        # RELION reads frequency k from voxel centre − k (centre = box // 2), wrapping
+        index = (box // 2 - np.fft.fftfreq(box, 1 / box).astype(int)) % box
+        weights = volume[np.ix_(index, index, index[: box // 2 + 1])]
         return torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
     raise InputError(path, f"CTF volume has shape {volume.shape} (z, y, x); for a {box}-pixel "
                      f"box expected {full} (RELION, centred) or {half} (Warp, half)")
@@ -85,13 +87,17 @@ def ctf_to_disk(weights: torch.Tensor, layout: str = "relion") -> np.ndarray:
     box = half.shape[0]
     if layout == "warp":
         return half
+    # the full spectrum in FFT order; the other half from the symmetry w(−k) = w(k)
     full = np.empty((box, box, box), dtype=np.float32)
     full[..., : box // 2 + 1] = half
-    # the other half from Hermitian symmetry: w(-k) = w(k)
     neg = (-np.arange(box)) % box
     rest = np.arange(box // 2 + 1, box)
     full[..., rest] = half[np.ix_(neg, neg, neg[rest])]
-    return np.fft.fftshift(full, axes=(0, 1, 2))
+    # voxel centre − k holds frequency k, as RELION reads it (the same as centre + k for w even)
+    index = (box // 2 - np.fft.fftfreq(box, 1 / box).astype(int)) % box
+    out = np.empty_like(full)
+    out[np.ix_(index, index, index)] = full
+    return out
 
 
 def read_ctf_volume(path: str | Path, box: int) -> torch.Tensor:

@@ -83,6 +83,25 @@ class ParticleSet:
             [self.particles[c].to_numpy(float) if c in self.particles else np.zeros(len(self))
              for c in ORIGIN_A], axis=1)
 
+    def subtomogram_matrices(self) -> torch.Tensor | None:
+        """``(N, 3, 3)`` RELION matrices of the subtomogram frames, or None without them."""
+        if present(self.particles, SUBTOMO_ANGLES) < 3:
+            return None
+        angles = self.particles[list(SUBTOMO_ANGLES)].to_numpy(float)
+        return euler_to_matrix(torch.tensor(angles))
+
+    def tomogram_shifts_A(self) -> np.ndarray:
+        """``(N, 3)`` origins in the tomogram frame, Å.
+
+        RELION 4/5 keep origins in the subtomogram frame: tomogram shift = A_subtomogram · origin
+        (``ParticleSet::getPosition``); without subtomogram angles this is :meth:`shifts_A`.
+        """
+        shifts = self.shifts_A()
+        frames = self.subtomogram_matrices()
+        if frames is None:
+            return shifts
+        return (frames @ torch.tensor(shifts).unsqueeze(-1)).squeeze(-1).numpy()
+
     def angles_deg(self) -> np.ndarray:
         """``(N, 3)`` rot, tilt, psi of the full particle orientation in the tomogram (deg).
 
@@ -97,10 +116,8 @@ class ParticleSet:
             particle = torch.eye(3, dtype=torch.float64).expand(len(self), 3, 3).clone()
         else:
             particle = euler_to_matrix(torch.tensor(df[list(ANGLES)].to_numpy(float)))
-        if present(df, SUBTOMO_ANGLES) == 3:
-            subtomo = euler_to_matrix(torch.tensor(df[list(SUBTOMO_ANGLES)].to_numpy(float)))
-            return compose_subtomogram(particle, subtomo)
-        return particle
+        frames = self.subtomogram_matrices()
+        return particle if frames is None else compose_subtomogram(particle, frames)
 
     def tomo_names(self) -> pd.Series | None:
         """Each particle's tomogram name (``rlnTomoName``, else from ``rlnMicrographName``)."""
@@ -175,14 +192,17 @@ class ParticleSet:
         return replace(self, particles=df)
 
     def without_subtomogram_angles(self) -> ParticleSet:
-        """Same set with subtomogram angles composed into ``rlnAngleRot/Tilt/Psi``."""
+        """Same set with the subtomogram frame composed into angles and origins (tomogram frame)."""
         if present(self.particles, SUBTOMO_ANGLES) == 0:
             return self
         df = self.particles.copy()
-        angles = self.angles_deg()
+        angles, shifts = self.angles_deg(), self.tomogram_shifts_A()
         df = df.drop(columns=[c for c in SUBTOMO_ANGLES if c in df])
         for i, label in enumerate(ANGLES):
             df[label] = angles[:, i]
+        if present(df, ORIGIN_A):
+            for i, label in enumerate(ORIGIN_A):
+                df[label] = shifts[:, i]
         return replace(self, particles=df)
 
     def subset(self, index: np.ndarray | list[int]) -> ParticleSet:
@@ -194,9 +214,9 @@ class ParticleSet:
 def compose_subtomogram(particle: torch.Tensor, subtomogram: torch.Tensor) -> torch.Tensor:
     """Full RELION matrix from a particle matrix relative to its subtomogram frame.
 
-    RELION 4/5 (``ParticleSet::getMatrix4x4``): A = A_particle · A_subtomogram.
+    RELION 4/5 (``ParticleSet::getMatrix3x3``): A = A_subtomogram · A_particle.
     """
-    return particle @ subtomogram
+    return subtomogram @ particle
 
 
 def warp_tomostar_name(name: str) -> str:

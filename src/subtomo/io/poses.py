@@ -20,9 +20,10 @@ What the peers write (read from their source, not copied):
 * cryoDRGN (``cryodrgn/commands/parse_pose_star.py`` in ml-struct-bio/cryodrgn) pickles the
   2-tuple ``(rot float64 (N,3,3), trans float64 (N,2))``: X and Y only.
 
-Both peers pin numpy 1.x (OPUS-TOMO 1.24.3, cryoDRGN ``<1.27``), which cannot unpickle arrays
-pickled by numpy 2 (they name ``numpy._core``). :func:`write_poses_pickle` therefore pickles each
-array as ``numpy.ndarray(shape, dtype, bytearray)``, which loads the same in numpy 1 and 2.
+Both peers pin numpy 1.x (OPUS-TOMO ``numpy==1.24.3``, cryoDRGN ``numpy<1.27``); numpy older than
+1.26.1 cannot unpickle arrays pickled by numpy 2 (``No module named 'numpy._core'``).
+:func:`write_poses_pickle` therefore pickles each array as ``numpy.ndarray(shape, dtype,
+bytearray)``, which loads the same in numpy 1 and 2.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from subtomo.geometry.euler import euler_to_matrix
 from subtomo.io.files import atomic_path, check_not_input
 
 __all__ = [
@@ -47,8 +50,7 @@ __all__ = [
     "dumps_portable",
 ]
 
-# Pickle protocol 4: readable by Python 3.4+; protocol 5 would make numpy use out-of-band
-# buffers (``numpy._core.numeric._frombuffer``) which numpy 1.x cannot resolve.
+# Pickle protocol 4: the default of the peers' Python 3.9/3.10, readable from Python 3.4 on.
 _PROTOCOL = 4
 
 
@@ -64,25 +66,13 @@ def _angles(angles_deg: np.ndarray) -> np.ndarray:
 def relion_matrices(angles_deg: np.ndarray) -> np.ndarray:
     """RELION's rotation matrices ``A`` (N, 3, 3) float64 for (rot, tilt, psi) in degrees.
 
-    Entry by entry as RELION's ``Euler_angles2matrix`` (``src/euler.cpp``):
-    ``A = Rz(-psi) Ry(-tilt) Rz(-rot)`` = ``(Rz(rot) Ry(tilt) Rz(psi)).T``, active rotations.
+    RELION's ``Euler_angles2matrix`` (``src/euler.cpp``), computed in float64 by
+    :func:`subtomo.geometry.euler.euler_to_matrix`: ``A = (Rz(rot) Ry(tilt) Rz(psi)).T`` with
+    active rotations, the matrix both peers' ``R_from_relion`` build.
     """
-    # TODO: switch to subtomo.geometry.euler.euler_to_matrix once it exists (same matrix).
-    a = np.deg2rad(_angles(angles_deg))
-    ca, cb, cg = np.cos(a[:, 0]), np.cos(a[:, 1]), np.cos(a[:, 2])
-    sa, sb, sg = np.sin(a[:, 0]), np.sin(a[:, 1]), np.sin(a[:, 2])
-    cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
-    m = np.empty((a.shape[0], 3, 3), dtype=np.float64)
-    m[:, 0, 0] = cg * cc - sg * sa
-    m[:, 0, 1] = cg * cs + sg * ca
-    m[:, 0, 2] = -cg * sb
-    m[:, 1, 0] = -sg * cc - cg * sa
-    m[:, 1, 1] = -sg * cs + cg * ca
-    m[:, 1, 2] = sg * sb
-    m[:, 2, 0] = sc
-    m[:, 2, 1] = ss
-    m[:, 2, 2] = cb
-    return m
+    # a private C-contiguous copy: torch.from_numpy rejects negative strides and read-only input
+    angles = torch.from_numpy(np.array(_angles(angles_deg), dtype=np.float64, order="C"))
+    return euler_to_matrix(angles).numpy()
 
 
 def shifts_to_box_fraction(

@@ -206,6 +206,15 @@ def _ensure_tomo_names(ps: ParticleSet, df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _micrograph_names_only(ps: ParticleSet, df: pd.DataFrame) -> pd.DataFrame:
+    """RELION 3.x knows tomograms only as ``rlnMicrographName``."""
+    if "rlnTomoName" in df:
+        if "rlnMicrographName" not in df:
+            df.insert(df.columns.get_loc("rlnTomoName"), "rlnMicrographName", df["rlnTomoName"])
+        df = df.drop(columns="rlnTomoName")
+    return df
+
+
 def _to_relion30(ps: ParticleSet, warp: bool) -> pd.DataFrame:
     ps = ps.without_subtomogram_angles().with_pixel_coordinates()
     if ps.has_centred_coordinates():
@@ -220,8 +229,7 @@ def _to_relion30(ps: ParticleSet, warp: bool) -> pd.DataFrame:
     for angst, px in zip(ORIGIN_A, ORIGIN_PX, strict=True):
         if angst in df:
             df.insert(df.columns.get_loc(angst), px, df.pop(angst).to_numpy(float) / apix)
-    df = df.drop(columns=[c for c in (*OPTICS_ONLY, "rlnTomoName", "rlnTomoParticleName")
-                          if c in df])
+    df = _micrograph_names_only(ps, df.drop(columns=[c for c in OPTICS_ONLY if c in df]))
     if ps.has_pixel_coordinates() and not np.allclose(coord_apix, apix, equal_nan=True):
         # 3.0 has no label for the tomogram pixel size; keep it so that nothing is lost
         df["rlnMicrographPixelSize"] = coord_apix
@@ -273,9 +281,11 @@ def particle_blocks(ps: ParticleSet, flavour: str = "relion5") -> dict[str, pd.D
     df = ps.particles.copy()
     if flavour in ("relion4", "relion5"):
         df = _ensure_tomo_names(ps, df)
+    else:
+        df = _micrograph_names_only(ps, df)
     blocks: dict[str, pd.DataFrame | dict] = {}
     if flavour == "relion5":
-        blocks["general"] = dict(ps.general) or {"rlnTomoSubTomosAreMotionCorrected": 0}
+        blocks["general"] = dict(ps.general) or {"rlnTomoSubTomosAre2DStacks": 0}
     blocks["optics"] = _modern_optics(ps, flavour)
     blocks["particles"] = df
     return blocks

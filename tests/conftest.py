@@ -1,0 +1,89 @@
+"""Shared fixtures: peer packages and real files fetched once into a cache.
+
+Real files for format tests ship in the source distributions of field packages (RELION STAR
+files in starfile's, a real Dynamo table in dynamotable's). We fetch them with pip into
+``.cache/peers`` (or ``$SUBTOMO_TEST_CACHE``); without a registry the tests skip with a reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cache() -> Path:
+    path = Path(os.environ.get("SUBTOMO_TEST_CACHE", ROOT / ".cache" / "peers"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _pip(*args: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True,
+                            text=True, timeout=300)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
+        pytest.skip(f"cannot fetch peer package ({' '.join(args[-2:])}): {last}")
+
+
+def fetch_sdist(name: str, version: str) -> Path:
+    """Unpacked source distribution of ``name==version`` (skips the test if unavailable)."""
+    cache = _cache()
+    target = cache / f"{name}-{version}"
+    if not target.is_dir():
+        _pip("download", "-q", "--no-deps", "--no-binary", ":all:", "-d", str(cache),
+             f"{name}=={version}")
+        archive = next(cache.glob(f"{name.replace('-', '_')}-{version}.tar.gz"), None) or next(
+            cache.glob(f"{name}-{version}.tar.gz"), None)
+        if archive is None:
+            pytest.skip(f"no source distribution of {name}=={version} found after download")
+        with tarfile.open(archive) as tar:
+            tar.extractall(cache, filter="data")
+        unpacked = next(p for p in cache.iterdir() if p.is_dir() and p.name.lower().replace(
+            "_", "-") == f"{name}-{version}".lower())
+        if unpacked != target:
+            unpacked.rename(target)
+    return target
+
+
+def install_peer(*requirements: str) -> Path:
+    """Install pure-Python peer packages (no dependencies) into a private folder on sys.path."""
+    cache = _cache()
+    key = "_".join(r.replace("==", "-") for r in requirements)
+    target = cache / f"site-{key}"
+    if not (target / ".done").exists():
+        _pip("install", "-q", "--no-deps", "--target", str(target), *requirements)
+        (target / ".done").touch()
+    if str(target) not in sys.path:
+        sys.path.append(str(target))
+    return target
+
+
+@pytest.fixture(scope="session")
+def dynamotable_sdist() -> Path:
+    return fetch_sdist("dynamotable", "0.3.0")
+
+
+@pytest.fixture(scope="session")
+def starfile_sdist() -> Path:
+    return fetch_sdist("starfile", "0.5.13")
+
+
+@pytest.fixture(scope="session")
+def dynamo2m():
+    """dynamo2m 0.2.2 (dynamo2warp, relion_star_downgrade), imported from a private folder."""
+    import importlib
+    from types import SimpleNamespace
+
+    install_peer("dynamo2m==0.2.2", "click")
+    return SimpleNamespace(
+        dynamo2warp=importlib.import_module("dynamo2m.dynamo2warp").dynamo2warp,
+        relion_star_downgrade=importlib.import_module(
+            "dynamo2m.relion_star_downgrade").relion_star_downgrade,
+    )

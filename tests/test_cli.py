@@ -1,0 +1,221 @@
+"""The ``subtomo`` command end to end, through :func:`subtomo.cli.main`.
+
+Expected numbers are worked by hand (downgrade) or come from scipy (pose matrices), not from
+re-running subtomo's own conversions.
+"""
+
+# STAR rows below are laid out as RELION writes them, wider than the line limit.
+# ruff: noqa: E501
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import starfile
+from scipy.spatial.transform import Rotation
+
+from subtomo.cli import main
+from subtomo.io.star import read_particles, write_particles
+from subtomo.simulate.particles import random_particle_set
+
+# A RELION 3.1 refine output: pixel size 2.5 Å; origins chosen as exact multiples of 0.5 px.
+RUN_IT023 = """
+# version 30001
+
+data_optics
+
+loop_
+_rlnOpticsGroupName #1
+_rlnOpticsGroup #2
+_rlnVoltage #3
+_rlnSphericalAberration #4
+_rlnAmplitudeContrast #5
+_rlnImagePixelSize #6
+_rlnImageSize #7
+_rlnImageDimensionality #8
+opticsGroup1            1   300.000000     2.700000     0.070000     2.500000           64            3
+
+
+# version 30001
+
+data_particles
+
+loop_
+_rlnCoordinateX #1
+_rlnCoordinateY #2
+_rlnCoordinateZ #3
+_rlnMicrographName #4
+_rlnImageName #5
+_rlnAngleRot #6
+_rlnAngleTilt #7
+_rlnAnglePsi #8
+_rlnOriginXAngst #9
+_rlnOriginYAngst #10
+_rlnOriginZAngst #11
+_rlnOpticsGroup #12
+_rlnClassNumber #13
+  100.000000   200.000000    50.000000 TS_01.tomostar Subtomograms/TS_01/000001_64.mrc  -45.500000    30.250000   170.000000     5.000000    -7.500000     2.500000            1            1
+  310.500000    20.000000   150.000000 TS_01.tomostar Subtomograms/TS_01/000002_64.mrc  120.000000   150.000000   -10.125000    -1.250000     0.000000    12.500000            1            2
+   64.000000   480.000000    99.000000 TS_02.tomostar Subtomograms/TS_02/000003_64.mrc    0.000000    90.000000     0.000000     0.000000    10.000000    -3.750000            1            1
+
+"""
+
+# centre = coordinate - origin / 2.5 Å, worked by hand from the rows above
+DOWNGRADED_XYZ = [
+    (100.0 - 2.0, 200.0 + 3.0, 50.0 - 1.0),
+    (310.5 + 0.5, 20.0 - 0.0, 150.0 - 5.0),
+    (64.0 - 0.0, 480.0 - 4.0, 99.0 + 1.5),
+]
+ORIGINS_PX = [(2.0, -3.0, 1.0), (-0.5, 0.0, 5.0), (0.0, 4.0, -1.5)]
+ANGLES = [(-45.5, 30.25, 170.0), (120.0, 150.0, -10.125), (0.0, 90.0, 0.0)]
+
+
+def single_table(path: Path):
+    blocks = starfile.read(path, always_dict=True)
+    assert len(blocks) == 1, list(blocks)
+    return next(iter(blocks.values()))
+
+
+@pytest.fixture
+def relion5_star(tmp_path: Path) -> Path:
+    ps = random_particle_set(40, seed=7)
+    path = tmp_path / "in.star"
+    assert write_particles(ps, path, "relion5") == "relion5"
+    return path
+
+
+def test_star_info_relion5(capsys, relion5_star):
+    assert main(["star", "info", str(relion5_star)]) == 0
+    out = capsys.readouterr().out
+    fields = dict(line.split(":", 1) for line in out.splitlines())
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    assert fields["flavour"] == "relion5"
+    assert fields["particles"] == "40"
+    assert fields["coordinates"] == "centred Å"
+    assert fields["pixel_size_A"] == "[5.0]"
+    assert fields["tomograms"] == "3"
+
+
+def test_star_downgrade_applies_origins(capsys, tmp_path):
+    star = tmp_path / "run_it023_data.star"
+    star.write_text(RUN_IT023)
+    assert main(["star", "downgrade", "-s", str(star)]) == 0
+    out_path = tmp_path / "run_it023_data_rln3.0.star"
+    assert out_path.is_file()
+    assert str(out_path) in capsys.readouterr().out
+    df = single_table(out_path)
+    assert len(df) == 3
+    np.testing.assert_allclose(
+        df[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy(float),
+        DOWNGRADED_XYZ, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(
+        df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float), ANGLES)
+    assert not {"rlnOriginX", "rlnOriginY", "rlnOriginZ", "rlnOriginXAngst"} & set(df.columns)
+    assert list(df["rlnImageName"]) == [f"Subtomograms/TS_0{1 + (i == 2)}/00000{i + 1}_64.mrc"
+                                        for i in range(3)]
+    assert list(df["rlnClassNumber"]) == [1, 2, 1]
+    # RELION 3.0 pixel size: detector pixel (µm) × 10⁴ / magnification = 2.5 Å
+    apix = df["rlnDetectorPixelSize"].to_numpy(float) * 1e4 / df["rlnMagnification"].to_numpy(
+        float)
+    np.testing.assert_allclose(apix, 2.5, rtol=1e-12)
+    assert read_particles(out_path).flavour == "warp"  # .tomostar names: Warp reads it as is
+
+
+def test_star_downgrade_keep_origins(tmp_path):
+    star = tmp_path / "run_it023_data.star"
+    star.write_text(RUN_IT023)
+    out_path = tmp_path / "kept.star"
+    assert main(["star", "downgrade", "--s", str(star), "--o", str(out_path),
+                 "--keep_origins"]) == 0
+    assert not (tmp_path / "run_it023_data_rln3.0.star").exists()
+    df = single_table(out_path)
+    np.testing.assert_allclose(df[["rlnOriginX", "rlnOriginY", "rlnOriginZ"]].to_numpy(float),
+                               ORIGINS_PX, rtol=0, atol=1e-12)
+    original = np.array([(100.0, 200.0, 50.0), (310.5, 20.0, 150.0), (64.0, 480.0, 99.0)])
+    np.testing.assert_array_equal(
+        df[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy(float), original)
+    np.testing.assert_array_equal(
+        df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float), ANGLES)
+    assert "rlnOriginXAngst" not in df
+
+
+def _select(star: Path, out: Path, seed: int, n: int = 10) -> list[str]:
+    assert main(["select", "random", "--i", str(star), "--n", str(n), "--seed", str(seed),
+                 "--o", str(out)]) == 0
+    return list(starfile.read(out, always_dict=True)["particles"]["rlnImageName"])
+
+
+def test_select_random(capsys, tmp_path, relion5_star):
+    everything = starfile.read(relion5_star, always_dict=True)["particles"]
+    names = _select(relion5_star, tmp_path / "sub.star", seed=1)
+    assert len(names) == 10
+    assert len(set(names)) == 10
+    assert set(names) <= set(everything["rlnImageName"])
+    # file order is kept
+    position = {name: i for i, name in enumerate(everything["rlnImageName"])}
+    assert [position[n] for n in names] == sorted(position[n] for n in names)
+    assert read_particles(tmp_path / "sub.star").flavour == "relion5"
+    # the selected rows are the input rows, unchanged
+    sub = starfile.read(tmp_path / "sub.star", always_dict=True)["particles"]
+    original = everything.set_index("rlnImageName").loc[names].reset_index()
+    for column in ("rlnCenteredCoordinateXAngst", "rlnAngleTilt", "rlnOriginZAngst"):
+        np.testing.assert_array_equal(sub[column].to_numpy(), original[column].to_numpy())
+
+    assert _select(relion5_star, tmp_path / "again.star", seed=1) == names
+    assert _select(relion5_star, tmp_path / "other.star", seed=2) != names
+    assert "10 randomly selected" in capsys.readouterr().out
+
+
+def test_select_random_keeps_relion30_flavour(tmp_path):
+    star = tmp_path / "run_it023_data.star"
+    star.write_text(RUN_IT023)
+    assert main(["star", "downgrade", "-s", str(star), "--keep_origins"]) == 0
+    old = tmp_path / "run_it023_data_rln3.0.star"
+    before = read_particles(old).flavour
+    assert main(["select", "random", "--i", str(old), "--n", "2", "--o",
+                 str(tmp_path / "two.star")]) == 0
+    df = single_table(tmp_path / "two.star")
+    assert len(df) == 2
+    assert read_particles(tmp_path / "two.star").flavour == before
+
+
+def test_poses_export(capsys, tmp_path, relion5_star):
+    out = tmp_path / "poses.pkl"
+    assert main(["poses", "export", "--i", str(relion5_star), "-D", "48", "--Apix", "5",
+                 "-o", str(out)]) == 0
+    assert "40 particles" in capsys.readouterr().out
+    with open(out, "rb") as handle:
+        rot, trans, euler = pickle.load(handle)
+    df = starfile.read(relion5_star, always_dict=True)["particles"]
+    n = len(df)
+    assert rot.shape == (n, 3, 3) and trans.shape == (n, 3) and euler.shape == (n, 3)
+    angles = df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)
+    expected = np.transpose(
+        Rotation.from_euler("ZYZ", angles, degrees=True).as_matrix(), (0, 2, 1))
+    np.testing.assert_allclose(rot, expected, atol=2e-6)
+    origins = df[["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]].to_numpy(float)
+    np.testing.assert_allclose(trans, origins / 5.0 / 48, rtol=1e-12, atol=1e-15)
+    assert np.abs(trans).max() > 0  # the shifts are not all zero
+    # the Euler angles stored describe the same rotations
+    np.testing.assert_allclose(
+        Rotation.from_euler("ZYZ", euler, degrees=True).as_matrix(),
+        Rotation.from_euler("ZYZ", angles, degrees=True).as_matrix(), atol=1e-9)
+
+
+def test_demo_writes_every_output(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--o", str(out), "--n", "60"]) == 0
+    for name in ("particles_relion5.star", "particles_relion30.star", "particles_warp.star",
+                 "particles.tbl", "particles.doc", "subset.star", "poses.pkl"):
+        assert (out / name).is_file(), name
+        assert (out / name).stat().st_size > 0, name
+    assert read_particles(out / "particles_relion5.star").flavour == "relion5"
+    assert read_particles(out / "particles_warp.star").flavour == "warp"
+    assert len(read_particles(out / "subset.star")) == 20
+    assert len((out / "particles.tbl").read_text().splitlines()) == 60
+    with open(out / "poses.pkl", "rb") as handle:
+        assert len(pickle.load(handle)[0]) == 20
+    assert not list(out.glob(".*.tmp"))
