@@ -162,6 +162,43 @@ def test_truncated_star_row_names_file_and_line(capsys, dirs):
     assert "7 values" in message and "11 labels" in message
 
 
+def test_truncated_row_after_blank_line_in_loop(capsys, dirs):
+    """starfile reads a loop on past blank lines, so rows there must be checked too."""
+    inputs, outputs = dirs
+    rows = list(ROWS_31)
+    rows[2] = rows[2].rsplit(maxsplit=1)[0]  # no rlnOpticsGroup on the last row
+    rows.insert(2, "")
+    text = relion31(rows)
+    star = write(inputs / "blank.star", text)
+    line = line_of(text, "000003_32.mrc")
+    message = run_bad(capsys, ["star", "convert", "--i", star, "--o", outputs / "out.star",
+                               "--relion31"], outputs)
+    assert f"{star}:{line}: rlnOpticsGroup:" in message
+    assert "10 values" in message
+
+
+def test_non_numeric_after_blank_line_in_loop(capsys, dirs):
+    inputs, outputs = dirs
+    rows = list(ROWS_31)
+    rows[2] = rows[2].replace("22.000000", "abc")
+    rows.insert(1, "")
+    text = relion31(rows)
+    star = write(inputs / "blank.star", text)
+    line = line_of(text, "abc")
+    message = run_bad(capsys, ["star", "convert", "--i", star, "--o", outputs / "out.star",
+                               "--relion31"], outputs)
+    assert f"{star}:{line}: rlnAngleTilt:" in message
+
+
+def test_blank_line_between_rows_is_still_read(capsys, dirs):
+    inputs, outputs = dirs
+    rows = list(ROWS_31)
+    rows.insert(1, "")
+    star = write(inputs / "blank.star", relion31(rows))
+    assert main(["star", "info", str(star)]) == 0
+    assert "particles: 3" in capsys.readouterr().out
+
+
 def test_truncated_relion30_row(capsys, dirs):
     inputs, outputs = dirs
     rows = list(ROWS_30)

@@ -39,9 +39,7 @@ def _scan(path: Path, text: str) -> dict[str, _LoopLayout]:
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
-            if loop is not None and not line and loop.row_lines:
-                loop = None
-            continue
+            continue  # starfile reads a loop on to the next data_, blank lines and all
         if line.startswith("data_"):
             block, loop, in_header = line[5:], None, False
             continue
@@ -58,7 +56,7 @@ def _scan(path: Path, text: str) -> dict[str, _LoopLayout]:
         if loop is None:
             continue
         in_header = False
-        count = len(_TOKEN.findall(line))
+        count = len(_TOKEN.findall(line)) if ('"' in line or "'" in line) else len(line.split())
         if count != len(loop.labels):
             label = loop.labels[count] if count < len(loop.labels) else None
             raise InputError(
