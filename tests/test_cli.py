@@ -206,8 +206,8 @@ def test_poses_export(capsys, tmp_path, relion5_star):
 
 
 def test_demo_writes_every_output(tmp_path):
-    out = tmp_path / "demo"
-    assert main(["demo", "--o", str(out), "--n", "60"]) == 0
+    assert main(["demo", "--o", str(tmp_path / "demo"), "--n", "60", "--subtomograms", "0"]) == 0
+    out = tmp_path / "demo" / "interop"
     for name in ("particles_relion5.star", "particles_relion30.star", "particles_warp.star",
                  "particles.tbl", "particles.doc", "subset.star", "poses.pkl"):
         assert (out / name).is_file(), name
@@ -219,3 +219,19 @@ def test_demo_writes_every_output(tmp_path):
     with open(out / "poses.pkl", "rb") as handle:
         assert len(pickle.load(handle)[0]) == 20
     assert not list(out.glob(".*.tmp"))
+
+
+def test_averaging_demo_reports_consistent_resolutions(tmp_path):
+    """The averaging half of the demo runs end to end and its figures agree with the truth."""
+    from rich.console import Console
+
+    from subtomo.demo import run_averaging_demo
+
+    figures = run_averaging_demo(tmp_path / "avg", 80, 0, Console(quiet=True))
+    for name in ("run_class001.mrc", "run_class001_half1.mrc", "mask_c6.mrc", "postprocess.mrc",
+                 "run_class001_fsc.png", "random_subset.mrc"):
+        assert (tmp_path / "avg" / name).is_file(), name
+    # the gold-standard estimate is within two shells of the truth's FSC-0.5 resolution
+    shell = lambda res: 32 * 4.0 / res  # noqa: E731
+    assert abs(shell(figures["half_map_resolution_A"]) - shell(
+        figures["true_fsc05_resolution_A"])) <= 2

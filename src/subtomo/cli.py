@@ -6,10 +6,19 @@ import argparse
 import sys
 
 from subtomo import __version__
-from subtomo.commands import convert, demo, poses, select, star
+from subtomo.commands import (
+    convert,
+    demo,
+    poses,
+    postprocess,
+    reconstruct,
+    select,
+    simulate,
+    star,
+)
 from subtomo.errors import InputError
 
-COMMANDS = (convert, star, select, poses, demo)
+COMMANDS = (convert, star, select, poses, simulate, reconstruct, postprocess, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,226 @@
+"""3D CTF volumes of subtomograms reconstructed from a tilt series (Fourier-space gridding).
+
+Geometry (tomogram frame, vectors (x, y, z)): every tilt rotates the specimen about the y axis.
+A tilt with angle θ produces the image whose 2D coordinates are the first two components of
+``Ry(θ) r`` (``Ry`` as in :mod:`subtomo.geometry.euler`, active, right-handed), i.e. RELION 5's
+projection matrix for ``rlnTomoYTilt = θ`` with no x-tilt or z-rotation (RELION
+``src/jaz/tomography``: ``P = … r2 · r1 · r0 …``, ``r1 = rotation(yaxis, ytilt)``, GL-style
+right-handed rotation). By the projection-slice theorem the tilt samples the central plane
+spanned by the rows of Ry(θ)::
+
+    u_θ = (cos θ, 0, sin θ)      image x axis (in-plane frequency kx' = k · u_θ)
+    y   = (0, 1, 0)              image y axis = tilt axis (ky' = k · y)
+    n_θ = (−sin θ, 0, cos θ)     beam direction = plane normal = Ry(θ)ᵀ ẑ
+
+The missing wedge for tilts within ±θmax is the double cone of directions within 90° − θmax of
+the kz axis. Mirroring the sign convention (n_θ = (sin θ, 0, cos θ)) leaves the wedge unchanged
+and only swaps which tilt's defocus/dose lands at +kx or −kx.
+
+Gridding, per 3D frequency voxel k (voxel units, rfftn half-spectrum, zero at index 0)::
+
+    d_t      = k · n_t                                   distance to tilt plane t (voxels)
+    τ_t      = max(0, 1 − |d_t|)                         tent kernel, 1 voxel half-width
+    k2D_t    = (k · u_t, k · y) / (D · pixel_size_A)     in-plane frequency (1/Å)
+    c_t      = CTF_t(k2D_t) · W(|k2D_t|, N_t)            2D CTF of the tilt × dose filter
+    weight   = Σ_t τ_t c_t / max(Σ_t τ_t, 1)             (c_t² with ``squared=True``)
+    multiplicity = min(Σ_t τ_t, 1)
+
+where CTF_t is :func:`subtomo.ctf.ctf2d.ctf_2d` with the particle's defocus plus the tilt's
+defocus offset and W is :func:`subtomo.ctf.dose.dose_filter` at the tilt's pre-exposure N_t.
+The normalisation keeps the densely sampled low-frequency region on the CTF's scale (a
+weighted mean of the tilts' CTFs) while between planes at high frequency the weight fades with
+the tent sum; ``multiplicity`` is 0 in the missing wedge and 1 where the tilts cover k.
+
+Implementation: the tent is sparse (a voxel touches only the planes within one voxel), so the
+(tilt, voxel) pairs with τ > 0 and their in-plane frequencies and dose weights are found once
+(chunked over voxels) and shared by all particles; each particle then needs the CTF only at
+those pairs, scattered into the grid with ``index_add_`` (chunked over particles).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from subtomo.ctf.ctf2d import _check_amplitude_contrast, electron_wavelength_A
+from subtomo.ctf.dose import dose_filter
+from subtomo.ctf.tilt_scheme import TiltScheme
+
+__all__ = ["ctf_volume", "tilt_frame"]
+
+
+def tilt_frame(tilt_angles_deg: Tensor | list[float] | tuple[float, ...], *,
+               device: torch.device | str | None = None,
+               dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """In-plane x axis ``u`` and beam direction ``n`` of each tilt: two ``(T, 3)`` (x, y, z).
+
+    ``u = (cos θ, 0, sin θ)``, ``n = (−sin θ, 0, cos θ)``: the first and third rows of Ry(θ).
+    """
+    theta = torch.deg2rad(torch.as_tensor(tilt_angles_deg, dtype=torch.float64, device=device))
+    c, s, z = torch.cos(theta), torch.sin(theta), torch.zeros_like(theta)
+    u = torch.stack([c, z, s], dim=-1)
+    n = torch.stack([-s, z, c], dim=-1)
+    return u.to(dtype), n.to(dtype)
+
+
+def _per_particle_tilt(x: float | Tensor, batch: int, n_tilts: int, name: str,
+                       device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Scalar, ``(B,)`` or ``(B, T)`` → ``(B, T)``."""
+    t = torch.as_tensor(x, dtype=dtype, device=device)
+    if t.ndim == 0:
+        return t.expand(batch, n_tilts)
+    if t.ndim == 1 and t.shape[0] in (batch, 1):
+        return t[:, None].expand(batch, n_tilts)
+    if t.ndim == 2 and t.shape[0] in (batch, 1) and t.shape[1] == n_tilts:
+        return t.expand(batch, n_tilts)
+    raise ValueError(f"{name} must be a scalar, ({batch},) or ({batch}, {n_tilts}); "
+                     f"got shape {tuple(t.shape)}")
+
+
+def _voxel_frequencies(box: int, device: torch.device, dtype: torch.dtype
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    """Integer frequencies (voxels) along z, y (full) and x (half) of ``rfftn`` of a box."""
+    full = torch.fft.fftfreq(box, d=1.0 / box, device=device, dtype=torch.float64).round()
+    half = torch.fft.rfftfreq(box, d=1.0 / box, device=device, dtype=torch.float64).round()
+    return full.to(dtype), full.to(dtype), half.to(dtype)
+
+
+def _tilt_pairs(box: int, u: Tensor, n: Tensor, max_chunk_elements: int
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Sparse (tilt, voxel) pairs with τ > 0: ``t, v, τ, kx', ky'`` (voxels) and Σ_t τ per voxel."""
+    device, dtype = u.device, u.dtype
+    fz, fy, fx = _voxel_frequencies(box, device, dtype)
+    half = fx.shape[0]
+    n_vox = box * box * half
+    n_tilts = u.shape[0]
+    chunk = max(1, max_chunk_elements // max(n_tilts, 1))
+    tent_sum = torch.empty(n_vox, dtype=dtype, device=device)
+    parts: list[tuple[Tensor, ...]] = []
+    for v0 in range(0, n_vox, chunk):
+        v = torch.arange(v0, min(v0 + chunk, n_vox), device=device)
+        kz, ky, kx = fz[v // (box * half)], fy[(v // half) % box], fx[v % half]
+        dist = n[:, 0:1] * kx[None] + n[:, 2:3] * kz[None]          # (T, Vc); n_y = 0
+        tent = (1.0 - dist.abs()).clamp_min(0.0)
+        tent_sum[v0:v0 + v.shape[0]] = tent.sum(0)
+        t_idx, local = torch.nonzero(tent, as_tuple=True)
+        kx_in = u[t_idx, 0] * kx[local] + u[t_idx, 2] * kz[local]
+        parts.append((t_idx, local + v0, tent[t_idx, local], kx_in, ky[local]))
+    t_idx, v_idx, tent, kx_in, ky_in = (torch.cat(p) for p in zip(*parts, strict=True))
+    return t_idx, v_idx, tent, kx_in, ky_in, tent_sum
+
+
+def ctf_volume(
+    box: int,
+    pixel_size_A: float,
+    scheme: TiltScheme,
+    defocus_A: float | Tensor,
+    *,
+    voltage_kv: float = 300.0,
+    cs_mm: float = 2.7,
+    amplitude_contrast: float = 0.07,
+    astigmatism_A: float | Tensor = 0.0,
+    astigmatism_angle_deg: float | Tensor = 0.0,
+    phase_shift_deg: float = 0.0,
+    bfactor_A2: float = 0.0,
+    dose_weighting: bool = True,
+    squared: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    max_chunk_elements: int = 1 << 24,
+) -> tuple[Tensor, Tensor]:
+    """3D CTF weights of subtomograms from a tilt series, gridded onto the rfftn half-spectrum.
+
+    Args:
+        box: box size D (voxels); any D, odd or even.
+        pixel_size_A: voxel size (Å).
+        scheme: tilts (acquisition order), pre-exposures and per-tilt defocus offsets.
+        defocus_A: particle defocus (Å, underfocus positive): a scalar (one volume, no batch
+            axis), ``(B,)`` per particle, or ``(B, T)`` per particle and tilt. The scheme's
+            ``defocus_offset_A`` is added per tilt.
+        astigmatism_A: ``ΔfU − ΔfV`` (Å); ΔfU = Δf + astig/2, ΔfV = Δf − astig/2. Scalar,
+            ``(B,)`` or ``(B, T)``.
+        astigmatism_angle_deg: angle of ΔfU from each tilt image's x axis (degrees); scalar,
+            ``(B,)`` or ``(B, T)``.
+        voltage_kv, cs_mm, amplitude_contrast, phase_shift_deg, bfactor_A2: optics (scalars).
+        dose_weighting: multiply each tilt's CTF by the Grant-Grigorieff filter at its
+            pre-exposure.
+        squared: grid ``(CTF · W)²`` instead of ``CTF · W`` (reconstruction weights).
+        device, dtype: where and in which precision to compute (default: ``defocus_A``'s
+            device, else CPU; float32).
+        max_chunk_elements: bound on the size of temporary ``(tilts or particles) × pairs``
+            tensors.
+
+    Returns:
+        ``(weights, multiplicity)``: weights ``(B, D, D, D // 2 + 1)`` (or ``(D, D, D // 2 + 1)``
+        for a scalar defocus) and multiplicity ``(D, D, D // 2 + 1)`` in [0, 1].
+    """
+    if box < 1:
+        raise ValueError(f"box must be positive, got {box}")
+    if pixel_size_A <= 0:
+        raise ValueError(f"pixel_size_A must be positive, got {pixel_size_A}")
+    _check_amplitude_contrast(amplitude_contrast)
+    if device is None:
+        device = defocus_A.device if isinstance(defocus_A, Tensor) else torch.device("cpu")
+    device = torch.device(device)
+
+    n_tilts = scheme.n_tilts
+    _, pre_exposure, offsets = scheme.tensors(device=device, dtype=dtype)
+    u, n = tilt_frame(scheme.tilt_angles_deg, device=device, dtype=dtype)
+
+    defocus = torch.as_tensor(defocus_A, dtype=dtype, device=device)
+    batched = defocus.ndim > 0
+    batch = defocus.shape[0] if batched else 1
+    df = _per_particle_tilt(defocus, batch, n_tilts, "defocus_A", device, dtype) + offsets
+    astig = _per_particle_tilt(astigmatism_A, batch, n_tilts, "astigmatism_A", device, dtype)
+    angle = _per_particle_tilt(astigmatism_angle_deg, batch, n_tilts, "astigmatism_angle_deg",
+                               device, dtype)
+    # per (particle, tilt): Δf(φ) = mean + half · cos 2(φ − α) = mean + a · cos 2φ + b · sin 2φ
+    alpha2 = 2.0 * torch.deg2rad(angle)
+    astig_cos, astig_sin = 0.5 * astig * torch.cos(alpha2), 0.5 * astig * torch.sin(alpha2)
+    has_astig = bool((astig != 0).any())
+
+    # particle-independent part: sparse (tilt, voxel) pairs, in-plane frequencies, dose weights
+    t_idx, v_idx, tent, kx_in, ky_in, tent_sum = _tilt_pairs(box, u, n, max_chunk_elements)
+    scale = 1.0 / (box * pixel_size_A)
+    kx_in, ky_in = kx_in * scale, ky_in * scale
+    k2 = kx_in * kx_in + ky_in * ky_in
+    safe = torch.where(k2 > 0, k2, torch.ones_like(k2))
+    cos2phi = torch.where(k2 > 0, (kx_in * kx_in - ky_in * ky_in) / safe, torch.ones_like(k2))
+    sin2phi = torch.where(k2 > 0, 2.0 * kx_in * ky_in / safe, torch.zeros_like(k2))
+    # χ = π λ Δf k² − (π/2) Cs λ³ k⁴ + φ_shift + atan(Q/sqrt(1−Q²))  (as in ctf_2d)
+    lam = float(electron_wavelength_A(voltage_kv))
+    q = float(amplitude_contrast)
+    chi_per_defocus = math.pi * lam * k2
+    chi_rest = (-0.5 * math.pi * cs_mm * 1e7 * lam ** 3 * k2 * k2
+                + math.radians(phase_shift_deg) + math.atan2(q, math.sqrt(1.0 - q * q)))
+    envelope = tent
+    if bfactor_A2 != 0.0:
+        damping = torch.exp(-0.25 * bfactor_A2 * k2)
+        envelope = envelope * (damping * damping if squared else damping)
+    if dose_weighting:
+        dose = dose_filter(torch.sqrt(k2), pre_exposure[t_idx])
+        envelope = envelope * (dose * dose if squared else dose)
+
+    n_vox = tent_sum.shape[0]
+    out = torch.zeros(batch, n_vox, dtype=dtype, device=device)
+    n_pairs = max(int(t_idx.shape[0]), 1)
+    step = max(1, max_chunk_elements // n_pairs)
+    for b0 in range(0, batch, step):
+        b1 = min(b0 + step, batch)
+        defocus_pairs = df[b0:b1, t_idx]
+        if has_astig:
+            defocus_pairs = (defocus_pairs + astig_cos[b0:b1, t_idx] * cos2phi
+                             + astig_sin[b0:b1, t_idx] * sin2phi)
+        ctf = torch.sin(defocus_pairs * chi_per_defocus + chi_rest)
+        if squared:
+            ctf = ctf * ctf
+        out[b0:b1].index_add_(1, v_idx, ctf * envelope)
+    out = out / tent_sum.clamp_min(1.0)
+
+    shape = (box, box, box // 2 + 1)
+    weights = out.reshape(batch, *shape)
+    multiplicity = tent_sum.clamp(max=1.0).reshape(shape)
+    return (weights if batched else weights[0]), multiplicity
+

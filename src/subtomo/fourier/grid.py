@@ -1,0 +1,166 @@
+"""Fourier grids, shells and centred transforms for cubic volumes (half spectra, ``rfftn``).
+
+Conventions (binding for the whole package):
+
+* A volume is a real ``(z, y, x)`` tensor on a cubic box of ``D`` voxels per side (``D`` even
+  or odd). Its real-space centre is voxel ``D // 2`` on every axis (RELION's origin).
+* The *centred spectrum* of ``v`` is ``V = rfftn(ifftshift(v))`` over the last three axes,
+  shape ``(..., D, D, D // 2 + 1)``, zero frequency at index 0 on every axis. Because of the
+  ``ifftshift``, ``V(k) = sum_r v(r) exp(-2 pi i k . r)`` with ``r`` measured from the centre
+  voxel, so a centred, real, point-symmetric object has a real spectrum.
+* Frequencies are in cycles per pixel. As vectors they are ordered ``(x, y, z)``: axis 0 of
+  the array is ``z`` (``fftfreq(D)``), axis 1 is ``y`` (``fftfreq(D)``), axis 2 is ``x``
+  (``rfftfreq(D)``, non-negative). For even ``D`` the Nyquist row of ``z``/``y`` is at
+  ``-0.5``; the ``x`` column ``D / 2`` is at ``+0.5``.
+* Shells are integer radii ``round(|k| D)`` (RELION's ``ROUND(sqrt(kp^2 + ip^2 + jp^2))``);
+  shell ``s`` has resolution ``D * pixel_size / s``. Shells ``0 .. D // 2`` are the ones
+  inside the Nyquist sphere; corner voxels have larger indices and are ignored by averages.
+* Half-spectrum sums: the column ``x = 0`` (and, for even ``D``, ``x = D / 2``) holds
+  coefficients that appear once in the full spectrum; every other column stands for itself
+  and its Hermitian mate ``F(-k) = conj(F(k))``. Multiplying by :func:`hermitian_weights`
+  (1 or 2) makes half-spectrum sums of ``|F|^2`` or ``Re(F conj G)`` equal to full-spectrum
+  sums.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "centred_irfft",
+    "centred_rfft",
+    "hermitian_weights",
+    "lowpass",
+    "lowpass_mask",
+    "radial_average",
+    "rfft_freqs",
+    "rfft_shape",
+    "shell_index",
+    "shell_radius_px",
+]
+
+_DIMS = (-3, -2, -1)
+
+
+def rfft_shape(box: int) -> tuple[int, int, int]:
+    """Shape ``(D, D, D // 2 + 1)`` of the half spectrum of a ``D``-voxel cube."""
+    return (box, box, box // 2 + 1)
+
+
+def _int_freqs(box: int, device: torch.device | str | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Integer frequency indices ``(iz, iy, ix)`` (``k * D``), broadcastable to the half grid."""
+    full = torch.fft.fftfreq(box, d=1.0 / box, device=device, dtype=torch.float64).round().long()
+    half = torch.arange(box // 2 + 1, device=device)
+    return full.view(-1, 1, 1), full.view(1, -1, 1), half.view(1, 1, -1)
+
+
+def rfft_freqs(
+    box: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Frequencies (cycles/px) of the half grid, ``(D, D, D // 2 + 1, 3)`` ordered ``(x, y, z)``."""
+    iz, iy, ix = _int_freqs(box, device)
+    shape = rfft_shape(box)
+    k = torch.stack(
+        [ix.expand(shape), iy.expand(shape), iz.expand(shape)], dim=-1
+    ).to(dtype)
+    return k / box
+
+
+def shell_radius_px(
+    box: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Continuous radius ``|k| * D`` (Fourier pixels of the ``D`` box) on the half grid."""
+    iz, iy, ix = _int_freqs(box, device)
+    r2 = iz * iz + iy * iy + ix * ix
+    return r2.to(torch.float64).sqrt().to(dtype)
+
+
+def shell_index(box: int, device: torch.device | str | None = None) -> Tensor:
+    """Integer shell ``round(|k| * D)`` of every half-spectrum voxel: long ``(D, D, D // 2 + 1)``.
+
+    Computed from exact integer squared radii in float64, so it is exact (no ties exist:
+    ``sqrt(n)`` is never a half-integer for integer ``n``).
+    """
+    iz, iy, ix = _int_freqs(box, device)
+    r2 = iz * iz + iy * iy + ix * ix
+    return r2.to(torch.float64).sqrt().round().long()
+
+
+def hermitian_weights(box: int, device: torch.device | str | None = None) -> Tensor:
+    """Multiplicity of each half-spectrum column in the full spectrum: ``(D // 2 + 1,)``.
+
+    1 for ``x = 0`` and (even ``D``) ``x = D / 2``, 2 otherwise. Broadcasts against
+    ``(..., D, D, D // 2 + 1)`` arrays (last axis).
+    """
+    w = torch.full((box // 2 + 1,), 2.0, device=device)
+    w[0] = 1.0
+    if box % 2 == 0:
+        w[-1] = 1.0
+    return w
+
+
+def radial_average(values: Tensor, box: int) -> Tensor:
+    """Average of half-spectrum ``values (..., D, D, D // 2 + 1)`` over shells ``0 .. D // 2``.
+
+    Hermitian-weighted, so this equals the average over the full spectrum. Real or complex
+    input; returns ``(..., D // 2 + 1)`` with the input's dtype. Corner voxels (shell
+    ``> D // 2``) are ignored.
+    """
+    shape = rfft_shape(box)
+    if tuple(values.shape[-3:]) != shape:
+        raise ValueError(f"expected (..., {shape}), got {tuple(values.shape)}")
+    device = values.device
+    nshell = box // 2 + 1
+    shells = shell_index(box, device).reshape(-1)
+    w = hermitian_weights(box, device).expand(shape).reshape(-1)
+    keep = shells < nshell
+    shells, w = shells[keep], w[keep]
+    lead = values.shape[:-3]
+    flat = values.reshape(-1, math.prod(shape))[:, keep]
+    acc_dtype = torch.complex128 if values.is_complex() else torch.float64
+    sums = torch.zeros(flat.shape[0], nshell, dtype=acc_dtype, device=device)
+    sums.index_add_(1, shells, flat.to(acc_dtype) * w.to(torch.float64))
+    counts = torch.zeros(nshell, dtype=torch.float64, device=device)
+    counts.index_add_(0, shells, w.to(torch.float64))
+    return (sums / counts).to(values.dtype).reshape(*lead, nshell)
+
+
+def centred_rfft(vol: Tensor) -> Tensor:
+    """Centred half spectrum ``rfftn(ifftshift(vol))`` over the last three axes."""
+    return torch.fft.rfftn(torch.fft.ifftshift(vol, dim=_DIMS), dim=_DIMS)
+
+
+def centred_irfft(spec: Tensor, box: int) -> Tensor:
+    """Inverse of :func:`centred_rfft`: ``fftshift(irfftn(spec, s=(D, D, D)))``."""
+    vol = torch.fft.irfftn(spec, s=(box, box, box), dim=_DIMS)
+    return torch.fft.fftshift(vol, dim=_DIMS)
+
+
+def lowpass_mask(
+    box: int,
+    resolution_px_radius: float,
+    edge_px: float = 2.0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Raised-cosine low-pass on the half grid, ``(D, D, D // 2 + 1)``.
+
+    With radius ``r = |k| D`` (Fourier pixels), cut-off ``R = resolution_px_radius`` and
+    width ``w = edge_px``: 1 for ``r <= R - w/2``, 0 for ``r >= R + w/2`` and
+    ``0.5 * (1 + cos(pi * (r - R + w/2) / w))`` in between (``w = 0``: hard edge ``r <= R``).
+    """
+    r = shell_radius_px(box, device, torch.float64)
+    if edge_px <= 0:
+        return (r <= resolution_px_radius).to(dtype)
+    t = ((r - (resolution_px_radius - 0.5 * edge_px)) / edge_px).clamp(0.0, 1.0)
+    return (0.5 * (1.0 + torch.cos(math.pi * t))).to(dtype)
+
+
+def lowpass(spec: Tensor, box: int, resolution_px_radius: float, edge_px: float = 2.0) -> Tensor:
+    """Multiply a half spectrum by :func:`lowpass_mask` (cut-off radius in Fourier pixels)."""
+    real_dtype = spec.real.dtype if spec.is_complex() else spec.dtype
+    mask = lowpass_mask(box, resolution_px_radius, edge_px, spec.device, real_dtype)
+    return spec * mask

@@ -1,0 +1,399 @@
+"""Fourier-space projection (central-section sampling) and back-projection of 3D spectra.
+
+Conventions are those of :mod:`subtomo.fourier.grid` (centred half spectra of ``D``-voxel
+cubes, frequencies ``k`` in cycles/px ordered ``(x, y, z)``) and of RELION for rotations:
+a particle is the reference rotated by ``A`` (:func:`subtomo.geometry.euler.euler_to_matrix`),
+``particle(r) = ref(A^T r)`` about the box centre, hence ``P(k) = V(A^T k)``.
+
+Padded grid. The reference is zero-padded about its centre to ``P = pad * D`` voxels. The
+centred half spectrum of the padded volume on its own grid, ``Vp[q]`` (integer ``q``,
+``x >= 0``), samples the continuous spectrum of the ``D`` volume at ``q / P`` cycles/px;
+``Vp[pad * k * D] = V(k)`` exactly, with no scale factor (``rfftn`` is unnormalised and the
+padding adds only zeros). A frequency ``k`` of the ``D`` grid maps to the padded-grid point
+``p = P * A^T k``; points with ``p_x < 0`` are read/written at ``-p`` with complex
+conjugation (Hermitian symmetry), and ``y``/``z`` indices wrap modulo ``P`` (the DFT is
+periodic). Values between grid points are trilinear in ``p`` (8 neighbours, weights
+``prod (1 - |p_i - q_i|)``). :class:`Projector` gathers with ``grid_sample`` from a copy of
+the half spectrum that is ``fftshift``-ed in ``y``/``z`` and extended by one periodic row
+(and one Hermitian column in ``x``) so that every corner inside the Nyquist sphere exists;
+:class:`Backprojector` scatters with ``index_add_`` on the unshifted half grid.
+
+Gridding correction. Trilinear interpolation in Fourier space multiplies real space by the
+transform of the triangle kernel, ``g(r) = sinc^2(x / P) sinc^2(y / P) sinc^2(z / P)`` with
+``sinc(u) = sin(pi u) / (pi u)`` and ``r = (x, y, z)`` voxels from the centre (the exact,
+separable form of RELION's radial ``sinc^2(|r| / P)``). :class:`Projector` divides the
+padded volume by ``g`` before its FFT; :class:`Backprojector` divides the reconstruction by
+``g`` after its inverse FFT. The correction is exact on average over sub-voxel positions;
+at exact grid points (e.g. ``A = I``) it leaves a bias ``1 / g(r) - 1 ~ (pi^2 / 3) |r|^2 /
+P^2`` (0.9 % at ``|r| = D / 8`` with ``pad = 2``). Pass ``gridding_correction=False`` to
+:class:`Projector` for exact samples at grid points.
+
+Accuracy (tests, ``pad = 2``): rotated sections of Gaussian blobs (sigma 1.5-2 px, within
+``D / 5`` of the centre) have FSC >= 0.9997 against the analytic spectra to 0.9 Nyquist and
+~1 % relative error. Reconstruction from 300 noise-free random views has an error floor of
+roughly 1e-3 of the strongest Fourier coefficients (trilinear gridding of data that sit on
+concentric shells of the ``D`` lattice), so shells whose power is far below that of the
+low-frequency peak are not recovered to FSC 0.99.
+
+Only frequencies inside the Nyquist sphere ``|k| D <= D / 2`` (and ``<= max_radius_px``
+when given, in Fourier pixels of the ``D`` box) are sampled or inserted; the rest are zero.
+Work is chunked so that at most ``max_points`` (rotation, frequency) pairs are live at once
+(the only Python loops are over those chunks and over the 8 trilinear corners).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from subtomo.fourier.grid import rfft_shape
+
+__all__ = ["Backprojector", "Projector", "gridding_kernel"]
+
+_DIMS = (-3, -2, -1)
+DEFAULT_MAX_POINTS = 1 << 21
+
+
+def gridding_kernel(
+    box: int, padded_box: int, device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Real-space transform of the trilinear kernel on a ``box`` cube: ``(box, box, box)``.
+
+    ``g = sinc^2(x / P) sinc^2(y / P) sinc^2(z / P)`` with ``P = padded_box`` and ``x, y, z``
+    voxels from the centre voxel ``box // 2``.
+    """
+    x = (torch.arange(box, device=device, dtype=torch.float64) - box // 2) / padded_box
+    s2 = torch.sinc(x) ** 2
+    return (s2.view(-1, 1, 1) * s2.view(1, -1, 1) * s2.view(1, 1, -1)).to(dtype)
+
+
+def _selected_frequencies(
+    box: int, max_radius_px: float | None, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Half-grid voxels with ``|k| D <= min(max_radius_px, D / 2)``.
+
+    Returns flat indices into ``(D, D, D // 2 + 1)`` and their integer frequencies
+    ``k * D`` as float ``(n, 3)`` in ``(x, y, z)`` order.
+    """
+    radius = box / 2 if max_radius_px is None else min(float(max_radius_px), box / 2)
+    full = torch.fft.fftfreq(box, d=1.0 / box, device=device, dtype=torch.float64).round()
+    half = torch.arange(box // 2 + 1, device=device, dtype=torch.float64)
+    iz, iy, ix = torch.meshgrid(full, full, half, indexing="ij")
+    r2 = ix * ix + iy * iy + iz * iz
+    keep = (r2 <= radius * radius + 1e-9).reshape(-1)
+    flat = torch.nonzero(keep).reshape(-1)
+    kvec = torch.stack([ix.reshape(-1), iy.reshape(-1), iz.reshape(-1)], dim=-1)[flat]
+    return flat, kvec
+
+
+def _corners(p: Tensor, padded_box: int) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """Trilinear corners of points ``p`` (``(m, 3)``, padded-grid units, ``(x, y, z)``).
+
+    Returns ``neg`` (points with ``p_x < 0``, handled at ``-p`` with conjugation) and 8
+    ``(flat_index, weight)`` pairs (int32 indices) into the padded half grid
+    ``(P, P, P // 2 + 1)``; ``y`` and ``z`` wrap modulo ``P``. An ``x`` corner past
+    ``P // 2`` (reached only on the Nyquist sphere) gets weight 0.
+    """
+    big = padded_box
+    half = big // 2 + 1
+    neg = p[:, 0] < 0
+    p = torch.where(neg[:, None], -p, p)
+    # Shift y, z by +P so that truncation is floor (all coordinates >= 0).
+    q = p + p.new_tensor([0.0, float(big), float(big)])
+    base = q.to(torch.int32)
+    frac = q - base
+    x0, y0, z0 = base.unbind(-1)
+    x1 = x0 + 1
+    fx_in = torch.where(x1 < half, frac[:, 0], 0.0)
+    x1 = torch.clamp(x1, max=half - 1)
+    y0 = torch.remainder(y0, big)
+    z0 = torch.remainder(z0, big)
+    y1 = torch.where(y0 == big - 1, 0, y0 + 1)
+    z1 = torch.where(z0 == big - 1, 0, z0 + 1)
+    fx, fy, fz = frac.unbind(-1)
+    gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+    stride_z, stride_y = big * half, half
+    corners = []
+    for zi, wz in ((z0, gz), (z1, fz)):
+        zrow = zi * stride_z
+        for yi, wy in ((y0, gy), (y1, fy)):
+            row = zrow + yi * stride_y
+            wzy = wz * wy
+            corners.append((row + x0, wzy * gx))
+            corners.append((row + x1, wzy * fx_in))
+    return neg, corners
+
+
+def _sampling_table(spectrum: Tensor) -> Tensor:
+    """Real ``(1, 2, P + 2, P + 2, P // 2 + 2)`` table (re, im) for ``grid_sample``.
+
+    ``y`` and ``z`` are ``fftshift``-ed (zero at ``P // 2``) and extended periodically by one
+    row on each side (zero then at ``P // 2 + 1``); one column ``x = P // 2 + 1`` is added
+    from Hermitian symmetry, ``S(x, y, z) = conj(S(P - x, -y, -z))``. Trilinear
+    interpolation inside the Nyquist sphere then never leaves the table.
+    """
+    big = spectrum.shape[0]
+    half = big // 2 + 1
+    col = spectrum[:, :, big - half]
+    mirror = torch.roll(torch.flip(col, (0, 1)), shifts=(1, 1), dims=(0, 1)).conj()
+    ext = torch.cat([spectrum, mirror[:, :, None]], dim=2)
+    ext = torch.fft.fftshift(ext, dim=(0, 1))
+    ext = torch.cat([ext[-1:], ext, ext[:1]], dim=0)
+    ext = torch.cat([ext[:, -1:], ext, ext[:, :1]], dim=1)
+    return torch.view_as_real(ext).permute(3, 0, 1, 2).unsqueeze(0).contiguous()
+
+
+def _chunk_size(n_points: int, max_points: int) -> int:
+    return max(1, max_points // max(1, n_points))
+
+
+class Projector:
+    """Samples rotated central sections ``V(A^T k)`` of one volume on the ``D`` half grid.
+
+    ``volume``: real ``(D, D, D)``, centre voxel ``D // 2``; its device and floating dtype
+    are kept. ``pad``: padding factor (``P = pad * D``). ``gridding_correction``: divide by
+    the trilinear kernel's transform before the FFT (RELION's default; see module docs).
+    ``spectrum`` holds the centred half spectrum ``(P, P, P // 2 + 1)`` of the padded,
+    corrected volume.
+    """
+
+    def __init__(
+        self,
+        volume: Tensor,
+        pad: int = 2,
+        gridding_correction: bool = True,
+        max_points: int = DEFAULT_MAX_POINTS,
+    ) -> None:
+        if volume.ndim != 3 or len(set(volume.shape)) != 1:
+            raise ValueError(f"expected a cubic (D, D, D) volume, got {tuple(volume.shape)}")
+        if pad < 1:
+            raise ValueError(f"pad must be >= 1, got {pad}")
+        if not torch.is_floating_point(volume):
+            volume = volume.to(torch.get_default_dtype())
+        self.box = int(volume.shape[0])
+        self.pad = int(pad)
+        self.padded_box = self.pad * self.box
+        self.max_points = int(max_points)
+        self.device = volume.device
+        self.dtype = volume.dtype
+        box, big = self.box, self.padded_box
+        if gridding_correction:
+            volume = volume / gridding_kernel(box, big, self.device, volume.dtype)
+        offset = big // 2 - box // 2
+        padded = volume.new_zeros((big, big, big))
+        padded[offset:offset + box, offset:offset + box, offset:offset + box] = volume
+        self.spectrum = torch.fft.rfftn(torch.fft.ifftshift(padded, dim=_DIMS), dim=_DIMS)
+        self._table = _sampling_table(self.spectrum)
+
+    def spectra(self, A: Tensor, max_radius_px: float | None = None) -> Tensor:
+        """Centred half spectra of the rotated volume, ``(B, D, D, D // 2 + 1)`` complex.
+
+        ``A``: ``(B, 3, 3)`` RELION matrices (or ``(3, 3)``, giving ``B = 1``).
+        ``max_radius_px``: zero beyond this radius (Fourier pixels of the ``D`` box);
+        always zero beyond Nyquist (``D / 2``).
+        """
+        A = torch.as_tensor(A)
+        if A.ndim == 2:
+            A = A[None]
+        A = A.to(device=self.device, dtype=self.dtype)
+        n_rot = A.shape[0]
+        box, big = self.box, self.padded_box
+        flat, kvec = _selected_frequencies(box, max_radius_px, self.device)
+        kvec = (kvec * self.pad).to(self.dtype)  # (n, 3) padded-grid units, exact integers
+        n = kvec.shape[0]
+        out = torch.zeros(n_rot, math.prod(rfft_shape(box)), dtype=self.spectrum.dtype,
+                          device=self.device)
+        step = _chunk_size(n, self.max_points)
+        # grid_sample coordinates: x -> column x, y/z -> row (y + P // 2 + 1) of the table.
+        size = self._table.shape[-3:]  # (P + 2, P + 2, P // 2 + 2) as (z, y, x)
+        origin = kvec.new_tensor([0.0, big // 2 + 1, big // 2 + 1])
+        scale = 2.0 / kvec.new_tensor([size[2] - 1, size[1] - 1, size[0] - 1])
+        for start in range(0, n_rot, step):
+            a = A[start:start + step]
+            p = torch.matmul(kvec, a).reshape(-1, 3)  # (b*n, 3): (A^T k)^T = k^T A
+            neg = p[:, 0] < 0
+            p = torch.where(neg[:, None], -p, p)
+            grid = ((p + origin) * scale - 1.0).view(1, 1, 1, -1, 3)
+            vals = F.grid_sample(self._table, grid, mode="bilinear", padding_mode="zeros",
+                                 align_corners=True).view(2, -1)
+            imag = torch.where(neg, -vals[1], vals[1])
+            out[start:start + a.shape[0], flat] = torch.complex(vals[0], imag).view(-1, n)
+        return out.view(n_rot, *rfft_shape(box))
+
+
+class Backprojector:
+    """Accumulates CTF-weighted spectra at ``A^T k`` on a padded half grid, then reconstructs.
+
+    ``data`` (complex ``(P, P, P // 2 + 1)``) accumulates ``sum_i t(p - p_i) c_i X_i`` and
+    ``weight`` (real, same shape) ``sum_i t(p - p_i) c_i^2``, with ``t`` the trilinear kernel,
+    ``p_i = P A_i^T k_i``, ``c_i`` the CTF (1 without) and ``X_i`` the centred spectrum
+    values. Both are plain sums (add or all-reduce them across processes); the Hermitian
+    completion of the ``x = 0`` (and ``x = P / 2``) planes happens in :meth:`reconstruct`.
+    Coefficients of the input's ``x = 0`` (and, even ``D``, ``x = D / 2``) column are
+    inserted with factor 1/2: each of them appears twice in the half spectrum (``k`` and
+    ``-k``), once in the full one.
+    """
+
+    def __init__(
+        self,
+        box: int,
+        pad: int = 2,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        max_points: int = DEFAULT_MAX_POINTS,
+    ) -> None:
+        if pad < 1:
+            raise ValueError(f"pad must be >= 1, got {pad}")
+        self.box = int(box)
+        self.pad = int(pad)
+        self.padded_box = self.pad * self.box
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.dtype = dtype
+        self.max_points = int(max_points)
+        big = self.padded_box
+        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        self.data = torch.zeros((big, big, big // 2 + 1), dtype=cdtype, device=self.device)
+        self.weight = torch.zeros((big, big, big // 2 + 1), dtype=dtype, device=self.device)
+
+    def insert(
+        self,
+        spectra: Tensor,
+        A: Tensor,
+        ctf: Tensor | None = None,
+        max_radius_px: float | None = None,
+    ) -> None:
+        """Add ``ctf * spectra`` at ``A^T k`` to ``data`` and ``ctf^2`` to ``weight``.
+
+        ``spectra``: centred half spectra ``(B, D, D, D // 2 + 1)`` (complex);
+        ``A``: ``(B, 3, 3)`` RELION matrices of the particles; ``ctf``: real
+        ``(B, D, D, D // 2 + 1)`` or ``None`` (all ones); ``max_radius_px``: insert only
+        ``|k| D <= max_radius_px`` (always ``<= D / 2``).
+        """
+        box, big = self.box, self.padded_box
+        shape = rfft_shape(box)
+        if tuple(spectra.shape[-3:]) != shape:
+            raise ValueError(f"expected spectra (B, {shape}), got {tuple(spectra.shape)}")
+        spectra = spectra.reshape(-1, math.prod(shape))
+        A = torch.as_tensor(A).reshape(-1, 3, 3).to(device=self.device, dtype=self.dtype)
+        n_rot = spectra.shape[0]
+        if A.shape[0] != n_rot:
+            raise ValueError(f"{n_rot} spectra but {A.shape[0]} rotations")
+        flat, kvec = _selected_frequencies(box, max_radius_px, self.device)
+        # 1/2 for coefficients whose Hermitian mate is also in the half spectrum.
+        mate = (kvec[:, 0] == 0) | ((box % 2 == 0) & (kvec[:, 0] == box // 2))
+        half_factor = torch.where(mate, 0.5, 1.0).to(self.dtype)
+        kvec = (kvec * self.pad).to(self.dtype)
+        n = kvec.shape[0]
+        data = self.data.reshape(-1)
+        weight = self.weight.reshape(-1)
+        step = _chunk_size(n, self.max_points)
+        for start in range(0, n_rot, step):
+            stop = min(start + step, n_rot)
+            x = spectra[start:stop][:, flat].to(device=self.device, dtype=self.data.dtype)
+            if ctf is None:
+                c = half_factor.expand(stop - start, n)
+                c2 = c
+            else:
+                c0 = ctf.reshape(-1, math.prod(shape))[start:stop][:, flat]
+                c0 = c0.to(device=self.device, dtype=self.dtype)
+                c = c0 * half_factor
+                c2 = c0 * c
+            vals = (x * c).reshape(-1)
+            c2 = c2.reshape(-1)
+            p = torch.matmul(kvec, A[start:stop]).reshape(-1, 3)
+            neg, corners = _corners(p, big)
+            vals = torch.where(neg, vals.conj(), vals)
+            vals_ri = torch.view_as_real(vals)
+            for idx, w in corners:
+                data.index_add_(0, idx, torch.view_as_complex(vals_ri * w[:, None]))
+                weight.index_add_(0, idx, c2 * w)
+
+    def merge(self, other: Backprojector) -> None:
+        """Add another accumulator's ``data`` and ``weight`` (same box and pad) into this one."""
+        if (other.box, other.pad) != (self.box, self.pad):
+            raise ValueError("cannot merge backprojectors of different box or pad")
+        self.data += other.data.to(self.data)
+        self.weight += other.weight.to(self.weight)
+
+    def symmetrised(self) -> tuple[Tensor, Tensor]:
+        """``(data, weight)`` with the Hermitian planes completed (copies; accumulators kept).
+
+        For the ``x = 0`` plane (and ``x = P / 2`` for even ``P``), whose mirror ``-q`` is
+        in the same plane: ``data(q) <- data(q) + conj(data(-q))``, ``weight(q) <- weight(q)
+        + weight(-q)``, as RELION's ``enforceHermitianSymmetry``.
+        """
+        data, weight = self.data.clone(), self.weight.clone()
+        big = self.padded_box
+        columns = [0] + ([big // 2] if big % 2 == 0 else [])
+        for col in columns:
+            d, w = self.data[:, :, col], self.weight[:, :, col]
+            d_mirror = torch.roll(torch.flip(d, (0, 1)), shifts=(1, 1), dims=(0, 1))
+            w_mirror = torch.roll(torch.flip(w, (0, 1)), shifts=(1, 1), dims=(0, 1))
+            data[:, :, col] = d + d_mirror.conj()
+            weight[:, :, col] = w + w_mirror
+        return data, weight
+
+    def reconstruct(
+        self, tau2: Tensor | None = None, wiener_constant: float = 0.0
+    ) -> Tensor:
+        """Real ``(D, D, D)`` map on the scale of the inserted volumes (centre ``D // 2``).
+
+        With ``W = pad^3 * weight`` (the weight per ``D``-grid coefficient: a padded cell
+        is ``1 / pad^3`` of one) the padded spectrum is ``pad^3 * data / den`` with
+        ``den = max(W + r, 1e-3 * <W>_shell)``: ``r = 1 / tau2(shell)`` when ``tau2`` is
+        given, else ``r = wiener_constant``; ``<W>_shell`` is the mean of ``W`` over the
+        padded-grid shell ``round(|q|)``, the floor RELION uses against tiny weights.
+        ``tau2`` is indexed by padded shells ``round(|q|)`` if it has ``P // 2 + 1``
+        entries, or by ``D``-box shells ``round(|q| / pad)`` if it has ``D // 2 + 1``; it is
+        on the per-coefficient scale of ``W`` (signal power / noise power, as RELION's);
+        shells beyond it or with ``tau2 <= 0`` give 0. Cells beyond the Nyquist sphere
+        (``|q| > P / 2``) and with ``den = 0`` give 0. Then inverse FFT on the padded grid,
+        crop to ``D`` about the centre, and divide by the gridding kernel.
+        """
+        box, big, pad = self.box, self.padded_box, self.pad
+        data, weight = self.symmetrised()
+        scale = float(pad**3)
+        w = weight * scale
+        full = torch.fft.fftfreq(big, d=1.0 / big, device=self.device,
+                                 dtype=torch.float64).round()
+        half = torch.arange(big // 2 + 1, device=self.device, dtype=torch.float64)
+        radius = torch.sqrt(full.view(-1, 1, 1) ** 2 + full.view(1, -1, 1) ** 2
+                            + half.view(1, 1, -1) ** 2)
+        shells = radius.round().long()
+        n_big = big // 2 + 1
+        if tau2 is not None:
+            tau2 = torch.as_tensor(tau2, device=self.device, dtype=torch.float64).reshape(-1)
+            if tau2.numel() == n_big:
+                tshell = shells
+            elif tau2.numel() == box // 2 + 1:
+                tshell = (radius / pad).round().long()
+            else:
+                raise ValueError(
+                    f"tau2 must have {n_big} (padded) or {box // 2 + 1} (box) shells, "
+                    f"got {tau2.numel()}"
+                )
+            valid = tshell < tau2.numel()
+            t = tau2[tshell.clamp(max=tau2.numel() - 1)]
+            valid = valid & (t > 0)
+            reg = torch.where(valid, 1.0 / torch.where(valid, t, 1.0), math.inf)
+        else:
+            reg = torch.full_like(radius, float(wiener_constant))
+        # Floor: 1e-3 of the shell mean of W (padded shells inside the sphere).
+        flat_shell = shells.reshape(-1).clamp(max=n_big)
+        sums = torch.zeros(n_big + 1, dtype=torch.float64, device=self.device)
+        sums.index_add_(0, flat_shell, w.reshape(-1).to(torch.float64))
+        counts = torch.bincount(flat_shell, minlength=n_big + 1).to(torch.float64)
+        floor = (1e-3 * sums / counts.clamp(min=1))[flat_shell].view_as(radius)
+        den = torch.maximum(w.to(torch.float64) + reg, floor)
+        ok = (den > 0) & torch.isfinite(den) & (radius <= big / 2)
+        factor = torch.where(ok, scale / torch.where(ok, den, 1.0), 0.0)
+        spec = data * factor.to(weight.dtype)
+        vol = torch.fft.irfftn(spec, s=(big, big, big), dim=_DIMS)
+        vol = torch.fft.fftshift(vol, dim=_DIMS)
+        offset = big // 2 - box // 2
+        vol = vol[offset:offset + box, offset:offset + box, offset:offset + box]
+        return vol / gridding_kernel(box, big, self.device, vol.dtype)

@@ -1,0 +1,44 @@
+"""Translations as Fourier phase factors on the half-spectrum grid.
+
+Translating real-space content by ``s = (sx, sy, sz)`` pixels, ``v'(r) = v(r - s)``,
+multiplies its spectrum by ``exp(-2 pi i k . s)`` with ``k`` in cycles/pixel ordered
+``(x, y, z)`` (:func:`subtomo.fourier.grid.rfft_freqs`). For integer shifts this is exactly
+``torch.roll(v, shifts=(sz, sy, sx), dims=(-3, -2, -1))`` (periodic box). Any centring of the
+spectrum works, since the factor multiplies it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from subtomo.fourier.grid import rfft_freqs
+
+__all__ = ["phase_shift"]
+
+
+def phase_shift(
+    box: int, shifts_px: Tensor, device: torch.device | str | None = None
+) -> Tensor:
+    """Phase factors ``exp(-2 pi i k . s)``: complex ``(..., D, D, D // 2 + 1)``.
+
+    ``shifts_px``: ``(..., 3)`` shifts ``(x, y, z)`` in pixels (of the ``D`` box). complex64
+    for float32 (or integer) shifts, complex128 for float64. The phase ``k . s`` is reduced
+    modulo 1 in float64 before multiplying by ``2 pi``, so large shifts stay accurate.
+    """
+    shifts = torch.as_tensor(shifts_px, device=device)
+    if device is None:
+        device = shifts.device
+    if shifts.shape[-1] != 3:
+        raise ValueError(f"expected shifts of shape (..., 3), got {tuple(shifts.shape)}")
+    out_real = torch.float64 if shifts.dtype == torch.float64 else torch.float32
+    k = rfft_freqs(box, device=device, dtype=torch.float64)  # (D, D, H, 3)
+    lead = shifts.shape[:-1]
+    s = shifts.to(device=device, dtype=torch.float64).reshape(-1, 3)
+    cycles = torch.einsum("zyxc,bc->bzyx", k, s)
+    cycles = cycles - torch.round(cycles)
+    phase = (-2.0 * math.pi * cycles).to(out_real)
+    out = torch.polar(torch.ones_like(phase), phase)
+    return out.reshape(*lead, *k.shape[:-1])

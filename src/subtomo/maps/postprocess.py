@@ -1,0 +1,348 @@
+"""RELION-style post-processing: masked, noise-substitution-corrected FSC and sharpening.
+
+Follows ``relion_postprocess`` (Scheres; Chen et al. 2013, Ultramicroscopy 135:24):
+
+1. FSC of the unmasked half maps; the randomisation shell ``r0`` is the first shell (> 0) where
+   it falls below ``randomize_at_fsc`` (or ``D·px / randomize_at_A``).
+2. FSC of the masked half maps (FSC_t), and of the masked half maps whose phases were randomised
+   at ``|k| ≥ r0`` (FSC_n, independent phases per half). The corrected FSC is FSC_t for shells
+   ``< r0 + 2`` (RELION moves the start two shells out, past artefacts at the randomisation
+   edge) and ``(FSC_t − FSC_n) / (1 − FSC_n)`` beyond.
+3. Resolution: RELION's rule, the last shell before the corrected FSC first drops below 0.143.
+   If the unmasked FSC reaches further than the corrected one, RELION distrusts the mask and uses
+   the unmasked FSC (unless ``force_mask``); both cases are reported in ``warnings``.
+4. Sharpening of the *unmasked* half-map average: divide by the detector MTF (optional), weight
+   each shell by ``sqrt(2·FSC/(1+FSC))`` (Rosenthal & Henderson 2003; zero from the first shell
+   where the corrected FSC < 1e-4), fit ``ln⟨|F|⟩`` against ``1/d²`` between ``autob_lowres_A``
+   and ``autob_highres_A`` (default: the final resolution) and apply ``B = 4·slope`` as
+   ``F·exp(−B/4·s²)`` up to Nyquist (the fitted B is negative for a decaying spectrum, so this
+   sharpens), then low-pass at the resolution with a raised-cosine edge two shells wide.
+
+Fourier conventions: :mod:`subtomo.fourier.grid` (half spectra, shells ``round(|k|·D)``) and
+:func:`subtomo.fourier.fsc.fsc`; amplitudes normalised as RELION's (``norm="forward"``).
+Radial filters and phase randomisation do not depend on where the real-space origin sits, so
+plain ``rfftn`` is used (the centred spectrum differs only by a phase factor).
+Everything runs on the device of the inputs (``cpu`` or ``cuda``); the three FSCs and the two
+half maps are processed as batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from subtomo.errors import InputError
+from subtomo.fourier.fsc import fsc, resolution_at
+from subtomo.fourier.grid import lowpass_mask, radial_average, shell_index, shell_radius_px
+
+FSC_WEIGHT_FLOOR = 1e-4  # RELION: FSC weights are zero from the first shell below this
+MIN_GUINIER_POINTS = 3
+
+MtfLike = Callable[[torch.Tensor], torch.Tensor] | np.ndarray | torch.Tensor
+
+
+@dataclass
+class GuinierFit:
+    """Straight line through the Guinier plot: ``ln⟨|F|⟩ = intercept + slope · (1/d²)``."""
+
+    slope_A2: float
+    intercept: float
+    correlation: float
+    low_A: float  # fitted from this resolution (Å) ...
+    high_A: float  # ... to this one
+    points: int
+
+
+@dataclass
+class PostprocessResult:
+    """Everything ``relion_postprocess`` reports. Curves are ``(D // 2 + 1,)`` on the CPU."""
+
+    box: int
+    pixel_size_A: float
+    fsc_unmasked: torch.Tensor
+    fsc_masked: torch.Tensor
+    fsc_random_masked: torch.Tensor  # phase-randomised halves, masked
+    fsc_corrected: torch.Tensor
+    randomize_shell: int  # phases randomised at |k| ≥ this shell
+    randomize_from_A: float
+    resolution_shell: int
+    resolution_A: float  # RELION's: the last shell before FSC < 0.143
+    resolution_interpolated_A: float  # the 0.143 crossing interpolated between shells
+    bfactor_A2: float  # applied as exp(−B/4·s²) to amplitudes; negative sharpens
+    guinier_fit: GuinierFit | None  # None unless the B-factor was fitted
+    guinier: dict[str, np.ndarray]  # resolution_squared (1/Å²) and ln⟨|F|⟩ columns (−99: none)
+    sharpened: torch.Tensor  # (D, D, D): FSC-weighted, B-factor, low-passed, unmasked
+    sharpened_masked: torch.Tensor  # sharpened × mask
+    masked_average: torch.Tensor  # (half1 + half2) / 2 × mask, unfiltered
+    lowpass_A: float
+    mask_used: bool  # False when RELION's check fell back to the unmasked FSC
+    warnings: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- helpers
+def resolution_shell_relion(curve: torch.Tensor, threshold: float = 0.143) -> int:
+    """RELION's rule: the last shell before the curve first drops below ``threshold``.
+
+    Shells from 1 on are searched (as :func:`subtomo.fourier.fsc.resolution_at`, which
+    interpolates between this shell and the next; RELION reports this shell itself).
+    """
+    below = torch.nonzero(curve[1:] < threshold).flatten()
+    first = int(below[0]) + 1 if below.numel() else curve.numel()
+    return first - 1
+
+
+def shell_to_A(shell: int, box: int, pixel_size_A: float) -> float:
+    """Resolution (Å) of Fourier shell ``shell`` of a ``box``-pixel box; ∞ for shell 0."""
+    return math.inf if shell <= 0 else box * pixel_size_A / shell
+
+
+def randomize_phases(spectra: torch.Tensor, radius: torch.Tensor, from_shell: int,
+                     generator: torch.Generator) -> torch.Tensor:
+    """Replace phases at ``|k| ≥ from_shell`` by uniform random ones, keeping amplitudes.
+
+    ``spectra``: ``(..., D, D, D//2+1)`` complex; every leading entry gets its own phases. Drawn
+    on the CPU from ``generator`` so results do not depend on the device.
+    """
+    phase = torch.rand(spectra.shape, generator=generator, dtype=torch.float64)
+    phase = (2 * math.pi * phase).to(device=spectra.device, dtype=spectra.real.dtype)
+    random = torch.polar(spectra.abs(), phase)
+    return torch.where(radius >= from_shell, random, spectra)
+
+
+def apply_bfactor(spectrum: torch.Tensor, s2: torch.Tensor, bfactor_A2: float,
+                  nyquist_s2: float) -> torch.Tensor:
+    """``F·exp(−B/4·s²)`` up to Nyquist and zero beyond (RELION's ``applyBFactorToMap``)."""
+    factor = torch.exp(-(bfactor_A2 / 4.0) * s2)
+    factor = torch.where(s2 <= nyquist_s2 * (1 + 1e-12), factor, torch.zeros_like(factor))
+    return spectrum * factor.to(spectrum.real.dtype)
+
+
+def fsc_weights(fsc_curve: torch.Tensor, shells: torch.Tensor) -> torch.Tensor:
+    """Per-voxel ``sqrt(2·FSC/(1+FSC))``, zero from the first shell with FSC < 1e-4 onwards."""
+    n = fsc_curve.numel()
+    below = torch.nonzero(fsc_curve < FSC_WEIGHT_FLOOR).flatten()
+    last = (int(below[0]) - 1) if below.numel() else n - 1
+    f = fsc_curve.clamp_min(0.0)
+    w = torch.sqrt(2 * f / (1 + f))
+    w[last + 1:] = 0.0
+    w = torch.cat([w, w.new_zeros(1)])  # shells ≥ n (corners) get zero
+    return w[shells.clamp(max=n)]
+
+
+def guinier_curve(spectrum: torch.Tensor, box: int) -> torch.Tensor:
+    """``ln⟨|F|⟩`` over shells ``0 .. D // 2`` (full-spectrum average); −99 where it is 0."""
+    mean = radial_average(spectrum.abs().double(), box)
+    return torch.where(mean > 0, torch.log(mean.clamp_min(1e-300)),
+                       torch.full_like(mean, -99.0))
+
+
+def fit_guinier(x: np.ndarray, y: np.ndarray, low_A: float, high_A: float) -> GuinierFit | None:
+    """Least-squares line through the points with ``high_A ≤ d ≤ low_A`` (and y > −99)."""
+    with np.errstate(divide="ignore"):
+        d = np.where(x > 0, 1.0 / np.sqrt(np.maximum(x, 1e-300)), np.inf)
+    use = (d <= low_A * (1 + 1e-9)) & (d >= high_A * (1 - 1e-9)) & (y > -99.0)
+    if use.sum() < MIN_GUINIER_POINTS:
+        return None
+    xs, ys = x[use], y[use]
+    slope, intercept = np.polyfit(xs, ys, 1)
+    corr = float(np.corrcoef(xs, ys)[0, 1]) if np.ptp(ys) > 0 else 1.0
+    return GuinierFit(float(slope), float(intercept), corr, low_A, high_A, int(use.sum()))
+
+
+def _mtf_per_voxel(mtf: MtfLike, frequency_A: torch.Tensor) -> torch.Tensor:
+    """MTF at every voxel: a callable of frequency (1/Å), or an ``(n, 2)`` table (1/Å, MTF)."""
+    if callable(mtf) and not isinstance(mtf, np.ndarray | torch.Tensor):
+        values = torch.as_tensor(mtf(frequency_A), dtype=torch.float64,
+                                 device=frequency_A.device)
+    else:
+        table = np.asarray(mtf.detach().cpu() if isinstance(mtf, torch.Tensor) else mtf,
+                           dtype=np.float64)
+        if table.ndim != 2 or table.shape[1] != 2 or len(table) < 2:
+            raise InputError(None, "MTF must be an (n, 2) table of (frequency 1/Å, value)")
+        if np.any(table[:, 1] <= 1e-10):
+            raise InputError(None, "MTF has zero or negative values")
+        order = np.argsort(table[:, 0])
+        values = torch.from_numpy(np.interp(frequency_A.cpu().numpy(), table[order, 0],
+                                            table[order, 1])).to(frequency_A.device)
+    if torch.any(values <= 1e-10):
+        raise InputError(None, "MTF has zero or negative values")
+    return values
+
+
+# --------------------------------------------------------------------------- main entry
+def _as_volume(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
+    volume = torch.as_tensor(x)
+    if volume.ndim != 3 or len(set(volume.shape)) != 1:
+        raise InputError(None, f"{name} must be a cubic (z, y, x) volume, got shape "
+                         f"{tuple(volume.shape)}")
+    if not volume.is_floating_point():
+        volume = volume.float()
+    return volume
+
+
+def postprocess(
+    half1: np.ndarray | torch.Tensor,
+    half2: np.ndarray | torch.Tensor,
+    mask: np.ndarray | torch.Tensor,
+    pixel_size_A: float,
+    *,
+    adhoc_bfac: float | None = None,
+    autob_lowres_A: float = 10.0,
+    autob_highres_A: float | None = None,
+    randomize_at_fsc: float = 0.8,
+    randomize_at_A: float | None = None,
+    mtf: MtfLike | None = None,
+    low_pass_A: float | None = None,
+    force_mask: bool = False,
+    filter_edge_width: int = 2,
+    seed: int = 0,
+) -> PostprocessResult:
+    """Post-process two half maps as ``relion_postprocess`` does (see the module docstring).
+
+    ``adhoc_bfac`` (Å²) skips the Guinier fit and sharpens with ``−|adhoc_bfac|``; otherwise the
+    B-factor is fitted between ``autob_lowres_A`` and ``autob_highres_A`` (default: the final
+    resolution). ``mtf``: a callable of frequency (1/Å) or an ``(n, 2)`` table (1/Å, value).
+    Works on the device of ``half1`` (the others are moved there).
+    """
+    h1 = _as_volume(half1, "half map 1")
+    device = h1.device
+    dtype = h1.dtype if h1.dtype == torch.float64 else torch.float32
+    h1 = h1.to(dtype)
+    h2 = _as_volume(half2, "half map 2").to(device=device, dtype=dtype)
+    m = _as_volume(mask, "mask").to(device=device, dtype=dtype)
+    if h2.shape != h1.shape:
+        raise InputError(None, f"half maps differ in shape: {tuple(h1.shape)} and "
+                         f"{tuple(h2.shape)}")
+    if m.shape != h1.shape:
+        raise InputError(None, f"mask shape {tuple(m.shape)} differs from the half maps' "
+                         f"{tuple(h1.shape)}")
+    lo, hi = float(m.min()), float(m.max())
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise InputError(None, f"mask values must lie in [0, 1], found [{lo:g}, {hi:g}]")
+    if not pixel_size_A > 0:
+        raise InputError(None, f"pixel size must be positive, got {pixel_size_A}")
+
+    box = h1.shape[-1]
+    n = box // 2 + 1
+    notes: list[str] = []
+    radius = shell_radius_px(box, device, torch.float64)
+    shells = shell_index(box, device)
+    dims = (-3, -2, -1)
+
+    halves = torch.stack([h1, h2])
+    spectra = torch.fft.rfftn(halves, dim=dims)
+    fsc_unmasked = fsc(spectra[0], spectra[1], spectra=True)
+
+    # randomisation shell
+    if randomize_at_A is not None and randomize_at_A > 0:
+        r0 = int(box * pixel_size_A / randomize_at_A)
+    else:
+        below = torch.nonzero(fsc_unmasked[1:] < randomize_at_fsc).flatten()
+        r0 = int(below[0]) + 1 if below.numel() else -1
+    if r0 <= 0 or r0 >= n:
+        notes.append(f"unmasked FSC never drops below {randomize_at_fsc}: no phase "
+                     "randomisation, corrected FSC = masked FSC")
+        r0 = n
+    generator = torch.Generator().manual_seed(seed)
+    random = torch.fft.irfftn(randomize_phases(spectra, radius, r0, generator), s=(box,) * 3,
+                              dim=dims)
+
+    # masked and masked-randomised FSCs in one batch
+    fsc_mr = fsc(torch.stack([halves[0] * m, random[0] * m]),
+                 torch.stack([halves[1] * m, random[1] * m]))
+    fsc_masked, fsc_random = fsc_mr[0].clone(), fsc_mr[1].clone()
+    if fsc_masked[0] <= 0:  # RELION: the FSC at the origin sometimes comes out as −1
+        fsc_masked[0] = 1.0
+    if fsc_random[0] <= 0:
+        fsc_random[0] = 1.0
+    start = min(r0 + 2, n)
+    fsc_corrected = fsc_masked.clone()
+    denom = (1.0 - fsc_random[start:]).clamp_min(1e-6)
+    fsc_corrected[start:] = (fsc_masked[start:] - fsc_random[start:]) / denom
+
+    res_i = resolution_shell_relion(fsc_corrected)
+    mask_used = True
+    unmasked_i = resolution_shell_relion(fsc_unmasked)
+    if unmasked_i > res_i:
+        if force_mask:
+            notes.append("the unmasked FSC extends beyond the solvent-corrected FSC")
+        else:
+            notes.append("the unmasked FSC extends beyond the solvent-corrected FSC: mask "
+                         "ignored (use force_mask to keep it); check the mask")
+            fsc_corrected = fsc_unmasked.clone()
+            res_i = unmasked_i
+            mask_used = False
+    elif r0 < n and float(fsc_random[res_i]) > 0.1:
+        notes.append(f"phase-randomised FSC is {float(fsc_random[res_i]):.2f} (> 0.10) at the "
+                     "estimated resolution: the mask may be too sharp or too tight")
+    resolution_A = shell_to_A(res_i, box, pixel_size_A)
+
+    # sharpen the unmasked average
+    average = 0.5 * (halves[0] + halves[1])
+    masked_average = average * m
+    ft = torch.fft.rfftn(average, dim=dims, norm="forward")
+    frequency_A = radius / (box * pixel_size_A)
+    s2 = frequency_A**2
+    columns: dict[str, torch.Tensor] = {"original": guinier_curve(ft, box)}
+    if mtf is not None:
+        ft = ft / _mtf_per_voxel(mtf, frequency_A).to(dtype)
+        columns["mtf_corrected"] = guinier_curve(ft, box)
+    ft = ft * fsc_weights(fsc_corrected, shells).to(dtype)
+    columns["weighted"] = guinier_curve(ft, box)
+
+    x = (np.arange(n) / (box * pixel_size_A)) ** 2
+    fit: GuinierFit | None = None
+    if adhoc_bfac is not None and adhoc_bfac != 0:
+        bfactor = -abs(float(adhoc_bfac))
+    elif adhoc_bfac is not None:
+        bfactor = 0.0
+    else:
+        high = autob_highres_A if autob_highres_A and autob_highres_A > 0 else resolution_A
+        fit = fit_guinier(x, columns["weighted"].cpu().numpy(), autob_lowres_A, high)
+        if fit is None:
+            notes.append(f"fewer than {MIN_GUINIER_POINTS} Guinier points between "
+                         f"{autob_lowres_A:g} Å and {high:.2f} Å: no B-factor applied "
+                         "(lower --autob_lowres or give --adhoc_bfac)")
+            bfactor = 0.0
+        else:
+            bfactor = 4.0 * fit.slope_A2
+    nyquist_s2 = (1.0 / (2.0 * pixel_size_A)) ** 2
+    if bfactor != 0.0:
+        ft = apply_bfactor(ft, s2, bfactor, nyquist_s2)
+        columns["sharpened"] = guinier_curve(ft, box)
+    lowpass_A = low_pass_A if low_pass_A and low_pass_A > 0 else resolution_A
+    lowpass_shell = round(box * pixel_size_A / lowpass_A) if math.isfinite(lowpass_A) else 0
+    ft = ft * lowpass_mask(box, lowpass_shell, filter_edge_width, device, dtype)
+    sharpened = torch.fft.irfftn(ft, s=(box,) * 3, dim=dims, norm="forward")
+
+    guinier = {"resolution_squared": x}
+    guinier.update({k: v.cpu().numpy() for k, v in columns.items()})
+    if fit is not None:
+        guinier["intercept"] = np.full(n, fit.intercept)
+
+    return PostprocessResult(
+        box=box,
+        pixel_size_A=float(pixel_size_A),
+        fsc_unmasked=fsc_unmasked.cpu(),
+        fsc_masked=fsc_masked.cpu(),
+        fsc_random_masked=fsc_random.cpu(),
+        fsc_corrected=fsc_corrected.cpu(),
+        randomize_shell=r0,
+        randomize_from_A=shell_to_A(r0, box, pixel_size_A),
+        resolution_shell=res_i,
+        resolution_A=resolution_A,
+        resolution_interpolated_A=resolution_at(fsc_corrected, box, pixel_size_A),
+        bfactor_A2=bfactor,
+        guinier_fit=fit,
+        guinier=guinier,
+        sharpened=sharpened,
+        sharpened_masked=sharpened * m,
+        masked_average=masked_average,
+        lowpass_A=lowpass_A,
+        mask_used=mask_used,
+        warnings=notes,
+    )

@@ -1,0 +1,100 @@
+"""Grids, shells, Hermitian weights and centred transforms against brute-force numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from subtomo.fourier.grid import (
+    centred_irfft,
+    centred_rfft,
+    hermitian_weights,
+    lowpass,
+    lowpass_mask,
+    radial_average,
+    rfft_freqs,
+    shell_index,
+)
+
+BOXES = [8, 9, 16, 17]
+
+
+@pytest.mark.parametrize("box", BOXES)
+def test_freqs_and_shells_match_numpy(box: int) -> None:
+    kz = np.fft.fftfreq(box)[:, None, None]
+    ky = np.fft.fftfreq(box)[None, :, None]
+    kx = np.fft.rfftfreq(box)[None, None, :]
+    k = rfft_freqs(box, dtype=torch.float64).numpy()
+    assert k.shape == (box, box, box // 2 + 1, 3)
+    np.testing.assert_allclose(k[..., 0], np.broadcast_to(kx, k.shape[:-1]), atol=1e-12)
+    np.testing.assert_allclose(k[..., 1], np.broadcast_to(ky, k.shape[:-1]), atol=1e-12)
+    np.testing.assert_allclose(k[..., 2], np.broadcast_to(kz, k.shape[:-1]), atol=1e-12)
+    brute = np.rint(np.sqrt(kx**2 + ky**2 + kz**2) * box).astype(np.int64)
+    np.testing.assert_array_equal(shell_index(box).numpy(), brute)
+
+
+@pytest.mark.parametrize("box", BOXES)
+def test_hermitian_weights_give_full_spectrum_sums(box: int) -> None:
+    g = torch.Generator().manual_seed(box)
+    u = torch.randn(box, box, box, generator=g, dtype=torch.float64)
+    v = torch.randn(box, box, box, generator=g, dtype=torch.float64)
+    fu, fv = centred_rfft(u), centred_rfft(v)
+    w = hermitian_weights(box).to(torch.float64)
+    # Parseval: sum over the full spectrum of |F|^2 = N * sum |v|^2.
+    n = box**3
+    assert torch.allclose((w * fu.abs() ** 2).sum(), n * (u**2).sum(), rtol=1e-10)
+    assert torch.allclose((w * (fu * fv.conj()).real).sum(), n * (u * v).sum(), rtol=1e-10)
+    # And equal to the full numpy FFT's sum, shell by shell.
+    full = np.fft.fftn(u.numpy())
+    fz, fy, fx = np.meshgrid(*(np.fft.fftfreq(box),) * 3, indexing="ij")
+    shells_full = np.rint(np.sqrt(fx**2 + fy**2 + fz**2) * box).astype(int)
+    power_full = np.bincount(shells_full.ravel(), np.abs(full.ravel()) ** 2)
+    power_half = np.bincount(shell_index(box).numpy().ravel(),
+                             (w * fu.abs() ** 2).numpy().ravel())
+    np.testing.assert_allclose(power_half, power_full, rtol=1e-10)
+
+
+@pytest.mark.parametrize("box", [8, 9])
+def test_radial_average_matches_full_spectrum_average(box: int) -> None:
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(2, box, box, box, generator=g, dtype=torch.float64)
+    power = centred_rfft(v).abs() ** 2
+    avg = radial_average(power, box)
+    assert avg.shape == (2, box // 2 + 1)
+    full = np.abs(np.fft.fftn(v.numpy(), axes=(-3, -2, -1))) ** 2
+    fz, fy, fx = np.meshgrid(*(np.fft.fftfreq(box),) * 3, indexing="ij")
+    shells = np.rint(np.sqrt(fx**2 + fy**2 + fz**2) * box).astype(int).ravel()
+    for b in range(2):
+        sums = np.bincount(shells, full[b].ravel())[: box // 2 + 1]
+        counts = np.bincount(shells)[: box // 2 + 1]
+        np.testing.assert_allclose(avg[b].numpy(), sums / counts, rtol=1e-10)
+    const = torch.full((box, box, box // 2 + 1), 3.0)
+    assert torch.allclose(radial_average(const, box), torch.full((box // 2 + 1,), 3.0))
+
+
+@pytest.mark.parametrize("box", [8, 9, 12])
+def test_centred_rfft_convention(box: int) -> None:
+    # A delta at the centre voxel D // 2 has a constant, real spectrum.
+    delta = torch.zeros(box, box, box)
+    delta[box // 2, box // 2, box // 2] = 1.0
+    spec = centred_rfft(delta)
+    assert spec.shape == (box, box, box // 2 + 1)
+    assert torch.allclose(spec, torch.ones_like(spec), atol=1e-6)
+    v = torch.randn(box, box, box)
+    assert torch.allclose(centred_irfft(centred_rfft(v), box), v, atol=1e-5)
+
+
+def test_lowpass_raised_cosine() -> None:
+    box = 32
+    mask = lowpass_mask(box, 8.0, edge_px=4.0, dtype=torch.float64)
+    r = torch.linalg.vector_norm(rfft_freqs(box, dtype=torch.float64), dim=-1) * box
+    assert torch.all(mask[r <= 6.0] == 1.0)
+    assert torch.all(mask[r >= 10.0] == 0.0)
+    on_edge = (r - 8.0).abs() < 1e-9
+    assert on_edge.any() and torch.allclose(mask[on_edge], torch.tensor(0.5, dtype=mask.dtype))
+    band = (r > 6.0) & (r < 10.0)
+    expected = 0.5 * (1 + torch.cos(torch.pi * (r[band] - 6.0) / 4.0))
+    assert torch.allclose(mask[band], expected)
+    spec = torch.randn(box, box, box // 2 + 1, dtype=torch.complex64)
+    assert torch.allclose(lowpass(spec, box, 8.0, 4.0), spec * mask.float())
