@@ -9,6 +9,7 @@ from subtomo import __version__
 from subtomo.commands import (
     convert,
     demo,
+    maps,
     poses,
     postprocess,
     reconstruct,
@@ -18,7 +19,7 @@ from subtomo.commands import (
 )
 from subtomo.errors import InputError
 
-COMMANDS = (convert, star, select, poses, simulate, reconstruct, postprocess, demo)
+COMMANDS = (convert, star, select, poses, simulate, reconstruct, maps, postprocess, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

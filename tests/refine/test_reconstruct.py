@@ -66,3 +66,52 @@ def test_cli_writes_half_maps_fsc_and_plot(tmp_path_factory):
         assert (out.parent / f"ref{suffix}").is_file()
     data, voxel = read_mrc(out)
     assert data.shape == (32, 32, 32) and voxel == pytest.approx(4.0)
+
+
+@pytest.fixture(scope="module")
+def small_sim(tmp_path_factory):
+    return simulate(tmp_path_factory, "bad", n=6, box_px=16, n_atoms=200)
+
+
+def _run_bad(sim, capsys, *extra: str, star=None) -> str:
+    out = sim.directory / "bad_out" / "map.mrc"
+    code = main(["reconstruct", "--i", str(star or sim.particles_star), "--o", str(out),
+                 "--ctf", *extra])
+    lines = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
+    errors = [line for line in lines if line.startswith("subtomo: error: ")]
+    assert code == 2 and len(errors) == 1 and lines[-1] == errors[0]  # progress bars may precede
+    assert not out.exists() and not list(out.parent.glob(".*.tmp"))
+    return errors[0]
+
+
+def test_bad_input_unknown_symmetry(small_sim, capsys):
+    assert "--sym" in _run_bad(small_sim, capsys, "--sym", "X7")
+
+
+def test_bad_input_wrong_ctf_volume(small_sim, capsys):
+    from subtomo.io.mrc import write_mrc
+
+    ctf = small_sim.directory / "Subtomograms" / "particle_000003_ctf.mrc"
+    backup = ctf.read_bytes()
+    write_mrc(ctf, np.ones((10, 10, 10), np.float32), 4.0)
+    try:
+        message = _run_bad(small_sim, capsys)
+    finally:
+        ctf.write_bytes(backup)
+    assert "particle_000003_ctf.mrc" in message and "(16, 16, 9)" in message
+
+
+def test_bad_input_missing_image_and_empty_selection(small_sim, capsys, tmp_path):
+    from subtomo.io.star import write_particles
+
+    ps = read_particles(small_sim.particles_star)
+    ps.particles.loc[2, "rlnImageName"] = "Subtomograms/nowhere.mrc"
+    write_particles(ps, small_sim.directory / "missing.star", "relion31")
+    message = _run_bad(small_sim, capsys, star=small_sim.directory / "missing.star")
+    assert "nowhere.mrc" in message and "rlnImageName" in message
+    ps = read_particles(small_sim.particles_star)
+    ps.particles["rlnRandomSubset"] = 1
+    write_particles(ps, small_sim.directory / "one_half.star", "relion31")
+    message = _run_bad(small_sim, capsys, "--subset", "2",
+                       star=small_sim.directory / "one_half.star")
+    assert "half set 2 is empty" in message

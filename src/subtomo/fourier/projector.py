@@ -90,42 +90,16 @@ def _selected_frequencies(
     return flat, kvec
 
 
-def _corners(p: Tensor, padded_box: int) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-    """Trilinear corners of points ``p`` (``(m, 3)``, padded-grid units, ``(x, y, z)``).
-
-    Returns ``neg`` (points with ``p_x < 0``, handled at ``-p`` with conjugation) and 8
-    ``(flat_index, weight)`` pairs (int32 indices) into the padded half grid
-    ``(P, P, P // 2 + 1)``; ``y`` and ``z`` wrap modulo ``P``. An ``x`` corner past
-    ``P // 2`` (reached only on the Nyquist sphere) gets weight 0.
-    """
-    big = padded_box
-    half = big // 2 + 1
-    neg = p[:, 0] < 0
-    p = torch.where(neg[:, None], -p, p)
-    # Shift y, z by +P so that truncation is floor (all coordinates >= 0).
-    q = p + p.new_tensor([0.0, float(big), float(big)])
-    base = q.to(torch.int32)
-    frac = q - base
-    x0, y0, z0 = base.unbind(-1)
-    x1 = x0 + 1
-    fx_in = torch.where(x1 < half, frac[:, 0], 0.0)
-    x1 = torch.clamp(x1, max=half - 1)
-    y0 = torch.remainder(y0, big)
-    z0 = torch.remainder(z0, big)
-    y1 = torch.where(y0 == big - 1, 0, y0 + 1)
-    z1 = torch.where(z0 == big - 1, 0, z0 + 1)
-    fx, fy, fz = frac.unbind(-1)
-    gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
-    stride_z, stride_y = big * half, half
-    corners = []
-    for zi, wz in ((z0, gz), (z1, fz)):
-        zrow = zi * stride_z
-        for yi, wy in ((y0, gy), (y1, fy)):
-            row = zrow + yi * stride_y
-            wzy = wz * wy
-            corners.append((row + x0, wzy * gx))
-            corners.append((row + x1, wzy * fx_in))
-    return neg, corners
+def _wrap_runs(length: int, offset: int, period: int) -> list[tuple[int, int, int]]:
+    """Runs ``(dst, src, count)`` sending index ``e`` of an extended axis of ``length`` to
+    ``(e - offset) mod period`` (contiguous on both sides)."""
+    runs, e = [], 0
+    while e < length:
+        d = (e - offset) % period
+        count = min(length - e, period - d)
+        runs.append((d, e, count))
+        e += count
+    return runs
 
 
 def _sampling_table(spectrum: Tensor) -> Tensor:
@@ -258,6 +232,33 @@ class Backprojector:
         cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
         self.data = torch.zeros((big, big, big // 2 + 1), dtype=cdtype, device=self.device)
         self.weight = torch.zeros((big, big, big // 2 + 1), dtype=dtype, device=self.device)
+        # Scatter grid: y and z shifted by ``offset`` and extended (no wrapping per point),
+        # x extended by one column (corners past P // 2, which are dropped).
+        self._offset = big // 2 + 1
+        self._ext_shape = (big + 3, big + 3, big // 2 + 2)
+        ez, ey, ex = self._ext_shape
+        self._corner_offsets = torch.tensor(
+            [dz * ey * ex + dy * ex + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)],
+            dtype=torch.int32, device=self.device)
+        self._strides = torch.tensor([1, ex, ey * ex], dtype=torch.int32, device=self.device)
+        self._origin = torch.tensor([0.0, self._offset, self._offset], dtype=dtype,
+                                    device=self.device)
+        self._base_max = torch.tensor([ex - 2, ey - 2, ez - 2], dtype=torch.int32,
+                                      device=self.device)
+        self._frequencies: dict[float | None, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def _selection(self, max_radius_px: float | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Cached ``(flat, p0, half_factor)``: selected half-grid indices, their padded-grid
+        positions ``pad * k * D`` ``(n, 3)`` and the Hermitian-mate factors (1/2 or 1)."""
+        key = None if max_radius_px is None else float(max_radius_px)
+        if key not in self._frequencies:
+            box = self.box
+            flat, kvec = _selected_frequencies(box, key, self.device)
+            # 1/2 for coefficients whose Hermitian mate is also in the half spectrum.
+            mate = (kvec[:, 0] == 0) | ((box % 2 == 0) & (kvec[:, 0] == box // 2))
+            half_factor = torch.where(mate, 0.5, 1.0).to(self.dtype)
+            self._frequencies[key] = (flat, (kvec * self.pad).to(self.dtype), half_factor)
+        return self._frequencies[key]
 
     def insert(
         self,
@@ -271,46 +272,79 @@ class Backprojector:
         ``spectra``: centred half spectra ``(B, D, D, D // 2 + 1)`` (complex);
         ``A``: ``(B, 3, 3)`` RELION matrices of the particles; ``ctf``: real
         ``(B, D, D, D // 2 + 1)`` or ``None`` (all ones); ``max_radius_px``: insert only
-        ``|k| D <= max_radius_px`` (always ``<= D / 2``).
+        ``|k| D <= max_radius_px`` (always ``<= D / 2``). Points whose CTF is exactly 0
+        (e.g. the missing wedge) add nothing and are skipped.
         """
-        box, big = self.box, self.padded_box
+        box = self.box
         shape = rfft_shape(box)
         if tuple(spectra.shape[-3:]) != shape:
             raise ValueError(f"expected spectra (B, {shape}), got {tuple(spectra.shape)}")
-        spectra = spectra.reshape(-1, math.prod(shape))
+        size = math.prod(shape)
+        spectra = spectra.reshape(-1, size)
         A = torch.as_tensor(A).reshape(-1, 3, 3).to(device=self.device, dtype=self.dtype)
         n_rot = spectra.shape[0]
         if A.shape[0] != n_rot:
             raise ValueError(f"{n_rot} spectra but {A.shape[0]} rotations")
-        flat, kvec = _selected_frequencies(box, max_radius_px, self.device)
-        # 1/2 for coefficients whose Hermitian mate is also in the half spectrum.
-        mate = (kvec[:, 0] == 0) | ((box % 2 == 0) & (kvec[:, 0] == box // 2))
-        half_factor = torch.where(mate, 0.5, 1.0).to(self.dtype)
-        kvec = (kvec * self.pad).to(self.dtype)
+        if ctf is not None:
+            ctf = ctf.reshape(-1, size)
+        flat, kvec, half_factor = self._selection(max_radius_px)
+        flat_dev = flat.to(spectra.device)
         n = kvec.shape[0]
-        data = self.data.reshape(-1)
-        weight = self.weight.reshape(-1)
+        ez, ey, ex = self._ext_shape
+        ext = torch.zeros((3, ez * ey * ex), dtype=self.dtype, device=self.device)
         step = _chunk_size(n, self.max_points)
         for start in range(0, n_rot, step):
             stop = min(start + step, n_rot)
-            x = spectra[start:stop][:, flat].to(device=self.device, dtype=self.data.dtype)
+            x = spectra[start:stop].index_select(1, flat_dev)
+            x = x.to(device=self.device, dtype=self.data.dtype).reshape(-1)
+            p = torch.matmul(kvec, A[start:stop]).reshape(-1, 3)  # (A^T k)^T = k^T A
             if ctf is None:
-                c = half_factor.expand(stop - start, n)
+                c = half_factor.expand(stop - start, n).reshape(-1)
                 c2 = c
             else:
-                c0 = ctf.reshape(-1, math.prod(shape))[start:stop][:, flat]
+                c0 = ctf[start:stop].index_select(1, flat.to(ctf.device))
                 c0 = c0.to(device=self.device, dtype=self.dtype)
                 c = c0 * half_factor
-                c2 = c0 * c
-            vals = (x * c).reshape(-1)
-            c2 = c2.reshape(-1)
-            p = torch.matmul(kvec, A[start:stop]).reshape(-1, 3)
-            neg, corners = _corners(p, big)
-            vals = torch.where(neg, vals.conj(), vals)
-            vals_ri = torch.view_as_real(vals)
-            for idx, w in corners:
-                data.index_add_(0, idx, torch.view_as_complex(vals_ri * w[:, None]))
-                weight.index_add_(0, idx, c2 * w)
+                c2 = (c0 * c).reshape(-1)
+                c = c.reshape(-1)
+                keep = torch.nonzero(c0.reshape(-1)).reshape(-1)
+                if keep.numel() < c.numel():
+                    x, p, c, c2 = (x[keep], p.index_select(0, keep), c[keep], c2[keep])
+            self._scatter(ext, p, x * c, c2)
+        self._fold(ext)
+
+    def _scatter(self, ext: Tensor, p: Tensor, vals: Tensor, c2: Tensor) -> None:
+        """Trilinear scatter of ``vals`` (complex) and ``c2`` at ``p`` (``(m, 3)``, padded
+        grid, ``(x, y, z)``) into ``ext`` (re, im, weight) on the extended scatter grid."""
+        # Points with p_x < 0 go to -p, conjugated (Hermitian symmetry).
+        sign = torch.where(p[:, 0] < 0, -1.0, 1.0).to(p.dtype)
+        q = torch.addcmul(self._origin, p, sign[:, None])  # >= 0 inside the Nyquist sphere
+        base = q.to(torch.int32)  # truncation = floor
+        base = torch.minimum(base.clamp_(min=0), self._base_max)
+        frac = q - base
+        idx = (base * self._strides).sum(-1, dtype=torch.int32)
+        idx = (idx[:, None] + self._corner_offsets).reshape(-1)
+        tent = torch.stack((1.0 - frac, frac), dim=-1)  # (m, 3, 2): x, y, z
+        w = (tent[:, 2, :, None] * tent[:, 1, None, :]).reshape(-1, 4, 1) * tent[:, 0, None, :]
+        w = w.reshape(-1, 8)
+        vr = torch.view_as_real(vals)
+        ext[0].index_add_(0, idx, (w * vr[:, 0, None]).reshape(-1))
+        ext[1].index_add_(0, idx, (w * (vr[:, 1] * sign)[:, None]).reshape(-1))
+        ext[2].index_add_(0, idx, (w * c2[:, None]).reshape(-1))
+
+    def _fold(self, ext: Tensor) -> None:
+        """Add the extended scatter grid into ``data`` and ``weight`` (wrap y, z mod P)."""
+        big = self.padded_box
+        half = big // 2 + 1
+        ez, ey, ex = self._ext_shape
+        grid = ext.view(3, ez, ey, ex)[..., :half]
+        dr = torch.view_as_real(self.data)
+        targets = (dr[..., 0], dr[..., 1], self.weight)
+        for dz, sz, nz in _wrap_runs(ez, self._offset, big):
+            for dy, sy, ny in _wrap_runs(ey, self._offset, big):
+                src = grid[:, sz:sz + nz, sy:sy + ny]
+                for target, part in zip(targets, src, strict=True):
+                    target[dz:dz + nz, dy:dy + ny] += part
 
     def merge(self, other: Backprojector) -> None:
         """Add another accumulator's ``data`` and ``weight`` (same box and pad) into this one."""

@@ -42,6 +42,19 @@ def _read_volume(ps: ParticleSet, row: int, column: str, star_dir: Path | None) 
     return data
 
 
+def check_files(ps: ParticleSet, rows: np.ndarray, ctf: bool) -> None:
+    """Fail before any work if an image (or CTF volume) of ``rows`` is missing."""
+    star_dir = Path(ps.source).parent if ps.source else None
+    for column in ("rlnImageName", "rlnCtfImage") if ctf else ("rlnImageName",):
+        if column not in ps.particles:
+            raise InputError(ps.source, "column needed and missing", field=column)
+        for row in rows:
+            name = str(ps.particles[column].iloc[int(row)])
+            if not resolve(name, star_dir).is_file():
+                raise InputError(ps.source, f"particle {int(row) + 1}: file {name!r} not found",
+                                 field=column)
+
+
 def iterate_batches(
     ps: ParticleSet,
     rows: np.ndarray,

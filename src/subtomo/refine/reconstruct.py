@@ -22,7 +22,7 @@ from subtomo.fourier.projector import Backprojector
 from subtomo.fourier.shift import phase_shift
 from subtomo.geometry.symmetry import symmetry_operators
 from subtomo.io.particles import ParticleSet
-from subtomo.refine.images import iterate_batches
+from subtomo.refine.images import check_files, iterate_batches
 
 
 @dataclass
@@ -36,6 +36,20 @@ class Reconstruction:
     half2: torch.Tensor | None = None
     fsc: torch.Tensor | None = None
     resolution_A: float | None = None
+
+
+def image_box(ps: ParticleSet) -> int:
+    """Box size (px) of the particles: ``rlnImageSize``, else the first image's header."""
+    if "rlnImageSize" in ps.optics:
+        return int(ps.optics["rlnImageSize"].iloc[0])
+    from pathlib import Path
+
+    from subtomo.io.mrc import read_mrc_header
+    from subtomo.refine.images import resolve
+
+    star_dir = Path(ps.source).parent if ps.source else None
+    shape, _ = read_mrc_header(resolve(str(ps.particles["rlnImageName"].iloc[0]), star_dir))
+    return shape[-1]
 
 
 def half_sets(ps: ParticleSet, seed: int = 0) -> np.ndarray:
@@ -111,26 +125,24 @@ def reconstruct(
     seed: int = 0,
 ) -> Reconstruction:
     """Reconstruct a map (Å units: ``maxres_A``) from particles with known poses."""
+    try:
+        symmetry_operators(sym)
+    except ValueError as exc:
+        raise InputError(None, str(exc), field="--sym") from None
     apix = ps.pixel_size_A()
     if len(ps) == 0:
         raise InputError(ps.source, "no particles selected")
     if not np.all(np.isfinite(apix)):
         raise InputError(ps.source, "particles have no pixel size", field="rlnImagePixelSize")
     pixel_size = float(apix[0])
-    box = int(ps.optics["rlnImageSize"].iloc[0]) if "rlnImageSize" in ps.optics else None
-    if box is None:
-        from subtomo.io.mrc import read_mrc_header
-        from subtomo.refine.images import resolve
-
-        star_dir = None if ps.source is None else __import__("pathlib").Path(ps.source).parent
-        shape, _ = read_mrc_header(resolve(str(ps.particles["rlnImageName"].iloc[0]), star_dir))
-        box = shape[-1]
+    box = image_box(ps)
     split = half_sets(ps, seed)
     rows_all = np.arange(len(ps))
     if subset is not None:
         rows_all = rows_all[split == subset]
         if len(rows_all) == 0:
             raise InputError(ps.source, f"half set {subset} is empty", field="rlnRandomSubset")
+    check_files(ps, rows_all, ctf)
     kwargs = dict(box=box, ctf=ctf, sym=sym, pad=pad, batch_size=batch_size, device=device,
                   progress=progress)
 

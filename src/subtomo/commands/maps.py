@@ -1,0 +1,130 @@
+"""``subtomo mask create``, ``subtomo symmetrize`` and ``subtomo align-symmetry``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from subtomo.commands.options import add_angpix, add_input, add_output
+from subtomo.errors import InputError
+from subtomo.geometry.euler import matrix_to_euler
+from subtomo.geometry.symmetry import symmetry_operators
+from subtomo.io.files import check_not_input
+from subtomo.io.mrc import read_mrc, write_mrc
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    mask = sub.add_parser("mask", help="masks from maps")
+    kinds = mask.add_subparsers(dest="mask_action", required=True, metavar="ACTION")
+    create = kinds.add_parser("create", help="a soft-edged mask from a thresholded map "
+                              "(as relion_mask_create)")
+    add_input(create, help="input map (MRC)")
+    add_output(create, help="output mask (MRC)")
+    create.add_argument("--ini_threshold", "--ini-threshold", dest="ini_threshold", type=float,
+                        required=True, help="binarisation threshold (map units)")
+    create.add_argument("--extend_inimask", "--extend-inimask", dest="extend_inimask",
+                        type=float, default=0.0,
+                        help="grow (or, if negative, shrink) the binary mask (pixels; default 0)")
+    create.add_argument("--width_soft_edge", "--width-soft-edge", dest="width_soft_edge",
+                        type=float, default=0.0,
+                        help="width of the raised-cosine soft edge (pixels; default 0)")
+    create.add_argument("--lowpass", type=float, default=None,
+                        help="low-pass the map to this resolution first (Å)")
+    add_angpix(create, help="pixel size (Å; default: from the map header)")
+    create.set_defaults(run=_mask_create)
+
+    sym = sub.add_parser("symmetrize", aliases=["symmetrise"],
+                         help="impose point-group symmetry on a map")
+    add_input(sym, help="input map (MRC)")
+    add_output(sym, help="output map (MRC)")
+    _add_sym(sym)
+    sym.add_argument("--interp", choices=("fourier", "linear"), default="fourier",
+                     help="interpolation of the rotated copies: band-limited Fourier shears "
+                          "(default, exactly invariant for smooth maps) or trilinear")
+    sym.set_defaults(run=_symmetrize)
+
+    align = sub.add_parser("align-symmetry", aliases=["align_symmetry"],
+                           help="rotate a map so its symmetry axes lie on RELION's axes "
+                                "(as relion_align_symmetry)")
+    add_input(align, help="input map (MRC)")
+    add_output(align, help="output (aligned) map (MRC)")
+    _add_sym(align)
+    add_angpix(align, help="pixel size (Å; default: from the map header)")
+    align.add_argument("--lowpass", type=float, default=None,
+                       help="low-pass the map to this resolution before searching (Å)")
+    align.add_argument("--search_box", "--search-box", dest="search_box", type=int, default=24,
+                       help="box of the coarse exhaustive search (pixels; default 24)")
+    align.add_argument("--angular_step", "--angular-step", dest="angular_step", type=float,
+                       default=15.0, help="coarse angular step (degrees; default 15)")
+    align.set_defaults(run=_align_symmetry)
+
+
+def _add_sym(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sym", required=True,
+                        help="point group in RELION's notation (C<n>, D<n>, T, O, I, I1-I4)")
+
+
+def _check_sym(name: str) -> str:
+    try:
+        symmetry_operators(name)
+    except ValueError as exc:
+        raise InputError(None, str(exc), field="--sym") from exc
+    return name
+
+
+def _read(args: argparse.Namespace) -> tuple[torch.Tensor, float]:
+    check_not_input(args.output, args.input)
+    data, header_A = read_mrc(args.input)
+    if data.ndim != 3:
+        raise InputError(args.input, f"expected a 3D map, got shape {data.shape}")
+    angpix = getattr(args, "angpix", None) or header_A or 1.0
+    return torch.from_numpy(data), float(angpix)
+
+
+def _mask_create(args: argparse.Namespace) -> int:
+    from subtomo.maps.mask import create_mask
+
+    vol, angpix = _read(args)
+    try:
+        mask = create_mask(vol, angpix, args.ini_threshold, args.extend_inimask,
+                           args.width_soft_edge, args.lowpass)
+    except ValueError as exc:
+        raise InputError(args.input, str(exc), field="--ini_threshold") from exc
+    write_mrc(args.output, mask, angpix)
+    inside = float((mask >= 0.5).float().mean()) * 100.0
+    print(f"Wrote mask {args.output} ({tuple(mask.shape)}, {inside:.1f} % of the box >= 0.5).")
+    return 0
+
+
+def _symmetrize(args: argparse.Namespace) -> int:
+    from subtomo.maps.symmetrize import symmetrize
+
+    _check_sym(args.sym)
+    vol, angpix = _read(args)
+    if len(set(vol.shape)) != 1:
+        raise InputError(args.input, f"expected a cubic map, got shape {tuple(vol.shape)}")
+    out = symmetrize(vol, args.sym, order=args.interp)
+    write_mrc(args.output, out, angpix)
+    print(f"Wrote {args.output}: {args.sym} symmetrised ({args.interp} interpolation).")
+    return 0
+
+
+def _align_symmetry(args: argparse.Namespace) -> int:
+    from subtomo.maps.align_symmetry import align_symmetry
+
+    _check_sym(args.sym)
+    vol, angpix = _read(args)
+    if len(set(vol.shape)) != 1:
+        raise InputError(args.input, f"expected a cubic map, got shape {tuple(vol.shape)}")
+    start = time.perf_counter()
+    aligned, rot, score = align_symmetry(vol, args.sym, angpix, lowpass_A=args.lowpass,
+                                         search_box_px=args.search_box,
+                                         coarse_step_deg=args.angular_step)
+    write_mrc(args.output, aligned, angpix)
+    angles = matrix_to_euler(rot).tolist()
+    print(f"Wrote {args.output}: rotated by (rot, tilt, psi) = ({angles[0]:.2f}, {angles[1]:.2f}, "
+          f"{angles[2]:.2f}) degrees; {args.sym} self-correlation {score:.4f} "
+          f"({time.perf_counter() - start:.1f} s).")
+    return 0
