@@ -14,6 +14,7 @@ from subtomo import interop
 from subtomo.geometry.euler import angular_distance_deg
 from subtomo.io.particles import ParticleSet
 from subtomo.io.star import read_particles, write_particles
+from subtomo.io.star_text import write_star
 from subtomo.simulate.particles import random_particle_set
 
 DEMO_FLAVOURS = ("relion5", "relion4", "relion31", "relion30", "warp")
@@ -116,8 +117,6 @@ def run_interop_demo(out_dir: str | Path, n: int, seed: int,
     start = time.perf_counter()
     truth = random_particle_set(n, seed=seed, subtomogram_angles=True)
     tomograms = out / "tomograms.star"
-    from subtomo.io.star_text import write_star
-
     write_star({"global": truth.tomograms}, tomograms)
     results: dict[str, dict[str, float]] = {}
     for flavour in DEMO_FLAVOURS:

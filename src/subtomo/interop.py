@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from subtomo.errors import InputError
 from subtomo.io import dynamo, poses
 from subtomo.io.files import check_not_input
 from subtomo.io.particles import ANGLES, COORD_PX, ORIGIN_A, ParticleSet, present
-from subtomo.io.star import read_particles, write_particles
+from subtomo.io.star import read_particles, read_tomograms, write_particles
 
 POSE_FORMATS = ("opus", "cryodrgn")
 
@@ -35,23 +36,13 @@ def dynamo2star(
     ps = dynamo.table_to_particles(dynamo.read_table(table), mapping, angpix=angpix,
                                    source=table, map_source=table_map)
     if tomograms is not None:
-        from subtomo.io.star import read_tomograms
-
         ps.tomograms = read_tomograms(tomograms)
-        ps.particles.insert(0, "rlnTomoName", ps.particles["rlnMicrographName"].map(
-            dynamo_tomo_name))
+        ps.particles.insert(0, "rlnTomoName", ps.tomo_names())
     if flavour in ("relion31", "relion4", "relion5") and "rlnImagePixelSize" not in ps.optics:
         raise InputError(table, f"{flavour} needs the tomogram pixel size: pass --angpix",
                          field="apix (column 36)")
     written = write_particles(ps, output, flavour)
     return ps, written
-
-
-def dynamo_tomo_name(name: str) -> str:
-    """The tomogram name RELION uses for a Dynamo table-map entry."""
-    from subtomo.io.particles import tomo_name_from_path
-
-    return tomo_name_from_path(name)
 
 
 def star2dynamo(
@@ -101,9 +92,7 @@ def recentre(ps: ParticleSet) -> ParticleSet:
     for i, label in enumerate(COORD_PX):
         if label in df:
             df[label] = df[label].to_numpy(float) - shift_px[:, i]
-    df = df.drop(columns=[c for c in ORIGIN_A if c in df])
-    return ParticleSet(particles=df, optics=ps.optics, tomograms=ps.tomograms,
-                       general=ps.general, flavour=ps.flavour, source=ps.source)
+    return replace(ps, particles=df.drop(columns=[c for c in ORIGIN_A if c in df]))
 
 
 def star_convert(

@@ -16,7 +16,11 @@ periodic). Values between grid points are trilinear in ``p`` (8 neighbours, weig
 ``prod (1 - |p_i - q_i|)``). :class:`Projector` gathers with ``grid_sample`` from a copy of
 the half spectrum that is ``fftshift``-ed in ``y``/``z`` and extended by one periodic row
 (and one Hermitian column in ``x``) so that every corner inside the Nyquist sphere exists;
-:class:`Backprojector` scatters with ``index_add_`` on the unshifted half grid.
+:class:`Backprojector` scatters with ``index_add_`` on a full grid shifted by ``P // 2 + 1``
+and extended by one cell (no per-point wrapping or flipping), folded onto the unshifted half
+grid (``y``/``z`` modulo ``P``, ``x < 0`` cells at ``-q`` conjugated) when its sums are read;
+on the ``x = 0`` plane a contribution may then sit at ``q`` or at ``-q`` (conjugated), which
+the Hermitian completion in :meth:`Backprojector.symmetrised` makes equivalent.
 
 Gridding correction. Trilinear interpolation in Fourier space multiplies real space by the
 transform of the triangle kernel, ``g(r) = sinc^2(x / P) sinc^2(y / P) sinc^2(z / P)`` with
@@ -38,7 +42,8 @@ low-frequency peak are not recovered to FSC 0.99.
 Only frequencies inside the Nyquist sphere ``|k| D <= D / 2`` (and ``<= max_radius_px``
 when given, in Fourier pixels of the ``D`` box) are sampled or inserted; the rest are zero.
 Work is chunked so that at most ``max_points`` (rotation, frequency) pairs are live at once
-(the only Python loops are over those chunks and over the 8 trilinear corners).
+(the only Python loops are over those chunks; :class:`Backprojector` scatters them in pieces
+of ``SCATTER_POINTS`` points and skips points whose CTF weight is exactly 0).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ __all__ = ["Backprojector", "Projector", "gridding_kernel"]
 
 _DIMS = (-3, -2, -1)
 DEFAULT_MAX_POINTS = 1 << 21
+SCATTER_POINTS = 1 << 19  # points per trilinear scatter (temporaries ~ 100 bytes a point)
 
 
 def gridding_kernel(
@@ -230,26 +236,48 @@ class Backprojector:
         self.max_points = int(max_points)
         big = self.padded_box
         cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        self.data = torch.zeros((big, big, big // 2 + 1), dtype=cdtype, device=self.device)
-        self.weight = torch.zeros((big, big, big // 2 + 1), dtype=dtype, device=self.device)
-        # Scatter grid: y and z shifted by ``offset`` and extended (no wrapping per point),
-        # x extended by one column (corners past P // 2, which are dropped).
+        self._data = torch.zeros((big, big, big // 2 + 1), dtype=cdtype, device=self.device)
+        self._weight = torch.zeros((big, big, big // 2 + 1), dtype=dtype, device=self.device)
+        self._ext: Tensor | None = None  # pending sums on the scatter grid (re, im, weight)
+        # Scatter grid: the full padded grid (all x, no Hermitian flip per point) shifted by
+        # ``offset`` and extended by one cell, so that no point needs wrapping or clamping;
+        # folded onto the half grid (wrapping y, z mod P; x < 0 mirrored and conjugated)
+        # when ``data`` or ``weight`` is read.
         self._offset = big // 2 + 1
-        self._ext_shape = (big + 3, big + 3, big // 2 + 2)
+        self._ext_shape = (big + 3, big + 3, big + 3)
         ez, ey, ex = self._ext_shape
         self._corner_offsets = torch.tensor(
             [dz * ey * ex + dy * ex + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)],
             dtype=torch.int32, device=self.device)
-        self._strides = torch.tensor([1, ex, ey * ex], dtype=torch.int32, device=self.device)
-        self._origin = torch.tensor([0.0, self._offset, self._offset], dtype=dtype,
-                                    device=self.device)
-        self._base_max = torch.tensor([ex - 2, ey - 2, ez - 2], dtype=torch.int32,
-                                      device=self.device)
+        self._base_max = big + 1
         self._frequencies: dict[float | None, tuple[Tensor, Tensor, Tensor]] = {}
+
+    @property
+    def data(self) -> Tensor:
+        """Accumulated ``sum_i t(p - p_i) c_i X_i``: complex ``(P, P, P // 2 + 1)``."""
+        self._flush()
+        return self._data
+
+    @data.setter
+    def data(self, value: Tensor) -> None:
+        self._flush()
+        self._data = value
+
+    @property
+    def weight(self) -> Tensor:
+        """Accumulated ``sum_i t(p - p_i) c_i^2``: real ``(P, P, P // 2 + 1)``."""
+        self._flush()
+        return self._weight
+
+    @weight.setter
+    def weight(self, value: Tensor) -> None:
+        self._flush()
+        self._weight = value
 
     def _selection(self, max_radius_px: float | None) -> tuple[Tensor, Tensor, Tensor]:
         """Cached ``(flat, p0, half_factor)``: selected half-grid indices, their padded-grid
-        positions ``pad * k * D`` ``(n, 3)`` and the Hermitian-mate factors (1/2 or 1)."""
+        positions ``pad * k * D`` above a row of ones ``(4, n)``, and the Hermitian-mate
+        factors (1/2 or 1)."""
         key = None if max_radius_px is None else float(max_radius_px)
         if key not in self._frequencies:
             box = self.box
@@ -257,7 +285,9 @@ class Backprojector:
             # 1/2 for coefficients whose Hermitian mate is also in the half spectrum.
             mate = (kvec[:, 0] == 0) | ((box % 2 == 0) & (kvec[:, 0] == box // 2))
             half_factor = torch.where(mate, 0.5, 1.0).to(self.dtype)
-            self._frequencies[key] = (flat, (kvec * self.pad).to(self.dtype), half_factor)
+            ones = torch.ones_like(kvec[:, :1])
+            p0 = torch.cat([kvec * self.pad, ones], 1).to(self.dtype).t().contiguous()
+            self._frequencies[key] = (flat, p0, half_factor)
         return self._frequencies[key]
 
     def insert(
@@ -287,19 +317,25 @@ class Backprojector:
             raise ValueError(f"{n_rot} spectra but {A.shape[0]} rotations")
         if ctf is not None:
             ctf = ctf.reshape(-1, size)
-        flat, kvec, half_factor = self._selection(max_radius_px)
+        flat, k0, half_factor = self._selection(max_radius_px)
         flat_dev = flat.to(spectra.device)
-        n = kvec.shape[0]
-        ez, ey, ex = self._ext_shape
-        ext = torch.zeros((3, ez * ey * ex), dtype=self.dtype, device=self.device)
+        n = k0.shape[1]
+        if self._ext is None:
+            ez, ey, ex = self._ext_shape
+            self._ext = torch.zeros((3, ez * ey * ex), dtype=self.dtype, device=self.device)
+        # q = A^T k + offset (scatter-grid units) as one product with (A^T | offset)
+        At = torch.cat([A.transpose(1, 2), A.new_full((n_rot, 3, 1), self._offset)], 2)
+        # |A^T k| <= ||A|| |k| <= ||A|| P / 2: clamp only for (near-)non-orthogonal matrices
+        clamp = bool(torch.linalg.matrix_norm(A, ord=2).amax() > 1 + 0.5 / self.padded_box)
         step = _chunk_size(n, self.max_points)
         for start in range(0, n_rot, step):
             stop = min(start + step, n_rot)
+            b = stop - start
             x = spectra[start:stop].index_select(1, flat_dev)
-            x = x.to(device=self.device, dtype=self.data.dtype).reshape(-1)
-            p = torch.matmul(kvec, A[start:stop]).reshape(-1, 3)  # (A^T k)^T = k^T A
+            x = x.to(device=self.device, dtype=self._data.dtype).reshape(-1)
+            q = torch.matmul(At[start:stop], k0).transpose(0, 1).reshape(3, -1)  # (3, b * n)
             if ctf is None:
-                c = half_factor.expand(stop - start, n).reshape(-1)
+                c = half_factor.expand(b, n).reshape(-1)
                 c2 = c
             else:
                 c0 = ctf[start:stop].index_select(1, flat.to(ctf.device))
@@ -309,42 +345,52 @@ class Backprojector:
                 c = c.reshape(-1)
                 keep = torch.nonzero(c0.reshape(-1)).reshape(-1)
                 if keep.numel() < c.numel():
-                    x, p, c, c2 = (x[keep], p.index_select(0, keep), c[keep], c2[keep])
-            self._scatter(ext, p, x * c, c2)
-        self._fold(ext)
+                    x, c, c2 = x[keep], c[keep], c2[keep]
+                    q = q.index_select(1, keep)
+            vals = x * c
+            for first in range(0, vals.numel(), SCATTER_POINTS):  # cache-sized pieces
+                last = first + SCATTER_POINTS
+                self._scatter(q[:, first:last], vals[first:last], c2[first:last], clamp)
 
-    def _scatter(self, ext: Tensor, p: Tensor, vals: Tensor, c2: Tensor) -> None:
-        """Trilinear scatter of ``vals`` (complex) and ``c2`` at ``p`` (``(m, 3)``, padded
-        grid, ``(x, y, z)``) into ``ext`` (re, im, weight) on the extended scatter grid."""
-        # Points with p_x < 0 go to -p, conjugated (Hermitian symmetry).
-        sign = torch.where(p[:, 0] < 0, -1.0, 1.0).to(p.dtype)
-        q = torch.addcmul(self._origin, p, sign[:, None])  # >= 0 inside the Nyquist sphere
-        base = q.to(torch.int32)  # truncation = floor
-        base = torch.minimum(base.clamp_(min=0), self._base_max)
+    def _scatter(self, q: Tensor, vals: Tensor, c2: Tensor, clamp: bool) -> None:
+        """Trilinear scatter of ``vals`` (complex ``(m,)``) and ``c2`` at ``q`` (``(3, m)``,
+        scatter-grid units ``p + offset``, ``(x, y, z)``) into the pending sums."""
+        ez, ey, ex = self._ext_shape
+        base = q.floor()
         frac = q - base
-        idx = (base * self._strides).sum(-1, dtype=torch.int32)
-        idx = (idx[:, None] + self._corner_offsets).reshape(-1)
-        tent = torch.stack((1.0 - frac, frac), dim=-1)  # (m, 3, 2): x, y, z
-        w = (tent[:, 2, :, None] * tent[:, 1, None, :]).reshape(-1, 4, 1) * tent[:, 0, None, :]
-        w = w.reshape(-1, 8)
+        base = base.to(torch.int32)
+        if clamp:
+            base = base.clamp_(0, self._base_max)
+        idx = base[2] * (ey * ex) + base[1] * ex + base[0]
+        idx = (self._corner_offsets[:, None] + idx).reshape(-1)  # (8 m), corner-major
+        tent = torch.stack((1.0 - frac, frac), dim=1)  # (3, 2, m): x, y, z
+        wzy = (tent[2, :, None] * tent[1, None, :]).reshape(4, 1, -1)
         vr = torch.view_as_real(vals)
-        ext[0].index_add_(0, idx, (w * vr[:, 0, None]).reshape(-1))
-        ext[1].index_add_(0, idx, (w * (vr[:, 1] * sign)[:, None]).reshape(-1))
-        ext[2].index_add_(0, idx, (w * c2[:, None]).reshape(-1))
+        for ext, v in zip(self._ext, (vr[:, 0], vr[:, 1], c2), strict=True):
+            ext.index_add_(0, idx, (wzy * (tent[0] * v)).reshape(-1))
 
-    def _fold(self, ext: Tensor) -> None:
-        """Add the extended scatter grid into ``data`` and ``weight`` (wrap y, z mod P)."""
+    def _flush(self) -> None:
+        """Fold the pending scatter-grid sums into ``data`` and ``weight``: y, z wrap mod P;
+        cells with x < 0 go to -q, conjugated (Hermitian symmetry); x > P // 2 is dropped."""
+        ext, self._ext = self._ext, None
+        if ext is None:
+            return
         big = self.padded_box
         half = big // 2 + 1
         ez, ey, ex = self._ext_shape
-        grid = ext.view(3, ez, ey, ex)[..., :half]
-        dr = torch.view_as_real(self.data)
-        targets = (dr[..., 0], dr[..., 1], self.weight)
-        for dz, sz, nz in _wrap_runs(ez, self._offset, big):
-            for dy, sy, ny in _wrap_runs(ey, self._offset, big):
-                src = grid[:, sz:sz + nz, sy:sy + ny]
-                for target, part in zip(targets, src, strict=True):
-                    target[dz:dz + nz, dy:dy + ny] += part
+        o = self._offset
+        grid = ext.view(3, ez, ey, ex)
+        # x >= 0 at columns o.., x' = -x >= 1 at flipped columns 0.. (flipped y, z offset)
+        positive = grid[..., o:o + half], 0, o, 1.0
+        negative = grid[..., :o].flip(1, 2, 3)[..., :half - 1], 1, ez - 1 - o, -1.0
+        for part, x0, off, imag_sign in (positive, negative):
+            nx = part.shape[-1]
+            for dz, sz, nz in _wrap_runs(ez, off, big):
+                for dy, sy, ny in _wrap_runs(ey, off, big):
+                    src = part[:, sz:sz + nz, sy:sy + ny]
+                    target = (slice(dz, dz + nz), slice(dy, dy + ny), slice(x0, x0 + nx))
+                    self._data[target] += torch.complex(src[0], imag_sign * src[1])
+                    self._weight[target] += src[2]
 
     def merge(self, other: Backprojector) -> None:
         """Add another accumulator's ``data`` and ``weight`` (same box and pad) into this one."""

@@ -71,10 +71,16 @@ def ctf_from_disk(volume: np.ndarray, box: int, path: str | Path | None = None) 
     if volume.shape == half:
         return torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
     if volume.shape == full:
-        # RELION reads frequency k from voxel centre − k (centre = box // 2), wrapping
-        index = (box // 2 - np.fft.fftfreq(box, 1 / box).astype(int)) % box
-        weights = volume[np.ix_(index, index, index[: box // 2 + 1])]
-        return torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
+        # RELION reads frequency k from voxel centre − k (centre c = box // 2), wrapping:
+        # index i ↦ (c − i) mod box, i.e. c..0 for i ≤ c and box − 1..c + 1 after; copied as
+        # (at most) four reversed slices instead of a fancy-index gather.
+        c = box // 2
+        runs = ((slice(0, c + 1), slice(c, None, -1)), (slice(c + 1, box), slice(box - 1, c, -1)))
+        weights = np.empty(half, dtype=np.float32)
+        for dz, sz in runs:
+            for dy, sy in runs:
+                weights[dz, dy] = volume[sz, sy, c::-1]
+        return torch.from_numpy(weights)
     raise InputError(path, f"CTF volume has shape {volume.shape} (z, y, x); for a {box}-pixel "
                      f"box expected {full} (RELION, centred) or {half} (Warp, half)")
 

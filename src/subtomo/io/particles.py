@@ -235,9 +235,7 @@ def warp_tomostar_name(name: str) -> str:
 
 def tomo_name_from_path(name: str) -> str:
     """``/a/TS_01.tomostar`` or ``tomo_ts01.mrc_15.00Apx.mrc`` → ``TS_01`` / ``tomo_ts01``."""
-    stem = Path(str(name)).name
-    for suffix in (".tomostar",):
-        stem = stem.removesuffix(suffix)
+    stem = Path(str(name)).name.removesuffix(".tomostar")
     stem = re.sub(r"\.mrc_\d+(\.\d+)?Apx\.mrc$", ".mrc", stem)
     for suffix in (".mrc", ".rec", ".st", ".mrcs"):
         stem = stem.removesuffix(suffix)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +12,6 @@ import numpy as np
 import torch
 
 from subtomo.errors import InputError
-from subtomo.fourier.grid import centred_rfft
 from subtomo.io.mrc import ctf_from_disk, read_mrc
 from subtomo.io.particles import ParticleSet
 
@@ -55,6 +56,36 @@ def check_files(ps: ParticleSet, rows: np.ndarray, ctf: bool) -> None:
                                  field=column)
 
 
+def _translated_rfft(volumes: torch.Tensor, shifts_px: torch.Tensor | None) -> torch.Tensor:
+    """Centred half spectra of ``volumes`` ``(B, D, D, D)``, translated by ``shifts_px``
+    ``(B, 3)`` (``(x, y, z)`` px; ``None``: no translation).
+
+    The centring (``ifftshift``, a shift by ``-D // 2``) and the translation are one phase
+    factor ``exp(-2 pi i k . (s - D // 2))``, separable over the axes: two in-place complex
+    products with ``(B, D, D, 1)`` and ``(B, 1, 1, D // 2 + 1)`` factors (float64 phases
+    reduced modulo 1), instead of an ``ifftshift`` copy and a full-grid phase volume.
+    """
+    box = volumes.shape[-1]
+    spectra = torch.fft.rfftn(volumes, dim=(-3, -2, -1))
+    device = spectra.device
+    s = torch.full((volumes.shape[0], 3), -float(box // 2), dtype=torch.float64, device=device)
+    if shifts_px is not None:
+        s = s + shifts_px.to(device=device, dtype=torch.float64)
+
+    def factor(k: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        cycles = shift[:, None] * k[None, :]
+        cycles = cycles - torch.round(cycles)
+        phase = -2.0 * math.pi * cycles
+        return torch.polar(torch.ones_like(phase), phase).to(spectra.dtype)
+
+    full = torch.fft.fftfreq(box, device=device, dtype=torch.float64)
+    half = torch.fft.rfftfreq(box, device=device, dtype=torch.float64)
+    fz, fy, fx = factor(full, s[:, 2]), factor(full, s[:, 1]), factor(half, s[:, 0])
+    spectra *= (fz[:, :, None] * fy[:, None, :])[..., None]
+    spectra *= fx[:, None, None, :]
+    return spectra
+
+
 def iterate_batches(
     ps: ParticleSet,
     rows: np.ndarray,
@@ -63,28 +94,49 @@ def iterate_batches(
     ctf: bool,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
+    shifts_px: torch.Tensor | None = None,
 ) -> Iterator[ParticleBatch]:
-    """Yield batches of particle spectra (and CTF volumes) read from disk; memory ∝ batch."""
+    """Yield batches of particle spectra (and CTF volumes) read from disk; memory ∝ batch.
+
+    ``shifts_px``: optional ``(len(ps), 3)`` translations ``(x, y, z)`` (px) indexed by row;
+    each spectrum is then that of its volume translated by its row's shift (the same as
+    multiplying by :func:`subtomo.fourier.shift.phase_shift`).
+    """
     star_dir = Path(ps.source).parent if ps.source else None
     if ctf and "rlnCtfImage" not in ps.particles:
         raise InputError(ps.source, "--ctf needs a 3D CTF volume per particle",
                          field="rlnCtfImage")
     if "rlnImageName" not in ps.particles:
         raise InputError(ps.source, "particles have no images", field="rlnImageName")
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        volumes = []
-        for row in chunk:
+
+    def load(chunk: np.ndarray) -> ParticleBatch:
+        volumes = torch.empty((len(chunk), box, box, box), dtype=torch.float32)
+        for i, row in enumerate(chunk):
             volume = _read_volume(ps, int(row), "rlnImageName", star_dir)
             if volume.shape != (box, box, box):
                 raise InputError(ps.source, f"particle {row + 1}: image has shape {volume.shape},"
                                  f" expected a {box}³ box", field="rlnImageName")
-            volumes.append(volume)
-        spectra = centred_rfft(torch.from_numpy(np.stack(volumes)).to(device))
+            volumes[i] = torch.from_numpy(volume)
+        shifts = None
+        if shifts_px is not None:
+            shifts = torch.as_tensor(shifts_px)[torch.as_tensor(chunk, dtype=torch.long)]
+        spectra = _translated_rfft(volumes.to(device), shifts)
         weights = None
         if ctf:
-            weights = torch.stack([
-                ctf_from_disk(_read_volume(ps, int(row), "rlnCtfImage", star_dir), box,
-                              resolve(str(ps.particles["rlnCtfImage"].iloc[int(row)]), star_dir))
-                for row in chunk]).to(device)
-        yield ParticleBatch(chunk, spectra, weights)
+            weights = torch.empty((len(chunk), box, box, box // 2 + 1), dtype=torch.float32)
+            for i, row in enumerate(chunk):
+                name = str(ps.particles["rlnCtfImage"].iloc[int(row)])
+                data = _read_volume(ps, int(row), "rlnCtfImage", star_dir)
+                weights[i] = ctf_from_disk(data, box, resolve(name, star_dir))
+            weights = weights.to(device)
+        return ParticleBatch(chunk, spectra, weights)
+
+    # One batch is read ahead in a worker thread (file reads and FFTs release the GIL), so
+    # reading overlaps the caller's work on the current batch; at most two batches live.
+    chunks = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, chunks[0]) if chunks else None
+        for i in range(len(chunks)):
+            batch = pending.result()
+            pending = pool.submit(load, chunks[i + 1]) if i + 1 < len(chunks) else None
+            yield batch

@@ -17,9 +17,8 @@ from tqdm import tqdm
 
 from subtomo.errors import InputError
 from subtomo.fourier.fsc import fsc, resolution_at
-from subtomo.fourier.grid import centred_irfft, centred_rfft, lowpass, shell_index
+from subtomo.fourier.grid import centred_irfft, centred_rfft, lowpass, shell_radius_px
 from subtomo.fourier.projector import Backprojector
-from subtomo.fourier.shift import phase_shift
 from subtomo.geometry.symmetry import symmetry_operators
 from subtomo.io.particles import ParticleSet
 from subtomo.refine.images import check_files, iterate_batches
@@ -77,37 +76,36 @@ def backproject(
                                  dtype=torch.float32, device=device)
     bp = Backprojector(box, pad=pad, device=device)
     total = (len(rows) + batch_size - 1) // batch_size
+    # content sits at −origin: the batches are translated by +origin to centre it
     for batch in tqdm(iterate_batches(ps, rows, box=box, ctf=ctf, batch_size=batch_size,
-                                      device=device), total=total, desc=desc,
-                      disable=not progress, unit="batch"):
+                                      device=device, shifts_px=origins_px), total=total,
+                      desc=desc, disable=not progress, unit="batch"):
         index = torch.as_tensor(batch.rows, device=device)
-        # content sits at −origin: translate it by +origin to centre it
-        spectra = batch.spectra * phase_shift(box, origins_px[index], device=device)
         A = matrices[index]
         for op in ops:  # ≤ 60 operators, each a batched insertion
-            bp.insert(spectra, A @ op, batch.ctf)
+            bp.insert(batch.spectra, A @ op, batch.ctf)
     return bp
 
 
 def _tau2_from_fsc(bp_half: Backprojector, fsc_curve: torch.Tensor, box: int,
                    pad: int) -> torch.Tensor:
-    """τ² per padded-grid shell: SNR(shell) / mean accumulated weight (RELION's Wiener term)."""
-    shells = shell_index(pad * box, device=bp_half.weight.device)
-    n_shells = pad * box // 2 + 1
-    index = shells.clamp(max=n_shells - 1).flatten()
-    weight = bp_half.weight.flatten().real if bp_half.weight.is_complex() else (
-        bp_half.weight.flatten())
-    sums = torch.zeros(n_shells, device=weight.device, dtype=weight.dtype).index_add_(
-        0, index, weight)
-    counts = torch.zeros(n_shells, device=weight.device, dtype=weight.dtype).index_add_(
-        0, index, torch.ones_like(weight))
+    """τ² per box shell on the Backprojector's per-coefficient scale W = pad³·weight.
+
+    RELION's Wiener term: SNR = FSC / (1 − FSC) of the half maps, σ²/τ² = ⟨W⟩_shell / SNR,
+    so the division by W + 1/τ² leaves signal where the data are strong and damps the rest.
+    """
+    weight = bp_half.weight * float(pad**3)
+    radius = shell_radius_px(pad * box, device=weight.device) / pad
+    shells = radius.round().long().flatten()
+    n_shells = box // 2 + 1
+    inside = shells < n_shells
+    index, values = shells[inside], weight.flatten()[inside].to(torch.float64)
+    sums = torch.zeros(n_shells, dtype=torch.float64, device=weight.device).index_add_(
+        0, index, values)
+    counts = torch.bincount(index, minlength=n_shells).to(torch.float64)
     mean_weight = sums / counts.clamp(min=1)
-    f = fsc_curve.to(weight.device).clamp(1e-3, 0.999)
-    snr = f / (1 - f)
-    # padded shell s corresponds to box shell s / pad
-    snr_padded = torch.nn.functional.interpolate(
-        snr[None, None], size=n_shells, mode="linear", align_corners=True)[0, 0]
-    return snr_padded / mean_weight.clamp(min=1e-12)
+    f = fsc_curve.to(device=weight.device, dtype=torch.float64).clamp(1e-3, 0.999)
+    return (f / (1 - f)) / mean_weight.clamp(min=1e-12)
 
 
 def reconstruct(
