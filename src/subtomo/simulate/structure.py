@@ -112,21 +112,24 @@ def pseudo_atomic(
                      hinge_axis=torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
 
 
-def from_model(path: str | Path, *, symmetry: str = "C1") -> Structure:
+def from_model(path: str | Path) -> Structure:
     """Atoms of an atomic model (PDB/mmCIF via gemmi), centred; weights = atomic number."""
     try:
         import gemmi
     except ImportError as exc:  # optional dependency
         raise InputError(path, "reading atomic models needs gemmi: pip install gemmi") from exc
+    if not Path(path).is_file():
+        raise InputError(path, "file not found")
     try:
         st = gemmi.read_structure(str(path))
     except (RuntimeError, ValueError) as exc:
         raise InputError(path, f"cannot read atomic model ({exc})") from exc
     xyz, z = [], []
-    for residue in st[0].all():
-        for atom in residue:
-            xyz.append(atom.pos.tolist())
-            z.append(atom.element.atomic_number)
+    for chain in st[0]:
+        for residue in chain:
+            for atom in residue:
+                xyz.append(atom.pos.tolist())
+                z.append(atom.element.atomic_number)
     if not xyz:
         raise InputError(path, "atomic model has no atoms")
     positions = torch.tensor(xyz, dtype=torch.float64)
@@ -135,7 +138,6 @@ def from_model(path: str | Path, *, symmetry: str = "C1") -> Structure:
     domain = torch.zeros(n, dtype=torch.long)
     domain[positions[:, 0] > positions[:, 0].quantile(0.8)] = 1
     domain[positions[:, 1] > positions[:, 1].quantile(0.85)] = 2
-    del symmetry
     return Structure(positions, torch.tensor(z, dtype=torch.float64), domain,
                      hinge_point_A=positions[domain == 2].mean(0) * 0.5,
                      hinge_axis=torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from subtomo.ctf.tilt_scheme import TiltScheme
 from subtomo.ctf.volume import ctf_volume
+from subtomo.errors import InputError
 from subtomo.fourier.grid import centred_irfft, centred_rfft
 from subtomo.geometry.euler import euler_to_matrix, matrix_to_euler
 from subtomo.io.mrc import write_ctf_volume, write_mrc
@@ -96,7 +97,10 @@ def tilt_scheme(config: SimulationConfig) -> TiltScheme:
 
 def build_structure(config: SimulationConfig) -> Structure:
     if config.model:
-        return from_model(config.model, symmetry=config.symmetry)
+        if config.symmetry.upper() != "C1":
+            raise InputError(config.model, "--sym builds the pseudo-atomic complex; an atomic "
+                             "model brings its own symmetry", field="--sym")
+        return from_model(config.model)
     return pseudo_atomic(config.n_atoms, box_px=config.box_px, pixel_size_A=config.pixel_size_A,
                          symmetry=config.symmetry, seed=config.seed)
 
