@@ -64,3 +64,13 @@ def test_atomic_model_via_gemmi(tmp_path):
     config = SimulationConfig(n=2, box_px=16, model=str(tmp_path / "m.pdb"))
     sim = simulate_subtomograms(tmp_path / "sim", config, progress=False)
     assert read_mrc(sim.truth_maps[0])[0].max() > 0
+
+
+def test_continuous_hinge_is_recorded_and_moves_density(tmp_path):
+    config = SimulationConfig(n=6, box_px=24, n_atoms=600, hinge_max_deg=30.0,
+                              angle_error_deg=0.0, shift_error_px=0.0, seed=3)
+    sim = simulate_subtomograms(tmp_path, config, progress=False)
+    hinge = sim.truth.particles["rlnSubtomoHingeDeg"].to_numpy()
+    assert np.all((hinge >= 0) & (hinge <= 30)) and np.ptp(hinge) > 5
+    back = read_particles(sim.truth_star).particles["rlnSubtomoHingeDeg"].to_numpy()
+    np.testing.assert_allclose(back, hinge)  # unknown label carried through the STAR file
