@@ -66,7 +66,7 @@ def test_atomic_model_via_gemmi(tmp_path):
     assert read_mrc(sim.truth_maps[0])[0].max() > 0
 
 
-def test_continuous_hinge_is_recorded_and_moves_density(tmp_path):
+def test_continuous_hinge_values_are_recorded(tmp_path):
     config = SimulationConfig(n=6, box_px=24, n_atoms=600, hinge_max_deg=30.0,
                               angle_error_deg=0.0, shift_error_px=0.0, seed=3)
     sim = simulate_subtomograms(tmp_path, config, progress=False)
