@@ -115,3 +115,16 @@ def test_bad_input_missing_image_and_empty_selection(small_sim, capsys, tmp_path
     message = _run_bad(small_sim, capsys, "--subset", "2",
                        star=small_sim.directory / "one_half.star")
     assert "half set 2 is empty" in message
+
+
+def test_maxres_removes_higher_frequencies(small_sim):
+    from subtomo.fourier.grid import centred_rfft, shell_radius_px
+
+    result = reconstruct(read_particles(small_sim.truth_star), ctf=True, maxres_A=16.0,
+                         progress=False)
+    spectrum = centred_rfft(result.map).abs()
+    radius = shell_radius_px(16)
+    cutoff = 16 * 4.0 / 16.0  # 4 Fourier pixels, raised-cosine edge ±1
+    assert float(spectrum[radius >= cutoff + 1].max()) < 1e-4 * float(spectrum.max())
+    assert float(spectrum[(radius > 0) & (radius <= cutoff - 1)].max()) > 0.01 * float(
+        spectrum.max())

@@ -164,3 +164,18 @@ def lowpass(spec: Tensor, box: int, resolution_px_radius: float, edge_px: float 
     real_dtype = spec.real.dtype if spec.is_complex() else spec.dtype
     mask = lowpass_mask(box, resolution_px_radius, edge_px, spec.device, real_dtype)
     return spec * mask
+
+
+def lowpass_map(vol: Tensor, pixel_size_A: float, resolution_A: float,
+                edge_px: float = 2.0) -> Tensor:
+    """Low-pass a cubic real map to ``resolution_A`` (Å) with :func:`lowpass_mask`'s edge.
+
+    The cut-off radius is ``D · pixel_size_A / resolution_A`` Fourier pixels (RELION's
+    ``lowPassFilterMap`` with a raised-cosine edge ``edge_px`` shells wide).
+    """
+    if resolution_A <= 0 or pixel_size_A <= 0:
+        raise ValueError("low-pass resolution and pixel size must be positive (Å)")
+    box = vol.shape[-1]
+    real = vol.dtype if vol.dtype == torch.float64 else torch.float32
+    spec = lowpass(centred_rfft(vol.to(real)), box, box * pixel_size_A / resolution_A, edge_px)
+    return centred_irfft(spec, box).to(vol.dtype)

@@ -286,7 +286,7 @@ def align_symmetry(vol: Tensor | np.ndarray, sym: str, pixel_size_A: float = 1.0
         return vol.clone(), eye, 1.0
     work = vol.to(torch.float32)
     if lowpass_A:
-        from subtomo.maps.mask import lowpass_map
+        from subtomo.fourier.grid import lowpass_map
 
         work = lowpass_map(work, pixel_size_A, lowpass_A)
     box = vol.shape[-1]

@@ -13,38 +13,14 @@ binary region and ``E = max(extend, 0)``: the mask is 1 for ``r <= E``,
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from scipy import ndimage
 from torch import Tensor
 
-__all__ = ["create_mask", "lowpass_map"]
+from subtomo.fourier.grid import lowpass_map
 
-
-def lowpass_map(vol: Tensor, pixel_size_A: float, resolution_A: float,
-                edge_shells: float = 2.0) -> Tensor:
-    """Low-pass a map to ``resolution_A`` (Å) with a raised-cosine edge ``edge_shells`` wide.
-
-    Frequencies below ``box * pixel_size_A / resolution_A - edge_shells / 2`` (in Fourier
-    shells) pass, above ``... + edge_shells / 2`` are removed (RELION's ``lowPassFilterMap``).
-    """
-    if resolution_A <= 0 or pixel_size_A <= 0:
-        raise ValueError("low-pass resolution and pixel size must be positive (Å)")
-    shape = vol.shape[-3:]
-    real = vol.dtype if vol.dtype == torch.float64 else torch.float32
-    freqs = [torch.fft.fftfreq(n, device=vol.device, dtype=real) for n in shape[:2]]
-    freqs.append(torch.fft.rfftfreq(shape[2], device=vol.device, dtype=real))
-    fz, fy, fx = torch.meshgrid(*freqs, indexing="ij")
-    box = max(shape)
-    shell = torch.sqrt(fx**2 + fy**2 + fz**2) * box  # radius in Fourier shells (pixels)
-    cutoff = box * pixel_size_A / resolution_A
-    lo, hi = cutoff - edge_shells / 2.0, cutoff + edge_shells / 2.0
-    ramp = 0.5 + 0.5 * torch.cos(math.pi * (shell - lo) / max(hi - lo, 1e-12))
-    weight = torch.where(shell <= lo, 1.0, torch.where(shell >= hi, 0.0, ramp))
-    spec = torch.fft.rfftn(vol.to(real), dim=(-3, -2, -1))
-    return torch.fft.irfftn(spec * weight, s=shape, dim=(-3, -2, -1)).to(vol.dtype)
+__all__ = ["create_mask", "lowpass_map"]  # lowpass_map lives in subtomo.fourier.grid
 
 
 def create_mask(vol: Tensor | np.ndarray, pixel_size_A: float, ini_threshold: float,

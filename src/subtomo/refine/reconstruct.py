@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from subtomo.errors import InputError
 from subtomo.fourier.fsc import fsc, resolution_at
-from subtomo.fourier.grid import centred_irfft, centred_rfft, lowpass, shell_radius_px
+from subtomo.fourier.grid import lowpass_map, shell_radius_px
 from subtomo.fourier.projector import Backprojector
 from subtomo.geometry.symmetry import symmetry_operators
 from subtomo.io.particles import ParticleSet
@@ -148,7 +148,7 @@ def reconstruct(
         bp = backproject(ps, rows_all, **kwargs)
         volume = bp.reconstruct(wiener_constant=1e-3 * float(bp.weight.mean()))
         if maxres_A:
-            volume = _lowpass(volume, box, pixel_size, maxres_A)
+            volume = lowpass_map(volume, pixel_size, maxres_A)
         return Reconstruction(volume, pixel_size, len(rows_all))
 
     bps = []
@@ -166,14 +166,9 @@ def reconstruct(
     bps[0].merge(bps[1])
     joined = bps[0].reconstruct(tau2=tau2)  # σ²/τ² does not depend on the particle count
     if maxres_A:
-        joined = _lowpass(joined, box, pixel_size, maxres_A)
+        joined = lowpass_map(joined, pixel_size, maxres_A)
     return Reconstruction(joined, pixel_size, len(rows_all), half_maps[0], half_maps[1], curve,
                           resolution_at(curve, box, pixel_size))
-
-
-def _lowpass(volume: torch.Tensor, box: int, pixel_size_A: float, res_A: float) -> torch.Tensor:
-    radius_px = box * pixel_size_A / res_A
-    return centred_irfft(lowpass(centred_rfft(volume), box, radius_px), box)
 
 
 def write_fsc_outputs(result: Reconstruction, map_path) -> None:
