@@ -77,8 +77,8 @@ def _check_sym(name: str) -> str:
 def _read(args: argparse.Namespace) -> tuple[torch.Tensor, float]:
     check_not_input(args.output, args.input)
     data, header_A = read_mrc(args.input)
-    if data.ndim != 3:
-        raise InputError(args.input, f"expected a 3D map, got shape {data.shape}")
+    if data.ndim != 3 or len(set(data.shape)) != 1:
+        raise InputError(args.input, f"expected a cubic 3D map, got shape {data.shape}")
     angpix = getattr(args, "angpix", None) or header_A or 1.0
     return torch.from_numpy(data), float(angpix)
 
@@ -103,8 +103,6 @@ def _symmetrize(args: argparse.Namespace) -> int:
 
     _check_sym(args.sym)
     vol, angpix = _read(args)
-    if len(set(vol.shape)) != 1:
-        raise InputError(args.input, f"expected a cubic map, got shape {tuple(vol.shape)}")
     out = symmetrize(vol, args.sym, order=args.interp)
     write_mrc(args.output, out, angpix)
     print(f"Wrote {args.output}: {args.sym} symmetrised ({args.interp} interpolation).")
@@ -116,8 +114,6 @@ def _align_symmetry(args: argparse.Namespace) -> int:
 
     _check_sym(args.sym)
     vol, angpix = _read(args)
-    if len(set(vol.shape)) != 1:
-        raise InputError(args.input, f"expected a cubic map, got shape {tuple(vol.shape)}")
     start = time.perf_counter()
     aligned, rot, score = align_symmetry(vol, args.sym, angpix, lowpass_A=args.lowpass,
                                          search_box_px=args.search_box,
