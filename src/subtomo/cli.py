@@ -13,13 +13,15 @@ from subtomo.commands import (
     poses,
     postprocess,
     reconstruct,
+    refine,
     select,
     simulate,
     star,
 )
 from subtomo.errors import InputError
 
-COMMANDS = (convert, star, select, poses, simulate, reconstruct, maps, postprocess, demo)
+COMMANDS = (convert, star, select, poses, simulate, reconstruct, refine, maps,
+            postprocess, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

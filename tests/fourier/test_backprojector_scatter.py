@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from subtomo.fourier.grid import centred_rfft
-from subtomo.fourier.projector import Backprojector, _selected_frequencies
+from subtomo.fourier.projector import Backprojector, selected_frequencies
 from subtomo.fourier.shift import phase_shift
 from subtomo.geometry.euler import euler_to_matrix
 from subtomo.refine.images import _translated_rfft
@@ -24,7 +24,7 @@ def _reference(box: int, pad: int, spectra, A, ctf, max_radius_px=None):
     wrapped mod P, x corners past P // 2 dropped; then Hermitian-completed planes."""
     big = pad * box
     half = big // 2 + 1
-    flat, kvec = _selected_frequencies(box, max_radius_px, torch.device("cpu"))
+    flat, kvec = selected_frequencies(box, max_radius_px, torch.device("cpu"))
     mate = (kvec[:, 0] == 0) | ((box % 2 == 0) & (kvec[:, 0] == box // 2))
     hf = torch.where(mate, 0.5, 1.0).double()
     n_rot = spectra.shape[0]

@@ -56,7 +56,7 @@ from torch import Tensor
 
 from subtomo.fourier.grid import rfft_shape
 
-__all__ = ["Backprojector", "Projector", "gridding_kernel"]
+__all__ = ["Backprojector", "Projector", "gridding_kernel", "selected_frequencies"]
 
 _DIMS = (-3, -2, -1)
 DEFAULT_MAX_POINTS = 1 << 21
@@ -77,7 +77,7 @@ def gridding_kernel(
     return (s2.view(-1, 1, 1) * s2.view(1, -1, 1) * s2.view(1, 1, -1)).to(dtype)
 
 
-def _selected_frequencies(
+def selected_frequencies(
     box: int, max_radius_px: float | None, device: torch.device
 ) -> tuple[Tensor, Tensor]:
     """Half-grid voxels with ``|k| D <= min(max_radius_px, D / 2)``.
@@ -179,14 +179,21 @@ class Projector:
         A = torch.as_tensor(A)
         if A.ndim == 2:
             A = A[None]
-        A = A.to(device=self.device, dtype=self.dtype)
-        n_rot = A.shape[0]
-        box, big = self.box, self.padded_box
-        flat, kvec = _selected_frequencies(box, max_radius_px, self.device)
-        kvec = (kvec * self.pad).to(self.dtype)  # (n, 3) padded-grid units, exact integers
+        box = self.box
+        flat, kvec = selected_frequencies(box, max_radius_px, self.device)
+        values = self.sample(A, kvec)
+        out = values.new_zeros(values.shape[0], math.prod(rfft_shape(box)))
+        out[:, flat] = values
+        return out.view(-1, *rfft_shape(box))
+
+    def sample(self, A: Tensor, k_px: Tensor) -> Tensor:
+        """``V(A^T k)`` at frequencies ``k_px`` ``(n, 3)`` (``(x, y, z)``, Fourier pixels of the
+        ``D`` box, inside the Nyquist sphere) for rotations ``A`` ``(R, 3, 3)``: ``(R, n)``."""
+        A = torch.as_tensor(A).reshape(-1, 3, 3).to(device=self.device, dtype=self.dtype)
+        n_rot, big = A.shape[0], self.padded_box
+        kvec = (k_px.to(device=self.device, dtype=self.dtype) * self.pad)  # padded-grid units
         n = kvec.shape[0]
-        out = torch.zeros(n_rot, math.prod(rfft_shape(box)), dtype=self.spectrum.dtype,
-                          device=self.device)
+        out = torch.empty(n_rot, n, dtype=self.spectrum.dtype, device=self.device)
         step = _chunk_size(n, self.max_points)
         # grid_sample coordinates: x -> column x, y/z -> row (y + P // 2 + 1) of the table.
         size = self._table.shape[-3:]  # (P + 2, P + 2, P // 2 + 2) as (z, y, x)
@@ -201,8 +208,8 @@ class Projector:
             vals = F.grid_sample(self._table, grid, mode="bilinear", padding_mode="zeros",
                                  align_corners=True).view(2, -1)
             imag = torch.where(neg, -vals[1], vals[1])
-            out[start:start + a.shape[0], flat] = torch.complex(vals[0], imag).view(-1, n)
-        return out.view(n_rot, *rfft_shape(box))
+            out[start:start + a.shape[0]] = torch.complex(vals[0], imag).view(-1, n)
+        return out
 
 
 class Backprojector:
@@ -281,7 +288,7 @@ class Backprojector:
         key = None if max_radius_px is None else float(max_radius_px)
         if key not in self._frequencies:
             box = self.box
-            flat, kvec = _selected_frequencies(box, key, self.device)
+            flat, kvec = selected_frequencies(box, key, self.device)
             # 1/2 for coefficients whose Hermitian mate is also in the half spectrum.
             mate = (kvec[:, 0] == 0) | ((box % 2 == 0) & (kvec[:, 0] == box // 2))
             half_factor = torch.where(mate, 0.5, 1.0).to(self.dtype)

@@ -82,8 +82,7 @@ def backproject(
                       desc=desc, disable=not progress, unit="batch"):
         index = torch.as_tensor(batch.rows, device=device)
         A = matrices[index]
-        for op in ops:  # ≤ 60 operators, each a batched insertion
-            bp.insert(batch.spectra, A @ op, batch.ctf)
+        insert_symmetric(bp, batch.spectra, A, batch.ctf, ops)
     return bp
 
 
@@ -157,22 +156,39 @@ def reconstruct(
         if len(rows) == 0:
             raise InputError(ps.source, f"half set {h} is empty", field="rlnRandomSubset")
         bps.append(backproject(ps, rows, desc=f"half {h}", **kwargs))
-    floor = [1e-3 * float(b.weight.mean()) for b in bps]
-    first = [b.reconstruct(wiener_constant=f) for b, f in zip(bps, floor, strict=True)]
+    result = gold_standard(bps[0], bps[1], pixel_size, pad)
+    joined = result.map if not maxres_A else lowpass_map(result.map, pixel_size, maxres_A)
+    result.map, result.n_particles = joined, len(rows_all)
+    return result
+
+
+def insert_symmetric(bp: Backprojector, spectra: torch.Tensor, A: torch.Tensor,
+                     ctf: torch.Tensor | None, ops: torch.Tensor) -> None:
+    """Insert a batch at ``A`` and at every symmetry-related pose ``A R_g``."""
+    for op in ops:  # ≤ 60 operators, each a batched insertion
+        bp.insert(spectra, A @ op, ctf)
+
+
+def gold_standard(bp1: Backprojector, bp2: Backprojector, pixel_size_A: float,
+                  pad: int) -> Reconstruction:
+    """Half maps with τ² from their FSC, the FSC, its 0.143 resolution and the joined map.
+
+    ``bp1`` is merged with ``bp2`` (it then holds both halves)."""
+    box = bp1.box
+    floor = [1e-3 * float(b.weight.mean()) for b in (bp1, bp2)]
+    first = [b.reconstruct(wiener_constant=f) for b, f in zip((bp1, bp2), floor, strict=True)]
     curve = fsc(first[0], first[1])
-    tau2 = _tau2_from_fsc(bps[0], curve, box, pad)
-    half_maps = [b.reconstruct(tau2=tau2) for b in bps]
+    tau2 = _tau2_from_fsc(bp1, curve, box, pad)
+    half_maps = [b.reconstruct(tau2=tau2) for b in (bp1, bp2)]
     curve = fsc(half_maps[0], half_maps[1])
-    bps[0].merge(bps[1])
-    joined = bps[0].reconstruct(tau2=tau2)  # σ²/τ² does not depend on the particle count
-    if maxres_A:
-        joined = lowpass_map(joined, pixel_size, maxres_A)
-    return Reconstruction(joined, pixel_size, len(rows_all), half_maps[0], half_maps[1], curve,
-                          resolution_at(curve, box, pixel_size))
+    bp1.merge(bp2)
+    joined = bp1.reconstruct(tau2=tau2)  # σ²/τ² does not depend on the particle count
+    return Reconstruction(joined, pixel_size_A, 0, half_maps[0], half_maps[1], curve,
+                          resolution_at(curve, box, pixel_size_A))
 
 
-def write_fsc_outputs(result: Reconstruction, map_path) -> None:
-    """Beside ``map_path``: ``_half1.mrc``, ``_half2.mrc``, ``_fsc.star`` and ``_fsc.png``."""
+def write_fsc_outputs(result: Reconstruction, map_path, halves: bool = True) -> None:
+    """Beside ``map_path``: ``_fsc.star``, ``_fsc.png`` and (``halves``) ``_half1/2.mrc``."""
     from pathlib import Path
 
     import pandas as pd
@@ -184,8 +200,9 @@ def write_fsc_outputs(result: Reconstruction, map_path) -> None:
 
     map_path = Path(map_path)
     stem = map_path.with_suffix("")
-    write_mrc(f"{stem}_half1.mrc", result.half1, result.pixel_size_A)
-    write_mrc(f"{stem}_half2.mrc", result.half2, result.pixel_size_A)
+    if halves:
+        write_mrc(f"{stem}_half1.mrc", result.half1, result.pixel_size_A)
+        write_mrc(f"{stem}_half2.mrc", result.half2, result.pixel_size_A)
     box = result.map.shape[-1]
     curve = result.fsc.cpu().numpy()
     res = shell_resolution_A(box, result.pixel_size_A).cpu().numpy()
@@ -195,8 +212,10 @@ def write_fsc_outputs(result: Reconstruction, map_path) -> None:
         "rlnAngstromResolution": res,
         "rlnFourierShellCorrelation": curve,
     })
-    general = {"rlnFinalResolution": result.resolution_A, "rlnUnfilteredMapHalf1":
-               f"{stem.name}_half1.mrc", "rlnUnfilteredMapHalf2": f"{stem.name}_half2.mrc"}
+    general = {"rlnFinalResolution": result.resolution_A}
+    if halves:
+        general |= {"rlnUnfilteredMapHalf1": f"{stem.name}_half1.mrc",
+                    "rlnUnfilteredMapHalf2": f"{stem.name}_half2.mrc"}
     write_star({"general": general, "fsc": table}, f"{stem}_fsc.star")
     plot_fsc({"half maps": result.fsc.cpu()}, box, result.pixel_size_A, f"{stem}_fsc.png",
              title=f"{map_path.name}: {result.resolution_A:.2f} Å at FSC 0.143")

@@ -131,3 +131,22 @@ def plot_guinier(
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path, dpi)
+
+
+def plot_resolution_history(history: Sequence[Mapping], path: str | Path,
+                            dpi: int = 110) -> Path:
+    """Resolution (Å) per iteration of a refinement, with its angular step (degrees)."""
+    iterations = [h["iteration"] for h in history]
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(iterations, [h["resolution_A"] for h in history], "o-", color="tab:blue")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("resolution at FSC 0.143 (Å)", color="tab:blue")
+    ax.invert_yaxis()
+    steps = ax.twinx()
+    steps.step(iterations, [h["angular_step_deg"] for h in history], where="mid",
+               color="tab:orange")
+    steps.set_ylabel("angular step (°)", color="tab:orange")
+    ax.set_title("auto-refine: resolution per iteration")
+    fig.tight_layout()
+    return _save(fig, path, dpi)

@@ -1,0 +1,1 @@
+"""The one orientation and translation search engine (refine, classify, initial model)."""

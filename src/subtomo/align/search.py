@@ -1,0 +1,238 @@
+"""Coarse-to-fine orientation and translation search of particle batches against a reference.
+
+One pass of :class:`Searcher` over a batch (the scores are those of :mod:`subtomo.align.score`):
+
+1. **Coarse**: every particle is scored at frequencies ``|k| D <= coarse_radius_px`` against
+   either the HEALPix grid of ``order`` (global; RELION's directions and psi steps, restricted to
+   the asymmetric unit of the symmetry group, one section per rotation shared by the whole batch,
+   so the scores are GEMMs) or against its prior rotation composed with a small grid of
+   rotations of the same step within ``local_radius_deg`` (local; batched GEMMs), and against
+   translations on a grid of ``offset_step_px`` within ``offset_range_px`` of the current origin.
+2. **Fine** (RELION's adaptive oversampling by one order): the ``top_k`` best coarse hypotheses
+   of each particle are refined on rotations at half the step within 0.75 steps of them and on
+   translations at half the offset step, using all frequencies up to ``fine_radius_px``.
+
+The best fine hypothesis is the new pose; the log-sum-exp and the largest normalised
+probability over the fine hypotheses are RELION's ``rlnLogLikeliContribution`` (up to a
+constant) and ``rlnMaxValueProbDistribution``. :func:`exhaustive_search` scores every
+hypothesis of a grid with the same kernels and is the oracle the tests compare against.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from subtomo.align.score import (
+    Frequencies,
+    ParticleTerms,
+    particle_terms,
+    scores_per_particle,
+    scores_shared,
+    translated_columns,
+)
+from subtomo.fourier.projector import Projector
+from subtomo.geometry.healpix import angular_step_deg, local_rotations, rotation_grid
+
+SHARED_SCORE_ELEMENTS = 1 << 25  # (B x rotations x translations) scores live at once
+
+
+def translation_grid(range_px: float, step_px: float, device: torch.device | str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> Tensor:
+    """Translations ``(T, 3)`` (px) on a cubic grid of ``step_px`` within a sphere of
+    ``range_px`` (RELION's offset search), the zero translation first."""
+    n = int(math.floor(range_px / step_px + 1e-6)) if step_px > 0 else 0
+    axis = torch.arange(-n, n + 1, dtype=torch.float64) * step_px
+    grid = torch.cartesian_prod(axis, axis, axis) if n else torch.zeros(1, 3, dtype=torch.float64)
+    grid = grid[grid.norm(dim=1) <= range_px + 1e-6]
+    grid = grid[torch.argsort(grid.norm(dim=1), stable=True)]
+    return grid.to(device=device, dtype=dtype)
+
+
+@dataclass
+class SearchSettings:
+    """One iteration's sampling. Angles in degrees, lengths in pixels."""
+
+    order: int = 2
+    local: bool = False
+    local_radius_deg: float | None = None  # default: 2 steps of ``order``
+    offset_range_px: float = 6.0
+    offset_step_px: float = 2.0
+    coarse_radius_px: float = 8.0
+    fine_radius_px: float = 12.0
+    sym: str = "C1"
+    top_k: int = 2
+    significant: int = 8  # most hypotheses kept per particle for weighted reconstruction
+    cc: bool = False
+    perturb_deg: float = 0.0
+    seed: int = 0
+
+    @property
+    def step_deg(self) -> float:
+        return angular_step_deg(self.order)
+
+
+@dataclass
+class SearchResult:
+    """Best pose per particle of a batch and its posterior statistics.
+
+    ``matrices``: RELION rotations ``(B, 3, 3)``; ``shifts_px``: ``(B, 3)`` translations to add
+    to the current origins; ``score``: best log-likelihood (or CC); ``log_evidence``:
+    log-sum-exp over the fine hypotheses; ``max_probability``: the best's share;
+    ``projection``: the best reference section on the fine frequencies ``(B, n)``;
+    ``top_matrices`` ``(B, M, 3, 3)``, ``top_shifts_px`` ``(B, M, 3)`` and ``top_weights``
+    ``(B, M)``: the most probable hypotheses and their posterior weights (summing to 1; zero
+    beyond the significant ones), for posterior-weighted reconstruction.
+    """
+
+    matrices: Tensor
+    shifts_px: Tensor
+    score: Tensor
+    log_evidence: Tensor
+    max_probability: Tensor
+    projection: Tensor
+    top_matrices: Tensor
+    top_shifts_px: Tensor
+    top_weights: Tensor
+
+
+class Searcher:
+    """The search of one reference (a :class:`Projector`) with fixed :class:`SearchSettings`;
+    grid sections are computed once and shared by all batches."""
+
+    def __init__(self, projector: Projector, settings: SearchSettings) -> None:
+        self.projector = projector
+        self.settings = s = settings
+        device, box = projector.device, projector.box
+        fine_radius = min(s.fine_radius_px, box / 2)
+        self.coarse = Frequencies.within(box, min(s.coarse_radius_px, fine_radius), device)
+        self.fine = Frequencies.within(box, fine_radius, device)
+        self.coarse_shifts = translation_grid(s.offset_range_px, s.offset_step_px, device)
+        half = s.offset_step_px / 2
+        self.fine_shifts = translation_grid(half * math.sqrt(3), half, device)
+        step = s.step_deg
+        self.fine_rotations = local_rotations(step / 2, 0.75 * step, device=device)
+        if s.local:
+            radius = s.local_radius_deg if s.local_radius_deg is not None else 2 * step
+            self.local_rotations = local_rotations(step, radius, device=device)
+        else:
+            self.grid, _ = rotation_grid(s.order, s.sym, perturb_deg=s.perturb_deg, seed=s.seed,
+                                         device=device)
+            self.grid_sections = projector.sample(self.grid, self.coarse.k_px)
+            self.grid_power = self.grid_sections.abs().square()
+
+    @property
+    def n_coarse_rotations(self) -> int:
+        s = self.settings
+        return self.local_rotations.shape[0] if s.local else self.grid.shape[0]
+
+    def search(self, spectra: Tensor, ctf: Tensor | None, inv_sigma2: Tensor | None,
+               prior: Tensor | None = None) -> SearchResult:
+        """Search a batch: ``spectra``/``ctf`` ``(B, D, D, D // 2 + 1)`` centred on the current
+        origins, ``inv_sigma2`` per shell, ``prior`` ``(B, 3, 3)`` rotations (local search)."""
+        s = self.settings
+        terms = particle_terms(spectra, ctf, self.coarse, inv_sigma2, s.cc)
+        columns = translated_columns(terms, self.coarse.phases(self.coarse_shifts))
+        if s.local:
+            if prior is None:
+                raise ValueError("a local search needs prior rotations")
+            rotations = prior[:, None] @ self.local_rotations[None]  # (B, J, 3, 3)
+            b, j = rotations.shape[:2]
+            sections = self.projector.sample(rotations.reshape(-1, 3, 3), self.coarse.k_px)
+            scores = scores_per_particle(sections.view(b, j, -1), terms, columns)
+            rot_index, shift_index = _top(scores, s.top_k)
+            candidates = torch.gather(rotations, 1, rot_index[..., None, None].expand(
+                -1, -1, 3, 3))
+        else:
+            rot_index, shift_index = self._global_top(terms, columns)
+            candidates = self.grid[rot_index]
+        return self._fine(spectra, ctf, inv_sigma2, candidates,
+                          self.coarse_shifts[shift_index])
+
+    def _global_top(self, terms: ParticleTerms, columns: Tensor) -> tuple[Tensor, Tensor]:
+        """Top-k (rotation, translation) of every particle over the shared grid, in chunks."""
+        b, t = columns.shape[:2]
+        n_rot = self.grid.shape[0]
+        chunk = max(1, SHARED_SCORE_ELEMENTS // max(1, b * t))
+        best_scores, best_flat = None, None
+        for start in range(0, n_rot, chunk):
+            scores = scores_shared(self.grid_sections[start:start + chunk], terms, columns,
+                                   self.grid_power[start:start + chunk])
+            values, flat = scores.reshape(b, -1).topk(min(self.settings.top_k,
+                                                          scores[0].numel()), dim=1)
+            flat = flat + start * t  # flat index over (rotation, translation)
+            if best_scores is None:
+                best_scores, best_flat = values, flat
+            else:
+                merged = torch.cat([best_scores, values], 1)
+                keep = merged.topk(min(self.settings.top_k, merged.shape[1]), dim=1).indices
+                best_scores = torch.gather(merged, 1, keep)
+                best_flat = torch.gather(torch.cat([best_flat, flat], 1), 1, keep)
+        return best_flat // t, best_flat % t
+
+    def _fine(self, spectra: Tensor, ctf: Tensor | None, inv_sigma2: Tensor | None,
+              candidates: Tensor, centres: Tensor) -> SearchResult:
+        """Oversampled search around ``candidates`` ``(B, K, 3, 3)`` and ``centres``
+        ``(B, K, 3)`` (px) at the fine frequencies."""
+        s = self.settings
+        b, k = candidates.shape[:2]
+        terms = particle_terms(spectra, ctf, self.fine, inv_sigma2, s.cc)
+        y = (terms.y[:, None, :] * self.fine.phases(centres)).reshape(b * k, -1)
+        rows = ParticleTerms(y, terms.c2w.repeat_interleave(k, 0),
+                             terms.x2w.repeat_interleave(k, 0), s.cc)
+        columns = translated_columns(rows, self.fine.phases(self.fine_shifts))
+        rotations = candidates.reshape(-1, 1, 3, 3) @ self.fine_rotations[None]  # (BK, J, 3, 3)
+        j = rotations.shape[1]
+        sections = self.projector.sample(rotations.reshape(-1, 3, 3), self.fine.k_px)
+        sections = sections.view(b * k, j, -1)
+        scores = scores_per_particle(sections, rows, columns)  # (BK, J, T)
+        t = scores.shape[2]
+        flat_scores = scores.reshape(b, -1)  # (B, K * J * T)
+        m = min(1 if s.cc else s.significant, flat_scores.shape[1])
+        values, index = flat_scores.topk(m, dim=1)  # (B, M), best first
+        best = values[:, 0]
+        if s.cc:
+            log_evidence, max_probability = best, torch.ones_like(best)
+            weights = torch.ones_like(values)
+        else:
+            log_evidence = torch.logsumexp(flat_scores.double(), dim=1).to(best.dtype)
+            max_probability = torch.exp(best - log_evidence)
+            weights = _significant(values)
+        cand, rest = index // (j * t), index % (j * t)
+        rot, shift = rest // t, rest % t
+        particle = torch.arange(b, device=index.device)[:, None].expand(-1, m)
+        row = particle * k + cand
+        matrices = rotations[row, rot]  # (B, M, 3, 3)
+        shifts = centres[particle, cand] + self.fine_shifts[shift]  # (B, M, 3)
+        return SearchResult(matrices[:, 0], shifts[:, 0], best, log_evidence, max_probability,
+                            sections[row[:, 0], rot[:, 0]], matrices, shifts, weights)
+
+
+def _significant(log_scores: Tensor, mass: float = 0.99) -> Tensor:
+    """Posterior weights of the ``M`` best hypotheses ``(B, M)`` (sorted, best first),
+    renormalised over the smallest prefix that holds ``mass`` of their probability."""
+    p = torch.softmax(log_scores.double(), dim=1)
+    before = torch.cumsum(p, dim=1) - p
+    p = torch.where(before < mass, p, torch.zeros_like(p))
+    return (p / p.sum(1, keepdim=True)).to(log_scores.dtype)
+
+
+def _top(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Indices ``(rotation, translation)`` ``(B, k)`` of the k best of ``(B, R, T)`` scores."""
+    b, _, t = scores.shape
+    flat = scores.reshape(b, -1).topk(min(k, scores[0].numel()), dim=1).indices
+    return flat // t, flat % t
+
+
+def exhaustive_search(projector: Projector, rotations: Tensor, shifts_px: Tensor,
+                      spectra: Tensor, ctf: Tensor | None, freqs: Frequencies,
+                      inv_sigma2: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Best (rotation index, translation index) ``(B,)`` over every hypothesis of the grids
+    ``rotations`` ``(R, 3, 3)`` x ``shifts_px`` ``(T, 3)`` (the test oracle of the search)."""
+    terms = particle_terms(spectra, ctf, freqs, inv_sigma2)
+    columns = translated_columns(terms, freqs.phases(shifts_px))
+    scores = scores_shared(projector.sample(rotations, freqs.k_px), terms, columns)
+    return _top(scores, 1)

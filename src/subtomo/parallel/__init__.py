@@ -1,0 +1,1 @@
+"""torch.distributed helpers: ranks, particle shards and all-reduced accumulators."""

@@ -1,0 +1,479 @@
+"""Gold-standard 3D auto-refinement of subtomograms (``relion_refine --auto_refine``).
+
+Each iteration: (E) every particle of half set h is searched against half map h with
+:class:`subtomo.align.search.Searcher` (coarse pass, then oversampled fine pass) and inserted at
+its best pose into half h's back-projector (and at its symmetry mates); the noise power per
+shell is re-estimated from the residuals. (M) the half maps are reconstructed with τ² from
+their FSC (:func:`subtomo.refine.reconstruct.gold_standard`); the resolution at FSC 0.143 sets
+the frequencies of the next search. The halves never meet until the final joined map.
+
+Sampling follows RELION's auto-refine logic: when an iteration brings no resolution gain and
+the pose changes stopped shrinking, the HEALPix order goes up by one (and the offset step is
+halved); at ``auto_local_healpix_order`` the searches become local around the current poses.
+Once the angular step is fine enough for the resolution (the fine step below the angle that
+moves the particle's rim by half the resolution) and neither gains nor large changes come for
+two iterations, the run has converged and the halves are joined into ``run_class001.mrc``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from subtomo.align.score import noise_power
+from subtomo.align.search import Searcher, SearchResult, SearchSettings
+from subtomo.errors import InputError
+from subtomo.fourier.grid import centred_irfft, centred_rfft, lowpass_map
+from subtomo.fourier.projector import Backprojector, Projector
+from subtomo.fourier.shift import phase_shift
+from subtomo.geometry.euler import angular_distance_deg
+from subtomo.geometry.healpix import angular_step_deg
+from subtomo.geometry.symmetry import symmetry_operators
+from subtomo.io.particles import ParticleSet
+from subtomo.parallel.distributed import Context
+from subtomo.refine.images import check_files, iterate_batches
+from subtomo.refine.reconstruct import (
+    Reconstruction,
+    gold_standard,
+    half_sets,
+    image_box,
+    insert_symmetric,
+)
+
+MAX_ORDER = 6
+
+
+@dataclass
+class RefineOptions:
+    """Options of ``subtomo refine`` (RELION's names; Å, px and degrees as named)."""
+
+    ini_high_A: float = 30.0
+    sym: str = "C1"
+    particle_diameter_A: float | None = None
+    healpix_order: int = 2
+    auto_local_healpix_order: int = 4
+    offset_range_px: float = 6.0
+    offset_step_px: float = 2.0
+    ctf: bool = False
+    firstiter_cc: bool = False
+    zero_mask: bool = True
+    flatten_solvent: bool = False
+    pad: int = 2
+    max_iter: int = 25
+    batch_size: int = 32
+    top_k: int = 2
+    seed: int = 0
+
+
+@dataclass
+class Schedule:
+    """Sampling state carried from iteration to iteration (saved for ``--continue``)."""
+
+    order: int
+    offset_range_px: float
+    offset_step_px: float
+    resolution_A: float
+    local: bool = False
+    best_shell: int = 0
+    no_gain: int = 0
+    no_large_changes: int = 0
+    smallest_change_deg: float = 1e9
+    converged: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class IterationResult:
+    """What one iteration produced (on every rank)."""
+
+    matrices: np.ndarray  # (N, 3, 3) full RELION rotations
+    origins_px: np.ndarray  # (N, 3)
+    max_probability: np.ndarray
+    log_likelihood: np.ndarray
+    reconstruction: Reconstruction
+    sigma2: np.ndarray  # noise power per shell
+
+
+def soft_sphere(box: int, diameter_px: float, width_px: float = 5.0,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """RELION's particle mask: 1 inside ``diameter_px / 2``, a raised-cosine edge of
+    ``width_px`` outside, centred on the box centre."""
+    axis = torch.arange(box, device=device, dtype=torch.float32) - box // 2
+    r = (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2).sqrt()
+    edge = ((r - diameter_px / 2) / width_px).clamp(0, 1)
+    return 0.5 + 0.5 * torch.cos(math.pi * edge)
+
+
+def fine_enough(order: int, resolution_A: float, diameter_A: float) -> bool:
+    """Is the oversampled step (half the order's) below the angle that moves the particle's
+    rim (radius ``diameter_A / 2``) by ``resolution / (2 pi)``, the arc over which a Fourier
+    component at that resolution turns by one radian?"""
+    needed = math.degrees(resolution_A / (math.pi * diameter_A))
+    return angular_step_deg(order) / 2 <= needed
+
+
+def update_schedule(schedule: Schedule, resolution_A: float, shell: int, change_deg: float,
+                    options: RefineOptions, diameter_A: float) -> None:
+    """RELION's auto-refine decisions after an iteration: resolution gain, sampling increase,
+    the switch to local searches, convergence."""
+    s = schedule
+    s.resolution_A = resolution_A
+    if shell > s.best_shell:
+        s.best_shell, s.no_gain = shell, 0
+    else:
+        s.no_gain += 1
+    # a change counts as large while it keeps shrinking by 10 % and exceeds half the fine step
+    small = change_deg < angular_step_deg(s.order) / 4
+    if change_deg < 0.9 * s.smallest_change_deg and not small:
+        s.smallest_change_deg, s.no_large_changes = change_deg, 0
+    else:
+        s.smallest_change_deg = min(s.smallest_change_deg, change_deg)
+        s.no_large_changes += 1
+    if s.no_gain >= 1 and s.no_large_changes >= 1:
+        if fine_enough(s.order, resolution_A, diameter_A) or s.order >= MAX_ORDER:
+            if s.no_gain >= 2 or s.order >= MAX_ORDER:
+                s.converged = True
+        else:
+            s.order += 1
+            s.offset_step_px /= 2
+            s.offset_range_px = min(s.offset_range_px, s.offset_step_px)
+            s.local = s.order >= options.auto_local_healpix_order
+            s.no_gain = s.no_large_changes = 0
+            s.smallest_change_deg = 1e9
+
+
+def search_settings(schedule: Schedule, options: RefineOptions, box: int, pixel_size_A: float,
+                    diameter_A: float, first: bool, iteration: int) -> SearchSettings:
+    """Frequencies and sampling of one iteration's search.
+
+    Fine pass: up to 3 shells beyond the current resolution. Coarse pass: up to the radius
+    where the coarse step moves the particle's rim by half a period, and at most 0.6 of the
+    fine radius (it only has to find the neighbourhood), at least 5 px."""
+    shell = box * pixel_size_A / schedule.resolution_A
+    fine = min(box / 2, shell if first else shell + 3)
+    step = math.radians(angular_step_deg(schedule.order))
+    rim_px = diameter_A / 2 / pixel_size_A
+    coarse = min(0.6 * fine, box / (2 * step * rim_px))
+    coarse = min(fine, max(5.0, coarse))
+    return SearchSettings(
+        order=schedule.order, local=schedule.local, offset_range_px=schedule.offset_range_px,
+        offset_step_px=schedule.offset_step_px, coarse_radius_px=coarse, fine_radius_px=fine,
+        sym=options.sym, top_k=options.top_k, cc=first and options.firstiter_cc,
+        perturb_deg=0.5 * angular_step_deg(schedule.order) if not schedule.local else 0.0,
+        seed=options.seed + iteration)
+
+
+def initial_sigma2(ps: ParticleSet, rows: np.ndarray, box: int, ctf: bool,
+                   origins_px: torch.Tensor, mask: torch.Tensor | None,
+                   device: torch.device | str, ctx: Context, batch_size: int) -> np.ndarray:
+    """Noise power per shell from the particles' own power on measured coefficients (an upper
+    bound, as RELION starts), from up to 256 particles."""
+    from subtomo.align.score import Frequencies
+
+    freqs = Frequencies.within(box, box / 2, device)
+    n_shells = box // 2 + 1
+    sums = torch.zeros(n_shells, dtype=torch.float64, device=device)
+    counts = torch.zeros_like(sums)
+    sample = ctx.shard(rows[:: max(1, len(rows) // 256)])
+    zero_shift = torch.zeros(1, 3, device=device)
+    for batch in iterate_batches(ps, sample, box=box, ctf=ctf, batch_size=batch_size,
+                                 device=device, shifts_px=origins_px):
+        spectra = _masked(batch.spectra, mask, box)
+        zeros = torch.zeros(len(batch.rows), len(freqs), dtype=spectra.dtype, device=device)
+        s, c = noise_power(spectra, batch.ctf, freqs, zero_shift.expand(len(batch.rows), 3),
+                           zeros, n_shells)
+        sums += s
+        counts += c
+    ctx.sum_(sums)
+    ctx.sum_(counts)
+    return (sums / counts.clamp(min=1)).cpu().numpy()
+
+
+def _masked(spectra: torch.Tensor, mask: torch.Tensor | None, box: int) -> torch.Tensor:
+    """Spectra of the centred particles multiplied by the particle mask (zero outside)."""
+    if mask is None:
+        return spectra
+    return centred_rfft(centred_irfft(spectra, box) * mask)
+
+
+def insert_weighted(bp: Backprojector, spectra: torch.Tensor, ctf: torch.Tensor | None,
+                    result: SearchResult, ops: torch.Tensor) -> None:
+    """Insert every particle at its significant hypotheses with their posterior weights p
+    (RELION's marginalisation): data += p C X, weight += p C², as √p-scaled X and C."""
+    box = spectra.shape[-2]
+    for m in range(result.top_weights.shape[1]):
+        weight = result.top_weights[:, m]
+        keep = torch.nonzero(weight > 0).flatten()
+        if keep.numel() == 0:
+            break
+        root = weight[keep].sqrt().view(-1, 1, 1, 1)
+        shifted = spectra[keep] * phase_shift(box, result.top_shifts_px[keep, m]) * root
+        c = root.expand(-1, *spectra.shape[1:]) if ctf is None else ctf[keep] * root
+        insert_symmetric(bp, shifted, result.top_matrices[keep, m], c, ops)
+
+
+def run_iteration(
+    ps: ParticleSet, references: list[torch.Tensor], halves: np.ndarray, matrices: np.ndarray,
+    origins_px: np.ndarray, sigma2: np.ndarray, settings: SearchSettings, options: RefineOptions,
+    *, box: int, pixel_size_A: float, mask: torch.Tensor | None, device: torch.device | str,
+    ctx: Context, progress: bool = True, desc: str = "",
+) -> IterationResult:
+    """One E step over both halves (sharded over ranks) and the M step."""
+    n_shells = box // 2 + 1
+    inv_sigma2 = torch.as_tensor(1.0 / np.maximum(sigma2, 1e-30), dtype=torch.float32,
+                                 device=device)
+    ops = symmetry_operators(options.sym, dtype=torch.float32, device=device)
+    new_A = np.zeros_like(matrices)
+    new_origins = np.zeros_like(origins_px)
+    max_prob = np.zeros(len(ps))
+    loglik = np.zeros(len(ps))
+    noise_sums = torch.zeros(n_shells, dtype=torch.float64, device=device)
+    noise_counts = torch.zeros_like(noise_sums)
+    prior_all = torch.as_tensor(matrices, dtype=torch.float32, device=device)
+    origins_t = torch.as_tensor(origins_px, dtype=torch.float32, device=device)
+    bps = []
+    for h in (1, 2):
+        rows = ctx.shard(np.flatnonzero(halves == h))
+        projector = Projector(references[h - 1].to(device=device, dtype=torch.float32),
+                              pad=options.pad)
+        searcher = Searcher(projector, settings)
+        bp = Backprojector(box, pad=options.pad, device=device)
+        total = (len(rows) + options.batch_size - 1) // options.batch_size
+        batches = iterate_batches(ps, rows, box=box, ctf=options.ctf,
+                                  batch_size=options.batch_size, device=device,
+                                  shifts_px=origins_t)
+        for batch in tqdm(batches, total=total, desc=f"{desc} half {h}", unit="batch",
+                          disable=not (progress and ctx.main)):
+            index = torch.as_tensor(batch.rows, device=device)
+            spectra = _masked(batch.spectra, mask, box)
+            result = searcher.search(spectra, batch.ctf, inv_sigma2, prior_all[index])
+            s, c = noise_power(spectra, batch.ctf, searcher.fine, result.shifts_px,
+                               result.projection, n_shells)
+            noise_sums += s
+            noise_counts += c
+            insert_weighted(bp, spectra, batch.ctf, result, ops)
+            new_A[batch.rows] = result.matrices.double().cpu().numpy()
+            new_origins[batch.rows] = (origins_t[index] + result.shifts_px).double().cpu().numpy()
+            max_prob[batch.rows] = result.max_probability.double().cpu().numpy()
+            loglik[batch.rows] = result.log_evidence.double().cpu().numpy()
+        ctx.sum_(bp.data)
+        ctx.sum_(bp.weight)
+        bps.append(bp)
+    new_A = ctx.sum_array(new_A).reshape(matrices.shape)
+    new_origins = ctx.sum_array(new_origins)
+    max_prob, loglik = ctx.sum_array(max_prob), ctx.sum_array(loglik)
+    ctx.sum_(noise_sums)
+    ctx.sum_(noise_counts)
+    measured = (noise_counts > 0).cpu().numpy()
+    sigma2 = sigma2.copy()
+    sigma2[measured] = (noise_sums / noise_counts.clamp(min=1)).cpu().numpy()[measured]
+    recon = gold_standard(bps[0], bps[1], pixel_size_A, options.pad)
+    recon.n_particles = len(ps)
+    return IterationResult(new_A, new_origins, max_prob, loglik, recon, sigma2)
+
+
+@dataclass
+class RefineState:
+    """Everything needed to continue after iteration ``iteration`` (JSON-serialisable)."""
+
+    iteration: int
+    schedule: Schedule
+    sigma2: list[float]
+    options: dict
+    elapsed_s: float = 0.0
+
+    def save(self, path: Path) -> None:
+        from subtomo.io.files import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> RefineState:
+        try:
+            data = json.loads(Path(path).read_text())
+            data["schedule"] = Schedule(**data["schedule"])
+            return cls(**data)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise InputError(path, f"not a refine state file ({exc})") from None
+
+
+def reference_for_search(volume: torch.Tensor, solvent_mask: torch.Tensor | None,
+                         options: RefineOptions) -> torch.Tensor:
+    """The map a half is searched against: solvent-flattened by the mask when asked."""
+    if solvent_mask is not None and options.flatten_solvent:
+        return volume * solvent_mask
+    return volume
+
+
+def initial_reference(reference: torch.Tensor, pixel_size_A: float,
+                      options: RefineOptions) -> torch.Tensor:
+    """The user's reference low-passed to ``ini_high_A`` (both halves start from it)."""
+    return lowpass_map(reference.float(), pixel_size_A, options.ini_high_A)
+
+
+def pose_change_deg(before: np.ndarray, after: np.ndarray) -> float:
+    """Mean angular distance (degrees) between two sets of rotations."""
+    return float(angular_distance_deg(torch.as_tensor(before), torch.as_tensor(after)).mean())
+
+
+def check_inputs(ps: ParticleSet, reference: torch.Tensor, reference_apix: float,
+                 reference_path: str | Path, mask: torch.Tensor | None,
+                 mask_path: str | Path | None, options: RefineOptions) -> tuple[int, float]:
+    """Box (px) and pixel size (Å) of the particles, after checking the reference and mask."""
+    if len(ps) < 2:
+        raise InputError(ps.source, "refinement needs at least two particles")
+    apix = ps.pixel_size_A()
+    if not np.all(np.isfinite(apix)):
+        raise InputError(ps.source, "particles have no pixel size", field="rlnImagePixelSize")
+    pixel_size, box = float(apix[0]), image_box(ps)
+    if tuple(reference.shape) != (box, box, box):
+        raise InputError(reference_path, f"reference is {tuple(reference.shape)}, particles "
+                         f"are {box}³", field="box size")
+    if reference_apix > 0 and abs(reference_apix - pixel_size) > 0.01 * pixel_size:
+        raise InputError(reference_path, f"reference pixel size {reference_apix:.3f} Å, "
+                         f"particles {pixel_size:.3f} Å", field="pixel size")
+    if mask is not None:
+        if tuple(mask.shape) != (box, box, box):
+            raise InputError(mask_path, f"mask is {tuple(mask.shape)}, particles are {box}³",
+                             field="box size")
+        low, high = float(mask.min()), float(mask.max())
+        if low < -1e-6 or high > 1 + 1e-6:
+            raise InputError(mask_path, f"mask values must lie in [0, 1], found "
+                             f"[{low:.3g}, {high:.3g}]", field="values")
+    if options.ctf and "rlnCtfImage" not in ps.particles:
+        raise InputError(ps.source, "--ctf needs a 3D CTF volume per particle",
+                         field="rlnCtfImage")
+    try:
+        symmetry_operators(options.sym)
+    except ValueError as exc:
+        raise InputError(None, str(exc), field="--sym") from None
+    check_files(ps, np.arange(len(ps)), options.ctf)
+    return box, pixel_size
+
+
+def timer() -> float:
+    return time.perf_counter()
+
+
+@dataclass
+class RefineResult:
+    """The converged run: final map, half maps, FSC, resolution, poses, iterations done."""
+
+    reconstruction: Reconstruction
+    particles: ParticleSet
+    iterations: int
+    converged: bool
+    history: list[dict]
+
+
+def auto_refine(
+    ps: ParticleSet, reference: torch.Tensor, out_dir: str | Path, *,
+    options: RefineOptions | None = None, solvent_mask: torch.Tensor | None = None,
+    reference_path: str | Path = "reference", mask_path: str | Path | None = None,
+    reference_apix: float = 0.0, device: str | torch.device = "cpu",
+    ctx: Context | None = None, continue_from: bool = False, relion30: bool = False,
+    progress: bool = True, command: list[str] | None = None,
+) -> RefineResult:
+    """Refine ``ps`` against ``reference`` into the job folder ``out_dir`` (RELION's layout).
+
+    With ``continue_from``, resume after the last finished iteration found in ``out_dir``.
+    """
+    from subtomo.refine import outputs
+
+    options = options or RefineOptions()
+    ctx = ctx or Context()
+    out = Path(out_dir)
+    start = timer()
+    box, pixel_size = check_inputs(ps, reference, reference_apix, reference_path,
+                                   solvent_mask, mask_path, options)
+    diameter = options.particle_diameter_A or 0.8 * box * pixel_size
+    particle_mask = None
+    if options.particle_diameter_A and options.zero_mask:
+        particle_mask = soft_sphere(box, options.particle_diameter_A / pixel_size,
+                                    device=device)
+    if solvent_mask is not None:
+        solvent_mask = solvent_mask.to(device=device, dtype=torch.float32)
+    halves = half_sets(ps, options.seed)
+    ps = outputs.with_halves(ps, halves)
+
+    if continue_from:
+        state_path = outputs.last_state(out)
+        state = RefineState.load(state_path)
+        iteration, schedule = state.iteration, state.schedule
+        sigma2 = np.asarray(state.sigma2)
+        elapsed = state.elapsed_s
+        done = outputs.read_iteration(out, iteration, ps)
+        ps, references = done.particles, done.half_maps
+        matrices, origins = outputs.full_poses(ps, pixel_size)
+        if ctx.main:
+            print(f"Continuing {out} after iteration {iteration} "
+                  f"({schedule.resolution_A:.2f} Å).")
+    else:
+        if ctx.main:
+            outputs.prepare_job_dir(out)
+        ctx.barrier()
+        iteration, elapsed = 0, 0.0
+        schedule = Schedule(options.healpix_order, options.offset_range_px,
+                            options.offset_step_px, options.ini_high_A,
+                            local=options.healpix_order >= options.auto_local_healpix_order)
+        matrices, origins = outputs.full_poses(ps, pixel_size)
+        first = initial_reference(reference, pixel_size, options)
+        references = [first, first]
+        sigma2 = initial_sigma2(ps, np.arange(len(ps)), box, options.ctf,
+                                torch.as_tensor(origins, dtype=torch.float32, device=device),
+                                particle_mask, device, ctx, options.batch_size)
+
+    recon = None
+    while iteration < options.max_iter and not schedule.converged:
+        iteration += 1
+        settings = search_settings(schedule, options, box, pixel_size, diameter,
+                                   iteration == 1, iteration)
+        searched = [reference_for_search(r, solvent_mask, options) for r in references]
+        tick = timer()
+        result = run_iteration(ps, searched, halves, matrices, origins, sigma2, settings,
+                               options, box=box, pixel_size_A=pixel_size, mask=particle_mask,
+                               device=device, ctx=ctx, progress=progress,
+                               desc=f"iteration {iteration:03d}")
+        recon = result.reconstruction
+        change = pose_change_deg(matrices, result.matrices)
+        shift_change = float(np.sqrt(((result.origins_px - origins) ** 2).sum(1)).mean())
+        matrices, origins, sigma2 = result.matrices, result.origins_px, result.sigma2
+        references = [recon.half1, recon.half2]
+        shell = int(round(box * pixel_size / recon.resolution_A))
+        schedule.history.append({
+            "iteration": iteration, "resolution_A": recon.resolution_A,
+            "healpix_order": settings.order, "local": settings.local,
+            "angular_step_deg": settings.step_deg, "offset_step_px": settings.offset_step_px,
+            "offset_range_px": settings.offset_range_px,
+            "search_radius_px": [settings.coarse_radius_px, settings.fine_radius_px],
+            "mean_angle_change_deg": change, "mean_offset_change_px": shift_change,
+            "seconds": timer() - tick})
+        update_schedule(schedule, recon.resolution_A, shell, change, options, diameter)
+        ps = outputs.with_poses(ps, matrices, origins, pixel_size, result.max_probability,
+                                result.log_likelihood)
+        if ctx.main:
+            outputs.write_iteration(out, iteration, ps, recon, sigma2, settings, relion30)
+            RefineState(iteration, schedule, sigma2.tolist(), asdict(options),
+                        elapsed + timer() - start).save(outputs.state_path(out, iteration))
+            print(f"iteration {iteration:03d}: {recon.resolution_A:.2f} Å, order "
+                  f"{settings.order}{' local' if settings.local else ''}, mean pose change "
+                  f"{change:.2f}°, {shift_change:.2f} px ({timer() - tick:.0f} s)")
+        ctx.barrier()
+
+    if recon is None:  # continued a run that had already finished
+        done = outputs.read_iteration(out, iteration, ps)
+        recon = done.reconstruction
+    if ctx.main:
+        outputs.write_final(out, ps, recon, schedule, sigma2, relion30)
+        outputs.write_job_json(out, command, options, elapsed + timer() - start, iteration,
+                               schedule)
+    ctx.barrier()
+    return RefineResult(recon, ps, iteration, schedule.converged, schedule.history)

@@ -1,0 +1,220 @@
+"""Files of a refinement job, in RELION's layout and names (``Refine3D/jobNNN/``).
+
+Per iteration: ``run_itNNN_data.star``, ``run_itNNN_half{1,2}_class001.mrc``,
+``run_itNNN_model.star``, ``run_itNNN_sampling.star`` and ``run_itNNN_optimiser.json`` (our
+resume state, written last). At the end: ``run_data.star``, ``run_class001.mrc``,
+``run_half{1,2}_class001_unfil.mrc``, ``run_model.star``, ``run_class001_fsc.{star,png}``,
+``run_resolution.png`` and ``job.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from subtomo.errors import InputError
+from subtomo.fourier.fsc import fsc, resolution_at, shell_resolution_A
+from subtomo.geometry.euler import matrix_to_euler
+from subtomo.io.files import atomic_path
+from subtomo.io.mrc import read_mrc, write_mrc
+from subtomo.io.particles import ParticleSet
+from subtomo.io.star import read_particles, write_particles
+from subtomo.io.star_text import write_star
+from subtomo.refine.images import resolve
+from subtomo.refine.reconstruct import Reconstruction
+
+ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+ORIGINS = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
+STATE = re.compile(r"run_it(\d{3})_optimiser\.json$")
+
+
+def state_path(out: Path, iteration: int) -> Path:
+    return out / f"run_it{iteration:03d}_optimiser.json"
+
+
+def last_state(out: Path) -> Path:
+    """The resume state of the last finished iteration in ``out``."""
+    found = sorted(p for p in Path(out).glob("run_it*_optimiser.json") if STATE.search(p.name))
+    if not found:
+        raise InputError(out, "no finished iteration to continue from "
+                         "(no run_itNNN_optimiser.json)", field="--continue")
+    return found[-1]
+
+
+def prepare_job_dir(out: Path) -> None:
+    """Create the job folder; refuse one that holds another run (nothing is overwritten)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if any(out.glob("run_it*_optimiser.json")) or (out / "run_data.star").exists():
+        raise InputError(out, "the job folder holds a previous run; use --continue to resume "
+                         "it or choose another --o", field="--o")
+
+
+def with_halves(ps: ParticleSet, halves: np.ndarray) -> ParticleSet:
+    df = ps.particles.copy()
+    df["rlnRandomSubset"] = halves.astype(int)
+    return replace(ps, particles=df)
+
+
+def full_poses(ps: ParticleSet, pixel_size_A: float) -> tuple[np.ndarray, np.ndarray]:
+    """Full rotations ``A = A_subtomo A_particle`` (N, 3, 3) and origins (N, 3) in px."""
+    return (ps.rotation_matrices().double().numpy(), ps.shifts_A() / pixel_size_A)
+
+
+def _project_relative(ps: ParticleSet) -> ParticleSet:
+    """Image names usable from a STAR file in another folder: names that exist only relative
+    to the input STAR's folder are rewritten relative to the working (project) folder."""
+    if not ps.source:
+        return ps
+    star_dir = Path(ps.source).parent
+    df = ps.particles
+    for column in ("rlnImageName", "rlnCtfImage"):
+        if column not in df:
+            continue
+        names = df[column].astype(str)
+        first = names.iloc[0]
+        if Path(first).exists() or Path(first).is_absolute():
+            continue
+        df = df.copy() if df is ps.particles else df
+        df[column] = [os.path.relpath(resolve(n, star_dir)) for n in names]
+    return replace(ps, particles=df)
+
+
+def with_poses(ps: ParticleSet, matrices: np.ndarray, origins_px: np.ndarray,
+               pixel_size_A: float, max_probability: np.ndarray,
+               log_likelihood: np.ndarray) -> ParticleSet:
+    """``ps`` with refined poses (particle angles in the subtomogram frame when there is one),
+    origins (Å) and RELION's per-particle statistics."""
+    ps = _project_relative(ps)
+    A = torch.as_tensor(matrices)
+    sub = ps.subtomogram_matrices()
+    if sub is not None:
+        A = sub.to(A.dtype).transpose(1, 2) @ A
+    angles = matrix_to_euler(A).numpy()
+    df = ps.particles.copy()
+    for i, label in enumerate(ANGLES):
+        df[label] = angles[:, i]
+    for i, label in enumerate(ORIGINS):
+        df[label] = origins_px[:, i] * pixel_size_A
+    df["rlnClassNumber"] = 1
+    df["rlnMaxValueProbDistribution"] = max_probability
+    df["rlnLogLikeliContribution"] = log_likelihood
+    return replace(ps, particles=df, source=ps.source)
+
+
+def _fsc_table(curve: torch.Tensor, box: int, pixel_size_A: float) -> pd.DataFrame:
+    values = curve.cpu().double().numpy()
+    res = shell_resolution_A(box, pixel_size_A).cpu().numpy()
+    f = np.clip(values, 0, 0.999)
+    return pd.DataFrame({
+        "rlnSpectralIndex": np.arange(len(values)),
+        "rlnResolution": np.where(np.isfinite(res) & (res > 0), 1 / res, 0.0),
+        "rlnAngstromResolution": res,
+        "rlnGoldStandardFsc": values,
+        "rlnSsnrMap": 2 * f / (1 - f),  # SNR of the joined map from the half-map FSC
+    })
+
+
+def _write_model(path: Path, recon: Reconstruction, sigma2: np.ndarray, reference: str,
+                 ps: ParticleSet, step_deg: float, offset_step_A: float) -> None:
+    box = recon.half1.shape[-1]
+    general = {
+        "rlnReferenceDimensionality": 3, "rlnDataDimensionality": 3,
+        "rlnOriginalImageSize": box, "rlnCurrentResolution": recon.resolution_A,
+        "rlnPixelSize": recon.pixel_size_A, "rlnNrClasses": 1, "rlnNrBodies": 1,
+        "rlnNrGroups": 1, "rlnTau2FudgeFactor": 1.0,
+        "rlnLogLikelihood": float(ps.particles["rlnLogLikeliContribution"].sum()),
+        "rlnAveragePmax": float(ps.particles["rlnMaxValueProbDistribution"].mean()),
+    }
+    classes = pd.DataFrame({
+        "rlnReferenceImage": [reference], "rlnClassDistribution": [1.0],
+        "rlnAccuracyRotations": [step_deg], "rlnAccuracyTranslationsAngst": [offset_step_A],
+        "rlnEstimatedResolution": [recon.resolution_A],
+        "rlnOverallFourierCompleteness": [1.0]})
+    table = _fsc_table(recon.fsc, box, recon.pixel_size_A)
+    noise = table[["rlnSpectralIndex", "rlnResolution"]].copy()
+    noise["rlnSigma2Noise"] = sigma2
+    write_star({"model_general": general, "model_classes": classes,
+                "model_class_1": table, "model_optics_group_1": noise}, path)
+
+
+def write_iteration(out: Path, iteration: int, ps: ParticleSet, recon: Reconstruction,
+                    sigma2: np.ndarray, settings, relion30: bool) -> None:
+    """The files of one finished iteration (the resume state is written after them)."""
+    stem = out / f"run_it{iteration:03d}"
+    write_particles(ps, f"{stem}_data.star", "relion30" if relion30 else "auto")
+    write_mrc(f"{stem}_half1_class001.mrc", recon.half1, recon.pixel_size_A)
+    write_mrc(f"{stem}_half2_class001.mrc", recon.half2, recon.pixel_size_A)
+    _write_model(Path(f"{stem}_model.star"), recon, sigma2,
+                 f"{stem.name}_half1_class001.mrc", ps, settings.step_deg / 2,
+                 settings.offset_step_px / 2 * recon.pixel_size_A)
+    sampling = {
+        "rlnHealpixOrder": settings.order, "rlnPsiStep": settings.step_deg,
+        "rlnOffsetRange": settings.offset_range_px, "rlnOffsetStep": settings.offset_step_px,
+        "rlnSymmetryGroup": settings.sym, "rlnPerturbationFactor": settings.perturb_deg,
+        "rlnSearchForLocalSearches": int(settings.local)}
+    write_star({"sampling_general": sampling}, f"{stem}_sampling.star")
+
+
+@dataclass
+class FinishedIteration:
+    particles: ParticleSet
+    half_maps: list[torch.Tensor]
+    reconstruction: Reconstruction
+
+
+def read_iteration(out: Path, iteration: int, ps: ParticleSet) -> FinishedIteration:
+    """Poses and half maps of a finished iteration (to continue from it)."""
+    stem = out / f"run_it{iteration:03d}"
+    done = read_particles(f"{stem}_data.star")
+    if len(done) != len(ps):
+        raise InputError(f"{stem}_data.star", f"has {len(done)} particles, the input "
+                         f"{len(ps)}: not the same run", field="--continue")
+    maps = [torch.from_numpy(read_mrc(f"{stem}_half{h}_class001.mrc")[0]) for h in (1, 2)]
+    curve = fsc(maps[0], maps[1])
+    apix = float(done.pixel_size_A()[0])
+    recon = Reconstruction((maps[0] + maps[1]) / 2, apix, len(done), maps[0], maps[1], curve,
+                           resolution_at(curve, maps[0].shape[-1], apix))
+    return FinishedIteration(done, maps, recon)
+
+
+def write_final(out: Path, ps: ParticleSet, recon: Reconstruction, schedule,
+                sigma2: np.ndarray, relion30: bool) -> None:
+    """``run_data.star``, the joined map, unfiltered-name half maps, model, FSC and plots."""
+    from subtomo.refine.reconstruct import write_fsc_outputs
+    from subtomo.report.plots import plot_resolution_history
+
+    write_particles(ps, out / "run_data.star", "relion30" if relion30 else "auto")
+    write_mrc(out / "run_class001.mrc", recon.map, recon.pixel_size_A)
+    write_mrc(out / "run_half1_class001_unfil.mrc", recon.half1, recon.pixel_size_A)
+    write_mrc(out / "run_half2_class001_unfil.mrc", recon.half2, recon.pixel_size_A)
+    write_fsc_outputs(recon, out / "run_class001.mrc", halves=False)
+    last = schedule.history[-1] if schedule.history else {}
+    _write_model(out / "run_model.star", recon, sigma2, "run_class001.mrc", ps,
+                 last.get("angular_step_deg", 0.0) / 2,
+                 last.get("offset_step_px", 0.0) / 2 * recon.pixel_size_A)
+    if schedule.history:
+        plot_resolution_history(schedule.history, out / "run_resolution.png")
+
+
+def write_job_json(out: Path, command: list[str] | None, options, seconds: float,
+                   iterations: int, schedule) -> None:
+    """``job.json``: command, parameters, versions, timing and the per-iteration history."""
+    import subtomo
+
+    job = {
+        "command": command, "parameters": asdict(options),
+        "versions": {"subtomo": getattr(subtomo, "__version__", "unknown"),
+                     "torch": torch.__version__, "python": platform.python_version()},
+        "wall_time_s": seconds, "iterations": iterations, "converged": schedule.converged,
+        "history": schedule.history,
+    }
+    with atomic_path(out / "job.json") as tmp:
+        tmp.write_text(json.dumps(job, indent=1))
