@@ -227,9 +227,10 @@ def test_averaging_demo_reports_consistent_resolutions(tmp_path):
 
     from subtomo.demo import run_averaging_demo
 
-    figures = run_averaging_demo(tmp_path / "avg", 80, 0, Console(quiet=True))
-    for name in ("run_class001.mrc", "run_class001_half1.mrc", "mask_c6.mrc", "postprocess.mrc",
-                 "run_class001_fsc.png", "random_subset.mrc"):
+    figures = run_averaging_demo(tmp_path / "avg", 150, 0, Console(quiet=True))
+    job = "Refine3D/job001/"
+    for name in (f"{job}run_class001.mrc", f"{job}run_half1_class001_unfil.mrc", "mask_c6.mrc",
+                 "postprocess.mrc", f"{job}run_class001_fsc.png", "random_subset.mrc"):
         assert (tmp_path / "avg" / name).is_file(), name
     # the gold-standard estimate is within two shells of the truth's FSC-0.5 resolution
     shell = lambda res: 32 * 4.0 / res  # noqa: E731

@@ -124,3 +124,16 @@ def group_order(name: str) -> int:
     if kind == "D":
         return 2 * n
     return {"CI": 2, "CS": 2, "T": 12, "O": 24}.get(kind, 60)
+
+
+def symmetric_distance_deg(A: torch.Tensor, B: torch.Tensor, name: str) -> torch.Tensor:
+    """Angular distance (degrees) between poses ``A`` and ``B`` ``(N, 3, 3)`` of a particle with
+    point group ``name``: the smallest over the equivalent poses ``B R_g^T`` (proper ``R_g``)."""
+    from subtomo.geometry.euler import angular_distance_deg
+
+    ops = symmetry_operators(name, dtype=B.dtype)
+    ops = ops[torch.linalg.det(ops) > 0]
+    candidates = B[:, None] @ ops.transpose(1, 2)[None]  # (N, G, 3, 3)
+    distances = angular_distance_deg(A[:, None].expand_as(candidates).reshape(-1, 3, 3),
+                                     candidates.reshape(-1, 3, 3))
+    return distances.view(B.shape[0], -1).amin(dim=1)

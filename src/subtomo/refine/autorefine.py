@@ -33,9 +33,8 @@ from subtomo.errors import InputError
 from subtomo.fourier.grid import centred_irfft, centred_rfft, lowpass_map
 from subtomo.fourier.projector import Backprojector, Projector
 from subtomo.fourier.shift import phase_shift
-from subtomo.geometry.euler import angular_distance_deg
 from subtomo.geometry.healpix import angular_step_deg
-from subtomo.geometry.symmetry import symmetry_operators
+from subtomo.geometry.symmetry import symmetric_distance_deg, symmetry_operators
 from subtomo.io.particles import ParticleSet
 from subtomo.parallel.distributed import Context
 from subtomo.refine.images import check_files, iterate_batches
@@ -319,9 +318,10 @@ def initial_reference(reference: torch.Tensor, pixel_size_A: float,
     return lowpass_map(reference.float(), pixel_size_A, options.ini_high_A)
 
 
-def pose_change_deg(before: np.ndarray, after: np.ndarray) -> float:
-    """Mean angular distance (degrees) between two sets of rotations."""
-    return float(angular_distance_deg(torch.as_tensor(before), torch.as_tensor(after)).mean())
+def pose_change_deg(before: np.ndarray, after: np.ndarray, sym: str = "C1") -> float:
+    """Mean angular distance (degrees) between two sets of poses, symmetry mates equal."""
+    return float(symmetric_distance_deg(torch.as_tensor(before), torch.as_tensor(after),
+                                        sym).mean())
 
 
 def check_inputs(ps: ParticleSet, reference: torch.Tensor, reference_apix: float,
@@ -443,7 +443,7 @@ def auto_refine(
                                device=device, ctx=ctx, progress=progress,
                                desc=f"iteration {iteration:03d}")
         recon = result.reconstruction
-        change = pose_change_deg(matrices, result.matrices)
+        change = pose_change_deg(matrices, result.matrices, options.sym)
         shift_change = float(np.sqrt(((result.origins_px - origins) ** 2).sum(1)).mean())
         matrices, origins, sigma2 = result.matrices, result.origins_px, result.sigma2
         references = [recon.half1, recon.half2]

@@ -1,0 +1,50 @@
+"""torchrun with two CPU processes (gloo) gives the result of one process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from subtomo.geometry.euler import angular_distance_deg
+from subtomo.io.mrc import write_mrc
+from subtomo.io.star import read_particles
+from subtomo.refine.reconstruct import reconstruct
+from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomograms
+
+
+def _refine(args: list[str], nproc: int, cwd) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if nproc == 1:
+        command = [sys.executable, "-m", "subtomo", *args]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                   str(nproc), "--master_port", "29517", "-m", "subtomo", *args]
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_two_processes_match_one(tmp_path):
+    config = SimulationConfig(n=60, box_px=24, pixel_size_A=5.0, n_atoms=800, noise_sigma=2.0,
+                              seed=4)
+    sim = simulate_subtomograms(tmp_path / "sim", config, progress=False)
+    reference = reconstruct(read_particles(sim.particles_star), ctf=True, progress=False).map
+    write_mrc(tmp_path / "ref.mrc", reference, 5.0)
+    common = ["refine", "--i", str(sim.particles_star), "--ref", str(tmp_path / "ref.mrc"),
+              "--ctf", "--iter", "2", "--j", "1", "--batch", "8"]
+    _refine([*common, "--o", str(tmp_path / "one")], 1, tmp_path)
+    _refine([*common, "--o", str(tmp_path / "two")], 2, tmp_path)
+    one = read_particles(tmp_path / "one" / "run_it002_data.star")
+    two = read_particles(tmp_path / "two" / "run_it002_data.star")
+    assert np.array_equal(one.particles["rlnRandomSubset"], two.particles["rlnRandomSubset"])
+    angles = angular_distance_deg(one.rotation_matrices(), two.rotation_matrices()).numpy()
+    assert np.mean(angles < 1e-3) >= 0.95  # float sums in another order may flip rare ties
+    assert np.abs(one.shifts_A() - two.shifts_A()).max(axis=1).mean() < 0.05
+    model_one = (tmp_path / "one" / "run_it002_model.star").read_text()
+    model_two = (tmp_path / "two" / "run_it002_model.star").read_text()
+    res = [float(m.split("rlnCurrentResolution")[1].split()[0]) for m in (model_one, model_two)]
+    assert res[0] == pytest.approx(res[1], rel=0.02)
