@@ -9,8 +9,9 @@ One pass of :class:`Searcher` over a batch (the scores are those of :mod:`subtom
    rotations of the same step within ``local_radius_deg`` (local; batched GEMMs), and against
    translations on a grid of ``offset_step_px`` within ``offset_range_px`` of the current origin.
 2. **Fine** (RELION's adaptive oversampling by one order): the ``top_k`` best coarse hypotheses
-   of each particle are refined on rotations at half the step within 0.75 steps of them and on
-   translations at half the offset step, using all frequencies up to ``fine_radius_px``.
+   of each particle (the best one in local searches) are refined on rotations at half the
+   step within 0.75 steps of them and on translations at half the offset step, using all
+   frequencies up to ``fine_radius_px``.
 
 The best fine hypothesis is the new pose; the log-sum-exp and the largest normalised
 probability over the fine hypotheses are RELION's ``rlnLogLikeliContribution`` (up to a
@@ -143,7 +144,7 @@ class Searcher:
             b, j = rotations.shape[:2]
             sections = self.projector.sample(rotations.reshape(-1, 3, 3), self.coarse.k_px)
             scores = scores_per_particle(sections.view(b, j, -1), terms, columns)
-            rot_index, shift_index = _top(scores, s.top_k)
+            rot_index, shift_index = _top(scores, 1)  # the prior's neighbourhood is one basin
             candidates = torch.gather(rotations, 1, rot_index[..., None, None].expand(
                 -1, -1, 3, 3))
         else:

@@ -199,16 +199,16 @@ class Projector:
         size = self._table.shape[-3:]  # (P + 2, P + 2, P // 2 + 2) as (z, y, x)
         origin = kvec.new_tensor([0.0, big // 2 + 1, big // 2 + 1])
         scale = 2.0 / kvec.new_tensor([size[2] - 1, size[1] - 1, size[0] - 1])
+        offset = origin * scale - 1.0
         for start in range(0, n_rot, step):
             a = A[start:start + step]
             p = torch.matmul(kvec, a).reshape(-1, 3)  # (b*n, 3): (A^T k)^T = k^T A
-            neg = p[:, 0] < 0
-            p = torch.where(neg[:, None], -p, p)
-            grid = ((p + origin) * scale - 1.0).view(1, 1, 1, -1, 3)
-            vals = F.grid_sample(self._table, grid, mode="bilinear", padding_mode="zeros",
-                                 align_corners=True).view(2, -1)
-            imag = torch.where(neg, -vals[1], vals[1])
-            out[start:start + a.shape[0]] = torch.complex(vals[0], imag).view(-1, n)
+            sign = torch.where(p[:, 0] < 0, -1.0, 1.0).to(p.dtype)  # x < 0: read -p, conjugate
+            p.mul_(sign[:, None]).mul_(scale).add_(offset)
+            vals = F.grid_sample(self._table, p.view(1, 1, 1, -1, 3), mode="bilinear",
+                                 padding_mode="zeros", align_corners=True).view(2, -1)
+            vals[1].mul_(sign)
+            out[start:start + a.shape[0]] = torch.complex(vals[0], vals[1]).view(-1, n)
         return out
 
 
