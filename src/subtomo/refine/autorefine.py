@@ -128,8 +128,9 @@ def update_schedule(schedule: Schedule, resolution_A: float, shell: int, change_
         s.best_shell, s.no_gain = shell, 0
     else:
         s.no_gain += 1
-    # a change counts as large while it keeps shrinking by 10 % and exceeds half the fine step
-    small = change_deg < angular_step_deg(s.order) / 4
+    # a change counts as large while it keeps shrinking by 10 % and exceeds the fine step
+    # (smaller changes are the sampling's own jitter)
+    small = change_deg < angular_step_deg(s.order) / 2
     if change_deg < 0.9 * s.smallest_change_deg and not small:
         s.smallest_change_deg, s.no_large_changes = change_deg, 0
     else:
