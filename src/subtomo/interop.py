@@ -116,11 +116,11 @@ def select_random(star: str | Path, output: str | Path, n: int, seed: int = 0) -
                          field="--n")
     chosen = np.sort(np.random.default_rng(seed).choice(len(ps), size=n, replace=False))
     subset = ps.subset(chosen)
-    write_particles(subset, output, _same_flavour(ps))
+    write_particles(subset, output, same_flavour(ps))
     return subset
 
 
-def _same_flavour(ps: ParticleSet) -> str:
+def same_flavour(ps: ParticleSet) -> str:
     return ps.flavour if ps.flavour in ("relion5", "relion4", "relion31", "relion30",
                                         "warp") else "auto"
 

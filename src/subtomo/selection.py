@@ -17,7 +17,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from subtomo.errors import InputError
-from subtomo.interop import _same_flavour
+from subtomo.interop import same_flavour
 from subtomo.io.files import check_not_input
 from subtomo.io.particles import COORD_CENTRED_A, COORD_PX, ORIGIN_A, ParticleSet, present
 from subtomo.io.star import read_particles, write_particles
@@ -77,7 +77,7 @@ def _pairs_within(points: np.ndarray, radius_A: float) -> tuple[np.ndarray, np.n
 def _write(ps: ParticleSet, kept: np.ndarray, output: str | Path) -> ParticleSet:
     """Write the particles at positional ``kept`` (sorted: file order) in ``ps``'s flavour."""
     subset = ps.subset(np.sort(kept))
-    write_particles(subset, output, _same_flavour(ps))
+    write_particles(subset, output, same_flavour(ps))
     return subset
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from subtomo.align.score import noise_power
+from subtomo.align.score import Frequencies, noise_power
 from subtomo.align.search import Searcher, SearchResult, SearchSettings
 from subtomo.errors import InputError
 from subtomo.fourier.grid import centred_irfft, centred_rfft, lowpass_map
@@ -175,8 +175,6 @@ def initial_sigma2(ps: ParticleSet, rows: np.ndarray, box: int, ctf: bool,
                    device: torch.device | str, ctx: Context, batch_size: int) -> np.ndarray:
     """Noise power per shell from the particles' own power on measured coefficients (an upper
     bound, as RELION starts), from up to 256 particles."""
-    from subtomo.align.score import Frequencies
-
     freqs = Frequencies.within(box, box / 2, device)
     n_shells = box // 2 + 1
     sums = torch.zeros(n_shells, dtype=torch.float64, device=device)
@@ -360,10 +358,6 @@ def check_inputs(ps: ParticleSet, reference: torch.Tensor, reference_apix: float
     return box, pixel_size
 
 
-def timer() -> float:
-    return time.perf_counter()
-
-
 @dataclass
 class RefineResult:
     """The converged run: final map, half maps, FSC, resolution, poses, iterations done."""
@@ -392,7 +386,7 @@ def auto_refine(
     options = options or RefineOptions()
     ctx = ctx or Context()
     out = Path(out_dir)
-    start = timer()
+    start = time.perf_counter()
     box, pixel_size = check_inputs(ps, reference, reference_apix, reference_path,
                                    solvent_mask, mask_path, options)
     diameter = options.particle_diameter_A or 0.8 * box * pixel_size
@@ -438,7 +432,7 @@ def auto_refine(
         settings = search_settings(schedule, options, box, pixel_size, diameter,
                                    iteration == 1, iteration)
         searched = [reference_for_search(r, solvent_mask, options) for r in references]
-        tick = timer()
+        tick = time.perf_counter()
         result = run_iteration(ps, searched, halves, matrices, origins, sigma2, settings,
                                options, box=box, pixel_size_A=pixel_size, mask=particle_mask,
                                device=device, ctx=ctx, progress=progress,
@@ -456,17 +450,18 @@ def auto_refine(
             "offset_range_px": settings.offset_range_px,
             "search_radius_px": [settings.coarse_radius_px, settings.fine_radius_px],
             "mean_angle_change_deg": change, "mean_offset_change_px": shift_change,
-            "seconds": timer() - tick})
+            "seconds": time.perf_counter() - tick})
         update_schedule(schedule, recon.resolution_A, shell, change, options, diameter)
         ps = outputs.with_poses(ps, matrices, origins, pixel_size, result.max_probability,
                                 result.log_likelihood)
         if ctx.main:
             outputs.write_iteration(out, iteration, ps, recon, sigma2, settings, relion30)
+            seconds = elapsed + time.perf_counter() - start
             RefineState(iteration, schedule, sigma2.tolist(), asdict(options),
-                        elapsed + timer() - start).save(outputs.state_path(out, iteration))
+                        seconds).save(outputs.state_path(out, iteration))
             print(f"iteration {iteration:03d}: {recon.resolution_A:.2f} Å, order "
                   f"{settings.order}{' local' if settings.local else ''}, mean pose change "
-                  f"{change:.2f}°, {shift_change:.2f} px ({timer() - tick:.0f} s)")
+                  f"{change:.2f}°, {shift_change:.2f} px ({time.perf_counter() - tick:.0f} s)")
         ctx.barrier()
 
     if recon is None:  # continued a run that had already finished
@@ -474,7 +469,7 @@ def auto_refine(
         recon = done.reconstruction
     if ctx.main:
         outputs.write_final(out, ps, recon, schedule, sigma2, relion30)
-        outputs.write_job_json(out, command, options, elapsed + timer() - start, iteration,
-                               schedule)
+        outputs.write_job_json(out, command, options, elapsed + time.perf_counter() - start,
+                               iteration, schedule)
     ctx.barrier()
     return RefineResult(recon, ps, iteration, schedule.converged, schedule.history)
