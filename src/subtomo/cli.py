@@ -7,8 +7,10 @@ import sys
 
 from subtomo import __version__
 from subtomo.commands import (
+    classify,
     convert,
     demo,
+    initial_model,
     maps,
     poses,
     postprocess,
@@ -20,8 +22,8 @@ from subtomo.commands import (
 )
 from subtomo.errors import InputError
 
-COMMANDS = (convert, star, select, poses, simulate, reconstruct, refine, maps,
-            postprocess, demo)
+COMMANDS = (convert, star, select, poses, simulate, reconstruct, initial_model, refine,
+            classify, maps, postprocess, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

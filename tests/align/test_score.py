@@ -164,3 +164,44 @@ def test_translation_grid_and_noise_power():
     kz, ky, kx = torch.meshgrid(full, full, full, indexing="ij")
     inside = (kx**2 + ky**2 + kz**2 <= (box / 2) ** 2 + 1e-9).sum()
     assert float(counts.sum()) == pytest.approx(2 * float(inside))
+
+
+def test_skip_align_scores_the_prior_pose_only(setup):
+    box, projector, ctf, A, shifts = setup
+    spectra = particles(projector, A, torch.zeros(3, 3), ctf, noise=0.5)
+    prior = A @ euler_to_matrix(torch.tensor([[0.0, 4.0, 0.0]])).float()
+    settings = SearchSettings(skip_align=True, fine_radius_px=6.0, coarse_radius_px=6.0)
+    searcher = Searcher(projector, settings)
+    result = searcher.search(spectra, ctf, None, prior)
+    assert torch.equal(result.matrices, prior)
+    assert torch.equal(result.shifts_px, torch.zeros(3, 3))
+    assert torch.equal(result.top_weights, torch.ones(3, 1))
+    oracle = exhaustive_scores(projector.sample(prior, searcher.fine.k_px), spectra, ctf,
+                               searcher.fine, torch.zeros(1, 3))
+    expected = oracle[torch.arange(3), torch.arange(3), 0].float()
+    assert torch.allclose(result.score, expected, rtol=1e-4)
+    assert torch.allclose(result.log_evidence, result.score)
+
+
+def test_local_prior_on_the_angular_change(setup):
+    """A particle that fits its prior's 7.5° neighbour best moves there without a prior or
+    with a wide one, and stays at the prior with σ_ang = 0.3°; the prior adds −d²/2σ² exactly.
+    (1/σ² = 1e-3 puts the likelihood gain of the true pose at about 45.)"""
+    box, projector, ctf, A, shifts = setup
+    spectra = particles(projector, A, torch.zeros(3, 3), ctf)
+    inv_sigma2 = torch.full((box // 2 + 1,), 1e-3)
+    off = euler_to_matrix(torch.tensor([[0.0, 7.5, 0.0]])).float()
+    prior = A @ off
+    base = dict(order=3, local=True, local_radius_deg=8.0, offset_range_px=0.0,
+                offset_step_px=1.0, coarse_radius_px=6.0, fine_radius_px=8.0)
+    for sigma in (None, 50.0):
+        moved = Searcher(projector, SearchSettings(**base, sigma_ang_deg=sigma)).search(
+            spectra, ctf, inv_sigma2, prior)
+        assert float(angular_distance_deg(moved.matrices, A).max()) < 2.0
+    held = Searcher(projector, SearchSettings(**base, sigma_ang_deg=0.3)).search(
+        spectra, ctf, inv_sigma2, prior)
+    assert float(angular_distance_deg(held.matrices, prior).max()) < 1e-3
+    searcher = Searcher(projector, SearchSettings(**base, sigma_ang_deg=2.0))
+    change = searcher.local_rotations
+    angles = angular_distance_deg(change, torch.eye(3).expand_as(change))
+    assert torch.allclose(searcher._log_prior(change), -0.5 * (angles / 2.0) ** 2, atol=1e-3)

@@ -11,6 +11,7 @@ from subtomo.geometry.euler import angular_distance_deg, euler_to_matrix
 from subtomo.geometry.healpix import (
     ASU_CENTRE,
     angular_step_deg,
+    cell_children,
     healpix_directions,
     local_rotations,
     nside,
@@ -215,3 +216,23 @@ def test_local_rotations_cover_ball() -> None:
     s, c = torch.sin(theta)[:, None, None], torch.cos(theta)[:, None, None]
     q = eye + s * k + (1 - c) * (k @ k)
     assert _nearest_deg(q, deltas).max() <= step * math.sqrt(3) / 2 + 1e-6
+
+
+def test_cell_children_tile_the_local_cell():
+    """Identity first, then 8 rotations at step/4·√3 from it; every point of the coarse cell
+    (cube of side ``step`` in rotation-vector space) is within step/4·√3 of one of them."""
+    step = 8.0
+    children = cell_children(step, dtype=torch.float64)
+    assert children.shape == (9, 3, 3)
+    assert torch.allclose(children[0], torch.eye(3, dtype=torch.float64))
+    eye = torch.eye(3, dtype=torch.float64).expand(8, 3, 3)
+    angles = angular_distance_deg(children[1:], eye)
+    expected = torch.full((8,), step / 4 * math.sqrt(3), dtype=torch.float64)
+    assert torch.allclose(angles, expected, atol=1e-9)
+    g = torch.Generator().manual_seed(0)
+    v = (torch.rand(500, 3, generator=g, dtype=torch.float64) - 0.5) * math.radians(step)
+    K = torch.zeros(500, 3, 3, dtype=torch.float64)
+    K[:, 2, 1], K[:, 0, 2], K[:, 1, 0] = v[:, 0], v[:, 1], v[:, 2]
+    R = torch.linalg.matrix_exp(K - K.transpose(1, 2))  # exp of the rotation vector v
+    nearest = angular_distance_deg(R[:, None], children[None]).min(dim=1).values
+    assert float(nearest.max()) <= step / 4 * math.sqrt(3) * 1.01

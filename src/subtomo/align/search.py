@@ -9,9 +9,14 @@ One pass of :class:`Searcher` over a batch (the scores are those of :mod:`subtom
    rotations of the same step within ``local_radius_deg`` (local; batched GEMMs), and against
    translations on a grid of ``offset_step_px`` within ``offset_range_px`` of the current origin.
 2. **Fine** (RELION's adaptive oversampling by one order): the ``top_k`` best coarse hypotheses
-   of each particle (the best one in local searches) are refined on rotations at half the
-   step within 0.75 steps of them and on translations at half the offset step, using all
-   frequencies up to ``fine_radius_px``.
+   of each particle are refined on rotations at half the step within 0.75 steps of them (in
+   local searches, whose coarse grid is cubic, the best one on its cell's centre and 8
+   children at ±step/4) and on translations at half the offset step, using all frequencies up
+   to ``fine_radius_px``.
+
+With ``sigma_ang_deg``, local hypotheses carry RELION's Gaussian prior on the angular change
+from the current pose (searched within 3 sigma); with ``skip_align``, each particle is scored at
+its current pose only (classification without alignment).
 
 The best fine hypothesis is the new pose; the log-sum-exp and the largest normalised
 probability over the fine hypotheses are RELION's ``rlnLogLikeliContribution`` (up to a
@@ -22,7 +27,7 @@ hypothesis of a grid with the same kernels and is the oracle the tests compare a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -36,7 +41,12 @@ from subtomo.align.score import (
     translated_columns,
 )
 from subtomo.fourier.projector import Projector
-from subtomo.geometry.healpix import angular_step_deg, local_rotations, rotation_grid
+from subtomo.geometry.healpix import (
+    angular_step_deg,
+    cell_children,
+    local_rotations,
+    rotation_grid,
+)
 
 SHARED_SCORE_ELEMENTS = 1 << 25  # (B x rotations x translations) scores live at once
 
@@ -70,6 +80,8 @@ class SearchSettings:
     cc: bool = False
     perturb_deg: float = 0.0
     seed: int = 0
+    skip_align: bool = False  # score each particle at its prior pose only
+    sigma_ang_deg: float | None = None  # local searches: Gaussian prior on the pose change
 
     @property
     def step_deg(self) -> float:
@@ -99,6 +111,10 @@ class SearchResult:
     top_shifts_px: Tensor
     top_weights: Tensor
 
+    def take(self, index: Tensor) -> SearchResult:
+        """The results of particles ``index`` (a boolean mask or indices over the batch)."""
+        return SearchResult(*(getattr(self, f.name)[index] for f in fields(self)))
+
 
 class Searcher:
     """The search of one reference (a :class:`Projector`) with fixed :class:`SearchSettings`;
@@ -115,9 +131,17 @@ class Searcher:
         half = s.offset_step_px / 2
         self.fine_shifts = translation_grid(half * math.sqrt(3), half, device)
         step = s.step_deg
-        self.fine_rotations = local_rotations(step / 2, 0.75 * step, device=device)
-        if s.local:
-            radius = s.local_radius_deg if s.local_radius_deg is not None else 2 * step
+        if s.local:  # the coarse cell is a cube: its 8 half-step children and its centre
+            self.fine_rotations = cell_children(step, device=device)
+        else:
+            self.fine_rotations = local_rotations(step / 2, 0.75 * step, device=device)
+        if s.skip_align:
+            self.fine_rotations = torch.eye(3, device=device)[None]
+            self.fine_shifts = torch.zeros(1, 3, device=device)
+        elif s.local:
+            radius = s.local_radius_deg
+            if radius is None:  # RELION searches 3 sigma_ang around the prior
+                radius = 3 * s.sigma_ang_deg if s.sigma_ang_deg else 2 * step
             self.local_rotations = local_rotations(step, radius, device=device)
         else:
             self.grid, _ = rotation_grid(s.order, s.sym, perturb_deg=s.perturb_deg, seed=s.seed,
@@ -128,6 +152,8 @@ class Searcher:
     @property
     def n_coarse_rotations(self) -> int:
         s = self.settings
+        if s.skip_align:
+            return 1
         return self.local_rotations.shape[0] if s.local else self.grid.shape[0]
 
     def search(self, spectra: Tensor, ctf: Tensor | None, inv_sigma2: Tensor | None,
@@ -135,15 +161,19 @@ class Searcher:
         """Search a batch: ``spectra``/``ctf`` ``(B, D, D, D // 2 + 1)`` centred on the current
         origins, ``inv_sigma2`` per shell, ``prior`` ``(B, 3, 3)`` rotations (local search)."""
         s = self.settings
+        if (s.local or s.skip_align) and prior is None:
+            raise ValueError("a local search needs prior rotations")
+        if s.skip_align:
+            zero = torch.zeros(spectra.shape[0], 1, 3, device=spectra.device)
+            return self._fine(spectra, ctf, inv_sigma2, prior[:, None], zero)
         terms = particle_terms(spectra, ctf, self.coarse, inv_sigma2, s.cc)
         columns = translated_columns(terms, self.coarse.phases(self.coarse_shifts))
         if s.local:
-            if prior is None:
-                raise ValueError("a local search needs prior rotations")
             rotations = prior[:, None] @ self.local_rotations[None]  # (B, J, 3, 3)
             b, j = rotations.shape[:2]
             sections = self.projector.sample(rotations.reshape(-1, 3, 3), self.coarse.k_px)
             scores = scores_per_particle(sections.view(b, j, -1), terms, columns)
+            scores = scores + self._log_prior(self.local_rotations)[None, :, None]
             rot_index, shift_index = _top(scores, 1)  # the prior's neighbourhood is one basin
             candidates = torch.gather(rotations, 1, rot_index[..., None, None].expand(
                 -1, -1, 3, 3))
@@ -151,7 +181,17 @@ class Searcher:
             rot_index, shift_index = self._global_top(terms, columns)
             candidates = self.grid[rot_index]
         return self._fine(spectra, ctf, inv_sigma2, candidates,
-                          self.coarse_shifts[shift_index])
+                          self.coarse_shifts[shift_index], prior)
+
+    def _log_prior(self, change: Tensor) -> Tensor:
+        """Log Gaussian prior ``-d^2 / (2 sigma_ang^2)`` ``(...)`` of rotations ``change``
+        ``(..., 3, 3)`` (relative to the prior pose) by their angle d (degrees); zeros without
+        ``sigma_ang`` or outside local searches."""
+        s = self.settings
+        if not s.local or not s.sigma_ang_deg or s.cc:
+            return change.new_zeros(change.shape[:-2])
+        cos = ((change.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
+        return -0.5 * (torch.rad2deg(torch.arccos(cos)) / s.sigma_ang_deg) ** 2
 
     def _global_top(self, terms: ParticleTerms, columns: Tensor) -> tuple[Tensor, Tensor]:
         """Top-k (rotation, translation) of every particle over the shared grid, in chunks."""
@@ -175,9 +215,9 @@ class Searcher:
         return best_flat // t, best_flat % t
 
     def _fine(self, spectra: Tensor, ctf: Tensor | None, inv_sigma2: Tensor | None,
-              candidates: Tensor, centres: Tensor) -> SearchResult:
+              candidates: Tensor, centres: Tensor, prior: Tensor | None = None) -> SearchResult:
         """Oversampled search around ``candidates`` ``(B, K, 3, 3)`` and ``centres``
-        ``(B, K, 3)`` (px) at the fine frequencies."""
+        ``(B, K, 3)`` (px) at the fine frequencies (with the local prior around ``prior``)."""
         s = self.settings
         b, k = candidates.shape[:2]
         terms = particle_terms(spectra, ctf, self.fine, inv_sigma2, s.cc)
@@ -190,6 +230,9 @@ class Searcher:
         sections = self.projector.sample(rotations.reshape(-1, 3, 3), self.fine.k_px)
         sections = sections.view(b * k, j, -1)
         scores = scores_per_particle(sections, rows, columns)  # (BK, J, T)
+        if prior is not None and s.local and s.sigma_ang_deg:
+            change = prior.repeat_interleave(k, 0)[:, None].transpose(-1, -2) @ rotations
+            scores = scores + self._log_prior(change)[..., None]
         t = scores.shape[2]
         flat_scores = scores.reshape(b, -1)  # (B, K * J * T)
         m = min(1 if s.cc else s.significant, flat_scores.shape[1])

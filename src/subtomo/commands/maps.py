@@ -60,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        default=15.0, help="coarse angular step (degrees; default 15)")
     align.set_defaults(run=_align_symmetry)
 
+    _register_maps(sub)
+
 
 def _add_sym(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sym", required=True,
@@ -122,5 +124,53 @@ def _align_symmetry(args: argparse.Namespace) -> int:
     angles = matrix_to_euler(rot).tolist()
     print(f"Wrote {args.output}: rotated by (rot, tilt, psi) = ({angles[0]:.2f}, {angles[1]:.2f}, "
           f"{angles[2]:.2f}) degrees; {args.sym} self-correlation {score:.4f} "
+          f"({time.perf_counter() - start:.1f} s).")
+    return 0
+
+
+def _register_maps(sub: argparse._SubParsersAction) -> None:
+    """``subtomo maps align``."""
+    parser = sub.add_parser("maps", help="operations on pairs of maps")
+    actions = parser.add_subparsers(dest="maps_action", required=True, metavar="ACTION")
+    align = actions.add_parser("align", help="rotate and shift a map onto a reference map "
+                               "(optionally flipping its hand)")
+    add_input(align, help="map to move (MRC)")
+    align.add_argument("--ref", required=True, help="reference (fixed) map (MRC), same box")
+    add_output(align, help="output: the moved map on the reference (MRC)")
+    align.add_argument("--flip", action="store_true",
+                       help="also try the mirror image (hand flip along z); keep the better")
+    align.add_argument("--lowpass", type=float, default=None,
+                       help="highest resolution used in the search (Å; default 2.5 pixels)")
+    align.add_argument("--sym", default="C1",
+                       help="point group of the reference: search its asymmetric unit only "
+                            "(RELION's notation; default C1)")
+    add_angpix(align, help="pixel size (Å; default: from the input map's header)")
+    align.set_defaults(run=_maps_align)
+
+
+def _maps_align(args: argparse.Namespace) -> int:
+    from subtomo.maps.align_maps import align_maps
+
+    _check_sym(args.sym)
+    check_not_input(args.output, args.ref)
+    vol, angpix = _read(args)
+    ref, ref_A = read_mrc(args.ref)
+    if tuple(ref.shape) != tuple(vol.shape):
+        raise InputError(args.ref, f"reference shape {ref.shape} differs from the input map's "
+                         f"{tuple(vol.shape)}; resample one of them first")
+    if args.angpix is None and ref_A > 0 and abs(ref_A - angpix) > 0.01 * angpix:
+        raise InputError(args.ref, f"pixel size {ref_A:g} Å differs from the input map's "
+                         f"{angpix:g} Å; resample one of them first (or give --angpix)")
+    if args.lowpass is not None and args.lowpass <= 0:
+        raise InputError(None, "must be positive (Å)", field="--lowpass")
+    start = time.perf_counter()
+    result = align_maps(vol, torch.from_numpy(ref), angpix, lowpass_A=args.lowpass,
+                        allow_flip=args.flip, sym=args.sym)
+    write_mrc(args.output, result.aligned, angpix)
+    rot, tilt, psi = matrix_to_euler(result.matrix).tolist()
+    sx, sy, sz = (result.shift_px * angpix).tolist()
+    print(f"Wrote {args.output}: rotated by (rot, tilt, psi) = ({rot:.2f}, {tilt:.2f}, "
+          f"{psi:.2f}) degrees, then shifted by ({sx:.2f}, {sy:.2f}, {sz:.2f}) Å; "
+          f"flipped {'yes' if result.flipped else 'no'}; correlation {result.score:.4f} "
           f"({time.perf_counter() - start:.1f} s).")
     return 0

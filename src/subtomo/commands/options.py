@@ -36,3 +36,35 @@ def add_tomograms(parser: argparse.ArgumentParser) -> None:
 
 def add_angpix(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--angpix", "--Apix", type=float, default=None, help=help)
+
+
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    """Options every iterative job (refine, classify, initial model) shares."""
+    parser.add_argument("--pad", type=int, default=2, help="padding factor of the Fourier grids")
+    parser.add_argument("--batch", type=int, default=32, help="particles per batch")
+    parser.add_argument("--j", type=int, default=None, help="CPU threads per process")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--angpix", type=float, default=None, help="pixel size, Å (override)")
+    parser.add_argument("--relion30", action="store_true",
+                        help="write data STAR files as RELION 3.0 (default: RELION 5/4)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--continue", dest="continue_dir", default=None,
+                        help="resume the job in this folder after its last finished iteration")
+
+
+def job_folder(args: argparse.Namespace, *inputs: str | None) -> str:
+    """The job folder (``--o`` or ``--continue``), after setting the thread count and checking
+    that it is none of the inputs."""
+    import torch
+
+    from subtomo.errors import InputError
+    from subtomo.io.files import check_not_input
+
+    if args.j:
+        torch.set_num_threads(args.j)
+    out = args.continue_dir or args.output
+    if out is None:
+        raise InputError(None, "give --o (a new job folder) or --continue DIR", field="--o")
+    for path in inputs:
+        check_not_input(out, path)
+    return out

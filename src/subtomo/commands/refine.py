@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from subtomo.commands.options import add_input, add_output
+from subtomo.commands.options import add_input, add_job_options, add_output, job_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,18 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fill outside the particle mask with zeros (the only fill; default)")
     p.add_argument("--flatten_solvent", action="store_true",
                    help="multiply the references by --mask before each search")
-    p.add_argument("--pad", type=int, default=2, help="padding factor of the Fourier grids")
     p.add_argument("--iter", "--max_iter", dest="max_iter", type=int, default=25,
                    help="stop after this many iterations if not converged (default 25)")
-    p.add_argument("--batch", type=int, default=32, help="particles per batch")
-    p.add_argument("--j", type=int, default=None, help="CPU threads per process")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--angpix", type=float, default=None, help="pixel size, Å (override)")
-    p.add_argument("--relion30", action="store_true",
-                   help="write data STAR files as RELION 3.0 (default: RELION 5/4)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (half sets, grids)")
-    p.add_argument("--continue", dest="continue_dir", default=None,
-                   help="resume the job in this folder after its last finished iteration")
+    add_job_options(p)
     p.set_defaults(run=_run)
 
 
@@ -59,21 +50,14 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from subtomo.errors import InputError
-    from subtomo.io.files import check_not_input
     from subtomo.io.mrc import read_mrc
     from subtomo.io.star import read_particles
     from subtomo.parallel.distributed import init
     from subtomo.refine.autorefine import RefineOptions, auto_refine
 
-    if args.j:
-        torch.set_num_threads(args.j)
-    out = args.continue_dir or args.output
-    if out is None:
-        raise InputError(None, "give --o (a new job folder) or --continue DIR", field="--o")
     if args.ref is None:
         raise InputError(None, "--ref is needed (the initial reference map)", field="--ref")
-    for path in (args.input, args.ref, args.mask):
-        check_not_input(out, path)
+    out = job_folder(args, args.input, args.ref, args.mask)
     ps = read_particles(args.input, angpix=args.angpix)
     reference, ref_apix = read_mrc(args.ref)
     mask = None

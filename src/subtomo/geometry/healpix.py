@@ -174,3 +174,17 @@ def local_rotations(
     v, norm = v[keep], norm[keep]
     v = v[torch.argsort(norm, stable=True)]
     return _rotvec_to_matrix(v).to(dtype=dtype, device=device)
+
+
+def cell_children(
+    step_deg: float,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """The identity and the 8 centres of the half-size sub-cells (rotation vectors
+    ``(±1, ±1, ±1) step / 4``) of a cubic cell of ``step_deg`` (degrees) in rotation-vector
+    space: RELION's one-order oversampling of a local grid point, (9, 3, 3)."""
+    corners = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0], dtype=_F64)] * 3)
+    v = torch.cat([torch.zeros(1, 3, dtype=_F64), corners]) * math.radians(step_deg) / 4
+    return _rotvec_to_matrix(v).to(dtype=dtype, device=device)

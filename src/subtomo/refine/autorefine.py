@@ -149,19 +149,27 @@ def update_schedule(schedule: Schedule, resolution_A: float, shell: int, change_
             s.smallest_change_deg = 1e9
 
 
-def search_settings(schedule: Schedule, options: RefineOptions, box: int, pixel_size_A: float,
-                    diameter_A: float, first: bool, iteration: int) -> SearchSettings:
-    """Frequencies and sampling of one iteration's search.
+def search_radii(resolution_A: float, order: int, box: int, pixel_size_A: float,
+                 diameter_A: float, first: bool) -> tuple[float, float]:
+    """Coarse and fine frequency radii (px) of a search at ``resolution_A`` and ``order``.
 
-    Fine pass: up to 3 shells beyond the current resolution. Coarse pass: up to the radius
-    where the coarse step moves the particle's rim by half a period, and at most 0.6 of the
-    fine radius (it only has to find the neighbourhood), at least 5 px."""
-    shell = box * pixel_size_A / schedule.resolution_A
+    Fine pass: up to 3 shells beyond the resolution (just the resolution in the first
+    iteration). Coarse pass: up to the radius where the coarse step moves the particle's rim
+    by half a period, and at most 0.6 of the fine radius (it only has to find the
+    neighbourhood), at least 5 px."""
+    shell = box * pixel_size_A / resolution_A
     fine = min(box / 2, shell if first else shell + 3)
-    step = math.radians(angular_step_deg(schedule.order))
+    step = math.radians(angular_step_deg(order))
     rim_px = diameter_A / 2 / pixel_size_A
     coarse = min(0.6 * fine, box / (2 * step * rim_px))
-    coarse = min(fine, max(5.0, coarse))
+    return min(fine, max(5.0, coarse)), fine
+
+
+def search_settings(schedule: Schedule, options: RefineOptions, box: int, pixel_size_A: float,
+                    diameter_A: float, first: bool, iteration: int) -> SearchSettings:
+    """Frequencies (:func:`search_radii`) and sampling of one iteration's search."""
+    coarse, fine = search_radii(schedule.resolution_A, schedule.order, box, pixel_size_A,
+                                diameter_A, first)
     return SearchSettings(
         order=schedule.order, local=schedule.local, offset_range_px=schedule.offset_range_px,
         offset_step_px=schedule.offset_step_px, coarse_radius_px=coarse, fine_radius_px=fine,
@@ -288,10 +296,9 @@ class RefineState:
     elapsed_s: float = 0.0
 
     def save(self, path: Path) -> None:
-        from subtomo.io.files import atomic_path
+        from subtomo.refine.outputs import save_json
 
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(asdict(self), indent=1))
+        save_json(asdict(self), path)
 
     @classmethod
     def load(cls, path: Path) -> RefineState:
@@ -470,6 +477,6 @@ def auto_refine(
     if ctx.main:
         outputs.write_final(out, ps, recon, schedule, sigma2, relion30)
         outputs.write_job_json(out, command, options, elapsed + time.perf_counter() - start,
-                               iteration, schedule)
+                               iteration, schedule.history, converged=schedule.converged)
     ctx.barrier()
     return RefineResult(recon, ps, iteration, schedule.converged, schedule.history)

@@ -49,6 +49,12 @@ def last_state(out: Path) -> Path:
     return found[-1]
 
 
+def save_json(data: dict, path: Path) -> None:
+    """Write ``data`` as JSON atomically (resume states are read back only when complete)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
+
+
 def prepare_job_dir(out: Path) -> None:
     """Create the job folder; refuse one that holds another run (nothing is overwritten)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -89,9 +95,9 @@ def _project_relative(ps: ParticleSet) -> ParticleSet:
 
 def with_poses(ps: ParticleSet, matrices: np.ndarray, origins_px: np.ndarray,
                pixel_size_A: float, max_probability: np.ndarray,
-               log_likelihood: np.ndarray) -> ParticleSet:
+               log_likelihood: np.ndarray, classes: np.ndarray | None = None) -> ParticleSet:
     """``ps`` with refined poses (particle angles in the subtomogram frame when there is one),
-    origins (Å) and RELION's per-particle statistics."""
+    origins (Å), classes (1-based; default 1) and RELION's per-particle statistics."""
     ps = _project_relative(ps)
     A = torch.as_tensor(matrices)
     sub = ps.subtomogram_matrices()
@@ -103,7 +109,7 @@ def with_poses(ps: ParticleSet, matrices: np.ndarray, origins_px: np.ndarray,
         df[label] = angles[:, i]
     for i, label in enumerate(ORIGINS):
         df[label] = origins_px[:, i] * pixel_size_A
-    df["rlnClassNumber"] = 1
+    df["rlnClassNumber"] = 1 if classes is None else np.asarray(classes, dtype=int)
     df["rlnMaxValueProbDistribution"] = max_probability
     df["rlnLogLikeliContribution"] = log_likelihood
     return replace(ps, particles=df, source=ps.source)
@@ -122,27 +128,34 @@ def _fsc_table(curve: torch.Tensor, box: int, pixel_size_A: float) -> pd.DataFra
     })
 
 
-def _write_model(path: Path, recon: Reconstruction, sigma2: np.ndarray, reference: str,
-                 ps: ParticleSet, step_deg: float, offset_step_A: float) -> None:
-    box = recon.half1.shape[-1]
+def write_model(path: Path, recons: list[Reconstruction], references: list[str],
+                distribution: list[float], sigma2: np.ndarray, ps: ParticleSet,
+                step_deg: float, offset_step_A: float, tau2_fudge: float = 1.0) -> None:
+    """RELION's ``model.star`` of K classes: general, per-class table, per-class FSC/SSNR
+    blocks and the noise power of the (single) optics group."""
+    box = recons[0].half1.shape[-1]
+    resolutions = [r.resolution_A for r in recons]
     general = {
         "rlnReferenceDimensionality": 3, "rlnDataDimensionality": 3,
-        "rlnOriginalImageSize": box, "rlnCurrentResolution": recon.resolution_A,
-        "rlnPixelSize": recon.pixel_size_A, "rlnNrClasses": 1, "rlnNrBodies": 1,
-        "rlnNrGroups": 1, "rlnTau2FudgeFactor": 1.0,
+        "rlnOriginalImageSize": box, "rlnCurrentResolution": min(resolutions),
+        "rlnPixelSize": recons[0].pixel_size_A, "rlnNrClasses": len(recons),
+        "rlnNrBodies": 1, "rlnNrGroups": 1, "rlnTau2FudgeFactor": tau2_fudge,
         "rlnLogLikelihood": float(ps.particles["rlnLogLikeliContribution"].sum()),
         "rlnAveragePmax": float(ps.particles["rlnMaxValueProbDistribution"].mean()),
     }
-    classes = pd.DataFrame({
-        "rlnReferenceImage": [reference], "rlnClassDistribution": [1.0],
-        "rlnAccuracyRotations": [step_deg], "rlnAccuracyTranslationsAngst": [offset_step_A],
-        "rlnEstimatedResolution": [recon.resolution_A],
-        "rlnOverallFourierCompleteness": [1.0]})
-    table = _fsc_table(recon.fsc, box, recon.pixel_size_A)
-    noise = table[["rlnSpectralIndex", "rlnResolution"]].copy()
+    k = len(recons)
+    blocks = {"model_general": general, "model_classes": pd.DataFrame({
+        "rlnReferenceImage": references, "rlnClassDistribution": distribution,
+        "rlnAccuracyRotations": [step_deg] * k,
+        "rlnAccuracyTranslationsAngst": [offset_step_A] * k,
+        "rlnEstimatedResolution": resolutions,
+        "rlnOverallFourierCompleteness": [1.0] * k})}
+    for i, recon in enumerate(recons, 1):
+        blocks[f"model_class_{i}"] = _fsc_table(recon.fsc, box, recon.pixel_size_A)
+    noise = blocks["model_class_1"][["rlnSpectralIndex", "rlnResolution"]].copy()
     noise["rlnSigma2Noise"] = sigma2
-    write_star({"model_general": general, "model_classes": classes,
-                "model_class_1": table, "model_optics_group_1": noise}, path)
+    blocks["model_optics_group_1"] = noise
+    write_star(blocks, path)
 
 
 def write_iteration(out: Path, iteration: int, ps: ParticleSet, recon: Reconstruction,
@@ -152,15 +165,22 @@ def write_iteration(out: Path, iteration: int, ps: ParticleSet, recon: Reconstru
     write_particles(ps, f"{stem}_data.star", "relion30" if relion30 else "auto")
     write_mrc(f"{stem}_half1_class001.mrc", recon.half1, recon.pixel_size_A)
     write_mrc(f"{stem}_half2_class001.mrc", recon.half2, recon.pixel_size_A)
-    _write_model(Path(f"{stem}_model.star"), recon, sigma2,
-                 f"{stem.name}_half1_class001.mrc", ps, settings.step_deg / 2,
-                 settings.offset_step_px / 2 * recon.pixel_size_A)
+    write_model(Path(f"{stem}_model.star"), [recon], [f"{stem.name}_half1_class001.mrc"],
+                [1.0], sigma2, ps, settings.step_deg / 2,
+                settings.offset_step_px / 2 * recon.pixel_size_A)
+    write_sampling(Path(f"{stem}_sampling.star"), settings)
+
+
+def write_sampling(path: Path, settings) -> None:
+    """RELION's ``sampling.star`` of one iteration's :class:`SearchSettings`."""
     sampling = {
         "rlnHealpixOrder": settings.order, "rlnPsiStep": settings.step_deg,
         "rlnOffsetRange": settings.offset_range_px, "rlnOffsetStep": settings.offset_step_px,
         "rlnSymmetryGroup": settings.sym, "rlnPerturbationFactor": settings.perturb_deg,
         "rlnSearchForLocalSearches": int(settings.local)}
-    write_star({"sampling_general": sampling}, f"{stem}_sampling.star")
+    if settings.sigma_ang_deg and settings.local:
+        sampling["rlnSigmaPriorRotAngle"] = settings.sigma_ang_deg
+    write_star({"sampling_general": sampling}, path)
 
 
 @dataclass
@@ -197,24 +217,24 @@ def write_final(out: Path, ps: ParticleSet, recon: Reconstruction, schedule,
     write_mrc(out / "run_half2_class001_unfil.mrc", recon.half2, recon.pixel_size_A)
     write_fsc_outputs(recon, out / "run_class001.mrc", halves=False)
     last = schedule.history[-1] if schedule.history else {}
-    _write_model(out / "run_model.star", recon, sigma2, "run_class001.mrc", ps,
-                 last.get("angular_step_deg", 0.0) / 2,
-                 last.get("offset_step_px", 0.0) / 2 * recon.pixel_size_A)
+    write_model(out / "run_model.star", [recon], ["run_class001.mrc"], [1.0], sigma2, ps,
+                last.get("angular_step_deg", 0.0) / 2,
+                last.get("offset_step_px", 0.0) / 2 * recon.pixel_size_A)
     if schedule.history:
         plot_resolution_history(schedule.history, out / "run_resolution.png")
 
 
 def write_job_json(out: Path, command: list[str] | None, options, seconds: float,
-                   iterations: int, schedule) -> None:
-    """``job.json``: command, parameters, versions, timing and the per-iteration history."""
+                   iterations: int, history: list[dict], **extra) -> None:
+    """``job.json``: command, parameters, versions, timing, the per-iteration history and
+    ``extra`` entries (e.g. ``converged``)."""
     import subtomo
 
     job = {
         "command": command, "parameters": asdict(options),
         "versions": {"subtomo": getattr(subtomo, "__version__", "unknown"),
                      "torch": torch.__version__, "python": platform.python_version()},
-        "wall_time_s": seconds, "iterations": iterations, "converged": schedule.converged,
-        "history": schedule.history,
+        "wall_time_s": seconds, "iterations": iterations, **extra, "history": history,
     }
     with atomic_path(out / "job.json") as tmp:
         tmp.write_text(json.dumps(job, indent=1))

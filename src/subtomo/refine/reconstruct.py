@@ -170,15 +170,16 @@ def insert_symmetric(bp: Backprojector, spectra: torch.Tensor, A: torch.Tensor,
 
 
 def gold_standard(bp1: Backprojector, bp2: Backprojector, pixel_size_A: float,
-                  pad: int) -> Reconstruction:
+                  pad: int, tau2_fudge: float = 1.0) -> Reconstruction:
     """Half maps with τ² from their FSC, the FSC, its 0.143 resolution and the joined map.
 
-    ``bp1`` is merged with ``bp2`` (it then holds both halves)."""
+    ``tau2_fudge`` multiplies τ² (RELION's T: > 1 trusts the data more). ``bp1`` is merged
+    with ``bp2`` (it then holds both halves)."""
     box = bp1.box
     floor = [1e-3 * float(b.weight.mean()) for b in (bp1, bp2)]
     first = [b.reconstruct(wiener_constant=f) for b, f in zip((bp1, bp2), floor, strict=True)]
     curve = fsc(first[0], first[1])
-    tau2 = _tau2_from_fsc(bp1, curve, box, pad)
+    tau2 = tau2_fudge * _tau2_from_fsc(bp1, curve, box, pad)
     half_maps = [b.reconstruct(tau2=tau2) for b in (bp1, bp2)]
     curve = fsc(half_maps[0], half_maps[1])
     bp1.merge(bp2)

@@ -150,3 +150,47 @@ def plot_resolution_history(history: Sequence[Mapping], path: str | Path,
     ax.set_title("auto-refine: resolution per iteration")
     fig.tight_layout()
     return _save(fig, path, dpi)
+
+
+def plot_class_slices(maps: Sequence[object], path: str | Path,
+                      titles: Sequence[str] | None = None, dpi: int = 110) -> Path:
+    """Central orthoslices of 3D maps side by side: one column per map, rows XY, XZ, YZ
+    (each map on its own grey scale, ``x`` to the right, origin at the bottom left)."""
+    volumes = [_as_numpy(m) for m in maps]
+    n = len(volumes)
+    fig = Figure(figsize=(1.9 * n + 0.6, 5.9))
+    for j, vol in enumerate(volumes):
+        c = vol.shape[0] // 2
+        views = (("XY", vol[c]), ("XZ", vol[:, c]), ("YZ", vol[:, :, c]))
+        low, high = np.percentile(vol, [0.5, 99.5]) if vol.any() else (0.0, 1.0)
+        for i, (name, image) in enumerate(views):
+            ax = fig.add_subplot(3, n, i * n + j + 1)
+            ax.imshow(image, cmap="gray", origin="lower", vmin=low, vmax=max(high, low + 1e-12))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(titles[j] if titles else f"class {j + 1}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(name)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def plot_class_occupancy(history: Sequence[Mapping], path: str | Path, dpi: int = 110) -> Path:
+    """Fraction of particles per class (``history[i]["distribution"]``) per iteration."""
+    iterations = [h["iteration"] for h in history]
+    k = max(len(h["distribution"]) for h in history)  # classes may be added on the way
+    shares = np.array([list(h["distribution"]) + [np.nan] * (k - len(h["distribution"]))
+                       for h in history], dtype=np.float64)
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    for k in range(shares.shape[1]):
+        ax.plot(iterations, shares[:, k], "o-", ms=3, label=f"class {k + 1}")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("class distribution")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(4, shares.shape[1]))
+    ax.set_title("3D classification: class occupancy")
+    fig.tight_layout()
+    return _save(fig, path, dpi)

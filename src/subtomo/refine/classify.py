@@ -1,0 +1,574 @@
+"""Maximum-likelihood 3D classification of subtomograms (``relion_refine --K``).
+
+Each iteration (E step) scores every particle against each of the K class references with the
+search engine of auto-refine (:class:`subtomo.align.search.Searcher`: global, local around the
+current pose with RELION's Gaussian ``sigma_ang`` prior, or none with ``skip_align``). The
+class posterior is ``p_k ∝ π_k exp(L_k)`` with ``L_k`` the particle's log-likelihood summed
+over its pose hypotheses in class k and ``π_k`` the class distribution. Each particle goes
+into every class it belongs to with probability ≥ ``min_posterior``, weighted by ``p_k`` times
+its pose posterior (RELION's marginalisation); the noise power is re-estimated from its best
+class. (M step) ``π_k`` is the mean posterior; each class is reconstructed in two random
+halves with a Wiener filter whose τ² comes from the half-map FSC times ``tau2_fudge`` (RELION's
+T; it estimates τ² from the reference power instead, we take the FSC estimate that auto-refine
+uses, which needs no prior map). The FSC also gives each class's resolution; the best sets the
+frequencies of the next search, growing from ``ini_high`` by at most ``incr_shells`` shells per
+iteration (:func:`next_resolution`).
+
+Classes are introduced by bisection (:func:`seed_classes`): iteration 1 assigns the particles
+at random to two classes made from the one reference (low-passed to ``ini_high``); every
+``split_every`` iterations the largest class is split at random until there are K. After each
+split the E step restarts at ``ini_high`` and its resolution grows by ``incr_shells`` per
+iteration, without alignment until the resolution resolves the angular step.
+
+Known limit: every particle is part of its own class map, and that self-correlation (about
+the number of scored frequencies over the class size, in log-likelihood units) can freeze a
+random split when the class differences are weak at the current resolution. The slow growth
+of the resolution keeps it small early; removing it exactly (leave-one-out scores) is the next
+step.
+
+Files (RELION's ``Class3D/jobNNN`` layout): per iteration ``run_itNNN_data.star``
+(``rlnClassNumber``, ``rlnMaxValueProbDistribution``, ``rlnLogLikeliContribution``),
+``run_itNNN_classKKK.mrc``, ``run_itNNN_model.star``, ``run_itNNN_sampling.star`` and our resume
+state ``run_itNNN_optimiser.json`` (written last); at the end ``run_classes.png`` (orthoslices of
+the final classes), ``run_class_occupancy.png`` and ``job.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from subtomo.align.score import noise_power
+from subtomo.align.search import Searcher, SearchResult, SearchSettings
+from subtomo.errors import InputError
+from subtomo.fourier.grid import lowpass_map
+from subtomo.fourier.projector import Backprojector, Projector
+from subtomo.geometry.symmetry import symmetry_operators
+from subtomo.io.mrc import read_mrc, write_mrc
+from subtomo.io.particles import ParticleSet
+from subtomo.io.star import read_particles, write_particles
+from subtomo.parallel.distributed import Context
+from subtomo.refine import outputs
+from subtomo.refine.autorefine import (
+    _masked,
+    check_inputs,
+    initial_sigma2,
+    insert_weighted,
+    pose_change_deg,
+    search_radii,
+    soft_sphere,
+)
+from subtomo.refine.images import iterate_batches
+from subtomo.refine.reconstruct import Reconstruction, gold_standard, half_sets
+
+
+@dataclass
+class ClassifyOptions:
+    """Options of ``subtomo classify`` (RELION's names; Å, px and degrees as named)."""
+
+    K: int = 4
+    tau2_fudge: float = 4.0
+    n_iter: int = 25
+    ini_high_A: float = 50.0
+    sym: str = "C1"
+    particle_diameter_A: float | None = None
+    skip_align: bool = False
+    healpix_order: int = 2
+    local: bool = False
+    sigma_ang_deg: float | None = None
+    offset_range_px: float = 5.0
+    offset_step_px: float = 1.0
+    ctf: bool = False
+    pad: int = 2
+    batch_size: int = 32
+    top_k: int = 2
+    min_posterior: float = 1e-3
+    incr_shells: float = 2.0
+    split_every: int = 4
+    seed: int = 0
+
+
+@dataclass
+class ClassState:
+    """Everything needed to continue after ``iteration`` (JSON)."""
+
+    iteration: int
+    resolution_A: float
+    distribution: list[float]
+    sigma2: list[float]
+    options: dict
+    history: list[dict] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def save(self, path: Path) -> None:
+        outputs.save_json(asdict(self), path)
+
+    @classmethod
+    def load(cls, path: Path) -> ClassState:
+        try:
+            return cls(**json.loads(Path(path).read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise InputError(path, f"not a classification state file ({exc})") from None
+
+
+@dataclass
+class ClassIteration:
+    """What one iteration produced (on every rank)."""
+
+    matrices: np.ndarray  # (N, 3, 3)
+    origins_px: np.ndarray  # (N, 3)
+    classes: np.ndarray  # (N,) 0-based best class
+    max_probability: np.ndarray
+    log_likelihood: np.ndarray
+    distribution: np.ndarray  # (K,)
+    reconstructions: list[Reconstruction]
+    sigma2: np.ndarray
+
+
+@dataclass
+class ClassifyResult:
+    """The finished run: class maps, distribution, particles with classes, history."""
+
+    reconstructions: list[Reconstruction]
+    distribution: np.ndarray
+    particles: ParticleSet
+    iterations: int
+    history: list[dict]
+
+
+def search_settings(options: ClassifyOptions, resolution_A: float, box: int,
+                    pixel_size_A: float, diameter_A: float, iteration: int) -> SearchSettings:
+    """One iteration's sampling: fixed order (and local prior), frequencies up to the current
+    resolution (no margin beyond it: every extra frequency adds self-correlation, see
+    :func:`next_resolution`). Local searches wait (no alignment) until the resolution
+    resolves the angular step: while the rim moves by less than half the resolution over a
+    step, a search only adds jitter to the given poses."""
+    coarse, fine = search_radii(resolution_A, options.healpix_order, box, pixel_size_A,
+                                diameter_A, True)
+    local = options.local or options.sigma_ang_deg is not None
+    sigma = options.sigma_ang_deg if options.sigma_ang_deg is not None else (
+        5.0 if local else None)
+    step = SearchSettings(order=options.healpix_order).step_deg
+    skip = options.skip_align or (local and math.degrees(resolution_A / diameter_A) > step)
+    return SearchSettings(
+        order=options.healpix_order, local=local, offset_range_px=options.offset_range_px,
+        offset_step_px=options.offset_step_px, coarse_radius_px=coarse, fine_radius_px=fine,
+        sym=options.sym, top_k=options.top_k, skip_align=skip,
+        sigma_ang_deg=sigma, perturb_deg=0.0 if local else 0.5 * step,
+        seed=options.seed + iteration)
+
+
+def seed_classes(iteration: int, n: int, classes: np.ndarray | None, distribution: np.ndarray,
+                 options: ClassifyOptions) -> tuple[np.ndarray | None, list[int] | None]:
+    """Hard class assignment and parent maps of a seeding iteration, else ``(None, None)``.
+
+    Classes are introduced by bisection (as bisecting k-means): iteration 1 splits the
+    particles at random into two classes of the one reference; every ``split_every``
+    iterations, while fewer than K classes exist, the largest class is split at random into
+    itself and a new class. EM then pulls each split apart along the strongest remaining
+    difference, where K classes split at random at once tend to divide the most distinct
+    class and leave the subtler ones merged. ``split_every = 0``: K random classes at once."""
+    rng = np.random.default_rng([options.seed, iteration])
+    k = options.K
+    if k == 1:
+        return None, None
+    if iteration == 1:
+        first = k if options.split_every == 0 else 2
+        return rng.integers(first, size=n), [0] * first
+    active = len(distribution)
+    if active >= k or options.split_every == 0 or (iteration - 1) % options.split_every:
+        return None, None
+    largest = int(np.argmax(distribution))
+    assign = classes.copy()
+    members = np.flatnonzero(classes == largest)
+    assign[rng.choice(members, size=len(members) // 2, replace=False)] = active
+    return assign, [*range(active), largest]
+
+
+def next_resolution(current_A: float, estimated_A: float, box_A: float,
+                    incr_shells: float) -> float:
+    """The resolution (Å) of the next E step: the best class's, but at most ``incr_shells``
+    Fourier shells beyond the current one.
+
+    Starting at ``ini_high`` and growing slowly keeps the number of scored frequencies small
+    while the classes are still mixed: every particle is part of its own class map, and that
+    self-correlation grows with the number of frequencies (about their number over the class
+    size, in log-likelihood units); at full resolution from the start it outweighs the real
+    differences between classes and freezes the random start."""
+    limit = box_A / (box_A / current_A + incr_shells)
+    return max(estimated_A, limit)
+
+
+def _empty(box: int, pixel_size_A: float, device: torch.device | str) -> Reconstruction:
+    """A class that no particle joined: a zero map with no resolution."""
+    zero = torch.zeros(box, box, box, device=device)
+    return Reconstruction(zero, pixel_size_A, 0, zero, zero, torch.zeros(box // 2 + 1),
+                          box * pixel_size_A)
+
+
+def _search_parents(searchers: list[Searcher], parents: list[int], fixed: torch.Tensor,
+                    spectra: torch.Tensor, ctf: torch.Tensor | None,
+                    inv_sigma2: torch.Tensor, prior: torch.Tensor) -> list[SearchResult]:
+    """Results per class (all rows filled) when particle i is searched only against the map
+    of its class's parent: the other rows of each class's result are copies of row results
+    that the one-hot posterior gives no weight."""
+    by_reference = {}
+    for ref in sorted(set(parents)):
+        rows = torch.nonzero(torch.as_tensor(parents, device=fixed.device)[fixed] == ref)[:, 0]
+        if rows.numel():
+            by_reference[ref] = (rows, searchers[ref].search(
+                spectra[rows], None if ctf is None else ctf[rows], inv_sigma2, prior[rows]))
+    template = next(iter(by_reference.values()))[1]
+    merged = SearchResult(*(torch.empty((len(fixed), *getattr(template, f).shape[1:]),
+                                        dtype=getattr(template, f).dtype, device=fixed.device)
+                            for f in SearchResult.__dataclass_fields__))
+    for rows, result in by_reference.values():
+        for name in SearchResult.__dataclass_fields__:
+            getattr(merged, name)[rows] = getattr(result, name)
+    return [merged] * len(parents)
+
+
+def _stack_best(results: list[SearchResult], best: torch.Tensor) -> SearchResult:
+    """Per particle, the search result of its best class."""
+    picked = {}
+    for name in ("matrices", "shifts_px", "score", "log_evidence", "max_probability",
+                 "projection", "top_matrices", "top_shifts_px", "top_weights"):
+        stacked = torch.stack([getattr(r, name) for r in results])  # (K, B, ...)
+        picked[name] = stacked[best, torch.arange(best.numel(), device=best.device)]
+    return SearchResult(**picked)
+
+
+@dataclass
+class Expectation:
+    """The sums of one E step: per class and half set the back-projectors, the posterior sum
+    per class, the noise power sums, and per particle (at the rows searched; zero elsewhere,
+    summed over ranks) the best class's pose, class (0-based) and statistics."""
+
+    backprojectors: list[list[Backprojector]]  # [class][half]
+    posterior_sums: torch.Tensor  # (K,)
+    noise_sums: torch.Tensor
+    noise_counts: torch.Tensor
+    matrices: np.ndarray
+    origins_px: np.ndarray
+    classes: np.ndarray
+    max_probability: np.ndarray
+    log_likelihood: np.ndarray
+
+    def sigma2(self, previous: np.ndarray) -> np.ndarray:
+        """Noise power per shell, ``previous`` where nothing was measured."""
+        measured = (self.noise_counts > 0).cpu().numpy()
+        sigma2 = previous.copy()
+        sigma2[measured] = (self.noise_sums / self.noise_counts.clamp(min=1)).cpu().numpy()[
+            measured]
+        return sigma2
+
+
+def expectation(
+    ps: ParticleSet, rows: np.ndarray, references: list[torch.Tensor],
+    distribution: np.ndarray, halves: np.ndarray, matrices: np.ndarray, origins_px: np.ndarray,
+    sigma2: np.ndarray, settings: SearchSettings, options: ClassifyOptions, *, box: int,
+    mask: torch.Tensor | None, device: torch.device | str, ctx: Context,
+    assign: np.ndarray | None = None, parents: list[int] | None = None,
+    progress: bool = True, desc: str = "",
+) -> Expectation:
+    """Search particles ``rows`` (sharded over ranks) against every class map and insert them
+    with their class and pose posteriors into their half set's back-projector of each class;
+    sums are all-reduced.
+
+    ``options`` gives ``min_posterior``, ``sym``, ``pad``, ``ctf`` and ``batch_size``.
+    ``assign`` (0-based classes per particle): a fixed hard assignment (a seeding iteration);
+    a particle of class k is then aligned against ``references[parents[k]]``."""
+    k_classes = len(parents) if assign is not None else len(references)
+    n, n_shells = len(ps), box // 2 + 1
+    inv_sigma2 = torch.as_tensor(1.0 / np.maximum(sigma2, 1e-30), dtype=torch.float32,
+                                 device=device)
+    log_prior = torch.as_tensor(np.log(np.maximum(distribution, 1e-30)), dtype=torch.float64,
+                                device=device)
+    ops = symmetry_operators(options.sym, dtype=torch.float32, device=device)
+    bps = [[Backprojector(box, pad=options.pad, device=device) for _ in (1, 2)]
+           for _ in range(k_classes)]
+    new_A, new_origins = np.zeros_like(matrices), np.zeros_like(origins_px)
+    classes, max_prob, loglik = np.zeros(n), np.zeros(n), np.zeros(n)
+    posterior_sums = torch.zeros(k_classes, dtype=torch.float64, device=device)
+    noise_sums = torch.zeros(n_shells, dtype=torch.float64, device=device)
+    noise_counts = torch.zeros_like(noise_sums)
+    prior_all = torch.as_tensor(matrices, dtype=torch.float32, device=device)
+    origins_t = torch.as_tensor(origins_px, dtype=torch.float32, device=device)
+    rows = np.asarray(rows)
+    searchers = [Searcher(Projector(r.to(device=device, dtype=torch.float32), pad=options.pad),
+                          settings) for r in references]
+    for h in (1, 2):
+        mine = ctx.shard(rows[np.asarray(halves)[rows] == h])
+        total = (len(mine) + options.batch_size - 1) // options.batch_size
+        batches = iterate_batches(ps, mine, box=box, ctf=options.ctf,
+                                  batch_size=options.batch_size, device=device,
+                                  shifts_px=origins_t)
+        for batch in tqdm(batches, total=total, desc=f"{desc} half {h}", unit="batch",
+                          disable=not (progress and ctx.main)):
+            index = torch.as_tensor(batch.rows, device=device)
+            spectra = _masked(batch.spectra, mask, box)
+            if assign is not None:
+                fixed = torch.as_tensor(assign[batch.rows], device=device)
+                posterior = torch.nn.functional.one_hot(fixed, k_classes).double()
+                results = _search_parents(searchers, parents, fixed, spectra, batch.ctf,
+                                          inv_sigma2, prior_all[index])
+                evidence = torch.stack([r.log_evidence.double() for r in results], 1).gather(
+                    1, fixed[:, None])[:, 0]
+            else:
+                results = [s.search(spectra, batch.ctf, inv_sigma2, prior_all[index])
+                           for s in searchers]
+                joint = torch.stack([r.log_evidence.double() for r in results], 1) + log_prior
+                evidence = torch.logsumexp(joint, 1)
+                posterior = torch.softmax(joint, 1)  # (B, K)
+            best = posterior.argmax(1)
+            for k, result in enumerate(results):
+                take = posterior[:, k] >= options.min_posterior
+                if bool(take.any()):
+                    part = result.take(take)
+                    part.top_weights = part.top_weights * posterior[take, k, None].to(
+                        part.top_weights.dtype)
+                    ctf = None if batch.ctf is None else batch.ctf[take]
+                    insert_weighted(bps[k][h - 1], spectra[take], ctf, part, ops)
+            chosen = _stack_best(results, best)
+            s, c = noise_power(spectra, batch.ctf, searchers[0].fine, chosen.shifts_px,
+                               chosen.projection, n_shells)
+            noise_sums += s
+            noise_counts += c
+            posterior_sums += posterior.sum(0)
+            new_A[batch.rows] = chosen.matrices.double().cpu().numpy()
+            new_origins[batch.rows] = (origins_t[index]
+                                       + chosen.shifts_px).double().cpu().numpy()
+            classes[batch.rows] = best.cpu().numpy()
+            p_best = posterior.gather(1, best[:, None])[:, 0]
+            max_prob[batch.rows] = (p_best * chosen.max_probability.double()).cpu().numpy()
+            loglik[batch.rows] = evidence.cpu().numpy()
+
+    for tensor in (posterior_sums, noise_sums, noise_counts):
+        ctx.sum_(tensor)
+    for pair in bps:
+        for bp in pair:
+            ctx.sum_(bp.data)
+            ctx.sum_(bp.weight)
+    return Expectation(bps, posterior_sums, noise_sums, noise_counts,
+                       ctx.sum_array(new_A).reshape(matrices.shape),
+                       ctx.sum_array(new_origins), ctx.sum_array(classes).astype(int),
+                       ctx.sum_array(max_prob), ctx.sum_array(loglik))
+
+
+def reconstruct_classes(bps: list[list[Backprojector]], pixel_size_A: float, pad: int,
+                        tau2_fudge: float) -> list[Reconstruction]:
+    """Each class's map from its two half back-projectors (τ² from their FSC times
+    ``tau2_fudge``); a class without particles in both halves gives a zero map."""
+    recons = []
+    for pair in bps:
+        if min(float(bp.weight.sum()) for bp in pair) <= 0:
+            recons.append(_empty(pair[0].box, pixel_size_A, pair[0].device))
+        else:
+            recons.append(gold_standard(pair[0], pair[1], pixel_size_A, pad, tau2_fudge))
+    return recons
+
+
+def classify_iteration(
+    ps: ParticleSet, references: list[torch.Tensor], distribution: np.ndarray,
+    halves: np.ndarray, matrices: np.ndarray, origins_px: np.ndarray, sigma2: np.ndarray,
+    settings: SearchSettings, options: ClassifyOptions, *, box: int, pixel_size_A: float,
+    mask: torch.Tensor | None, device: torch.device | str, ctx: Context,
+    assign: np.ndarray | None = None, parents: list[int] | None = None,
+    progress: bool = True, desc: str = "",
+) -> ClassIteration:
+    """One E step over all particles (:func:`expectation`) and the M step of every class."""
+    n = len(ps)
+    e = expectation(ps, np.arange(n), references, distribution, halves, matrices, origins_px,
+                    sigma2, settings, options, box=box, mask=mask, device=device, ctx=ctx,
+                    assign=assign, parents=parents, progress=progress, desc=desc)
+    recons = reconstruct_classes(e.backprojectors, pixel_size_A, options.pad,
+                                 options.tau2_fudge)
+    distribution = (e.posterior_sums / max(n, 1)).cpu().numpy()
+    for recon, share in zip(recons, distribution, strict=True):
+        recon.n_particles = int(round(share * n))
+    return ClassIteration(e.matrices, e.origins_px, e.classes, e.max_probability,
+                          e.log_likelihood, distribution, recons, e.sigma2(sigma2))
+
+
+def _stem(out: Path, iteration: int) -> Path:
+    return out / f"run_it{iteration:03d}"
+
+
+def write_iteration(out: Path, iteration: int, ps: ParticleSet, result: ClassIteration,
+                    settings: SearchSettings, tau2_fudge: float, relion30: bool) -> None:
+    """The files of one finished iteration (the resume state is written after them)."""
+    stem = _stem(out, iteration)
+    write_particles(ps, f"{stem}_data.star", "relion30" if relion30 else "auto")
+    names = []
+    for k, recon in enumerate(result.reconstructions, 1):
+        name = f"{stem.name}_class{k:03d}.mrc"
+        write_mrc(out / name, recon.map, recon.pixel_size_A)
+        names.append(name)
+    apix = result.reconstructions[0].pixel_size_A
+    outputs.write_model(Path(f"{stem}_model.star"), result.reconstructions, names,
+                        result.distribution.tolist(), result.sigma2, ps,
+                        settings.step_deg / 2, settings.offset_step_px / 2 * apix, tau2_fudge)
+    outputs.write_sampling(Path(f"{stem}_sampling.star"), settings)
+
+
+def read_iteration(out: Path, iteration: int, ps: ParticleSet, k_classes: int,
+                   ) -> tuple[ParticleSet, list[torch.Tensor]]:
+    """Particles and class maps of a finished iteration (to continue from it)."""
+    stem = _stem(out, iteration)
+    done = read_particles(f"{stem}_data.star")
+    if len(done) != len(ps):
+        raise InputError(f"{stem}_data.star", f"has {len(done)} particles, the input "
+                         f"{len(ps)}: not the same run", field="--continue")
+    return done, [torch.from_numpy(read_mrc(f"{stem}_class{k:03d}.mrc")[0])
+                  for k in range(1, k_classes + 1)]
+
+
+def write_final(out: Path, iteration: int, maps: list[torch.Tensor], history: list[dict],
+                distribution: np.ndarray) -> None:
+    """``run_classes.png`` (orthoslices of the final classes) and the occupancy plot."""
+    from subtomo.report.plots import plot_class_occupancy, plot_class_slices
+
+    titles = [f"class {k} · {100 * share:.1f} %" for k, share in enumerate(distribution, 1)]
+    if history:
+        last = history[-1]["resolution_A"]
+        titles = [f"{t}\n{res:.1f} Å" for t, res in zip(titles, last, strict=True)]
+    plot_class_slices([m.cpu() for m in maps], out / "run_classes.png", titles)
+    if history:
+        plot_class_occupancy(history, out / "run_class_occupancy.png")
+
+
+def check_options(options: ClassifyOptions) -> None:
+    if options.K < 1:
+        raise InputError(None, f"--K must be at least 1, got {options.K}", field="--K")
+    if options.tau2_fudge <= 0:
+        raise InputError(None, f"--tau2_fudge must be positive, got {options.tau2_fudge}",
+                         field="--tau2_fudge")
+    if options.sigma_ang_deg is not None and options.sigma_ang_deg <= 0:
+        raise InputError(None, "--sigma_ang must be positive", field="--sigma_ang")
+
+
+def classify(
+    ps: ParticleSet, reference: torch.Tensor, out_dir: str | Path, *,
+    options: ClassifyOptions | None = None, mask: torch.Tensor | None = None,
+    reference_path: str | Path = "reference", mask_path: str | Path | None = None,
+    reference_apix: float = 0.0, device: str | torch.device = "cpu",
+    ctx: Context | None = None, continue_from: bool = False, relion30: bool = False,
+    progress: bool = True, command: list[str] | None = None,
+) -> ClassifyResult:
+    """Classify ``ps`` into ``options.K`` classes starting from ``reference`` (job folder
+    ``out_dir``); with ``continue_from``, resume after the last finished iteration there."""
+    options = options or ClassifyOptions()
+    ctx = ctx or Context()
+    check_options(options)
+    out = Path(out_dir)
+    start = time.perf_counter()
+    box, pixel_size = check_inputs(ps, reference, reference_apix, reference_path, mask,
+                                   mask_path, options)
+    diameter = options.particle_diameter_A or 0.8 * box * pixel_size
+    particle_mask = None
+    if options.particle_diameter_A:
+        particle_mask = soft_sphere(box, options.particle_diameter_A / pixel_size,
+                                    device=device)
+    if mask is not None:
+        mask = mask.to(device=device, dtype=torch.float32)
+    halves = half_sets(ps, options.seed)
+    ps = outputs.with_halves(ps, halves)
+
+    if continue_from:
+        state = ClassState.load(outputs.last_state(out))
+        if state.options.get("K") != options.K:
+            raise InputError(out, f"the run has K = {state.options.get('K')}, not "
+                             f"{options.K}", field="--K")
+        iteration, history, elapsed = state.iteration, state.history, state.elapsed_s
+        resolution, sigma2 = state.resolution_A, np.asarray(state.sigma2)
+        distribution = np.asarray(state.distribution)
+        ps, maps = read_iteration(out, iteration, ps, len(distribution))
+        maps = [m.to(device) for m in maps]
+        matrices, origins = outputs.full_poses(ps, pixel_size)
+        if ctx.main:
+            print(f"Continuing {out} after iteration {iteration}.")
+    else:
+        if ctx.main:
+            outputs.prepare_job_dir(out)
+        ctx.barrier()
+        iteration, history, elapsed = 0, [], 0.0
+        resolution = options.ini_high_A
+        distribution = np.ones(1)
+        matrices, origins = outputs.full_poses(ps, pixel_size)
+        maps = [lowpass_map(reference.to(device=device, dtype=torch.float32), pixel_size,
+                            options.ini_high_A)]
+        sigma2 = initial_sigma2(ps, np.arange(len(ps)), box, options.ctf,
+                                torch.as_tensor(origins, dtype=torch.float32, device=device),
+                                particle_mask, device, ctx, options.batch_size)
+    classes = ps.particles.get("rlnClassNumber")
+    classes = None if classes is None else classes.to_numpy() - 1
+
+    while iteration < options.n_iter:
+        iteration += 1
+        assign, parents = seed_classes(iteration, len(ps), classes, distribution, options)
+        if assign is not None:
+            resolution = options.ini_high_A  # new classes separate at low resolution first
+        settings = search_settings(options, resolution, box, pixel_size, diameter, iteration)
+        if assign is not None and settings.local:
+            settings.skip_align = True  # seeding keeps the poses (no jitter at ini_high)
+        references = [m * mask if mask is not None else m for m in maps]
+        tick = time.perf_counter()
+        result = classify_iteration(
+            ps, references, distribution, halves, matrices, origins, sigma2, settings, options,
+            box=box, pixel_size_A=pixel_size, mask=particle_mask, device=device, ctx=ctx,
+            assign=assign, parents=parents, progress=progress,
+            desc=f"iteration {iteration:03d}")
+        change = pose_change_deg(matrices, result.matrices, options.sym)
+        moved = 1.0 if classes is None or assign is not None else float(
+            np.mean(classes != result.classes))
+        matrices, origins, sigma2 = result.matrices, result.origins_px, result.sigma2
+        classes, distribution = result.classes, result.distribution
+        maps = [r.map for r in result.reconstructions]
+        occupied = [r.resolution_A for r, share in zip(result.reconstructions, distribution,
+                                                       strict=True) if share > 0.5 / len(ps)]
+        resolution = next_resolution(resolution, min(occupied, default=options.ini_high_A),
+                                     box * pixel_size, options.incr_shells)
+        history.append({
+            "iteration": iteration, "distribution": distribution.tolist(),
+            "resolution_A": [r.resolution_A for r in result.reconstructions],
+            "class_changes": moved, "mean_angle_change_deg": change,
+            "fine_radius_px": settings.fine_radius_px,
+            "seconds": time.perf_counter() - tick})
+        ps = outputs.with_poses(ps, matrices, origins, pixel_size, result.max_probability,
+                                result.log_likelihood, classes + 1)
+        if ctx.main:
+            write_iteration(out, iteration, ps, result, settings, options.tau2_fudge, relion30)
+            ClassState(iteration, resolution, distribution.tolist(), sigma2.tolist(),
+                       asdict(options), history,
+                       elapsed + time.perf_counter() - start).save(
+                outputs.state_path(out, iteration))
+            shares = " ".join(f"{100 * s:.0f}%" for s in distribution)
+            print(f"iteration {iteration:03d}: classes {shares}, {100 * moved:.1f} % changed "
+                  f"class, best {resolution:.1f} Å, mean pose change {change:.2f}° "
+                  f"({time.perf_counter() - tick:.0f} s)")
+        ctx.barrier()
+
+    return finish(out, ctx, command, options, elapsed + time.perf_counter() - start, ps,
+                  maps, distribution, history, pixel_size)
+
+
+def finish(out: Path, ctx: Context, command: list[str] | None, options, seconds: float,
+           ps: ParticleSet, maps: list[torch.Tensor], distribution: np.ndarray,
+           history: list[dict], pixel_size_A: float) -> ClassifyResult:
+    """The end of a classification or initial-model job: pictures and ``job.json`` (rank 0)
+    and the result."""
+    if ctx.main:
+        write_final(out, len(history), maps, history, distribution)
+        outputs.write_job_json(out, command, options, seconds, len(history), history)
+    ctx.barrier()
+    last = history[-1]["resolution_A"] if history else [math.nan] * len(maps)
+    recons = [Reconstruction(m, pixel_size_A, int(round(s * len(ps))), resolution_A=r)
+              for m, s, r in zip(maps, distribution, last, strict=True)]
+    return ClassifyResult(recons, distribution, ps, len(history), history)
