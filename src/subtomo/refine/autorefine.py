@@ -25,25 +25,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from subtomo.align.score import Frequencies, noise_power
-from subtomo.align.search import Searcher, SearchResult, SearchSettings
+from subtomo.align.search import SearchSettings
 from subtomo.errors import InputError
-from subtomo.fourier.grid import centred_irfft, centred_rfft, lowpass_map
-from subtomo.fourier.projector import Backprojector, Projector
-from subtomo.fourier.shift import phase_shift
+from subtomo.fourier.grid import lowpass_map
 from subtomo.geometry.healpix import angular_step_deg
 from subtomo.geometry.symmetry import symmetric_distance_deg, symmetry_operators
 from subtomo.io.particles import ParticleSet
 from subtomo.parallel.distributed import Context
+from subtomo.refine.expectation import expectation, masked
 from subtomo.refine.images import check_files, iterate_batches
 from subtomo.refine.reconstruct import (
     Reconstruction,
     gold_standard,
     half_sets,
     image_box,
-    insert_symmetric,
 )
 
 MAX_ORDER = 6
@@ -191,7 +188,7 @@ def initial_sigma2(ps: ParticleSet, rows: np.ndarray, box: int, ctf: bool,
     zero_shift = torch.zeros(1, 3, device=device)
     for batch in iterate_batches(ps, sample, box=box, ctf=ctf, batch_size=batch_size,
                                  device=device, shifts_px=origins_px):
-        spectra = _masked(batch.spectra, mask, box)
+        spectra = masked(batch.spectra, mask, box)
         zeros = torch.zeros(len(batch.rows), len(freqs), dtype=spectra.dtype, device=device)
         s, c = noise_power(spectra, batch.ctf, freqs, zero_shift.expand(len(batch.rows), 3),
                            zeros, n_shells)
@@ -202,87 +199,21 @@ def initial_sigma2(ps: ParticleSet, rows: np.ndarray, box: int, ctf: bool,
     return (sums / counts.clamp(min=1)).cpu().numpy()
 
 
-def _masked(spectra: torch.Tensor, mask: torch.Tensor | None, box: int) -> torch.Tensor:
-    """Spectra of the centred particles multiplied by the particle mask (zero outside)."""
-    if mask is None:
-        return spectra
-    return centred_rfft(centred_irfft(spectra, box) * mask)
-
-
-def insert_weighted(bp: Backprojector, spectra: torch.Tensor, ctf: torch.Tensor | None,
-                    result: SearchResult, ops: torch.Tensor) -> None:
-    """Insert every particle at its significant hypotheses with their posterior weights p
-    (RELION's marginalisation): data += p C X, weight += p C², as √p-scaled X and C."""
-    box = spectra.shape[-2]
-    for m in range(result.top_weights.shape[1]):
-        weight = result.top_weights[:, m]
-        keep = torch.nonzero(weight > 0).flatten()
-        if keep.numel() == 0:
-            break
-        root = weight[keep].sqrt().view(-1, 1, 1, 1)
-        shifted = spectra[keep] * phase_shift(box, result.top_shifts_px[keep, m]) * root
-        c = root.expand(-1, *spectra.shape[1:]) if ctf is None else ctf[keep] * root
-        insert_symmetric(bp, shifted, result.top_matrices[keep, m], c, ops)
-
-
 def run_iteration(
     ps: ParticleSet, references: list[torch.Tensor], halves: np.ndarray, matrices: np.ndarray,
     origins_px: np.ndarray, sigma2: np.ndarray, settings: SearchSettings, options: RefineOptions,
     *, box: int, pixel_size_A: float, mask: torch.Tensor | None, device: torch.device | str,
     ctx: Context, progress: bool = True, desc: str = "",
 ) -> IterationResult:
-    """One E step over both halves (sharded over ranks) and the M step."""
-    n_shells = box // 2 + 1
-    inv_sigma2 = torch.as_tensor(1.0 / np.maximum(sigma2, 1e-30), dtype=torch.float32,
-                                 device=device)
-    ops = symmetry_operators(options.sym, dtype=torch.float32, device=device)
-    new_A = np.zeros_like(matrices)
-    new_origins = np.zeros_like(origins_px)
-    max_prob = np.zeros(len(ps))
-    loglik = np.zeros(len(ps))
-    noise_sums = torch.zeros(n_shells, dtype=torch.float64, device=device)
-    noise_counts = torch.zeros_like(noise_sums)
-    prior_all = torch.as_tensor(matrices, dtype=torch.float32, device=device)
-    origins_t = torch.as_tensor(origins_px, dtype=torch.float32, device=device)
-    bps = []
-    for h in (1, 2):
-        rows = ctx.shard(np.flatnonzero(halves == h))
-        projector = Projector(references[h - 1].to(device=device, dtype=torch.float32),
-                              pad=options.pad)
-        searcher = Searcher(projector, settings)
-        bp = Backprojector(box, pad=options.pad, device=device)
-        total = (len(rows) + options.batch_size - 1) // options.batch_size
-        batches = iterate_batches(ps, rows, box=box, ctf=options.ctf,
-                                  batch_size=options.batch_size, device=device,
-                                  shifts_px=origins_t)
-        for batch in tqdm(batches, total=total, desc=f"{desc} half {h}", unit="batch",
-                          disable=not (progress and ctx.main)):
-            index = torch.as_tensor(batch.rows, device=device)
-            spectra = _masked(batch.spectra, mask, box)
-            result = searcher.search(spectra, batch.ctf, inv_sigma2, prior_all[index])
-            s, c = noise_power(spectra, batch.ctf, searcher.fine, result.shifts_px,
-                               result.projection, n_shells)
-            noise_sums += s
-            noise_counts += c
-            insert_weighted(bp, spectra, batch.ctf, result, ops)
-            new_A[batch.rows] = result.matrices.double().cpu().numpy()
-            new_origins[batch.rows] = (origins_t[index] + result.shifts_px).double().cpu().numpy()
-            max_prob[batch.rows] = result.max_probability.double().cpu().numpy()
-            loglik[batch.rows] = result.log_evidence.double().cpu().numpy()
-        ctx.sum_(bp.data)
-        ctx.sum_(bp.weight)
-        bps.append(bp)
-    new_A = ctx.sum_array(new_A).reshape(matrices.shape)
-    new_origins = ctx.sum_array(new_origins)
-    max_prob, loglik = ctx.sum_array(max_prob), ctx.sum_array(loglik)
-    ctx.sum_(noise_sums)
-    ctx.sum_(noise_counts)
-    measured = (noise_counts > 0).cpu().numpy()
-    sigma2 = sigma2.copy()
-    sigma2[measured] = (noise_sums / noise_counts.clamp(min=1)).cpu().numpy()[measured]
-    recon = gold_standard(bps[0], bps[1], pixel_size_A, options.pad)
+    """One E step (:func:`subtomo.refine.expectation.expectation`, one class, each half set
+    against its own half map) and the gold-standard M step."""
+    e = expectation(ps, np.arange(len(ps)), ([references[0]], [references[1]]), np.ones(1),
+                    halves, matrices, origins_px, sigma2, settings, options, box=box,
+                    mask=mask, device=device, ctx=ctx, progress=progress, desc=desc)
+    recon = gold_standard(*e.backprojectors[0], pixel_size_A, options.pad)
     recon.n_particles = len(ps)
-    return IterationResult(new_A, new_origins, max_prob, loglik, recon, sigma2)
+    return IterationResult(e.matrices, e.origins_px, e.max_probability, e.log_likelihood,
+                           recon, e.sigma2(sigma2))
 
 
 @dataclass

@@ -43,29 +43,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from subtomo.align.score import noise_power
-from subtomo.align.search import Searcher, SearchResult, SearchSettings
+from subtomo.align.search import SearchSettings
 from subtomo.errors import InputError
 from subtomo.fourier.grid import lowpass_map
-from subtomo.fourier.projector import Backprojector, Projector
-from subtomo.geometry.symmetry import symmetry_operators
+from subtomo.fourier.projector import Backprojector
 from subtomo.io.mrc import read_mrc, write_mrc
 from subtomo.io.particles import ParticleSet
 from subtomo.io.star import read_particles, write_particles
 from subtomo.parallel.distributed import Context
 from subtomo.refine import outputs
 from subtomo.refine.autorefine import (
-    _masked,
     check_inputs,
     initial_sigma2,
-    insert_weighted,
     pose_change_deg,
     search_radii,
     soft_sphere,
 )
-from subtomo.refine.images import iterate_batches
+from subtomo.refine.expectation import expectation
 from subtomo.refine.reconstruct import Reconstruction, gold_standard, half_sets
 
 
@@ -213,155 +208,6 @@ def _empty(box: int, pixel_size_A: float, device: torch.device | str) -> Reconst
                           box * pixel_size_A)
 
 
-def _search_parents(searchers: list[Searcher], parents: list[int], fixed: torch.Tensor,
-                    spectra: torch.Tensor, ctf: torch.Tensor | None,
-                    inv_sigma2: torch.Tensor, prior: torch.Tensor) -> list[SearchResult]:
-    """Results per class (all rows filled) when particle i is searched only against the map
-    of its class's parent: the other rows of each class's result are copies of row results
-    that the one-hot posterior gives no weight."""
-    by_reference = {}
-    for ref in sorted(set(parents)):
-        rows = torch.nonzero(torch.as_tensor(parents, device=fixed.device)[fixed] == ref)[:, 0]
-        if rows.numel():
-            by_reference[ref] = (rows, searchers[ref].search(
-                spectra[rows], None if ctf is None else ctf[rows], inv_sigma2, prior[rows]))
-    template = next(iter(by_reference.values()))[1]
-    merged = SearchResult(*(torch.empty((len(fixed), *getattr(template, f).shape[1:]),
-                                        dtype=getattr(template, f).dtype, device=fixed.device)
-                            for f in SearchResult.__dataclass_fields__))
-    for rows, result in by_reference.values():
-        for name in SearchResult.__dataclass_fields__:
-            getattr(merged, name)[rows] = getattr(result, name)
-    return [merged] * len(parents)
-
-
-def _stack_best(results: list[SearchResult], best: torch.Tensor) -> SearchResult:
-    """Per particle, the search result of its best class."""
-    picked = {}
-    for name in ("matrices", "shifts_px", "score", "log_evidence", "max_probability",
-                 "projection", "top_matrices", "top_shifts_px", "top_weights"):
-        stacked = torch.stack([getattr(r, name) for r in results])  # (K, B, ...)
-        picked[name] = stacked[best, torch.arange(best.numel(), device=best.device)]
-    return SearchResult(**picked)
-
-
-@dataclass
-class Expectation:
-    """The sums of one E step: per class and half set the back-projectors, the posterior sum
-    per class, the noise power sums, and per particle (at the rows searched; zero elsewhere,
-    summed over ranks) the best class's pose, class (0-based) and statistics."""
-
-    backprojectors: list[list[Backprojector]]  # [class][half]
-    posterior_sums: torch.Tensor  # (K,)
-    noise_sums: torch.Tensor
-    noise_counts: torch.Tensor
-    matrices: np.ndarray
-    origins_px: np.ndarray
-    classes: np.ndarray
-    max_probability: np.ndarray
-    log_likelihood: np.ndarray
-
-    def sigma2(self, previous: np.ndarray) -> np.ndarray:
-        """Noise power per shell, ``previous`` where nothing was measured."""
-        measured = (self.noise_counts > 0).cpu().numpy()
-        sigma2 = previous.copy()
-        sigma2[measured] = (self.noise_sums / self.noise_counts.clamp(min=1)).cpu().numpy()[
-            measured]
-        return sigma2
-
-
-def expectation(
-    ps: ParticleSet, rows: np.ndarray, references: list[torch.Tensor],
-    distribution: np.ndarray, halves: np.ndarray, matrices: np.ndarray, origins_px: np.ndarray,
-    sigma2: np.ndarray, settings: SearchSettings, options: ClassifyOptions, *, box: int,
-    mask: torch.Tensor | None, device: torch.device | str, ctx: Context,
-    assign: np.ndarray | None = None, parents: list[int] | None = None,
-    progress: bool = True, desc: str = "",
-) -> Expectation:
-    """Search particles ``rows`` (sharded over ranks) against every class map and insert them
-    with their class and pose posteriors into their half set's back-projector of each class;
-    sums are all-reduced.
-
-    ``options`` gives ``min_posterior``, ``sym``, ``pad``, ``ctf`` and ``batch_size``.
-    ``assign`` (0-based classes per particle): a fixed hard assignment (a seeding iteration);
-    a particle of class k is then aligned against ``references[parents[k]]``."""
-    k_classes = len(parents) if assign is not None else len(references)
-    n, n_shells = len(ps), box // 2 + 1
-    inv_sigma2 = torch.as_tensor(1.0 / np.maximum(sigma2, 1e-30), dtype=torch.float32,
-                                 device=device)
-    log_prior = torch.as_tensor(np.log(np.maximum(distribution, 1e-30)), dtype=torch.float64,
-                                device=device)
-    ops = symmetry_operators(options.sym, dtype=torch.float32, device=device)
-    bps = [[Backprojector(box, pad=options.pad, device=device) for _ in (1, 2)]
-           for _ in range(k_classes)]
-    new_A, new_origins = np.zeros_like(matrices), np.zeros_like(origins_px)
-    classes, max_prob, loglik = np.zeros(n), np.zeros(n), np.zeros(n)
-    posterior_sums = torch.zeros(k_classes, dtype=torch.float64, device=device)
-    noise_sums = torch.zeros(n_shells, dtype=torch.float64, device=device)
-    noise_counts = torch.zeros_like(noise_sums)
-    prior_all = torch.as_tensor(matrices, dtype=torch.float32, device=device)
-    origins_t = torch.as_tensor(origins_px, dtype=torch.float32, device=device)
-    rows = np.asarray(rows)
-    searchers = [Searcher(Projector(r.to(device=device, dtype=torch.float32), pad=options.pad),
-                          settings) for r in references]
-    for h in (1, 2):
-        mine = ctx.shard(rows[np.asarray(halves)[rows] == h])
-        total = (len(mine) + options.batch_size - 1) // options.batch_size
-        batches = iterate_batches(ps, mine, box=box, ctf=options.ctf,
-                                  batch_size=options.batch_size, device=device,
-                                  shifts_px=origins_t)
-        for batch in tqdm(batches, total=total, desc=f"{desc} half {h}", unit="batch",
-                          disable=not (progress and ctx.main)):
-            index = torch.as_tensor(batch.rows, device=device)
-            spectra = _masked(batch.spectra, mask, box)
-            if assign is not None:
-                fixed = torch.as_tensor(assign[batch.rows], device=device)
-                posterior = torch.nn.functional.one_hot(fixed, k_classes).double()
-                results = _search_parents(searchers, parents, fixed, spectra, batch.ctf,
-                                          inv_sigma2, prior_all[index])
-                evidence = torch.stack([r.log_evidence.double() for r in results], 1).gather(
-                    1, fixed[:, None])[:, 0]
-            else:
-                results = [s.search(spectra, batch.ctf, inv_sigma2, prior_all[index])
-                           for s in searchers]
-                joint = torch.stack([r.log_evidence.double() for r in results], 1) + log_prior
-                evidence = torch.logsumexp(joint, 1)
-                posterior = torch.softmax(joint, 1)  # (B, K)
-            best = posterior.argmax(1)
-            for k, result in enumerate(results):
-                take = posterior[:, k] >= options.min_posterior
-                if bool(take.any()):
-                    part = result.take(take)
-                    part.top_weights = part.top_weights * posterior[take, k, None].to(
-                        part.top_weights.dtype)
-                    ctf = None if batch.ctf is None else batch.ctf[take]
-                    insert_weighted(bps[k][h - 1], spectra[take], ctf, part, ops)
-            chosen = _stack_best(results, best)
-            s, c = noise_power(spectra, batch.ctf, searchers[0].fine, chosen.shifts_px,
-                               chosen.projection, n_shells)
-            noise_sums += s
-            noise_counts += c
-            posterior_sums += posterior.sum(0)
-            new_A[batch.rows] = chosen.matrices.double().cpu().numpy()
-            new_origins[batch.rows] = (origins_t[index]
-                                       + chosen.shifts_px).double().cpu().numpy()
-            classes[batch.rows] = best.cpu().numpy()
-            p_best = posterior.gather(1, best[:, None])[:, 0]
-            max_prob[batch.rows] = (p_best * chosen.max_probability.double()).cpu().numpy()
-            loglik[batch.rows] = evidence.cpu().numpy()
-
-    for tensor in (posterior_sums, noise_sums, noise_counts):
-        ctx.sum_(tensor)
-    for pair in bps:
-        for bp in pair:
-            ctx.sum_(bp.data)
-            ctx.sum_(bp.weight)
-    return Expectation(bps, posterior_sums, noise_sums, noise_counts,
-                       ctx.sum_array(new_A).reshape(matrices.shape),
-                       ctx.sum_array(new_origins), ctx.sum_array(classes).astype(int),
-                       ctx.sum_array(max_prob), ctx.sum_array(loglik))
-
-
 def reconstruct_classes(bps: list[list[Backprojector]], pixel_size_A: float, pad: int,
                         tau2_fudge: float) -> list[Reconstruction]:
     """Each class's map from its two half back-projectors (τ² from their FSC times
@@ -385,9 +231,10 @@ def classify_iteration(
 ) -> ClassIteration:
     """One E step over all particles (:func:`expectation`) and the M step of every class."""
     n = len(ps)
-    e = expectation(ps, np.arange(n), references, distribution, halves, matrices, origins_px,
-                    sigma2, settings, options, box=box, mask=mask, device=device, ctx=ctx,
-                    assign=assign, parents=parents, progress=progress, desc=desc)
+    e = expectation(ps, np.arange(n), (references, references), distribution, halves,
+                    matrices, origins_px, sigma2, settings, options, box=box, mask=mask,
+                    device=device, ctx=ctx, assign=assign, parents=parents,
+                    min_posterior=options.min_posterior, progress=progress, desc=desc)
     recons = reconstruct_classes(e.backprojectors, pixel_size_A, options.pad,
                                  options.tau2_fudge)
     distribution = (e.posterior_sums / max(n, 1)).cpu().numpy()

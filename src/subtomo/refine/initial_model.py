@@ -56,12 +56,12 @@ from subtomo.refine.classify import (
     ClassifyResult,
     ClassIteration,
     ClassState,
-    expectation,
     finish,
     read_iteration,
     reconstruct_classes,
     write_iteration,
 )
+from subtomo.refine.expectation import expectation
 from subtomo.refine.images import iterate_batches
 from subtomo.refine.reconstruct import half_sets, image_box, insert_symmetric
 from subtomo.simulate.structure import random_rotations
@@ -253,8 +253,9 @@ def initial_model(
             offset_step_px=options.offset_step_px, coarse_radius_px=coarse,
             fine_radius_px=fine, sym=options.sym, top_k=options.top_k,
             perturb_deg=0.5 * angular_step_deg(order), seed=options.seed + iteration)
-        e = expectation(ps, rows, maps, distribution, halves, matrices, origins, sigma2,
-                        settings, options, box=box, mask=particle_mask, device=device, ctx=ctx,
+        e = expectation(ps, rows, (maps, maps), distribution, halves, matrices, origins,
+                        sigma2, settings, options, box=box, mask=particle_mask, device=device,
+                        ctx=ctx, min_posterior=options.min_posterior,
                         progress=progress and batch >= n, desc=f"iteration {iteration:03d}")
         eta = step_size(options, iteration)
         running = _blend(running, e.backprojectors, eta, n / len(rows))

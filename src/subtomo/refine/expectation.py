@@ -1,0 +1,207 @@
+"""The E step shared by auto-refine, classification and the initial model.
+
+Particles of each half set are searched against K class maps (:class:`subtomo.align.search.
+Searcher`); the class posterior is ``p_k ∝ π_k exp(L_k)`` with ``L_k`` the log-likelihood
+summed over pose hypotheses; every particle is inserted into its half set's back-projector of
+each class at its significant poses, weighted by class and pose posterior (RELION's
+marginalisation); the noise power is measured against its best class's best projection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from subtomo.align.score import noise_power
+from subtomo.align.search import Searcher, SearchResult, SearchSettings
+from subtomo.fourier.grid import centred_irfft, centred_rfft
+from subtomo.fourier.projector import Backprojector, Projector
+from subtomo.fourier.shift import phase_shift
+from subtomo.geometry.symmetry import symmetry_operators
+from subtomo.io.particles import ParticleSet
+from subtomo.parallel.distributed import Context
+from subtomo.refine.images import iterate_batches
+from subtomo.refine.reconstruct import insert_symmetric
+
+
+def masked(spectra: torch.Tensor, mask: torch.Tensor | None, box: int) -> torch.Tensor:
+    """Spectra of the centred particles multiplied by the particle mask (zero outside)."""
+    if mask is None:
+        return spectra
+    return centred_rfft(centred_irfft(spectra, box) * mask)
+
+
+def insert_weighted(bp: Backprojector, spectra: torch.Tensor, ctf: torch.Tensor | None,
+                    result: SearchResult, ops: torch.Tensor) -> None:
+    """Insert every particle at its significant hypotheses with their posterior weights p
+    (RELION's marginalisation): data += p C X, weight += p C², as √p-scaled X and C."""
+    box = spectra.shape[-2]
+    for m in range(result.top_weights.shape[1]):
+        weight = result.top_weights[:, m]
+        keep = torch.nonzero(weight > 0).flatten()
+        if keep.numel() == 0:
+            break
+        root = weight[keep].sqrt().view(-1, 1, 1, 1)
+        shifted = spectra[keep] * phase_shift(box, result.top_shifts_px[keep, m]) * root
+        c = root.expand(-1, *spectra.shape[1:]) if ctf is None else ctf[keep] * root
+        insert_symmetric(bp, shifted, result.top_matrices[keep, m], c, ops)
+
+
+def _search_parents(searchers: list[Searcher], parents: list[int], fixed: torch.Tensor,
+                    spectra: torch.Tensor, ctf: torch.Tensor | None,
+                    inv_sigma2: torch.Tensor, prior: torch.Tensor) -> list[SearchResult]:
+    """Results per class (all rows filled) when particle i is searched only against the map
+    of its class's parent: the other rows of each class's result are copies of row results
+    that the one-hot posterior gives no weight."""
+    by_reference = {}
+    for ref in sorted(set(parents)):
+        rows = torch.nonzero(torch.as_tensor(parents, device=fixed.device)[fixed] == ref)[:, 0]
+        if rows.numel():
+            by_reference[ref] = (rows, searchers[ref].search(
+                spectra[rows], None if ctf is None else ctf[rows], inv_sigma2, prior[rows]))
+    template = next(iter(by_reference.values()))[1]
+    merged = SearchResult(*(torch.empty((len(fixed), *getattr(template, f).shape[1:]),
+                                        dtype=getattr(template, f).dtype, device=fixed.device)
+                            for f in SearchResult.__dataclass_fields__))
+    for rows, result in by_reference.values():
+        for name in SearchResult.__dataclass_fields__:
+            getattr(merged, name)[rows] = getattr(result, name)
+    return [merged] * len(parents)
+
+
+def _stack_best(results: list[SearchResult], best: torch.Tensor) -> SearchResult:
+    """Per particle, the search result of its best class."""
+    picked = {}
+    for name in ("matrices", "shifts_px", "score", "log_evidence", "max_probability",
+                 "projection", "top_matrices", "top_shifts_px", "top_weights"):
+        stacked = torch.stack([getattr(r, name) for r in results])  # (K, B, ...)
+        picked[name] = stacked[best, torch.arange(best.numel(), device=best.device)]
+    return SearchResult(**picked)
+
+
+@dataclass
+class Expectation:
+    """The sums of one E step: per class and half set the back-projectors, the posterior sum
+    per class, the noise power sums, and per particle (at the rows searched; zero elsewhere,
+    summed over ranks) the best class's pose, class (0-based) and statistics."""
+
+    backprojectors: list[list[Backprojector]]  # [class][half]
+    posterior_sums: torch.Tensor  # (K,)
+    noise_sums: torch.Tensor
+    noise_counts: torch.Tensor
+    matrices: np.ndarray
+    origins_px: np.ndarray
+    classes: np.ndarray
+    max_probability: np.ndarray
+    log_likelihood: np.ndarray
+
+    def sigma2(self, previous: np.ndarray) -> np.ndarray:
+        """Noise power per shell, ``previous`` where nothing was measured."""
+        measured = (self.noise_counts > 0).cpu().numpy()
+        sigma2 = previous.copy()
+        sigma2[measured] = (self.noise_sums / self.noise_counts.clamp(min=1)).cpu().numpy()[
+            measured]
+        return sigma2
+
+
+def expectation(
+    ps: ParticleSet, rows: np.ndarray,
+    references: tuple[list[torch.Tensor], list[torch.Tensor]], distribution: np.ndarray,
+    halves: np.ndarray, matrices: np.ndarray, origins_px: np.ndarray, sigma2: np.ndarray,
+    settings: SearchSettings, options, *, box: int, mask: torch.Tensor | None,
+    device: torch.device | str, ctx: Context, assign: np.ndarray | None = None,
+    parents: list[int] | None = None, min_posterior: float = 1e-3, progress: bool = True,
+    desc: str = "",
+) -> Expectation:
+    """Search particles ``rows`` (sharded over ranks) against every class map and insert them
+    with their class and pose posteriors into their half set's back-projector of each class;
+    sums are all-reduced. The E step of auto-refine (K = 1), classification and the initial
+    model.
+
+    ``references``: the class maps the particles of half set 1 and of half set 2 are searched
+    against (the same list for both in classification, each half's own map in auto-refine).
+    ``options`` gives ``sym``, ``pad``, ``ctf`` and ``batch_size``; a particle enters every
+    class with posterior ≥ ``min_posterior``. ``assign`` (0-based classes per particle): a
+    fixed hard assignment (a seeding iteration); a particle of class k is then aligned against
+    ``references[h][parents[k]]``."""
+    k_classes = len(parents) if assign is not None else len(references[0])
+    n, n_shells = len(ps), box // 2 + 1
+    inv_sigma2 = torch.as_tensor(1.0 / np.maximum(sigma2, 1e-30), dtype=torch.float32,
+                                 device=device)
+    log_prior = torch.as_tensor(np.log(np.maximum(distribution, 1e-30)), dtype=torch.float64,
+                                device=device)
+    ops = symmetry_operators(options.sym, dtype=torch.float32, device=device)
+    bps = [[Backprojector(box, pad=options.pad, device=device) for _ in (1, 2)]
+           for _ in range(k_classes)]
+    new_A, new_origins = np.zeros_like(matrices), np.zeros_like(origins_px)
+    classes, max_prob, loglik = np.zeros(n), np.zeros(n), np.zeros(n)
+    posterior_sums = torch.zeros(k_classes, dtype=torch.float64, device=device)
+    noise_sums = torch.zeros(n_shells, dtype=torch.float64, device=device)
+    noise_counts = torch.zeros_like(noise_sums)
+    prior_all = torch.as_tensor(matrices, dtype=torch.float32, device=device)
+    origins_t = torch.as_tensor(origins_px, dtype=torch.float32, device=device)
+    rows = np.asarray(rows)
+    searchers = None
+    for h in (1, 2):
+        if searchers is None or references[1] is not references[0]:
+            searchers = [Searcher(Projector(r.to(device=device, dtype=torch.float32),
+                                            pad=options.pad), settings)
+                         for r in references[h - 1]]
+        mine = ctx.shard(rows[np.asarray(halves)[rows] == h])
+        total = (len(mine) + options.batch_size - 1) // options.batch_size
+        batches = iterate_batches(ps, mine, box=box, ctf=options.ctf,
+                                  batch_size=options.batch_size, device=device,
+                                  shifts_px=origins_t)
+        for batch in tqdm(batches, total=total, desc=f"{desc} half {h}", unit="batch",
+                          disable=not (progress and ctx.main)):
+            index = torch.as_tensor(batch.rows, device=device)
+            spectra = masked(batch.spectra, mask, box)
+            if assign is not None:
+                fixed = torch.as_tensor(assign[batch.rows], device=device)
+                posterior = torch.nn.functional.one_hot(fixed, k_classes).double()
+                results = _search_parents(searchers, parents, fixed, spectra, batch.ctf,
+                                          inv_sigma2, prior_all[index])
+                evidence = torch.stack([r.log_evidence.double() for r in results], 1).gather(
+                    1, fixed[:, None])[:, 0]
+            else:
+                results = [s.search(spectra, batch.ctf, inv_sigma2, prior_all[index])
+                           for s in searchers]
+                joint = torch.stack([r.log_evidence.double() for r in results], 1) + log_prior
+                evidence = torch.logsumexp(joint, 1)
+                posterior = torch.softmax(joint, 1)  # (B, K)
+            best = posterior.argmax(1)
+            for k, result in enumerate(results):
+                take = posterior[:, k] >= min_posterior
+                if bool(take.any()):
+                    part = result.take(take)
+                    part.top_weights = part.top_weights * posterior[take, k, None].to(
+                        part.top_weights.dtype)
+                    ctf = None if batch.ctf is None else batch.ctf[take]
+                    insert_weighted(bps[k][h - 1], spectra[take], ctf, part, ops)
+            chosen = _stack_best(results, best)
+            s, c = noise_power(spectra, batch.ctf, searchers[0].fine, chosen.shifts_px,
+                               chosen.projection, n_shells)
+            noise_sums += s
+            noise_counts += c
+            posterior_sums += posterior.sum(0)
+            new_A[batch.rows] = chosen.matrices.double().cpu().numpy()
+            new_origins[batch.rows] = (origins_t[index]
+                                       + chosen.shifts_px).double().cpu().numpy()
+            classes[batch.rows] = best.cpu().numpy()
+            p_best = posterior.gather(1, best[:, None])[:, 0]
+            max_prob[batch.rows] = (p_best * chosen.max_probability.double()).cpu().numpy()
+            loglik[batch.rows] = evidence.cpu().numpy()
+
+    for tensor in (posterior_sums, noise_sums, noise_counts):
+        ctx.sum_(tensor)
+    for pair in bps:
+        for bp in pair:
+            ctx.sum_(bp.data)
+            ctx.sum_(bp.weight)
+    return Expectation(bps, posterior_sums, noise_sums, noise_counts,
+                       ctx.sum_array(new_A).reshape(matrices.shape),
+                       ctx.sum_array(new_origins), ctx.sum_array(classes).astype(int),
+                       ctx.sum_array(max_prob), ctx.sum_array(loglik))
