@@ -206,7 +206,8 @@ def test_poses_export(capsys, tmp_path, relion5_star):
 
 
 def test_demo_writes_every_output(tmp_path):
-    assert main(["demo", "--o", str(tmp_path / "demo"), "--n", "60", "--subtomograms", "0"]) == 0
+    assert main(["demo", "--o", str(tmp_path / "demo"), "--n", "60", "--subtomograms", "0",
+                 "--classification", "0"]) == 0
     out = tmp_path / "demo" / "interop"
     for name in ("particles_relion5.star", "particles_relion30.star", "particles_warp.star",
                  "particles.tbl", "particles.doc", "subset.star", "poses.pkl"):
@@ -219,6 +220,28 @@ def test_demo_writes_every_output(tmp_path):
     with open(out / "poses.pkl", "rb") as handle:
         assert len(pickle.load(handle)[0]) == 20
     assert not list(out.glob(".*.tmp"))
+
+
+def test_classification_demo_recovers_the_simulated_classes(tmp_path):
+    """Initial model → classification → selection of the demo, against the simulation's
+    true classes and maps."""
+    from rich.console import Console
+
+    from subtomo.demo import run_classification_demo
+
+    figures = run_classification_demo(tmp_path / "cls", 300, 0, Console(quiet=True))
+    for name in ("InitialModel/job001/run_it015_class001.mrc",
+                 "InitialModel/job001/run_it015_data.star", "Class3D/job001/run_classes.png",
+                 "Class3D/job001/run_it016_model.star", "Select/job001/particles.star"):
+        assert (tmp_path / "cls" / name).is_file(), name
+    assert figures["initial_model_fsc05_A"] <= 30.0
+    assert figures["adjusted_rand_index"] >= 0.9
+    for t in (1, 2, 3):
+        assert figures[f"class_{t}_fsc05_A"] <= 20.0
+    assert figures["selected_purity"] >= 0.95
+    selected = read_particles(tmp_path / "cls" / "Select" / "job001" / "particles.star")
+    assert len(selected) == figures["selected_particles"]
+    assert set(selected.particles["rlnClassNumber"]) == {int(figures["selected_class"])}
 
 
 def test_averaging_demo_reports_consistent_resolutions(tmp_path):

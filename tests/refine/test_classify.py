@@ -11,13 +11,20 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
+from subtomo.align.score import residual_power
+from subtomo.align.search import Searcher, SearchSettings
 from subtomo.cli import main
 from subtomo.fourier.fsc import fsc, resolution_at
+from subtomo.fourier.projector import Backprojector, Projector
 from subtomo.io.mrc import read_mrc, write_mrc
 from subtomo.io.star import read_particles
 from subtomo.io.star_text import read_star
+from subtomo.parallel.distributed import Context
+from subtomo.refine import outputs
+from subtomo.refine.autorefine import initial_sigma2
 from subtomo.refine.classify import ClassifyOptions, classify
-from subtomo.refine.reconstruct import reconstruct
+from subtomo.refine.images import iterate_batches
+from subtomo.refine.reconstruct import gold_standard, half_sets, reconstruct
 from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomograms
 
 BOX, APIX = 32, 6.0
@@ -45,6 +52,45 @@ def _match(labels: np.ndarray, found: np.ndarray) -> np.ndarray:
     confusion = np.array([[np.sum((labels == t) & (found == f)) for f in (1, 2, 3)]
                           for t in (1, 2, 3)])
     return linear_sum_assignment(-confusion)[1] + 1
+
+
+@pytest.mark.parametrize("resolution_A", [30.0, 15.0])
+def test_own_share_matches_true_leave_one_out(data, resolution_A):
+    """The E step's correction for a particle's own share of its class map (residual power
+    over the reconstruction denominator) equals what leaving it out of the map changes."""
+    root, sim, given, reference, labels, truths = data
+    rows = np.flatnonzero(labels == 1)
+    halves = half_sets(given, 0)[rows]
+    matrices, origins = outputs.full_poses(given, APIX)
+    A = torch.as_tensor(matrices[rows], dtype=torch.float32)
+    shifts = torch.as_tensor(origins, dtype=torch.float32)
+    batch = next(iterate_batches(given, rows, box=BOX, ctf=True, batch_size=len(rows),
+                                 shifts_px=shifts))
+    inv_sigma2 = torch.as_tensor(1 / initial_sigma2(given, rows, BOX, True, shifts, None,
+                                                    "cpu", Context(), 32), dtype=torch.float32)
+
+    def class_map(leave_out: int | None):
+        bps = [Backprojector(BOX, pad=2) for _ in (1, 2)]
+        for h in (1, 2):
+            keep = torch.as_tensor((halves == h) & (np.arange(len(rows)) != leave_out))
+            bps[h - 1].insert(batch.spectra[keep], A[keep], batch.ctf[keep])
+        return gold_standard(*bps, APIX, 2, tau2_fudge=4.0)
+
+    full = class_map(None)
+    radius = BOX * APIX / resolution_A
+    settings = SearchSettings(skip_align=True, coarse_radius_px=radius, fine_radius_px=radius)
+    searcher = Searcher(Projector(full.map, pad=2), settings)
+    for i in range(0, 25, 6):
+        x, c = batch.spectra[i:i + 1], batch.ctf[i:i + 1]
+        with_i = searcher.search(x, c, inv_sigma2, A[i:i + 1])
+        without_i = Searcher(Projector(class_map(i).map, pad=2), settings).search(
+            x, c, inv_sigma2, A[i:i + 1])
+        measured = float(with_i.log_evidence - without_i.log_evidence)
+        predicted = float(residual_power(x, c, searcher.fine, with_i.shifts_px,
+                                         with_i.projection, inv_sigma2, BOX // 2 + 1)[0]
+                          @ (1 / full.denominator))
+        assert measured > 1.0  # worth correcting: a full log-likelihood unit or more
+        assert predicted == pytest.approx(measured, rel=0.15), i
 
 
 def test_classification_without_alignment_recovers_classes_and_maps(data, tmp_path):

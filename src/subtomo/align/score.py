@@ -176,6 +176,20 @@ def exhaustive_scores(
     return out
 
 
+def _residuals(spectra: Tensor, ctf: Tensor | None, freqs: Frequencies, shifts_px: Tensor,
+               projections: Tensor) -> tuple[Tensor, Tensor]:
+    """``(X e^{-2 pi i k.t} - C P, C)`` on ``freqs`` at each particle's hypothesis
+    (``shifts_px`` ``(B, 3)``, ``projections`` ``(B, n)``); ``C`` is 1 without ``ctf``."""
+    b = spectra.shape[0]
+    flat = freqs.flat.to(spectra.device)
+    x = spectra.reshape(b, -1).index_select(1, flat) * freqs.phases(shifts_px)
+    if ctf is None:
+        c = torch.ones_like(x.real)
+    else:
+        c = ctf.reshape(b, -1).index_select(1, flat.to(ctf.device)).to(x.real.dtype)
+    return x - c * projections, c
+
+
 def noise_power(spectra: Tensor, ctf: Tensor | None, freqs: Frequencies, shifts_px: Tensor,
                 projections: Tensor, n_shells: int) -> tuple[Tensor, Tensor]:
     """Per-shell sums of ``h |X e^{-2 pi i k.t} - C P|^2`` over the coefficients a particle
@@ -184,17 +198,24 @@ def noise_power(spectra: Tensor, ctf: Tensor | None, freqs: Frequencies, shifts_
 
     ``shifts_px`` ``(B, 3)`` and ``projections`` ``(B, n)``: each particle's best hypothesis.
     """
-    b = spectra.shape[0]
-    flat = freqs.flat.to(spectra.device)
-    x = spectra.reshape(b, -1).index_select(1, flat) * freqs.phases(shifts_px)
-    if ctf is None:
-        c = torch.ones_like(x.real)
-    else:
-        c = ctf.reshape(b, -1).index_select(1, flat.to(ctf.device)).to(x.real.dtype)
-    residual = x - c * projections
-    h = freqs.multiplicity.to(x.device) * (c != 0)
+    residual, c = _residuals(spectra, ctf, freqs, shifts_px, projections)
+    h = freqs.multiplicity.to(c.device) * (c != 0)
     power = (h * (residual.real**2 + residual.imag**2)).sum(0).double()
-    shells = freqs.shell.to(x.device)
-    sums = torch.zeros(n_shells, dtype=torch.float64, device=x.device).index_add_(0, shells, power)
+    shells = freqs.shell.to(c.device)
+    sums = torch.zeros(n_shells, dtype=torch.float64, device=c.device).index_add_(0, shells, power)
     counts = torch.zeros_like(sums).index_add_(0, shells, h.sum(0).double())
     return sums, counts
+
+
+def residual_power(spectra: Tensor, ctf: Tensor | None, freqs: Frequencies, shifts_px: Tensor,
+                   projections: Tensor, inv_sigma2: Tensor, n_shells: int) -> Tensor:
+    """Per-shell sums of ``w C^2 |X e^{-2 pi i k.t} - C P|^2`` (``(B, n_shells)``, float64)
+    at each particle's hypothesis (``shifts_px`` ``(B, 3)``, ``projections`` ``(B, n)``): a
+    particle's share ``C (X - C P) / D`` of a reference it is part of raises its score by
+    this over ``D`` (see :func:`subtomo.refine.expectation._own_share`)."""
+    residual, c = _residuals(spectra, ctf, freqs, shifts_px, projections)
+    shells = freqs.shell.to(c.device)
+    w = freqs.multiplicity.to(c.device) * inv_sigma2.to(c.device)[shells]
+    power = (w * c**2 * (residual.real**2 + residual.imag**2)).double()
+    return torch.zeros(c.shape[0], n_shells, dtype=torch.float64, device=c.device).scatter_add_(
+        1, shells.expand(c.shape[0], -1), power)

@@ -20,11 +20,13 @@ at random to two classes made from the one reference (low-passed to ``ini_high``
 split the E step restarts at ``ini_high`` and its resolution grows by ``incr_shells`` per
 iteration, without alignment until the resolution resolves the angular step.
 
-Known limit: every particle is part of its own class map, and that self-correlation (about
-the number of scored frequencies over the class size, in log-likelihood units) can freeze a
-random split when the class differences are weak at the current resolution. The slow growth
-of the resolution keeps it small early; removing it exactly (leave-one-out scores) is the next
-step.
+Leave-one-out scores: every particle is part of the class maps it entered, and that share
+raises its score against them by about the number of scored frequencies over the class size
+(log-likelihood units), whatever the classes are like: enough to freeze a random split when
+the real differences are weak at the current resolution. From iteration 2 the E step
+subtracts it (``leave_one_out``; :func:`subtomo.refine.expectation._own_share`, exact to first
+order: within 5 % of true leave-one-out maps), and the slow growth of the resolution keeps
+the number of frequencies small while classes are forming.
 
 Files (RELION's ``Class3D/jobNNN`` layout): per iteration ``run_itNNN_data.star``
 (``rlnClassNumber``, ``rlnMaxValueProbDistribution``, ``rlnLogLikeliContribution``),
@@ -87,6 +89,7 @@ class ClassifyOptions:
     min_posterior: float = 1e-3
     incr_shells: float = 2.0
     split_every: int = 4
+    leave_one_out: bool = True
     seed: int = 0
 
 
@@ -101,6 +104,7 @@ class ClassState:
     options: dict
     history: list[dict] = field(default_factory=list)
     elapsed_s: float = 0.0
+    denominators: list[list[float]] | None = None
 
     def save(self, path: Path) -> None:
         outputs.save_json(asdict(self), path)
@@ -193,10 +197,10 @@ def next_resolution(current_A: float, estimated_A: float, box_A: float,
     Fourier shells beyond the current one.
 
     Starting at ``ini_high`` and growing slowly keeps the number of scored frequencies small
-    while the classes are still mixed: every particle is part of its own class map, and that
-    self-correlation grows with the number of frequencies (about their number over the class
-    size, in log-likelihood units); at full resolution from the start it outweighs the real
-    differences between classes and freezes the random start."""
+    while the classes are still mixed: the scores see the real class differences at low
+    resolution first, and each particle's own share of its class map (about the number of
+    frequencies over the class size, removed by the leave-one-out scores to first order)
+    stays small."""
     limit = box_A / (box_A / current_A + incr_shells)
     return max(estimated_A, limit)
 
@@ -228,13 +232,15 @@ def classify_iteration(
     mask: torch.Tensor | None, device: torch.device | str, ctx: Context,
     assign: np.ndarray | None = None, parents: list[int] | None = None,
     progress: bool = True, desc: str = "",
+    self_terms: tuple[np.ndarray, torch.Tensor] | None = None,
 ) -> ClassIteration:
     """One E step over all particles (:func:`expectation`) and the M step of every class."""
     n = len(ps)
     e = expectation(ps, np.arange(n), (references, references), distribution, halves,
                     matrices, origins_px, sigma2, settings, options, box=box, mask=mask,
                     device=device, ctx=ctx, assign=assign, parents=parents,
-                    min_posterior=options.min_posterior, progress=progress, desc=desc)
+                    min_posterior=options.min_posterior, progress=progress, desc=desc,
+                    self_terms=self_terms)
     recons = reconstruct_classes(e.backprojectors, pixel_size_A, options.pad,
                                  options.tau2_fudge)
     distribution = (e.posterior_sums / max(n, 1)).cpu().numpy()
@@ -336,6 +342,7 @@ def classify(
         iteration, history, elapsed = state.iteration, state.history, state.elapsed_s
         resolution, sigma2 = state.resolution_A, np.asarray(state.sigma2)
         distribution = np.asarray(state.distribution)
+        denominators = state.denominators
         ps, maps = read_iteration(out, iteration, ps, len(distribution))
         maps = [m.to(device) for m in maps]
         matrices, origins = outputs.full_poses(ps, pixel_size)
@@ -348,6 +355,7 @@ def classify(
         iteration, history, elapsed = 0, [], 0.0
         resolution = options.ini_high_A
         distribution = np.ones(1)
+        denominators = None  # the reference's particles are unknown
         matrices, origins = outputs.full_poses(ps, pixel_size)
         maps = [lowpass_map(reference.to(device=device, dtype=torch.float32), pixel_size,
                             options.ini_high_A)]
@@ -366,18 +374,25 @@ def classify(
         if assign is not None and settings.local:
             settings.skip_align = True  # seeding keeps the poses (no jitter at ini_high)
         references = [m * mask if mask is not None else m for m in maps]
+        self_terms = None
+        if assign is None and denominators is not None and options.leave_one_out:
+            # the last best class stands for the posterior (nearly 0 or 1 per class)
+            self_terms = (np.eye(len(maps))[classes], torch.as_tensor(
+                denominators, dtype=torch.float64, device=device))
         tick = time.perf_counter()
         result = classify_iteration(
             ps, references, distribution, halves, matrices, origins, sigma2, settings, options,
             box=box, pixel_size_A=pixel_size, mask=particle_mask, device=device, ctx=ctx,
             assign=assign, parents=parents, progress=progress,
-            desc=f"iteration {iteration:03d}")
+            desc=f"iteration {iteration:03d}", self_terms=self_terms)
         change = pose_change_deg(matrices, result.matrices, options.sym)
         moved = 1.0 if classes is None or assign is not None else float(
             np.mean(classes != result.classes))
         matrices, origins, sigma2 = result.matrices, result.origins_px, result.sigma2
         classes, distribution = result.classes, result.distribution
         maps = [r.map for r in result.reconstructions]
+        denominators = [[math.inf] * (box // 2 + 1) if r.denominator is None
+                        else r.denominator.tolist() for r in result.reconstructions]
         occupied = [r.resolution_A for r, share in zip(result.reconstructions, distribution,
                                                        strict=True) if share > 0.5 / len(ps)]
         resolution = next_resolution(resolution, min(occupied, default=options.ini_high_A),
@@ -393,8 +408,8 @@ def classify(
         if ctx.main:
             write_iteration(out, iteration, ps, result, settings, options.tau2_fudge, relion30)
             ClassState(iteration, resolution, distribution.tolist(), sigma2.tolist(),
-                       asdict(options), history,
-                       elapsed + time.perf_counter() - start).save(
+                       asdict(options), history, elapsed + time.perf_counter() - start,
+                       denominators).save(
                 outputs.state_path(out, iteration))
             shares = " ".join(f"{100 * s:.0f}%" for s in distribution)
             print(f"iteration {iteration:03d}: classes {shares}, {100 * moved:.1f} % changed "

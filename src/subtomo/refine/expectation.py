@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from subtomo.align.score import noise_power
+from subtomo.align.score import Frequencies, noise_power, residual_power
 from subtomo.align.search import Searcher, SearchResult, SearchSettings
 from subtomo.fourier.grid import centred_irfft, centred_rfft
 from subtomo.fourier.projector import Backprojector, Projector
@@ -82,6 +82,27 @@ def _stack_best(results: list[SearchResult], best: torch.Tensor) -> SearchResult
     return SearchResult(**picked)
 
 
+def _own_share(results: list[SearchResult], spectra: torch.Tensor, ctf: torch.Tensor | None,
+               freqs: Frequencies, inv_sigma2: torch.Tensor,
+               self_terms: tuple[np.ndarray, torch.Tensor], rows: np.ndarray,
+               n_shells: int) -> torch.Tensor:
+    """What each particle's own share of the class maps adds to its log-likelihoods
+    ``(B, K)``.
+
+    Leaving particle i out of class k (entered with posterior p) changes the map by
+    ``-p C (X - C P) / D`` at its coefficients, with ``D = W + 1/τ²`` the reconstruction's
+    denominator; to first order that lowers the score by ``p Σ w C² |X - C P|² / D``
+    (:func:`subtomo.align.score.residual_power` over the shell mean of D; measured against
+    true leave-one-out maps to within 5 %). It is about the number of scored coefficients
+    over the class size, far more than real class differences while classes are small."""
+    posterior, denominators = self_terms
+    own = torch.stack([
+        residual_power(spectra, ctf, freqs, r.shifts_px, r.projection,
+                       inv_sigma2, n_shells) @ (1.0 / denominators[k])
+        for k, r in enumerate(results)], 1)
+    return own * torch.as_tensor(posterior[rows], dtype=own.dtype, device=own.device)
+
+
 @dataclass
 class Expectation:
     """The sums of one E step: per class and half set the back-projectors, the posterior sum
@@ -114,7 +135,7 @@ def expectation(
     settings: SearchSettings, options, *, box: int, mask: torch.Tensor | None,
     device: torch.device | str, ctx: Context, assign: np.ndarray | None = None,
     parents: list[int] | None = None, min_posterior: float = 1e-3, progress: bool = True,
-    desc: str = "",
+    desc: str = "", self_terms: tuple[np.ndarray, torch.Tensor] | None = None,
 ) -> Expectation:
     """Search particles ``rows`` (sharded over ranks) against every class map and insert them
     with their class and pose posteriors into their half set's back-projector of each class;
@@ -126,7 +147,11 @@ def expectation(
     ``options`` gives ``sym``, ``pad``, ``ctf`` and ``batch_size``; a particle enters every
     class with posterior ≥ ``min_posterior``. ``assign`` (0-based classes per particle): a
     fixed hard assignment (a seeding iteration); a particle of class k is then aligned against
-    ``references[h][parents[k]]``."""
+    ``references[h][parents[k]]``.
+
+    ``self_terms``: ``(previous posterior (N, K), ⟨W + 1/τ²⟩ per class and shell (K,
+    shells))`` to score each particle against its classes as if it had not been part of
+    them (:func:`_own_share`); without it a random start of classes stays where it began."""
     k_classes = len(parents) if assign is not None else len(references[0])
     n, n_shells = len(ps), box // 2 + 1
     inv_sigma2 = torch.as_tensor(1.0 / np.maximum(sigma2, 1e-30), dtype=torch.float32,
@@ -170,6 +195,9 @@ def expectation(
                 results = [s.search(spectra, batch.ctf, inv_sigma2, prior_all[index])
                            for s in searchers]
                 joint = torch.stack([r.log_evidence.double() for r in results], 1) + log_prior
+                if self_terms is not None:
+                    joint = joint - _own_share(results, spectra, batch.ctf, searchers[0].fine,
+                                               inv_sigma2, self_terms, batch.rows, n_shells)
                 evidence = torch.logsumexp(joint, 1)
                 posterior = torch.softmax(joint, 1)  # (B, K)
             best = posterior.argmax(1)

@@ -35,6 +35,7 @@ class Reconstruction:
     half2: torch.Tensor | None = None
     fsc: torch.Tensor | None = None
     resolution_A: float | None = None
+    denominator: torch.Tensor | None = None  # per box shell: mean of W + 1/τ² of ``map``
 
 
 def image_box(ps: ParticleSet) -> int:
@@ -93,7 +94,13 @@ def _tau2_from_fsc(bp_half: Backprojector, fsc_curve: torch.Tensor, box: int,
     RELION's Wiener term: SNR = FSC / (1 − FSC) of the half maps, σ²/τ² = ⟨W⟩_shell / SNR,
     so the division by W + 1/τ² leaves signal where the data are strong and damps the rest.
     """
-    weight = bp_half.weight * float(pad**3)
+    f = fsc_curve.to(device=bp_half.device, dtype=torch.float64).clamp(1e-3, 0.999)
+    return (f / (1 - f)) / shell_mean_weight(bp_half, box, pad).clamp(min=1e-12)
+
+
+def shell_mean_weight(bp: Backprojector, box: int, pad: int) -> torch.Tensor:
+    """⟨W⟩ per box shell (``box // 2 + 1``), W = pad³·weight: the CTF² sum per coefficient."""
+    weight = bp.weight * float(pad**3)
     radius = shell_radius_px(pad * box, device=weight.device) / pad
     shells = radius.round().long().flatten()
     n_shells = box // 2 + 1
@@ -102,9 +109,7 @@ def _tau2_from_fsc(bp_half: Backprojector, fsc_curve: torch.Tensor, box: int,
     sums = torch.zeros(n_shells, dtype=torch.float64, device=weight.device).index_add_(
         0, index, values)
     counts = torch.bincount(index, minlength=n_shells).to(torch.float64)
-    mean_weight = sums / counts.clamp(min=1)
-    f = fsc_curve.to(device=weight.device, dtype=torch.float64).clamp(1e-3, 0.999)
-    return (f / (1 - f)) / mean_weight.clamp(min=1e-12)
+    return sums / counts.clamp(min=1)
 
 
 def reconstruct(
@@ -184,8 +189,9 @@ def gold_standard(bp1: Backprojector, bp2: Backprojector, pixel_size_A: float,
     curve = fsc(half_maps[0], half_maps[1])
     bp1.merge(bp2)
     joined = bp1.reconstruct(tau2=tau2)  # σ²/τ² does not depend on the particle count
+    denominator = shell_mean_weight(bp1, box, pad) + 1.0 / tau2.clamp(min=1e-30)
     return Reconstruction(joined, pixel_size_A, 0, half_maps[0], half_maps[1], curve,
-                          resolution_at(curve, box, pixel_size_A))
+                          resolution_at(curve, box, pixel_size_A), denominator)
 
 
 def write_fsc_outputs(result: Reconstruction, map_path, halves: bool = True) -> None:
