@@ -25,7 +25,7 @@ raises its score against them by about the number of scored frequencies over the
 (log-likelihood units), whatever the classes are like: enough to freeze a random split when
 the real differences are weak at the current resolution. From iteration 2 the E step
 subtracts it (``leave_one_out``; :func:`subtomo.refine.expectation._own_share`, exact to first
-order: within 5 % of true leave-one-out maps), and the slow growth of the resolution keeps
+order: within 10 % of true leave-one-out maps), and the slow growth of the resolution keeps
 the number of frequencies small while classes are forming.
 
 Files (RELION's ``Class3D/jobNNN`` layout): per iteration ``run_itNNN_data.star``

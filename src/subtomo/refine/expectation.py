@@ -93,7 +93,7 @@ def _own_share(results: list[SearchResult], spectra: torch.Tensor, ctf: torch.Te
     ``-p C (X - C P) / D`` at its coefficients, with ``D = W + 1/τ²`` the reconstruction's
     denominator; to first order that lowers the score by ``p Σ w C² |X - C P|² / D``
     (:func:`subtomo.align.score.residual_power` over the shell mean of D; measured against
-    true leave-one-out maps to within 5 %). It is about the number of scored coefficients
+    true leave-one-out maps to within 10 %). It is about the number of scored coefficients
     over the class size, far more than real class differences while classes are small."""
     posterior, denominators = self_terms
     own = torch.stack([
