@@ -350,9 +350,7 @@ def auto_refine(
             print(f"Continuing {out} after iteration {iteration} "
                   f"({schedule.resolution_A:.2f} Å).")
     else:
-        if ctx.main:
-            outputs.prepare_job_dir(out)
-        ctx.barrier()
+        outputs.prepare_job_dir(out, ctx)
         iteration, elapsed = 0, 0.0
         schedule = Schedule(options.healpix_order, options.offset_range_px,
                             options.offset_step_px, options.ini_high_A,

@@ -349,9 +349,7 @@ def classify(
         if ctx.main:
             print(f"Continuing {out} after iteration {iteration}.")
     else:
-        if ctx.main:
-            outputs.prepare_job_dir(out)
-        ctx.barrier()
+        outputs.prepare_job_dir(out, ctx)
         iteration, history, elapsed = 0, [], 0.0
         resolution = options.ini_high_A
         distribution = np.ones(1)

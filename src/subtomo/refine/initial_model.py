@@ -226,9 +226,7 @@ def initial_model(
         if ctx.main:
             print(f"Continuing {out} after iteration {iteration}.")
     else:
-        if ctx.main:
-            outputs.prepare_job_dir(out)
-        ctx.barrier()
+        outputs.prepare_job_dir(out, ctx)
         iteration, history, elapsed, running = 0, [], 0.0, None
         distribution = np.full(options.K, 1.0 / options.K)
         sigma2 = initial_sigma2(ps, np.arange(n), box, options.ctf,

@@ -28,6 +28,7 @@ from subtomo.io.mrc import read_mrc, write_mrc
 from subtomo.io.particles import ParticleSet
 from subtomo.io.star import read_particles, write_particles
 from subtomo.io.star_text import write_star
+from subtomo.parallel.distributed import Context
 from subtomo.refine.images import resolve
 from subtomo.refine.reconstruct import Reconstruction
 
@@ -55,12 +56,15 @@ def save_json(data: dict, path: Path) -> None:
         tmp.write_text(json.dumps(data, indent=1))
 
 
-def prepare_job_dir(out: Path) -> None:
-    """Create the job folder; refuse one that holds another run (nothing is overwritten)."""
-    out.mkdir(parents=True, exist_ok=True)
+def prepare_job_dir(out: Path, ctx: Context) -> None:
+    """Create the job folder (rank 0) once every rank has checked that it holds no other run
+    (nothing is overwritten, and no rank is left waiting for one that refused)."""
     if any(out.glob("run_it*_optimiser.json")) or (out / "run_data.star").exists():
         raise InputError(out, "the job folder holds a previous run; use --continue to resume "
                          "it or choose another --o", field="--o")
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+    ctx.barrier()
 
 
 def with_halves(ps: ParticleSet, halves: np.ndarray) -> ParticleSet:
