@@ -53,7 +53,7 @@ def fetch_sdist(name: str, version: str) -> Path:
 
 
 def install_peer(*requirements: str) -> Path:
-    """Install pure-Python peer packages (no dependencies) into a private folder on sys.path."""
+    """Install peer packages (no dependencies) into a private folder on sys.path."""
     cache = _cache()
     key = "_".join(r.replace("==", "-") for r in requirements)
     target = cache / f"site-{key}"
@@ -87,3 +87,30 @@ def dynamo2m():
         relion_star_downgrade=importlib.import_module(
             "dynamo2m.relion_star_downgrade").relion_star_downgrade,
     )
+
+
+@pytest.fixture(scope="session")
+def cryoet_alignment_sdist() -> Path:
+    """cryoet-alignment 0.2.0 (MIT): real RELION 4 (WarpTools), IMOD, AreTomo and Warp files."""
+    return fetch_sdist("cryoet-alignment", "0.2.0")
+
+
+@pytest.fixture(scope="session")
+def relion_alignment(cryoet_alignment_sdist):
+    """cryoet-alignment's RELION 5 projection module, an independent transcription of
+    ``Tomogram::setProjectionMatrix`` (imported alone: the package root needs cloud libraries)."""
+    import importlib.util
+    import types
+
+    install_peer("pydantic==2.11.7", "pydantic-core==2.33.2", "annotated-types==0.7.0",
+                 "typing-inspection==0.4.1")
+    for name in ("cryoet_alignment", "cryoet_alignment.io"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    base = types.ModuleType("cryoet_alignment.io.base")
+    base.PATH_TYPE = str
+    sys.modules.setdefault("cryoet_alignment.io.base", base)
+    source = cryoet_alignment_sdist / "src/cryoet_alignment/io/relion/alignment.py"
+    spec = importlib.util.spec_from_file_location("peer_relion_alignment", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -33,3 +33,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def resolve(name: str, star_dir: Path | None) -> Path:
+    """A file named in a STAR file (``index@`` prefixes and ``:mrc`` suffixes dropped).
+
+    RELION resolves names relative to the project directory (where it runs): the name as given
+    if it exists, else relative to the STAR file's folder, else relative to the first of that
+    folder's ancestors (a job folder sits inside its project) where it exists.
+    """
+    path = Path(name.split("@")[-1].removesuffix(":mrc").removesuffix(":mrcs"))
+    if path.is_absolute() or path.exists() or star_dir is None:
+        return path
+    star_dir = Path(star_dir)
+    for base in (star_dir, *star_dir.resolve().parents):
+        if (base / path).exists():
+            return base / path
+    return star_dir / path

@@ -26,6 +26,7 @@ import torch
 
 from subtomo.errors import InputError
 from subtomo.geometry.euler import euler_to_matrix, matrix_to_euler
+from subtomo.tomo.geometry import tomogram_centre_px
 
 XYZ = ("X", "Y", "Z")
 COORD_PX = tuple(f"rlnCoordinate{a}" for a in XYZ)
@@ -159,14 +160,15 @@ class ParticleSet:
     def with_pixel_coordinates(self) -> ParticleSet:
         """Same set with ``rlnCoordinateX/Y/Z`` (px) computed from centred Å if needed.
 
-        RELION 5: centred = (coordinate − size/2) × tilt-series pixel size.
+        RELION 5: centred = (coordinate − size/2) × tilt-series pixel size, the centre of
+        :func:`subtomo.tomo.geometry.tomogram_centre_px` (RELION's C++ programs).
         """
         if self.has_pixel_coordinates() or not self.has_centred_coordinates():
             return self
         size, apix = self._tomogram_geometry()
         df = self.particles.copy()
         centred = df[list(COORD_CENTRED_A)].to_numpy(float)
-        pixels = centred / apix[:, None] + size / 2
+        pixels = centred / apix[:, None] + tomogram_centre_px(size).numpy()
         at = df.columns.get_loc(COORD_CENTRED_A[0])
         df = df.drop(columns=list(COORD_CENTRED_A))
         for i, label in enumerate(COORD_PX):
@@ -184,7 +186,7 @@ class ParticleSet:
         size, apix = self._tomogram_geometry()
         df = self.particles.copy()
         pixels = df[list(COORD_PX)].to_numpy(float)
-        centred = (pixels - size / 2) * apix[:, None]
+        centred = (pixels - tomogram_centre_px(size).numpy()) * apix[:, None]
         at = df.columns.get_loc(COORD_PX[0])
         df = df.drop(columns=list(COORD_PX))
         for i, label in enumerate(COORD_CENTRED_A):

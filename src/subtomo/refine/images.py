@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from subtomo.errors import InputError
+from subtomo.io.files import resolve
 from subtomo.io.mrc import ctf_from_disk, read_mrc
 from subtomo.io.particles import ParticleSet
 
@@ -23,15 +24,6 @@ class ParticleBatch:
     rows: np.ndarray
     spectra: torch.Tensor
     ctf: torch.Tensor | None
-
-
-def resolve(name: str, star_dir: Path | None) -> Path:
-    """A file named in a STAR file: as given (RELION: relative to the project directory),
-    else relative to the STAR file's folder."""
-    path = Path(name.split("@")[-1])
-    if path.is_absolute() or path.exists() or star_dir is None:
-        return path
-    return star_dir / path
 
 
 def _read_volume(ps: ParticleSet, row: int, column: str, star_dir: Path | None) -> np.ndarray:

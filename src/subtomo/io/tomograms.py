@@ -1,0 +1,326 @@
+"""RELION tomogram sets, optimisation sets and trajectory (motion) sets ⇄ subtomo objects.
+
+Tomogram sets (``TomogramSet::read`` / ``write`` and ``TomogramSet::loadTomogram`` in RELION 5
+``src/jaz/tomography/tomogram_set.cpp``):
+
+- RELION 5: ``tomograms.star`` holds ``data_global`` (one row per tilt series, with
+  ``rlnTomoTiltSeriesStarFile``); each per-tilt-series STAR file holds ``data_<rlnTomoName>``
+  with one row per tilt: ``rlnTomoXTilt/YTilt/ZRot`` (deg), ``rlnTomoXShiftAngst/YShiftAngst``,
+  ``rlnDefocusU/V/Angle``, ``rlnMicrographPreExposure``, ``rlnMicrographName`` ...
+- RELION 4: one file, ``data_global`` then ``data_<rlnTomoName>`` blocks with the projection
+  matrices ``rlnTomoProjX/Y/Z/W`` (rows, written ``[a,b,c,d]``), per-tilt defocus and exposure;
+  images from ``rlnTomoTiltSeriesName``. As RELION 5 does, matrices take precedence when a table
+  has both; we turn them into the five parameters exactly (:func:`angles_from_matrices`), which
+  needs the tilt-image size (from the stack header, or ``image_size=``).
+
+Optimisation sets: one unnamed block listing ``rlnTomoParticlesFile``, ``rlnTomoTomogramsFile``,
+``rlnTomoTrajectoriesFile``, ``rlnTomoManifoldsFile``, ``rlnTomoReferenceMap1File/2File``,
+``rlnTomoReferenceMaskFile``, ``rlnTomoReferenceFscFile`` (``OptimisationSet`` in
+``optimisation_set.cpp``).
+
+Trajectory sets (``motion.star``, ``Trajectory::read/write`` in ``motion/trajectory.cpp``):
+``data_general`` with ``rlnParticleNumber``, then one block per particle named by its
+``rlnTomoParticleName`` with one row per tilt (table order) of ``rlnOriginX/Y/ZAngst``: the
+particle's displacement in that tilt, added to its position (``Trajectory::getShiftsInPix``).
+
+File names inside these files are relative to the project directory, as RELION writes them
+(:func:`subtomo.io.files.resolve` also finds them relative to the STAR file's folder).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from subtomo.errors import InputError
+from subtomo.io.files import resolve
+from subtomo.io.star_text import read_star, write_star
+from subtomo.tomo.geometry import angles_from_matrices, projection_matrices
+from subtomo.tomo.tiltseries import DOF, SIZE, TiltSeries
+
+MATRIX = ("rlnTomoProjX", "rlnTomoProjY", "rlnTomoProjZ", "rlnTomoProjW")
+OPTIMISATION_LABELS = {
+    "particles": "rlnTomoParticlesFile", "tomograms": "rlnTomoTomogramsFile",
+    "trajectories": "rlnTomoTrajectoriesFile", "manifolds": "rlnTomoManifoldsFile",
+    "ref1": "rlnTomoReferenceMap1File", "ref2": "rlnTomoReferenceMap2File",
+    "mask": "rlnTomoReferenceMaskFile", "fsc": "rlnTomoReferenceFscFile",
+}
+ORIGIN_A = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
+
+
+@dataclass
+class TomogramSet:
+    """Tilt series by name, in file order."""
+
+    series: dict[str, TiltSeries]
+    source: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+    def __getitem__(self, name: str) -> TiltSeries:
+        try:
+            return self.series[name]
+        except KeyError:
+            raise InputError(self.source, f"tomogram {name!r} is not in the tomogram set",
+                             field="rlnTomoName") from None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.series)
+
+    def global_table(self) -> pd.DataFrame:
+        """``data_global`` as one table (the columns of every tilt series' globals)."""
+        return pd.DataFrame([dict(ts.globals) for ts in self.series.values()])
+
+
+# ---- reading ----------------------------------------------------------------------------
+def _check_global(path: Path, row: dict) -> None:
+    name = row.get("rlnTomoName")
+    for label in ("rlnTomoName", "rlnTomoTiltSeriesPixelSize", *SIZE):
+        if label not in row or pd.isna(row[label]):
+            raise InputError(path, f"tomogram {name}: required column missing in data_global",
+                             field=label)
+    if not float(row["rlnTomoTiltSeriesPixelSize"]) > 0:
+        raise InputError(path, f"tomogram {name}: pixel size must be positive",
+                         field="rlnTomoTiltSeriesPixelSize")
+    for label in SIZE:
+        if not int(row[label]) > 0:
+            raise InputError(path, f"tomogram {name}: size must be positive", field=label)
+
+
+def _matrix_rows(path: Path, tilts: pd.DataFrame, name: str) -> np.ndarray:
+    """``(T, 4, 4)`` matrices from ``rlnTomoProjX/Y/Z/W`` strings (``[a,b,c,d]``)."""
+    out = np.empty((len(tilts), 4, 4))
+    for i, label in enumerate(MATRIX):
+        for t, value in enumerate(tilts[label]):
+            try:
+                row = [float(v) for v in str(value).strip().strip("[]").split(",")]
+            except ValueError:
+                row = []
+            if len(row) != 4:
+                raise InputError(path, f"tomogram {name}, tilt {t + 1}: {value!r} is not a "
+                                 "4-vector [a,b,c,d]", field=label)
+            out[t, i] = row
+    return out
+
+
+def _from_matrices(path: Path, ts: TiltSeries) -> TiltSeries:
+    """RELION 4 matrices → the five parameters (exact; checked by re-projection)."""
+    mats = torch.from_numpy(_matrix_rows(path, ts.tilts, ts.name))
+    params = angles_from_matrices(mats, ts.pixel_size_A, ts.tomo_size_px, ts.image_size_px)
+    again = projection_matrices(*params, ts.pixel_size_A, ts.tomo_size_px, ts.image_size_px)
+    corners = torch.tensor([[x, y, z, 1.0] for x in (0, 1) for y in (0, 1) for z in (0, 1)],
+                           dtype=torch.float64) * torch.tensor([*ts.tomo_size_px, 1.0])
+    error = ((mats - again)[:, :2] @ corners.T).abs().max()
+    if float(error) > 1e-3:
+        raise InputError(path, f"tomogram {ts.name}: projection matrices are not rigid "
+                         f"rotations (they differ by {float(error):.3g} px from the nearest "
+                         "RELION 5 angles and shifts)", field="rlnTomoProjX")
+    ts = ts.with_dof(*params)
+    ts.tilts = ts.tilts.drop(columns=list(MATRIX))
+    return ts
+
+
+def _check_tilts(path: Path, ts: TiltSeries) -> None:
+    if ts.n_tilts == 0:
+        raise InputError(path, f"tomogram {ts.name}: the tilt table is empty",
+                         field="rlnTomoName")
+    if "rlnTomoYTilt" not in ts.tilts:
+        raise InputError(path, f"tomogram {ts.name}: per-tilt column missing (neither RELION 5 "
+                         "angles nor RELION 4 matrices)", field="rlnTomoYTilt")
+    if "rlnDefocusU" not in ts.tilts:
+        raise InputError(path, f"tomogram {ts.name}: per-tilt column missing",
+                         field="rlnDefocusU")
+    tilt = ts.column("rlnTomoYTilt")
+    if not np.all(np.abs(tilt) <= 90.0):
+        raise InputError(path, f"tomogram {ts.name}: tilt angle {tilt[np.abs(tilt) > 90][0]} "
+                         "outside ±90°", field="rlnTomoYTilt")
+
+
+def read_tomogram_set(path: str | Path, *, image_size: tuple[int, int] | None = None
+                      ) -> TomogramSet:
+    """Read a RELION 5 or RELION 4 ``tomograms.star`` (see the module docstring)."""
+    path = Path(path)
+    blocks = read_star(path)
+    table = blocks.get("global")
+    if not isinstance(table, pd.DataFrame):
+        if isinstance(table, dict):
+            table = pd.DataFrame([table])
+        else:
+            raise InputError(path, "not a tomogram set: no data_global table",
+                             field="rlnTomoName")
+    series: dict[str, TiltSeries] = {}
+    for row in table.to_dict("records"):
+        _check_global(path, row)
+        name = str(row["rlnTomoName"])
+        row["rlnTomoName"] = name
+        source = path
+        if "rlnTomoTiltSeriesStarFile" in row:
+            tilt_file = resolve(str(row["rlnTomoTiltSeriesStarFile"]), path.parent)
+            tilt_blocks = read_star(tilt_file)
+            tables = {k: v for k, v in tilt_blocks.items() if isinstance(v, pd.DataFrame)}
+            tilts = tables.get(name, next(iter(tables.values()), None))
+            source = tilt_file
+        else:
+            tilts = blocks.get(name)
+        if isinstance(tilts, dict):
+            tilts = pd.DataFrame([tilts])
+        if not isinstance(tilts, pd.DataFrame):
+            raise InputError(path, f"tomogram {name}: no per-tilt table data_{name}",
+                             field="rlnTomoTiltSeriesStarFile")
+        ts = TiltSeries(globals=row, tilts=tilts.reset_index(drop=True), source=str(source),
+                        image_size=image_size)
+        if all(label in tilts for label in MATRIX):
+            ts = _from_matrices(Path(source), ts)
+        _check_tilts(Path(source), ts)
+        if name in series:
+            raise InputError(path, f"tomogram {name!r} appears twice", field="rlnTomoName")
+        series[name] = ts
+    return TomogramSet(series, str(path))
+
+
+# ---- writing ----------------------------------------------------------------------------
+def _project_path(path: Path) -> str:
+    """How RELION names a file: relative to the project (working) directory when inside it."""
+    rel = os.path.relpath(path.resolve(), Path.cwd())
+    return str(path.resolve()) if rel.startswith("..") else rel
+
+
+def _matrix_strings(ts: TiltSeries) -> dict[str, list[str]]:
+    mats = ts.matrices().numpy()
+    return {label: ["[" + ",".join(repr(float(v)) for v in mats[t, i]) + "]"
+                    for t in range(ts.n_tilts)] for i, label in enumerate(MATRIX)}
+
+
+def _stack_name(ts: TiltSeries) -> str | None:
+    """A stack holding the tilts in table order (RELION 4's ``rlnTomoTiltSeriesName``)."""
+    if "rlnTomoTiltSeriesName" in ts.globals:
+        return str(ts.globals["rlnTomoTiltSeriesName"])
+    if "rlnMicrographName" not in ts.tilts:
+        return None
+    names = ts.tilts["rlnMicrographName"].astype(str)
+    files = {n.split("@")[-1] for n in names}
+    indices = [int(n.split("@")[0]) if "@" in n else 1 for n in names]
+    return files.pop() if len(files) == 1 and indices == list(range(1, ts.n_tilts + 1)) else None
+
+
+def write_tomogram_set(tset: TomogramSet | list[TiltSeries], path: str | Path,
+                       flavour: str = "relion5", tilt_series_dir: str = "tilt_series") -> None:
+    """Write ``tomograms.star`` as ``relion5`` (plus ``<dir>/<name>.star`` per tilt series beside
+    it) or ``relion4`` (one file, projection matrices)."""
+    if flavour not in ("relion5", "relion4"):
+        raise InputError(None, f"unknown tomogram-set flavour {flavour!r}; choose relion5 or "
+                         "relion4", field="--flavour")
+    series = list(tset.series.values()) if isinstance(tset, TomogramSet) else list(tset)
+    path = Path(path)
+    rows, blocks = [], {}
+    for ts in series:
+        row = dict(ts.globals)
+        tilts = ts.tilts.copy()
+        if flavour == "relion5":
+            tilts = tilts.drop(columns=[c for c in MATRIX if c in tilts])
+            tilt_path = path.parent / tilt_series_dir / f"{ts.name}.star"
+            write_star({ts.name: tilts}, tilt_path)
+            row["rlnTomoTiltSeriesStarFile"] = _project_path(tilt_path)
+        else:
+            row.pop("rlnTomoTiltSeriesStarFile", None)
+            stack = _stack_name(ts)
+            if stack is not None:
+                row["rlnTomoTiltSeriesName"] = stack
+            row["rlnTomoFrameCount"] = ts.n_tilts
+            tilts = tilts.drop(columns=[c for c in DOF if c in tilts])
+            for label, values in _matrix_strings(ts).items():
+                tilts.insert(list(MATRIX).index(label), label, values)
+            blocks[ts.name] = tilts
+        rows.append(row)
+    write_star({"global": pd.DataFrame(rows), **blocks}, path)
+
+
+# ---- optimisation sets ------------------------------------------------------------------
+@dataclass
+class OptimisationSet:
+    """Files of a RELION optimisation set (resolved paths; None where absent)."""
+
+    files: dict[str, Path | None] = field(default_factory=dict)
+    source: str | None = None
+
+    def __getattr__(self, key: str) -> Path | None:
+        if key in OPTIMISATION_LABELS:
+            return self.files.get(key)
+        raise AttributeError(key)
+
+    def require(self, key: str) -> Path:
+        value = self.files.get(key)
+        if value is None:
+            raise InputError(self.source, f"the optimisation set names no {key} file",
+                             field=OPTIMISATION_LABELS[key])
+        if not value.is_file():
+            raise InputError(self.source, f"{key} file {str(value)!r} not found",
+                             field=OPTIMISATION_LABELS[key])
+        return value
+
+
+def read_optimisation_set(path: str | Path) -> OptimisationSet:
+    """Read an ``optimisation_set.star`` (any block; list or one-row loop)."""
+    path = Path(path)
+    blocks = read_star(path)
+    entries: dict = {}
+    for block in blocks.values():
+        if isinstance(block, pd.DataFrame) and len(block):
+            block = block.iloc[0].to_dict()
+        if isinstance(block, dict):
+            entries.update(block)
+    files = {key: resolve(str(entries[label]), path.parent) if label in entries else None
+             for key, label in OPTIMISATION_LABELS.items()}
+    if files["particles"] is None and files["tomograms"] is None:
+        raise InputError(path, "not an optimisation set: names neither particles nor "
+                         "tomograms", field="rlnTomoParticlesFile")
+    return OptimisationSet(files, str(path))
+
+
+def write_optimisation_set(path: str | Path, **files: str | Path | None) -> None:
+    """Write an optimisation set; keys as in ``OPTIMISATION_LABELS`` (``particles=`` ...)."""
+    unknown = set(files) - set(OPTIMISATION_LABELS)
+    if unknown:
+        raise ValueError(f"unknown optimisation-set entries {sorted(unknown)}")
+    entries = {OPTIMISATION_LABELS[k]: _project_path(Path(v)) for k, v in files.items()
+               if v is not None}
+    write_star({"": entries}, path)
+
+
+# ---- trajectory sets --------------------------------------------------------------------
+def read_motion(path: str | Path) -> dict[str, np.ndarray]:
+    """Trajectories by particle name: ``(T, 3)`` displacements (x, y, z) in Å per tilt."""
+    path = Path(path)
+    blocks = read_star(path)
+    general = blocks.pop("general", None)
+    if not isinstance(general, dict) or "rlnParticleNumber" not in general:
+        raise InputError(path, "not a trajectory set: data_general without rlnParticleNumber",
+                         field="rlnParticleNumber")
+    out = {}
+    for name, block in blocks.items():
+        if isinstance(block, dict):
+            block = pd.DataFrame([block])
+        missing = [c for c in ORIGIN_A if c not in block]
+        if missing:
+            raise InputError(path, f"trajectory {name}: column missing", field=missing[0])
+        out[str(name)] = block[list(ORIGIN_A)].to_numpy(np.float64)
+    if len(out) < int(general["rlnParticleNumber"]):
+        raise InputError(path, f"{len(out)} trajectories but rlnParticleNumber is "
+                         f"{general['rlnParticleNumber']}", field="rlnParticleNumber")
+    return out
+
+
+def write_motion(path: str | Path, trajectories: dict[str, np.ndarray]) -> None:
+    """Write a trajectory set (``(T, 3)`` Å per particle name, tilts in table order)."""
+    blocks: dict = {"general": {"rlnParticleNumber": len(trajectories)}}
+    for name, shifts in trajectories.items():
+        shifts = np.asarray(shifts, dtype=np.float64).reshape(-1, 3)
+        blocks[str(name)] = pd.DataFrame(shifts, columns=list(ORIGIN_A))
+    write_star(blocks, path)

@@ -1,0 +1,1 @@
+"""Tilt series: geometry, tomogram reconstruction, per-particle crops and extraction."""
