@@ -53,6 +53,77 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(run=_run)
+    _register_tiltseries(kinds)
+
+
+def _register_tiltseries(kinds: argparse._SubParsersAction) -> None:
+    p = kinds.add_parser(
+        "tiltseries", help="tilt series + RELION 5 project + truth (geometry, motion, maps)",
+        description="Writes a RELION 5 project (tomograms.star, tilt_series/, particles.star, "
+        "optimisation_set.star) and its truth (truth/: tomograms.star, particles.star, "
+        "motion.star, deformations.npz, classNNN.mrc), with optional known errors.")
+    p.add_argument("--o", "-o", "--output", dest="output", required=True, help="output folder")
+    p.add_argument("--tomograms", type=int, default=1, help="number of tilt series")
+    p.add_argument("--n", type=int, default=30, help="particles per tomogram")
+    p.add_argument("--size", type=int, nargs=2, default=(320, 320), metavar=("W", "H"),
+                   help="tilt-image size, pixels")
+    p.add_argument("--thickness", type=int, default=80, help="tomogram thickness, pixels")
+    p.add_argument("--angpix", type=float, default=10.0, help="pixel size, Å")
+    p.add_argument("--box", type=int, default=32, help="box of the structure, pixels")
+    p.add_argument("--pseudo-atoms", "--pseudo_atoms", dest="n_atoms", type=int, default=1500,
+                   help="built-in pseudo-atomic complex with N atoms")
+    p.add_argument("--model", default=None, help="atomic model (PDB/mmCIF, needs gemmi)")
+    p.add_argument("--classes", type=int, default=1, help="discrete classes")
+    p.add_argument("--hinge-max", "--hinge_max", dest="hinge_max", type=float, default=0.0,
+                   help="continuous hinge motion up to this angle, degrees")
+    p.add_argument("--sym", default="C1", help="point-group symmetry of the complex")
+    p.add_argument("--tilt-range", "--tilt_range", dest="tilt_range", type=float, default=60.0)
+    p.add_argument("--tilt-step", "--tilt_step", dest="tilt_step", type=float, default=3.0)
+    p.add_argument("--dose-per-tilt", "--dose_per_tilt", dest="dose", type=float, default=3.0)
+    p.add_argument("--order", choices=("dose-symmetric", "sequential", "bidirectional"),
+                   default="dose-symmetric", help="tilt order")
+    p.add_argument("--tilt-axis", "--tilt_axis", dest="tilt_axis", type=float, default=0.0,
+                   help="tilt-axis angle (rlnTomoZRot), degrees")
+    p.add_argument("--defocus", type=_range, default=(3.0, 4.0), help="defocus range LOW:HIGH µm")
+    p.add_argument("--noise", type=float, default=0.0, help="noise σ per image pixel")
+    p.add_argument("--shift-error", "--shift_error", dest="shift_error", type=float,
+                   default=0.0, help="σ of per-tilt shift errors in tomograms.star, pixels")
+    p.add_argument("--angle-error", "--angle_error", dest="angle_error", type=float,
+                   default=0.0, help="σ of per-tilt errors of the three angles, degrees")
+    p.add_argument("--position-error", "--position_error", dest="position_error", type=float,
+                   default=0.0, help="σ of particle position errors in particles.star, pixels")
+    p.add_argument("--motion", type=float, default=0.0,
+                   help="largest beam-induced displacement (smooth, correlated), pixels")
+    p.add_argument("--deformation", type=float, default=0.0,
+                   help="largest 2D image deformation per tilt, pixels")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.set_defaults(run=_run_tiltseries)
+
+
+def _run_tiltseries(args: argparse.Namespace) -> int:
+    from subtomo.simulate.tiltseries import TiltSeriesConfig, simulate_tiltseries
+
+    if args.n < 1 or args.box < 8 or args.tomograms < 1 or min(args.size) < 2 * args.box:
+        raise InputError(None, "need --n ≥ 1, --tomograms ≥ 1, --box ≥ 8 and images at least "
+                         "two boxes wide", field="--n/--box/--size")
+    config = TiltSeriesConfig(
+        n_tomograms=args.tomograms, n_particles=args.n, image_size_px=tuple(args.size),
+        thickness_px=args.thickness, pixel_size_A=args.angpix, box_px=args.box,
+        n_atoms=args.n_atoms, model=args.model, symmetry=args.sym, classes=args.classes,
+        hinge_max_deg=args.hinge_max, tilt_range_deg=args.tilt_range,
+        tilt_step_deg=args.tilt_step, dose_per_tilt=args.dose, order=args.order,
+        tilt_axis_deg=args.tilt_axis, defocus_um=args.defocus, noise_sigma=args.noise,
+        shift_error_px=args.shift_error, angle_error_deg=args.angle_error,
+        position_error_px=args.position_error, motion_px=args.motion,
+        deformation_px=args.deformation, seed=args.seed)
+    try:
+        sim = simulate_tiltseries(args.output, config)
+    except ValueError as exc:
+        raise InputError(None, str(exc), field="--n") from None
+    print(f"Simulated {len(sim.truth_particles)} particles in {config.n_tomograms} tilt "
+          f"series in {sim.directory}: optimisation_set.star, tomograms.star, particles.star; "
+          "truth in truth/.")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -186,7 +186,7 @@ def read_tomogram_set(path: str | Path, *, image_size: tuple[int, int] | None = 
 
 
 # ---- writing ----------------------------------------------------------------------------
-def _project_path(path: Path) -> str:
+def project_path(path: Path) -> str:
     """How RELION names a file: relative to the project (working) directory when inside it."""
     rel = os.path.relpath(path.resolve(), Path.cwd())
     return str(path.resolve()) if rel.startswith("..") else rel
@@ -227,7 +227,7 @@ def write_tomogram_set(tset: TomogramSet | list[TiltSeries], path: str | Path,
             tilts = tilts.drop(columns=[c for c in MATRIX if c in tilts])
             tilt_path = path.parent / tilt_series_dir / f"{ts.name}.star"
             write_star({ts.name: tilts}, tilt_path)
-            row["rlnTomoTiltSeriesStarFile"] = _project_path(tilt_path)
+            row["rlnTomoTiltSeriesStarFile"] = project_path(tilt_path)
         else:
             row.pop("rlnTomoTiltSeriesStarFile", None)
             stack = _stack_name(ts)
@@ -289,7 +289,7 @@ def write_optimisation_set(path: str | Path, **files: str | Path | None) -> None
     unknown = set(files) - set(OPTIMISATION_LABELS)
     if unknown:
         raise ValueError(f"unknown optimisation-set entries {sorted(unknown)}")
-    entries = {OPTIMISATION_LABELS[k]: _project_path(Path(v)) for k, v in files.items()
+    entries = {OPTIMISATION_LABELS[k]: project_path(Path(v)) for k, v in files.items()
                if v is not None}
     write_star({"": entries}, path)
 

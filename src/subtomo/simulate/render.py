@@ -7,6 +7,8 @@ V[z, (y, x)] = Σ_j (a_j g_z[j, z]) · (g_y[j, y] g_x[j, x]) — no truncation, 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -37,3 +39,24 @@ def render_atoms(
         plane = (gy[:, part, :, None] * gx[:, part, None, :]).reshape(batch, -1, box_px**2)
         volume.baddbmm_(weighted_z[:, part].transpose(1, 2), plane)
     return volume.reshape(-1, box_px, box_px, box_px)
+
+
+def render_projected_atoms(
+    positions_px: torch.Tensor,
+    amplitudes: torch.Tensor,
+    size_px: int,
+    sigma_px: float,
+) -> torch.Tensor:
+    """Projections ``(B, S, S)`` (y, x) of Gaussian atoms seen along the beam.
+
+    ``positions_px``: ``(B, M, 2)`` projected atom centres (x, y) in pixels of the patch
+    (pixel centres at integer coordinates, origin at pixel 0), sub-pixel exact. Each atom of a
+    3D density ``a exp(−|r|² / 2σ²)`` sampled on voxels of the same size integrates along the
+    beam to ``a √(2π) σ exp(−|r₂|² / 2σ²)`` (σ in pixels), the sum of its voxels along z: the
+    projection is on the scale of the map rendered by :func:`render_atoms`.
+    """
+    axis = torch.arange(size_px, device=positions_px.device, dtype=positions_px.dtype)
+    g = torch.exp(-((axis - positions_px[..., None]) ** 2) / (2 * sigma_px**2))  # (B, M, 2, S)
+    weight = amplitudes.to(positions_px) * (math.sqrt(2 * math.pi) * sigma_px)
+    gx = g[:, :, 0] * weight[..., :, None]
+    return torch.bmm(g[:, :, 1].transpose(1, 2), gx)
