@@ -15,6 +15,7 @@ from subtomo.commands import (
     poses,
     postprocess,
     reconstruct,
+    reconstruct_particle,
     refine,
     select,
     simulate,
@@ -23,7 +24,7 @@ from subtomo.commands import (
 from subtomo.errors import InputError
 
 COMMANDS = (convert, star, select, poses, simulate, reconstruct, initial_model, refine,
-            classify, maps, postprocess, demo)
+            classify, maps, postprocess, demo, reconstruct_particle)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,3 +68,27 @@ def job_folder(args: argparse.Namespace, *inputs: str | None) -> str:
     for path in inputs:
         check_not_input(out, path)
     return out
+
+
+def add_tomo_inputs(parser: argparse.ArgumentParser, particles: bool = True) -> None:
+    """RELION's tomography inputs: ``--i optimisation_set.star`` and/or its components."""
+    parser.add_argument("--i", "-i", "--input", dest="input", default=None,
+                        help="optimisation_set.star")
+    if particles:
+        parser.add_argument("--p", dest="particles", default=None,
+                            help="particles.star (overrides the optimisation set's)")
+    parser.add_argument("--t", dest="tomograms", default=None,
+                        help="tomograms.star (overrides the optimisation set's)")
+    if particles:
+        parser.add_argument("--mot", dest="motion", default=None,
+                            help="motion.star trajectories (overrides the optimisation set's)")
+
+
+def tomo_inputs(args: argparse.Namespace, particles: bool = True):
+    """Read the inputs named by :func:`add_tomo_inputs` (see
+    :func:`subtomo.io.tomograms.read_inputs`)."""
+    from subtomo.io.tomograms import read_inputs
+
+    return read_inputs(args.input, particles=getattr(args, "particles", None),
+                       tomograms=args.tomograms, motion=getattr(args, "motion", None),
+                       need_particles=particles)

@@ -56,7 +56,8 @@ from torch import Tensor
 
 from subtomo.fourier.grid import rfft_shape
 
-__all__ = ["Backprojector", "Projector", "gridding_kernel", "selected_frequencies"]
+__all__ = ["Backprojector", "Projector", "gridding_kernel", "selected_frequencies",
+           "slice_frequencies"]
 
 _DIMS = (-3, -2, -1)
 DEFAULT_MAX_POINTS = 1 << 21
@@ -93,6 +94,22 @@ def selected_frequencies(
     keep = (r2 <= radius * radius + 1e-9).reshape(-1)
     flat = torch.nonzero(keep).reshape(-1)
     kvec = torch.stack([ix.reshape(-1), iy.reshape(-1), iz.reshape(-1)], dim=-1)[flat]
+    return flat, kvec
+
+
+def slice_frequencies(
+    box: int, max_radius_px: float | None, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """As :func:`selected_frequencies` for the 2D half grid ``(D, D // 2 + 1)`` of a central
+    slice: flat indices and frequencies ``(kx, ky, 0)`` (Fourier pixels) with ``|k| <= r``."""
+    radius = box / 2 if max_radius_px is None else min(float(max_radius_px), box / 2)
+    full = torch.fft.fftfreq(box, d=1.0 / box, device=device, dtype=torch.float64).round()
+    half = torch.arange(box // 2 + 1, device=device, dtype=torch.float64)
+    iy, ix = torch.meshgrid(full, half, indexing="ij")
+    keep = (ix * ix + iy * iy <= radius * radius + 1e-9).reshape(-1)
+    flat = torch.nonzero(keep).reshape(-1)
+    kvec = torch.stack([ix.reshape(-1), iy.reshape(-1), torch.zeros_like(ix).reshape(-1)],
+                       dim=-1)[flat]
     return flat, kvec
 
 
@@ -281,14 +298,17 @@ class Backprojector:
         self._flush()
         self._weight = value
 
-    def _selection(self, max_radius_px: float | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Cached ``(flat, p0, half_factor)``: selected half-grid indices, their padded-grid
-        positions ``pad * k * D`` above a row of ones ``(4, n)``, and the Hermitian-mate
-        factors (1/2 or 1)."""
-        key = None if max_radius_px is None else float(max_radius_px)
+    def _selection(self, max_radius_px: float | None, central_slice: bool = False
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+        """Cached ``(flat, p0, half_factor)``: selected half-grid indices (of the 2D half grid
+        ``kz = 0`` with ``central_slice``), their padded-grid positions ``pad * k * D`` above a
+        row of ones ``(4, n)``, and the Hermitian-mate factors (1/2 or 1)."""
+        radius = None if max_radius_px is None else float(max_radius_px)
+        key = (radius, central_slice)
         if key not in self._frequencies:
             box = self.box
-            flat, kvec = selected_frequencies(box, key, self.device)
+            select = slice_frequencies if central_slice else selected_frequencies
+            flat, kvec = select(box, radius, self.device)
             # 1/2 for coefficients whose Hermitian mate is also in the half spectrum.
             mate = (kvec[:, 0] == 0) | ((box % 2 == 0) & (kvec[:, 0] == box // 2))
             half_factor = torch.where(mate, 0.5, 1.0).to(self.dtype)
@@ -316,15 +336,45 @@ class Backprojector:
         shape = rfft_shape(box)
         if tuple(spectra.shape[-3:]) != shape:
             raise ValueError(f"expected spectra (B, {shape}), got {tuple(spectra.shape)}")
-        size = math.prod(shape)
-        spectra = spectra.reshape(-1, size)
+        self._insert_points(spectra.reshape(-1, math.prod(shape)), A, ctf,
+                            *self._selection(max_radius_px))
+
+    def insert_slices(
+        self,
+        spectra: Tensor,
+        A: Tensor,
+        ctf: Tensor | None = None,
+        max_radius_px: float | None = None,
+    ) -> None:
+        """Insert 2D spectra as central slices: ``ctf * spectra`` at ``A^T (kx, ky, 0)``.
+
+        ``spectra``: centred 2D half spectra ``(B, D, D // 2 + 1)`` (``rfft2`` of
+        ``ifftshift``-ed images, frequencies in cycles/px of the ``D`` box, rows ``ky``,
+        columns ``kx >= 0``); ``A``: ``(B, 3, 3)``, the rotation taking the volume's frame to
+        the image's (rows: image x, image y, beam), e.g. a tilt's rotation times the
+        particle's RELION matrix; ``ctf``: real ``(B, D, D // 2 + 1)`` or ``None``. By the
+        projection-slice theorem the image of a volume rotated by ``A`` samples its spectrum
+        at ``A^T k``; as in :meth:`insert`, the ``kx = 0`` (and ``D / 2``) column holds each
+        coefficient twice and counts 1/2, and points with CTF exactly 0 are skipped.
+        """
+        box = self.box
+        shape = (box, box // 2 + 1)
+        if tuple(spectra.shape[-2:]) != shape:
+            raise ValueError(f"expected 2D spectra (B, {shape}), got {tuple(spectra.shape)}")
+        self._insert_points(spectra.reshape(-1, math.prod(shape)), A, ctf,
+                            *self._selection(max_radius_px, central_slice=True))
+
+    def _insert_points(self, spectra: Tensor, A: Tensor, ctf: Tensor | None, flat: Tensor,
+                       k0: Tensor, half_factor: Tensor) -> None:
+        """Scatter the selected coefficients ``flat`` of each row of ``spectra`` ``(B, n)``
+        (positions ``k0``, Hermitian factors ``half_factor``) at ``A^T k``."""
+        size = spectra.shape[1]
         A = torch.as_tensor(A).reshape(-1, 3, 3).to(device=self.device, dtype=self.dtype)
         n_rot = spectra.shape[0]
         if A.shape[0] != n_rot:
             raise ValueError(f"{n_rot} spectra but {A.shape[0]} rotations")
         if ctf is not None:
             ctf = ctf.reshape(-1, size)
-        flat, k0, half_factor = self._selection(max_radius_px)
         flat_dev = flat.to(spectra.device)
         n = k0.shape[1]
         if self._ext is None:

@@ -324,3 +324,47 @@ def write_motion(path: str | Path, trajectories: dict[str, np.ndarray]) -> None:
         shifts = np.asarray(shifts, dtype=np.float64).reshape(-1, 3)
         blocks[str(name)] = pd.DataFrame(shifts, columns=list(ORIGIN_A))
     write_star(blocks, path)
+
+
+@dataclass
+class TomoInputs:
+    """What a tilt-series job reads: particles, tomograms, optional motion and references."""
+
+    particles: object  # ParticleSet
+    tomograms: TomogramSet
+    motion: dict[str, np.ndarray] | None
+    files: dict[str, Path | None]
+
+
+def read_inputs(optimisation_set: str | Path | None = None, *, particles: str | Path | None = None,
+                tomograms: str | Path | None = None, motion: str | Path | None = None,
+                need_particles: bool = True) -> TomoInputs:
+    """RELION's ``--i`` and/or ``--p --t --mot``: explicit files override the optimisation set's."""
+    from subtomo.io.star import read_particles
+
+    files: dict[str, Path | None] = {key: None for key in OPTIMISATION_LABELS}
+    opt = None
+    if optimisation_set is not None:
+        opt = read_optimisation_set(optimisation_set)
+        files.update(opt.files)
+    for key, value in (("particles", particles), ("tomograms", tomograms),
+                       ("trajectories", motion)):
+        if value is not None:
+            files[key] = Path(value)
+    for key in ("particles", "tomograms") if need_particles else ("tomograms",):
+        path = files[key]
+        if path is None:
+            raise InputError(optimisation_set, f"no {key} file: give --i optimisation_set.star "
+                             f"or --{key[0]} {key}.star", field=OPTIMISATION_LABELS[key])
+        if not path.is_file():
+            raise InputError(opt.source if opt else path, f"{key} file {str(path)!r} not found",
+                             field=OPTIMISATION_LABELS[key])
+    tset = read_tomogram_set(files["tomograms"])
+    ps = read_particles(files["particles"]) if files["particles"] is not None else None
+    trajectories = None
+    if files["trajectories"] is not None:
+        if not files["trajectories"].is_file():
+            raise InputError(files["trajectories"], "file not found",
+                             field=OPTIMISATION_LABELS["trajectories"])
+        trajectories = read_motion(files["trajectories"])
+    return TomoInputs(ps, tset, trajectories, files)

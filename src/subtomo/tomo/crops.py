@@ -1,0 +1,164 @@
+"""Per-particle, per-tilt crops of a tilt series: the one place 2D particle data come from.
+
+For a batch of particles and all tilts of one tilt series (batched over both, no loop per tilt):
+
+1. :func:`prepare_images` Fourier-crops the tilt images once to (nearly) the working pixel
+   size (any ratio): an image of ``W × H`` px becomes ``W' × H'`` with ``W' = round(W p / p')``;
+   pixel 0 stays pixel 0, so positions scale by ``W'/W`` and ``H'/H``, and the exact pixel
+   size of each axis is kept (``p W / W'``, ``p H / H'``).
+2. :func:`particle_crops` projects each particle (tomogram px, one position per tilt with
+   motion) with the tilt series' matrices, crops an ``S × S`` window whose centre pixel
+   ``S // 2`` is the integer part of the projected position (index gather) and moves the
+   sub-pixel remainder into a Fourier phase: the returned centred spectra
+   ``X(k) = Σ_r crop(r) exp(−2πi k·(r − S//2 − d))`` are those of the particle centred exactly.
+   Contrast is flipped (raw images show protein dark; crops show it white, as RELION's
+   tomography programs do) and the spectra are scaled so that they equal the central sections
+   of the map on its own scale at the working pixel size (image values count voxels of the
+   input pixel size along the beam; the DFT sums pixels of the working size).
+3. With ``ctf=True`` each (particle, tilt) also gets ``c = CTF × exposure filter``: the CTF
+   at the particle's depth (:meth:`TiltSeries.defocus_at`) and the Grant–Grigorieff filter at
+   the tilt's pre-exposure (:func:`subtomo.ctf.dose.dose_filter`).
+
+A tilt whose window leaves the image is marked invisible (``visible`` false, its spectrum and
+CTF zero), as RELION's ``Tomogram::isVisible`` drops it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from subtomo.ctf.ctf2d import ctf_2d
+from subtomo.ctf.dose import dose_filter
+from subtomo.tomo.geometry import project_points
+from subtomo.tomo.tiltseries import TiltSeries
+
+__all__ = ["PreparedImages", "TiltCrops", "crop_frequencies", "particle_crops",
+           "prepare_images"]
+
+
+@dataclass
+class PreparedImages:
+    """Tilt images at the working pixel size: ``images (T, H', W')``; ``scale`` maps tilt-series
+    pixels to these (x, y); ``pixel_size_A`` per axis (x, y); ``input_pixel_size_A``."""
+
+    images: Tensor
+    scale: tuple[float, float]
+    pixel_size_A: tuple[float, float]
+    input_pixel_size_A: float
+
+
+@dataclass
+class TiltCrops:
+    """Crops of ``N`` particles in ``T`` tilts: centred half spectra ``(N, T, S, S // 2 + 1)``,
+    CTF × exposure ``c`` (same shape, real) or None, ``visible (N, T)``, and the frequencies
+    ``(S, S // 2 + 1, 2)`` (x, y) in 1/Å."""
+
+    spectra: Tensor
+    ctf: Tensor | None
+    visible: Tensor
+    freqs_per_A: Tensor
+
+
+def prepare_images(images: Tensor, pixel_size_A: float, target_pixel_size_A: float
+                   ) -> PreparedImages:
+    """Fourier-crop ``images (T, H, W)`` to about ``target_pixel_size_A`` (never upsampled);
+    values keep their scale (the mean of an image is unchanged)."""
+    t, h, w = images.shape
+    factor = max(target_pixel_size_A / pixel_size_A, 1.0)
+    w2, h2 = max(2, round(w / factor)), max(2, round(h / factor))
+    if (w2, h2) == (w, h):
+        return PreparedImages(images, (1.0, 1.0), (pixel_size_A, pixel_size_A), pixel_size_A)
+    out = torch.empty((t, h2, w2), dtype=images.dtype, device=images.device)
+    rows = torch.cat([torch.arange(0, (h2 + 1) // 2), torch.arange(h - h2 // 2, h)])
+    for i in range(t):  # one image at a time bounds memory for 4k stacks
+        spec = torch.fft.rfft2(images[i].double())
+        cropped = spec[rows.to(images.device), : w2 // 2 + 1]
+        if w2 % 2 == 0:
+            cropped[:, -1] = cropped[:, -1].real  # the new Nyquist column is real
+        out[i] = torch.fft.irfft2(cropped, s=(h2, w2)).to(images.dtype) * (w2 * h2 / (w * h))
+    return PreparedImages(out, (w2 / w, h2 / h), (pixel_size_A * w / w2, pixel_size_A * h / h2),
+                          pixel_size_A)
+
+
+def crop_frequencies(size: int, pixel_size_A: tuple[float, float], device=None,
+                     dtype: torch.dtype = torch.float64) -> Tensor:
+    """Frequencies ``(S, S // 2 + 1, 2)`` (kx, ky) in 1/Å of an ``S``-pixel crop's rfft2."""
+    ky = torch.fft.fftfreq(size, pixel_size_A[1], device=device, dtype=dtype)
+    kx = torch.fft.rfftfreq(size, pixel_size_A[0], device=device, dtype=dtype)
+    gy, gx = torch.meshgrid(ky, kx, indexing="ij")
+    return torch.stack([gx, gy], dim=-1)
+
+
+def _phase(k: Tensor, shift: Tensor) -> Tensor:
+    """``exp(−2πi k s)`` for ``k (n,)`` cycles/px and shifts ``s (...)`` px: ``(..., n)``."""
+    cycles = shift[..., None] * k
+    cycles = cycles - torch.round(cycles)
+    phase = -2.0 * math.pi * cycles
+    return torch.polar(torch.ones_like(phase), phase)
+
+
+def particle_crops(
+    ts: TiltSeries,
+    prepared: PreparedImages,
+    positions_px: Tensor,
+    size: int,
+    output_pixel_size_A: float,
+    *,
+    ctf: bool = True,
+    dose_weighting: bool = True,
+    flip: bool = True,
+    matrices: Tensor | None = None,
+) -> TiltCrops:
+    """Crops of particles at tomogram positions ``(N, 3)`` or ``(N, T, 3)`` (tilt-series px).
+
+    ``size``: crop (px of the prepared images); ``output_pixel_size_A``: voxel size of the map
+    the spectra are sections of (sets their scale). ``matrices``: projection matrices (default:
+    the tilt series'). Returns spectra in ``prepared.images``' dtype's complex type.
+    """
+    images = prepared.images
+    device = images.device
+    t, h, w = images.shape
+    m = ts.matrices(device=device) if matrices is None else matrices.to(device)
+    pos = positions_px.to(device=device, dtype=torch.float64)
+    xy = project_points(m, pos)[..., :2]
+    xy = xy * torch.tensor(prepared.scale, dtype=torch.float64, device=device)
+    corner = torch.round(xy) - size // 2
+    sub = xy - torch.round(xy)  # (N, T, 2) in [−0.5, 0.5]
+    visible = ((corner[..., 0] >= 0) & (corner[..., 0] + size <= w) & (corner[..., 1] >= 0)
+               & (corner[..., 1] + size <= h))
+    axis = torch.arange(size, device=device)
+    cols = (corner[..., 0].long()[..., None] + axis).clamp(0, w - 1)  # (N, T, S)
+    rows = (corner[..., 1].long()[..., None] + axis).clamp(0, h - 1)
+    tilt = torch.arange(t, device=device)[None, :, None, None]
+    crops = images[tilt, rows[..., :, None], cols[..., None, :]]  # (N, T, S, S)
+    crops = crops * visible[..., None, None].to(crops.dtype)
+
+    spectra = torch.fft.rfft2(crops)
+    # centring and sub-pixel position as one separable phase: shift by −(S//2 + d)
+    ky = torch.fft.fftfreq(size, device=device, dtype=torch.float64)
+    kx = torch.fft.rfftfreq(size, device=device, dtype=torch.float64)
+    shift = -(size // 2 + sub)
+    px, py = prepared.pixel_size_A
+    scale = (prepared.input_pixel_size_A / output_pixel_size_A) * (
+        px * py / output_pixel_size_A**2) * (-1.0 if flip else 1.0)
+    spectra *= (_phase(ky, shift[..., 1]) * scale).to(spectra.dtype)[..., :, None]
+    spectra *= _phase(kx, shift[..., 0]).to(spectra.dtype)[..., None, :]
+
+    freqs = crop_frequencies(size, prepared.pixel_size_A, device=device)
+    weights = None
+    if ctf:
+        u, v, angle = ts.defocus_at(pos, m)
+        real = images.dtype
+        weights = ctf_2d(freqs.to(real), u[..., None, None].to(real), v[..., None, None].to(real),
+                         angle[..., None, None].to(real), ts.voltage_kv, ts.cs_mm,
+                         ts.amplitude_contrast)
+        if dose_weighting:
+            exposure = torch.as_tensor(ts.pre_exposure, device=device, dtype=real)
+            weights = weights * dose_filter(freqs.norm(dim=-1).to(real),
+                                            exposure[:, None, None])
+        weights = weights * visible[..., None, None].to(real)
+    return TiltCrops(spectra, weights, visible, freqs)
