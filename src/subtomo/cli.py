@@ -10,6 +10,7 @@ from subtomo.commands import (
     classify,
     convert,
     demo,
+    extract,
     initial_model,
     maps,
     poses,
@@ -24,7 +25,7 @@ from subtomo.commands import (
 from subtomo.errors import InputError
 
 COMMANDS = (convert, star, select, poses, simulate, reconstruct, initial_model, refine,
-            classify, maps, postprocess, demo, reconstruct_particle)
+            classify, maps, postprocess, demo, reconstruct_particle, extract)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,6 +31,13 @@ The normalisation keeps the densely sampled low-frequency region on the CTF's sc
 weighted mean of the tilts' CTFs) while between planes at high frequency the weight fades with
 the tent sum; ``multiplicity`` is 0 in the missing wedge and 1 where the tilts cover k.
 
+General geometry: pass ``frames`` ``(T, 3, 3)`` — each tilt's rotation from the tomogram
+frame to the image frame (rows: image x ``u``, image y ``v``, beam ``n``; RELION 5's
+``Rz(ZRot) Ry(YTilt) Rx(XTilt)``, :func:`subtomo.tomo.geometry.tilt_rotations`) — and the
+in-plane frequency becomes ``(k · u_t, k · v_t)`` and the distance ``k · n_t``; the tilt scheme
+then supplies only exposures and defocus offsets. :func:`tilt_pairs` and :func:`gridded_ctf`
+are the two halves of :func:`ctf_volume`, for callers (extraction) that reuse the pairs.
+
 Implementation: the tent is sparse (a voxel touches only the planes within one voxel), so the
 (tilt, voxel) pairs with τ > 0 and their in-plane frequencies and dose weights are found once
 (chunked over voxels) and shared by all particles; each particle then needs the CTF only at
@@ -40,6 +47,7 @@ those pairs, scattered into the grid with ``index_add_`` (chunked over particles
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -48,7 +56,7 @@ from subtomo.ctf.ctf2d import _check_amplitude_contrast, electron_wavelength_A
 from subtomo.ctf.dose import dose_filter
 from subtomo.ctf.tilt_scheme import TiltScheme
 
-__all__ = ["ctf_volume", "tilt_frame"]
+__all__ = ["TiltPairs", "ctf_volume", "gridded_ctf", "tilt_frame", "tilt_pairs"]
 
 
 def tilt_frame(tilt_angles_deg: Tensor | list[float] | tuple[float, ...], *,
@@ -87,10 +95,27 @@ def _voxel_frequencies(box: int, device: torch.device, dtype: torch.dtype
     return full.to(dtype), full.to(dtype), half.to(dtype)
 
 
-def _tilt_pairs(box: int, u: Tensor, n: Tensor, max_chunk_elements: int
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Sparse (tilt, voxel) pairs with τ > 0: ``t, v, τ, kx', ky'`` (voxels) and Σ_t τ per voxel."""
-    device, dtype = u.device, u.dtype
+@dataclass
+class TiltPairs:
+    """The (tilt, voxel) pairs with tent weight τ > 0 of a ``box``-voxel half grid:
+    ``t``, flat voxel ``v``, ``tent``, in-plane frequencies ``kx``, ``ky`` (1/Å) and the tent
+    sum per voxel ``tent_sum`` ``(D · D · (D // 2 + 1),)``."""
+
+    box: int
+    t: Tensor
+    v: Tensor
+    tent: Tensor
+    kx: Tensor
+    ky: Tensor
+    tent_sum: Tensor
+
+
+def tilt_pairs(box: int, pixel_size_A: float, frames: Tensor,
+               max_chunk_elements: int = 1 << 24) -> TiltPairs:
+    """Pairs of the tilts with rotations ``frames`` ``(T, 3, 3)`` (rows u, v, n; see the module
+    docstring) on the half grid of a ``box`` of ``pixel_size_A`` voxels."""
+    u, w, n = frames[:, 0], frames[:, 1], frames[:, 2]
+    device, dtype = frames.device, frames.dtype
     fz, fy, fx = _voxel_frequencies(box, device, dtype)
     half = fx.shape[0]
     n_vox = box * box * half
@@ -100,15 +125,16 @@ def _tilt_pairs(box: int, u: Tensor, n: Tensor, max_chunk_elements: int
     parts: list[tuple[Tensor, ...]] = []
     for v0 in range(0, n_vox, chunk):
         v = torch.arange(v0, min(v0 + chunk, n_vox), device=device)
-        kz, ky, kx = fz[v // (box * half)], fy[(v // half) % box], fx[v % half]
-        dist = n[:, 0:1] * kx[None] + n[:, 2:3] * kz[None]          # (T, Vc); n_y = 0
-        tent = (1.0 - dist.abs()).clamp_min(0.0)
+        k = torch.stack([fx[v % half], fy[(v // half) % box], fz[v // (box * half)]], -1)
+        tent = (1.0 - (n @ k.T).abs()).clamp_min(0.0)  # (T, Vc)
         tent_sum[v0:v0 + v.shape[0]] = tent.sum(0)
         t_idx, local = torch.nonzero(tent, as_tuple=True)
-        kx_in = u[t_idx, 0] * kx[local] + u[t_idx, 2] * kz[local]
-        parts.append((t_idx, local + v0, tent[t_idx, local], kx_in, ky[local]))
+        kl = k[local]
+        parts.append((t_idx, local + v0, tent[t_idx, local], (u[t_idx] * kl).sum(-1),
+                      (w[t_idx] * kl).sum(-1)))
     t_idx, v_idx, tent, kx_in, ky_in = (torch.cat(p) for p in zip(*parts, strict=True))
-    return t_idx, v_idx, tent, kx_in, ky_in, tent_sum
+    scale = 1.0 / (box * pixel_size_A)
+    return TiltPairs(box, t_idx, v_idx, tent, kx_in * scale, ky_in * scale, tent_sum)
 
 
 def ctf_volume(
@@ -129,6 +155,7 @@ def ctf_volume(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     max_chunk_elements: int = 1 << 24,
+    frames: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """3D CTF weights of subtomograms from a tilt series, gridded onto the rfftn half-spectrum.
 
@@ -151,6 +178,8 @@ def ctf_volume(
             device, else CPU; float32).
         max_chunk_elements: bound on the size of temporary ``(tilts or particles) × pairs``
             tensors.
+        frames: ``(T, 3, 3)`` tilt rotations for any geometry (default: tilts about y by the
+            scheme's angles); see the module docstring.
 
     Returns:
         ``(weights, multiplicity)``: weights ``(B, D, D, D // 2 + 1)`` (or ``(D, D, D // 2 + 1)``
@@ -164,27 +193,70 @@ def ctf_volume(
     if device is None:
         device = defocus_A.device if isinstance(defocus_A, Tensor) else torch.device("cpu")
     device = torch.device(device)
-
-    n_tilts = scheme.n_tilts
+    if frames is None:
+        u, n = tilt_frame(scheme.tilt_angles_deg, device=device, dtype=dtype)
+        v = torch.zeros_like(u)
+        v[:, 1] = 1.0
+        frames = torch.stack([u, v, n], dim=1)
+    frames = torch.as_tensor(frames, device=device).to(dtype)
+    if frames.shape != (scheme.n_tilts, 3, 3):
+        raise ValueError(f"frames must be ({scheme.n_tilts}, 3, 3), got {tuple(frames.shape)}")
+    pairs = tilt_pairs(box, pixel_size_A, frames, max_chunk_elements)
     _, pre_exposure, offsets = scheme.tensors(device=device, dtype=dtype)
-    u, n = tilt_frame(scheme.tilt_angles_deg, device=device, dtype=dtype)
-
     defocus = torch.as_tensor(defocus_A, dtype=dtype, device=device)
     batched = defocus.ndim > 0
-    batch = defocus.shape[0] if batched else 1
-    df = _per_particle_tilt(defocus, batch, n_tilts, "defocus_A", device, dtype) + offsets
+    out = gridded_ctf(pairs, pre_exposure, defocus if batched else defocus[None], offsets,
+                      astigmatism_A=astigmatism_A, astigmatism_angle_deg=astigmatism_angle_deg,
+                      voltage_kv=voltage_kv, cs_mm=cs_mm, amplitude_contrast=amplitude_contrast,
+                      phase_shift_deg=phase_shift_deg, bfactor_A2=bfactor_A2,
+                      dose_weighting=dose_weighting, squared=squared,
+                      max_chunk_elements=max_chunk_elements)
+    batch = out.shape[0]
+    tent_sum = pairs.tent_sum
+    shape = (box, box, box // 2 + 1)
+    weights = out.reshape(batch, *shape)
+    multiplicity = tent_sum.clamp(max=1.0).reshape(shape)
+    return (weights if batched else weights[0]), multiplicity
+
+
+def gridded_ctf(
+    pairs: TiltPairs,
+    pre_exposure: Tensor,
+    defocus_A: Tensor,
+    defocus_offset_A: Tensor | float = 0.0,
+    *,
+    astigmatism_A: float | Tensor = 0.0,
+    astigmatism_angle_deg: float | Tensor = 0.0,
+    voltage_kv: float = 300.0,
+    cs_mm: float = 2.7,
+    amplitude_contrast: float = 0.07,
+    phase_shift_deg: float = 0.0,
+    bfactor_A2: float = 0.0,
+    dose_weighting: bool = True,
+    squared: bool = False,
+    active: Tensor | None = None,
+    max_chunk_elements: int = 1 << 24,
+) -> Tensor:
+    """``Σ_t τ c_t / max(Σ_t τ, 1)`` per voxel for ``B`` particles: ``(B, n_vox)``.
+
+    ``defocus_A``: ``(B,)`` or ``(B, T)`` (Å, the tilt's ``defocus_offset_A`` added);
+    astigmatism ``ΔfU − ΔfV`` and its angle: scalars, ``(B,)`` or ``(B, T)``; ``active``:
+    optional ``(B, T)`` mask of the tilts each particle is seen in (others contribute 0; the
+    normalisation keeps all tilts, so data gridded the same way stay consistent).
+    """
+    dtype, device = pairs.kx.dtype, pairs.kx.device
+    batch = defocus_A.shape[0]
+    n_tilts = pre_exposure.shape[0]
+    df = _per_particle_tilt(defocus_A, batch, n_tilts, "defocus_A", device, dtype) + (
+        torch.as_tensor(defocus_offset_A, dtype=dtype, device=device))
     astig = _per_particle_tilt(astigmatism_A, batch, n_tilts, "astigmatism_A", device, dtype)
     angle = _per_particle_tilt(astigmatism_angle_deg, batch, n_tilts, "astigmatism_angle_deg",
                                device, dtype)
-    # per (particle, tilt): Δf(φ) = mean + half · cos 2(φ − α) = mean + a · cos 2φ + b · sin 2φ
     alpha2 = 2.0 * torch.deg2rad(angle)
     astig_cos, astig_sin = 0.5 * astig * torch.cos(alpha2), 0.5 * astig * torch.sin(alpha2)
     has_astig = bool((astig != 0).any())
-
-    # particle-independent part: sparse (tilt, voxel) pairs, in-plane frequencies, dose weights
-    t_idx, v_idx, tent, kx_in, ky_in, tent_sum = _tilt_pairs(box, u, n, max_chunk_elements)
-    scale = 1.0 / (box * pixel_size_A)
-    kx_in, ky_in = kx_in * scale, ky_in * scale
+    t_idx, v_idx = pairs.t, pairs.v
+    kx_in, ky_in = pairs.kx, pairs.ky
     k2 = kx_in * kx_in + ky_in * ky_in
     safe = torch.where(k2 > 0, k2, torch.ones_like(k2))
     cos2phi = torch.where(k2 > 0, (kx_in * kx_in - ky_in * ky_in) / safe, torch.ones_like(k2))
@@ -195,15 +267,15 @@ def ctf_volume(
     chi_per_defocus = math.pi * lam * k2
     chi_rest = (-0.5 * math.pi * cs_mm * 1e7 * lam ** 3 * k2 * k2
                 + math.radians(phase_shift_deg) + math.atan2(q, math.sqrt(1.0 - q * q)))
-    envelope = tent
+    envelope = pairs.tent
     if bfactor_A2 != 0.0:
         damping = torch.exp(-0.25 * bfactor_A2 * k2)
         envelope = envelope * (damping * damping if squared else damping)
     if dose_weighting:
-        dose = dose_filter(torch.sqrt(k2), pre_exposure[t_idx])
+        dose = dose_filter(torch.sqrt(k2), pre_exposure.to(dtype)[t_idx])
         envelope = envelope * (dose * dose if squared else dose)
 
-    n_vox = tent_sum.shape[0]
+    n_vox = pairs.tent_sum.shape[0]
     out = torch.zeros(batch, n_vox, dtype=dtype, device=device)
     n_pairs = max(int(t_idx.shape[0]), 1)
     step = max(1, max_chunk_elements // n_pairs)
@@ -216,11 +288,8 @@ def ctf_volume(
         ctf = torch.sin(defocus_pairs * chi_per_defocus + chi_rest)
         if squared:
             ctf = ctf * ctf
-        out[b0:b1].index_add_(1, v_idx, ctf * envelope)
-    out = out / tent_sum.clamp_min(1.0)
-
-    shape = (box, box, box // 2 + 1)
-    weights = out.reshape(batch, *shape)
-    multiplicity = tent_sum.clamp(max=1.0).reshape(shape)
-    return (weights if batched else weights[0]), multiplicity
-
+        ctf = ctf * envelope
+        if active is not None:
+            ctf = ctf * active[b0:b1, t_idx].to(dtype)
+        out[b0:b1].index_add_(1, v_idx, ctf)
+    return out / pairs.tent_sum.clamp_min(1.0)

@@ -1,0 +1,102 @@
+"""``subtomo extract``: subtomograms + 3D CTF volumes from tilt series (``relion_tomo_subtomo``),
+or from reconstructed tomograms and coordinate files (``relion_preprocess --extract`` with
+``relion_ctf_prepare.py``'s per-particle CTF volumes)."""
+
+from __future__ import annotations
+
+import argparse
+
+from subtomo.commands.options import add_flavour, add_tomo_inputs, tomo_inputs
+from subtomo.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "extract", help="subtomograms and 3D CTF volumes from tilt series or tomograms",
+        description="From tilt series (--i optimisation_set.star or --p/--t/--mot): per "
+        "particle and tilt a crop at the projected position (sub-pixel phase), gridded into a "
+        "3D Fourier volume, with its 3D CTF (defocus at the particle's depth, exposure) in "
+        "RELION's layout; DIR/Subtomograms/<tomogram>/<n>_data.mrc + _ctf.mrc and "
+        "DIR/particles.star. From tomograms (--tomograms_star with --coord_suffix): boxes cut "
+        "from each tomogram, CTF volumes from the IMOD files beside it (.tlt, ctfplotter "
+        ".defocus, .order).")
+    add_tomo_inputs(p)
+    p.add_argument("--o", "-o", "--output", dest="output", required=True, help="output folder")
+    p.add_argument("--b", "--box", "--extract_size", dest="box", type=int, default=None,
+                   help="box size, px at the output pixel size (2D crop for --2d_stacks)")
+    p.add_argument("--crop", type=int, default=None, help="output box (default --b)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--bin", type=float, default=None, help="binning of the tilt series")
+    group.add_argument("--angpix", "--binned_angpix", dest="angpix", type=float, default=None,
+                       help="output pixel size, Å (any ratio)")
+    p.add_argument("--max_dose", type=float, default=None,
+                   help="only tilts with at most this pre-exposure, e/Å²")
+    p.add_argument("--max_tilts", type=int, default=None, help="only the N least exposed tilts")
+    p.add_argument("--norm", action="store_true",
+                   help="normalise: zero mean, unit σ outside --bg_radius")
+    p.add_argument("--bg_radius", type=float, default=None,
+                   help="background radius, px (default 75 %% of half the box)")
+    p.add_argument("--recenter", action="store_true",
+                   help="extract at coordinate − origin and zero the origins")
+    p.add_argument("--2d_stacks", "--stack2d", dest="stacks_2d", action="store_true",
+                   help="RELION 5 pseudo-subtomograms as 2D stacks (CTF-premultiplied)")
+    p.add_argument("--ctf_layout", choices=("relion", "warp"), default="relion",
+                   help="CTF volumes: RELION's centred full cube or Warp's half spectrum")
+    p.add_argument("--pad2d", type=int, choices=(1, 2), default=2,
+                   help="zero-pad crops before gridding (2: accurate, 1: fastest)")
+    p.add_argument("--tomograms_star", default=None,
+                   help="RELION 3.0 STAR listing tomograms (rlnMicrographName): extract from "
+                   "reconstructed tomograms")
+    p.add_argument("--coord_suffix", default=".coords",
+                   help="coordinate files <tomogram stem><suffix> beside each tomogram")
+    p.add_argument("--tomo_angpix", type=float, default=None,
+                   help="tomogram pixel size, Å (default: its header)")
+    p.add_argument("--defocus", default="ctfplotter.defocus",
+                   help="ctfplotter file name in each tomogram's folder")
+    p.add_argument("--hand", type=float, default=-1.0, help="defocus handedness (rlnTomoHand)")
+    p.add_argument("--batch", type=int, default=32, help="particles per batch")
+    p.add_argument("--j", type=int, default=None, help="CPU threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_flavour(p, default="relion5")
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.j:
+        torch.set_num_threads(args.j)
+    if args.box is None:
+        raise InputError(None, "give the box size --b", field="--b")
+    if args.tomograms_star:
+        return _run_tomograms(args)
+    from subtomo.tomo.extract import ExtractOptions, extract_subtomograms
+
+    inputs = tomo_inputs(args)
+    first = next(iter(inputs.tomograms.series.values()))
+    apix = args.angpix or (first.pixel_size_A * args.bin if args.bin else None)
+    options = ExtractOptions(
+        box=args.box, crop=args.crop, pixel_size_A=apix, max_dose=args.max_dose,
+        max_tilts=args.max_tilts, normalise=args.norm, bg_radius_px=args.bg_radius,
+        recenter=args.recenter, stacks_2d=args.stacks_2d, flavour=args.flavour,
+        ctf_layout=args.ctf_layout, pad2d=args.pad2d, batch_size=args.batch,
+        device=args.device)
+    result = extract_subtomograms(inputs.particles, inputs.tomograms, args.output, options,
+                                  motion=inputs.motion)
+    print(f"Extracted {result.written} particles at {result.pixel_size_A:.3g} Å/px into "
+          f"{args.output}/Subtomograms; {result.skipped} skipped (their boxes leave every tilt "
+          f"image); {result.star} ({args.flavour}).")
+    return 0
+
+
+def _run_tomograms(args: argparse.Namespace) -> int:
+    from subtomo.tomo.from_tomograms import extract_from_tomograms
+
+    result = extract_from_tomograms(
+        args.tomograms_star, args.output, box=args.box, coord_suffix=args.coord_suffix,
+        tomo_pixel_size_A=args.tomo_angpix, defocus_name=args.defocus, hand=args.hand,
+        normalise=args.norm, bg_radius_px=args.bg_radius, flavour=args.flavour,
+        ctf_layout=args.ctf_layout)
+    print(f"Extracted {result.written} particles from tomograms into {args.output}; "
+          f"{result.skipped} skipped (box outside the tomogram); {result.star}.")
+    return 0

@@ -1,0 +1,301 @@
+"""Subtomograms and their 3D CTF volumes from tilt series (``relion_tomo_subtomo``, Warp).
+
+Per tilt series, one sparse gather operator takes every particle's per-tilt crops (2D
+centred spectra from :mod:`subtomo.tomo.crops`: sub-pixel phase, contrast flip, map scale) to
+its 3D half spectrum on a ``D``-voxel grid in the tomogram frame, as RELION's
+``FourierBackprojection::backprojectSlice_forward_with_multiplicity`` does per voxel: a voxel
+``k`` takes from tilt ``t`` (rows ``u_t, v_t, n_t`` of its rotation) the bilinear interpolation of
+the crop spectrum at ``(k·u_t, k·v_t)`` with the tent weight ``τ = max(0, 1 − |k·n_t|)``, and the
+sum is divided by ``max(Σ_t τ, 1)``. The result is a subtomogram whose spectrum is
+``C(k) · V(k)``, ``V`` the particle on the map's scale and ``C`` its 3D CTF: exactly the gridded
+``CTF × exposure`` of :func:`subtomo.ctf.volume.gridded_ctf` with the same pairs, tents and
+normalisation, at each particle's depth in each tilt and over the tilts it is seen in. This is
+the pair (subtomogram, CTF volume) that ``relion_reconstruct --ctf`` / RELION 3.0 / Warp and
+our ``reconstruct`` and ``refine`` expect (``rlnCtfDataAreCtfPremultiplied = 0``).
+
+The operator is a real CSR matrix acting on the real and imaginary parts of all crops of a batch
+at once (two matrices, because values read at ``−k`` of an rfft are conjugated): batched over
+particles and tilts, no loop per tilt or voxel. With ``pad2d = 2`` the crops are zero-padded to
+twice their size (finer Fourier sampling, after dividing by the bilinear kernel's transform), so
+the interpolation error is small; with 1 it is fastest.
+
+``--2d_stacks`` writes RELION 5's pseudo-subtomograms as 2D stacks instead: per particle the
+visible tilts' crops multiplied by ``CTF × exposure`` (and −1), as ``_stack2d.mrcs``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from subtomo.ctf.volume import TiltPairs, gridded_ctf, tilt_pairs
+from subtomo.errors import InputError
+from subtomo.fourier.grid import centred_irfft, shell_radius_px
+from subtomo.io.mrc import write_ctf_volume, write_mrc
+from subtomo.io.particles import COORD_CENTRED_A, COORD_PX, ORIGIN_A, ParticleSet
+from subtomo.io.star import write_particles
+from subtomo.io.tomograms import TomogramSet, project_path
+from subtomo.tomo.particles import CropBatch, for_each_batch
+from subtomo.tomo.tiltseries import TiltSeries
+
+__all__ = ["ExtractOptions", "ExtractResult", "SliceGather", "extract_subtomograms",
+           "select_tilts"]
+
+
+@dataclass
+class ExtractOptions:
+    """Options of :func:`extract_subtomograms` (px at the output pixel size; Å; e/Å²)."""
+
+    box: int = 48
+    crop: int | None = None
+    pixel_size_A: float | None = None
+    max_dose: float | None = None
+    max_tilts: int | None = None
+    normalise: bool = False
+    bg_radius_px: float | None = None
+    recenter: bool = False
+    stacks_2d: bool = False
+    flavour: str = "relion5"
+    ctf_layout: str = "relion"
+    pad2d: int = 2
+    batch_size: int = 32
+    device: str = "cpu"
+
+
+@dataclass
+class ExtractResult:
+    """The written particle set and what happened."""
+
+    particles: ParticleSet
+    star: Path
+    written: int
+    skipped: int
+    pixel_size_A: float
+
+
+def select_tilts(ts: TiltSeries, max_dose: float | None, max_tilts: int | None) -> np.ndarray:
+    """Tilts with pre-exposure ≤ ``max_dose`` and among the ``max_tilts`` least exposed."""
+    dose = ts.pre_exposure
+    keep = np.ones(ts.n_tilts, bool) if max_dose is None else dose <= max_dose
+    if max_tilts is not None:
+        order = np.argsort(dose, kind="stable")
+        keep &= np.isin(np.arange(ts.n_tilts), order[:max_tilts])
+    return keep
+
+
+class SliceGather:
+    """The sparse operator crop spectra ``(N, T, P, P // 2 + 1)`` → 3D half spectra
+    ``(N, D, D, D // 2 + 1)`` of one tilt geometry (see the module docstring).
+
+    ``frames``: ``(T, 3, 3)`` tilt rotations; ``pixel_size_A``: voxel size of the 3D box;
+    ``crop_pixel_A``: pixel size (x, y) of the crops; ``padded``: crop spectrum size ``P``.
+    """
+
+    def __init__(self, box: int, pixel_size_A: float, frames: Tensor,
+                 crop_pixel_A: tuple[float, float], padded: int) -> None:
+        device = frames.device
+        pairs = tilt_pairs(box, pixel_size_A, frames.to(torch.float64))
+        inside = shell_radius_px(box, device, torch.float64).reshape(-1)[pairs.v] <= box / 2
+        self.pairs = TiltPairs(box, *(x[inside] for x in (pairs.t, pairs.v, pairs.tent,
+                                                          pairs.kx, pairs.ky)), pairs.tent_sum)
+        p = self.pairs
+        half = padded // 2 + 1
+        gx = p.kx * (padded * crop_pixel_A[0])
+        gy = p.ky * (padded * crop_pixel_A[1])
+        mirror = gx < 0
+        sign = torch.where(mirror, -1.0, 1.0).to(torch.float64)
+        gx, gy = gx * sign, gy * sign
+        x0, y0 = torch.floor(gx), torch.floor(gy)
+        fx, fy = gx - x0, gy - y0
+        weight = p.tent / p.tent_sum[p.v].clamp_min(1.0)
+        rows, cols, values, signs = [], [], [], []
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            for dy, wy in ((0, 1 - fy), (1, fy)):
+                x = (x0.long() + dx).clamp(max=half - 1)
+                y = (y0.long() + dy) % padded
+                rows.append(p.v)
+                cols.append((p.t * padded + y) * half + x)
+                values.append(weight * wx * wy)
+                signs.append(sign)
+        rows, cols, values, signs = (torch.cat(x) for x in (rows, cols, values, signs))
+        shape = (box * box * (box // 2 + 1), frames.shape[0] * padded * half)
+        index = torch.stack([rows, cols])
+        with warnings.catch_warnings():  # CSR is "beta" in torch; its matmul is what we need
+            warnings.simplefilter("ignore", UserWarning)
+            self.real, self.imag = (
+                torch.sparse_coo_tensor(index, v, shape, check_invariants=False).coalesce()
+                .to_sparse_csr().to(torch.float32) for v in (values, values * signs))
+        self.box = box
+        self.padded = padded
+
+    def __call__(self, spectra: Tensor) -> Tensor:
+        """3D centred half spectra ``(N, D, D, D // 2 + 1)`` of crops ``(N, T, P, P//2+1)``."""
+        n = spectra.shape[0]
+        flat = spectra.reshape(n, -1).to(torch.complex64)
+        re = torch.sparse.mm(self.real, flat.real.T.contiguous())
+        im = torch.sparse.mm(self.imag, flat.imag.T.contiguous())
+        box = self.box
+        return torch.complex(re, im).T.reshape(n, box, box, box // 2 + 1)
+
+
+def _padded_spectra(spectra: Tensor, size: int, padded: int) -> Tensor:
+    """Centred crop spectra zero-padded to ``padded`` px in real space, after dividing by the
+    transform of the bilinear kernel on that grid (gridding pre-correction)."""
+    images = torch.fft.fftshift(torch.fft.irfft2(spectra, s=(size, size)), dim=(-2, -1))
+    axis = (torch.arange(size, device=spectra.device, dtype=torch.float64) - size // 2) / padded
+    kernel = torch.sinc(axis) ** 2
+    images = images / (kernel[:, None] * kernel[None, :]).to(images.dtype)
+    out = images.new_zeros(*images.shape[:-2], padded, padded)
+    start = padded // 2 - size // 2
+    out[..., start:start + size, start:start + size] = images
+    return torch.fft.rfft2(torch.fft.ifftshift(out, dim=(-2, -1)))
+
+
+def _normalise(volumes: Tensor, radius: float) -> Tensor:
+    """RELION's ``--norm``: zero mean and unit σ outside a sphere of ``radius`` px."""
+    box = volumes.shape[-1]
+    axis = torch.arange(box, device=volumes.device, dtype=torch.float64) - box // 2
+    r2 = axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2
+    outside = (r2 > radius * radius).reshape(-1)
+    values = volumes.reshape(volumes.shape[0], -1)[:, outside]
+    mean, std = values.mean(1), values.std(1).clamp_min(1e-12)
+    return (volumes - mean[:, None, None, None]) / std[:, None, None, None]
+
+
+def _particle_names(ps: ParticleSet) -> list[str]:
+    if "rlnTomoParticleName" in ps.particles:
+        return list(ps.particles["rlnTomoParticleName"].astype(str))
+    names = ps.tomo_names()
+    counts: dict[str, int] = {}
+    out = []
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+        out.append(f"{name}/{counts[name]}")
+    return out
+
+
+def _recentred(ps: ParticleSet) -> ParticleSet:
+    """Coordinates moved to the particle centres (coordinate − A_subtomogram · origin);
+    origins 0."""
+    df = ps.particles.copy()
+    shifts = ps.tomogram_shifts_A()
+    if ps.has_centred_coordinates():
+        for i, label in enumerate(COORD_CENTRED_A):
+            df[label] = df[label].to_numpy(float) - shifts[:, i]
+    else:
+        apix = ps.coordinate_pixel_size_A()
+        for i, label in enumerate(COORD_PX):
+            df[label] = df[label].to_numpy(float) - shifts[:, i] / apix
+    for label in ORIGIN_A:
+        df[label] = 0.0
+    return replace(ps, particles=df)
+
+
+def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir: str | Path,
+                         options: ExtractOptions, *, motion: dict[str, np.ndarray] | None = None,
+                         progress: bool = True) -> ExtractResult:
+    """Write ``Subtomograms/<tomogram>/<n>_data.mrc`` + ``_ctf.mrc`` (or ``_stack2d.mrcs``) and
+    ``particles.star`` into ``out_dir``; returns the particle set written."""
+    o = options
+    crop = o.crop or o.box
+    if o.box < 8 or not 8 <= crop <= o.box:
+        raise InputError(None, "need --b ≥ 8 and 8 ≤ --crop ≤ --b", field="--b")
+    if o.pad2d not in (1, 2):
+        raise InputError(None, "--pad2d must be 1 or 2", field="--pad2d")
+    names = particles.tomo_names()
+    if names is None or len(particles) == 0:
+        raise InputError(particles.source, "no particles with tomogram names", field="rlnTomoName")
+    first = tomograms[str(names.iloc[0])]
+    apix = float(o.pixel_size_A or first.pixel_size_A)
+    if apix <= 0:
+        raise InputError(None, "pixel size must be positive", field="--angpix")
+    out = Path(out_dir)
+    labels = _particle_names(particles)
+    image_names: list[str | None] = [None] * len(particles)
+    ctf_names: list[str | None] = [None] * len(particles)
+    visible_frames: list[str | None] = [None] * len(particles)
+    gathers: dict[str, SliceGather] = {}
+    size2d = o.box if o.stacks_2d else crop
+    padded = size2d * o.pad2d
+
+    def write_batch(batch: CropBatch) -> None:
+        crops, ts = batch.crops, batch.ts
+        seen = crops.visible.any(1)
+        if o.stacks_2d:
+            _write_stacks(batch, seen)
+            return
+        if ts.name not in gathers:
+            px, py = batch.prepared.pixel_size_A
+            gathers.clear()
+            gathers[ts.name] = SliceGather(crop, apix, batch.rotations, (px, py), padded)
+        gather = gathers[ts.name]
+        spectra = crops.spectra
+        if o.pad2d > 1:
+            spectra = _padded_spectra(spectra, size2d, padded)
+        volumes = centred_irfft(gather(spectra), crop)
+        u, v, angle = ts.defocus_at(batch.positions_px)
+        weights = gridded_ctf(gather.pairs, torch.as_tensor(ts.pre_exposure), (u + v) / 2,
+                              astigmatism_A=u - v, astigmatism_angle_deg=angle,
+                              voltage_kv=ts.voltage_kv, cs_mm=ts.cs_mm,
+                              amplitude_contrast=ts.amplitude_contrast, active=crops.visible)
+        weights = weights.reshape(-1, crop, crop, crop // 2 + 1)
+        if o.normalise:
+            volumes = _normalise(volumes, o.bg_radius_px or 0.75 * crop / 2)
+        for j, row in enumerate(batch.rows):
+            if not bool(seen[j]):
+                continue
+            stem = out / "Subtomograms" / labels[row]
+            write_mrc(f"{stem}_data.mrc", volumes[j], apix)
+            write_ctf_volume(f"{stem}_ctf.mrc", weights[j].float(), apix, layout=o.ctf_layout)
+            image_names[row] = project_path(Path(f"{stem}_data.mrc"))
+            ctf_names[row] = project_path(Path(f"{stem}_ctf.mrc"))
+
+    def _write_stacks(batch: CropBatch, seen: Tensor) -> None:
+        crops = batch.crops
+        images = torch.fft.fftshift(torch.fft.irfft2(crops.spectra * crops.ctf,
+                                                     s=(o.box, o.box)), dim=(-2, -1))
+        start = o.box // 2 - crop // 2
+        images = images[..., start:start + crop, start:start + crop]
+        for j, row in enumerate(batch.rows):
+            if not bool(seen[j]):
+                continue
+            vis = crops.visible[j]
+            stem = out / "Subtomograms" / labels[row]
+            write_mrc(f"{stem}_stack2d.mrcs", images[j][vis], apix, stack=True)
+            image_names[row] = project_path(Path(f"{stem}_stack2d.mrcs"))
+            visible_frames[row] = "[" + ",".join(str(int(b)) for b in vis.tolist()) + "]"
+
+    for_each_batch(particles, tomograms, size2d, apix, write_batch, motion=motion,
+                   tilts=lambda ts: select_tilts(ts, o.max_dose, o.max_tilts),
+                   ctf=o.stacks_2d, apply_origins=o.recenter, batch_size=o.batch_size,
+                   device=o.device, progress=progress, desc="extracting")
+    done = np.array([name is not None for name in image_names])
+    ps = _recentred(particles) if o.recenter else particles
+    df = ps.particles.copy()
+    df["rlnImageName"] = image_names
+    if o.stacks_2d:
+        df["rlnTomoVisibleFrames"] = visible_frames
+    else:
+        df["rlnCtfImage"] = ctf_names
+    if "rlnTomoParticleName" not in df:
+        df["rlnTomoParticleName"] = labels
+    df = df.loc[done].reset_index(drop=True)
+    optics = ps.optics.copy()
+    optics["rlnImagePixelSize"] = apix
+    optics["rlnImageSize"] = crop
+    optics["rlnImageDimensionality"] = 2 if o.stacks_2d else 3
+    optics["rlnTomoSubtomogramBinning"] = apix / first.pixel_size_A
+    optics["rlnCtfDataAreCtfPremultiplied"] = int(o.stacks_2d)
+    general = {"rlnTomoSubTomosAre2DStacks": int(o.stacks_2d)}
+    result = replace(ps, particles=df, optics=optics, general=general,
+                     tomograms=tomograms.global_table())
+    star = out / "particles.star"
+    write_particles(result, star, o.flavour)
+    result.source = str(star)
+    return ExtractResult(result, star, int(done.sum()), int((~done).sum()), apix)
+

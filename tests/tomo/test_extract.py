@@ -1,0 +1,135 @@
+"""Extraction against reconstruct-particle and the truth, CTF volumes against the signal,
+rescaling, the command's options and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from subtomo.cli import main
+from subtomo.fourier.fsc import fsc, resolution_at
+from subtomo.fourier.grid import centred_rfft, lowpass_mask, shell_index
+from subtomo.geometry.euler import euler_to_matrix
+from subtomo.io.mrc import read_ctf_volume, read_mrc
+from subtomo.io.star import read_particles
+from subtomo.io.tomograms import read_tomogram_set
+from subtomo.maps.align_symmetry import fourier_crop
+from subtomo.refine.reconstruct import reconstruct
+from subtomo.simulate.render import render_atoms
+from subtomo.simulate.structure import pseudo_atomic
+from subtomo.simulate.tiltseries import TiltSeriesConfig, simulate_tiltseries
+from subtomo.tomo.extract import ExtractOptions, extract_subtomograms
+from subtomo.tomo.reconstruct_particle import reconstruct_particle
+
+
+def _half_res(project, tomograms, tmp_path, name):
+    ps = read_particles(project.truth_particles_star)
+    ts = read_tomogram_set(tomograms)
+    result = extract_subtomograms(ps, ts, tmp_path / name, ExtractOptions(box=24),
+                                  progress=False)
+    return reconstruct(read_particles(result.star), ctf=True, halves=True, progress=False)
+
+
+def test_extraction_matches_reconstruct_particle_and_wrong_geometry_is_worse(project,
+                                                                              tmp_path):
+    good = _half_res(project, project.truth_tomograms_star, tmp_path, "good")
+    direct = reconstruct_particle(read_particles(project.truth_particles_star),
+                                  read_tomogram_set(project.truth_tomograms_star), box=24,
+                                  progress=False)
+    bad = _half_res(project, project.tomograms_star, tmp_path, "bad")
+    res = [resolution_at(r.fsc, 24, 10.0, 0.5) for r in (good, direct, bad)]
+    assert abs(res[0] - res[1]) < 0.05 * res[1]
+    assert res[2] > 1.15 * res[0]
+    truth = torch.from_numpy(read_mrc(project.truth_maps[0])[0])
+    assert resolution_at(fsc(good.map, truth), 24, 10.0, 0.5) < 30.0
+
+
+def test_ctf_volume_matches_the_extracted_signal(tmp_path):
+    """Noise-free single particle: per shell, the extracted spectrum regressed on CTF volume ×
+    the truth rendered at the particle's pose has slope 1 within 5 %."""
+    config = TiltSeriesConfig(n_particles=1, image_size_px=(160, 160), thickness_px=60,
+                              box_px=20, n_atoms=500, tilt_step_deg=3.0, seed=5)
+    sim = simulate_tiltseries(tmp_path / "sim", config, progress=False)
+    ps = read_particles(sim.truth_particles_star)
+    box = 32
+    result = extract_subtomograms(ps, read_tomogram_set(sim.truth_tomograms_star),
+                                  tmp_path / "ex", ExtractOptions(box=box), progress=False)
+    row = read_particles(result.star).particles.iloc[0]
+    data = torch.from_numpy(read_mrc(tmp_path / "ex" / "Subtomograms" / "TS_01" / "1_data.mrc")[0])
+    ctf = read_ctf_volume(tmp_path / "ex" / "Subtomograms" / "TS_01" / "1_ctf.mrc", box)
+    structure = pseudo_atomic(500, box_px=20, pixel_size_A=10.0, seed=5)
+    A = euler_to_matrix(torch.tensor([[row.rlnAngleRot, row.rlnAngleTilt, row.rlnAnglePsi]],
+                                     dtype=torch.float64))[0]
+    truth = render_atoms((structure.positions_A @ A.T)[None], structure.amplitudes, box, 10.0,
+                         config.sigma_A, dtype=torch.float64)[0]
+    x = centred_rfft(data.double())
+    model = centred_rfft(truth) * ctf.double()
+    shells = shell_index(box).reshape(-1)
+    cross = torch.zeros(box).index_add_(0, shells, (x * model.conj()).real.reshape(-1).float())
+    power = torch.zeros(box).index_add_(0, shells, model.abs().square().reshape(-1).float())
+    slope = cross / power
+    strong = power > 1e-3 * power[1:box // 2].max()
+    strong[0] = False
+    strong[int(0.8 * box / 2):] = False
+    assert strong.sum() > 8
+    assert (slope[strong] - 1).abs().max() < 0.05
+
+
+def test_rescaled_extractions_agree(tmp_path):
+    """At 1.6 Å/px from 0.8 Å/px images, Fourier-cropped to 5 Å/px, equals extraction at 5."""
+    config = TiltSeriesConfig(n_particles=1, image_size_px=(256, 256), thickness_px=80,
+                              pixel_size_A=0.8, box_px=64, n_atoms=400, tilt_step_deg=30.0,
+                              dose_per_tilt=0.0, defocus_um=(0.0, 0.0), defocus_tilt_sd_A=0.0,
+                              cs_mm=0.0, amplitude_contrast=1.0, hand=0.0, seed=3)
+    sim = simulate_tiltseries(tmp_path / "sim", config, progress=False)
+    ps = read_particles(sim.truth_particles_star)
+    ts = read_tomogram_set(sim.truth_tomograms_star)
+    volumes = []
+    for name, box, apix in (("a", 50, 1.6), ("b", 16, 5.0)):
+        extract_subtomograms(ps, ts, tmp_path / name, ExtractOptions(box=box, pixel_size_A=apix),
+                             progress=False)
+        volume, written_apix = read_mrc(tmp_path / name / "Subtomograms" / "TS_01" / "1_data.mrc")
+        assert written_apix == pytest.approx(apix)
+        volumes.append(torch.from_numpy(volume))
+    cropped, coarse = fourier_crop(volumes[0], 16), volumes[1]
+    assert fsc(cropped, coarse)[1:8].min() > 0.99
+    inside = lowpass_mask(16, 0.9 * 8, edge_px=0)
+    a, b = centred_rfft(cropped) * inside, centred_rfft(coarse) * inside
+    assert float((a - b).abs().norm() / b.abs().norm()) < 0.05
+
+
+def test_command_options_and_bad_input(project, tmp_path, capsys):
+    truth_opt = project.directory / "truth" / "optimisation_set.star"
+    out = tmp_path / "ex"
+    assert main(["extract", "--i", str(truth_opt), "--b", "24", "--crop", "20", "--max_tilts",
+                 "11", "--norm", "--warp", "--o", str(out)]) == 0
+    ps = read_particles(out / "particles.star")
+    assert ps.flavour == "warp" and len(ps) == 30
+    volume, _ = read_mrc(ps.particles["rlnImageName"].iloc[0])
+    assert volume.shape == (20, 20, 20)
+    assert abs(volume.mean()) < 0.5 and 0.5 < volume.std() < 2.0
+    stacks = tmp_path / "st"
+    assert main(["extract", "--i", str(truth_opt), "--b", "32", "--crop", "24", "--2d_stacks",
+                 "--max_dose", "30", "--o", str(stacks)]) == 0
+    ps = read_particles(stacks / "particles.star")
+    stack, _ = read_mrc(ps.particles["rlnImageName"].iloc[0])
+    assert stack.shape == (11, 24, 24)  # tilts with ≤ 30 e/Å² at 3 e/Å² per tilt
+    assert ps.general["rlnTomoSubTomosAre2DStacks"] == 1
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert main(["extract", "--p", str(project.particles_star), "--b", "24", "--o",
+                 str(bad)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not bad.exists()
+
+
+def test_boxes_leaving_the_images_are_skipped_with_a_count(project, tmp_path):
+    ps = read_particles(project.truth_particles_star)
+    df = ps.particles.copy()
+    df.loc[0, "rlnCenteredCoordinateXAngst"] = 3000.0  # outside the 224-px images at ≤ 60°
+    ps.particles = df
+    result = extract_subtomograms(ps, read_tomogram_set(project.truth_tomograms_star),
+                                  tmp_path / "x", ExtractOptions(box=24), progress=False)
+    assert result.skipped == 1 and result.written == 29
+    assert len(read_particles(result.star)) == 29
+    assert np.all(read_particles(result.star).particles["rlnTomoParticleName"] != "TS_01/1")
