@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="RELION 5 pseudo-subtomograms as 2D stacks (CTF-premultiplied)")
     p.add_argument("--ctf_layout", choices=("relion", "warp"), default="relion",
                    help="CTF volumes: RELION's centred full cube or Warp's half spectrum")
-    p.add_argument("--pad2d", type=int, choices=(1, 2), default=2,
+    p.add_argument("--pad2d", type=int, choices=(1, 2), default=1,
                    help="zero-pad crops before gridding (2: accurate, 1: fastest)")
     p.add_argument("--tomograms_star", default=None,
                    help="RELION 3.0 STAR listing tomograms (rlnMicrographName): extract from "
@@ -54,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--defocus", default="ctfplotter.defocus",
                    help="ctfplotter file name in each tomogram's folder")
     p.add_argument("--hand", type=float, default=-1.0, help="defocus handedness (rlnTomoHand)")
+    p.add_argument("--invert_contrast", action="store_true",
+                   help="multiply tomogram boxes by −1 (dark protein → white)")
     p.add_argument("--batch", type=int, default=32, help="particles per batch")
     p.add_argument("--j", type=int, default=None, help="CPU threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -95,7 +97,8 @@ def _run_tomograms(args: argparse.Namespace) -> int:
     result = extract_from_tomograms(
         args.tomograms_star, args.output, box=args.box, coord_suffix=args.coord_suffix,
         tomo_pixel_size_A=args.tomo_angpix, defocus_name=args.defocus, hand=args.hand,
-        normalise=args.norm, bg_radius_px=args.bg_radius, flavour=args.flavour,
+        normalise=args.norm, bg_radius_px=args.bg_radius, invert=args.invert_contrast,
+        flavour=args.flavour,
         ctf_layout=args.ctf_layout)
     print(f"Extracted {result.written} particles from tomograms into {args.output}; "
           f"{result.skipped} skipped (box outside the tomogram); {result.star}.")

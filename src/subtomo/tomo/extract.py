@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import Tensor
 
@@ -62,7 +63,7 @@ class ExtractOptions:
     stacks_2d: bool = False
     flavour: str = "relion5"
     ctf_layout: str = "relion"
-    pad2d: int = 2
+    pad2d: int = 1
     batch_size: int = 32
     device: str = "cpu"
 
@@ -132,13 +133,25 @@ class SliceGather:
                 .to_sparse_csr().to(torch.float32) for v in (values, values * signs))
         self.box = box
         self.padded = padded
+        self.ctf_pairs = TiltPairs(box, p.t, p.v, *(x.float() for x in (
+            p.tent, p.kx, p.ky, p.tent_sum)))
+        self._cpu = None
+        if device.type == "cpu":  # scipy's CSR product is ~5x faster than torch's on CPU
+            self._cpu = [sp.csr_matrix((m.values().numpy(), m.col_indices().numpy(),
+                                        m.crow_indices().numpy()), shape=m.shape)
+                         for m in (self.real, self.imag)]
 
     def __call__(self, spectra: Tensor) -> Tensor:
         """3D centred half spectra ``(N, D, D, D // 2 + 1)`` of crops ``(N, T, P, P//2+1)``."""
         n = spectra.shape[0]
         flat = spectra.reshape(n, -1).to(torch.complex64)
-        re = torch.sparse.mm(self.real, flat.real.T.contiguous())
-        im = torch.sparse.mm(self.imag, flat.imag.T.contiguous())
+        parts = (flat.real.T.contiguous(), flat.imag.T.contiguous())
+        if self._cpu is not None:
+            re, im = (torch.from_numpy(m @ x.numpy()) for m, x in zip(self._cpu, parts,
+                                                                       strict=True))
+        else:
+            re, im = (torch.sparse.mm(m, x) for m, x in zip((self.real, self.imag), parts,
+                                                             strict=True))
         box = self.box
         return torch.complex(re, im).T.reshape(n, box, box, box // 2 + 1)
 
@@ -238,9 +251,9 @@ def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir
         if o.pad2d > 1:
             spectra = _padded_spectra(spectra, size2d, padded)
         volumes = centred_irfft(gather(spectra), crop)
-        u, v, angle = ts.defocus_at(batch.positions_px)
-        weights = gridded_ctf(gather.pairs, torch.as_tensor(ts.pre_exposure), (u + v) / 2,
-                              astigmatism_A=u - v, astigmatism_angle_deg=angle,
+        u, v, angle = (x.float() for x in ts.defocus_at(batch.positions_px))
+        weights = gridded_ctf(gather.ctf_pairs, torch.as_tensor(ts.pre_exposure).float(),
+                              (u + v) / 2, astigmatism_A=u - v, astigmatism_angle_deg=angle,
                               voltage_kv=ts.voltage_kv, cs_mm=ts.cs_mm,
                               amplitude_contrast=ts.amplitude_contrast, active=crops.visible)
         weights = weights.reshape(-1, crop, crop, crop // 2 + 1)
@@ -251,7 +264,7 @@ def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir
                 continue
             stem = out / "Subtomograms" / labels[row]
             write_mrc(f"{stem}_data.mrc", volumes[j], apix)
-            write_ctf_volume(f"{stem}_ctf.mrc", weights[j].float(), apix, layout=o.ctf_layout)
+            write_ctf_volume(f"{stem}_ctf.mrc", weights[j], apix, layout=o.ctf_layout)
             image_names[row] = project_path(Path(f"{stem}_data.mrc"))
             ctf_names[row] = project_path(Path(f"{stem}_ctf.mrc"))
 
