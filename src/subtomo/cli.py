@@ -17,6 +17,7 @@ from subtomo.commands import (
     postprocess,
     reconstruct,
     reconstruct_particle,
+    reconstruct_tomogram,
     refine,
     select,
     simulate,
@@ -25,7 +26,8 @@ from subtomo.commands import (
 from subtomo.errors import InputError
 
 COMMANDS = (convert, star, select, poses, simulate, reconstruct, initial_model, refine,
-            classify, maps, postprocess, demo, reconstruct_particle, extract)
+            classify, maps, postprocess, demo, reconstruct_particle, extract,
+            reconstruct_tomogram)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -75,7 +75,7 @@ def prepare_images(images: Tensor, pixel_size_A: float, target_pixel_size_A: flo
     out = torch.empty((t, h2, w2), dtype=images.dtype, device=images.device)
     rows = torch.cat([torch.arange(0, (h2 + 1) // 2), torch.arange(h - h2 // 2, h)])
     for i in range(t):  # one image at a time bounds memory for 4k stacks
-        spec = torch.fft.rfft2(images[i].double())
+        spec = torch.fft.rfft2(images[i])
         cropped = spec[rows.to(images.device), : w2 // 2 + 1]
         if w2 % 2 == 0:
             cropped[:, -1] = cropped[:, -1].real  # the new Nyquist column is real
