@@ -109,31 +109,29 @@ def reconstruct_tomogram(
                         device).to(images.device)
     images = torch.fft.irfft2(torch.fft.rfft2(images) * filt, s=(h, w))
     mats = ts.matrices(device=device)
+    # image px of the binned images = (P · (bin · voxel)) × scale, as one affine map per tilt
     scale = torch.tensor([prepared.scale[0], prepared.scale[1]], dtype=torch.float64,
                          device=mats.device)
+    affine = (mats[:, :2] * scale[None, :, None]).to(torch.float32)  # (T, 2, 4)
+    affine[:, :, :3] *= binning
     nx, ny, nz = shape
     out = torch.empty((nz, ny, nx), dtype=torch.float32, device=images.device)
-    xs = torch.arange(nx, dtype=torch.float64, device=mats.device) * binning
-    ys = torch.arange(ny, dtype=torch.float64, device=mats.device) * binning
-    # normalised grid_sample coordinates: pixel p -> 2 p / (n - 1) - 1 (align_corners)
-    norm = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], dtype=torch.float64,
-                        device=mats.device)
-    base = (mats[:, :2, 0, None, None] * xs[None, None, None, :]
-            + mats[:, :2, 1, None, None] * ys[None, None, :, None])  # (T, 2, Y, X)
+    xs = torch.arange(nx, dtype=torch.float32, device=images.device)
+    ys = torch.arange(ny, dtype=torch.float32, device=images.device)
+    # grid_sample coordinates (align_corners): pixel p -> 2 p / (n - 1) - 1
+    norm = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=images.device)
+    affine = affine * norm[None, :, None]
+    affine[:, :, 3] -= 1.0
+    base = (affine[:, :, 0, None, None] * xs + affine[:, :, 1, None, None] * ys[:, None]
+            + affine[:, :, 3, None, None])  # (T, 2, Y, X)
     stack = images[:, None]
-    ones = torch.ones_like(stack)
     for z0 in tqdm(range(0, nz, slab), desc=f"back-projecting {ts.name}", disable=not progress,
                    unit="slab"):
-        zs = torch.arange(z0, min(z0 + slab, nz), dtype=torch.float64,
-                          device=mats.device) * binning
-        uv = (base[:, :, None] + (mats[:, :2, 2, None] * zs[None])[..., None, None]
-              + mats[:, :2, 3, None, None, None])  # (T, 2, Zs, Y, X) image px (unbinned)
-        uv = uv * scale[None, :, None, None, None]
-        grid = (uv * norm[None, :, None, None, None] - 1.0).permute(0, 2, 3, 4, 1)
-        grid = grid.reshape(t, -1, nx, 2).to(images.dtype)
+        zs = torch.arange(z0, min(z0 + slab, nz), dtype=torch.float32, device=images.device)
+        grid = base[:, :, None] + affine[:, :, 2, None, None, None] * zs[:, None, None]
+        grid = grid.permute(0, 2, 3, 4, 1).reshape(t, -1, nx, 2)  # (T, Zs·Y, X, 2)
         total = F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros",
                               align_corners=True).sum(0)[0]
-        seen = F.grid_sample(ones, grid, mode="nearest", padding_mode="zeros",
-                             align_corners=True).sum(0)[0]
+        seen = (grid.abs() <= 1.0).all(-1).sum(0)  # tilts that see each voxel
         out[z0:z0 + len(zs)] = (total / seen.clamp_min(1)).view(len(zs), ny, nx)
     return out, ts.pixel_size_A * binning
