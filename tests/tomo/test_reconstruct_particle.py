@@ -96,6 +96,13 @@ def test_command_outputs_and_bad_input(project, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has 10 images" in err and not bad.exists()
 
+    # a missing image file
+    tilt_star.write_text(re.sub(r"@\S+\.mrcs", f"@{tmp_path / 'missing.mrcs'}", text))
+    assert main(["reconstruct-particle", "--p", str(project.particles_star), "--t",
+                 str(tomograms), "--b", "24", "--o", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not found" in err and not bad.exists()
+
     # a pixel size that disagrees between particles and tomograms
     star.write_text(project.particles_star.read_text().replace("\t10.0\t10.0\n", "\t8.0\t10.0\n"))
     assert main(["reconstruct-particle", "--p", str(star), "--t", str(project.tomograms_star),
