@@ -29,8 +29,9 @@ IMOD importer and cryoet-alignment map them), ``rlnTomoZRot = −φ`` for ``A = 
     shift = c_img − c_R,img − A⁻¹·D + A⁻¹·[R·(c_R − c_I)]_xy      (px)
 
 with RELION's centres ``c_R = int(size/2)``, ``c_R,img = int(W/2), int(H/2)``. RELION 5's own
-importer uses ``−A⁻¹·D`` alone, which is up to about half a pixel off at high tilt; this
-module is exact. An ``.xf`` whose 2×2 matrix is not a rotation (IMOD's magnification,
+importer uses ``−A⁻¹·D`` alone, which places IMOD's tomogram up to about 1.5 px away from where
+IMOD puts it (about 1 px even at zero tilt for a tilt axis near 85°: the two half-pixel centre
+offsets no longer cancel once rotated); this module is exact. An ``.xf`` whose 2×2 matrix is not a rotation (IMOD's magnification,
 stretch or skew) has no RELION equivalent: we take the nearest rotation (polar decomposition),
 keep the image centre exact, and report the largest resulting error at the image corners.
 A mirror (negative determinant) is refused. Binned reconstructions: give sizes and SHIFT in
@@ -110,9 +111,10 @@ def read_xf(path: str | Path) -> np.ndarray:
 
 
 def write_xf(path: str | Path, xf: np.ndarray) -> None:
-    """Write ``(T, 2, 3)`` transforms in IMOD's layout (7 decimals, 3 for shifts)."""
-    lines = [f"{m[0, 0]:12.7f}{m[0, 1]:12.7f}{m[1, 0]:12.7f}{m[1, 1]:12.7f}"
-             f"{m[0, 2]:12.3f}{m[1, 2]:12.3f}" for m in np.asarray(xf, dtype=np.float64)]
+    """Write ``(T, 2, 3)`` transforms in IMOD's column order, with more decimals than IMOD's
+    own ``%12.7f``/``%12.3f`` (its readers are free-format) so that round trips stay exact."""
+    lines = [f"{m[0, 0]:14.9f} {m[0, 1]:14.9f} {m[1, 0]:14.9f} {m[1, 1]:14.9f} "
+             f"{m[0, 2]:14.6f} {m[1, 2]:14.6f}" for m in np.asarray(xf, dtype=np.float64)]
     _write_text(path, lines)
 
 
@@ -126,8 +128,8 @@ def _read_angle_file(path: str | Path, what: str, field_name: str) -> tuple[np.n
 
 
 def write_angles(path: str | Path, angles_deg: np.ndarray) -> None:
-    """``.tlt`` / ``.xtilt``: one angle per line (degrees, 2 decimals as IMOD writes them)."""
-    _write_text(path, [f"{a:9.2f}" for a in np.asarray(angles_deg, dtype=np.float64)])
+    """``.tlt`` / ``.xtilt``: one angle per line (degrees; 6 decimals where IMOD writes 2)."""
+    _write_text(path, [f"{a:11.6f}" for a in np.asarray(angles_deg, dtype=np.float64)])
 
 
 def _write_text(path: str | Path, lines: list[str]) -> None:
