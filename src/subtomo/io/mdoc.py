@@ -75,25 +75,25 @@ def _parse_time(text: str) -> datetime | None:
 
 def read_mdoc(path: str | Path) -> MdocTiltSeries:
     """Read a tilt-series ``.mdoc`` (see the module docstring)."""
-    import mdocfile
+    from mdocfile.data_models import Mdoc
 
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "mdoc file not found")
     try:
-        df = mdocfile.read(path)
+        mdoc = Mdoc.from_file(str(path))
     except Exception as exc:  # mdocfile raises pydantic and parsing errors of many kinds
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(path, f"not a readable SerialEM mdoc file ({first})") from None
-    if "ZValue" not in df or "TiltAngle" not in df or len(df) == 0:
-        raise InputError(path, "no [ZValue = ...] sections with TiltAngle: not a tilt-series "
-                         "mdoc", field="ZValue")
-    df = df.sort_values("ZValue", kind="stable").reset_index(drop=True)
-    z = df["ZValue"].to_numpy()
-    if not np.array_equal(z, np.arange(len(df))):
-        raise InputError(path, f"ZValue sections are not 0..{len(df) - 1} (found {z.tolist()})",
+    sections = sorted(mdoc.section_data, key=lambda s: -1 if s.ZValue is None else s.ZValue)
+    if not sections or any(s.ZValue is None for s in sections):
+        raise InputError(path, "no [ZValue = ...] sections: not a tilt-series mdoc",
                          field="ZValue")
-    tilt = df["TiltAngle"].to_numpy(np.float64)
+    z = [s.ZValue for s in sections]
+    if z != list(range(len(sections))):
+        raise InputError(path, f"ZValue sections are not 0..{len(sections) - 1} (found {z})",
+                         field="ZValue")
+    tilt = np.array([np.nan if s.TiltAngle is None else s.TiltAngle for s in sections])
     for i, t in enumerate(tilt):
         if not np.isfinite(t):
             raise InputError(path, f"[ZValue = {i}]: TiltAngle is missing or not a number",
@@ -101,42 +101,33 @@ def read_mdoc(path: str | Path) -> MdocTiltSeries:
         if abs(t) > 90:
             raise InputError(path, f"[ZValue = {i}]: tilt angle {t:g}° outside ±90°",
                              field="TiltAngle")
-    dose = (df["ExposureDose"].to_numpy(np.float64) if "ExposureDose" in df
-            else np.zeros(len(df)))
-    dose = np.where(np.isfinite(dose), dose, 0.0)
-    times = [_parse_time(t) for t in df["DateTime"]] if "DateTime" in df else [None]
-    if all(t is not None for t in times) and len(times) == len(df):
+    dose = np.array([s.ExposureDose if s.ExposureDose is not None and np.isfinite(
+        s.ExposureDose) else 0.0 for s in sections])
+    times = [_parse_time(s.DateTime) if s.DateTime else None for s in sections]
+    if all(t is not None for t in times):
         seconds = np.array([(t - times[0]).total_seconds() for t in times])
         order = np.argsort(np.argsort(seconds, kind="stable"), kind="stable")
     else:
-        order = np.arange(len(df))
-    pixel = _pixel_size(path, df)
+        order = np.arange(len(sections))
+    glob = mdoc.global_data
+    pixel = _pixel_size(path, [glob.PixelSpacing] + [s.PixelSpacing for s in sections])
     axis = None
-    for title in (df["titles"].iloc[0] if "titles" in df else None) or []:
+    for title in mdoc.titles:
         match = _AXIS.search(str(title))
         if match:
             axis = float(match.group(1))
-    voltage = _first_number(df, "Voltage")
-    size = df["ImageSize"].iloc[0] if "ImageSize" in df else None
+    voltages = [v for v in [glob.Voltage] + [s.Voltage for s in sections] if v]
+    size = glob.ImageSize
     image_size = (int(size[0]), int(size[1])) if size is not None and len(size) == 2 else None
-    frames = [str(p) for p in df["SubFramePath"]] if "SubFramePath" in df else []
-    return MdocTiltSeries(tilt, dose, order, pixel, axis, voltage, image_size, frames, str(path))
+    frames = [str(s.SubFramePath) for s in sections if s.SubFramePath is not None]
+    return MdocTiltSeries(tilt, dose, order, pixel, axis,
+                          float(voltages[0]) if voltages else None, image_size, frames,
+                          str(path))
 
 
-def _first_number(df, column: str) -> float | None:
-    if column not in df:
-        return None
-    values = np.asarray(df[column], dtype=np.float64)
-    values = values[np.isfinite(values)]
-    return float(values[0]) if len(values) else None
-
-
-def _pixel_size(path: Path, df) -> float | None:
-    """``PixelSpacing`` (Å): sections and header must agree."""
-    if "PixelSpacing" not in df:
-        return None
-    values = np.asarray(df["PixelSpacing"], dtype=np.float64)
-    values = values[np.isfinite(values)]
+def _pixel_size(path: Path, values: list[float | None]) -> float | None:
+    """``PixelSpacing`` (Å): the header's and every section's must agree."""
+    values = np.array([v for v in values if v is not None and np.isfinite(v)])
     if len(values) == 0:
         return None
     if np.ptp(values) > 1e-6 * values.max():
