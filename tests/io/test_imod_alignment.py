@@ -236,6 +236,10 @@ def test_order_list_from_seed_002(tmp_path):
     assert list(pre) == [0.0, 3.0, 45.0]
     with pytest.raises(InputError, match="no row within"):
         ia.exposure_from_order(tmp_path / "TS.order", np.array([45.0]))
+    # one row per view and the views' angles offset by 3.4° (tiltalign's AngleOffset)
+    views = np.arange(-30.0, 32.0, 2.0) + 3.4
+    pre = ia.exposure_from_order(tmp_path / "TS.order", views, scale=2.0)
+    assert np.allclose(pre, 2.0 * (np.round(np.abs(views - 3.4)) // 2))
 
 
 @pytest.mark.parametrize("content,line,field", [

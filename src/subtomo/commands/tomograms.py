@@ -107,13 +107,15 @@ def _run_import(args: argparse.Namespace) -> int:
 def _run_export(args: argparse.Namespace) -> int:
     from subtomo.errors import InputError
     from subtomo.io.tomograms import read_tomogram_set
-    from subtomo.tomo.importing import export_tilt_series
+    from subtomo.tomo.importing import check_export, export_tilt_series
 
     formats = tuple(f for f in ("imod", "aretomo") if getattr(args, f))
     if not formats:
         raise InputError(None, "choose a format: --imod and/or --aretomo", field="--imod")
     tset = read_tomogram_set(args.input, image_size=tuple(args.image_size)
                              if args.image_size else None)
+    for ts in tset.series.values():
+        check_export(ts, formats)  # every series first: nothing written on bad input
     written = []
     for ts in tset.series.values():
         written += export_tilt_series(ts, args.output, formats)

@@ -31,9 +31,10 @@ IMOD importer and cryoet-alignment map them), ``rlnTomoZRot = −φ`` for ``A = 
 with RELION's centres ``c_R = int(size/2)``, ``c_R,img = int(W/2), int(H/2)``. RELION 5's own
 importer uses ``−A⁻¹·D`` alone, which places IMOD's tomogram up to about 1.5 px away from where
 IMOD puts it (about 1 px even at zero tilt for a tilt axis near 85°: the two half-pixel centre
-offsets no longer cancel once rotated); this module is exact. An ``.xf`` whose 2×2 matrix is not a rotation (IMOD's magnification,
-stretch or skew) has no RELION equivalent: we take the nearest rotation (polar decomposition),
-keep the image centre exact, and report the largest resulting error at the image corners.
+offsets no longer cancel once rotated); this module is exact. An ``.xf`` whose 2×2 matrix is
+not a rotation (IMOD's magnification, stretch or skew) has no RELION equivalent: we take the
+nearest rotation (polar decomposition), keep the image centre exact, and report the largest
+resulting error at the image corners.
 A mirror (negative determinant) is refused. Binned reconstructions: give sizes and SHIFT in
 unbinned pixels (exact for even binned sizes; IMOD's odd-size half-pixel rule applies at the
 reconstruction's binning, which we do not model).
@@ -437,14 +438,22 @@ def _read_order(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def exposure_from_order(path: str | Path, tilt_deg: np.ndarray, scale: float = 1.0,
                         tolerance_deg: float = 1.0) -> np.ndarray:
-    """Pre-exposure per view (e/Å²): the ``.order`` row whose angle is nearest each view's,
-    times ``scale`` (the dose per tilt when the column counts tilts, as in seed 002)."""
+    """Pre-exposure per view (e/Å²) from an ``.order`` list, times ``scale`` (the dose per tilt
+    when the column counts tilts, as in seed 002). Rows are matched to views by angle: the
+    nearest, or, when the list has one row per view, by rank after removing a common offset
+    (refined ``.tlt`` angles carry tiltalign's offset; the list has nominal ones)."""
     angles, exposure = _read_order(path)
-    out = np.empty(len(tilt_deg))
-    for i, t in enumerate(tilt_deg):
-        k = int(np.argmin(np.abs(angles - t)))
-        if abs(angles[k] - t) > tolerance_deg:
-            raise InputError(path, f"no row within {tolerance_deg:g}° of view {i + 1}'s tilt "
-                             f"angle {t:g}° (nearest {angles[k]:g}°)", field="tilt angle")
-        out[i] = exposure[k] * scale
-    return out
+    tilt_deg = np.asarray(tilt_deg, dtype=np.float64)
+    nearest = np.argmin(np.abs(angles[None, :] - tilt_deg[:, None]), axis=1)
+    if np.all(np.abs(angles[nearest] - tilt_deg) <= tolerance_deg):
+        return exposure[nearest] * scale
+    if len(angles) == len(tilt_deg):
+        rank = np.empty(len(tilt_deg), dtype=int)
+        rank[np.argsort(tilt_deg, kind="stable")] = np.argsort(angles, kind="stable")
+        offset = tilt_deg - angles[rank]
+        if np.all(np.abs(offset - np.median(offset)) <= tolerance_deg):
+            return exposure[rank] * scale
+    bad = int(np.argmax(np.abs(angles[nearest] - tilt_deg)))
+    raise InputError(path, f"no row within {tolerance_deg:g}° of view {bad + 1}'s tilt angle "
+                     f"{tilt_deg[bad]:g}° (nearest {angles[nearest[bad]]:g}°)",
+                     field="tilt angle")

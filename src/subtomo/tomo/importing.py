@@ -391,13 +391,22 @@ def import_tomograms(sources: list[Sources], optics: Optics, output: str | Path,
     return tset, notes
 
 
+def check_export(ts: TiltSeries, formats: tuple[str, ...]) -> None:
+    """Refuse, before anything is written, what a format cannot hold."""
+    unknown = set(formats) - {"imod", "aretomo"}
+    if unknown:
+        raise InputError(None, f"unknown export format(s) {sorted(unknown)}", field="--format")
+    if "aretomo" in formats and np.any(np.abs(ts.column("rlnTomoXTilt", 0.0)) > 1e-6):
+        raise InputError(ts.source, f"tilt series {ts.name}: AreTomo's .aln has no per-tilt "
+                         "x-axis tilt, and rlnTomoXTilt is not 0", field="rlnTomoXTilt")
+    ts.image_size_px  # noqa: B018 (fails now, not half-way, when the images are missing)
+
+
 def export_tilt_series(ts: TiltSeries, out_dir: str | Path, formats: tuple[str, ...] = ("imod",)
                        ) -> list[Path]:
     """Write ``<out_dir>/<name>.xf .tlt .xtilt .defocus`` (``imod``) and/or ``<name>.aln``
     (``aretomo``) for one tilt series; returns the files written."""
-    unknown = set(formats) - {"imod", "aretomo"}
-    if unknown:
-        raise InputError(None, f"unknown export format(s) {sorted(unknown)}", field="--format")
+    check_export(ts, formats)
     out_dir = Path(out_dir)
     params = RelionParameters(*(p.numpy() for p in ts.dof()))
     written: list[Path] = []
