@@ -239,3 +239,19 @@ def test_bad_input_exits_2_with_one_line(imod_project, tmp_path, capsys, case, e
                                "--defocus", d / "TS_01.defocus", "--dose_per_tilt", 3,
                                "--thickness", THICK, "--o", out, *extra], out)
     assert __import__("re").search(expected, message), message
+
+
+def test_ctfplotter_on_the_aligned_stack(imod_project):
+    """Astigmatism angles measured on the aligned stack (seed 002 runs ctfplotter on the .ali)
+    turn into the raw image's frame: a direction at β in the aligned image is at β + ZRot in the
+    raw one (the .xf rotates raw images by −ZRot)."""
+    from subtomo.tomo.importing import Optics, Sources, import_tilt_series
+
+    d, params = imod_project
+    src = Sources("TS_01", d / "TS_01.mrcs", mdoc=d / "TS_01.mrcs.mdoc", imod=d / "TS_01",
+                  defocus=d / "TS_01.defocus")
+    raw = import_tilt_series(src, Optics(dose_per_tilt=3, thickness_px=THICK)).tilt_series
+    aligned = import_tilt_series(src, Optics(dose_per_tilt=3, thickness_px=THICK,
+                                             defocus_frame="aligned")).tilt_series
+    assert np.allclose(raw.defocus()[2], 40.0)
+    assert np.allclose(aligned.defocus()[2], 40.0 + params.zrot, atol=1e-6)
