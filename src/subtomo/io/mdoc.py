@@ -8,7 +8,8 @@ calibration), ``DateTime`` (acquisition time), ``PixelSpacing`` (Å); the global
 clockwise, RELION's ``rlnTomoNominalTiltAxisAngle``). The pre-exposure of each image is the
 dose of the images acquired before it, in acquisition order: by ``DateTime`` where every
 section has one, else by ``ZValue`` (the order SerialEM wrote them), as RELION 5's importer
-does.
+does. (RELION 5's ``calculate_pre_exposure_dose`` adds the image's own ``ExposureDose`` too,
+``cumsum``, but not with ``--dose_per_tilt_image``; we exclude it in both cases.)
 """
 
 from __future__ import annotations
