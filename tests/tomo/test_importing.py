@@ -145,6 +145,7 @@ def test_aretomo_import_with_dark_frame_and_order_list(tmp_path, monkeypatch):
     ts = read_tomogram_set("tomograms.star")["TS_02"]
     assert ts.n_tilts == N and "8@TS_02.mrcs" not in list(ts.tilts["rlnMicrographName"])
     assert ts.tilts["rlnMicrographName"].iloc[7].startswith("9@")
+    assert "rlnTomoTiltSeriesName" not in ts.globals  # the stack is not one image per tilt
     points = np.random.default_rng(2).uniform(0, 1, (100, 3)) * np.array(ts.tomo_size_px)
     got = ts.project(torch.as_tensor(points)).numpy()
     assert np.abs(got - projections(params.as_tuple(), points)).max() < 1e-3

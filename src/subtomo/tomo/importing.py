@@ -314,7 +314,7 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
     if phase is not None:
         tilts["rlnPhaseShift"] = phase
     globals_ = {
-        "rlnTomoName": src.name, "rlnTomoTiltSeriesName": stack_name,
+        "rlnTomoName": src.name,
         "rlnVoltage": float(voltage), "rlnSphericalAberration": float(optics.cs_mm),
         "rlnAmplitudeContrast": float(optics.amplitude_contrast),
         "rlnMicrographOriginalPixelSize": apix, "rlnTomoHand": float(hand),
@@ -322,6 +322,8 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
         "rlnTomoSizeZ": size[2], "rlnTomoImportFractionalDose": float(dose_per_tilt),
         "rlnOpticsGroupName": "opticsGroup1",
     }
+    if np.array_equal(images, np.arange(n_stack)):  # RELION 4's stack: one image per tilt
+        globals_["rlnTomoTiltSeriesName"] = stack_name
     for label in ("rlnTomoYTilt", "rlnMicrographPreExposure", "rlnDefocusU"):
         values = tilts[label].to_numpy(np.float64)
         if not np.all(np.isfinite(values)):
