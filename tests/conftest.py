@@ -114,3 +114,33 @@ def relion_alignment(cryoet_alignment_sdist):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def mdocfile_sdist() -> Path:
+    """mdocfile 0.2.3 (BSD-3): a real SerialEM tilt-series mdoc (EMBL Krios, 2015)."""
+    return fetch_sdist("mdocfile", "0.2.3")
+
+
+@pytest.fixture(scope="session")
+def yaiw_sdist() -> Path:
+    """yet-another-imod-wrapper 0.1.2 (BSD-3): a real etomo .xf and its tiltalign align.log."""
+    return fetch_sdist("yet-another-imod-wrapper", "0.1.2")
+
+
+@pytest.fixture(scope="session")
+def yaiw_xf(yaiw_sdist):
+    """yet-another-imod-wrapper's ``XF`` class: the code RELION 5's IMOD importer calls for
+    ``rlnTomoZRot`` (``in_plane_rotations``) and shifts (``specimen_shifts``), imported alone
+    (its package root pulls in IMOD wrappers)."""
+    import importlib
+    import types
+
+    root = yaiw_sdist / "src" / "yet_another_imod_wrapper"
+    for name, path in (("yet_another_imod_wrapper", root),
+                       ("yet_another_imod_wrapper.utils", root / "utils")):
+        if name not in sys.modules:
+            module = types.ModuleType(name)
+            module.__path__ = [str(path)]
+            sys.modules[name] = module
+    return importlib.import_module("yet_another_imod_wrapper.utils.xf").XF

@@ -22,12 +22,13 @@ from subtomo.commands import (
     select,
     simulate,
     star,
+    tomograms,
 )
 from subtomo.errors import InputError
 
 COMMANDS = (convert, star, select, poses, simulate, reconstruct, initial_model, refine,
             classify, maps, postprocess, demo, reconstruct_particle, extract,
-            reconstruct_tomogram)
+            reconstruct_tomogram, tomograms)
 
 
 def build_parser() -> argparse.ArgumentParser:

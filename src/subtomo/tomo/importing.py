@@ -1,0 +1,430 @@
+"""Tilt series from other programs' files → RELION 5 tilt series, and back (IMOD, AreTomo).
+
+``import_tilt_series`` builds one :class:`TiltSeries` from a tilt-image stack and any of:
+a SerialEM ``.mdoc`` (nominal angles, exposure order, pixel size, tilt axis), an alignment
+(IMOD ``.xf/.tlt[/.xtilt]`` + ``tilt.com``, AreTomo ``.aln`` or a Warp tilt-series XML), CTF
+(ctfplotter ``.defocus`` or the Warp XML) and exposure (``.order`` list, Warp ``Dose`` or the
+mdoc). Every source is checked against the stack and the others first: a file with fewer (or
+more) tilts than the stack, a pixel size that disagrees between files, NaN or tilt angles
+beyond ±90° fail with one line naming the file and field, before anything is written.
+``export_tilt_series`` writes IMOD (``.xf .tlt .xtilt .defocus``) or AreTomo (``.aln``) files.
+
+Each program's tomogram frame is its own: an alignment imported from IMOD places particles
+picked on IMOD's (``trimvol -rx``) tomogram, one from Warp particles picked in Warp's
+(:mod:`subtomo.io.imod_alignment`, :mod:`subtomo.io.warp_xml`, :mod:`subtomo.io.aretomo`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+
+from subtomo.errors import InputError
+from subtomo.io import aretomo, imod_alignment, warp_xml
+from subtomo.io.imod_alignment import RelionParameters
+from subtomo.io.mdoc import MdocTiltSeries, read_mdoc
+from subtomo.io.tomograms import TomogramSet, project_path, write_tomogram_set
+from subtomo.tomo.tiltseries import TiltSeries
+
+PIXEL_TOLERANCE = 1e-3  # relative
+
+
+@dataclass
+class Sources:
+    """The files of one tilt series (None where not given)."""
+
+    name: str
+    stack: Path
+    mdoc: Path | None = None
+    imod: Path | None = None  # basename: BASE.xf, BASE.tlt (BASE.xtilt, tilt.com beside)
+    tilt_com: Path | None = None
+    aln: Path | None = None
+    warp_xml: Path | None = None
+    tlt: Path | None = None  # nominal angles only (no alignment)
+    defocus: Path | None = None  # ctfplotter
+    order: Path | None = None  # seed 002's exposure list
+
+
+@dataclass
+class Optics:
+    """What the files may not say. Lengths in Å, px; doses in e/Å²."""
+
+    pixel_size_A: float | None = None
+    voltage_kv: float | None = None
+    cs_mm: float = 2.7
+    amplitude_contrast: float = 0.1
+    dose_per_tilt: float | None = None
+    order_scale: float = 1.0
+    tomo_size_px: tuple[int, int, int] | None = None
+    thickness_px: int | None = None
+    tilt_axis_deg: float | None = None
+    defocus_um: float | None = None
+    hand: float | None = None
+    defocus_frame: str = "raw"  # ctfplotter astigmatism angles: raw or aligned stack
+
+
+@dataclass
+class Imported:
+    tilt_series: TiltSeries
+    notes: list[str] = field(default_factory=list)
+
+
+def _stack_header(path: Path) -> tuple[int, int, int, float]:
+    """``(n_images, W, H, voxel size Å)`` of a tilt-image stack."""
+    if not path.is_file():
+        raise InputError(path, "tilt-series stack not found", field="--stack")
+    try:
+        with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+            h = mrc.header
+            return int(h.nz), int(h.nx), int(h.ny), float(mrc.voxel_size.x)
+    except (ValueError, OSError) as exc:
+        raise InputError(path, f"not a readable MRC stack ({exc})", field="--stack") from None
+
+
+def _agree(values: list[tuple[str, str, float]]) -> float | None:
+    """One pixel size from ``(source, field, value)`` candidates, which must agree."""
+    if not values:
+        return None
+    _, _, ref = values[0]
+    for source, name, value in values[1:]:
+        if abs(value - ref) > PIXEL_TOLERANCE * ref:
+            first = values[0]
+            raise InputError(source, f"pixel size {value:g} Å disagrees with {first[2]:g} Å "
+                             f"from {first[0]} ({first[1]})", field=name)
+    return ref
+
+
+def _count(path: Path, what: str, n: int, n_stack: int, stack: Path, field_name: str) -> None:
+    if n != n_stack:
+        relation = "fewer" if n < n_stack else "more"
+        raise InputError(path, f"{n} {what}, {relation} than the {n_stack} images of "
+                         f"{stack}", field=field_name)
+
+
+def import_tilt_series(src: Sources, optics: Optics) -> Imported:
+    """One tilt series from its files (see the module docstring)."""
+    notes: list[str] = []
+    n_stack, width, height, header_apix = _stack_header(src.stack)
+    mdoc: MdocTiltSeries | None = read_mdoc(src.mdoc) if src.mdoc else None
+    warp = warp_xml.read_warp_xml(src.warp_xml) if src.warp_xml else None
+    aln = aretomo.read_aln(src.aln) if src.aln else None
+    imod = None
+    if src.imod is not None:
+        base = Path(src.imod)
+        xf, tlt = base.with_name(base.name + ".xf"), base.with_name(base.name + ".tlt")
+        xtilt = base.with_name(base.name + ".xtilt")
+        com = src.tilt_com if src.tilt_com else base.parent / "tilt.com"
+        if src.tilt_com is None and com.is_file():
+            notes.append(f"using {com} (XAXISTILT, OFFSET, SHIFT, THICKNESS)")
+        imod = imod_alignment.read_imod_alignment(
+            xf, tlt, xtilt if xtilt.is_file() else None, com if com.is_file() else None)
+    if sum(x is not None for x in (warp, aln, imod)) > 1:
+        raise InputError(None, "give one alignment: --imod, --aln or --warp_xml",
+                         field="--imod")
+
+    # ---- pixel size -------------------------------------------------------------------
+    candidates = []
+    if optics.pixel_size_A is not None:
+        candidates.append(("--angpix", "--angpix", optics.pixel_size_A))
+    if mdoc is not None and mdoc.pixel_size_A is not None:
+        candidates.append((src.mdoc, "PixelSpacing", mdoc.pixel_size_A))
+    if warp is not None and warp.pixel_size_A is not None:
+        candidates.append((src.warp_xml, "CTF/PixelSize", warp.pixel_size_A))
+    if header_apix > 0 and abs(header_apix - 1.0) > 1e-6:
+        candidates.append((src.stack, "voxel size (MRC header)", header_apix))
+    apix = _agree(candidates)
+    if apix is None or not apix > 0:
+        raise InputError(src.stack, "no pixel size in the files; give --angpix", field="--angpix")
+
+    # ---- which stack images, nominal angles -------------------------------------------
+    images = np.arange(n_stack)
+    if mdoc is not None:
+        _count(src.mdoc, "ZValue sections", mdoc.n_tilts, n_stack, src.stack, "ZValue")
+    if imod is not None:
+        _count(Path(imod.source), "views", imod.n_views, n_stack, src.stack, "A11")
+    if aln is not None:
+        _count(src.aln, "images (RawSize)", aln.raw_size[2], n_stack, src.stack, "RawSize")
+        images = aln.sections
+        if aln.dark_frames:
+            notes.append(f"{len(aln.dark_frames)} dark frames dropped by AreTomo left out")
+        if aln.num_patches:
+            notes.append(f"local alignment of {aln.num_patches} patches in {src.aln} ignored "
+                         "(RELION holds five parameters per tilt)")
+    if warp is not None:
+        n_used = int(warp.use.sum())
+        if n_stack == warp.n_tilts:
+            images = np.flatnonzero(warp.use)
+        elif n_stack == n_used:
+            images = np.arange(n_used)
+        else:
+            _count(src.warp_xml, f"tilts ({n_used} used)", warp.n_tilts, n_stack, src.stack,
+                   "Angles")
+        if n_used < warp.n_tilts:
+            notes.append(f"{warp.n_tilts - n_used} tilts with UseTilt False left out")
+        notes.extend(warp.notes)
+    tlt = None
+    if src.tlt is not None:
+        tlt, _ = imod_alignment._read_angle_file(src.tlt, "tilt-angle file", "tilt angle")
+        _count(src.tlt, "tilt angles", len(tlt), n_stack, src.stack, "tilt angle")
+
+    stack_tilts = np.arange(n_stack)  # per-stack-image index into warp arrays
+    if warp is not None and n_stack != warp.n_tilts:
+        stack_tilts = np.flatnonzero(warp.use)
+    warp_rows = stack_tilts[images] if warp is not None else None
+
+    stack_angles = (warp.angles_deg[stack_tilts] if warp is not None
+                    else _aln_stack_angles(aln, n_stack) if aln is not None
+                    else imod.tilt_deg if imod is not None else tlt)
+    mdoc_of = np.arange(n_stack)  # mdoc section of each stack image
+    if mdoc is not None and stack_angles is not None:
+        mdoc_of = _match_mdoc(src.mdoc, mdoc.tilt_deg, stack_angles)
+        if not np.array_equal(mdoc_of, np.arange(n_stack)):
+            notes.append(f"{src.mdoc}: sections matched to the stack by tilt angle "
+                         "(the stack is not in ZValue order)")
+    if mdoc is not None:
+        nominal = mdoc.tilt_deg[mdoc_of[images]]
+    elif warp is not None:
+        nominal = warp.angles_deg[warp_rows]
+    elif aln is not None:
+        nominal = aln.tilt_deg
+    elif imod is not None:
+        nominal = imod.tilt_deg[images]
+    elif tlt is not None:
+        nominal = tlt[images]
+    else:
+        raise InputError(src.stack, "no tilt angles: give --mdoc, --tlt or an alignment",
+                         field="--mdoc")
+    axis = optics.tilt_axis_deg
+    if axis is None and mdoc is not None:
+        axis = mdoc.tilt_axis_deg
+
+    # ---- tomogram size -----------------------------------------------------------------
+    if optics.tomo_size_px is not None:
+        size = tuple(int(v) for v in optics.tomo_size_px)
+    else:
+        z = optics.thickness_px
+        if z is None and imod is not None:
+            z = imod.tilt_com.thickness_px
+        if z is None and aln is not None:
+            z = aln.thickness_px
+        if z is None:
+            raise InputError(src.stack, "no tomogram thickness: give --thickness (px) or "
+                             "--tomo_size X Y Z", field="--thickness")
+        size = (width, height, int(z))
+    if min(size) <= 0:
+        raise InputError(None, f"tomogram size {size} must be positive", field="--tomo_size")
+
+    # ---- geometry ----------------------------------------------------------------------
+    if imod is not None:
+        params = imod_alignment.imod_to_relion(imod, apix, size, (width, height))
+        if params.distortion_px > 0.1:
+            notes.append(f"{imod.source}: magnification/skew in the .xf is not representable "
+                         f"(up to {params.distortion_px:.2f} px at the image corners); "
+                         "nearest rotation used")
+        params = _select(params, images)
+        if imod.tilt_com.exclude:
+            notes.append(f"EXCLUDELIST views {imod.tilt_com.exclude} kept (the stack has them)")
+    elif aln is not None:
+        params = aretomo.aln_to_relion(aln, apix)
+    elif warp is not None:
+        params = warp_xml.warp_to_relion(warp, apix, size, (width, height), warp_rows)
+    else:
+        if axis is None:
+            raise InputError(src.stack, "no alignment and no tilt-axis angle: give --imod, "
+                             "--aln, --warp_xml or --tilt_axis", field="--tilt_axis")
+        n = len(images)
+        params = RelionParameters(np.zeros(n), nominal.copy(), np.full(n, float(axis)),
+                                  np.zeros(n), np.zeros(n))
+        notes.append("no alignment given: nominal angles, tilt axis and zero shifts")
+    if axis is None:
+        axis = float(np.median(params.zrot))
+
+    # ---- exposure ----------------------------------------------------------------------
+    dose_per_tilt = optics.dose_per_tilt
+    if warp is not None:
+        pre = warp.dose[warp_rows]
+    elif src.order is not None:
+        pre = imod_alignment.exposure_from_order(src.order, nominal, optics.order_scale)
+    elif mdoc is not None:
+        pre = mdoc.pre_exposure(dose_per_tilt)[mdoc_of[images]]
+    elif dose_per_tilt is not None:
+        order = np.argsort(np.abs(nominal), kind="stable")
+        pre = np.empty(len(nominal))
+        pre[order] = np.arange(len(nominal)) * dose_per_tilt
+        notes.append("no acquisition order given: exposure assumed to grow with |tilt| "
+                     "(dose-symmetric)")
+    else:
+        raise InputError(src.stack, "no exposure information: give --mdoc, --order, "
+                         "--warp_xml or --dose_per_tilt", field="--dose_per_tilt")
+    if dose_per_tilt is None:
+        steps = np.diff(np.sort(pre))
+        dose_per_tilt = float(np.median(steps)) if len(steps) else 0.0
+
+    # ---- CTF ---------------------------------------------------------------------------
+    phase = None
+    if src.defocus is not None:
+        ctf = imod_alignment._read_defocus(src.defocus, n_stack,
+                                           imod.tilt_deg if imod is not None else tlt)
+        u, v, angle = ctf.defocus_u_A[images], ctf.defocus_v_A[images], ctf.angle_deg[images]
+        missing = np.flatnonzero(~np.isfinite(u))
+        if len(missing):
+            raise InputError(src.defocus, f"no defocus for view {int(images[missing[0]]) + 1} "
+                             f"(of {n_stack})", field="defocus")
+        if optics.defocus_frame == "aligned":
+            angle = angle + params.zrot
+        if ctf.flags & 4:
+            phase = ctf.phase_shift_deg[images]
+    elif warp is not None:
+        d = warp.defocus_um[warp_rows] * 1e4
+        delta = warp.defocus_delta_um[warp_rows] * 1e4
+        u, v, angle = d + delta / 2, d - delta / 2, warp.defocus_angle_deg[warp_rows]
+        if np.any(warp.phase_shift_pi != 0):
+            phase = warp.phase_shift_pi[warp_rows] * 180.0
+    elif optics.defocus_um is not None:
+        u = v = np.full(len(images), optics.defocus_um * 1e4)
+        angle = np.zeros(len(images))
+    else:
+        raise InputError(src.stack, "no CTF: give --defocus (ctfplotter), --warp_xml or "
+                         "--defocus_um", field="--defocus")
+
+    voltage = optics.voltage_kv
+    if voltage is None:
+        voltage = (mdoc.voltage_kv if mdoc is not None and mdoc.voltage_kv
+                   else float(warp.ctf["Voltage"]) if warp is not None and "Voltage" in warp.ctf
+                   else None)
+    if voltage is None:
+        raise InputError(src.stack, "no voltage in the files; give --voltage (kV)",
+                         field="--voltage")
+    hand = optics.hand if optics.hand is not None else (warp.hand if warp is not None else -1.0)
+
+    stack_name = project_path(Path(src.stack))
+    tilts = pd.DataFrame({
+        "rlnMicrographName": [f"{int(k) + 1}@{stack_name}" for k in images],
+        "rlnTomoNominalStageTiltAngle": nominal,
+        "rlnTomoNominalTiltAxisAngle": float(axis),
+        "rlnMicrographPreExposure": pre,
+        "rlnDefocusU": u, "rlnDefocusV": v, "rlnDefocusAngle": angle,
+        "rlnTomoXTilt": params.xtilt, "rlnTomoYTilt": params.ytilt, "rlnTomoZRot": params.zrot,
+        "rlnTomoXShiftAngst": params.shift_x_A, "rlnTomoYShiftAngst": params.shift_y_A,
+    })
+    if phase is not None:
+        tilts["rlnPhaseShift"] = phase
+    globals_ = {
+        "rlnTomoName": src.name,
+        "rlnVoltage": float(voltage), "rlnSphericalAberration": float(optics.cs_mm),
+        "rlnAmplitudeContrast": float(optics.amplitude_contrast),
+        "rlnMicrographOriginalPixelSize": apix, "rlnTomoHand": float(hand),
+        "rlnTomoTiltSeriesPixelSize": apix, "rlnTomoSizeX": size[0], "rlnTomoSizeY": size[1],
+        "rlnTomoSizeZ": size[2], "rlnTomoImportFractionalDose": float(dose_per_tilt),
+        "rlnOpticsGroupName": "opticsGroup1",
+    }
+    if np.array_equal(images, np.arange(n_stack)):  # RELION 4's stack: one image per tilt
+        globals_["rlnTomoTiltSeriesName"] = stack_name
+    for label in ("rlnTomoYTilt", "rlnMicrographPreExposure", "rlnDefocusU"):
+        values = tilts[label].to_numpy(np.float64)
+        if not np.all(np.isfinite(values)):
+            raise InputError(src.stack, f"tilt series {src.name}: non-finite values", field=label)
+    bad = np.flatnonzero(np.abs(params.ytilt) > 90)
+    if len(bad):
+        raise InputError(src.stack, f"tilt {int(images[bad[0]]) + 1}: tilt angle "
+                         f"{params.ytilt[bad[0]]:g}° outside ±90°", field="rlnTomoYTilt")
+    ts = TiltSeries(globals_, tilts, source=None, image_size=(width, height))
+    return Imported(ts, notes)
+
+
+def _aln_stack_angles(aln: aretomo.AlnFile, n_stack: int) -> np.ndarray:
+    """Tilt angle per stack image from an ``.aln`` (NaN for dark frames)."""
+    out = np.full(n_stack, np.nan)
+    out[aln.sections] = aln.tilt_deg
+    return out
+
+
+def _match_mdoc(path: Path, mdoc_deg: np.ndarray, stack_deg: np.ndarray,
+                tolerance_deg: float = 2.0) -> np.ndarray:
+    """The mdoc section of each stack image: ZValue order when the angles agree there (after
+    removing a common offset, e.g. tiltalign's), else the one permutation sorting both."""
+    known = np.isfinite(stack_deg)
+
+    def close(a: np.ndarray, b: np.ndarray) -> bool:
+        d = a - b
+        return bool(np.all(np.abs(d - np.median(d)) <= tolerance_deg))
+
+    if close(mdoc_deg[known], stack_deg[known]):
+        return np.arange(len(stack_deg))
+    order_m = np.argsort(mdoc_deg, kind="stable")
+    out = np.empty(len(stack_deg), dtype=int)
+    filled = stack_deg.copy()  # dark frames (no angle) sit between their neighbours
+    if not known.all() and known.any():
+        filled[~known] = np.interp(np.flatnonzero(~known), np.flatnonzero(known),
+                                   stack_deg[known])
+    order_s = np.argsort(filled, kind="stable")
+    out[order_s] = order_m
+    if not close(mdoc_deg[out][known], stack_deg[known]):
+        raise InputError(path, "the mdoc's tilt angles do not match the stack's (neither in "
+                         "ZValue order nor sorted by angle)", field="TiltAngle")
+    return out
+
+
+def _select(params: RelionParameters, index: np.ndarray) -> RelionParameters:
+    return RelionParameters(*(v[index] for v in params.as_tuple()),
+                            distortion_px=params.distortion_px)
+
+
+def import_tomograms(sources: list[Sources], optics: Optics, output: str | Path,
+                     tilt_series_dir: str = "tilt_series") -> tuple[TomogramSet, list[str]]:
+    """Import every tilt series, then write ``output`` (RELION 5 ``tomograms.star`` and
+    ``<dir>/<name>.star`` beside it). Nothing is written unless all of them import."""
+    from subtomo.io.files import check_not_input
+
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise InputError(None, "a tilt-series name appears twice", field="--name")
+    for src in sources:
+        check_not_input(output, *(getattr(src, f) for f in (
+            "stack", "mdoc", "tilt_com", "aln", "warp_xml", "tlt", "defocus", "order")))
+    imported = [import_tilt_series(s, optics) for s in sources]
+    tset = TomogramSet({i.tilt_series.name: i.tilt_series for i in imported}, str(output))
+    write_tomogram_set(tset, output, flavour="relion5", tilt_series_dir=tilt_series_dir)
+    notes = [f"{i.tilt_series.name}: {n}" for i in imported for n in i.notes]
+    return tset, notes
+
+
+def check_export(ts: TiltSeries, formats: tuple[str, ...]) -> None:
+    """Refuse, before anything is written, what a format cannot hold."""
+    unknown = set(formats) - {"imod", "aretomo"}
+    if unknown:
+        raise InputError(None, f"unknown export format(s) {sorted(unknown)}", field="--format")
+    if "aretomo" in formats and np.any(np.abs(ts.column("rlnTomoXTilt", 0.0)) > 1e-6):
+        raise InputError(ts.source, f"tilt series {ts.name}: AreTomo's .aln has no per-tilt "
+                         "x-axis tilt, and rlnTomoXTilt is not 0", field="rlnTomoXTilt")
+    ts.image_size_px  # noqa: B018 (fails now, not half-way, when the images are missing)
+
+
+def export_tilt_series(ts: TiltSeries, out_dir: str | Path, formats: tuple[str, ...] = ("imod",)
+                       ) -> list[Path]:
+    """Write ``<out_dir>/<name>.xf .tlt .xtilt .defocus`` (``imod``) and/or ``<name>.aln``
+    (``aretomo``) for one tilt series; returns the files written."""
+    check_export(ts, formats)
+    out_dir = Path(out_dir)
+    params = RelionParameters(*(p.numpy() for p in ts.dof()))
+    written: list[Path] = []
+    base = out_dir / ts.name
+    if "imod" in formats:
+        al = imod_alignment.relion_to_imod(params, ts.pixel_size_A, ts.tomo_size_px,
+                                           ts.image_size_px)
+        written += imod_alignment.write_imod_alignment(base, al)
+        if "rlnDefocusU" in ts.tilts:
+            u, v, angle = ts.defocus()
+            path = base.with_name(base.name + ".defocus")
+            imod_alignment.write_defocus(path, al.tilt_deg, u, v, angle)
+            written.append(path)
+    if "aretomo" in formats:
+        w, h = ts.image_size_px
+        path = base.with_name(base.name + ".aln")
+        aretomo.write_aln(path, params, ts.pixel_size_A, (w, h, ts.n_tilts))
+        written.append(path)
+    return written

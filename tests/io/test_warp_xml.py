@@ -1,0 +1,127 @@
+"""Warp tilt-series XML: the real ``tests/data/warp/00254.xml`` (a Warp run on EMPIAR-10499,
+shipped in the cryoet-alignment 0.2.0 sdist) and synthetic ones written the way Warp's
+``SaveMeta`` writes them, against Warp's projection (``GetPositionsInOneTilt``) transcribed here
+with Warp's ``Matrix3.Euler`` and ``RotateX`` element by element."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from subtomo.errors import InputError
+from subtomo.io.warp_xml import read_warp_xml, warp_to_relion
+from subtomo.tomo.geometry import project_points, projection_matrices
+
+
+def warp_euler(rot, tilt, psi):
+    """Warp ``Matrix3.Euler`` (row-major M11..M33)."""
+    ca, cb, cg = np.cos(rot), np.cos(tilt), np.cos(psi)
+    sa, sb, sg = np.sin(rot), np.sin(tilt), np.sin(psi)
+    cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
+    return np.array([[cg * cc - sg * sa, cg * cs + sg * ca, -cg * sb],
+                     [-sg * cc - cg * sa, -sg * cs + cg * ca, sg * sb],
+                     [sc, ss, cb]])
+
+
+def warp_rotate_x(a):
+    """Warp ``Matrix3.RotateX``: constructor args are column-major (m11, m21, m31, m12, ...)."""
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+
+
+def warp_positions(ws, t, points_A, volume_A, image_A):
+    """``GetPositionsInOneTilt`` without volume warps (Å)."""
+    r = warp_euler(0.0, np.radians(ws.angles_deg[t] + ws.level_angle_y),
+                   np.radians(-ws.axis_angle_deg[t])) @ warp_rotate_x(np.radians(ws.level_angle_x))
+    out = (points_A - volume_A / 2) @ r.T
+    out[:, :2] += ws.axis_offset_A[t] + image_A / 2 - ws.movement_A[t]
+    return out[:, :2]
+
+
+def ours(params, apix, size, image, points_px):
+    m = projection_matrices(*(torch.as_tensor(v) for v in params.as_tuple()), apix, size, image)
+    return project_points(m, torch.as_tensor(points_px))[..., :2].numpy()
+
+
+def check_against_warp(ws, apix, size, image, seed=0):
+    params = warp_to_relion(ws, apix, size, image)
+    used = np.flatnonzero(ws.use)
+    points = np.random.default_rng(seed).uniform(0, 1, (150, 3)) * np.array(size)
+    got = ours(params, apix, size, image, points)
+    for j, t in enumerate(used):
+        expected = warp_positions(ws, t, points * apix, np.array(size) * apix,
+                                  np.array(image) * apix) / apix
+        assert np.abs(got[:, j] - expected).max() < 1e-3
+    return params
+
+
+def test_real_warp_xml(cryoet_alignment_sdist):
+    ws = read_warp_xml(cryoet_alignment_sdist / "tests/data/warp/00254.xml")
+    assert ws.n_tilts == 41 and ws.use.all() and ws.pixel_size_A == 1.0
+    assert ws.angles_deg[0] == -60.01 and ws.dose[20] == 0 and ws.dose[0] == 117
+    assert np.all(ws.axis_angle_deg == np.float64("-4.2999735"))
+    assert ws.axis_offset_A[0, 0] == pytest.approx(271.82022)
+    assert ws.movie_paths[0] == "../2/TS_01_041_-60.0.tif" and not ws.angles_inverted
+    assert np.all(ws.defocus_um == 1.0) and ws.hand == -1.0  # no CTF fit: global Defocus
+    for size, image in (((4000, 4000, 1500), (4000, 4000)), ((3837, 3709, 1201), (3837, 3709))):
+        params = check_against_warp(ws, 1.0, size, image)
+    assert np.allclose(params.ytilt, -ws.angles_deg) and np.allclose(params.zrot, -4.2999735)
+
+
+def synthetic_xml(n=7, inverted=False):
+    rng = np.random.default_rng(7)
+    angles = np.linspace(-45, 45, n)
+    lines = lambda v: "\n".join(f"{x:.6f}" for x in v)  # noqa: E731
+    use = ["True"] * n
+    use[1] = "False"
+    nodes = lambda name, v: (f'<{name} Width="1" Height="1" Depth="{n}" MarginX="0" '  # noqa
+                             'MarginY="0" MarginZ="0">' + "".join(
+                                 f'<Node X="0" Y="0" Z="{i}" Value="{x}" />'
+                                 for i, x in enumerate(v)) + f"</{name}>")
+    return f"""\ufeff<?xml version="1.0" encoding="utf-8"?>
+<TiltSeries AreAnglesInverted="{inverted}" PlaneNormal="0, 0, 1" LevelAngleX="1.5"
+ LevelAngleY="-2.25" Bfactor="0" Weight="1">
+<Angles>{lines(angles)}</Angles>
+<Dose>{lines(np.abs(angles) / 15 * 3)}</Dose>
+<UseTilt>{chr(10).join(use)}</UseTilt>
+<AxisAngle>{lines(rng.uniform(84, 86, n))}</AxisAngle>
+<AxisOffsetX>{lines(rng.uniform(-80, 80, n))}</AxisOffsetX>
+<AxisOffsetY>{lines(rng.uniform(-80, 80, n))}</AxisOffsetY>
+<MoviePath>{chr(10).join(f"TS_{i}.tif" for i in range(n))}</MoviePath>
+<CTF><Param Name="PixelSize" Value="2.5" /><Param Name="Voltage" Value="300" />
+<Param Name="Cs" Value="2.7" /><Param Name="Amplitude" Value="0.07" />
+<Param Name="Defocus" Value="3.0" /></CTF>
+{nodes("GridCTF", np.linspace(3.0, 3.6, n))}
+{nodes("GridCTFDefocusDelta", np.full(n, 0.1))}
+{nodes("GridCTFDefocusAngle", np.full(n, 35.0))}
+{nodes("GridMovementX", rng.uniform(-20, 20, n))}
+{nodes("GridMovementY", rng.uniform(-20, 20, n))}
+</TiltSeries>
+"""
+
+
+def test_synthetic_warp_xml_levels_movement_and_ctf(tmp_path):
+    (tmp_path / "ts.xml").write_text(synthetic_xml())
+    ws = read_warp_xml(tmp_path / "ts.xml")
+    assert list(ws.use) == [True, False] + [True] * 5
+    assert ws.level_angle_x == 1.5 and ws.level_angle_y == -2.25
+    assert np.allclose(ws.defocus_um, np.linspace(3.0, 3.6, 7))
+    assert np.allclose(ws.defocus_delta_um, 0.1) and np.allclose(ws.defocus_angle_deg, 35)
+    assert np.any(ws.movement_A != 0)
+    params = check_against_warp(ws, 2.5, (300, 301, 81), (300, 301))
+    assert len(params.ytilt) == 6 and np.allclose(params.xtilt, 1.5)
+    (tmp_path / "inv.xml").write_text(synthetic_xml(inverted=True))
+    assert read_warp_xml(tmp_path / "inv.xml").hand == 1.0
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda s: s.replace("<Angles>-45.000000", "<Angles>-95.000000"), "Angles: tilt 1"),
+    (lambda s: s.replace("<Dose>9.000000", "<Dose>nan"), "Dose: value 1 is not finite"),
+    (lambda s: s.replace("<UseTilt>True\n", "<UseTilt>"), "UseTilt: <UseTilt> has 6"),
+    (lambda s: s.replace("</TiltSeries>", ""), "not valid XML"),
+])
+def test_bad_warp_xml(tmp_path, edit, match):
+    (tmp_path / "bad.xml").write_text(edit(synthetic_xml()))
+    with pytest.raises(InputError, match=match):
+        read_warp_xml(tmp_path / "bad.xml")
