@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from subtomo.errors import InputError
-from subtomo.io import aretomo, imod_alignment
-from subtomo.tomo.geometry import project_points, projection_matrices
+from subtomo.io import aretomo, imod
+from subtomo.tomo import imod_geometry
+from subtomo.tomo.geometry import RelionParameters, project_points, projection_matrices
 
 
 def project(params, apix, size, image, points):
@@ -42,9 +43,8 @@ def test_real_aretomo3_files(cryoet_alignment_sdist, tmp_path):
 def test_aretomo2_numbering_and_round_trip(tmp_path):
     rng = np.random.default_rng(2)
     n = 12
-    params = imod_alignment.RelionParameters(np.zeros(n), np.linspace(-54, 54, n),
-                                             rng.uniform(80, 90, n), rng.uniform(-50, 50, n),
-                                             rng.uniform(-50, 50, n))
+    params = RelionParameters(np.zeros(n), np.linspace(-54, 54, n), rng.uniform(80, 90, n),
+                              rng.uniform(-50, 50, n), rng.uniform(-50, 50, n))
     sections = np.array([0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12])  # section 7 is dark
     aretomo.write_aln(tmp_path / "a.aln", params, 2.0, (300, 280, 13), sections)
     aln = aretomo.read_aln(tmp_path / "a.aln")
@@ -55,7 +55,7 @@ def test_aretomo2_numbering_and_round_trip(tmp_path):
     assert np.abs(project(back, 2.0, (300, 280, 90), (300, 280), points)
                   - project(params, 2.0, (300, 280, 90), (300, 280), points)).max() < 1e-3
     with pytest.raises(InputError, match="rlnTomoXTilt"):
-        aretomo.write_aln(tmp_path / "b.aln", imod_alignment.RelionParameters(
+        aretomo.write_aln(tmp_path / "b.aln", RelionParameters(
             np.ones(n), *params.as_tuple()[1:]), 2.0, (300, 280, 12))
 
 
@@ -70,8 +70,8 @@ def test_aretomo_imod_export_reads_back_the_same_geometry(tmp_path):
     a = np.stack([np.stack([np.cos(-tau), -np.sin(-tau)], -1),
                   np.stack([np.sin(-tau), np.cos(-tau)], -1)], axis=1)
     d = np.einsum("tij,tj->ti", a, -t)
-    al = imod_alignment.ImodAlignment(np.concatenate([a, d[:, :, None]], 2), tilt, np.zeros(n))
-    via_imod = imod_alignment.imod_to_relion(al, 1.0, (512, 512, 128), (512, 512))
+    al = imod.ImodAlignment(np.concatenate([a, d[:, :, None]], 2), tilt, np.zeros(n))
+    via_imod = imod_geometry.imod_to_relion(al, 1.0, (512, 512, 128), (512, 512))
     assert np.allclose(via_imod.zrot, rot) and np.allclose(via_imod.ytilt, tilt)
     gap = np.hypot(via_imod.shift_x_A - t[:, 0], via_imod.shift_y_A - t[:, 1])
     assert gap.max() < 1.6

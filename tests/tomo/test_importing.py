@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from subtomo.cli import main
-from subtomo.io import aretomo, imod_alignment
+from subtomo.io import aretomo, imod
 from subtomo.io.tomograms import read_tomogram_set, write_tomogram_set
-from subtomo.tomo.geometry import project_points, projection_matrices
+from subtomo.tomo import imod_geometry
+from subtomo.tomo.geometry import RelionParameters, project_points, projection_matrices
 
 APIX, IMAGE, THICK = 2.5, (64, 48), 40
 ANGLES = np.arange(-60.0, 61.0, 6.0)  # 21 tilts, the stack sorted by angle
@@ -55,9 +56,9 @@ def write_stack(path: Path, n: int = N) -> None:
         mrc.voxel_size = APIX
 
 
-def truth(seed: int = 0) -> imod_alignment.RelionParameters:
+def truth(seed: int = 0) -> RelionParameters:
     rng = np.random.default_rng(seed)
-    return imod_alignment.RelionParameters(
+    return RelionParameters(
         rng.uniform(-1, 1, N), ANGLES + rng.uniform(-0.5, 0.5, N), 85 + rng.uniform(-1, 1, N),
         rng.uniform(-30, 30, N), rng.uniform(-30, 30, N))
 
@@ -76,9 +77,9 @@ def imod_project(tmp_path):
     params = truth()
     write_stack(d / "TS_01.mrcs")
     write_mdoc(d / "TS_01.mrcs.mdoc", acquisition_rank(ANGLES))
-    al = imod_alignment.relion_to_imod(params, APIX, (*IMAGE, THICK), IMAGE)
-    imod_alignment.write_imod_alignment(d / "TS_01", al)
-    imod_alignment.write_defocus(d / "TS_01.defocus", al.tilt_deg, 30000 + 100 * ANGLES,
+    al = imod_geometry.relion_to_imod(params, APIX, (*IMAGE, THICK), IMAGE)
+    imod.write_imod_alignment(d / "TS_01", al)
+    imod.write_defocus(d / "TS_01.defocus", al.tilt_deg, 30000 + 100 * ANGLES,
                                  29000 + 100 * ANGLES, np.full(N, 40.0))
     return d, params
 
@@ -117,13 +118,12 @@ def test_imod_mdoc_ctfplotter_import_relion4_and_back(imod_project, tmp_path, mo
                 "--o", "refused"]) == 2  # x-axis tilts: refused before writing anything
     assert "rlnTomoXTilt" in capsys.readouterr().err and not Path("refused").exists()
     assert run(["tomograms", "export", "--i", "r4/tomograms.star", "--imod", "--o", "out"]) == 0
-    original = imod_alignment.read_imod_alignment(d / "TS_01.xf", d / "TS_01.tlt",
-                                                  d / "TS_01.xtilt")
-    exported = imod_alignment.read_imod_alignment(Path("out/TS_01.xf"), Path("out/TS_01.tlt"),
-                                                  Path("out/TS_01.xtilt"))
+    original = imod.read_imod_alignment(d / "TS_01.xf", d / "TS_01.tlt", d / "TS_01.xtilt")
+    exported = imod.read_imod_alignment(Path("out/TS_01.xf"), Path("out/TS_01.tlt"),
+                                        Path("out/TS_01.xtilt"))
     assert np.abs(exported.xf - original.xf).max() < 1e-5
     assert np.allclose(exported.tilt_deg, original.tilt_deg, atol=1e-5)
-    back = imod_alignment._read_defocus(Path("out/TS_01.defocus"), N)
+    back = imod.read_defocus(Path("out/TS_01.defocus"), N)
     assert np.allclose(back.defocus_u_A, u, atol=0.5)
 
 

@@ -30,8 +30,8 @@ import numpy as np
 
 from subtomo.errors import InputError
 from subtomo.io.files import atomic_path
-from subtomo.io.imod_alignment import RelionParameters
 from subtomo.io.text_columns import check_angles, numeric_rows, parse_row, read_lines
+from subtomo.tomo.geometry import RelionParameters
 
 GLOBAL_NAMES = ("SEC", "ROT", "GMAG", "TX", "TY", "SMEAN", "SFIT", "SCALE", "BASE", "TILT")
 

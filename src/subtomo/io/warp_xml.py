@@ -37,8 +37,12 @@ from pathlib import Path
 import numpy as np
 
 from subtomo.errors import InputError
-from subtomo.io.imod_alignment import RelionParameters
-from subtomo.tomo.geometry import image_centre_px, specimen_centre_px, tilt_rotations
+from subtomo.tomo.geometry import (
+    RelionParameters,
+    image_centre_px,
+    specimen_centre_px,
+    tilt_rotations,
+)
 
 
 @dataclass

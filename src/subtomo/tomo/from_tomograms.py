@@ -6,10 +6,12 @@ Coordinates (``<tomogram stem><suffix>``, ``x y z`` per line) are tomogram voxel
 0-based as ``relion_preprocess`` reads them; the box is centred on them exactly (integer part by
 index, sub-voxel remainder as a Fourier phase). The CTF volume is
 :func:`subtomo.ctf.volume.gridded_ctf` for tilts about y by the ``.tlt`` angles with each
-view's ctfplotter defocus, shifted by the particle's depth in that view
-(``hand × pixel × depth``, RELION's ``Tomogram::getCtf``; IMOD and AreTomo differ in the sign of
-the tilt angle relative to RELION, so ``--hand`` chooses it) and the exposure of the ``.order``
-line with the nearest angle. A box that leaves the tomogram is skipped with a count.
+view's ctfplotter defocus (views ctfplotter did not fit take the fitted row nearest in angle),
+shifted by the particle's depth in that view (``hand × pixel × depth``, RELION's
+``Tomogram::getCtf``; IMOD and AreTomo differ in the sign of the tilt angle relative to RELION,
+so ``--hand`` chooses it) and the exposure of the ``.order`` line matched by angle
+(:func:`subtomo.io.imod.exposure_from_order`). A box that leaves the tomogram is skipped with a
+count.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from subtomo.errors import InputError
 from subtomo.fourier.grid import centred_irfft, centred_rfft
 from subtomo.fourier.shift import phase_shift
 from subtomo.io.files import resolve
-from subtomo.io.imod import defocus_per_view, read_ctfplotter, read_order, read_tlt
+from subtomo.io.imod import exposure_from_order, read_angles, read_defocus
 from subtomo.io.mrc import write_ctf_volume, write_mrc
 from subtomo.io.particles import ParticleSet
 from subtomo.io.star import write_particles
@@ -54,18 +56,18 @@ def imod_tilt_series(tomogram: Path, shape_zyx: tuple[int, int, int], pixel_size
                      defocus_name: str, hand: float, optics: dict) -> TiltSeries:
     """The tilt geometry of a tomogram from the IMOD files in its folder (tilts about y)."""
     folder, stem = tomogram.parent, tomogram.stem
-    angles = read_tlt(_one(folder, stem, ".tlt", "tilt-angle file"))
+    angles = read_angles(_one(folder, stem, ".tlt", "tilt-angle file"))
     defocus_file = folder / defocus_name
     if not defocus_file.is_file():
         defocus_file = _one(folder, stem, ".defocus", "ctfplotter defocus file")
-    u, v, astig_angle = defocus_per_view(read_ctfplotter(defocus_file), angles)
-    order_angles, exposure = read_order(_one(folder, stem, ".order", "exposure list"))
-    nearest = np.abs(order_angles[None] - angles[:, None]).argmin(1)
+    ctf = read_defocus(defocus_file, len(angles), angles).filled(angles)
+    exposure = exposure_from_order(_one(folder, stem, ".order", "exposure list"), angles)
     nz, ny, nx = shape_zyx
     tilts = pd.DataFrame({"rlnTomoXTilt": 0.0, "rlnTomoYTilt": angles, "rlnTomoZRot": 0.0,
                           "rlnTomoXShiftAngst": 0.0, "rlnTomoYShiftAngst": 0.0,
-                          "rlnDefocusU": u, "rlnDefocusV": v, "rlnDefocusAngle": astig_angle,
-                          "rlnMicrographPreExposure": exposure[nearest]})
+                          "rlnDefocusU": ctf.defocus_u_A, "rlnDefocusV": ctf.defocus_v_A,
+                          "rlnDefocusAngle": ctf.angle_deg,
+                          "rlnMicrographPreExposure": exposure})
     globals_ = {"rlnTomoName": stem, "rlnTomoTiltSeriesPixelSize": pixel_size_A,
                 "rlnTomoSizeX": nx, "rlnTomoSizeY": ny, "rlnTomoSizeZ": nz, "rlnTomoHand": hand,
                 **optics}

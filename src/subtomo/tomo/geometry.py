@@ -39,12 +39,16 @@ formula so that the round trip is exact for odd sizes too (RELION's own uses ``w
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 from torch import Tensor
 
 from subtomo.geometry.euler import rotation_x, rotation_y, rotation_z
 
 __all__ = [
+    "RelionParameters",
     "angles_from_matrices",
     "image_centre_px",
     "project_points",
@@ -53,6 +57,22 @@ __all__ = [
     "tilt_rotations",
     "tomogram_centre_px",
 ]
+
+
+@dataclass
+class RelionParameters:
+    """The five RELION 5 parameters per tilt (deg, deg, deg, Å, Å) and, for IMOD input, the
+    largest position error (px at the image corners) from dropping magnification or skew."""
+
+    xtilt: np.ndarray
+    ytilt: np.ndarray
+    zrot: np.ndarray
+    shift_x_A: np.ndarray
+    shift_y_A: np.ndarray
+    distortion_px: float = 0.0
+
+    def as_tuple(self) -> tuple[np.ndarray, ...]:
+        return self.xtilt, self.ytilt, self.zrot, self.shift_x_A, self.shift_y_A
 
 
 def tomogram_centre_px(size_px) -> Tensor:

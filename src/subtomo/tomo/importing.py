@@ -11,7 +11,7 @@ beyond ±90° fail with one line naming the file and field, before anything is w
 
 Each program's tomogram frame is its own: an alignment imported from IMOD places particles
 picked on IMOD's (``trimvol -rx``) tomogram, one from Warp particles picked in Warp's
-(:mod:`subtomo.io.imod_alignment`, :mod:`subtomo.io.warp_xml`, :mod:`subtomo.io.aretomo`).
+(:mod:`subtomo.tomo.imod_geometry`, :mod:`subtomo.io.warp_xml`, :mod:`subtomo.io.aretomo`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ import numpy as np
 import pandas as pd
 
 from subtomo.errors import InputError
-from subtomo.io import aretomo, imod_alignment, warp_xml
-from subtomo.io.imod_alignment import RelionParameters
+from subtomo.io import aretomo, imod, warp_xml
 from subtomo.io.mdoc import MdocTiltSeries, read_mdoc
 from subtomo.io.tomograms import TomogramSet, project_path, write_tomogram_set
+from subtomo.tomo import imod_geometry
+from subtomo.tomo.geometry import RelionParameters
 from subtomo.tomo.tiltseries import TiltSeries
 
 PIXEL_TOLERANCE = 1e-3  # relative
@@ -112,7 +113,7 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
     mdoc: MdocTiltSeries | None = read_mdoc(src.mdoc) if src.mdoc else None
     warp = warp_xml.read_warp_xml(src.warp_xml) if src.warp_xml else None
     aln = aretomo.read_aln(src.aln) if src.aln else None
-    imod = None
+    alignment = None
     if src.imod is not None:
         base = Path(src.imod)
         xf, tlt = base.with_name(base.name + ".xf"), base.with_name(base.name + ".tlt")
@@ -120,9 +121,9 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
         com = src.tilt_com if src.tilt_com else base.parent / "tilt.com"
         if src.tilt_com is None and com.is_file():
             notes.append(f"using {com} (XAXISTILT, OFFSET, SHIFT, THICKNESS)")
-        imod = imod_alignment.read_imod_alignment(
+        alignment = imod.read_imod_alignment(
             xf, tlt, xtilt if xtilt.is_file() else None, com if com.is_file() else None)
-    if sum(x is not None for x in (warp, aln, imod)) > 1:
+    if sum(x is not None for x in (warp, aln, alignment)) > 1:
         raise InputError(None, "give one alignment: --imod, --aln or --warp_xml",
                          field="--imod")
 
@@ -144,8 +145,8 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
     images = np.arange(n_stack)
     if mdoc is not None:
         _count(src.mdoc, "ZValue sections", mdoc.n_tilts, n_stack, src.stack, "ZValue")
-    if imod is not None:
-        _count(Path(imod.source), "views", imod.n_views, n_stack, src.stack, "A11")
+    if alignment is not None:
+        _count(Path(alignment.source), "views", alignment.n_views, n_stack, src.stack, "A11")
     if aln is not None:
         _count(src.aln, "images (RawSize)", aln.raw_size[2], n_stack, src.stack, "RawSize")
         images = aln.sections
@@ -168,7 +169,7 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
         notes.extend(warp.notes)
     tlt = None
     if src.tlt is not None:
-        tlt, _ = imod_alignment._read_angle_file(src.tlt, "tilt-angle file", "tilt angle")
+        tlt = imod.read_angles(src.tlt, "tilt-angle file", "tilt angle")
         _count(src.tlt, "tilt angles", len(tlt), n_stack, src.stack, "tilt angle")
 
     stack_tilts = np.arange(n_stack)  # per-stack-image index into warp arrays
@@ -178,7 +179,7 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
 
     stack_angles = (warp.angles_deg[stack_tilts] if warp is not None
                     else _aln_stack_angles(aln, n_stack) if aln is not None
-                    else imod.tilt_deg if imod is not None else tlt)
+                    else alignment.tilt_deg if alignment is not None else tlt)
     mdoc_of = np.arange(n_stack)  # mdoc section of each stack image
     if mdoc is not None and stack_angles is not None:
         mdoc_of = _match_mdoc(src.mdoc, mdoc.tilt_deg, stack_angles)
@@ -191,8 +192,8 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
         nominal = warp.angles_deg[warp_rows]
     elif aln is not None:
         nominal = aln.tilt_deg
-    elif imod is not None:
-        nominal = imod.tilt_deg[images]
+    elif alignment is not None:
+        nominal = alignment.tilt_deg[images]
     elif tlt is not None:
         nominal = tlt[images]
     else:
@@ -207,8 +208,8 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
         size = tuple(int(v) for v in optics.tomo_size_px)
     else:
         z = optics.thickness_px
-        if z is None and imod is not None:
-            z = imod.tilt_com.thickness_px
+        if z is None and alignment is not None:
+            z = alignment.tilt_com.thickness_px
         if z is None and aln is not None:
             z = aln.thickness_px
         if z is None:
@@ -219,15 +220,16 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
         raise InputError(None, f"tomogram size {size} must be positive", field="--tomo_size")
 
     # ---- geometry ----------------------------------------------------------------------
-    if imod is not None:
-        params = imod_alignment.imod_to_relion(imod, apix, size, (width, height))
+    if alignment is not None:
+        params = imod_geometry.imod_to_relion(alignment, apix, size, (width, height))
         if params.distortion_px > 0.1:
-            notes.append(f"{imod.source}: magnification/skew in the .xf is not representable "
+            notes.append(f"{alignment.source}: magnification/skew in the .xf is not representable "
                          f"(up to {params.distortion_px:.2f} px at the image corners); "
                          "nearest rotation used")
         params = _select(params, images)
-        if imod.tilt_com.exclude:
-            notes.append(f"EXCLUDELIST views {imod.tilt_com.exclude} kept (the stack has them)")
+        if alignment.tilt_com.exclude:
+            notes.append(f"EXCLUDELIST views {alignment.tilt_com.exclude} kept "
+                         "(the stack has them)")
     elif aln is not None:
         params = aretomo.aln_to_relion(aln, apix)
     elif warp is not None:
@@ -248,7 +250,7 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
     if warp is not None:
         pre = warp.dose[warp_rows]
     elif src.order is not None:
-        pre = imod_alignment.exposure_from_order(src.order, nominal, optics.order_scale)
+        pre = imod.exposure_from_order(src.order, nominal, optics.order_scale)
     elif mdoc is not None:
         pre = mdoc.pre_exposure(dose_per_tilt)[mdoc_of[images]]
     elif dose_per_tilt is not None:
@@ -267,8 +269,8 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
     # ---- CTF ---------------------------------------------------------------------------
     phase = None
     if src.defocus is not None:
-        ctf = imod_alignment._read_defocus(src.defocus, n_stack,
-                                           imod.tilt_deg if imod is not None else tlt)
+        ctf = imod.read_defocus(src.defocus, n_stack,
+                                alignment.tilt_deg if alignment is not None else tlt)
         u, v, angle = ctf.defocus_u_A[images], ctf.defocus_v_A[images], ctf.angle_deg[images]
         missing = np.flatnonzero(~np.isfinite(u))
         if len(missing):
@@ -414,13 +416,13 @@ def export_tilt_series(ts: TiltSeries, out_dir: str | Path, formats: tuple[str, 
     written: list[Path] = []
     base = out_dir / ts.name
     if "imod" in formats:
-        al = imod_alignment.relion_to_imod(params, ts.pixel_size_A, ts.tomo_size_px,
+        al = imod_geometry.relion_to_imod(params, ts.pixel_size_A, ts.tomo_size_px,
                                            ts.image_size_px)
-        written += imod_alignment.write_imod_alignment(base, al)
+        written += imod.write_imod_alignment(base, al)
         if "rlnDefocusU" in ts.tilts:
             u, v, angle = ts.defocus()
             path = base.with_name(base.name + ".defocus")
-            imod_alignment.write_defocus(path, al.tilt_deg, u, v, angle)
+            imod.write_defocus(path, al.tilt_deg, u, v, angle)
             written.append(path)
     if "aretomo" in formats:
         w, h = ts.image_size_px

@@ -5,7 +5,7 @@ Real files: ``tests/data/convert/imod_1/tilt_1.{xf,tlt,xtilt}`` + ``tilt.com`` (
 59 views) and ``tests/data/test.xf`` (AreTomo-written, with magnification) from the
 cryoet-alignment 0.2.0 sdist; ``tests/test_data/xf_file.xf`` (etomo, 41 views) from the
 yet-another-imod-wrapper 0.1.2 sdist; WarpTools' RELION 4 ``matching_tomograms.star`` from
-cryoet-alignment. ctfplotter and ``.order`` examples are seed 002's, copied into the tests.
+cryoet-alignment.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from subtomo.errors import InputError
-from subtomo.io import imod_alignment as ia
+from subtomo.io import imod
 from subtomo.io.star_text import read_star
 from subtomo.io.tomograms import MATRIX, _matrix_rows, read_tomogram_set
-from subtomo.tomo.geometry import project_points, projection_matrices
+from subtomo.tomo import imod_geometry as ig
+from subtomo.tomo.geometry import RelionParameters, project_points, projection_matrices
 
 
 def imod_project(points, xf, tilt, xtilt, tomo_size, image_size, *, xaxis=0.0, offset=0.0,
@@ -65,24 +66,24 @@ def random_alignment(rng, n, *, mag=1.0):
 
 
 @pytest.mark.parametrize("tomo_size,image_size,com", [
-    ((928, 960, 300), (928, 960), ia.TiltCom()),
-    ((511, 477, 151), (530, 490), ia.TiltCom(xaxis_tilt_deg=1.7, angle_offset_deg=-2.3,
-                                             shift_px=(6.0, -11.0))),
+    ((928, 960, 300), (928, 960), imod.TiltCom()),
+    ((511, 477, 151), (530, 490), imod.TiltCom(xaxis_tilt_deg=1.7, angle_offset_deg=-2.3,
+                                               shift_px=(6.0, -11.0))),
 ])
 def test_conversion_projects_every_point_as_imod_does(tomo_size, image_size, com):
     rng = np.random.default_rng(3)
     n = 21
-    al = ia.ImodAlignment(random_alignment(rng, n), rng.uniform(-65, 65, n),
-                          rng.uniform(-4, 4, n), com)
+    al = imod.ImodAlignment(random_alignment(rng, n), rng.uniform(-65, 65, n),
+                            rng.uniform(-4, 4, n), com)
     points = rng.uniform(0, 1, (300, 3)) * np.array(tomo_size)
     expected = imod_project(points, al.xf, al.tilt_deg, al.xtilt_deg, tomo_size, image_size,
                             xaxis=com.xaxis_tilt_deg, offset=com.angle_offset_deg,
                             shift=com.shift_px)
-    params = ia.imod_to_relion(al, 1.7, tomo_size, image_size)
+    params = ig.imod_to_relion(al, 1.7, tomo_size, image_size)
     assert np.abs(ours(params, 1.7, tomo_size, image_size, points) - expected).max() < 1e-3
     assert params.distortion_px < 1e-9
     # and back: the same projections from the written .xf/.tlt/.xtilt
-    back = ia.relion_to_imod(params, 1.7, tomo_size, image_size)
+    back = ig.relion_to_imod(params, 1.7, tomo_size, image_size)
     again = imod_project(points, back.xf, back.tilt_deg, back.xtilt_deg, tomo_size,
                          image_size)
     assert np.abs(again - expected).max() < 1e-3
@@ -93,10 +94,10 @@ def test_relion_importer_is_half_a_pixel_off(yaiw_xf, tmp_path):
     −A⁻¹·D, ignoring the half-pixel difference between IMOD's and RELION's centres, which no
     longer cancels once rotated by the tilt axis: up to ~1.5 px; ours is exact (test above)."""
     rng = np.random.default_rng(5)
-    al = ia.ImodAlignment(random_alignment(rng, 15), np.linspace(-60, 60, 15), np.zeros(15))
-    ia.write_xf(tmp_path / "a.xf", al.xf)
+    al = imod.ImodAlignment(random_alignment(rng, 15), np.linspace(-60, 60, 15), np.zeros(15))
+    imod.write_xf(tmp_path / "a.xf", al.xf)
     theirs = yaiw_xf.from_file(tmp_path / "a.xf", initial_tilt_axis_rotation_angle=None)
-    params = ia.imod_to_relion(al, 1.0, (1000, 1000, 400), (1000, 1000))
+    params = ig.imod_to_relion(al, 1.0, (1000, 1000, 400), (1000, 1000))
     with pytest.warns(UserWarning):
         zrot = theirs.in_plane_rotations
     assert np.allclose(zrot, params.zrot, atol=1e-6)
@@ -109,14 +110,14 @@ def test_real_etomo_files(cryoet_alignment_sdist, yaiw_sdist, yaiw_xf, tmp_path)
     xf_file.xf, whose align.log reports a rotation angle of 85.2° for every view; the .xf also
     holds the coarse prealignment, so its angles spread by a few tenths)."""
     base = cryoet_alignment_sdist / "tests/data/convert/imod_1"
-    al = ia.read_imod_alignment(base / "tilt_1.xf", base / "tilt_1.tlt", base / "tilt_1.xtilt",
-                                base / "tilt.com")
+    al = imod.read_imod_alignment(base / "tilt_1.xf", base / "tilt_1.tlt",
+                                  base / "tilt_1.xtilt", base / "tilt.com")
     assert al.n_views == 59 and al.tilt_deg[0] == -52.24 and al.tilt_deg[-1] == 63.76
     com = al.tilt_com
     assert (com.binning, com.thickness_px, com.full_image) == (4, 8000, (3708, 3832))
     assert com.xaxis_tilt_deg == 0.0 and com.shift_px == (0.0, 0.0)
     size, image = (3708, 3832, 8000), (3708, 3832)
-    params = ia.imod_to_relion(al, 1.0, size, image)
+    params = ig.imod_to_relion(al, 1.0, size, image)
     assert np.allclose(params.zrot, -np.degrees(np.arctan2(al.xf[:, 1, 0], al.xf[:, 0, 0])))
     points = np.random.default_rng(0).uniform(0, 1, (200, 3)) * np.array(size)
     # the file's 2×2 matrices are rotations to ~1e-6 (IMOD printed 7 decimals): exact for
@@ -129,16 +130,16 @@ def test_real_etomo_files(cryoet_alignment_sdist, yaiw_sdist, yaiw_xf, tmp_path)
     as_is = imod_project(points, al.xf, al.tilt_deg, al.xtilt_deg, size, image)
     assert np.abs(got - as_is).max() < 1e-2 and params.distortion_px < 5e-3
     # write and read back: the same alignment to the precision IMOD printed
-    written = ia.write_imod_alignment(tmp_path / "copy", ia.relion_to_imod(params, 1.0, size,
-                                                                           image))
-    again = ia.read_imod_alignment(*written)
+    written = imod.write_imod_alignment(tmp_path / "copy", ig.relion_to_imod(params, 1.0, size,
+                                                                             image))
+    again = imod.read_imod_alignment(*written)
     assert np.abs(again.xf[:, :, :2] - al.xf[:, :, :2]).max() < 1e-6
     assert np.abs(again.xf[:, :, 2] - al.xf[:, :, 2]).max() < 1e-3  # printed to 1e-3
     assert np.allclose(again.tilt_deg, al.tilt_deg)
 
-    xf = ia.read_xf(yaiw_sdist / "tests/test_data/xf_file.xf")
-    other = ia.ImodAlignment(xf, np.zeros(len(xf)), np.zeros(len(xf)))
-    zrot = ia.imod_to_relion(other, 1.0, (928, 928, 300), (928, 928)).zrot
+    xf = imod.read_xf(yaiw_sdist / "tests/test_data/xf_file.xf")
+    other = imod.ImodAlignment(xf, np.zeros(len(xf)), np.zeros(len(xf)))
+    zrot = ig.imod_to_relion(other, 1.0, (928, 928, 300), (928, 928)).zrot
     assert len(xf) == 41 and np.all(np.abs(zrot - 85.2) < 0.5)  # log: 85.2 (+ prealignment)
     relion = yaiw_xf.from_file(yaiw_sdist / "tests/test_data/xf_file.xf", 85.0)
     assert np.allclose(relion.in_plane_rotations, zrot, atol=1e-6)
@@ -147,12 +148,12 @@ def test_real_etomo_files(cryoet_alignment_sdist, yaiw_sdist, yaiw_xf, tmp_path)
 def test_magnification_is_reported(cryoet_alignment_sdist):
     """cryoet-alignment's test.xf: its third transform has magnification 0.9993; dropping it
     moves a point at distance r from the centre by |1/m − 1|·r."""
-    xf = ia.read_xf(cryoet_alignment_sdist / "tests/data/test.xf")
-    angles, _ = ia._read_angle_file(cryoet_alignment_sdist / "tests/data/test.rawtlt", "tlt",
-                                    "tilt angle")
+    xf = imod.read_xf(cryoet_alignment_sdist / "tests/data/test.xf")
+    angles = imod.read_angles(cryoet_alignment_sdist / "tests/data/test.rawtlt", "tlt",
+                              "tilt angle")
     assert list(angles) == [-66.0, -64.5, -63.0]
-    al = ia.ImodAlignment(xf, angles, np.zeros(3))
-    params = ia.imod_to_relion(al, 1.0, (2000, 2000, 500), (2000, 2000))
+    al = imod.ImodAlignment(xf, angles, np.zeros(3))
+    params = ig.imod_to_relion(al, 1.0, (2000, 2000, 500), (2000, 2000))
     mags = np.sqrt(np.linalg.det(xf[:, :, :2]))
     expected = np.max(np.abs(1 / mags - 1)) * np.hypot(1000, 1000)
     assert params.distortion_px == pytest.approx(expected, rel=1e-4)
@@ -168,10 +169,10 @@ def test_real_relion4_set_round_trips_through_imod(cryoet_alignment_sdist, tmp_p
     blocks = read_star(source)
     rng = np.random.default_rng(1)
     for name, ts in tset.series.items():
-        params = ia.RelionParameters(*(p.numpy() for p in ts.dof()))
-        al = ia.relion_to_imod(params, ts.pixel_size_A, ts.tomo_size_px, image)
-        files = ia.write_imod_alignment(tmp_path / "ts", al)
-        back = ia.imod_to_relion(ia.read_imod_alignment(*files), ts.pixel_size_A,
+        params = RelionParameters(*(p.numpy() for p in ts.dof()))
+        al = ig.relion_to_imod(params, ts.pixel_size_A, ts.tomo_size_px, image)
+        files = imod.write_imod_alignment(tmp_path / "ts", al)
+        back = ig.imod_to_relion(imod.read_imod_alignment(*files), ts.pixel_size_A,
                                  ts.tomo_size_px, image)
         original = torch.from_numpy(_matrix_rows(source, blocks[name], name))
         points = rng.uniform(0, 1, (200, 3)) * np.array(ts.tomo_size_px)
@@ -181,92 +182,9 @@ def test_real_relion4_set_round_trips_through_imod(cryoet_alignment_sdist, tmp_p
         assert set(MATRIX) <= set(blocks[name].columns)
 
 
-def test_tilt_com_entries(tmp_path):
-    com = tmp_path / "tilt.com"
-    com.write_text("$tilt -StandardInput\nIMAGEBINNED 2\nTHICKNESS 300\nXAXISTILT 0.8\n"
-                   "OFFSET -1.5\nSHIFT 3.0 -4.5\nEXCLUDELIST 1,3-4\nFULLIMAGE 1024 1000\n"
-                   "$if (-e ./savework) ./savework\n")
-    out = ia.read_tilt_com(com)
-    assert out.binning == 2 and out.thickness_px == 600 and out.shift_px == (6.0, -9.0)
-    assert out.xaxis_tilt_deg == 0.8 and out.angle_offset_deg == -1.5
-    assert out.exclude == [1, 3, 4] and out.full_image == (1024, 1000)
-    com.write_text("XAXISTILT abc\n")
-    with pytest.raises(InputError, match=r"tilt.com:1: XAXISTILT"):
-        ia.read_tilt_com(com)
-
-
-SEED_002_DEFOCUS = """1       0       0.0     0.0     0.0     3
-40      40      -60.00  -60.00   3416.3  3248.6   88.22
-39      39      -57.00  -57.00   3632.9  3484.6   88.70
-36      36      -54.00  -54.00   3931.3  3782.7   87.20
-"""
-
-
-def test_ctfplotter_versions(tmp_path):
-    """Version 3 (seed 002's header ``1 0 0.0 0.0 0.0 3``: astigmatism), version 2 (ctfplotter's
-    own writer: ``%d\\t%d\\t%5.2f\\t%5.2f\\t%6.0f`` and the version after the first line), and
-    an old file numbering views one low (repaired from the tilt angles as IMOD does)."""
-    path = tmp_path / "v3.defocus"
-    path.write_text(SEED_002_DEFOCUS)
-    ctf = ia._read_defocus(path, 40)
-    assert ctf.version == 3 and ctf.flags == 1
-    assert ctf.defocus_u_A[39] == pytest.approx(34163.0) and ctf.defocus_v_A[38] == 34846.0
-    assert ctf.angle_deg[35] == pytest.approx(87.20) and np.isnan(ctf.defocus_u_A[0])
-    v2 = tmp_path / "v2.defocus"
-    v2.write_text("1\t2\t-60.00\t-57.00\t  3416   2\n3\t3\t-54.00\t-54.00\t  3931\n")
-    ctf = ia._read_defocus(v2, 3)
-    assert ctf.version == 2 and list(ctf.defocus_u_A) == [34160.0, 34160.0, 39310.0]
-    assert np.array_equal(ctf.defocus_u_A, ctf.defocus_v_A)
-    old = tmp_path / "old.defocus"
-    old.write_text("0\t0\t-60.00\t-60.00\t  3416\n1\t1\t-57.00\t-57.00\t  3632\n")
-    ctf = ia._read_defocus(old, 2, np.array([-60.0, -57.0]))
-    assert list(ctf.defocus_u_A) == [34160.0, 36320.0]
-    ia.write_defocus(tmp_path / "w.defocus", np.array([-3.0, 0.0]), np.array([30000.0, 31000]),
-                     np.array([29000.0, 30500]), np.array([10.0, -20.0]))
-    back = ia._read_defocus(tmp_path / "w.defocus", 2)
-    assert np.allclose(back.defocus_v_A, [29000, 30500]) and np.allclose(back.angle_deg,
-                                                                         [10, -20])
-
-
-def test_order_list_from_seed_002(tmp_path):
-    """Seed 002's ``.order`` example (angle, exposure counted in tilts) matched by angle."""
-    lines = [f"{a} {abs(a) // 2}.00000000000000000000" for a in range(-30, 32, 2)]
-    (tmp_path / "TS.order").write_text("\n".join(lines) + "\n")
-    pre = ia.exposure_from_order(tmp_path / "TS.order", np.array([0.1, -2.0, 29.9]), scale=3.0)
-    assert list(pre) == [0.0, 3.0, 45.0]
-    with pytest.raises(InputError, match="no row within"):
-        ia.exposure_from_order(tmp_path / "TS.order", np.array([45.0]))
-    # one row per view and the views' angles offset by 3.4° (tiltalign's AngleOffset)
-    views = np.arange(-30.0, 32.0, 2.0) + 3.4
-    pre = ia.exposure_from_order(tmp_path / "TS.order", views, scale=2.0)
-    assert np.allclose(pre, 2.0 * (np.round(np.abs(views - 3.4)) // 2))
-
-
-@pytest.mark.parametrize("content,line,field", [
-    ("1 0 0 1 0\n", 1, None),  # five columns
-    ("1 0 0 1 0 0\n1 0 0 1 nan 0\n", 2, "DX"),
-    ("1 0 0 1 0 0\n1 0 x 1 0 0\n", 2, "A21"),
-])
-def test_bad_xf_names_line_and_field(tmp_path, content, line, field):
-    path = tmp_path / "bad.xf"
-    path.write_text(content)
-    with pytest.raises(InputError) as err:
-        ia.read_xf(path)
-    assert f"bad.xf:{line}" in str(err.value)
-    if field:
-        assert field in str(err.value)
-
-
-def test_bad_tlt_and_mismatched_counts(tmp_path):
-    (tmp_path / "a.xf").write_text("1 0 0 1 0 0\n1 0 0 1 0 0\n")
-    (tmp_path / "a.tlt").write_text("-3\n95\n")
-    with pytest.raises(InputError, match=r"a.tlt:2: tilt angle: tilt angle 95° outside"):
-        ia.read_imod_alignment(tmp_path / "a.xf", tmp_path / "a.tlt")
-    (tmp_path / "a.tlt").write_text("-3\n")
-    with pytest.raises(InputError, match="1 tilt angles but"):
-        ia.read_imod_alignment(tmp_path / "a.xf", tmp_path / "a.tlt")
+def test_mirror_is_refused(tmp_path):
     (tmp_path / "m.xf").write_text("-1 0 0 1 0 0\n")
-    al = ia.ImodAlignment(ia.read_xf(tmp_path / "m.xf"), np.zeros(1), np.zeros(1),
-                          source=str(tmp_path / "m.xf"))
+    al = imod.ImodAlignment(imod.read_xf(tmp_path / "m.xf"), np.zeros(1), np.zeros(1),
+                            source=str(tmp_path / "m.xf"))
     with pytest.raises(InputError, match="mirrors"):
-        ia.imod_to_relion(al, 1.0, (10, 10, 10), (10, 10))
+        ig.imod_to_relion(al, 1.0, (10, 10, 10), (10, 10))
