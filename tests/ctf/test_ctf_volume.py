@@ -10,7 +10,7 @@ import torch
 from subtomo.ctf.ctf2d import ctf_2d
 from subtomo.ctf.dose import dose_filter
 from subtomo.ctf.tilt_scheme import TiltScheme
-from subtomo.ctf.volume import ctf_volume
+from subtomo.ctf.volume import CtfGridder, ctf_volume, tilt_pairs
 from subtomo.geometry.euler import rotation_y
 
 OPTICS = {"voltage_kv": 300.0, "cs_mm": 2.7, "amplitude_contrast": 0.07}
@@ -148,3 +148,28 @@ def test_runs_on_every_available_device() -> None:
             ref = w.cpu()
         else:
             torch.testing.assert_close(w.cpu(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_active_tilts_drop_out_of_the_sum_but_not_the_normalisation() -> None:
+    """``active`` removes a tilt's CTF from each voxel's sum and keeps its tent in the
+    normaliser: the sums over complementary masks add up to the unmasked volume."""
+    box, px = 17, 3.0
+    scheme = TiltScheme((0.0, -7.0, 11.0, 40.0), (0.0, 3.0, 6.0, 9.0))
+    frames = torch.stack([rotation_y(torch.tensor(a, dtype=F64))
+                          for a in scheme.tilt_angles_deg])
+    pairs = tilt_pairs(box, px, frames)
+    defocus = torch.tensor([15000.0, 30000.0], dtype=F64)
+    gridder = CtfGridder(pairs, torch.tensor(scheme.pre_exposure_e_per_A2, dtype=F64),
+                         **OPTICS)
+    mask = torch.tensor([[True, False, True, False], [False, True, True, True]])
+    full = gridder(defocus, astigmatism_A=600.0, astigmatism_angle_deg=-35.0)
+    parts = [gridder(defocus, astigmatism_A=600.0, astigmatism_angle_deg=-35.0, active=m)
+             for m in (mask, ~mask)]
+    torch.testing.assert_close(parts[0] + parts[1], full, rtol=0, atol=1e-12)
+    only = torch.zeros(2, 4, dtype=torch.bool)
+    only[:, 3] = True  # the 40° tilt alone, divided by the tent sum of all four
+    want, _ = reference(box, px, TiltScheme((40.0,), (9.0,)), 15000.0, 600.0, -35.0)
+    tents = (1 - (grid(box) @ frames[:, 2].T).abs()).clamp_min(0)  # (D, D, H, T)
+    got = gridder(defocus, astigmatism_A=600.0, astigmatism_angle_deg=-35.0, active=only)
+    torch.testing.assert_close(got[0].reshape(want.shape), want / tents.sum(-1).clamp_min(1),
+                               rtol=0, atol=1e-12)

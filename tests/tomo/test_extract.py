@@ -3,6 +3,8 @@ rescaling, the command's options and bad input."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -19,7 +21,9 @@ from subtomo.refine.reconstruct import reconstruct
 from subtomo.simulate.render import render_atoms
 from subtomo.simulate.structure import pseudo_atomic
 from subtomo.simulate.tiltseries import TiltSeriesConfig, simulate_tiltseries
-from subtomo.tomo.extract import ExtractOptions, extract_subtomograms
+from subtomo.tomo.crops import crop_frequencies
+from subtomo.tomo.extract import ExtractOptions, SliceGather, extract_subtomograms
+from subtomo.tomo.geometry import tilt_rotations
 from subtomo.tomo.reconstruct_particle import reconstruct_particle
 
 
@@ -135,3 +139,22 @@ def test_boxes_leaving_the_images_are_skipped_with_a_count(project, tmp_path):
     assert result.skipped == 1 and result.written == 29
     assert len(read_particles(result.star)) == 29
     assert np.all(read_particles(result.star).particles["rlnTomoParticleName"] != "TS_01/1")
+
+
+@pytest.mark.parametrize("box", [20, 21])
+def test_slice_gather_centres_odd_and_even_boxes(box):
+    """A blob centred in every tilt's crop becomes a subtomogram centred on voxel ``D // 2``,
+    point-symmetric about it (the even box's centring is folded into the operator, the odd
+    box's is a shift after the transform)."""
+    angles = torch.arange(-60.0, 61.0, 6.0, dtype=torch.float64)
+    zero = torch.zeros_like(angles)
+    frames = tilt_rotations(zero, angles, zero + 30.0)
+    gather = SliceGather(box, 5.0, frames, (5.0, 5.0), box, angles.abs().float(),
+                         voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07)
+    k = crop_frequencies(box, (1.0, 1.0))
+    blob = torch.exp(-2 * math.pi**2 * 1.5**2 * k.square().sum(-1))  # σ 1.5 px, at the centre
+    volume = gather.volumes(blob.expand(1, len(angles), -1, -1).to(torch.complex64))[0]
+    c = box // 2
+    assert torch.equal(torch.nonzero(volume == volume.max())[0], torch.tensor([c, c, c]))
+    inner = volume[c - 3:c + 4, c - 3:c + 4, c - 3:c + 4]
+    torch.testing.assert_close(inner, inner.flip(0, 1, 2), rtol=0, atol=1e-4 * float(inner.max()))

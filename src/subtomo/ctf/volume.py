@@ -35,18 +35,20 @@ General geometry: pass ``frames`` ``(T, 3, 3)`` — each tilt's rotation from th
 frame to the image frame (rows: image x ``u``, image y ``v``, beam ``n``; RELION 5's
 ``Rz(ZRot) Ry(YTilt) Rx(XTilt)``, :func:`subtomo.tomo.geometry.tilt_rotations`) — and the
 in-plane frequency becomes ``(k · u_t, k · v_t)`` and the distance ``k · n_t``; the tilt scheme
-then supplies only exposures and defocus offsets. :func:`tilt_pairs` and :func:`gridded_ctf`
+then supplies only exposures and defocus offsets. :func:`tilt_pairs` and :class:`CtfGridder`
 are the two halves of :func:`ctf_volume`, for callers (extraction) that reuse the pairs.
 
 Implementation: the tent is sparse (a voxel touches only the planes within one voxel), so the
 (tilt, voxel) pairs with τ > 0 and their in-plane frequencies and dose weights are found once
-(chunked over voxels) and shared by all particles; each particle then needs the CTF only at
-those pairs, scattered into the grid with ``index_add_`` (chunked over particles).
+(chunked over voxels) and shared by all particles (:class:`CtfGridder`); each particle then
+needs the CTF only at those pairs: one batched matrix product for the phases and one sparse
+product that sums them into the grid (chunked over particles).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -56,7 +58,7 @@ from subtomo.ctf.ctf2d import _check_amplitude_contrast, electron_wavelength_A
 from subtomo.ctf.dose import dose_filter
 from subtomo.ctf.tilt_scheme import TiltScheme
 
-__all__ = ["TiltPairs", "ctf_volume", "gridded_ctf", "tilt_frame", "tilt_pairs"]
+__all__ = ["CtfGridder", "TiltPairs", "ctf_volume", "tilt_frame", "tilt_pairs"]
 
 
 def tilt_frame(tilt_angles_deg: Tensor | list[float] | tuple[float, ...], *,
@@ -205,12 +207,12 @@ def ctf_volume(
     _, pre_exposure, offsets = scheme.tensors(device=device, dtype=dtype)
     defocus = torch.as_tensor(defocus_A, dtype=dtype, device=device)
     batched = defocus.ndim > 0
-    out = gridded_ctf(pairs, pre_exposure, defocus if batched else defocus[None], offsets,
-                      astigmatism_A=astigmatism_A, astigmatism_angle_deg=astigmatism_angle_deg,
-                      voltage_kv=voltage_kv, cs_mm=cs_mm, amplitude_contrast=amplitude_contrast,
-                      phase_shift_deg=phase_shift_deg, bfactor_A2=bfactor_A2,
-                      dose_weighting=dose_weighting, squared=squared,
-                      max_chunk_elements=max_chunk_elements)
+    gridder = CtfGridder(pairs, pre_exposure, offsets, voltage_kv=voltage_kv, cs_mm=cs_mm,
+                         amplitude_contrast=amplitude_contrast, phase_shift_deg=phase_shift_deg,
+                         bfactor_A2=bfactor_A2, dose_weighting=dose_weighting, squared=squared)
+    out = gridder(defocus if batched else defocus[None], astigmatism_A=astigmatism_A,
+                  astigmatism_angle_deg=astigmatism_angle_deg,
+                  max_chunk_elements=max_chunk_elements)
     batch = out.shape[0]
     tent_sum = pairs.tent_sum
     shape = (box, box, box // 2 + 1)
@@ -219,77 +221,104 @@ def ctf_volume(
     return (weights if batched else weights[0]), multiplicity
 
 
-def gridded_ctf(
-    pairs: TiltPairs,
-    pre_exposure: Tensor,
-    defocus_A: Tensor,
-    defocus_offset_A: Tensor | float = 0.0,
-    *,
-    astigmatism_A: float | Tensor = 0.0,
-    astigmatism_angle_deg: float | Tensor = 0.0,
-    voltage_kv: float = 300.0,
-    cs_mm: float = 2.7,
-    amplitude_contrast: float = 0.07,
-    phase_shift_deg: float = 0.0,
-    bfactor_A2: float = 0.0,
-    dose_weighting: bool = True,
-    squared: bool = False,
-    active: Tensor | None = None,
-    max_chunk_elements: int = 1 << 24,
-) -> Tensor:
-    """``Σ_t τ c_t / max(Σ_t τ, 1)`` per voxel for ``B`` particles: ``(B, n_vox)``.
+class CtfGridder:
+    """The gridded CTF ``Σ_t τ c_t / max(Σ_t τ, 1)`` per voxel (module docstring), built once
+    per set of pairs, exposures and optics and applied to batches of particles.
 
-    ``defocus_A``: ``(B,)`` or ``(B, T)`` (Å, the tilt's ``defocus_offset_A`` added);
-    astigmatism ``ΔfU − ΔfV`` and its angle: scalars, ``(B,)`` or ``(B, T)``; ``active``:
-    optional ``(B, T)`` mask of the tilts each particle is seen in (others contribute 0; the
-    normalisation keeps all tilts, so data gridded the same way stay consistent).
+    Per pair ``p`` (tilt ``t``) the CTF phase is linear in the particle's per-tilt terms::
+
+        χ_p = Δf_t · a_p + (½ astig cos 2α)_t · a_p cos 2φ_p + (½ astig sin 2α)_t · a_p sin 2φ_p
+              + r_p,
+        a_p = π λ |k_p|²,   r_p = −½ π Cs λ³ |k_p|⁴ + phase shift + atan(Q / √(1 − Q²))
+
+    The pairs are laid out tilt by tilt in a ``(T, L)`` table (``L`` the largest number of pairs
+    of a tilt; the rest are padding that nothing reads), so the phases of all pairs of ``B``
+    particles are one batched matrix product of the ``(T, L, 4)`` factors with ``(T, 4, B)``
+    per-particle terms, and the sums ``Σ_t τ c_t / max(Σ_t τ, 1)`` over each voxel's pairs, with
+    the dose and B-factor envelopes folded into the weights, are one sparse (CSR) product.
     """
-    dtype, device = pairs.kx.dtype, pairs.kx.device
-    batch = defocus_A.shape[0]
-    n_tilts = pre_exposure.shape[0]
-    df = _per_particle_tilt(defocus_A, batch, n_tilts, "defocus_A", device, dtype) + (
-        torch.as_tensor(defocus_offset_A, dtype=dtype, device=device))
-    astig = _per_particle_tilt(astigmatism_A, batch, n_tilts, "astigmatism_A", device, dtype)
-    angle = _per_particle_tilt(astigmatism_angle_deg, batch, n_tilts, "astigmatism_angle_deg",
-                               device, dtype)
-    alpha2 = 2.0 * torch.deg2rad(angle)
-    astig_cos, astig_sin = 0.5 * astig * torch.cos(alpha2), 0.5 * astig * torch.sin(alpha2)
-    has_astig = bool((astig != 0).any())
-    t_idx, v_idx = pairs.t, pairs.v
-    kx_in, ky_in = pairs.kx, pairs.ky
-    k2 = kx_in * kx_in + ky_in * ky_in
-    safe = torch.where(k2 > 0, k2, torch.ones_like(k2))
-    cos2phi = torch.where(k2 > 0, (kx_in * kx_in - ky_in * ky_in) / safe, torch.ones_like(k2))
-    sin2phi = torch.where(k2 > 0, 2.0 * kx_in * ky_in / safe, torch.zeros_like(k2))
-    # χ = π λ Δf k² − (π/2) Cs λ³ k⁴ + φ_shift + atan(Q/sqrt(1−Q²))  (as in ctf_2d)
-    lam = float(electron_wavelength_A(voltage_kv))
-    q = float(amplitude_contrast)
-    chi_per_defocus = math.pi * lam * k2
-    chi_rest = (-0.5 * math.pi * cs_mm * 1e7 * lam ** 3 * k2 * k2
-                + math.radians(phase_shift_deg) + math.atan2(q, math.sqrt(1.0 - q * q)))
-    envelope = pairs.tent
-    if bfactor_A2 != 0.0:
-        damping = torch.exp(-0.25 * bfactor_A2 * k2)
-        envelope = envelope * (damping * damping if squared else damping)
-    if dose_weighting:
-        dose = dose_filter(torch.sqrt(k2), pre_exposure.to(dtype)[t_idx])
-        envelope = envelope * (dose * dose if squared else dose)
 
-    n_vox = pairs.tent_sum.shape[0]
-    out = torch.zeros(batch, n_vox, dtype=dtype, device=device)
-    n_pairs = max(int(t_idx.shape[0]), 1)
-    step = max(1, max_chunk_elements // n_pairs)
-    for b0 in range(0, batch, step):
-        b1 = min(b0 + step, batch)
-        defocus_pairs = df[b0:b1, t_idx]
-        if has_astig:
-            defocus_pairs = (defocus_pairs + astig_cos[b0:b1, t_idx] * cos2phi
-                             + astig_sin[b0:b1, t_idx] * sin2phi)
-        ctf = torch.sin(defocus_pairs * chi_per_defocus + chi_rest)
-        if squared:
-            ctf = ctf * ctf
-        ctf = ctf * envelope
-        if active is not None:
-            ctf = ctf * active[b0:b1, t_idx].to(dtype)
-        out[b0:b1].index_add_(1, v_idx, ctf)
-    return out / pairs.tent_sum.clamp_min(1.0)
+    def __init__(
+        self,
+        pairs: TiltPairs,
+        pre_exposure: Tensor,
+        defocus_offset_A: Tensor | float = 0.0,
+        *,
+        voltage_kv: float = 300.0,
+        cs_mm: float = 2.7,
+        amplitude_contrast: float = 0.07,
+        phase_shift_deg: float = 0.0,
+        bfactor_A2: float = 0.0,
+        dose_weighting: bool = True,
+        squared: bool = False,
+    ) -> None:
+        dtype, device = pairs.kx.dtype, pairs.kx.device
+        n_tilts = int(pre_exposure.shape[0])
+        order = torch.argsort(pairs.t, stable=True)
+        t_idx, v_idx = pairs.t[order], pairs.v[order]
+        kx_in, ky_in, tent = pairs.kx[order], pairs.ky[order], pairs.tent[order]
+        counts = torch.bincount(t_idx, minlength=n_tilts)
+        length = max(int(counts.max()) if len(counts) else 0, 1)
+        first = torch.cumsum(counts, 0) - counts
+        slot = t_idx * length + (torch.arange(len(t_idx), device=device) - first[t_idx])
+        k2 = kx_in * kx_in + ky_in * ky_in
+        safe = torch.where(k2 > 0, k2, torch.ones_like(k2))
+        cos2phi = torch.where(k2 > 0, (kx_in * kx_in - ky_in * ky_in) / safe, torch.ones_like(k2))
+        sin2phi = torch.where(k2 > 0, 2.0 * kx_in * ky_in / safe, torch.zeros_like(k2))
+        # χ = π λ Δf k² − (π/2) Cs λ³ k⁴ + φ_shift + atan(Q/sqrt(1−Q²))  (as in ctf_2d)
+        lam = float(electron_wavelength_A(voltage_kv))
+        q = float(amplitude_contrast)
+        per_defocus = math.pi * lam * k2
+        rest = (-0.5 * math.pi * cs_mm * 1e7 * lam ** 3 * k2 * k2
+                + math.radians(phase_shift_deg) + math.atan2(q, math.sqrt(1.0 - q * q)))
+        factors = torch.zeros(n_tilts * length, 4, dtype=dtype, device=device)
+        factors[slot] = torch.stack([per_defocus, per_defocus * cos2phi, per_defocus * sin2phi,
+                                     rest], dim=-1)
+        self.factors = factors.reshape(n_tilts, length, 4)
+        envelope = tent
+        if bfactor_A2 != 0.0:
+            damping = torch.exp(-0.25 * bfactor_A2 * k2)
+            envelope = envelope * (damping * damping if squared else damping)
+        if dose_weighting:
+            dose = dose_filter(torch.sqrt(k2), pre_exposure.to(device=device, dtype=dtype)[t_idx])
+            envelope = envelope * (dose * dose if squared else dose)
+        envelope = envelope / pairs.tent_sum[v_idx].clamp_min(1.0)
+        n_vox = int(pairs.tent_sum.shape[0])
+        with warnings.catch_warnings():  # CSR is "beta" in torch; its matmul is what we need
+            warnings.simplefilter("ignore", UserWarning)
+            self.scatter = torch.sparse_coo_tensor(
+                torch.stack([v_idx, slot]), envelope, (n_vox, n_tilts * length),
+                check_invariants=False).coalesce().to_sparse_csr()
+        self.offset = torch.as_tensor(defocus_offset_A, dtype=dtype, device=device)
+        self.squared = squared
+        self.n_tilts, self.length, self.n_vox = n_tilts, length, n_vox
+
+    def __call__(self, defocus_A: Tensor, *, astigmatism_A: float | Tensor = 0.0,
+                 astigmatism_angle_deg: float | Tensor = 0.0, active: Tensor | None = None,
+                 max_chunk_elements: int = 1 << 24) -> Tensor:
+        """Weights ``(B, n_vox)`` of ``B`` particles: ``defocus_A`` ``(B,)`` or ``(B, T)`` (Å,
+        the offsets added), astigmatism ``ΔfU − ΔfV`` (Å) and its angle (deg) scalars, ``(B,)``
+        or ``(B, T)``, ``active`` an optional ``(B, T)`` mask of the tilts each particle is seen
+        in (the others contribute 0; the normalisation keeps all tilts)."""
+        dtype, device = self.factors.dtype, self.factors.device
+        batch, n_tilts = defocus_A.shape[0], self.n_tilts
+        df = _per_particle_tilt(defocus_A, batch, n_tilts, "defocus_A", device, dtype) + \
+            self.offset
+        astig = _per_particle_tilt(astigmatism_A, batch, n_tilts, "astigmatism_A", device, dtype)
+        angle = _per_particle_tilt(astigmatism_angle_deg, batch, n_tilts,
+                                   "astigmatism_angle_deg", device, dtype)
+        alpha2 = 2.0 * torch.deg2rad(angle)
+        terms = torch.stack([df, 0.5 * astig * torch.cos(alpha2), 0.5 * astig * torch.sin(alpha2),
+                             torch.ones_like(df)], dim=0).permute(2, 0, 1)  # (T, 4, B)
+        mask = None if active is None else active.to(device=device, dtype=dtype).T[:, None]
+        out = torch.empty(batch, self.n_vox, dtype=dtype, device=device)
+        step = max(1, max_chunk_elements // (n_tilts * self.length))
+        for b0 in range(0, batch, step):
+            b1 = min(b0 + step, batch)
+            ctf = torch.bmm(self.factors, terms[..., b0:b1].contiguous()).sin_()  # (T, L, b)
+            if self.squared:
+                ctf = ctf.square_()
+            if mask is not None:
+                ctf = ctf.mul_(mask[..., b0:b1])
+            out[b0:b1] = torch.sparse.mm(self.scatter, ctf.reshape(-1, b1 - b0)).T
+        return out

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from subtomo.errors import InputError
@@ -50,3 +51,36 @@ def resolve(name: str, star_dir: Path | None) -> Path:
         if (base / path).exists():
             return base / path
     return star_dir / path
+
+
+class BackgroundWriter:
+    """Writes files on one thread while the caller computes the next batch.
+
+    :meth:`submit` first waits for the previous job (so at most two batches are held: the one
+    being written and the one just computed; memory stays flat) and re-raises its error; leaving
+    the ``with`` block waits for the last job. Jobs must not touch the caller's state.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self._pending: Future | None = None
+
+    def submit(self, fn: Callable[..., object], *args: object) -> None:
+        self.wait()
+        self._pending = self._pool.submit(fn, *args)
+
+    def wait(self) -> None:
+        """Block until the last job is written (re-raising its error)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+        finally:
+            self._pool.shutdown(wait=True)

@@ -60,8 +60,7 @@ def write_mrc(path: str | Path, data: np.ndarray | torch.Tensor, voxel_size_A: f
             mrc.set_data(array)
             if stack:
                 mrc.set_image_stack()
-            mrc.voxel_size = voxel_size_A
-            mrc.update_header_stats()
+            mrc.voxel_size = voxel_size_A  # set_data wrote the header statistics
 
 
 def ctf_from_disk(volume: np.ndarray, box: int, path: str | Path | None = None) -> torch.Tensor:
@@ -85,24 +84,22 @@ def ctf_from_disk(volume: np.ndarray, box: int, path: str | Path | None = None) 
                      f"box expected {full} (RELION, centred) or {half} (Warp, half)")
 
 
-def ctf_to_disk(weights: torch.Tensor, layout: str = "relion") -> np.ndarray:
+def ctf_to_disk(weights: torch.Tensor | np.ndarray, layout: str = "relion") -> np.ndarray:
     """Half-spectrum weights ``(D, D, D // 2 + 1)`` → the on-disk array of ``layout``."""
     if layout not in CTF_LAYOUTS:
         raise ValueError(f"unknown CTF layout {layout!r}; choose from {CTF_LAYOUTS}")
-    half = weights.detach().cpu().numpy().astype(np.float32)
+    if isinstance(weights, torch.Tensor):
+        weights = weights.detach().cpu().numpy()
+    half = np.asarray(weights).astype(np.float32, copy=False)
     box = half.shape[0]
     if layout == "warp":
         return half
-    # the full spectrum in FFT order; the other half from the symmetry w(−k) = w(k)
-    full = np.empty((box, box, box), dtype=np.float32)
-    full[..., : box // 2 + 1] = half
-    neg = (-np.arange(box)) % box
-    rest = np.arange(box // 2 + 1, box)
-    full[..., rest] = half[np.ix_(neg, neg, neg[rest])]
-    # voxel centre − k holds frequency k, as RELION reads it (the same as centre + k for w even)
-    index = (box // 2 - np.fft.fftfreq(box, 1 / box).astype(int)) % box
-    out = np.empty_like(full)
-    out[np.ix_(index, index, index)] = full
+    # voxel i of each axis holds frequency (c − i) mod D (c = D // 2), as RELION reads it (the
+    # same as c + i for w even); x ≤ c from the half spectrum reversed, x > c from w(−k) = w(k)
+    c = box // 2
+    out = np.empty((box, box, box), dtype=np.float32)
+    out[..., : c + 1] = np.roll(half[::-1, ::-1, c::-1], c + 1, axis=(0, 1))
+    out[..., c + 1:] = np.roll(half[..., 1: box - c], c, axis=(0, 1))
     return out
 
 
@@ -112,7 +109,7 @@ def read_ctf_volume(path: str | Path, box: int) -> torch.Tensor:
     return ctf_from_disk(data, box, path)
 
 
-def write_ctf_volume(path: str | Path, weights: torch.Tensor, voxel_size_A: float,
+def write_ctf_volume(path: str | Path, weights: torch.Tensor | np.ndarray, voxel_size_A: float,
                      layout: str = "relion") -> None:
     """Write half-spectrum CTF weights in ``layout`` (``relion`` centred full, or ``warp``)."""
     write_mrc(path, ctf_to_disk(weights, layout), voxel_size_A)

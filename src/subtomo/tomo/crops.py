@@ -130,12 +130,13 @@ def particle_crops(
     sub = xy - torch.round(xy)  # (N, T, 2) in [−0.5, 0.5]
     visible = ((corner[..., 0] >= 0) & (corner[..., 0] + size <= w) & (corner[..., 1] >= 0)
                & (corner[..., 1] + size <= h))
-    axis = torch.arange(size, device=device)
-    cols = (corner[..., 0].long()[..., None] + axis).clamp(0, w - 1)  # (N, T, S)
-    rows = (corner[..., 1].long()[..., None] + axis).clamp(0, h - 1)
-    tilt = torch.arange(t, device=device)[None, :, None, None]
-    crops = images[tilt, rows[..., :, None], cols[..., None, :]]  # (N, T, S, S)
-    crops = crops * visible[..., None, None].to(crops.dtype)
+    if size <= min(h, w):  # every S × S window of every image, as a view; one gather
+        windows = images.unfold(1, size, 1).unfold(2, size, 1)  # (T, H−S+1, W−S+1, S, S)
+        crops = windows[torch.arange(t, device=device), corner[..., 1].long().clamp(0, h - size),
+                        corner[..., 0].long().clamp(0, w - size)]  # (N, T, S, S)
+        crops[~visible] = 0.0
+    else:  # no window fits: nothing is visible
+        crops = images.new_zeros(*visible.shape, size, size)
 
     spectra = torch.fft.rfft2(crops)
     # centring and sub-pixel position as one separable phase: shift by −(S//2 + d)

@@ -8,16 +8,19 @@ its 3D half spectrum on a ``D``-voxel grid in the tomogram frame, as RELION's
 the crop spectrum at ``(k·u_t, k·v_t)`` with the tent weight ``τ = max(0, 1 − |k·n_t|)``, and the
 sum is divided by ``max(Σ_t τ, 1)``. The result is a subtomogram whose spectrum is
 ``C(k) · V(k)``, ``V`` the particle on the map's scale and ``C`` its 3D CTF: exactly the gridded
-``CTF × exposure`` of :func:`subtomo.ctf.volume.gridded_ctf` with the same pairs, tents and
+``CTF × exposure`` of :class:`subtomo.ctf.volume.CtfGridder` with the same pairs, tents and
 normalisation, at each particle's depth in each tilt and over the tilts it is seen in. This is
 the pair (subtomogram, CTF volume) that ``relion_reconstruct --ctf`` / RELION 3.0 / Warp and
 our ``reconstruct`` and ``refine`` expect (``rlnCtfDataAreCtfPremultiplied = 0``).
 
-The operator is a real CSR matrix acting on the real and imaginary parts of all crops of a batch
-at once (two matrices, because values read at ``−k`` of an rfft are conjugated): batched over
-particles and tilts, no loop per tilt or voxel. With ``pad2d = 2`` the crops are zero-padded to
-twice their size (finer Fourier sampling, after dividing by the bilinear kernel's transform), so
-the interpolation error is small; with 1 it is fastest.
+The operator is a real CSR matrix (``torch.sparse.mm``, on any device) acting on the real and
+imaginary parts of all crops of a batch at once (two matrices, because values read at ``−k`` of
+an rfft are conjugated): batched over particles and tilts, no loop per tilt or voxel; the CTF
+volumes of the batch are one :class:`subtomo.ctf.volume.CtfGridder` call on the same pairs, and
+the files are written on a background thread while the next batch is computed. With
+``pad2d = 2`` the crops are zero-padded to twice their size (finer Fourier sampling, after
+dividing by the bilinear kernel's transform), so the interpolation error is small; with 1 it is
+fastest.
 
 ``--2d_stacks`` writes RELION 5's pseudo-subtomograms as 2D stacks instead: per particle the
 visible tilts' crops multiplied by ``CTF × exposure`` (and −1), as ``_stack2d.mrcs``.
@@ -30,13 +33,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from subtomo.ctf.volume import TiltPairs, gridded_ctf, tilt_pairs
+from subtomo.ctf.volume import CtfGridder, TiltPairs, tilt_pairs
 from subtomo.errors import InputError
-from subtomo.fourier.grid import centred_irfft, shell_radius_px
+from subtomo.fourier.grid import shell_radius_px
+from subtomo.io.files import BackgroundWriter
 from subtomo.io.mrc import write_ctf_volume, write_mrc
 from subtomo.io.particles import COORD_CENTRED_A, COORD_PX, ORIGIN_A, ParticleSet
 from subtomo.io.star import write_particles
@@ -90,21 +93,27 @@ def select_tilts(ts: TiltSeries, max_dose: float | None, max_tilts: int | None) 
 
 
 class SliceGather:
-    """The sparse operator crop spectra ``(N, T, P, P // 2 + 1)`` → 3D half spectra
-    ``(N, D, D, D // 2 + 1)`` of one tilt geometry (see the module docstring).
+    """The sparse operator from crop spectra ``(N, T, P, P // 2 + 1)`` to subtomograms
+    ``(N, D, D, D)`` of one tilt geometry (see the module docstring), and the
+    :class:`subtomo.ctf.volume.CtfGridder` of the same pairs.
 
     ``frames``: ``(T, 3, 3)`` tilt rotations; ``pixel_size_A``: voxel size of the 3D box;
-    ``crop_pixel_A``: pixel size (x, y) of the crops; ``padded``: crop spectrum size ``P``.
+    ``crop_pixel_A``: pixel size (x, y) of the crops; ``padded``: crop spectrum size ``P``;
+    ``pre_exposure`` (e/Å², per tilt) and the optics for the CTF volumes.
+
+    For an even box the centring of the subtomogram (``fftshift`` after the inverse FFT) is
+    folded into the operator as the sign ``(−1)^(kx + ky + kz)`` of each output voxel; an odd
+    box is shifted after the transform.
     """
 
     def __init__(self, box: int, pixel_size_A: float, frames: Tensor,
-                 crop_pixel_A: tuple[float, float], padded: int) -> None:
+                 crop_pixel_A: tuple[float, float], padded: int, pre_exposure: Tensor, *,
+                 voltage_kv: float, cs_mm: float, amplitude_contrast: float) -> None:
         device = frames.device
         pairs = tilt_pairs(box, pixel_size_A, frames.to(torch.float64))
         inside = shell_radius_px(box, device, torch.float64).reshape(-1)[pairs.v] <= box / 2
-        self.pairs = TiltPairs(box, *(x[inside] for x in (pairs.t, pairs.v, pairs.tent,
-                                                          pairs.kx, pairs.ky)), pairs.tent_sum)
-        p = self.pairs
+        p = TiltPairs(box, *(x[inside] for x in (pairs.t, pairs.v, pairs.tent, pairs.kx,
+                                                 pairs.ky)), pairs.tent_sum)
         half = padded // 2 + 1
         gx = p.kx * (padded * crop_pixel_A[0])
         gy = p.ky * (padded * crop_pixel_A[1])
@@ -114,12 +123,18 @@ class SliceGather:
         x0, y0 = torch.floor(gx), torch.floor(gy)
         fx, fy = gx - x0, gy - y0
         weight = p.tent / p.tent_sum[p.v].clamp_min(1.0)
+        h3 = box // 2 + 1
+        iz, iy, ix = p.v // (box * h3), (p.v // h3) % box, p.v % h3
+        voxel = (ix * box + iz) * box + iy  # output rows in (x, z, y) order: see volumes()
+        self.centred = box % 2 == 0
+        if self.centred:  # fftshift of the volume = (−1)^(iz + iy + ix) on its spectrum
+            weight = weight * (1.0 - 2.0 * ((iz + iy + ix) % 2).to(torch.float64))
         rows, cols, values, signs = [], [], [], []
         for dx, wx in ((0, 1 - fx), (1, fx)):
             for dy, wy in ((0, 1 - fy), (1, fy)):
                 x = (x0.long() + dx).clamp(max=half - 1)
                 y = (y0.long() + dy) % padded
-                rows.append(p.v)
+                rows.append(voxel)
                 cols.append((p.t * padded + y) * half + x)
                 values.append(weight * wx * wy)
                 signs.append(sign)
@@ -133,27 +148,25 @@ class SliceGather:
                 .to_sparse_csr().to(torch.float32) for v in (values, values * signs))
         self.box = box
         self.padded = padded
-        self.ctf_pairs = TiltPairs(box, p.t, p.v, *(x.float() for x in (
-            p.tent, p.kx, p.ky, p.tent_sum)))
-        self._cpu = None
-        if device.type == "cpu":  # scipy's CSR product is ~5x faster than torch's on CPU
-            self._cpu = [sp.csr_matrix((m.values().numpy(), m.col_indices().numpy(),
-                                        m.crow_indices().numpy()), shape=m.shape)
-                         for m in (self.real, self.imag)]
+        ctf_pairs = TiltPairs(box, p.t, p.v, *(x.float() for x in (p.tent, p.kx, p.ky,
+                                                                   p.tent_sum)))
+        self.ctf = CtfGridder(ctf_pairs, torch.as_tensor(pre_exposure, device=device),
+                              voltage_kv=voltage_kv, cs_mm=cs_mm,
+                              amplitude_contrast=amplitude_contrast)
 
-    def __call__(self, spectra: Tensor) -> Tensor:
-        """3D centred half spectra ``(N, D, D, D // 2 + 1)`` of crops ``(N, T, P, P//2+1)``."""
-        n = spectra.shape[0]
-        flat = spectra.reshape(n, -1).to(torch.complex64)
-        parts = (flat.real.T.contiguous(), flat.imag.T.contiguous())
-        if self._cpu is not None:
-            re, im = (torch.from_numpy(m @ x.numpy()) for m, x in zip(self._cpu, parts,
-                                                                       strict=True))
-        else:
-            re, im = (torch.sparse.mm(m, x) for m, x in zip((self.real, self.imag), parts,
-                                                             strict=True))
-        box = self.box
-        return torch.complex(re, im).T.reshape(n, box, box, box // 2 + 1)
+    def volumes(self, spectra: Tensor) -> Tensor:
+        """Subtomograms ``(N, D, D, D)`` (float32, centred at ``D // 2``) of crop spectra
+        ``(N, T, P, P // 2 + 1)``."""
+        n, box = spectra.shape[0], self.box
+        parts = torch.view_as_real(spectra.reshape(n, -1).to(torch.complex64))
+        parts = parts.permute(2, 1, 0).contiguous()  # (re/im, crop frequencies, particles)
+        re = torch.sparse.mm(self.real, parts[0])
+        im = torch.sparse.mm(self.imag, parts[1])
+        spectrum = torch.complex(re.T, im.T).reshape(n, box // 2 + 1, box, box)  # (N, x, z, y)
+        # irfftn as its two steps, the complex one over contiguous (z, y) planes (faster)
+        planes = torch.fft.ifft2(spectrum, dim=(-2, -1)).permute(0, 2, 3, 1)
+        volumes = torch.fft.irfft(planes, n=box, dim=-1)  # (N, z, y, x)
+        return volumes if self.centred else torch.fft.fftshift(volumes, dim=(-3, -2, -1))
 
 
 def _padded_spectra(spectra: Tensor, size: int, padded: int) -> Tensor:
@@ -209,6 +222,18 @@ def _recentred(ps: ParticleSet) -> ParticleSet:
     return replace(ps, particles=df)
 
 
+def _write_subtomograms(files: list[tuple[Path, Path, int]], volumes: np.ndarray,
+                        weights: np.ndarray, apix: float, layout: str) -> None:
+    for data_path, ctf_path, j in files:
+        write_mrc(data_path, volumes[j], apix)
+        write_ctf_volume(ctf_path, weights[j], apix, layout=layout)
+
+
+def _write_stack_files(stacks: list[tuple[Path, np.ndarray]], apix: float) -> None:
+    for path, images in stacks:
+        write_mrc(path, images, apix, stack=True)
+
+
 def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir: str | Path,
                          options: ExtractOptions, *, motion: dict[str, np.ndarray] | None = None,
                          progress: bool = True) -> ExtractResult:
@@ -235,58 +260,65 @@ def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir
     gathers: dict[str, SliceGather] = {}
     size2d = o.box if o.stacks_2d else crop
     padded = size2d * o.pad2d
+    folder = out / "Subtomograms"
+    named = project_path(folder)  # how the STAR file names the files in it
 
-    def write_batch(batch: CropBatch) -> None:
+    def write_batch(batch: CropBatch, writer: BackgroundWriter) -> None:
         crops, ts = batch.crops, batch.ts
         seen = crops.visible.any(1)
         if o.stacks_2d:
-            _write_stacks(batch, seen)
+            _write_stacks(batch, seen, writer)
             return
         if ts.name not in gathers:
-            px, py = batch.prepared.pixel_size_A
             gathers.clear()
-            gathers[ts.name] = SliceGather(crop, apix, batch.rotations, (px, py), padded)
+            gathers[ts.name] = SliceGather(
+                crop, apix, batch.rotations, batch.prepared.pixel_size_A, padded,
+                torch.as_tensor(ts.pre_exposure).float(), voltage_kv=ts.voltage_kv,
+                cs_mm=ts.cs_mm, amplitude_contrast=ts.amplitude_contrast)
         gather = gathers[ts.name]
         spectra = crops.spectra
         if o.pad2d > 1:
             spectra = _padded_spectra(spectra, size2d, padded)
-        volumes = centred_irfft(gather(spectra), crop)
+        volumes = gather.volumes(spectra)
         u, v, angle = (x.float() for x in ts.defocus_at(batch.positions_px))
-        weights = gridded_ctf(gather.ctf_pairs, torch.as_tensor(ts.pre_exposure).float(),
-                              (u + v) / 2, astigmatism_A=u - v, astigmatism_angle_deg=angle,
-                              voltage_kv=ts.voltage_kv, cs_mm=ts.cs_mm,
-                              amplitude_contrast=ts.amplitude_contrast, active=crops.visible)
+        weights = gather.ctf((u + v) / 2, astigmatism_A=u - v, astigmatism_angle_deg=angle,
+                             active=crops.visible)
         weights = weights.reshape(-1, crop, crop, crop // 2 + 1)
         if o.normalise:
             volumes = _normalise(volumes, o.bg_radius_px or 0.75 * crop / 2)
+        volumes, weights = volumes.cpu().numpy(), weights.cpu().numpy()
+        files = []
         for j, row in enumerate(batch.rows):
             if not bool(seen[j]):
                 continue
-            stem = out / "Subtomograms" / labels[row]
-            write_mrc(f"{stem}_data.mrc", volumes[j], apix)
-            write_ctf_volume(f"{stem}_ctf.mrc", weights[j], apix, layout=o.ctf_layout)
-            image_names[row] = project_path(Path(f"{stem}_data.mrc"))
-            ctf_names[row] = project_path(Path(f"{stem}_ctf.mrc"))
+            files.append((folder / f"{labels[row]}_data.mrc", folder / f"{labels[row]}_ctf.mrc",
+                          j))
+            image_names[row] = f"{named}/{labels[row]}_data.mrc"
+            ctf_names[row] = f"{named}/{labels[row]}_ctf.mrc"
+        writer.submit(_write_subtomograms, files, volumes, weights, apix, o.ctf_layout)
 
-    def _write_stacks(batch: CropBatch, seen: Tensor) -> None:
+    def _write_stacks(batch: CropBatch, seen: Tensor, writer: BackgroundWriter) -> None:
         crops = batch.crops
         images = torch.fft.fftshift(torch.fft.irfft2(crops.spectra * crops.ctf,
                                                      s=(o.box, o.box)), dim=(-2, -1))
         start = o.box // 2 - crop // 2
         images = images[..., start:start + crop, start:start + crop]
+        stacks = []
         for j, row in enumerate(batch.rows):
             if not bool(seen[j]):
                 continue
             vis = crops.visible[j]
-            stem = out / "Subtomograms" / labels[row]
-            write_mrc(f"{stem}_stack2d.mrcs", images[j][vis], apix, stack=True)
-            image_names[row] = project_path(Path(f"{stem}_stack2d.mrcs"))
+            stacks.append((folder / f"{labels[row]}_stack2d.mrcs", images[j][vis].cpu().numpy()))
+            image_names[row] = f"{named}/{labels[row]}_stack2d.mrcs"
             visible_frames[row] = "[" + ",".join(str(int(b)) for b in vis.tolist()) + "]"
+        writer.submit(_write_stack_files, stacks, apix)
 
-    for_each_batch(particles, tomograms, size2d, apix, write_batch, motion=motion,
-                   tilts=lambda ts: select_tilts(ts, o.max_dose, o.max_tilts),
-                   ctf=o.stacks_2d, apply_origins=o.recenter, batch_size=o.batch_size,
-                   device=o.device, progress=progress, desc="extracting")
+    with BackgroundWriter() as writer:
+        for_each_batch(particles, tomograms, size2d, apix,
+                       lambda batch: write_batch(batch, writer), motion=motion,
+                       tilts=lambda ts: select_tilts(ts, o.max_dose, o.max_tilts),
+                       ctf=o.stacks_2d, apply_origins=o.recenter, batch_size=o.batch_size,
+                       device=o.device, progress=progress, desc="extracting")
     done = np.array([name is not None for name in image_names])
     ps = _recentred(particles) if o.recenter else particles
     df = ps.particles.copy()

@@ -5,7 +5,7 @@ the tomogram (``relion_ctf_prepare.py``): ``.tlt`` angles, ctfplotter ``.defocus
 Coordinates (``<tomogram stem><suffix>``, ``x y z`` per line) are tomogram voxel positions,
 0-based as ``relion_preprocess`` reads them; the box is centred on them exactly (integer part by
 index, sub-voxel remainder as a Fourier phase). The CTF volume is
-:func:`subtomo.ctf.volume.gridded_ctf` for tilts about y by the ``.tlt`` angles with each
+:class:`subtomo.ctf.volume.CtfGridder` for tilts about y by the ``.tlt`` angles with each
 view's ctfplotter defocus (views ctfplotter did not fit take the fitted row nearest in angle),
 shifted by the particle's depth in that view (``hand × pixel × depth``, RELION's
 ``Tomogram::getCtf``; IMOD and AreTomo differ in the sign of the tilt angle relative to RELION,
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from subtomo.ctf.volume import gridded_ctf, tilt_pairs
+from subtomo.ctf.volume import CtfGridder, tilt_pairs
 from subtomo.errors import InputError
 from subtomo.fourier.grid import centred_irfft, centred_rfft
 from subtomo.fourier.shift import phase_shift
@@ -137,7 +137,9 @@ def extract_from_tomograms(
     for path, ts, coords in jobs:
         apix = ts.pixel_size_A
         frames = tilt_rotations(*ts.dof()[:3])
-        pairs = tilt_pairs(box, apix, frames)
+        gridder = CtfGridder(tilt_pairs(box, apix, frames), torch.as_tensor(ts.pre_exposure),
+                             voltage_kv=voltage_kv, cs_mm=cs_mm,
+                             amplitude_contrast=amplitude_contrast)
         nz, ny, nx = ts.tomo_size_px[::-1]
         tomos.append(ts.globals)
         with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
@@ -156,10 +158,7 @@ def extract_from_tomograms(
                     volume = _normalise(volume[None], bg_radius_px or 0.75 * box / 2)[0]
                 position = torch.as_tensor(c, dtype=torch.float64)[None]
                 u, v, angle = ts.defocus_at(position)
-                weights = gridded_ctf(pairs, torch.as_tensor(ts.pre_exposure), (u + v) / 2,
-                                      astigmatism_A=u - v, astigmatism_angle_deg=angle,
-                                      voltage_kv=voltage_kv, cs_mm=cs_mm,
-                                      amplitude_contrast=amplitude_contrast)
+                weights = gridder((u + v) / 2, astigmatism_A=u - v, astigmatism_angle_deg=angle)
                 stem = out / "Subtomograms" / ts.name / f"{i + 1}"
                 write_mrc(f"{stem}_data.mrc", volume, apix)
                 write_ctf_volume(f"{stem}_ctf.mrc", weights.reshape(box, box, box // 2 + 1)

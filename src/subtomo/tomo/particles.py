@@ -135,9 +135,10 @@ def for_each_batch(
         mats = ts.matrices(device=device)
         rotations = mats[:, :3, :3]
         rows_all = np.flatnonzero(names == name)
+        positions = particle_positions_px(ps, ts, rows_all, ts_motion, apply_origins)
         for start in range(0, len(rows_all), batch_size):
             rows = rows_all[start:start + batch_size]
-            pos = particle_positions_px(ps, ts, rows, ts_motion, apply_origins).to(device)
+            pos = positions[start:start + batch_size].to(device)
             crops = particle_crops(ts, prepared, pos, size, pixel_size_A, ctf=ctf, matrices=mats)
             fn(CropBatch(ts, rows, pos, crops, matrices[torch.as_tensor(rows)].to(device),
                          rotations, prepared))
