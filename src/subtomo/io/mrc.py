@@ -11,6 +11,7 @@ Both hold a real, centrosymmetric weight, so the two layouts carry the same info
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import mrcfile
@@ -61,6 +62,33 @@ def write_mrc(path: str | Path, data: np.ndarray | torch.Tensor, voxel_size_A: f
             if stack:
                 mrc.set_image_stack()
             mrc.voxel_size = voxel_size_A  # set_data wrote the header statistics
+
+
+def write_mrcs(items: Sequence[tuple[str | Path, np.ndarray]], voxel_size_A: float) -> None:
+    """Write many volumes of one shape, one file each, atomically, as :func:`write_mrc` would
+    (byte for byte): the first through ``mrcfile``, the rest with its header, in which only the
+    statistics change (min, max, and mean and rms in float32, as ``mrcfile`` computes them).
+    Saves the per-file MRC object when writing thousands of subtomograms."""
+    if not items:
+        return
+    first_path, first = items[0]
+    write_mrc(first_path, first, voxel_size_A)
+    with mrcfile.open(first_path, header_only=True) as mrc:
+        template = np.array(mrc.header)  # a plain structured copy
+        offset = mrc.header.nbytes + int(mrc.header.nsymbt)
+    with open(first_path, "rb") as handle:
+        head = handle.read(offset)[mrc.header.nbytes:]  # the extended header (empty)
+    for path, volume in items[1:]:
+        data = np.ascontiguousarray(volume, dtype=np.float32)
+        if data.shape != first.shape:
+            raise ValueError(f"{path}: shape {data.shape} differs from {first.shape}")
+        header = template.copy()
+        header["dmin"], header["dmax"] = data.min(), data.max()
+        header["dmean"], header["rms"] = data.mean(dtype=np.float32), data.std(dtype=np.float32)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            handle.write(header.tobytes())
+            handle.write(head)
+            data.tofile(handle)
 
 
 def ctf_from_disk(volume: np.ndarray, box: int, path: str | Path | None = None) -> torch.Tensor:

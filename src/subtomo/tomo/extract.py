@@ -162,10 +162,10 @@ class SliceGather:
         parts = parts.permute(2, 1, 0).contiguous()  # (re/im, crop frequencies, particles)
         re = torch.sparse.mm(self.real, parts[0])
         im = torch.sparse.mm(self.imag, parts[1])
-        spectrum = torch.complex(re.T, im.T).reshape(n, box // 2 + 1, box, box)  # (N, x, z, y)
-        # irfftn as its two steps, the complex one over contiguous (z, y) planes (faster)
-        planes = torch.fft.ifft2(spectrum, dim=(-2, -1)).permute(0, 2, 3, 1)
-        volumes = torch.fft.irfft(planes, n=box, dim=-1)  # (N, z, y, x)
+        spectrum = torch.complex(re, im).reshape(box // 2 + 1, box, box, n)  # (x, z, y, N)
+        # irfftn as its two steps, the complex one first over the (z, y) planes as they lie
+        planes = torch.fft.ifft2(spectrum, dim=(1, 2)).permute(3, 1, 2, 0)  # (N, z, y, x)
+        volumes = torch.fft.irfft(planes, n=box, dim=-1)
         return volumes if self.centred else torch.fft.fftshift(volumes, dim=(-3, -2, -1))
 
 
