@@ -54,9 +54,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from subtomo.fourier.grid import rfft_shape
+from subtomo.fourier.grid import rfft_shape, soft_sphere
 
-__all__ = ["Backprojector", "Projector", "gridding_kernel", "selected_frequencies"]
+__all__ = ["Backprojector", "Projector", "flatten_corners", "gridding_kernel",
+           "selected_frequencies"]
 
 _DIMS = (-3, -2, -1)
 DEFAULT_MAX_POINTS = 1 << 21
@@ -75,6 +76,20 @@ def gridding_kernel(
     x = (torch.arange(box, device=device, dtype=torch.float64) - box // 2) / padded_box
     s2 = torch.sinc(x) ** 2
     return (s2.view(-1, 1, 1) * s2.view(1, -1, 1) * s2.view(1, 1, -1)).to(dtype)
+
+
+def flatten_corners(volume: Tensor, edge_px: float = 3.0) -> Tensor:
+    """``volume`` ``(D, D, D)`` outside the sphere of diameter ``D`` replaced by its mean there.
+
+    RELION's ``softMaskOutsideMap`` with its defaults, which every RELION reconstruction
+    applies: within radius ``D / 2`` the map is kept, over a raised-cosine edge ``edge_px``
+    wide it blends into the weighted mean of the region outside, beyond which it is that mean.
+    """
+    keep = soft_sphere(volume.shape[-1], volume.shape[-1], edge_px, volume.device,
+                       volume.dtype)
+    outside = 1.0 - keep
+    background = (outside * volume).sum() / outside.sum().clamp(min=1e-12)
+    return keep * volume + outside * background
 
 
 def selected_frequencies(
@@ -425,7 +440,8 @@ class Backprojector:
         return data, weight
 
     def reconstruct(
-        self, tau2: Tensor | None = None, wiener_constant: float = 0.0
+        self, tau2: Tensor | None = None, wiener_constant: float = 0.0,
+        mask_corners: bool = True,
     ) -> Tensor:
         """Real ``(D, D, D)`` map on the scale of the inserted volumes (centre ``D // 2``).
 
@@ -439,7 +455,9 @@ class Backprojector:
         on the per-coefficient scale of ``W`` (signal power / noise power, as RELION's);
         shells beyond it or with ``tau2 <= 0`` give 0. Cells beyond the Nyquist sphere
         (``|q| > P / 2``) and with ``den = 0`` give 0. Then inverse FFT on the padded grid,
-        crop to ``D`` about the centre, and divide by the gridding kernel.
+        crop to ``D`` about the centre, replace the corners beyond the sphere of diameter ``D``
+        by their mean (:func:`flatten_corners`, as RELION; ``mask_corners=False`` keeps them)
+        and divide by the gridding kernel.
         """
         box, big, pad = self.box, self.padded_box, self.pad
         data, weight = self.symmetrised()
@@ -483,4 +501,6 @@ class Backprojector:
         vol = torch.fft.fftshift(vol, dim=_DIMS)
         offset = big // 2 - box // 2
         vol = vol[offset:offset + box, offset:offset + box, offset:offset + box]
+        if mask_corners:
+            vol = flatten_corners(vol)
         return vol / gridding_kernel(box, big, self.device, vol.dtype)

@@ -29,7 +29,7 @@ import torch
 from subtomo.align.score import Frequencies, noise_power
 from subtomo.align.search import SearchSettings
 from subtomo.errors import InputError
-from subtomo.fourier.grid import lowpass_map
+from subtomo.fourier.grid import lowpass_map, soft_sphere
 from subtomo.geometry.healpix import angular_step_deg
 from subtomo.geometry.symmetry import symmetric_distance_deg, symmetry_operators
 from subtomo.io.particles import ParticleSet
@@ -95,16 +95,6 @@ class IterationResult:
     log_likelihood: np.ndarray
     reconstruction: Reconstruction
     sigma2: np.ndarray  # noise power per shell
-
-
-def soft_sphere(box: int, diameter_px: float, width_px: float = 5.0,
-                device: torch.device | str = "cpu") -> torch.Tensor:
-    """RELION's particle mask: 1 inside ``diameter_px / 2``, a raised-cosine edge of
-    ``width_px`` outside, centred on the box centre."""
-    axis = torch.arange(box, device=device, dtype=torch.float32) - box // 2
-    r = (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2).sqrt()
-    edge = ((r - diameter_px / 2) / width_px).clamp(0, 1)
-    return 0.5 + 0.5 * torch.cos(math.pi * edge)
 
 
 def fine_enough(order: int, resolution_A: float, diameter_A: float) -> bool:
