@@ -43,6 +43,8 @@ class Reconstruction:
     fsc: torch.Tensor | None = None
     resolution_A: float | None = None
     denominator: torch.Tensor | None = None  # per box shell: mean of W + 1/τ² of ``map``
+    half1_unfil: torch.Tensor | None = None  # unregularised half maps (RELION's ``_unfil``)
+    half2_unfil: torch.Tensor | None = None
 
 
 def image_box(ps: ParticleSet) -> int:
@@ -157,7 +159,7 @@ def reconstruct(
 
     if not halves:
         bp = backproject(ps, rows_all, **kwargs)
-        volume = bp.reconstruct(wiener_constant=1e-3 * float(bp.weight.mean()))
+        volume = bp.reconstruct()
         if maxres_A:
             volume = lowpass_map(volume, pixel_size, maxres_A)
         return Reconstruction(volume, pixel_size, len(rows_all))
@@ -185,20 +187,25 @@ def gold_standard(bp1: Backprojector, bp2: Backprojector, pixel_size_A: float,
                   pad: int, tau2_fudge: float = 1.0) -> Reconstruction:
     """Half maps with τ² from their FSC, the FSC, its 0.143 resolution and the joined map.
 
-    ``tau2_fudge`` multiplies τ² (RELION's T: > 1 trusts the data more). ``bp1`` is merged
-    with ``bp2`` (it then holds both halves)."""
+    As RELION: the FSC (and resolution) is that of the unregularised half maps (also
+    returned, RELION's ``_unfil`` maps); τ² for the half maps comes from it, τ² for the
+    joined map from the FSC expected of the whole set, √(2F / (1 + F)) (RELION's
+    ``is_whole_instead_of_half``). ``tau2_fudge`` multiplies τ² (RELION's T: > 1 trusts the
+    data more). ``bp1`` is merged with ``bp2`` (it then holds both halves)."""
     box = bp1.box
-    floor = [1e-3 * float(b.weight.mean()) for b in (bp1, bp2)]
-    first = [b.reconstruct(wiener_constant=f) for b, f in zip((bp1, bp2), floor, strict=True)]
-    curve = fsc(first[0], first[1])
+    unfil = [b.reconstruct() for b in (bp1, bp2)]
+    curve = fsc(unfil[0], unfil[1])
     tau2 = tau2_fudge * _tau2_from_fsc(bp1, curve, box, pad)
     half_maps = [b.reconstruct(tau2=tau2) for b in (bp1, bp2)]
-    curve = fsc(half_maps[0], half_maps[1])
     bp1.merge(bp2)
-    joined = bp1.reconstruct(tau2=tau2)  # σ²/τ² does not depend on the particle count
-    denominator = shell_mean_weight(bp1, box, pad) + 1.0 / tau2.clamp(min=1e-30)
+    whole = curve.to(torch.float64).clamp(min=1e-3)
+    whole = torch.sqrt(2 * whole / (1 + whole))
+    tau2_joined = tau2_fudge * _tau2_from_fsc(bp1, whole, box, pad)
+    joined = bp1.reconstruct(tau2=tau2_joined)
+    denominator = shell_mean_weight(bp1, box, pad) + 1.0 / tau2_joined.clamp(min=1e-30)
     return Reconstruction(joined, pixel_size_A, 0, half_maps[0], half_maps[1], curve,
-                          resolution_at(curve, box, pixel_size_A), denominator)
+                          resolution_at(curve, box, pixel_size_A), denominator,
+                          unfil[0], unfil[1])
 
 
 def write_fsc_outputs(result: Reconstruction, map_path, halves: bool = True) -> None:
