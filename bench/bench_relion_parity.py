@@ -104,6 +104,7 @@ def bfactor(folder: Path, box: int) -> list[str]:
         timed_child([*sub, "reconstruct", "--i", "truth.star", "--o", f"pp_half{h}.mrc",
                      "--ctf", "--subset", str(h)], folder)
     write_mrc(folder / "pp_mask.mrc", soft_sphere(box, 0.8 * box, 6), 4.0)
+    (folder / "relion_pp").mkdir(exist_ok=True)  # RELION writes its logfile.pdf there
     lines = []
     for lowres in (10.0, 20.0):
         theirs, ours = [], []
@@ -111,7 +112,8 @@ def bfactor(folder: Path, box: int) -> list[str]:
             out, _, _ = timed_child(["relion_postprocess", "--i", "pp_half1.mrc", "--i2",
                                      "pp_half2.mrc", "--mask", "pp_mask.mrc", "--angpix", "4",
                                      "--auto_bfac", "--autob_lowres", str(lowres),
-                                     "--random_seed", str(seed), "--o", "relion_pp"], folder)
+                                     "--random_seed", str(seed), "--o",
+                                     "relion_pp/postprocess"], folder)
             theirs.append(float(next(line.split()[-1] for line in out.splitlines()
                                      if "apply b-factor" in line)))
             out, _, _ = timed_child([*sub, "postprocess", "--i", "pp_half1.mrc", "--i2",

@@ -223,8 +223,8 @@ def test_bfactor_matches_relion_postprocess(tmp_path: Path, seed: int, lowres: f
     mask = _write_map(tmp_path / "mask.mrc", PROPER_MASK)
     relion("relion_postprocess", "--i", h1, "--i2", h2, "--mask", mask, "--angpix",
                str(PX), "--auto_bfac", "--autob_lowres", str(lowres), "--o",
-               str(tmp_path / "relion"))
-    theirs = starfile.read(tmp_path / "relion.star", always_dict=True)["general"]
+               str(tmp_path / "postprocess"))  # its logfile.pdf goes beside it
+    theirs = starfile.read(tmp_path / "postprocess.star", always_dict=True)["general"]
     ours = postprocess(*(mrcfile.read(p) for p in (h1, h2, mask)), PX, autob_lowres_A=lowres)
     assert ours.resolution_A == pytest.approx(theirs["rlnFinalResolution"])
     assert ours.bfactor_A2 == pytest.approx(theirs["rlnBfactorUsedForSharpening"], rel=0.05)
