@@ -33,18 +33,21 @@ from subtomo.refine.images import iterate_batches
 def reference_scale(
     ps: ParticleSet, rows: np.ndarray, reference: torch.Tensor, settings: SearchSettings,
     sigma2: np.ndarray, matrices: np.ndarray, origins_px: np.ndarray, *, box: int, ctf: bool,
-    mask: torch.Tensor | None, pad: int = 2, batch_size: int = 32, sample: int = 256,
+    mask: torch.Tensor | None, pad: int = 2, batch_size: int = 32, sample: int = 64,
     device: torch.device | str = "cpu", ctx: Context | None = None,
 ) -> float:
-    """Least-squares scale (see the module docstring) of ``reference`` against up to
-    ``sample`` particles of ``rows`` (every n-th), searched by cross-correlation with
-    ``settings`` (the first iteration's); ``matrices`` ``(N, 3, 3)`` and ``origins_px``
-    ``(N, 3)`` are the current poses (priors of local searches, centring of the particles).
+    """Least-squares scale (see the module docstring) of ``reference`` against ``sample``
+    particles of ``rows`` spread evenly over them (a scalar needs few), searched by
+    cross-correlation with ``settings`` (the first iteration's); ``matrices`` ``(N, 3, 3)``
+    and ``origins_px`` ``(N, 3)`` are the current poses (priors of local searches, centring
+    of the particles).
     Sums are all-reduced over ``ctx``'s ranks."""
     from subtomo.refine.expectation import masked
 
     ctx = ctx or Context()
-    chosen = ctx.shard(np.asarray(rows)[:: max(1, len(rows) // sample)])
+    rows = np.asarray(rows)
+    picked = np.unique(np.linspace(0, len(rows) - 1, min(sample, len(rows))).round()).astype(int)
+    chosen = ctx.shard(rows[picked])
     searcher = Searcher(Projector(reference.to(device=device, dtype=torch.float32), pad=pad),
                         replace(settings, cc=True))
     freqs = searcher.fine
