@@ -218,10 +218,8 @@ def write_final(out: Path, ps: ParticleSet, recon: Reconstruction, schedule,
 
     write_particles(ps, out / "run_data.star", "relion30" if relion30 else "auto")
     write_mrc(out / "run_class001.mrc", recon.map, recon.pixel_size_A)
-    for h, (unfil, filtered) in enumerate(((recon.half1_unfil, recon.half1),
-                                           (recon.half2_unfil, recon.half2)), 1):
-        write_mrc(out / f"run_half{h}_class001_unfil.mrc",
-                  filtered if unfil is None else unfil, recon.pixel_size_A)
+    for h, half in enumerate(recon.unfiltered_halves(), 1):
+        write_mrc(out / f"run_half{h}_class001_unfil.mrc", half, recon.pixel_size_A)
     write_fsc_outputs(recon, out / "run_class001.mrc", halves=False)
     last = schedule.history[-1] if schedule.history else {}
     write_model(out / "run_model.star", [recon], ["run_class001.mrc"], [1.0], sigma2, ps,

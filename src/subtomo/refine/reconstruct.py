@@ -46,6 +46,11 @@ class Reconstruction:
     half1_unfil: torch.Tensor | None = None  # unregularised half maps (RELION's ``_unfil``)
     half2_unfil: torch.Tensor | None = None
 
+    def unfiltered_halves(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The half maps for post-processing: unregularised where reconstructed so."""
+        return (self.half1 if self.half1_unfil is None else self.half1_unfil,
+                self.half2 if self.half2_unfil is None else self.half2_unfil)
+
 
 def image_box(ps: ParticleSet) -> int:
     """Box size (px) of the particles: ``rlnImageSize``, else the first image's header."""
@@ -209,7 +214,8 @@ def gold_standard(bp1: Backprojector, bp2: Backprojector, pixel_size_A: float,
 
 
 def write_fsc_outputs(result: Reconstruction, map_path, halves: bool = True) -> None:
-    """Beside ``map_path``: ``_fsc.star``, ``_fsc.png`` and (``halves``) ``_half1/2.mrc``."""
+    """Beside ``map_path``: ``_fsc.star``, ``_fsc.png`` and (``halves``) ``_half1/2.mrc`` (the
+    unregularised half maps when the result has them)."""
     from pathlib import Path
 
     import pandas as pd
@@ -221,9 +227,9 @@ def write_fsc_outputs(result: Reconstruction, map_path, halves: bool = True) -> 
 
     map_path = Path(map_path)
     stem = map_path.with_suffix("")
-    if halves:
-        write_mrc(f"{stem}_half1.mrc", result.half1, result.pixel_size_A)
-        write_mrc(f"{stem}_half2.mrc", result.half2, result.pixel_size_A)
+    if halves:  # unregularised, as RELION's for post-processing (their FSC is result.fsc)
+        for h, half in enumerate(result.unfiltered_halves(), 1):
+            write_mrc(f"{stem}_half{h}.mrc", half, result.pixel_size_A)
     box = result.map.shape[-1]
     curve = result.fsc.cpu().numpy()
     res = shell_resolution_A(box, result.pixel_size_A).cpu().numpy()
