@@ -424,9 +424,10 @@ def auto_refine(
                   f"{change:.2f}°, {shift_change:.2f} px ({time.perf_counter() - tick:.0f} s)")
         ctx.barrier()
 
-    if recon is None:  # continued a run that had already finished: its outputs stand
+    fresh = recon is not None
+    if not fresh:  # continued a run that had already finished: its outputs stand
         recon = outputs.read_iteration(out, iteration, ps).reconstruction
-    elif ctx.main:
+    if ctx.main and (fresh or not (out / "run_class001.mrc").exists()):
         outputs.write_final(out, ps, recon, schedule, sigma2, relion30)
     if ctx.main:
         outputs.write_job_json(out, command, options, elapsed + time.perf_counter() - start,
