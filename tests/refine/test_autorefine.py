@@ -108,6 +108,11 @@ def test_cli_outputs_and_resume_after_kill(data, tmp_path, capsys):
     resumed = read_particles(job / "run_it003_data.star")
     assert np.array_equal(resumed.particles["rlnRandomSubset"].to_numpy(),
                           data_it2.particles["rlnRandomSubset"].to_numpy())
+    # killed after its last iteration, before the final files: continuing writes them
+    (job / "run_class001.mrc").unlink()
+    assert main([*args, "--continue", str(job), "--iter", "3"]) == 0
+    assert (job / "run_class001.mrc").is_file()
+    assert not (job / "run_it004_optimiser.json").exists()
 
 
 def test_bad_inputs_give_one_line_and_write_nothing(data, tmp_path, capsys):
