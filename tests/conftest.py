@@ -144,3 +144,25 @@ def yaiw_xf(yaiw_sdist):
             module.__path__ = [str(path)]
             sys.modules[name] = module
     return importlib.import_module("yet_another_imod_wrapper.utils.xf").XF
+# ---- real RELION (Debian's ``relion`` package) -------------------------------------------
+def run_relion(program: str, *args: str, cwd: Path | str | None = None,
+               timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a RELION program (skipping the test where it is not installed); fail the test with
+    RELION's own error text when it exits non-zero."""
+    import shutil
+
+    if shutil.which(program) is None:
+        pytest.skip(f"{program} not installed (apt-get install relion)")
+    result = subprocess.run([program, *args], cwd=cwd, capture_output=True, text=True,
+                            errors="replace", timeout=timeout)
+    text = result.stdout + result.stderr
+    if result.returncode != 0:
+        tail = "\n".join(line for line in text.splitlines() if "ERROR" in line or ":" in line)
+        pytest.fail(f"{program} {' '.join(args)} failed ({result.returncode}):\n{tail[-2000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def relion():
+    """:func:`run_relion` (tests using it skip where RELION is not installed)."""
+    return run_relion

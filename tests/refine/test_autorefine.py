@@ -59,6 +59,15 @@ def test_refinement_recovers_poses_and_map(data, tmp_path):
     assert result.reconstruction.resolution_A == pytest.approx(refined, rel=0.10)
     halves = result.particles.particles["rlnRandomSubset"].to_numpy()
     assert set(np.unique(halves)) == {1, 2}
+    # RELION's last step: after convergence one more iteration searches to Nyquist and joins
+    # the halves; its map is closer to the truth than the last regular iteration's
+    final, last = result.history[-1], result.iterations - 1
+    assert result.converged and final["final"] and final["search_radius_px"][1] == BOX / 2
+    before = read_particles(tmp_path / "job" / f"run_it{last:03d}_data.star")
+    joined_before = reconstruct(before, ctf=True, halves=True, progress=False).map
+    error_before = angular_distance_deg(truth.rotation_matrices(), before.rotation_matrices())
+    assert refined < _fsc05(joined_before, truth_map)  # measured: 11.07 vs 11.17 Å
+    assert float(after.median()) < float(error_before.median())  # 2.56° vs 2.77°
 
 
 def test_fine_enough_follows_resolution():
@@ -99,6 +108,11 @@ def test_cli_outputs_and_resume_after_kill(data, tmp_path, capsys):
     resumed = read_particles(job / "run_it003_data.star")
     assert np.array_equal(resumed.particles["rlnRandomSubset"].to_numpy(),
                           data_it2.particles["rlnRandomSubset"].to_numpy())
+    # killed after its last iteration, before the final files: continuing writes them
+    (job / "run_class001.mrc").unlink()
+    assert main([*args, "--continue", str(job), "--iter", "3"]) == 0
+    assert (job / "run_class001.mrc").is_file()
+    assert not (job / "run_it004_optimiser.json").exists()
 
 
 def test_bad_inputs_give_one_line_and_write_nothing(data, tmp_path, capsys):
@@ -151,3 +165,72 @@ def test_global_search_from_random_orientations(tmp_path):
     result = auto_refine(start, reference, tmp_path / "job", options=options, progress=False)
     error = angular_distance_deg(truth.rotation_matrices(), result.particles.rotation_matrices())
     assert float((error < 10).double().mean()) >= 0.9
+
+
+def test_reference_on_another_greyscale_needs_no_firstiter_cc(data, tmp_path):
+    """A reference 30× brighter than the particles (another program's scale): measured and
+    corrected before iteration 1, the poses come out as from the particles' own scale;
+    uncorrected, the likelihood hides the reference's strongest Fourier components in the
+    missing wedge and the poses are lost."""
+    import json
+
+    from subtomo.fourier.grid import lowpass_map
+
+    root, sim, start, reference, truth_map = data
+    rows = list(range(100))
+    ps, truth = start.subset(rows), read_particles(sim.truth_star).subset(rows)
+    bright = 30.0 * lowpass_map(truth_map, APIX, 30.0)
+    errors, scales = {}, {}
+    for greyscale in (True, False):
+        job = tmp_path / f"greyscale_{greyscale}"
+        result = auto_refine(ps, bright, job, progress=False, options=RefineOptions(
+            ctf=True, max_iter=1, greyscale=greyscale))
+        errors[greyscale] = float(angular_distance_deg(
+            truth.rotation_matrices(), result.particles.rotation_matrices()).median())
+        state = json.loads((job / "run_it001_optimiser.json").read_text())
+        scales[greyscale] = state["schedule"]["reference_scale"]
+    assert 30.0 * scales[True] == pytest.approx(1.0, rel=0.25)  # the particles' scale is 1
+    assert scales[False] == 1.0
+    assert errors[True] < 10.0  # order 2 (15°, oversampled 7.5°) global search
+    assert errors[False] > 30.0
+
+
+def test_noise_outside_the_mask_keeps_the_noise_model(data, tmp_path):
+    """With --particle_diameter, zeros outside the mask (--zero_mask) lower the measured noise
+    power by the masked-out fraction; RELION's default, noise of the current spectrum outside
+    the mask, keeps it at the data's own (ground truth: the particles' residual against the
+    true map at their true poses), and the poses are as good."""
+    from subtomo.align.score import Frequencies, noise_power
+    from subtomo.fourier.projector import Projector
+    from subtomo.io.star_text import read_star
+    from subtomo.refine.images import iterate_batches
+
+    root, sim, start, reference, truth_map = data
+    rows = list(range(100))
+    ps, truth = start.subset(rows), read_particles(sim.truth_star).subset(rows)
+    n_shells = BOX // 2 + 1
+    freqs = Frequencies.within(BOX, BOX / 2)
+    projector = Projector(truth_map.float())
+    sums, counts = torch.zeros(n_shells, dtype=torch.float64), torch.zeros(n_shells,
+                                                                           dtype=torch.float64)
+    origins = torch.as_tensor(truth.shifts_A() / APIX, dtype=torch.float32)
+    for batch in iterate_batches(truth, np.arange(len(truth)), box=BOX, ctf=True,
+                                 shifts_px=origins):
+        sections = projector.sample(truth.rotation_matrices()[batch.rows].float(), freqs.k_px)
+        s, c = noise_power(batch.spectra, batch.ctf, freqs, torch.zeros(len(batch.rows), 3),
+                           sections, n_shells)
+        sums, counts = sums + s, counts + c
+    true_sigma2 = (sums / counts).numpy()
+    ratio, errors = {}, {}
+    for zero_mask in (True, False):
+        job = tmp_path / f"zero_mask_{zero_mask}"
+        result = auto_refine(ps, reference, job, progress=False, options=RefineOptions(
+            ctf=True, max_iter=2, particle_diameter_A=80.0, zero_mask=zero_mask,
+            auto_local_healpix_order=3))
+        sigma2 = read_star(job / "run_model.star")["model_optics_group_1"]["rlnSigma2Noise"]
+        ratio[zero_mask] = sigma2.to_numpy()[8:15] / true_sigma2[8:15]
+        errors[zero_mask] = float(angular_distance_deg(
+            truth.rotation_matrices(), result.particles.rotation_matrices()).median())
+    np.testing.assert_allclose(ratio[False], 1.0, atol=0.15)
+    assert ratio[True].max() < 0.5
+    assert errors[False] <= errors[True] + 0.5

@@ -11,7 +11,6 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
-from subtomo.align.score import residual_power
 from subtomo.align.search import Searcher, SearchSettings
 from subtomo.cli import main
 from subtomo.fourier.fsc import fsc, resolution_at
@@ -23,6 +22,7 @@ from subtomo.parallel.distributed import Context
 from subtomo.refine import outputs
 from subtomo.refine.autorefine import initial_sigma2
 from subtomo.refine.classify import ClassifyOptions, classify
+from subtomo.refine.expectation import own_share
 from subtomo.refine.images import iterate_batches
 from subtomo.refine.reconstruct import gold_standard, half_sets, reconstruct
 from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomograms
@@ -86,9 +86,8 @@ def test_own_share_matches_true_leave_one_out(data, resolution_A):
         without_i = Searcher(Projector(class_map(i).map, pad=2), settings).search(
             x, c, inv_sigma2, A[i:i + 1])
         measured = float(with_i.log_evidence - without_i.log_evidence)
-        predicted = float(residual_power(x, c, searcher.fine, with_i.shifts_px,
-                                         with_i.projection, inv_sigma2, BOX // 2 + 1)[0]
-                          @ (1 / full.denominator))
+        predicted = float(own_share(x, c, searcher.fine, with_i.shifts_px,
+                                    with_i.projection, inv_sigma2, full.denominator)[0])
         assert measured > 1.0  # worth correcting: a full log-likelihood unit or more
         assert predicted == pytest.approx(measured, rel=0.15), i
 

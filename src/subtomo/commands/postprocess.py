@@ -44,9 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "as −|B|)")
     bfac.add_argument("--autob_lowres", type=float, default=10.0,
                       help="lowest resolution (Å) in the automatic B-factor fit (default 10)")
-    parser.add_argument("--autob_highres", type=float, default=None,
-                        help="highest resolution (Å) in the B-factor fit (default: the final "
-                             "resolution)")
+    parser.add_argument("--autob_highres", type=float, default=0.0,
+                        help="highest resolution (Å) in the B-factor fit (default 0: Nyquist, "
+                             "as RELION)")
     parser.add_argument("--randomize_at_fsc", type=float, default=0.8,
                         help="randomise phases from where the unmasked FSC drops below this "
                              "(default 0.8)")
@@ -155,6 +155,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"subtomo: warning: {note}", file=sys.stderr)
     res = "∞" if math.isinf(result.resolution_A) else f"{result.resolution_A:.2f}"
     which = "masked, corrected" if result.mask_used else "unmasked"
-    print(f"Final resolution {res} Å (FSC 0.143, {which}); B-factor {result.bfactor_A2:.0f} Å²; "
+    fitted = args.adhoc_bfac is not None or result.guinier_fit is not None
+    bfactor = f"{result.bfactor_A2:.0f} Å²" if fitted else "0 Å² (not fitted, see warning)"
+    print(f"Final resolution {res} Å (FSC 0.143, {which}); B-factor {bfactor}; "
           f"wrote {folder / 'postprocess.mrc'}.")
     return 0

@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "reconstruct", help="reconstruct a map from subtomograms with known poses",
         description="Fourier-space gridding of CTF-weighted subtomograms with CTF² weights. "
-        "With --halves also writes <stem>_half1/2.mrc, <stem>_fsc.star and <stem>_fsc.png.")
+        "With --halves also writes the unregularised half maps <stem>_half1/2.mrc (for "
+        "postprocess), <stem>_fsc.star and <stem>_fsc.png.")
     add_input(p, help="particle STAR file (any flavour)")
     add_output(p, help="output map (.mrc)")
     p.add_argument("--ctf", action="store_true", help="weight by the 3D CTF volumes (rlnCtfImage)")

@@ -14,9 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "refine", help="gold-standard 3D auto-refinement of subtomograms",
         description="Auto-refinement in independent half sets with HEALPix coarse-to-fine "
         "searches (global, then local), τ² from the half-map FSC and RELION's convergence "
-        "rules. Writes RELION's Refine3D job layout into --o; --continue resumes a killed "
-        "job. Run under `torchrun --nproc_per_node N -m subtomo refine ...` to shard "
-        "particles over processes.")
+        "rules; after convergence a final iteration searches to Nyquist and joins the "
+        "halves into run_class001.mrc. Writes RELION's Refine3D job layout into "
+        "--o; --continue resumes a killed job. Run under `torchrun --nproc_per_node N -m "
+        "subtomo refine ...` to shard particles over processes.")
     add_input(p, help="particle STAR file (any flavour)")
     add_output(p, required=False, help="job folder, e.g. Refine3D/job001")
     p.add_argument("--ref", help="initial reference map (.mrc), same box and pixel size")
@@ -35,9 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--offset_step", type=float, default=2.0, help="offset search step, px")
     p.add_argument("--ctf", action="store_true", help="use the 3D CTF volumes (rlnCtfImage)")
     p.add_argument("--firstiter_cc", action="store_true",
-                   help="cross-correlation instead of likelihood in the first iteration")
-    p.add_argument("--zero_mask", action="store_true", default=True,
-                   help="fill outside the particle mask with zeros (the only fill; default)")
+                   help="cross-correlation instead of likelihood in the first iteration (not "
+                        "needed for a reference on another greyscale: it is measured)")
+    p.add_argument("--absolute_greyscale", action="store_true",
+                   help="the reference is on the particles' intensity scale: skip measuring "
+                        "its scale before the first iteration")
+    p.add_argument("--zero_mask", action="store_true",
+                   help="fill outside the --particle_diameter mask with zeros (default: with "
+                        "noise of the current noise spectrum, as relion_refine)")
     p.add_argument("--flatten_solvent", action="store_true",
                    help="multiply the references by --mask before each search")
     p.add_argument("--iter", "--max_iter", dest="max_iter", type=int, default=25,
@@ -68,6 +74,7 @@ def _run(args: argparse.Namespace) -> int:
         healpix_order=args.healpix_order, auto_local_healpix_order=args.auto_local_healpix_order,
         offset_range_px=args.offset_range, offset_step_px=args.offset_step, ctf=args.ctf,
         firstiter_cc=args.firstiter_cc, zero_mask=args.zero_mask,
+        greyscale=not args.absolute_greyscale,
         flatten_solvent=args.flatten_solvent, pad=args.pad, max_iter=args.max_iter,
         batch_size=args.batch, seed=args.seed)
     ctx = init(args.device)

@@ -40,6 +40,7 @@ __all__ = [
     "rfft_shape",
     "shell_index",
     "shell_radius_px",
+    "soft_sphere",
 ]
 
 _DIMS = (-3, -2, -1)
@@ -179,3 +180,16 @@ def lowpass_map(vol: Tensor, pixel_size_A: float, resolution_A: float,
     real = vol.dtype if vol.dtype == torch.float64 else torch.float32
     spec = lowpass(centred_rfft(vol.to(real)), box, box * pixel_size_A / resolution_A, edge_px)
     return centred_irfft(spec, box).to(vol.dtype)
+
+
+def soft_sphere(box: int, diameter_px: float, width_px: float = 5.0,
+                device: torch.device | str | None = None,
+                dtype: torch.dtype = torch.float32) -> Tensor:
+    """Real-space soft sphere ``(D, D, D)`` about the centre voxel ``D // 2``: 1 within
+    ``diameter_px / 2``, a raised-cosine edge ``width_px`` wide outside it, then 0 (RELION's
+    particle mask and, with diameter ``D`` and width 3, its ``softMaskOutsideMap``)."""
+    axis = torch.arange(box, device=device, dtype=torch.float64) - box // 2
+    r = (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2).sqrt()
+    edge = ((r - diameter_px / 2) / width_px).clamp(0, 1) if width_px > 0 else (
+        r > diameter_px / 2).to(torch.float64)
+    return (0.5 + 0.5 * torch.cos(math.pi * edge)).to(dtype)

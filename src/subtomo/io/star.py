@@ -249,14 +249,72 @@ def _to_relion30(ps: ParticleSet, warp: bool) -> pd.DataFrame:
     return df
 
 
+def _image_dimensions(ps: ParticleSet, row: int) -> tuple[int, int] | None:
+    """``(box size, dimensionality)`` of particle ``row``'s image from its MRC header (a cube
+    without ``n@`` is a 3D subtomogram), or None where it cannot be read."""
+    from subtomo.io.mrc import read_mrc_header
+
+    name = str(ps.particles["rlnImageName"].iloc[row])
+    path = Path(name.split("@")[-1])
+    if not path.is_absolute() and not path.exists() and ps.source:
+        path = Path(ps.source).parent / path
+    try:
+        (nz, ny, nx), _ = read_mrc_header(path)
+    except (OSError, ValueError, InputError):
+        return None
+    return nx, 3 if nz == ny == nx and "@" not in name else 2
+
+
+def _image_optics(ps: ParticleSet, optics: pd.DataFrame) -> pd.DataFrame:
+    """Fill ``rlnImageSize`` and ``rlnImageDimensionality`` where they are missing.
+
+    RELION 3.1+ takes the box size of each optics group from ``rlnImageSize`` (its
+    ``ObservationModel`` stops with "box sizes not available" without it) and the data
+    dimensionality from ``rlnImageDimensionality`` (2 when absent). Both come from the header
+    of the group's first image (found as RELION finds it, or beside the source STAR file);
+    the dimensionality is 3 without a readable image when the particles have a 3D CTF or z
+    coordinates. Groups whose images cannot be read keep the size missing.
+    """
+    labels = ("rlnImageSize", "rlnImageDimensionality")
+    if all(label in optics and optics[label].notna().all() for label in labels):
+        return optics
+    found: dict[str, dict] = {label: {} for label in labels}
+    if "rlnImageName" in ps.particles:
+        groups = ps.particles["rlnOpticsGroup"].to_numpy()
+        for group in optics["rlnOpticsGroup"]:
+            rows = np.flatnonzero(groups == group)
+            dims = _image_dimensions(ps, int(rows[0])) if len(rows) else None
+            if dims is not None:
+                found["rlnImageSize"][group], found["rlnImageDimensionality"][group] = dims
+    is_3d = "rlnCtfImage" in ps.particles or bool(
+        present(ps.particles, ("rlnCoordinateZ", "rlnCenteredCoordinateZAngst")))
+    for label in labels:
+        values = optics["rlnOpticsGroup"].map(found[label]).astype(float)
+        if label in optics:
+            values = optics[label].astype(float).where(optics[label].notna(), values)
+        if label == "rlnImageDimensionality" and is_3d:
+            values = values.fillna(3)
+        if values.notna().any():
+            optics[label] = values.astype(np.int64) if values.notna().all() else values
+    return optics
+
+
 def _modern_optics(ps: ParticleSet, flavour: str) -> pd.DataFrame:
-    optics = ps.optics.copy()
-    if flavour == "relion5" and "rlnTomoTiltSeriesPixelSize" not in optics:
-        apix = ps.coordinate_pixel_size_A()
-        groups = pd.Series(apix).groupby(ps.particles["rlnOpticsGroup"].to_numpy()).first()
-        optics["rlnTomoTiltSeriesPixelSize"] = optics["rlnOpticsGroup"].map(groups)
-    if flavour == "relion5" and "rlnMicrographPixelSize" in optics:
-        optics = optics.drop(columns="rlnMicrographPixelSize")
+    """The optics table of a RELION 3.1+ flavour, with the labels its RELION requires: the
+    image size and dimensionality (:func:`_image_optics`) and, for RELION 4/5 tomography,
+    ``rlnTomoTiltSeriesPixelSize`` (its ``ParticleSet`` stops without it) and
+    ``rlnTomoSubtomogramBinning`` (image over tilt-series pixel size)."""
+    optics = _image_optics(ps, ps.optics.copy())
+    if flavour in ("relion4", "relion5"):
+        if "rlnTomoTiltSeriesPixelSize" not in optics:
+            apix = ps.coordinate_pixel_size_A()
+            groups = pd.Series(apix).groupby(ps.particles["rlnOpticsGroup"].to_numpy()).first()
+            optics["rlnTomoTiltSeriesPixelSize"] = optics["rlnOpticsGroup"].map(groups)
+        if "rlnTomoSubtomogramBinning" not in optics and "rlnImagePixelSize" in optics:
+            optics["rlnTomoSubtomogramBinning"] = (optics["rlnImagePixelSize"]
+                                                   / optics["rlnTomoTiltSeriesPixelSize"])
+        if "rlnMicrographPixelSize" in optics:
+            optics = optics.drop(columns="rlnMicrographPixelSize")
     return optics
 
 

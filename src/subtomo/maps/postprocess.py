@@ -13,10 +13,19 @@ Follows ``relion_postprocess`` (Scheres; Chen et al. 2013, Ultramicroscopy 135:2
    the unmasked FSC (unless ``force_mask``); both cases are reported in ``warnings``.
 4. Sharpening of the *unmasked* half-map average: divide by the detector MTF (optional), weight
    each shell by ``sqrt(2·FSC/(1+FSC))`` (Rosenthal & Henderson 2003; zero from the first shell
-   where the corrected FSC < 1e-4), fit ``ln⟨|F|⟩`` against ``1/d²`` between ``autob_lowres_A``
-   and ``autob_highres_A`` (default: the final resolution) and apply ``B = 4·slope`` as
-   ``F·exp(−B/4·s²)`` up to Nyquist (the fitted B is negative for a decaying spectrum, so this
-   sharpens), then low-pass at the resolution with a raised-cosine edge two shells wide.
+   where the corrected FSC < 1e-4), fit ``ln⟨|F|⟩`` against ``1/d²`` and apply ``B = 4·slope``
+   as ``F·exp(−B/4·s²)`` up to Nyquist (the fitted B is negative for a decaying spectrum, so
+   this sharpens), then low-pass at the resolution with a raised-cosine edge two shells wide.
+
+Guinier fit, as ``relion_postprocess --auto_bfac`` (``sharpenMap``, ``makeGuinierPlot``,
+``fitStraightLine``): one point per shell ``i ≤ D/2`` at ``x = 1/d²``, ``y = ln`` of the mean
+``|F|`` of the FSC-weighted spectrum over the half-spectrum voxels with ``round(|k|) = i`` (as
+RELION counts them: each stored voxel once); the points with ``autob_highres_A ≤ d ≤
+autob_lowres_A`` and a non-zero mean enter an unweighted least-squares line. ``autob_highres_A``
+defaults to 0, i.e. up to Nyquist: the fit runs on past the resolution, through the shells the
+FSC weighting damps, until the weights vanish (the first shell with FSC < 1e-4). With fewer than
+two points in the range RELION silently applies B = 0; here B is 0 too, with a warning that names
+the range, the shells it holds and the way out (``PostprocessResult.warnings``).
 
 Fourier conventions: :mod:`subtomo.fourier.grid` (half spectra, shells ``round(|k|·D)``) and
 :func:`subtomo.fourier.fsc.fsc`; amplitudes normalised as RELION's (``norm="forward"``).
@@ -37,10 +46,10 @@ import torch
 
 from subtomo.errors import InputError
 from subtomo.fourier.fsc import fsc, resolution_at
-from subtomo.fourier.grid import lowpass_mask, radial_average, shell_index, shell_radius_px
+from subtomo.fourier.grid import lowpass_mask, shell_index, shell_radius_px
 
 FSC_WEIGHT_FLOOR = 1e-4  # RELION: FSC weights are zero from the first shell below this
-MIN_GUINIER_POINTS = 3
+MIN_GUINIER_POINTS = 2  # a line; RELION fits from two points
 
 MtfLike = Callable[[torch.Tensor], torch.Tensor] | np.ndarray | torch.Tensor
 
@@ -134,14 +143,22 @@ def fsc_weights(fsc_curve: torch.Tensor, shells: torch.Tensor) -> torch.Tensor:
 
 
 def guinier_curve(spectrum: torch.Tensor, box: int) -> torch.Tensor:
-    """``ln⟨|F|⟩`` over shells ``0 .. D // 2`` (full-spectrum average); −99 where it is 0."""
-    mean = radial_average(spectrum.abs().double(), box)
+    """``ln⟨|F|⟩`` over shells ``0 .. D // 2``, the mean over the half-spectrum voxels of each
+    shell ``round(|k|)`` counted once each (RELION's ``makeGuinierPlot``); −99 where it is 0."""
+    shells = shell_index(box, spectrum.device).reshape(-1)
+    n = box // 2 + 1
+    inside = shells < n
+    values = spectrum.abs().double().reshape(-1)[inside]
+    sums = torch.zeros(n, dtype=torch.float64, device=spectrum.device).index_add_(
+        0, shells[inside], values)
+    mean = sums / torch.bincount(shells[inside], minlength=n).double().clamp(min=1)
     return torch.where(mean > 0, torch.log(mean.clamp_min(1e-300)),
                        torch.full_like(mean, -99.0))
 
 
 def fit_guinier(x: np.ndarray, y: np.ndarray, low_A: float, high_A: float) -> GuinierFit | None:
-    """Least-squares line through the points with ``high_A ≤ d ≤ low_A`` (and y > −99)."""
+    """Least-squares line through the points with ``high_A ≤ d ≤ low_A`` (and y > −99);
+    None with fewer than :data:`MIN_GUINIER_POINTS` of them."""
     with np.errstate(divide="ignore"):
         d = np.where(x > 0, 1.0 / np.sqrt(np.maximum(x, 1e-300)), np.inf)
     use = (d <= low_A * (1 + 1e-9)) & (d >= high_A * (1 - 1e-9)) & (y > -99.0)
@@ -192,7 +209,7 @@ def postprocess(
     *,
     adhoc_bfac: float | None = None,
     autob_lowres_A: float = 10.0,
-    autob_highres_A: float | None = None,
+    autob_highres_A: float | None = 0.0,
     randomize_at_fsc: float = 0.8,
     randomize_at_A: float | None = None,
     mtf: MtfLike | None = None,
@@ -203,10 +220,11 @@ def postprocess(
 ) -> PostprocessResult:
     """Post-process two half maps as ``relion_postprocess`` does (see the module docstring).
 
-    ``adhoc_bfac`` (Å²) skips the Guinier fit and sharpens with ``−|adhoc_bfac|``; otherwise the
-    B-factor is fitted between ``autob_lowres_A`` and ``autob_highres_A`` (default: the final
-    resolution). ``mtf``: a callable of frequency (1/Å) or an ``(n, 2)`` table (1/Å, value).
-    Works on the device of ``half1`` (the others are moved there).
+    ``adhoc_bfac`` (Å²) skips the Guinier fit and sharpens with ``−|adhoc_bfac|`` (0: none);
+    otherwise the B-factor is fitted between ``autob_lowres_A`` and ``autob_highres_A`` (default
+    0: Nyquist; see the module docstring); with fewer than two shells in that range B is 0 and
+    a warning names the range. ``mtf``: a callable of frequency (1/Å) or an ``(n, 2)`` table
+    (1/Å, value). Works on the device of ``half1`` (the others are moved there).
     """
     h1 = _as_volume(half1, "half map 1")
     device = h1.device
@@ -301,15 +319,22 @@ def postprocess(
     elif adhoc_bfac is not None:
         bfactor = 0.0
     else:
-        high = autob_highres_A if autob_highres_A and autob_highres_A > 0 else resolution_A
-        fit = fit_guinier(x, columns["weighted"].cpu().numpy(), autob_lowres_A, high)
+        high = autob_highres_A if autob_highres_A and autob_highres_A > 0 else 2 * pixel_size_A
+        weighted = columns["weighted"].cpu().numpy()
+        fit = fit_guinier(x, weighted, autob_lowres_A, high)
         if fit is None:
-            notes.append(f"fewer than {MIN_GUINIER_POINTS} Guinier points between "
-                         f"{autob_lowres_A:g} Å and {high:.2f} Å: no B-factor applied "
-                         "(lower --autob_lowres or give --adhoc_bfac)")
-            bfactor = 0.0
-        else:
-            bfactor = 4.0 * fit.slope_A2
+            with np.errstate(divide="ignore"):
+                d = np.where(x > 0, 1.0 / np.sqrt(x), np.inf)
+            inside = (d <= autob_lowres_A) & (d >= high)
+            count = int((inside & (weighted > -99.0)).sum())
+            signal = np.flatnonzero(weighted > -99.0)
+            reach = shell_to_A(int(signal.max()) if signal.size else 0, box, pixel_size_A)
+            notes.append(f"no B-factor fitted: the fit range {autob_lowres_A:g}–{high:.2f} Å "
+                         f"holds {count} shell(s) with signal, {MIN_GUINIER_POINTS} needed "
+                         f"({int(inside.sum())} shell(s) in range; the FSC-weighted map "
+                         f"reaches {reach:.2f} Å); the map is not sharpened: lower "
+                         "--autob_lowres, or give --adhoc_bfac")
+        bfactor = 0.0 if fit is None else 4.0 * fit.slope_A2
     nyquist_s2 = (1.0 / (2.0 * pixel_size_A)) ** 2
     if bfactor != 0.0:
         ft = apply_bfactor(ft, s2, bfactor, nyquist_s2)

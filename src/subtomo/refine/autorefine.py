@@ -12,7 +12,18 @@ the pose changes stopped shrinking, the HEALPix order goes up by one (and the of
 halved); at ``auto_local_healpix_order`` the searches become local around the current poses.
 Once the angular step is fine enough for the resolution (the fine step below the angle that
 moves the particle's rim by half the resolution) and neither gains nor large changes come for
-two iterations, the run has converged and the halves are joined into ``run_class001.mrc``.
+two iterations, the run has converged.
+
+RELION's last steps: after convergence one final iteration searches with all frequencies to
+Nyquist (the halves still apart) and joins the halves into ``run_class001.mrc`` (τ² from the
+FSC expected of the whole set), with the unregularised half maps as ``run_half?_class001_unfil``
+for post-processing. With ``--particle_diameter`` the particles are searched inside a soft
+sphere and, as ``relion_refine`` does unless ``--zero_mask``, filled outside it with noise of
+the current noise spectrum, so that the noise model stays that of the data (zeros would lower
+the measured noise power by the masked fraction); the maps are always reconstructed from the
+unmasked particles. A reference from elsewhere (another program, another pixel size rescaled)
+is brought to the particles' greyscale before iteration 1 (:mod:`subtomo.refine.greyscale`),
+so it needs no ``--firstiter_cc``.
 """
 
 from __future__ import annotations
@@ -29,12 +40,13 @@ import torch
 from subtomo.align.score import Frequencies, noise_power
 from subtomo.align.search import SearchSettings
 from subtomo.errors import InputError
-from subtomo.fourier.grid import lowpass_map
+from subtomo.fourier.grid import lowpass_map, soft_sphere
 from subtomo.geometry.healpix import angular_step_deg
 from subtomo.geometry.symmetry import symmetric_distance_deg, symmetry_operators
 from subtomo.io.particles import ParticleSet
 from subtomo.parallel.distributed import Context
 from subtomo.refine.expectation import expectation, masked
+from subtomo.refine.greyscale import reference_scale
 from subtomo.refine.images import check_files, iterate_batches
 from subtomo.refine.reconstruct import (
     Reconstruction,
@@ -59,7 +71,8 @@ class RefineOptions:
     offset_step_px: float = 2.0
     ctf: bool = False
     firstiter_cc: bool = False
-    zero_mask: bool = True
+    zero_mask: bool = False  # RELION's default: noise outside the particle mask
+    greyscale: bool = True  # measure the reference's scale before iteration 1
     flatten_solvent: bool = False
     pad: int = 2
     max_iter: int = 25
@@ -82,6 +95,8 @@ class Schedule:
     no_large_changes: int = 0
     smallest_change_deg: float = 1e9
     converged: bool = False
+    final_done: bool = False  # the final full-resolution iteration on the joined halves
+    reference_scale: float = 1.0  # greyscale factor applied to the initial reference
     history: list[dict] = field(default_factory=list)
 
 
@@ -95,16 +110,6 @@ class IterationResult:
     log_likelihood: np.ndarray
     reconstruction: Reconstruction
     sigma2: np.ndarray  # noise power per shell
-
-
-def soft_sphere(box: int, diameter_px: float, width_px: float = 5.0,
-                device: torch.device | str = "cpu") -> torch.Tensor:
-    """RELION's particle mask: 1 inside ``diameter_px / 2``, a raised-cosine edge of
-    ``width_px`` outside, centred on the box centre."""
-    axis = torch.arange(box, device=device, dtype=torch.float32) - box // 2
-    r = (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2).sqrt()
-    edge = ((r - diameter_px / 2) / width_px).clamp(0, 1)
-    return 0.5 + 0.5 * torch.cos(math.pi * edge)
 
 
 def fine_enough(order: int, resolution_A: float, diameter_A: float) -> bool:
@@ -147,15 +152,15 @@ def update_schedule(schedule: Schedule, resolution_A: float, shell: int, change_
 
 
 def search_radii(resolution_A: float, order: int, box: int, pixel_size_A: float,
-                 diameter_A: float, first: bool) -> tuple[float, float]:
+                 diameter_A: float, first: bool, final: bool = False) -> tuple[float, float]:
     """Coarse and fine frequency radii (px) of a search at ``resolution_A`` and ``order``.
 
     Fine pass: up to 3 shells beyond the resolution (just the resolution in the first
-    iteration). Coarse pass: up to the radius where the coarse step moves the particle's rim
-    by half a period, and at most 0.6 of the fine radius (it only has to find the
-    neighbourhood), at least 5 px."""
+    iteration; Nyquist in the final one, RELION's ``do_use_all_data``). Coarse pass: up to the
+    radius where the coarse step moves the particle's rim by half a period, and at most 0.6
+    of the fine radius (it only has to find the neighbourhood), at least 5 px."""
     shell = box * pixel_size_A / resolution_A
-    fine = min(box / 2, shell if first else shell + 3)
+    fine = box / 2 if final else min(box / 2, shell if first else shell + 3)
     step = math.radians(angular_step_deg(order))
     rim_px = diameter_A / 2 / pixel_size_A
     coarse = min(0.6 * fine, box / (2 * step * rim_px))
@@ -163,10 +168,11 @@ def search_radii(resolution_A: float, order: int, box: int, pixel_size_A: float,
 
 
 def search_settings(schedule: Schedule, options: RefineOptions, box: int, pixel_size_A: float,
-                    diameter_A: float, first: bool, iteration: int) -> SearchSettings:
+                    diameter_A: float, first: bool, iteration: int,
+                    final: bool = False) -> SearchSettings:
     """Frequencies (:func:`search_radii`) and sampling of one iteration's search."""
     coarse, fine = search_radii(schedule.resolution_A, schedule.order, box, pixel_size_A,
-                                diameter_A, first)
+                                diameter_A, first, final)
     return SearchSettings(
         order=schedule.order, local=schedule.local, offset_range_px=schedule.offset_range_px,
         offset_step_px=schedule.offset_step_px, coarse_radius_px=coarse, fine_radius_px=fine,
@@ -329,7 +335,7 @@ def auto_refine(
                                    solvent_mask, mask_path, options)
     diameter = options.particle_diameter_A or 0.8 * box * pixel_size
     particle_mask = None
-    if options.particle_diameter_A and options.zero_mask:
+    if options.particle_diameter_A:
         particle_mask = soft_sphere(box, options.particle_diameter_A / pixel_size,
                                     device=device)
     if solvent_mask is not None:
@@ -357,16 +363,30 @@ def auto_refine(
                             local=options.healpix_order >= options.auto_local_healpix_order)
         matrices, origins = outputs.full_poses(ps, pixel_size)
         first = initial_reference(reference, pixel_size, options)
-        references = [first, first]
+        # noise-filled particles (RELION's default) start from the unmasked particles' power
         sigma2 = initial_sigma2(ps, np.arange(len(ps)), box, options.ctf,
                                 torch.as_tensor(origins, dtype=torch.float32, device=device),
-                                particle_mask, device, ctx, options.batch_size)
+                                particle_mask if options.zero_mask else None, device, ctx,
+                                options.batch_size)
+        if options.greyscale and not options.firstiter_cc:
+            scale = reference_scale(
+                ps, np.arange(len(ps)), first,
+                search_settings(schedule, options, box, pixel_size, diameter, True, 1),
+                sigma2, matrices, origins, box=box, ctf=options.ctf, mask=particle_mask,
+                pad=options.pad, batch_size=options.batch_size, device=device, ctx=ctx)
+            first = first * scale
+            schedule.reference_scale = scale
+            if ctx.main:
+                print(f"reference greyscale: scaled by {scale:.4g} to the particles' "
+                      "intensities")
+        references = [first, first]
 
     recon = None
-    while iteration < options.max_iter and not schedule.converged:
+    while not schedule.final_done and (schedule.converged or iteration < options.max_iter):
+        final = schedule.converged
         iteration += 1
         settings = search_settings(schedule, options, box, pixel_size, diameter,
-                                   iteration == 1, iteration)
+                                   iteration == 1, iteration, final)
         searched = [reference_for_search(r, solvent_mask, options) for r in references]
         tick = time.perf_counter()
         result = run_iteration(ps, searched, halves, matrices, origins, sigma2, settings,
@@ -386,8 +406,11 @@ def auto_refine(
             "offset_range_px": settings.offset_range_px,
             "search_radius_px": [settings.coarse_radius_px, settings.fine_radius_px],
             "mean_angle_change_deg": change, "mean_offset_change_px": shift_change,
-            "seconds": time.perf_counter() - tick})
-        update_schedule(schedule, recon.resolution_A, shell, change, options, diameter)
+            "final": final, "seconds": time.perf_counter() - tick})
+        if final:
+            schedule.final_done = True
+        else:
+            update_schedule(schedule, recon.resolution_A, shell, change, options, diameter)
         ps = outputs.with_poses(ps, matrices, origins, pixel_size, result.max_probability,
                                 result.log_likelihood)
         if ctx.main:
@@ -395,16 +418,18 @@ def auto_refine(
             seconds = elapsed + time.perf_counter() - start
             RefineState(iteration, schedule, sigma2.tolist(), asdict(options),
                         seconds).save(outputs.state_path(out, iteration))
-            print(f"iteration {iteration:03d}: {recon.resolution_A:.2f} Å, order "
+            print(f"iteration {iteration:03d}{' (final, to Nyquist)' if final else ''}: "
+                  f"{recon.resolution_A:.2f} Å, order "
                   f"{settings.order}{' local' if settings.local else ''}, mean pose change "
                   f"{change:.2f}°, {shift_change:.2f} px ({time.perf_counter() - tick:.0f} s)")
         ctx.barrier()
 
-    if recon is None:  # continued a run that had already finished
-        done = outputs.read_iteration(out, iteration, ps)
-        recon = done.reconstruction
-    if ctx.main:
+    fresh = recon is not None
+    if not fresh:  # continued a run that had already finished: its outputs stand
+        recon = outputs.read_iteration(out, iteration, ps).reconstruction
+    if ctx.main and (fresh or not (out / "run_class001.mrc").exists()):
         outputs.write_final(out, ps, recon, schedule, sigma2, relion30)
+    if ctx.main:
         outputs.write_job_json(out, command, options, elapsed + time.perf_counter() - start,
                                iteration, schedule.history, converged=schedule.converged)
     ctx.barrier()

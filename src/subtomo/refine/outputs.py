@@ -211,14 +211,15 @@ def read_iteration(out: Path, iteration: int, ps: ParticleSet) -> FinishedIterat
 
 def write_final(out: Path, ps: ParticleSet, recon: Reconstruction, schedule,
                 sigma2: np.ndarray, relion30: bool) -> None:
-    """``run_data.star``, the joined map, unfiltered-name half maps, model, FSC and plots."""
+    """``run_data.star``, the joined map, the unregularised half maps (RELION's ``_unfil``, for
+    post-processing), model, FSC and plots."""
     from subtomo.refine.reconstruct import write_fsc_outputs
     from subtomo.report.plots import plot_resolution_history
 
     write_particles(ps, out / "run_data.star", "relion30" if relion30 else "auto")
     write_mrc(out / "run_class001.mrc", recon.map, recon.pixel_size_A)
-    write_mrc(out / "run_half1_class001_unfil.mrc", recon.half1, recon.pixel_size_A)
-    write_mrc(out / "run_half2_class001_unfil.mrc", recon.half2, recon.pixel_size_A)
+    for h, half in enumerate(recon.unfiltered_halves(), 1):
+        write_mrc(out / f"run_half{h}_class001_unfil.mrc", half, recon.pixel_size_A)
     write_fsc_outputs(recon, out / "run_class001.mrc", halves=False)
     last = schedule.history[-1] if schedule.history else {}
     write_model(out / "run_model.star", [recon], ["run_class001.mrc"], [1.0], sigma2, ps,

@@ -5,6 +5,13 @@ X_i(k) = C_i(k) V(A_iᵀ k) e^{+2πi k·o_i} + noise (content at −o_i). We und
 C_i X_i into Fourier space at A_iᵀ k (and A_i R_g for every symmetry operator R_g) with weights
 C_i², and divide: V = Σ C X / (Σ C² + 1/τ²). With half sets, τ² comes from their FSC
 (RELION: SNR = FSC / (1 − FSC) per shell, 1/τ² = mean weight / SNR); without, a small floor.
+
+Parity with ``relion_reconstruct --3d_rot --ctf``: on the same STAR file our map is as close to
+the truth at every shell (within 2e-4 up to 0.6 Nyquist, higher beyond). The gap found in
+issue 15 (FSC 0.5 at 10.67 Å vs RELION's 10.11 Å) was the noise in the box corners, which RELION
+flattens and we kept; :class:`subtomo.fourier.projector.Backprojector` now flattens them too
+(its module docstring has the term-by-term comparison). Every map of refine, classify and
+initial model goes through it.
 """
 
 from __future__ import annotations
@@ -36,6 +43,13 @@ class Reconstruction:
     fsc: torch.Tensor | None = None
     resolution_A: float | None = None
     denominator: torch.Tensor | None = None  # per box shell: mean of W + 1/τ² of ``map``
+    half1_unfil: torch.Tensor | None = None  # unregularised half maps (RELION's ``_unfil``)
+    half2_unfil: torch.Tensor | None = None
+
+    def unfiltered_halves(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The half maps for post-processing: unregularised where reconstructed so."""
+        return (self.half1 if self.half1_unfil is None else self.half1_unfil,
+                self.half2 if self.half2_unfil is None else self.half2_unfil)
 
 
 def image_box(ps: ParticleSet) -> int:
@@ -150,7 +164,7 @@ def reconstruct(
 
     if not halves:
         bp = backproject(ps, rows_all, **kwargs)
-        volume = bp.reconstruct(wiener_constant=1e-3 * float(bp.weight.mean()))
+        volume = bp.reconstruct()
         if maxres_A:
             volume = lowpass_map(volume, pixel_size, maxres_A)
         return Reconstruction(volume, pixel_size, len(rows_all))
@@ -178,24 +192,30 @@ def gold_standard(bp1: Backprojector, bp2: Backprojector, pixel_size_A: float,
                   pad: int, tau2_fudge: float = 1.0) -> Reconstruction:
     """Half maps with τ² from their FSC, the FSC, its 0.143 resolution and the joined map.
 
-    ``tau2_fudge`` multiplies τ² (RELION's T: > 1 trusts the data more). ``bp1`` is merged
-    with ``bp2`` (it then holds both halves)."""
+    As RELION: the FSC (and resolution) is that of the unregularised half maps (also
+    returned, RELION's ``_unfil`` maps); τ² for the half maps comes from it, τ² for the
+    joined map from the FSC expected of the whole set, √(2F / (1 + F)) (RELION's
+    ``is_whole_instead_of_half``). ``tau2_fudge`` multiplies τ² (RELION's T: > 1 trusts the
+    data more). ``bp1`` is merged with ``bp2`` (it then holds both halves)."""
     box = bp1.box
-    floor = [1e-3 * float(b.weight.mean()) for b in (bp1, bp2)]
-    first = [b.reconstruct(wiener_constant=f) for b, f in zip((bp1, bp2), floor, strict=True)]
-    curve = fsc(first[0], first[1])
+    unfil = [b.reconstruct() for b in (bp1, bp2)]
+    curve = fsc(unfil[0], unfil[1])
     tau2 = tau2_fudge * _tau2_from_fsc(bp1, curve, box, pad)
     half_maps = [b.reconstruct(tau2=tau2) for b in (bp1, bp2)]
-    curve = fsc(half_maps[0], half_maps[1])
     bp1.merge(bp2)
-    joined = bp1.reconstruct(tau2=tau2)  # σ²/τ² does not depend on the particle count
-    denominator = shell_mean_weight(bp1, box, pad) + 1.0 / tau2.clamp(min=1e-30)
+    whole = curve.to(torch.float64).clamp(min=1e-3)
+    whole = torch.sqrt(2 * whole / (1 + whole))
+    tau2_joined = tau2_fudge * _tau2_from_fsc(bp1, whole, box, pad)
+    joined = bp1.reconstruct(tau2=tau2_joined)
+    denominator = shell_mean_weight(bp1, box, pad) + 1.0 / tau2_joined.clamp(min=1e-30)
     return Reconstruction(joined, pixel_size_A, 0, half_maps[0], half_maps[1], curve,
-                          resolution_at(curve, box, pixel_size_A), denominator)
+                          resolution_at(curve, box, pixel_size_A), denominator,
+                          unfil[0], unfil[1])
 
 
 def write_fsc_outputs(result: Reconstruction, map_path, halves: bool = True) -> None:
-    """Beside ``map_path``: ``_fsc.star``, ``_fsc.png`` and (``halves``) ``_half1/2.mrc``."""
+    """Beside ``map_path``: ``_fsc.star``, ``_fsc.png`` and (``halves``) ``_half1/2.mrc`` (the
+    unregularised half maps when the result has them)."""
     from pathlib import Path
 
     import pandas as pd
@@ -207,9 +227,9 @@ def write_fsc_outputs(result: Reconstruction, map_path, halves: bool = True) -> 
 
     map_path = Path(map_path)
     stem = map_path.with_suffix("")
-    if halves:
-        write_mrc(f"{stem}_half1.mrc", result.half1, result.pixel_size_A)
-        write_mrc(f"{stem}_half2.mrc", result.half2, result.pixel_size_A)
+    if halves:  # unregularised, as RELION's for post-processing (their FSC is result.fsc)
+        for h, half in enumerate(result.unfiltered_halves(), 1):
+            write_mrc(f"{stem}_half{h}.mrc", half, result.pixel_size_A)
     box = result.map.shape[-1]
     curve = result.fsc.cpu().numpy()
     res = shell_resolution_A(box, result.pixel_size_A).cpu().numpy()
