@@ -21,6 +21,7 @@ from subtomo.commands import (
     star,
 )
 from subtomo.errors import InputError
+from subtomo.io import validate
 
 COMMANDS = (convert, star, select, poses, simulate, reconstruct, initial_model, refine,
             classify, maps, postprocess, demo)
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        validate.command_options(args)
         return int(args.run(args) or 0)
     except InputError as exc:
         print(f"subtomo: error: {exc}", file=sys.stderr)

@@ -26,12 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from subtomo import memory
 from subtomo.align.score import Frequencies, noise_power
 from subtomo.align.search import SearchSettings
 from subtomo.errors import InputError
 from subtomo.fourier.grid import lowpass_map
 from subtomo.geometry.healpix import angular_step_deg
 from subtomo.geometry.symmetry import symmetric_distance_deg, symmetry_operators
+from subtomo.io import validate
+from subtomo.io.files import undone_on_input_error
 from subtomo.io.particles import ParticleSet
 from subtomo.parallel.distributed import Context
 from subtomo.refine.expectation import expectation, masked
@@ -66,6 +69,7 @@ class RefineOptions:
     batch_size: int = 32
     top_k: int = 2
     seed: int = 0
+    max_memory_gib: float | None = None  # memory budget (None: automatic)
 
 
 @dataclass
@@ -177,7 +181,8 @@ def search_settings(schedule: Schedule, options: RefineOptions, box: int, pixel_
 
 def initial_sigma2(ps: ParticleSet, rows: np.ndarray, box: int, ctf: bool,
                    origins_px: torch.Tensor, mask: torch.Tensor | None,
-                   device: torch.device | str, ctx: Context, batch_size: int) -> np.ndarray:
+                   device: torch.device | str, ctx: Context, batch_size: int,
+                   max_memory_gib: float | None = None) -> np.ndarray:
     """Noise power per shell from the particles' own power on measured coefficients (an upper
     bound, as RELION starts), from up to 256 particles."""
     freqs = Frequencies.within(box, box / 2, device)
@@ -186,6 +191,7 @@ def initial_sigma2(ps: ParticleSet, rows: np.ndarray, box: int, ctf: bool,
     counts = torch.zeros_like(sums)
     sample = ctx.shard(rows[:: max(1, len(rows) // 256)])
     zero_shift = torch.zeros(1, 3, device=device)
+    batch_size = memory.streaming_batch(batch_size, box, ctf, max_memory_gib, device)
     for batch in iterate_batches(ps, sample, box=box, ctf=ctf, batch_size=batch_size,
                                  device=device, shifts_px=origins_px):
         spectra = masked(batch.spectra, mask, box)
@@ -270,7 +276,12 @@ def check_inputs(ps: ParticleSet, reference: torch.Tensor, reference_apix: float
     apix = ps.pixel_size_A()
     if not np.all(np.isfinite(apix)):
         raise InputError(ps.source, "particles have no pixel size", field="rlnImagePixelSize")
+    validate.positive(apix, ps.source, field="rlnImagePixelSize", what="pixel size", unit="Å",
+                      rows=np.arange(1, len(ps) + 1))
     pixel_size, box = float(apix[0]), image_box(ps)
+    validate.volume(reference, reference_path, what="reference")
+    if mask is not None:
+        validate.volume(mask, mask_path, what="mask")
     if tuple(reference.shape) != (box, box, box):
         raise InputError(reference_path, f"reference is {tuple(reference.shape)}, particles "
                          f"are {box}³", field="box size")
@@ -307,6 +318,7 @@ class RefineResult:
     history: list[dict]
 
 
+@undone_on_input_error("out_dir")
 def auto_refine(
     ps: ParticleSet, reference: torch.Tensor, out_dir: str | Path, *,
     options: RefineOptions | None = None, solvent_mask: torch.Tensor | None = None,
@@ -360,7 +372,8 @@ def auto_refine(
         references = [first, first]
         sigma2 = initial_sigma2(ps, np.arange(len(ps)), box, options.ctf,
                                 torch.as_tensor(origins, dtype=torch.float32, device=device),
-                                particle_mask, device, ctx, options.batch_size)
+                                particle_mask, device, ctx, options.batch_size,
+                                options.max_memory_gib)
 
     recon = None
     while iteration < options.max_iter and not schedule.converged:

@@ -50,6 +50,7 @@ from subtomo.align.search import SearchSettings
 from subtomo.errors import InputError
 from subtomo.fourier.grid import lowpass_map
 from subtomo.fourier.projector import Backprojector
+from subtomo.io.files import undone_on_input_error
 from subtomo.io.mrc import read_mrc, write_mrc
 from subtomo.io.particles import ParticleSet
 from subtomo.io.star import read_particles, write_particles
@@ -91,6 +92,7 @@ class ClassifyOptions:
     split_every: int = 4
     leave_one_out: bool = True
     seed: int = 0
+    max_memory_gib: float | None = None  # memory budget (None: automatic)
 
 
 @dataclass
@@ -307,6 +309,7 @@ def check_options(options: ClassifyOptions) -> None:
         raise InputError(None, "--sigma_ang must be positive", field="--sigma_ang")
 
 
+@undone_on_input_error("out_dir")
 def classify(
     ps: ParticleSet, reference: torch.Tensor, out_dir: str | Path, *,
     options: ClassifyOptions | None = None, mask: torch.Tensor | None = None,
@@ -359,7 +362,8 @@ def classify(
                             options.ini_high_A)]
         sigma2 = initial_sigma2(ps, np.arange(len(ps)), box, options.ctf,
                                 torch.as_tensor(origins, dtype=torch.float32, device=device),
-                                particle_mask, device, ctx, options.batch_size)
+                                particle_mask, device, ctx, options.batch_size,
+                                options.max_memory_gib)
     classes = ps.particles.get("rlnClassNumber")
     classes = None if classes is None else classes.to_numpy() - 1
 

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from subtomo import memory
 from subtomo.align.score import Frequencies, noise_power, residual_power
 from subtomo.align.search import Searcher, SearchResult, SearchSettings
 from subtomo.fourier.grid import centred_irfft, centred_rfft
 from subtomo.fourier.projector import Backprojector, Projector
-from subtomo.fourier.shift import phase_shift
+from subtomo.fourier.shift import shift_spectra_
 from subtomo.geometry.symmetry import symmetry_operators
 from subtomo.io.particles import ParticleSet
 from subtomo.parallel.distributed import Context
@@ -38,16 +39,16 @@ def insert_weighted(bp: Backprojector, spectra: torch.Tensor, ctf: torch.Tensor 
                     result: SearchResult, ops: torch.Tensor) -> None:
     """Insert every particle at its significant hypotheses with their posterior weights p
     (RELION's marginalisation): data += p C X, weight += p C², as √p-scaled X and C."""
-    box = spectra.shape[-2]
     for m in range(result.top_weights.shape[1]):
         weight = result.top_weights[:, m]
         keep = torch.nonzero(weight > 0).flatten()
         if keep.numel() == 0:
             break
         root = weight[keep].sqrt().view(-1, 1, 1, 1)
-        shifted = spectra[keep] * phase_shift(box, result.top_shifts_px[keep, m]) * root
+        shifted = shift_spectra_(spectra[keep], result.top_shifts_px[keep, m]).mul_(root)
         c = root.expand(-1, *spectra.shape[1:]) if ctf is None else ctf[keep] * root
         insert_symmetric(bp, shifted, result.top_matrices[keep, m], c, ops)
+        del shifted, c
 
 
 def _search_parents(searchers: list[Searcher], parents: list[int], fixed: torch.Tensor,
@@ -104,6 +105,40 @@ def _own_share(results: list[SearchResult], spectra: torch.Tensor, ctf: torch.Te
 
 
 @dataclass
+class Plan:
+    """How an E step shares its memory budget: particles per batch read from disk, the
+    search's section cache per class and its working memory (bytes)."""
+
+    batch_size: int
+    cache_bytes: int | None
+    work_bytes: int | None
+
+
+def plan_memory(options, *, box: int, k_classes: int, n_searched: int,
+                device: torch.device | str) -> Plan:
+    """Fit an E step into ``options.max_memory_gib`` (GiB; ``None``: an automatic share of
+    the free memory, :func:`subtomo.memory.budget_bytes`).
+
+    Fixed: the back-projectors of every class and half set, the ``n_searched`` class maps'
+    projectors (one half set's at a time), one more being built, and the M step's
+    reconstruction. Of the rest at most a third holds particle batches (``options.
+    batch_size`` or fewer), half of the remainder the section caches of the searchers, and
+    the other half the work of one search (:class:`subtomo.align.search.Searcher`)."""
+    budget = memory.budget_bytes(getattr(options, "max_memory_gib", None), device)
+    pad = options.pad
+    fixed = (2 * k_classes * memory.backprojector_bytes(box, pad)
+             + (n_searched + 3) * memory.projector_bytes(box, pad))
+    free = memory.free_budget(budget, device)
+    memory.check_fits(fixed + memory.reconstruction_bytes(box, pad), free,
+                      f"an iteration of {k_classes} class(es) at {box}³ (pad {pad})")
+    rest = free - fixed
+    per_particle = memory.particle_bytes(box, options.ctf)
+    batch = memory.batch_that_fits(options.batch_size, per_particle, rest // 3)
+    search = rest - batch * per_particle
+    return Plan(batch, search // (2 * max(n_searched, 1)), search // 2)
+
+
+@dataclass
 class Expectation:
     """The sums of one E step: per class and half set the back-projectors, the posterior sum
     per class, the noise power sums, and per particle (at the rows searched; zero elsewhere,
@@ -144,8 +179,9 @@ def expectation(
 
     ``references``: the class maps the particles of half set 1 and of half set 2 are searched
     against (the same list for both in classification, each half's own map in auto-refine).
-    ``options`` gives ``sym``, ``pad``, ``ctf`` and ``batch_size``; a particle enters every
-    class with posterior ≥ ``min_posterior``. ``assign`` (0-based classes per particle): a
+    ``options`` gives ``sym``, ``pad``, ``ctf``, ``batch_size`` and ``max_memory_gib`` (the
+    budget, :func:`plan_memory`); a particle enters every class with posterior ≥
+    ``min_posterior``. ``assign`` (0-based classes per particle): a
     fixed hard assignment (a seeding iteration); a particle of class k is then aligned against
     ``references[h][parents[k]]``.
 
@@ -169,19 +205,23 @@ def expectation(
     prior_all = torch.as_tensor(matrices, dtype=torch.float32, device=device)
     origins_t = torch.as_tensor(origins_px, dtype=torch.float32, device=device)
     rows = np.asarray(rows)
+    plan = plan_memory(options, box=box, k_classes=k_classes, n_searched=len(references[0]),
+                       device=device)
     searchers = None
     for h in (1, 2):
         if searchers is None or references[1] is not references[0]:
+            searchers = None  # free one half set's searchers before building the next
             searchers = [Searcher(Projector(r.to(device=device, dtype=torch.float32),
-                                            pad=options.pad), settings)
+                                            pad=options.pad), settings,
+                                  cache_bytes=plan.cache_bytes, work_bytes=plan.work_bytes)
                          for r in references[h - 1]]
         mine = ctx.shard(rows[np.asarray(halves)[rows] == h])
-        total = (len(mine) + options.batch_size - 1) // options.batch_size
+        total = (len(mine) + plan.batch_size - 1) // plan.batch_size
         batches = iterate_batches(ps, mine, box=box, ctf=options.ctf,
-                                  batch_size=options.batch_size, device=device,
+                                  batch_size=plan.batch_size, device=device,
                                   shifts_px=origins_t)
         for batch in tqdm(batches, total=total, desc=f"{desc} half {h}", unit="batch",
-                          disable=not (progress and ctx.main)):
+                          disable=None if progress and ctx.main else True):
             index = torch.as_tensor(batch.rows, device=device)
             spectra = masked(batch.spectra, mask, box)
             if assign is not None:
