@@ -387,29 +387,31 @@ class Backprojector:
             data[:, :, col], weight[:, :, col] = d, w
         return data, weight
 
-    def slabs(self, symmetrised: bool = True) -> Iterator[tuple[slice, Tensor, Tensor, Tensor]]:
-        """The padded grid in slabs of ``z`` planes (a few tens of MB each):
-        ``(z slice, data, weight, radius |q|)`` with the Hermitian planes completed (copies of
-        the slab's sums when ``symmetrised``, else views) and the float64 radius in padded
-        Fourier pixels. Whole-grid computations go slab by slab so that their temporaries
-        stay small."""
+    def slabs(self) -> Iterator[tuple[slice, Tensor, Tensor, Tensor]]:
+        """The padded grid in slabs of ``z`` planes (a few MB each): ``(z slice, data,
+        weight, r2)``, views of the sums (Hermitian planes not completed) and the exact
+        integer squared radius ``|q|^2`` (padded Fourier pixels). Whole-grid computations go
+        slab by slab so that their temporaries stay small."""
         big = self.padded_box
         half = big // 2 + 1
-        planes = self._hermitian_planes() if symmetrised else {}
-        full = torch.fft.fftfreq(big, d=1.0 / big, device=self.device,
-                                 dtype=torch.float64).round()
-        xy = full.view(-1, 1) ** 2 + torch.arange(half, device=self.device,
-                                                  dtype=torch.float64).view(1, -1) ** 2
+        full = torch.fft.fftfreq(big, d=1.0 / big, device=self.device).round().long()
+        xy = full.view(-1, 1) ** 2 + torch.arange(half, device=self.device).view(1, -1) ** 2
         step = max(1, SLAB_CELLS // (big * half))
         for z0 in range(0, big, step):
             z = slice(z0, min(z0 + step, big))
-            data, weight = self._data[z], self._weight[z]
-            if planes:
-                data, weight = data.clone(), weight.clone()
-                for col, (d, w) in planes.items():
-                    data[:, :, col], weight[:, :, col] = d[z], w[z]
-            radius = torch.sqrt(full[z].view(-1, 1, 1) ** 2 + xy[None])
-            yield z, data, weight, radius
+            yield z, self._data[z], self._weight[z], full[z].view(-1, 1, 1) ** 2 + xy[None]
+
+    def _plane_r2(self, col: int) -> Tensor:
+        """``|q|^2`` on the ``x = col`` plane, ``(P, P)``."""
+        full = torch.fft.fftfreq(self.padded_box, d=1.0 / self.padded_box,
+                                 device=self.device).round().long()
+        return full.view(-1, 1) ** 2 + full.view(1, -1) ** 2 + col * col
+
+    def shell_lookup(self, r2_max: int, divisor: float = 1.0) -> Tensor:
+        """``round(sqrt(r2) / divisor)`` for ``r2 = 0 .. r2_max`` (float64, as computed per
+        cell), a table to gather shells from exact squared radii."""
+        r = torch.arange(r2_max + 1, device=self.device, dtype=torch.float64).sqrt()
+        return (r / divisor).round().long() if divisor != 1.0 else r.round().long()
 
     def reconstruct(
         self, tau2: Tensor | None = None, wiener_constant: float = 0.0
@@ -431,37 +433,60 @@ class Backprojector:
         box, big, pad = self.box, self.padded_box, self.pad
         scale = float(pad**3)
         n_big = big // 2 + 1
+        r2_max = 3 * (big // 2) ** 2
+        shells = self.shell_lookup(r2_max)  # padded shell of each |q|^2
+        inside = torch.arange(r2_max + 1, device=self.device) <= (big / 2) ** 2
+        # 1 / tau2 (or the constant) per |q|^2: inf where tau2 is missing or <= 0
         if tau2 is not None:
             tau2 = torch.as_tensor(tau2, device=self.device, dtype=torch.float64).reshape(-1)
-            if tau2.numel() not in (n_big, box // 2 + 1):
+            if tau2.numel() == n_big:
+                tshell = shells
+            elif tau2.numel() == box // 2 + 1:
+                tshell = self.shell_lookup(r2_max, pad)
+            else:
                 raise ValueError(
                     f"tau2 must have {n_big} (padded) or {box // 2 + 1} (box) shells, "
                     f"got {tau2.numel()}"
                 )
-        # Floor: 1e-3 of the shell mean of W (padded shells inside the sphere).
+            valid = tshell < tau2.numel()
+            t = tau2[tshell.clamp(max=tau2.numel() - 1)]
+            valid = valid & (t > 0)
+            reg = torch.where(valid, 1.0 / torch.where(valid, t, 1.0), math.inf)
+        else:
+            reg = torch.full((r2_max + 1,), float(wiener_constant), dtype=torch.float64,
+                             device=self.device)
+        planes = self._hermitian_planes()
+        # Floor: 1e-3 of the shell mean of W (padded shells inside the sphere), with the
+        # Hermitian planes completed.
         sums = torch.zeros(n_big + 1, dtype=torch.float64, device=self.device)
         counts = torch.zeros_like(sums)
-        for _, _, weight, radius in self.slabs():
-            flat_shell = radius.round().long().reshape(-1).clamp(max=n_big)
-            sums.index_add_(0, flat_shell, (weight * scale).reshape(-1).to(torch.float64))
-            counts += torch.bincount(flat_shell, minlength=n_big + 1).to(torch.float64)
-        mean = 1e-3 * sums / counts.clamp(min=1)
-        spec = torch.empty_like(self._data)
-        for z, data, weight, radius in self.slabs():
-            shells = radius.round().long()
-            if tau2 is not None:
-                tshell = shells if tau2.numel() == n_big else (radius / pad).round().long()
-                valid = tshell < tau2.numel()
-                t = tau2[tshell.clamp(max=tau2.numel() - 1)]
-                valid = valid & (t > 0)
-                reg = torch.where(valid, 1.0 / torch.where(valid, t, 1.0), math.inf)
-            else:
-                reg = torch.full_like(radius, float(wiener_constant))
-            floor = mean[shells.clamp(max=n_big)]
-            den = torch.maximum((weight * scale).to(torch.float64) + reg, floor)
-            ok = (den > 0) & torch.isfinite(den) & (radius <= big / 2)
+
+        def add(weight: Tensor, r2: Tensor, sign: float = 1.0) -> None:
+            flat_shell = shells[r2].reshape(-1).clamp(max=n_big)
+            sums.index_add_(0, flat_shell, sign * (weight * scale).reshape(-1).to(torch.float64))
+            counts.add_(torch.bincount(flat_shell, minlength=n_big + 1).to(torch.float64),
+                        alpha=sign)
+
+        for _, _, weight, r2 in self.slabs():
+            add(weight, r2)
+        for col, (_, w) in planes.items():  # the completed planes replace the raw ones
+            r2 = self._plane_r2(col)
+            add(self._weight[:, :, col], r2, -1.0)
+            add(w, r2)
+        floor = 1e-3 * sums / counts.clamp(min=1)
+
+        def filtered(data: Tensor, weight: Tensor, r2: Tensor) -> Tensor:
+            den = torch.maximum((weight * scale).to(torch.float64) + reg[r2],
+                                floor[shells[r2].clamp(max=n_big)])
+            ok = (den > 0) & torch.isfinite(den) & inside[r2]
             factor = torch.where(ok, scale / torch.where(ok, den, 1.0), 0.0)
-            spec[z] = data * factor.to(weight.dtype)
+            return data * factor.to(weight.dtype)
+
+        spec = torch.empty_like(self._data)
+        for z, data, weight, r2 in self.slabs():
+            spec[z] = filtered(data, weight, r2)
+        for col, (d, w) in planes.items():
+            spec[:, :, col] = filtered(d, w, self._plane_r2(col))
         vol = torch.fft.irfftn(spec, s=(big, big, big), dim=_DIMS)
         del spec
         # crop D about the centre of the fftshift-ed volume: index i <- (i - D // 2) mod P

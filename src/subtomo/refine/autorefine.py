@@ -37,7 +37,7 @@ from subtomo.io import validate
 from subtomo.io.files import undone_on_input_error
 from subtomo.io.particles import ParticleSet
 from subtomo.parallel.distributed import Context
-from subtomo.refine.expectation import expectation, masked
+from subtomo.refine.expectation import expectation, insertion_radius_px, masked
 from subtomo.refine.images import check_files, iterate_batches
 from subtomo.refine.reconstruct import (
     Reconstruction,
@@ -209,13 +209,18 @@ def run_iteration(
     ps: ParticleSet, references: list[torch.Tensor], halves: np.ndarray, matrices: np.ndarray,
     origins_px: np.ndarray, sigma2: np.ndarray, settings: SearchSettings, options: RefineOptions,
     *, box: int, pixel_size_A: float, mask: torch.Tensor | None, device: torch.device | str,
-    ctx: Context, progress: bool = True, desc: str = "",
+    ctx: Context, progress: bool = True, desc: str = "", resolution_A: float | None = None,
 ) -> IterationResult:
     """One E step (:func:`subtomo.refine.expectation.expectation`, one class, each half set
-    against its own half map) and the gold-standard M step."""
+    against its own half map) and the gold-standard M step. ``resolution_A``: the current
+    resolution, which limits the inserted frequencies (:func:`subtomo.refine.expectation.
+    insert_radius_px`; ``None``: all, up to Nyquist)."""
+    if resolution_A is None:
+        resolution_A = 2 * pixel_size_A
     e = expectation(ps, np.arange(len(ps)), ([references[0]], [references[1]]), np.ones(1),
                     halves, matrices, origins_px, sigma2, settings, options, box=box,
-                    mask=mask, device=device, ctx=ctx, progress=progress, desc=desc)
+                    mask=mask, device=device, ctx=ctx, progress=progress, desc=desc,
+                    insert_radius_px=insertion_radius_px(resolution_A, box, pixel_size_A))
     recon = gold_standard(*e.backprojectors[0], pixel_size_A, options.pad)
     recon.n_particles = len(ps)
     return IterationResult(e.matrices, e.origins_px, e.max_probability, e.log_likelihood,
@@ -385,7 +390,8 @@ def auto_refine(
         result = run_iteration(ps, searched, halves, matrices, origins, sigma2, settings,
                                options, box=box, pixel_size_A=pixel_size, mask=particle_mask,
                                device=device, ctx=ctx, progress=progress,
-                               desc=f"iteration {iteration:03d}")
+                               desc=f"iteration {iteration:03d}",
+                               resolution_A=schedule.resolution_A)
         recon = result.reconstruction
         change = pose_change_deg(matrices, result.matrices, options.sym)
         shift_change = float(np.sqrt(((result.origins_px - origins) ** 2).sum(1)).mean())

@@ -63,7 +63,7 @@ from subtomo.refine.autorefine import (
     search_radii,
     soft_sphere,
 )
-from subtomo.refine.expectation import expectation
+from subtomo.refine.expectation import expectation, insertion_radius_px
 from subtomo.refine.reconstruct import Reconstruction, gold_standard, half_sets
 
 
@@ -234,15 +234,18 @@ def classify_iteration(
     mask: torch.Tensor | None, device: torch.device | str, ctx: Context,
     assign: np.ndarray | None = None, parents: list[int] | None = None,
     progress: bool = True, desc: str = "",
-    self_terms: tuple[np.ndarray, torch.Tensor] | None = None,
+    self_terms: tuple[np.ndarray, torch.Tensor] | None = None, resolution_A: float | None = None,
 ) -> ClassIteration:
-    """One E step over all particles (:func:`expectation`) and the M step of every class."""
+    """One E step over all particles (:func:`expectation`) and the M step of every class;
+    frequencies beyond ``resolution_A`` plus RELION's margin are not inserted
+    (:func:`subtomo.refine.expectation.insert_radius_px`; ``None``: all)."""
     n = len(ps)
     e = expectation(ps, np.arange(n), (references, references), distribution, halves,
                     matrices, origins_px, sigma2, settings, options, box=box, mask=mask,
                     device=device, ctx=ctx, assign=assign, parents=parents,
                     min_posterior=options.min_posterior, progress=progress, desc=desc,
-                    self_terms=self_terms)
+                    self_terms=self_terms, insert_radius_px=None if resolution_A is None else
+                    insertion_radius_px(resolution_A, box, pixel_size_A))
     recons = reconstruct_classes(e.backprojectors, pixel_size_A, options.pad,
                                  options.tau2_fudge)
     distribution = (e.posterior_sums / max(n, 1)).cpu().numpy()
@@ -386,7 +389,7 @@ def classify(
             ps, references, distribution, halves, matrices, origins, sigma2, settings, options,
             box=box, pixel_size_A=pixel_size, mask=particle_mask, device=device, ctx=ctx,
             assign=assign, parents=parents, progress=progress,
-            desc=f"iteration {iteration:03d}", self_terms=self_terms)
+            desc=f"iteration {iteration:03d}", self_terms=self_terms, resolution_A=resolution)
         change = pose_change_deg(matrices, result.matrices, options.sym)
         moved = 1.0 if classes is None or assign is not None else float(
             np.mean(classes != result.classes))

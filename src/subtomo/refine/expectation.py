@@ -35,10 +35,24 @@ def masked(spectra: torch.Tensor, mask: torch.Tensor | None, box: int) -> torch.
     return centred_rfft(centred_irfft(spectra, box) * mask)
 
 
+INSERT_MARGIN_SHELLS = 10  # RELION's --incr_size: shells inserted beyond the resolution
+
+
+def insertion_radius_px(resolution_A: float, box: int, pixel_size_A: float) -> float:
+    """The frequencies an E step inserts into the maps (Fourier pixels): RELION's
+    ``current_size / 2``, the resolution shell plus :data:`INSERT_MARGIN_SHELLS`, at most
+    Nyquist. Beyond it the half maps hold nothing, so the resolution can grow by that many
+    shells per iteration, and the insertion costs a fraction of the whole spectrum while the
+    resolution is far from Nyquist."""
+    return min(box / 2, box * pixel_size_A / resolution_A + INSERT_MARGIN_SHELLS)
+
+
 def insert_weighted(bp: Backprojector, spectra: torch.Tensor, ctf: torch.Tensor | None,
-                    result: SearchResult, ops: torch.Tensor) -> None:
+                    result: SearchResult, ops: torch.Tensor,
+                    max_radius_px: float | None = None) -> None:
     """Insert every particle at its significant hypotheses with their posterior weights p
-    (RELION's marginalisation): data += p C X, weight += p C², as √p-scaled X and C."""
+    (RELION's marginalisation): data += p C X, weight += p C², as √p-scaled X and C (up to
+    ``max_radius_px``)."""
     for m in range(result.top_weights.shape[1]):
         weight = result.top_weights[:, m]
         keep = torch.nonzero(weight > 0).flatten()
@@ -47,7 +61,7 @@ def insert_weighted(bp: Backprojector, spectra: torch.Tensor, ctf: torch.Tensor 
         root = weight[keep].sqrt().view(-1, 1, 1, 1)
         shifted = shift_spectra_(spectra[keep], result.top_shifts_px[keep, m]).mul_(root)
         c = root.expand(-1, *spectra.shape[1:]) if ctf is None else ctf[keep] * root
-        insert_symmetric(bp, shifted, result.top_matrices[keep, m], c, ops)
+        insert_symmetric(bp, shifted, result.top_matrices[keep, m], c, ops, max_radius_px)
         del shifted, c
 
 
@@ -171,6 +185,7 @@ def expectation(
     device: torch.device | str, ctx: Context, assign: np.ndarray | None = None,
     parents: list[int] | None = None, min_posterior: float = 1e-3, progress: bool = True,
     desc: str = "", self_terms: tuple[np.ndarray, torch.Tensor] | None = None,
+    insert_radius_px: float | None = None,
 ) -> Expectation:
     """Search particles ``rows`` (sharded over ranks) against every class map and insert them
     with their class and pose posteriors into their half set's back-projector of each class;
@@ -187,7 +202,9 @@ def expectation(
 
     ``self_terms``: ``(previous posterior (N, K), ⟨W + 1/τ²⟩ per class and shell (K,
     shells))`` to score each particle against its classes as if it had not been part of
-    them (:func:`_own_share`); without it a random start of classes stays where it began."""
+    them (:func:`_own_share`); without it a random start of classes stays where it began.
+    ``insert_radius_px``: the frequencies inserted into the maps (:func:`insertion_radius_px`;
+    ``None``: all)."""
     k_classes = len(parents) if assign is not None else len(references[0])
     n, n_shells = len(ps), box // 2 + 1
     inv_sigma2 = torch.as_tensor(1.0 / np.maximum(sigma2, 1e-30), dtype=torch.float32,
@@ -248,7 +265,8 @@ def expectation(
                     part.top_weights = part.top_weights * posterior[take, k, None].to(
                         part.top_weights.dtype)
                     ctf = None if batch.ctf is None else batch.ctf[take]
-                    insert_weighted(bps[k][h - 1], spectra[take], ctf, part, ops)
+                    insert_weighted(bps[k][h - 1], spectra[take], ctf, part, ops,
+                                    insert_radius_px)
             chosen = _stack_best(results, best)
             s, c = noise_power(spectra, batch.ctf, searchers[0].fine, chosen.shifts_px,
                                chosen.projection, n_shells)

@@ -62,7 +62,7 @@ from subtomo.refine.classify import (
     reconstruct_classes,
     write_iteration,
 )
-from subtomo.refine.expectation import expectation
+from subtomo.refine.expectation import expectation, insertion_radius_px
 from subtomo.refine.images import iterate_batches
 from subtomo.refine.reconstruct import half_sets, image_box, insert_symmetric
 from subtomo.simulate.structure import random_rotations
@@ -259,7 +259,8 @@ def initial_model(
         e = expectation(ps, rows, (maps, maps), distribution, halves, matrices, origins,
                         sigma2, settings, options, box=box, mask=particle_mask, device=device,
                         ctx=ctx, min_posterior=options.min_posterior,
-                        progress=progress and batch >= n, desc=f"iteration {iteration:03d}")
+                        progress=progress and batch >= n, desc=f"iteration {iteration:03d}",
+                        insert_radius_px=insertion_radius_px(resolution, box, pixel_size))
         eta = step_size(options, iteration)
         running = _blend(running, e.backprojectors, eta, n / len(rows))
         recons = reconstruct_classes(_copy(running), pixel_size, options.pad,

@@ -104,10 +104,15 @@ def shell_mean_weight(bp: Backprojector, box: int, pad: int) -> torch.Tensor:
     """⟨W⟩ per box shell (``box // 2 + 1``), W = pad³·weight: the CTF² sum per coefficient
     (computed slab by slab over the padded grid)."""
     n_shells = box // 2 + 1
+    big = pad * box
+    r2_max = 3 * (big // 2) ** 2
+    # box shell of each |q|^2, as round(float32(|q|) / pad)
+    radius = torch.arange(r2_max + 1, device=bp.device, dtype=torch.float64).sqrt()
+    lookup = (radius.to(torch.float32) / pad).round().long()
     sums = torch.zeros(n_shells, dtype=torch.float64, device=bp.device)
     counts = torch.zeros_like(sums)
-    for _, _, weight, radius in bp.slabs(symmetrised=False):
-        shells = (radius.to(torch.float32) / pad).round().long().flatten()
+    for _, _, weight, r2 in bp.slabs():
+        shells = lookup[r2].flatten()
         inside = shells < n_shells
         index = shells[inside]
         values = (weight * float(pad**3)).flatten()[inside].to(torch.float64)
@@ -183,10 +188,12 @@ def reconstruct(
 
 
 def insert_symmetric(bp: Backprojector, spectra: torch.Tensor, A: torch.Tensor,
-                     ctf: torch.Tensor | None, ops: torch.Tensor) -> None:
-    """Insert a batch at ``A`` and at every symmetry-related pose ``A R_g``."""
+                     ctf: torch.Tensor | None, ops: torch.Tensor,
+                     max_radius_px: float | None = None) -> None:
+    """Insert a batch at ``A`` and at every symmetry-related pose ``A R_g`` (frequencies up
+    to ``max_radius_px`` Fourier pixels; all by default)."""
     for op in ops:  # ≤ 60 operators, each a batched insertion
-        bp.insert(spectra, A @ op, ctf)
+        bp.insert(spectra, A @ op, ctf, max_radius_px)
 
 
 def gold_standard(bp1: Backprojector, bp2: Backprojector, pixel_size_A: float,
