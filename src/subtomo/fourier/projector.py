@@ -117,6 +117,18 @@ def _sampling_table(spectrum: Tensor) -> Tensor:
     return torch.view_as_real(ext).permute(3, 0, 1, 2).unsqueeze(0).contiguous()
 
 
+def _wrapped_pair(base: Tensor, period: int) -> Tensor:
+    """``(base mod P, (base + 1) mod P)`` ``(2, m)`` for ``base`` within ``[-P, P)`` (a
+    comparison and an add instead of integer divisions); other values (non-rotation
+    matrices) take the general remainder."""
+    pair = torch.stack((base, base + 1))
+    if bool((base.min() < -period) | (base.max() >= period - 1)):
+        return pair.remainder(period)
+    pair += (pair < 0) * period
+    pair -= (pair >= period) * period
+    return pair
+
+
 def _chunk_size(n_points: int, max_points: int) -> int:
     return max(1, max_points // max(1, n_points))
 
@@ -346,8 +358,7 @@ class Backprojector:
         # get weight 0 at a clamped index
         wx = torch.stack(((1.0 - frac[0]) * (x0 < half), frac[0] * (x0 + 1 < half)))  # (2, m)
         xs = torch.stack((x0.clamp(max=half - 1), (x0 + 1).clamp(max=half - 1)))  # (2, m)
-        ys = torch.stack((base[1].remainder(big), (base[1] + 1).remainder(big)))
-        zs = torch.stack((base[2].remainder(big), (base[2] + 1).remainder(big)))
+        ys, zs = _wrapped_pair(base[1], big), _wrapped_pair(base[2], big)
         ty = torch.stack((1.0 - frac[1], frac[1]))
         tz = torch.stack((1.0 - frac[2], frac[2]))
         row = (zs[:, None] * big + ys[None]) * half  # (2, 2, m): z, y

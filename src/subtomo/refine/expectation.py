@@ -185,7 +185,7 @@ def expectation(
     device: torch.device | str, ctx: Context, assign: np.ndarray | None = None,
     parents: list[int] | None = None, min_posterior: float = 1e-3, progress: bool = True,
     desc: str = "", self_terms: tuple[np.ndarray, torch.Tensor] | None = None,
-    insert_radius_px: float | None = None,
+    insert_radius_px: float | None = None, plan: Plan | None = None,
 ) -> Expectation:
     """Search particles ``rows`` (sharded over ranks) against every class map and insert them
     with their class and pose posteriors into their half set's back-projector of each class;
@@ -204,7 +204,8 @@ def expectation(
     shells))`` to score each particle against its classes as if it had not been part of
     them (:func:`_own_share`); without it a random start of classes stays where it began.
     ``insert_radius_px``: the frequencies inserted into the maps (:func:`insertion_radius_px`;
-    ``None``: all)."""
+    ``None``: all). ``plan``: how memory is shared (default :func:`plan_memory` from
+    ``options.max_memory_gib``); every plan gives the same poses."""
     k_classes = len(parents) if assign is not None else len(references[0])
     n, n_shells = len(ps), box // 2 + 1
     inv_sigma2 = torch.as_tensor(1.0 / np.maximum(sigma2, 1e-30), dtype=torch.float32,
@@ -222,8 +223,9 @@ def expectation(
     prior_all = torch.as_tensor(matrices, dtype=torch.float32, device=device)
     origins_t = torch.as_tensor(origins_px, dtype=torch.float32, device=device)
     rows = np.asarray(rows)
-    plan = plan_memory(options, box=box, k_classes=k_classes, n_searched=len(references[0]),
-                       device=device)
+    if plan is None:
+        plan = plan_memory(options, box=box, k_classes=k_classes,
+                           n_searched=len(references[0]), device=device)
     searchers = None
     for h in (1, 2):
         if searchers is None or references[1] is not references[0]:
