@@ -241,7 +241,7 @@ def bench_memory(args) -> None:
                  f"{shift:.2e} px")
     big = simulate("128", n=args.n or 1000, box_px=128, pixel_size_A=2.0, n_atoms=4000,
                    noise_sigma=5.0, seed=3, batch_size=8)
-    n = 96
+    n = 32  # one batch: the memory does not depend on the number of particles
     r = run_child("iteration", star=str(big / "particles.star"),
                   reference=str(big / "truth_class001.mrc"), resolution_A=5.3, order=3,
                   max_memory=8.0, n=n, out=str(DATA / "scale_128_order3.npz"))

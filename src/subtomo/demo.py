@@ -43,15 +43,20 @@ class DemoSize:
 
     subtomograms: int  # C6 averaging part
     refine_iterations: int
+    averaging_noise: float
     classification: int  # 3-class initial model → classification part
     initial_model: tuple[int, int, int, int, int]  # iter_ini, _inbetween, _final, batches
     classify_iterations: int
+    classification_noise: float
 
 
-QUICK = DemoSize(subtomograms=120, refine_iterations=8, classification=150,
-                 initial_model=(3, 6, 2, 50, 100), classify_iterations=12)
-FULL = DemoSize(subtomograms=300, refine_iterations=12, classification=300,
-                initial_model=(4, 8, 3, 60, 120), classify_iterations=16)
+# fewer particles at a lower noise level (the same signal per map), fewer iterations
+QUICK = DemoSize(subtomograms=120, refine_iterations=8, averaging_noise=7.5, classification=150,
+                 initial_model=(3, 6, 2, 50, 100), classify_iterations=12,
+                 classification_noise=3.5)
+FULL = DemoSize(subtomograms=300, refine_iterations=12, averaging_noise=12.0,
+                classification=300, initial_model=(4, 8, 3, 60, 120), classify_iterations=16,
+                classification_noise=5.0)
 
 
 def run_demo(out_dir: str | Path = "demo_out", n: int = 300, seed: int = 0,
@@ -70,7 +75,8 @@ def run_demo(out_dir: str | Path = "demo_out", n: int = 300, seed: int = 0,
     results = {"interop": run_interop_demo(Path(out_dir) / "interop", n, seed, console)}
     if n_subtomograms:
         results["averaging"] = run_averaging_demo(Path(out_dir) / "averaging", n_subtomograms,
-                                                  seed, console, size.refine_iterations)
+                                                  seed, console, size.refine_iterations,
+                                                  size.averaging_noise)
     if n_classification:
         results["classification"] = run_classification_demo(
             Path(out_dir) / "classification", n_classification, seed, console, size)
@@ -107,7 +113,8 @@ def run_classification_demo(out_dir: Path, n: int, seed: int, console: Console,
 
     start = time.perf_counter()
     box, apix = 32, 6.0
-    config = SimulationConfig(n=n, box_px=box, pixel_size_A=apix, classes=3, noise_sigma=5.0,
+    config = SimulationConfig(n=n, box_px=box, pixel_size_A=apix, classes=3,
+                              noise_sigma=size.classification_noise,
                               seed=seed)
     sim = simulate_subtomograms(out_dir / "simulated", config, progress=False)
     truths = [torch.from_numpy(read_mrc(p)[0]) for p in sim.truth_maps]
@@ -159,7 +166,7 @@ def run_classification_demo(out_dir: Path, n: int, seed: int, console: Console,
     }
     names = ("full complex", "subunit missing", "domain rotated 25°")
     table = Table(title=f"subtomo demo: {n} simulated subtomograms of 3 classes (32³, 6 Å/px, "
-                  "CTF, missing wedge, noise)")
+                  f"CTF, missing wedge, noise σ {config.noise_sigma:g})")
     table.add_column("step")
     table.add_column("result", justify="right")
     table.add_row(f"initial model from random orientations ({model.iterations} iterations), "
@@ -178,7 +185,8 @@ def run_classification_demo(out_dir: Path, n: int, seed: int, console: Console,
 
 
 def run_averaging_demo(out_dir: Path, n: int, seed: int, console: Console,
-                       max_iter: int = FULL.refine_iterations) -> dict[str, float]:
+                       max_iter: int = FULL.refine_iterations,
+                       noise: float = FULL.averaging_noise) -> dict[str, float]:
     """Simulated C6 complex (seed 000's route): first template from a random subset at the
     starting poses, gold-standard auto-refine with CTF and C6, a soft mask, post-processing of
     the refined half maps; pose errors and resolutions against the truth."""
@@ -194,7 +202,7 @@ def run_averaging_demo(out_dir: Path, n: int, seed: int, console: Console,
 
     start = time.perf_counter()
     config = SimulationConfig(n=n, box_px=32, pixel_size_A=4.0, n_atoms=1800, symmetry="C6",
-                              noise_sigma=12.0, seed=seed)
+                              noise_sigma=noise, seed=seed)
     sim = simulate_subtomograms(out_dir / "simulated", config)
     # STAR files name images relative to the project folder (as in RELION): keep them together
     subset_star = sim.directory / "random_subset.star"
@@ -232,7 +240,7 @@ def run_averaging_demo(out_dir: Path, n: int, seed: int, console: Console,
         "bfactor_A2": float(post.bfactor_A2),
     }
     table = Table(title=f"subtomo demo: {n} simulated C6 subtomograms (32³, 4 Å/px, CTF, "
-                  "missing wedge, noise)")
+                  f"missing wedge, noise σ {noise:g})")
     table.add_column("step")
     table.add_column("result", justify="right")
     table.add_row(f"template from random subset of {len(subset)}", "random_subset.mrc")

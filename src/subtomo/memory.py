@@ -1,8 +1,9 @@
 """Memory as a budget: how much a job may hold at once, and what its large pieces cost.
 
 A job's budget (bytes) is ``--max_memory`` GiB when given, else a fraction of what the device
-has free now: ``MemAvailable`` of ``/proc/meminfo`` on the CPU (:data:`AUTO_FRACTION_CPU`),
-``torch.cuda.mem_get_info`` on a GPU (:data:`AUTO_FRACTION_CUDA`). What the process already
+has free now: ``MemAvailable`` of ``/proc/meminfo`` on the CPU (:data:`AUTO_FRACTION_CPU`,
+shared by the processes ``torchrun`` starts on the node), ``torch.cuda.mem_get_info`` on a
+GPU (:data:`AUTO_FRACTION_CUDA`). What the process already
 holds when a job plans its work (resident set on the CPU, allocated tensors on a GPU) is part
 of the budget, so the plan covers the job's peak, not only its increments.
 
@@ -72,8 +73,11 @@ def budget_bytes(max_memory_gib: float | None, device: torch.device | str = "cpu
                              field="--max_memory")
         return int(max_memory_gib * GiB)
     device = torch.device(device)
-    fraction = AUTO_FRACTION_CUDA if device.type == "cuda" else AUTO_FRACTION_CPU
-    return int(fraction * available_bytes(device)) + used_bytes(device)
+    if device.type == "cuda":
+        share = AUTO_FRACTION_CUDA  # one GPU per process
+    else:  # processes of one node (torchrun) share its RAM
+        share = AUTO_FRACTION_CPU / max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return int(share * available_bytes(device)) + used_bytes(device)
 
 
 def free_budget(budget: int, device: torch.device | str = "cpu") -> int:

@@ -40,9 +40,10 @@ def add_angpix(parser: argparse.ArgumentParser, help: str) -> None:
 
 def add_max_memory(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_memory", "--max-memory", dest="max_memory", type=float,
-                        default=None, help="memory budget, GiB (default: 60 %% of the free RAM, "
-                        "or 80 %% of the free GPU memory); searches and batches are chunked "
-                        "to fit, with the same results")
+                        default=None, help="memory budget per process, GiB (default: 60 %% of "
+                        "the free RAM shared by the processes of a node, or 80 %% of the free "
+                        "GPU memory); searches and batches are chunked to fit, with the same "
+                        "results")
 
 
 def add_job_options(parser: argparse.ArgumentParser) -> None:
