@@ -28,12 +28,12 @@ global grid (8 bytes per rotation and coarse coefficient: about 0.3 GiB at order
 1,000 coefficients) and scores a whole batch at once. With ``cache_bytes`` it keeps them only
 if they fit, else it samples them per chunk of rotations for every batch; with
 ``work_bytes`` it splits a batch into groups of particles whose coarse and fine passes fit
-(the fine pass costs about ``K (12 J + 8 T) + 40`` bytes per particle and fine coefficient,
-for K candidates, J oversampled rotations and T fine translations) and the rotations into
-chunks whose scores fit. Every particle's scores are the same numbers whatever the chunks
-(each is its own rows and columns of the same products), so the poses do not depend on the
-budget; a group holds at least one particle and a chunk at least :data:`MIN_ROTATION_CHUNK`
-rotations, the floor of the working memory.
+(the fine pass costs about ``K (12 J + 8 T + 16) + 48`` bytes per particle and fine
+coefficient, for K candidates, J oversampled rotations and T fine translations) and the
+rotations into chunks whose scores fit. A particle's scores do not depend on the chunks (its
+own rows and columns of the same products, to float32 rounding), so neither do the poses; a
+group holds at least one particle and a chunk at least :data:`MIN_ROTATION_CHUNK` rotations,
+the floor of the working memory.
 """
 
 from __future__ import annotations
