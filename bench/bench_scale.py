@@ -144,7 +144,8 @@ def child_reconstruct(star: str, n: int, max_memory: float | None) -> dict:
             "resolution_A": result.resolution_A, "n": n, "peak_rss_gib": _peak_gib()}
 
 
-def child_refine(folder: str, n: int, max_iter: int, max_memory: float | None) -> dict:
+def child_refine(folder: str, n: int, max_iter: int, max_memory: float | None,
+                 auto_local: int) -> dict:
     import numpy as np
     import torch
 
@@ -167,7 +168,8 @@ def child_refine(folder: str, n: int, max_iter: int, max_memory: float | None) -
     shutil.rmtree(out, ignore_errors=True)
     start, cpu = time.perf_counter(), time.process_time()
     result = auto_refine(start_ps, reference, out, progress=False, options=RefineOptions(
-        ctf=True, max_iter=max_iter, max_memory_gib=max_memory))
+        ctf=True, max_iter=max_iter, max_memory_gib=max_memory,
+        auto_local_healpix_order=auto_local))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     refined = resolution_at(fsc(result.reconstruction.map, truth_map), box, apix, 0.5)
     true = resolution_at(fsc(true_pose.map, truth_map), box, apix, 0.5)
@@ -293,7 +295,7 @@ def bench_refine(args, name: str, n: int, box: int) -> None:
     folder = simulate(name, n=n, box_px=box, pixel_size_A=apix, n_atoms=4000,
                       noise_sigma=5.0, seed=3, batch_size=8)
     r = run_child("refine", folder=str(folder), n=args.n or n, max_iter=args.max_iter,
-                  max_memory=args.max_memory)
+                  max_memory=args.max_memory, auto_local=args.auto_local)
     n = r["n"]
     iters = "; ".join(f"{h['iteration']}: {h['resolution_A']:.1f} Å o{h['healpix_order']}"
                       f"{'L' if h['local'] else 'G'} {h['seconds']:.0f} s"
@@ -303,7 +305,8 @@ def bench_refine(args, name: str, n: int, box: int) -> None:
     body = "\n".join([
         f"- data: {n} subtomograms {box}³, {apix} Å/px, CTF, noise σ 5; start median "
         f"angular error {r['start_error_deg']:.2f}°",
-        f"- refine: {r['iterations']} iterations (converged: {r['converged']}), "
+        f"- refine (global HEALPix order 2, local from order {args.auto_local}): "
+        f"{r['iterations']} iterations (converged: {r['converged']}), "
         f"{r['seconds']:.0f} s wall, {r['process_cpu_s']:.0f} s CPU, peak RSS "
         f"{r['peak_rss_gib']:.2f} GiB",
         f"- FSC 0.5 vs truth: refined {r['refined_fsc05_A']:.2f} Å, true poses "
@@ -357,6 +360,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="particles (default: the bench's)")
     parser.add_argument("--max_iter", type=int, default=25)
     parser.add_argument("--max_memory", type=float, default=None, help="GiB (default: auto)")
+    parser.add_argument("--auto_local", type=int, default=3,
+                        help="refine: HEALPix order of the first local search (default 3)")
     parser.add_argument("--keep", action="store_true", help="keep the simulated data")
     args = parser.parse_args()
     if args.bench == "memory":
