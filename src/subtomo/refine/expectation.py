@@ -208,6 +208,9 @@ def expectation(
     ``options.max_memory_gib``); every plan gives the same poses."""
     k_classes = len(parents) if assign is not None else len(references[0])
     n, n_shells = len(ps), box // 2 + 1
+    if plan is None:  # before anything is allocated: the plan counts the back-projectors
+        plan = plan_memory(options, box=box, k_classes=k_classes,
+                           n_searched=len(references[0]), device=device)
     inv_sigma2 = torch.as_tensor(1.0 / np.maximum(sigma2, 1e-30), dtype=torch.float32,
                                  device=device)
     log_prior = torch.as_tensor(np.log(np.maximum(distribution, 1e-30)), dtype=torch.float64,
@@ -223,9 +226,6 @@ def expectation(
     prior_all = torch.as_tensor(matrices, dtype=torch.float32, device=device)
     origins_t = torch.as_tensor(origins_px, dtype=torch.float32, device=device)
     rows = np.asarray(rows)
-    if plan is None:
-        plan = plan_memory(options, box=box, k_classes=k_classes,
-                           n_searched=len(references[0]), device=device)
     searchers = None
     for h in (1, 2):
         if searchers is None or references[1] is not references[0]:
