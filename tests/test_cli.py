@@ -223,16 +223,20 @@ def test_demo_writes_every_output(tmp_path):
 
 
 def test_classification_demo_recovers_the_simulated_classes(tmp_path):
-    """Initial model → classification → selection of the demo, against the simulation's
-    true classes and maps."""
+    """Initial model → classification → selection of the default (quick) demo, against the
+    simulation's true classes and maps."""
     from rich.console import Console
 
-    from subtomo.demo import run_classification_demo
+    from subtomo.demo import QUICK, run_classification_demo
 
-    figures = run_classification_demo(tmp_path / "cls", 300, 0, Console(quiet=True))
-    for name in ("InitialModel/job001/run_it015_class001.mrc",
-                 "InitialModel/job001/run_it015_data.star", "Class3D/job001/run_classes.png",
-                 "Class3D/job001/run_it016_model.star", "Select/job001/particles.star"):
+    figures = run_classification_demo(tmp_path / "cls", QUICK.classification, 0,
+                                      Console(quiet=True), QUICK)
+    last_model = sum(QUICK.initial_model[:3])
+    for name in (f"InitialModel/job001/run_it{last_model:03d}_class001.mrc",
+                 f"InitialModel/job001/run_it{last_model:03d}_data.star",
+                 "Class3D/job001/run_classes.png",
+                 f"Class3D/job001/run_it{QUICK.classify_iterations:03d}_model.star",
+                 "Select/job001/particles.star"):
         assert (tmp_path / "cls" / name).is_file(), name
     assert figures["initial_model_fsc05_A"] <= 30.0
     assert figures["adjusted_rand_index"] >= 0.9
@@ -248,9 +252,11 @@ def test_averaging_demo_reports_consistent_resolutions(tmp_path):
     """The averaging half of the demo runs end to end and its figures agree with the truth."""
     from rich.console import Console
 
-    from subtomo.demo import run_averaging_demo
+    from subtomo.demo import QUICK, run_averaging_demo
 
-    figures = run_averaging_demo(tmp_path / "avg", 150, 0, Console(quiet=True))
+    figures = run_averaging_demo(tmp_path / "avg", QUICK.subtomograms, 0, Console(quiet=True),
+                                 QUICK.refine_iterations, QUICK.averaging_noise)
+    assert figures["median_pose_error_refined_deg"] < 0.6 * figures["median_pose_error_start_deg"]
     job = "Refine3D/job001/"
     for name in (f"{job}run_class001.mrc", f"{job}run_half1_class001_unfil.mrc", "mask_c6.mrc",
                  "postprocess.mrc", f"{job}run_class001_fsc.png", "random_subset.mrc"):

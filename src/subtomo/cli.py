@@ -25,6 +25,7 @@ from subtomo.commands import (
     tomograms,
 )
 from subtomo.errors import InputError
+from subtomo.io import validate
 
 COMMANDS = (convert, star, select, poses, simulate, reconstruct, initial_model, refine,
             classify, maps, postprocess, demo, reconstruct_particle, extract,
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        validate.command_options(args)
         return int(args.run(args) or 0)
     except InputError as exc:
         print(f"subtomo: error: {exc}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,23 +37,54 @@ def compare(truth: ParticleSet, other: ParticleSet) -> dict[str, float]:
             "centre_A": float(centre)}
 
 
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the simulated parts are: particles and iterations of each."""
+
+    subtomograms: int  # C6 averaging part
+    refine_iterations: int
+    averaging_noise: float
+    classification: int  # 3-class initial model → classification part
+    initial_model: tuple[int, int, int, int, int]  # iter_ini, _inbetween, _final, batches
+    classify_iterations: int
+    classification_noise: float
+
+
+# fewer particles at a lower noise level (the same signal per map), fewer iterations
+QUICK = DemoSize(subtomograms=120, refine_iterations=8, averaging_noise=7.5, classification=150,
+                 initial_model=(3, 6, 2, 50, 100), classify_iterations=12,
+                 classification_noise=3.5)
+FULL = DemoSize(subtomograms=300, refine_iterations=12, averaging_noise=12.0,
+                classification=300, initial_model=(4, 8, 3, 60, 120), classify_iterations=16,
+                classification_noise=5.0)
+
+
 def run_demo(out_dir: str | Path = "demo_out", n: int = 300, seed: int = 0,
-             n_subtomograms: int = 300, n_classification: int = 300,
-             console: Console | None = None, n_tiltseries: int = 40) -> dict:
+             n_subtomograms: int | None = None, n_classification: int | None = None,
+             console: Console | None = None, full: bool = False, n_tiltseries: int = 40) -> dict:
     """The whole demo: STAR interop; simulate → subset → reconstruct → auto-refine → mask →
     postprocess; de novo initial model → 3D classification → class selection. Returns the
-    figures it prints."""
+    figures it prints. Sizes: :data:`QUICK` (a few minutes on two CPU cores) or, with
+    ``full``, :data:`FULL`; ``n_subtomograms`` / ``n_classification`` override the particle
+    counts (0 skips the part)."""
     console = console or Console(width=120)
+    size = FULL if full else QUICK
+    n_subtomograms = size.subtomograms if n_subtomograms is None else n_subtomograms
+    n_classification = size.classification if n_classification is None else n_classification
+    start, cpu = time.perf_counter(), time.process_time()
     results = {"interop": run_interop_demo(Path(out_dir) / "interop", n, seed, console)}
     if n_subtomograms:
         results["averaging"] = run_averaging_demo(Path(out_dir) / "averaging", n_subtomograms,
-                                                  seed, console)
+                                                  seed, console, size.refine_iterations,
+                                                  size.averaging_noise)
     if n_classification:
         results["classification"] = run_classification_demo(
-            Path(out_dir) / "classification", n_classification, seed, console)
+            Path(out_dir) / "classification", n_classification, seed, console, size)
     if n_tiltseries:
         results["tiltseries"] = run_tiltseries_demo(Path(out_dir) / "tiltseries", n_tiltseries,
                                                     seed, console)
+    console.print(f"demo finished in {time.perf_counter() - start:.0f} s "
+                  f"({time.process_time() - cpu:.0f} s of CPU time)")
     return results
 
 
@@ -65,8 +97,8 @@ def _fresh(job: Path) -> Path:
     return job
 
 
-def run_classification_demo(out_dir: Path, n: int, seed: int,
-                            console: Console) -> dict[str, float]:
+def run_classification_demo(out_dir: Path, n: int, seed: int, console: Console,
+                            size: DemoSize = FULL) -> dict[str, float]:
     """Seed 004's route on a simulated 3-class set (full complex, one subunit missing, one
     domain rotated 25°; 32³, 6 Å/px, CTF, missing wedge, noise): a de novo initial model from
     random orientations, 3D classification (K = 3, T = 4, local searches) from its poses,
@@ -84,7 +116,8 @@ def run_classification_demo(out_dir: Path, n: int, seed: int,
 
     start = time.perf_counter()
     box, apix = 32, 6.0
-    config = SimulationConfig(n=n, box_px=box, pixel_size_A=apix, classes=3, noise_sigma=5.0,
+    config = SimulationConfig(n=n, box_px=box, pixel_size_A=apix, classes=3,
+                              noise_sigma=size.classification_noise,
                               seed=seed)
     sim = simulate_subtomograms(out_dir / "simulated", config, progress=False)
     truths = [torch.from_numpy(read_mrc(p)[0]) for p in sim.truth_maps]
@@ -95,18 +128,22 @@ def run_classification_demo(out_dir: Path, n: int, seed: int,
         aligned = align_maps(volume, truth, apix, allow_flip=True).aligned
         return resolution_at(fsc(aligned, truth), box, apix, threshold=0.5)
 
+    iter_ini, iter_inbetween, iter_final, batch_ini, batch_final = size.initial_model
     console.print(f"initial model from {n} particles at random orientations ...")
     model = initial_model(read_particles(sim.particles_star),
                           _fresh(out_dir / "InitialModel" / "job001"),
                           options=InitialModelOptions(
-                              iter_ini=4, iter_inbetween=8, iter_final=3, batch_ini=60,
-                              batch_final=120, ini_high_A=40.0, final_high_A=20.0, ctf=True),
+                              iter_ini=iter_ini, iter_inbetween=iter_inbetween,
+                              iter_final=iter_final, batch_ini=batch_ini,
+                              batch_final=batch_final, ini_high_A=40.0, final_high_A=20.0,
+                              ctf=True),
                           progress=False)
     model_res = fsc05_aligned(model.reconstructions[0].map, truths[0])
     console.print("3D classification (K 3, T 4, local searches) from the initial model ...")
     classes = classify(model.particles, model.reconstructions[0].map,
                        _fresh(out_dir / "Class3D" / "job001"),
-                       options=ClassifyOptions(K=3, n_iter=16, ctf=True, healpix_order=3,
+                       options=ClassifyOptions(K=3, n_iter=size.classify_iterations,
+                                               ctf=True, healpix_order=3,
                                                local=True, sigma_ang_deg=5.0,
                                                offset_range_px=2.0, offset_step_px=1.0),
                        progress=False)
@@ -132,7 +169,7 @@ def run_classification_demo(out_dir: Path, n: int, seed: int,
     }
     names = ("full complex", "subunit missing", "domain rotated 25°")
     table = Table(title=f"subtomo demo: {n} simulated subtomograms of 3 classes (32³, 6 Å/px, "
-                  "CTF, missing wedge, noise)")
+                  f"CTF, missing wedge, noise σ {config.noise_sigma:g})")
     table.add_column("step")
     table.add_column("result", justify="right")
     table.add_row(f"initial model from random orientations ({model.iterations} iterations), "
@@ -150,7 +187,9 @@ def run_classification_demo(out_dir: Path, n: int, seed: int,
     return figures
 
 
-def run_averaging_demo(out_dir: Path, n: int, seed: int, console: Console) -> dict[str, float]:
+def run_averaging_demo(out_dir: Path, n: int, seed: int, console: Console,
+                       max_iter: int = FULL.refine_iterations,
+                       noise: float = FULL.averaging_noise) -> dict[str, float]:
     """Simulated C6 complex (seed 000's route): first template from a random subset at the
     starting poses, gold-standard auto-refine with CTF and C6, a soft mask, post-processing of
     the refined half maps; pose errors and resolutions against the truth."""
@@ -166,7 +205,7 @@ def run_averaging_demo(out_dir: Path, n: int, seed: int, console: Console) -> di
 
     start = time.perf_counter()
     config = SimulationConfig(n=n, box_px=32, pixel_size_A=4.0, n_atoms=1800, symmetry="C6",
-                              noise_sigma=12.0, seed=seed)
+                              noise_sigma=noise, seed=seed)
     sim = simulate_subtomograms(out_dir / "simulated", config)
     # STAR files name images relative to the project folder (as in RELION): keep them together
     subset_star = sim.directory / "random_subset.star"
@@ -177,7 +216,7 @@ def run_averaging_demo(out_dir: Path, n: int, seed: int, console: Console) -> di
     job = _fresh(out_dir / "Refine3D" / "job001")
     console.print(f"auto-refine of {n} particles (C6, CTF) into {job}/ ...")
     refined = auto_refine(starting, template.map, job, options=RefineOptions(
-        ctf=True, sym="C6", auto_local_healpix_order=3, max_iter=12), progress=False)
+        ctf=True, sym="C6", auto_local_healpix_order=3, max_iter=max_iter), progress=False)
     full = refined.reconstruction
     truth_ps = read_particles(sim.truth_star)
     errors = {name: float(symmetric_distance_deg(truth_ps.rotation_matrices(),
@@ -204,7 +243,7 @@ def run_averaging_demo(out_dir: Path, n: int, seed: int, console: Console) -> di
         "bfactor_A2": float(post.bfactor_A2),
     }
     table = Table(title=f"subtomo demo: {n} simulated C6 subtomograms (32³, 4 Å/px, CTF, "
-                  "missing wedge, noise)")
+                  f"missing wedge, noise σ {noise:g})")
     table.add_column("step")
     table.add_column("result", justify="right")
     table.add_row(f"template from random subset of {len(subset)}", "random_subset.mrc")

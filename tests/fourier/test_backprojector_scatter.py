@@ -1,4 +1,4 @@
-"""The fast Backprojector scatter (extended grid, CTF-zero skipping, lazy fold) against a
+"""The fast Backprojector scatter (straight into the half grid, CTF-zero skipping) against a
 plain per-corner reference, and the separable centring/translation of particle batches."""
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def test_insert_matches_reference(box: int, pad: int, radius, with_ctf: bool) ->
     A = _rotations(n, seed=box)
     bp = Backprojector(box, pad=pad, max_points=700)  # several rotation chunks
     bp.insert(spectra[:4], A[:4], None if ctf is None else ctf[:4], radius)
-    _ = bp.data  # fold pending sums in the middle
+    _ = bp.data  # reading the sums in the middle changes nothing
     bp.insert(spectra[4:], A[4:], None if ctf is None else ctf[4:], radius)
     got_d, got_w = bp.symmetrised()
     ref_d, ref_w = _reference(box, pad, spectra, A, ctf, radius)

@@ -22,6 +22,18 @@ The best fine hypothesis is the new pose; the log-sum-exp and the largest normal
 probability over the fine hypotheses are RELION's ``rlnLogLikeliContribution`` (up to a
 constant) and ``rlnMaxValueProbDistribution``. :func:`exhaustive_search` scores every
 hypothesis of a grid with the same kernels and is the oracle the tests compare against.
+
+Memory. Without limits a :class:`Searcher` keeps the coarse sections of every rotation of the
+global grid (8 bytes per rotation and coarse coefficient: about 0.3 GiB at order 3 with
+1,000 coefficients) and scores a whole batch at once. With ``cache_bytes`` it keeps them only
+if they fit, else it samples them per chunk of rotations for every batch; with
+``work_bytes`` it splits a batch into groups of particles whose coarse and fine passes fit
+(the fine pass costs about ``K (12 J + 8 T + 16) + 48`` bytes per particle and fine
+coefficient, for K candidates, J oversampled rotations and T fine translations) and the
+rotations into chunks whose scores fit. A particle's scores do not depend on the chunks (its
+own rows and columns of the same products, to float32 rounding), so neither do the poses; a
+group holds at least one particle and a chunk at least :data:`MIN_ROTATION_CHUNK` rotations,
+the floor of the working memory.
 """
 
 from __future__ import annotations
@@ -48,7 +60,9 @@ from subtomo.geometry.healpix import (
     rotation_grid,
 )
 
-SHARED_SCORE_ELEMENTS = 1 << 25  # (B x rotations x translations) scores live at once
+SHARED_SCORE_ELEMENTS = 1 << 25  # most (B x rotations x translations) scores live at once
+MIN_ROTATION_CHUNK = 64  # rotations scored together at least (GEMMs, not matrix-vector)
+SAMPLE_BYTES_PER_POINT = 48  # Projector.sample's temporaries per (rotation, frequency) point
 
 
 def translation_grid(range_px: float, step_px: float, device: torch.device | str = "cpu",
@@ -115,14 +129,29 @@ class SearchResult:
         """The results of particles ``index`` (a boolean mask or indices over the batch)."""
         return SearchResult(*(getattr(self, f.name)[index] for f in fields(self)))
 
+    @staticmethod
+    def cat(parts: list[SearchResult]) -> SearchResult:
+        """The results of consecutive groups of a batch as one."""
+        if len(parts) == 1:
+            return parts[0]
+        return SearchResult(*(torch.cat([getattr(p, f.name) for p in parts])
+                              for f in fields(SearchResult)))
+
 
 class Searcher:
-    """The search of one reference (a :class:`Projector`) with fixed :class:`SearchSettings`;
-    grid sections are computed once and shared by all batches."""
+    """The search of one reference (a :class:`Projector`) with fixed :class:`SearchSettings`.
 
-    def __init__(self, projector: Projector, settings: SearchSettings) -> None:
+    ``cache_bytes``: most memory for the coarse sections of the global grid, kept for all
+    batches (``None``: no limit); beyond it they are sampled per chunk of rotations for every
+    batch. ``work_bytes``: most memory for the transient work of one :meth:`search` call
+    (``None``: no limit; see the module docs).
+    """
+
+    def __init__(self, projector: Projector, settings: SearchSettings,
+                 cache_bytes: int | None = None, work_bytes: int | None = None) -> None:
         self.projector = projector
         self.settings = s = settings
+        self.work_bytes = work_bytes
         device, box = projector.device, projector.box
         fine_radius = min(s.fine_radius_px, box / 2)
         self.coarse = Frequencies.within(box, min(s.coarse_radius_px, fine_radius), device)
@@ -135,6 +164,7 @@ class Searcher:
             self.fine_rotations = cell_children(step, device=device)
         else:
             self.fine_rotations = local_rotations(step / 2, 0.75 * step, device=device)
+        self.grid_sections: Tensor | None = None
         if s.skip_align:
             self.fine_rotations = torch.eye(3, device=device)[None]
             self.fine_shifts = torch.zeros(1, 3, device=device)
@@ -146,8 +176,65 @@ class Searcher:
         else:
             self.grid, _ = rotation_grid(s.order, s.sym, perturb_deg=s.perturb_deg, seed=s.seed,
                                          device=device)
-            self.grid_sections = projector.sample(self.grid, self.coarse.k_px)
-            self.grid_power = self.grid_sections.abs().square()
+            if cache_bytes is None or self.section_cache_bytes <= cache_bytes:
+                self.grid_sections = projector.sample(self.grid, self.coarse.k_px)
+
+    @property
+    def section_cache_bytes(self) -> int:
+        """Memory of the coarse sections of the whole global grid (complex64)."""
+        return 8 * self.n_coarse_rotations * len(self.coarse)
+
+    def _sample_bytes(self, rotations: int, n: int) -> int:
+        """Memory of ``rotations`` sampled sections on ``n`` coefficients and the sampler's
+        temporaries (at most ``max_points`` points at a time)."""
+        points = min(rotations * n, self.projector.max_points)
+        return 8 * rotations * n + SAMPLE_BYTES_PER_POINT * points
+
+    def coarse_group(self, b: int) -> int:
+        """Particles of a batch of ``b`` searched together in the coarse pass."""
+        if self.work_bytes is None or self.settings.skip_align:
+            return b
+        n, t = len(self.coarse), self.coarse_shifts.shape[0]
+        per_particle = 8 * t * n + 48 * n  # translated columns and particle terms
+        if self.settings.local:  # own sections, their power and scores
+            j = self.local_rotations.shape[0]
+            per_particle += 12 * j * n + 12 * j * t
+            fixed = self._sample_bytes(0, n) + 8 * t * n  # sampler, shared phases
+        else:  # shared sections of a chunk of rotations and its scores
+            fixed = 8 * t * n + self._rotation_chunk_bytes(MIN_ROTATION_CHUNK, 1)
+        group = (self.work_bytes - fixed) // per_particle
+        return int(max(1, min(b, group)))
+
+    def _rotation_chunk_bytes(self, rotations: int, b: int) -> int:
+        """Transient memory of scoring ``rotations`` grid rotations against ``b`` particles."""
+        n, t = len(self.coarse), self.coarse_shifts.shape[0]
+        scores = 12 * b * t * rotations  # products, scores and their flat copy
+        power = 4 * rotations * n
+        sections = 0 if self.grid_sections is not None else self._sample_bytes(rotations, n)
+        return scores + power + sections
+
+    def rotation_chunk(self, b: int, t: int) -> int:
+        """Grid rotations scored at once against ``b`` particles and ``t`` translations."""
+        n_rot = self.grid.shape[0]
+        chunk = max(1, SHARED_SCORE_ELEMENTS // max(1, b * t))
+        if self.work_bytes is not None:
+            n = len(self.coarse)
+            columns = 8 * b * t * n + 48 * b * n
+            per_rotation = 12 * b * t + 4 * n + (
+                0 if self.grid_sections is not None else 8 * n + SAMPLE_BYTES_PER_POINT * n)
+            chunk = min(chunk, (self.work_bytes - columns) // per_rotation)
+        return int(min(n_rot, max(chunk, MIN_ROTATION_CHUNK)))
+
+    def fine_group(self, b: int) -> int:
+        """Particles of a batch of ``b`` searched together in the fine pass."""
+        if self.work_bytes is None:
+            return b
+        n = len(self.fine)
+        k = 1 if self.settings.skip_align else self.settings.top_k
+        j, t = self.fine_rotations.shape[0], self.fine_shifts.shape[0]
+        per_particle = n * (k * (12 * j + 8 * t + 16) + 48)
+        fixed = 8 * t * n + SAMPLE_BYTES_PER_POINT * self.projector.max_points
+        return int(max(1, min(b, (self.work_bytes - fixed) // per_particle)))
 
     @property
     def n_coarse_rotations(self) -> int:
@@ -159,13 +246,44 @@ class Searcher:
     def search(self, spectra: Tensor, ctf: Tensor | None, inv_sigma2: Tensor | None,
                prior: Tensor | None = None) -> SearchResult:
         """Search a batch: ``spectra``/``ctf`` ``(B, D, D, D // 2 + 1)`` centred on the current
-        origins, ``inv_sigma2`` per shell, ``prior`` ``(B, 3, 3)`` rotations (local search)."""
+        origins, ``inv_sigma2`` per shell, ``prior`` ``(B, 3, 3)`` rotations (local search).
+        The batch is searched in groups of particles that fit ``work_bytes``."""
         s = self.settings
         if (s.local or s.skip_align) and prior is None:
             raise ValueError("a local search needs prior rotations")
+        b = spectra.shape[0]
+        group = self.coarse_group(b)
+        parts = []
+        for start in range(0, b, group):
+            part = slice(start, start + group)
+            parts.append(self._search_group(
+                spectra[part], None if ctf is None else ctf[part], inv_sigma2,
+                None if prior is None else prior[part]))
+        return SearchResult.cat(parts)
+
+    def _search_group(self, spectra: Tensor, ctf: Tensor | None, inv_sigma2: Tensor | None,
+                      prior: Tensor | None) -> SearchResult:
+        """The coarse pass of a group of particles, then its fine pass in groups."""
+        s = self.settings
         if s.skip_align:
-            zero = torch.zeros(spectra.shape[0], 1, 3, device=spectra.device)
-            return self._fine(spectra, ctf, inv_sigma2, prior[:, None], zero)
+            candidates = prior[:, None]
+            centres = torch.zeros(spectra.shape[0], 1, 3, device=spectra.device)
+        else:
+            candidates, centres = self._coarse(spectra, ctf, inv_sigma2, prior)
+        b = spectra.shape[0]
+        group = self.fine_group(b)
+        parts = []
+        for start in range(0, b, group):
+            part = slice(start, start + group)
+            parts.append(self._fine(spectra[part], None if ctf is None else ctf[part],
+                                    inv_sigma2, candidates[part], centres[part],
+                                    None if prior is None or s.skip_align else prior[part]))
+        return SearchResult.cat(parts)
+
+    def _coarse(self, spectra: Tensor, ctf: Tensor | None, inv_sigma2: Tensor | None,
+                prior: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The best coarse rotations ``(B, K, 3, 3)`` and translations ``(B, K, 3)`` (px)."""
+        s = self.settings
         terms = particle_terms(spectra, ctf, self.coarse, inv_sigma2, s.cc)
         columns = translated_columns(terms, self.coarse.phases(self.coarse_shifts))
         if s.local:
@@ -180,8 +298,7 @@ class Searcher:
         else:
             rot_index, shift_index = self._global_top(terms, columns)
             candidates = self.grid[rot_index]
-        return self._fine(spectra, ctf, inv_sigma2, candidates,
-                          self.coarse_shifts[shift_index], prior)
+        return candidates, self.coarse_shifts[shift_index]
 
     def _log_prior(self, change: Tensor) -> Tensor:
         """Log Gaussian prior ``-d^2 / (2 sigma_ang^2)`` ``(...)`` of rotations ``change``
@@ -194,16 +311,23 @@ class Searcher:
         return -0.5 * (torch.rad2deg(torch.arccos(cos)) / s.sigma_ang_deg) ** 2
 
     def _global_top(self, terms: ParticleTerms, columns: Tensor) -> tuple[Tensor, Tensor]:
-        """Top-k (rotation, translation) of every particle over the shared grid, in chunks."""
+        """Top-k (rotation, translation) of every particle over the shared grid, in chunks of
+        rotations (their sections cached or sampled now)."""
         b, t = columns.shape[:2]
         n_rot = self.grid.shape[0]
-        chunk = max(1, SHARED_SCORE_ELEMENTS // max(1, b * t))
+        chunk = self.rotation_chunk(b, t)
         best_scores, best_flat = None, None
         for start in range(0, n_rot, chunk):
-            scores = scores_shared(self.grid_sections[start:start + chunk], terms, columns,
-                                   self.grid_power[start:start + chunk])
+            if self.grid_sections is not None:
+                sections = self.grid_sections[start:start + chunk]
+            else:
+                sections = self.projector.sample(self.grid[start:start + chunk],
+                                                 self.coarse.k_px)
+            scores = scores_shared(sections, terms, columns, sections.abs().square())
+            del sections
             values, flat = scores.reshape(b, -1).topk(min(self.settings.top_k,
                                                           scores[0].numel()), dim=1)
+            del scores
             flat = flat + start * t  # flat index over (rotation, translation)
             if best_scores is None:
                 best_scores, best_flat = values, flat

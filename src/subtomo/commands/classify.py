@@ -74,7 +74,8 @@ def _run(args: argparse.Namespace) -> int:
         sym=args.sym, particle_diameter_A=args.particle_diameter, skip_align=args.skip_align,
         healpix_order=args.healpix_order, local=args.local, sigma_ang_deg=args.sigma_ang,
         offset_range_px=args.offset_range, offset_step_px=args.offset_step, ctf=args.ctf,
-        split_every=args.split_every, pad=args.pad, batch_size=args.batch, seed=args.seed)
+        split_every=args.split_every, pad=args.pad, batch_size=args.batch, seed=args.seed,
+        max_memory_gib=args.max_memory)
     ctx = init(args.device)
     result = classify(
         ps, torch.from_numpy(reference), Path(out), options=options, mask=mask,

@@ -10,11 +10,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--o", "-o", "--output", dest="output", default="demo_out",
                         help="output folder (default demo_out)")
     parser.add_argument("--n", type=int, default=300, help="number of simulated particles")
-    parser.add_argument("--subtomograms", type=int, default=300,
-                        help="simulated subtomograms for the averaging part (0 skips it)")
-    parser.add_argument("--classification", type=int, default=300,
+    parser.add_argument("--full", action="store_true",
+                        help="full-size runs (300 particles per part, more iterations; about "
+                        "four times longer)")
+    parser.add_argument("--subtomograms", type=int, default=None,
+                        help="simulated subtomograms for the averaging part (default 120, "
+                        "--full 300; 0 skips it)")
+    parser.add_argument("--classification", type=int, default=None,
                         help="simulated subtomograms of 3 classes for the initial-model and "
-                        "classification part (0 skips it)")
+                        "classification part (default 150, --full 300; 0 skips it)")
     parser.add_argument("--tiltseries", type=int, default=40,
                         help="particles of the simulated tilt series for the tilt-series route "
                         "(tomogram, extraction, refinement; 0 skips it)")
@@ -26,6 +30,7 @@ def _run(args: argparse.Namespace) -> int:
     from subtomo.demo import run_demo
 
     results = run_demo(args.output, n=args.n, seed=args.seed, n_subtomograms=args.subtomograms,
-                       n_classification=args.classification, n_tiltseries=args.tiltseries)
+                       n_classification=args.classification, n_tiltseries=args.tiltseries,
+                       full=args.full)
     worst = max(r["angle_deg"] for r in results["interop"].values())
     return 0 if worst < 1e-3 else 1

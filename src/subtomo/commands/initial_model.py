@@ -61,7 +61,8 @@ def _run(args: argparse.Namespace) -> int:
         batch_final=args.batch_final, healpix_order=args.healpix_order,
         max_healpix_order=max(2, args.healpix_order), offset_range_px=args.offset_range,
         offset_step_px=args.offset_step, ctf=args.ctf, checkpoint_every=args.checkpoint_every,
-        pad=args.pad, batch_size=args.batch, seed=args.seed)
+        pad=args.pad, batch_size=args.batch, seed=args.seed,
+        max_memory_gib=args.max_memory)
     ctx = init(args.device)
     result = initial_model(ps, Path(out), options=options, device=args.device, ctx=ctx,
                            continue_from=args.continue_dir is not None,

@@ -38,12 +38,21 @@ def add_angpix(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--angpix", "--Apix", type=float, default=None, help=help)
 
 
+def add_max_memory(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max_memory", "--max-memory", dest="max_memory", type=float,
+                        default=None, help="memory budget per process, GiB (default: 60 %% of "
+                        "the free RAM shared by the processes of a node, or 80 %% of the free "
+                        "GPU memory); searches and batches are chunked to fit, with the same "
+                        "results")
+
+
 def add_job_options(parser: argparse.ArgumentParser) -> None:
     """Options every iterative job (refine, classify, initial model) shares."""
     parser.add_argument("--pad", type=int, default=2, help="padding factor of the Fourier grids")
     parser.add_argument("--batch", type=int, default=32, help="particles per batch")
     parser.add_argument("--j", type=int, default=None, help="CPU threads per process")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_max_memory(parser)
     parser.add_argument("--angpix", type=float, default=None, help="pixel size, Å (override)")
     parser.add_argument("--relion30", action="store_true",
                         help="write data STAR files as RELION 3.0 (default: RELION 5/4)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from subtomo.commands.options import add_input, add_output
+from subtomo.commands.options import add_input, add_max_memory, add_output
 from subtomo.io.files import check_not_input
 
 
@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pad", type=int, default=2, help="padding factor of the Fourier grid")
     p.add_argument("--batch", type=int, default=16, help="particles per batch")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_max_memory(p)
     p.set_defaults(run=_run)
 
 
@@ -43,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     ps = read_particles(args.input, angpix=args.angpix)
     result = reconstruct(ps, ctf=args.ctf, sym=args.sym, halves=args.halves, subset=args.subset,
                          maxres_A=args.maxres, pad=args.pad, batch_size=args.batch,
-                         device=args.device)
+                         device=args.device, max_memory_gib=args.max_memory)
     write_mrc(out, result.map, result.pixel_size_A)
     line = f"Reconstructed {result.n_particles} particles into {out}"
     if args.halves:

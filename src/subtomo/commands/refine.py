@@ -76,7 +76,8 @@ def _run(args: argparse.Namespace) -> int:
         firstiter_cc=args.firstiter_cc, zero_mask=args.zero_mask,
         greyscale=not args.absolute_greyscale,
         flatten_solvent=args.flatten_solvent, pad=args.pad, max_iter=args.max_iter,
-        batch_size=args.batch, seed=args.seed)
+        batch_size=args.batch, seed=args.seed,
+        max_memory_gib=args.max_memory)
     ctx = init(args.device)
     result = auto_refine(
         ps, torch.from_numpy(reference), Path(out), options=options, solvent_mask=mask,

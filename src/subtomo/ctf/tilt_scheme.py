@@ -71,6 +71,9 @@ class TiltScheme:
                              f"{len(offsets)} defocus offsets")
         if any(e < 0 or not math.isfinite(e) for e in exposure):
             raise ValueError("pre-exposures must be finite and non-negative")
+        if any(not math.isfinite(a) or abs(a) > 90 for a in angles):
+            bad = next(a for a in angles if not math.isfinite(a) or abs(a) > 90)
+            raise ValueError(f"tilt angle {bad:g}° is outside ±90°")
         object.__setattr__(self, "tilt_angles_deg", angles)
         object.__setattr__(self, "pre_exposure_e_per_A2", exposure)
         object.__setattr__(self, "defocus_offset_A", offsets)

@@ -16,11 +16,11 @@ periodic). Values between grid points are trilinear in ``p`` (8 neighbours, weig
 ``prod (1 - |p_i - q_i|)``). :class:`Projector` gathers with ``grid_sample`` from a copy of
 the half spectrum that is ``fftshift``-ed in ``y``/``z`` and extended by one periodic row
 (and one Hermitian column in ``x``) so that every corner inside the Nyquist sphere exists;
-:class:`Backprojector` scatters with ``index_add_`` on a full grid shifted by ``P // 2 + 1``
-and extended by one cell (no per-point wrapping or flipping), folded onto the unshifted half
-grid (``y``/``z`` modulo ``P``, ``x < 0`` cells at ``-q`` conjugated) when its sums are read;
-on the ``x = 0`` plane a contribution may then sit at ``q`` or at ``-q`` (conjugated), which
-the Hermitian completion in :meth:`Backprojector.symmetrised` makes equivalent.
+:class:`Backprojector` scatters with ``index_add_`` straight into its half grid (points with
+``p_x < 0`` flipped to ``-p`` and conjugated, ``y``/``z`` corners wrapped modulo ``P``), so it
+holds nothing but its two sums (12 bytes per padded half-grid cell: 0.8 GB at ``D = 256``,
+``pad = 2``); the Hermitian completion of the ``x = 0`` plane happens in
+:meth:`Backprojector.symmetrised`.
 
 Gridding correction. Trilinear interpolation in Fourier space multiplies real space by the
 transform of the triangle kernel, ``g(r) = sinc^2(x / P) sinc^2(y / P) sinc^2(z / P)`` with
@@ -76,6 +76,7 @@ of ``SCATTER_POINTS`` points and skips points whose CTF weight is exactly 0).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +96,7 @@ __all__ = ["Backprojector", "Projector", "d_grid_weight", "flatten_corners", "gr
 _DIMS = (-3, -2, -1)
 DEFAULT_MAX_POINTS = 1 << 21
 SCATTER_POINTS = 1 << 19  # points per trilinear scatter (temporaries ~ 100 bytes a point)
+SLAB_CELLS = 1 << 20  # padded-grid cells per slab of whole-grid computations
 
 
 def gridding_kernel(
@@ -130,14 +132,6 @@ def flatten_corners(volume: Tensor, edge_px: float = 3.0, blend: bool = True) ->
     return keep * volume + outside * background
 
 
-def _padded_radius(big: int, device: torch.device) -> Tensor:
-    """``|q|`` (padded Fourier pixels) on the padded half grid ``(P, P, P // 2 + 1)``."""
-    full = torch.fft.fftfreq(big, d=1.0 / big, device=device, dtype=torch.float64).round()
-    half = torch.arange(big // 2 + 1, device=device, dtype=torch.float64)
-    return torch.sqrt(full.view(-1, 1, 1) ** 2 + full.view(1, -1, 1) ** 2
-                      + half.view(1, 1, -1) ** 2)
-
-
 def d_grid_weight(weight: Tensor, box: int, pad: int) -> Tensor:
     """A padded half-grid weight ``(P, P, P // 2 + 1)`` (Hermitian-complete) seen from the
     ``D`` grid: convolved with the trilinear tent of half-width ``pad`` padded voxels (one
@@ -151,7 +145,7 @@ def d_grid_weight(weight: Tensor, box: int, pad: int) -> Tensor:
     safe = torch.where(x == 0, 1.0, torch.sin(math.pi * x))
     fejer = torch.where(x == 0, 1.0, (torch.sin(math.pi * pad * x) / (pad * safe)) ** 2)
     real = torch.fft.irfftn(weight.to(torch.float64), s=(big, big, big), dim=_DIMS)
-    real = real * fejer.view(-1, 1, 1) * fejer.view(1, -1, 1) * fejer.view(1, 1, -1)
+    real.mul_(fejer.view(-1, 1, 1)).mul_(fejer.view(1, -1, 1)).mul_(fejer.view(1, 1, -1))
     smooth = torch.fft.rfftn(real, dim=_DIMS).real
     yz = (torch.fft.fftfreq(box, d=1.0 / box, device=weight.device).round().long() * pad) % big
     xs = torch.arange(box // 2 + 1, device=weight.device) * pad
@@ -238,6 +232,18 @@ def _sampling_table(spectrum: Tensor) -> Tensor:
     return torch.view_as_real(ext).permute(3, 0, 1, 2).unsqueeze(0).contiguous()
 
 
+def _wrapped_pair(base: Tensor, period: int) -> Tensor:
+    """``(base mod P, (base + 1) mod P)`` ``(2, m)`` for ``base`` within ``[-P, P)`` (a
+    comparison and an add instead of integer divisions); other values (non-rotation
+    matrices) take the general remainder."""
+    pair = torch.stack((base, base + 1))
+    if bool((base.min() < -period) | (base.max() >= period - 1)):
+        return pair.remainder(period)
+    pair += (pair < 0) * period
+    pair -= (pair >= period) * period
+    return pair
+
+
 def _chunk_size(n_points: int, max_points: int) -> int:
     return max(1, max_points // max(1, n_points))
 
@@ -248,8 +254,8 @@ class Projector:
     ``volume``: real ``(D, D, D)``, centre voxel ``D // 2``; its device and floating dtype
     are kept. ``pad``: padding factor (``P = pad * D``). ``gridding_correction``: divide by
     the trilinear kernel's transform before the FFT (RELION's default; see module docs).
-    ``spectrum`` holds the centred half spectrum ``(P, P, P // 2 + 1)`` of the padded,
-    corrected volume.
+    It keeps only the interpolation table built from the centred half spectrum
+    ``(P, P, P // 2 + 1)`` of the padded, corrected volume (8 bytes per cell).
     """
 
     def __init__(
@@ -274,11 +280,15 @@ class Projector:
         box, big = self.box, self.padded_box
         if gridding_correction:
             volume = volume / gridding_kernel(box, big, self.device, volume.dtype)
-        offset = big // 2 - box // 2
+        # the volume zero-padded about its centre and ifftshift-ed, placed in one copy: voxel i
+        # of an axis goes to (i - D // 2) mod P
         padded = volume.new_zeros((big, big, big))
-        padded[offset:offset + box, offset:offset + box, offset:offset + box] = volume
-        self.spectrum = torch.fft.rfftn(torch.fft.ifftshift(padded, dim=_DIMS), dim=_DIMS)
-        self._table = _sampling_table(self.spectrum)
+        at = (torch.arange(box, device=self.device) - box // 2) % big
+        padded[at[:, None, None], at[None, :, None], at[None, None, :]] = volume
+        spectrum = torch.fft.rfftn(padded, dim=_DIMS)
+        del padded
+        self.complex_dtype = spectrum.dtype
+        self._table = _sampling_table(spectrum)  # the only copy kept
 
     def spectra(self, A: Tensor, max_radius_px: float | None = None) -> Tensor:
         """Centred half spectra of the rotated volume, ``(B, D, D, D // 2 + 1)`` complex.
@@ -304,7 +314,7 @@ class Projector:
         n_rot, big = A.shape[0], self.padded_box
         kvec = (k_px.to(device=self.device, dtype=self.dtype) * self.pad)  # padded-grid units
         n = kvec.shape[0]
-        out = torch.empty(n_rot, n, dtype=self.spectrum.dtype, device=self.device)
+        out = torch.empty(n_rot, n, dtype=self.complex_dtype, device=self.device)
         step = _chunk_size(n, self.max_points)
         # grid_sample coordinates: x -> column x, y/z -> row (y + P // 2 + 1) of the table.
         size = self._table.shape[-3:]  # (P + 2, P + 2, P // 2 + 2) as (z, y, x)
@@ -356,47 +366,31 @@ class Backprojector:
         cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
         self._data = torch.zeros((big, big, big // 2 + 1), dtype=cdtype, device=self.device)
         self._weight = torch.zeros((big, big, big // 2 + 1), dtype=dtype, device=self.device)
-        self._ext: Tensor | None = None  # pending sums on the scatter grid (re, im, weight)
-        # Scatter grid: the full padded grid (all x, no Hermitian flip per point) shifted by
-        # ``offset`` and extended by one cell, so that no point needs wrapping or clamping;
-        # folded onto the half grid (wrapping y, z mod P; x < 0 mirrored and conjugated)
-        # when ``data`` or ``weight`` is read.
-        self._offset = big // 2 + 1
-        self._ext_shape = (big + 3, big + 3, big + 3)
-        ez, ey, ex = self._ext_shape
-        self._corner_offsets = torch.tensor(
-            [dz * ey * ex + dy * ex + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)],
-            dtype=torch.int32, device=self.device)
-        self._base_max = big + 1
-        self._frequencies: dict[float | None, tuple[Tensor, Tensor, Tensor]] = {}
+        self._frequencies: dict[float | None, tuple[Tensor, Tensor]] = {}
 
     @property
     def data(self) -> Tensor:
         """Accumulated ``sum_i t(p - p_i) c_i X_i``: complex ``(P, P, P // 2 + 1)``."""
-        self._flush()
         return self._data
 
     @data.setter
     def data(self, value: Tensor) -> None:
-        self._flush()
         self._data = value
 
     @property
     def weight(self) -> Tensor:
         """Accumulated ``sum_i t(p - p_i) c_i^2``: real ``(P, P, P // 2 + 1)``."""
-        self._flush()
         return self._weight
 
     @weight.setter
     def weight(self, value: Tensor) -> None:
-        self._flush()
         self._weight = value
 
     def _selection(self, max_radius_px: float | None, central_slice: bool = False
                    ) -> tuple[Tensor, Tensor, Tensor]:
         """Cached ``(flat, p0, half_factor)``: selected half-grid indices (of the 2D half grid
-        ``kz = 0`` with ``central_slice``), their padded-grid positions ``pad * k * D`` above a
-        row of ones ``(4, n)``, and the Hermitian-mate factors (1/2 or 1)."""
+        ``kz = 0`` with ``central_slice``), their padded-grid positions ``pad * k * D``
+        ``(3, n)``, and the Hermitian-mate factors (1/2 or 1)."""
         radius = None if max_radius_px is None else float(max_radius_px)
         key = (radius, central_slice)
         if key not in self._frequencies:
@@ -406,8 +400,7 @@ class Backprojector:
             # 1/2 for coefficients whose Hermitian mate is also in the half spectrum.
             mate = (kvec[:, 0] == 0) | ((box % 2 == 0) & (kvec[:, 0] == box // 2))
             half_factor = torch.where(mate, 0.5, 1.0).to(self.dtype)
-            ones = torch.ones_like(kvec[:, :1])
-            p0 = torch.cat([kvec * self.pad, ones], 1).to(self.dtype).t().contiguous()
+            p0 = (kvec * self.pad).to(self.dtype).t().contiguous()
             self._frequencies[key] = (flat, p0, half_factor)
         return self._frequencies[key]
 
@@ -471,20 +464,14 @@ class Backprojector:
             ctf = ctf.reshape(-1, size)
         flat_dev = flat.to(spectra.device)
         n = k0.shape[1]
-        if self._ext is None:
-            ez, ey, ex = self._ext_shape
-            self._ext = torch.zeros((3, ez * ey * ex), dtype=self.dtype, device=self.device)
-        # q = A^T k + offset (scatter-grid units) as one product with (A^T | offset)
-        At = torch.cat([A.transpose(1, 2), A.new_full((n_rot, 3, 1), self._offset)], 2)
-        # |A^T k| <= ||A|| |k| <= ||A|| P / 2: clamp only for (near-)non-orthogonal matrices
-        clamp = bool(torch.linalg.matrix_norm(A, ord=2).amax() > 1 + 0.5 / self.padded_box)
+        At = A.transpose(1, 2)
         step = _chunk_size(n, self.max_points)
         for start in range(0, n_rot, step):
             stop = min(start + step, n_rot)
             b = stop - start
             x = spectra[start:stop].index_select(1, flat_dev)
             x = x.to(device=self.device, dtype=self._data.dtype).reshape(-1)
-            q = torch.matmul(At[start:stop], k0).transpose(0, 1).reshape(3, -1)  # (3, b * n)
+            p = torch.matmul(At[start:stop], k0).transpose(0, 1).reshape(3, -1)  # (3, b * n)
             if ctf is None:
                 c = half_factor.expand(b, n).reshape(-1)
                 c2 = c
@@ -497,51 +484,41 @@ class Backprojector:
                 keep = torch.nonzero(c0.reshape(-1)).reshape(-1)
                 if keep.numel() < c.numel():
                     x, c, c2 = x[keep], c[keep], c2[keep]
-                    q = q.index_select(1, keep)
+                    p = p.index_select(1, keep)
             vals = x * c
             for first in range(0, vals.numel(), SCATTER_POINTS):  # cache-sized pieces
                 last = first + SCATTER_POINTS
-                self._scatter(q[:, first:last], vals[first:last], c2[first:last], clamp)
+                self._scatter(p[:, first:last], vals[first:last], c2[first:last])
 
-    def _scatter(self, q: Tensor, vals: Tensor, c2: Tensor, clamp: bool) -> None:
-        """Trilinear scatter of ``vals`` (complex ``(m,)``) and ``c2`` at ``q`` (``(3, m)``,
-        scatter-grid units ``p + offset``, ``(x, y, z)``) into the pending sums."""
-        ez, ey, ex = self._ext_shape
-        base = q.floor()
-        frac = q - base
-        base = base.to(torch.int32)
-        if clamp:
-            base = base.clamp_(0, self._base_max)
-        idx = base[2] * (ey * ex) + base[1] * ex + base[0]
-        idx = (self._corner_offsets[:, None] + idx).reshape(-1)  # (8 m), corner-major
-        tent = torch.stack((1.0 - frac, frac), dim=1)  # (3, 2, m): x, y, z
-        wzy = (tent[2, :, None] * tent[1, None, :]).reshape(4, 1, -1)
-        vr = torch.view_as_real(vals)
-        for ext, v in zip(self._ext, (vr[:, 0], vr[:, 1], c2), strict=True):
-            ext.index_add_(0, idx, (wzy * (tent[0] * v)).reshape(-1))
-
-    def _flush(self) -> None:
-        """Fold the pending scatter-grid sums into ``data`` and ``weight``: y, z wrap mod P;
-        cells with x < 0 go to -q, conjugated (Hermitian symmetry); x > P // 2 is dropped."""
-        ext, self._ext = self._ext, None
-        if ext is None:
-            return
+    def _scatter(self, p: Tensor, vals: Tensor, c2: Tensor) -> None:
+        """Trilinear scatter of ``vals`` (complex ``(m,)``) and ``c2`` at ``p`` (``(3, m)``,
+        padded-grid units, ``(x, y, z)``) into ``data`` and ``weight``: points with
+        ``p_x < 0`` go to ``-p`` conjugated (Hermitian symmetry), ``y`` and ``z`` corners wrap
+        modulo ``P``, ``x`` corners beyond ``P // 2`` are dropped."""
         big = self.padded_box
         half = big // 2 + 1
-        ez, ey, ex = self._ext_shape
-        o = self._offset
-        grid = ext.view(3, ez, ey, ex)
-        # x >= 0 at columns o.., x' = -x >= 1 at flipped columns 0.. (flipped y, z offset)
-        positive = grid[..., o:o + half], 0, o, 1.0
-        negative = grid[..., :o].flip(1, 2, 3)[..., :half - 1], 1, ez - 1 - o, -1.0
-        for part, x0, off, imag_sign in (positive, negative):
-            nx = part.shape[-1]
-            for dz, sz, nz in _wrap_runs(ez, off, big):
-                for dy, sy, ny in _wrap_runs(ey, off, big):
-                    src = part[:, sz:sz + nz, sy:sy + ny]
-                    target = (slice(dz, dz + nz), slice(dy, dy + ny), slice(x0, x0 + nx))
-                    self._data[target] += torch.complex(src[0], imag_sign * src[1])
-                    self._weight[target] += src[2]
+        sign = torch.where(p[0] < 0, -1.0, 1.0).to(p.dtype)
+        p = p * sign
+        base = p.floor()
+        frac = p - base
+        base = base.to(torch.int32)
+        x0 = base[0]
+        # x weights: corners past the half grid (x = P // 2 + 1; or any x for non-rotations)
+        # get weight 0 at a clamped index
+        wx = torch.stack(((1.0 - frac[0]) * (x0 < half), frac[0] * (x0 + 1 < half)))  # (2, m)
+        xs = torch.stack((x0.clamp(max=half - 1), (x0 + 1).clamp(max=half - 1)))  # (2, m)
+        ys, zs = _wrapped_pair(base[1], big), _wrapped_pair(base[2], big)
+        ty = torch.stack((1.0 - frac[1], frac[1]))
+        tz = torch.stack((1.0 - frac[2], frac[2]))
+        row = (zs[:, None] * big + ys[None]) * half  # (2, 2, m): z, y
+        idx = (row[:, :, None] + xs[None, None]).reshape(-1)  # (8 m): z, y, x corners
+        w = ((tz[:, None] * ty[None])[:, :, None] * wx[None, None]).reshape(8, -1)
+        vr = torch.view_as_real(vals)
+        data = torch.view_as_real(self._data).view(-1)
+        twice = idx * 2
+        data.index_add_(0, twice, (w * vr[:, 0]).reshape(-1))
+        data.index_add_(0, twice + 1, (w * (vr[:, 1] * sign)).reshape(-1))
+        self._weight.view(-1).index_add_(0, idx, (w * c2).reshape(-1))
 
     def merge(self, other: Backprojector) -> None:
         """Add another accumulator's ``data`` and ``weight`` (same box and pad) into this one."""
@@ -550,23 +527,51 @@ class Backprojector:
         self.data += other.data.to(self.data)
         self.weight += other.weight.to(self.weight)
 
-    def symmetrised(self) -> tuple[Tensor, Tensor]:
-        """``(data, weight)`` with the Hermitian planes completed (copies; accumulators kept).
-
-        For the ``x = 0`` plane (and ``x = P / 2`` for even ``P``), whose mirror ``-q`` is
-        in the same plane: ``data(q) <- data(q) + conj(data(-q))``, ``weight(q) <- weight(q)
-        + weight(-q)``, as RELION's ``enforceHermitianSymmetry``.
-        """
-        data, weight = self.data.clone(), self.weight.clone()
+    def _hermitian_planes(self) -> dict[int, tuple[Tensor, Tensor]]:
+        """The completed ``x = 0`` (and, even ``P``, ``x = P / 2``) planes of ``data`` and
+        ``weight``: ``data(q) + conj(data(-q))`` and ``weight(q) + weight(-q)``, as RELION's
+        ``enforceHermitianSymmetry`` (the mirror ``-q`` of these planes is in the plane)."""
         big = self.padded_box
-        columns = [0] + ([big // 2] if big % 2 == 0 else [])
-        for col in columns:
-            d, w = self.data[:, :, col], self.weight[:, :, col]
+        planes = {}
+        for col in [0] + ([big // 2] if big % 2 == 0 else []):
+            d, w = self._data[:, :, col], self._weight[:, :, col]
             d_mirror = torch.roll(torch.flip(d, (0, 1)), shifts=(1, 1), dims=(0, 1))
             w_mirror = torch.roll(torch.flip(w, (0, 1)), shifts=(1, 1), dims=(0, 1))
-            data[:, :, col] = d + d_mirror.conj()
-            weight[:, :, col] = w + w_mirror
+            planes[col] = (d + d_mirror.conj(), w + w_mirror)
+        return planes
+
+    def symmetrised(self) -> tuple[Tensor, Tensor]:
+        """``(data, weight)`` with the Hermitian planes completed (copies; accumulators kept)."""
+        data, weight = self._data.clone(), self._weight.clone()
+        for col, (d, w) in self._hermitian_planes().items():
+            data[:, :, col], weight[:, :, col] = d, w
         return data, weight
+
+    def slabs(self) -> Iterator[tuple[slice, Tensor, Tensor, Tensor]]:
+        """The padded grid in slabs of ``z`` planes (a few MB each): ``(z slice, data,
+        weight, r2)``, views of the sums (Hermitian planes not completed) and the exact
+        integer squared radius ``|q|^2`` (padded Fourier pixels). Whole-grid computations go
+        slab by slab so that their temporaries stay small."""
+        big = self.padded_box
+        half = big // 2 + 1
+        full = torch.fft.fftfreq(big, d=1.0 / big, device=self.device).round().long()
+        xy = full.view(-1, 1) ** 2 + torch.arange(half, device=self.device).view(1, -1) ** 2
+        step = max(1, SLAB_CELLS // (big * half))
+        for z0 in range(0, big, step):
+            z = slice(z0, min(z0 + step, big))
+            yield z, self._data[z], self._weight[z], full[z].view(-1, 1, 1) ** 2 + xy[None]
+
+    def _plane_r2(self, col: int) -> Tensor:
+        """``|q|^2`` on the ``x = col`` plane, ``(P, P)``."""
+        full = torch.fft.fftfreq(self.padded_box, d=1.0 / self.padded_box,
+                                 device=self.device).round().long()
+        return full.view(-1, 1) ** 2 + full.view(1, -1) ** 2 + col * col
+
+    def shell_lookup(self, r2_max: int, divisor: float = 1.0) -> Tensor:
+        """``round(sqrt(r2) / divisor)`` for ``r2 = 0 .. r2_max`` (float64, as computed per
+        cell), a table to gather shells from exact squared radii."""
+        r = torch.arange(r2_max + 1, device=self.device, dtype=torch.float64).sqrt()
+        return (r / divisor).round().long() if divisor != 1.0 else r.round().long()
 
     def reconstruct(
         self, tau2: Tensor | None = None, wiener_constant: float = 0.0,
@@ -597,32 +602,59 @@ class Backprojector:
         only the region beyond the sphere's edge is reset to its mean.
         """
         box, big, pad = self.box, self.padded_box, self.pad
-        data, weight = self.symmetrised()
         scale = float(pad**3)
-        w = (weight * scale).to(torch.float64)
-        radius = _padded_radius(big, self.device)
-        shells = radius.round().long()
         n_big = big // 2 + 1
-        flat_shell = shells.reshape(-1).clamp(max=n_big)
+        r2_max = 3 * (big // 2) ** 2
+        shells = self.shell_lookup(r2_max)  # padded shell of each |q|^2
+        inside = torch.arange(r2_max + 1, device=self.device) <= (big / 2) ** 2
+        planes = self._hermitian_planes()
+        # Floor: 1e-3 of the shell mean of W (padded shells inside the sphere), with the
+        # Hermitian planes completed; slab by slab, so that temporaries stay small.
         sums = torch.zeros(n_big + 1, dtype=torch.float64, device=self.device)
-        sums.index_add_(0, flat_shell, w.reshape(-1))
-        counts = torch.bincount(flat_shell, minlength=n_big + 1).to(torch.float64)
-        floor = (1e-3 * sums / counts.clamp(min=1))[flat_shell].view_as(radius)
-        den = torch.maximum(w, floor)
-        ok = (den > 0) & (radius <= big / 2)
-        factor = torch.where(ok, scale / torch.where(ok, den, 1.0), 0.0)
-        spec = data * factor.to(weight.dtype)
+        counts = torch.zeros_like(sums)
+
+        def add(weight: Tensor, r2: Tensor, sign: float = 1.0) -> None:
+            flat_shell = shells[r2].reshape(-1).clamp(max=n_big)
+            sums.index_add_(0, flat_shell, sign * (weight * scale).reshape(-1).to(torch.float64))
+            counts.add_(torch.bincount(flat_shell, minlength=n_big + 1).to(torch.float64),
+                        alpha=sign)
+
+        for _, _, weight, r2 in self.slabs():
+            add(weight, r2)
+        for col, (_, w) in planes.items():  # the completed planes replace the raw ones
+            r2 = self._plane_r2(col)
+            add(self._weight[:, :, col], r2, -1.0)
+            add(w, r2)
+        floor = 1e-3 * sums / counts.clamp(min=1)
+
+        def divided(data: Tensor, weight: Tensor, r2: Tensor) -> Tensor:
+            den = torch.maximum((weight * scale).to(torch.float64),
+                                floor[shells[r2].clamp(max=n_big)])
+            ok = (den > 0) & inside[r2]
+            factor = torch.where(ok, scale / torch.where(ok, den, 1.0), 0.0)
+            return data * factor.to(weight.dtype)
+
+        spec = torch.empty_like(self._data)
+        for z, data, weight, r2 in self.slabs():
+            spec[z] = divided(data, weight, r2)
+        for col, (d, w) in planes.items():
+            spec[:, :, col] = divided(d, w, self._plane_r2(col))
         vol = torch.fft.irfftn(spec, s=(big, big, big), dim=_DIMS)
-        vol = torch.fft.fftshift(vol, dim=_DIMS)
-        offset = big // 2 - box // 2
-        vol = vol[offset:offset + box, offset:offset + box, offset:offset + box]
+        del spec
+        # crop D about the centre of the fftshift-ed volume: index i <- (i - D // 2) mod P
+        at = (torch.arange(box, device=self.device) - box // 2) % big
+        vol = vol.index_select(0, at).index_select(1, at).index_select(2, at)
         vol = vol / gridding_kernel(box, big, self.device, vol.dtype)
         if mask_corners:
             vol = flatten_corners(vol)
         reg = self._regulariser(tau2, wiener_constant)
         if reg is None:
             return vol
-        w_d = _filled_weight(d_grid_weight(w, box, pad))
+        w = self._weight.to(torch.float64)
+        for col, (_, wp) in planes.items():
+            w[:, :, col] = wp
+        w_d = _filled_weight(d_grid_weight(w.mul_(scale), box, pad))
+        del w
         keep = torch.isfinite(reg)
         wiener = torch.where(keep, w_d / (w_d + torch.where(keep, reg, 0.0)).clamp(min=1e-30),
                              0.0)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from subtomo.fourier.grid import rfft_freqs
 
-__all__ = ["phase_shift"]
+__all__ = ["phase_shift", "shift_spectra_"]
 
 
 def phase_shift(
@@ -42,3 +42,26 @@ def phase_shift(
     phase = (-2.0 * math.pi * cycles).to(out_real)
     out = torch.polar(torch.ones_like(phase), phase)
     return out.reshape(*lead, *k.shape[:-1])
+
+
+def shift_spectra_(spectra: Tensor, shifts_px: Tensor) -> Tensor:
+    """Multiply half spectra ``(B, D, D, D // 2 + 1)`` in place by ``exp(-2 pi i k . s)`` for
+    shifts ``(B, 3)`` (``(x, y, z)``, px): the same as ``spectra * phase_shift(D, s)``, as
+    three separable factors ``(B, D, D, 1)`` and ``(B, 1, 1, D // 2 + 1)`` with float64
+    phases reduced modulo 1 (no full-grid phase volume). Returns ``spectra``."""
+    box = spectra.shape[-2]
+    device = spectra.device
+    s = torch.as_tensor(shifts_px).to(device=device, dtype=torch.float64).reshape(-1, 3)
+
+    def factor(k: Tensor, shift: Tensor) -> Tensor:
+        cycles = shift[:, None] * k[None, :]
+        cycles = cycles - torch.round(cycles)
+        phase = -2.0 * math.pi * cycles
+        return torch.polar(torch.ones_like(phase), phase).to(spectra.dtype)
+
+    full = torch.fft.fftfreq(box, device=device, dtype=torch.float64)
+    half = torch.fft.rfftfreq(box, device=device, dtype=torch.float64)
+    fz, fy, fx = factor(full, s[:, 2]), factor(full, s[:, 1]), factor(half, s[:, 0])
+    spectra *= (fz[:, :, None] * fy[:, None, :])[..., None]
+    spectra *= fx[:, None, None, :]
+    return spectra

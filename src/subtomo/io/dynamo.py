@@ -19,6 +19,7 @@ from dynamotable.constants import COLUMN_NAME_TO_COLUMN_NUMBER
 
 from subtomo.errors import InputError
 from subtomo.geometry.euler import dynamo_to_relion, relion_to_dynamo
+from subtomo.io import validate
 from subtomo.io.files import atomic_path
 from subtomo.io.particles import ANGLES, COORD_PX, ParticleSet
 
@@ -40,11 +41,13 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise InputError(path, "file not found")
     rows: list[list[float]] = []
+    lines: list[int] = []
     width: int | None = None
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         tokens = line.split()
         if not tokens:
             continue
+        lines.append(number)
         if width is None:
             width = len(tokens)
             if width < MIN_COLUMNS:
@@ -64,10 +67,30 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise InputError(path, "empty Dynamo table")
     names = list(COLUMNS[:width]) + [f"column{i + 1}" for i in range(len(COLUMNS), width)]
     table = pd.DataFrame(np.asarray(rows), columns=names)
+    _check_values(path, table, lines)
     for name in ("tag", "tomo", "class", "reg", "ref", "otag"):
         if name in table:
             table[name] = table[name].round().astype(np.int64)
     return table
+
+
+def _check_values(path: Path, table: pd.DataFrame, lines: list[int]) -> None:
+    """Finite positions, shifts, angles and tomogram indices; missing-wedge tilt limits
+    (columns 14-17) within ±90°; a pixel size (column 36) of 0 (unset) or more."""
+    rows = np.arange(1, len(table) + 1)
+
+    def where(name: str) -> str:
+        return f"{name} (column {COLUMN_NAME_TO_COLUMN_NUMBER[name]})"
+
+    for name in ("dx", "dy", "dz", "tdrot", "tilt", "narot", "tomo", "x", "y", "z"):
+        validate.finite(table[name].to_numpy(), path, field=where(name), rows=rows,
+                        lines=lines)
+    for name in ("ymintilt", "ymaxtilt", "xmintilt", "xmaxtilt"):
+        validate.tilt_angles(table[name].to_numpy(), path, field=where(name), rows=rows,
+                             lines=lines, noun="particle")
+    if "apix" in table:
+        validate.in_range(table["apix"].to_numpy(), 0.0, np.inf, path, field=where("apix"),
+                          what="pixel size", unit="Å", rows=rows, lines=lines)
 
 
 def _is_number(token: str) -> bool:

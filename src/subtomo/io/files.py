@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -84,3 +87,45 @@ class BackgroundWriter:
                 self.wait()
         finally:
             self._pool.shutdown(wait=True)
+@contextlib.contextmanager
+def removed_on_input_error(folder: str | Path) -> Iterator[Path]:
+    """Undo what the block writes into ``folder`` if it raises :class:`InputError` (bad input
+    found while working, e.g. a NaN in the 900th subtomogram): the folder itself and any
+    parent the block created if ``folder`` did not exist, else only the files and folders
+    that were not there before. Nothing that existed before is touched; other errors (a
+    kill, a crash) keep everything, so that a job can resume."""
+    folder = Path(folder)
+    top = folder
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    existed = folder.exists()
+    before = set(folder.rglob("*")) if existed else set()
+    try:
+        yield folder
+    except InputError:
+        if not existed:
+            shutil.rmtree(top, ignore_errors=True)
+        elif folder.exists():
+            created = sorted((p for p in folder.rglob("*") if p not in before),
+                             key=lambda p: len(p.parts), reverse=True)
+            for path in created:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        raise
+
+
+def undone_on_input_error(parameter: str) -> Callable:
+    """Decorate a job function so that an :class:`InputError` it raises leaves nothing in
+    the folder passed as ``parameter`` (:func:`removed_on_input_error`)."""
+    def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def run(*args, **kwargs):
+            folder = signature.bind(*args, **kwargs).arguments[parameter]
+            with removed_on_input_error(folder):
+                return function(*args, **kwargs)
+        return run
+    return decorate

@@ -19,13 +19,19 @@ import numpy as np
 import torch
 
 from subtomo.errors import InputError
+from subtomo.io import validate
 from subtomo.io.files import atomic_path
 
 CTF_LAYOUTS = ("relion", "warp")
 
 
-def read_mrc(path: str | Path) -> tuple[np.ndarray, float]:
-    """Read an MRC file: ``(data as float32, voxel size in Å)``."""
+def read_mrc(path: str | Path, *, finite: bool = True, what: str = "map"
+             ) -> tuple[np.ndarray, float]:
+    """Read an MRC file: ``(data as float32, voxel size in Å)``.
+
+    Refuses (:class:`InputError`) a header voxel size that is negative or not finite (0 means
+    unset) and, with ``finite``, data holding NaN or infinity (``what`` names the data in the
+    message)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found")
@@ -37,6 +43,9 @@ def read_mrc(path: str | Path) -> tuple[np.ndarray, float]:
             voxel = float(mrc.voxel_size.x)
     except (ValueError, OSError) as exc:
         raise InputError(path, f"not a readable MRC file ({exc})") from exc
+    validate.voxel_size(voxel, path)
+    if finite:
+        validate.volume(data, path, what=what)
     return data, voxel
 
 
@@ -45,9 +54,17 @@ def read_mrc_header(path: str | Path) -> tuple[tuple[int, ...], float]:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found")
-    with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-        h = mrc.header
-        return (int(h.nz), int(h.ny), int(h.nx)), float(mrc.voxel_size.x)
+    try:
+        with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+            h = mrc.header
+            shape, voxel = (int(h.nz), int(h.ny), int(h.nx)), float(mrc.voxel_size.x)
+    except (ValueError, OSError) as exc:
+        raise InputError(path, f"not a readable MRC file ({exc})") from exc
+    validate.voxel_size(voxel, path)
+    if min(shape) <= 0:
+        raise InputError(path, f"header size {shape[::-1]} (x, y, z) must be positive",
+                         field="nx, ny, nz (MRC header)")
+    return shape, voxel
 
 
 def write_mrc(path: str | Path, data: np.ndarray | torch.Tensor, voxel_size_A: float,
@@ -133,7 +150,7 @@ def ctf_to_disk(weights: torch.Tensor | np.ndarray, layout: str = "relion") -> n
 
 def read_ctf_volume(path: str | Path, box: int) -> torch.Tensor:
     """Read a 3D CTF volume of either layout as ``(box, box, box // 2 + 1)`` weights."""
-    data, _ = read_mrc(path)
+    data, _ = read_mrc(path, what="CTF volume")
     return ctf_from_disk(data, box, path)
 
 

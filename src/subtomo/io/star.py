@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from subtomo.errors import InputError
+from subtomo.io import validate
 from subtomo.io.labels import LABELS
 from subtomo.io.particles import (
     ANGLES,
@@ -148,6 +149,8 @@ def read_particles(
     RELION 5 tomograms.star (or its table) for pixel ⇄ centred coordinate conversion.
     """
     path = Path(path)
+    if angpix is not None:
+        validate.positive(angpix, None, field="--angpix", unit="Å")
     blocks = read_star(path)
     if "optics" in blocks and "particles" in blocks:
         ps = _from_modern(path, blocks)

@@ -2,7 +2,9 @@
 
 ``starfile`` parses leniently (a short row becomes empty strings, a bad number turns a column
 into text). We scan the text once to record where each loop row sits, check the field counts,
-then check every registered numeric column, so that bad input fails with ``file:line: field``.
+then check every registered numeric column and the values of the labels that have rules
+(:mod:`subtomo.io.validate`: positive pixel sizes, defocus in 0–20 µm, finite angles ...), so
+that bad input fails with ``file:line: field``.
 Writing is lossless (shortest round-trip float repr) and atomic.
 """
 
@@ -17,6 +19,7 @@ import pandas as pd
 import starfile
 
 from subtomo.errors import InputError
+from subtomo.io import validate
 from subtomo.io.files import atomic_path
 from subtomo.io.labels import NUMERIC_KINDS, label_kind
 
@@ -103,12 +106,14 @@ def read_star(path: str | Path) -> dict[str, Block]:
     except Exception as exc:  # starfile raises many kinds; report them as input errors
         raise InputError(path, f"cannot parse STAR file ({exc})") from exc
     for name, block in blocks.items():
+        layout = layouts.get(name)
         if isinstance(block, pd.DataFrame):
-            _check_numeric(path, name, block, layouts.get(name))
+            _check_numeric(path, name, block, layout)
         else:
             for key, value in block.items():
                 if label_kind(key) in NUMERIC_KINDS and isinstance(value, str):
                     raise InputError(path, f"{value!r} is not a number", field=key)
+        validate.star_table(path, name, block, None if layout is None else layout.row_lines)
     return blocks
 
 

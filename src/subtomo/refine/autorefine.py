@@ -37,15 +37,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from subtomo import memory
 from subtomo.align.score import Frequencies, noise_power
 from subtomo.align.search import SearchSettings
 from subtomo.errors import InputError
 from subtomo.fourier.grid import lowpass_map, soft_sphere
 from subtomo.geometry.healpix import angular_step_deg
 from subtomo.geometry.symmetry import symmetric_distance_deg, symmetry_operators
+from subtomo.io import validate
+from subtomo.io.files import undone_on_input_error
 from subtomo.io.particles import ParticleSet
 from subtomo.parallel.distributed import Context
-from subtomo.refine.expectation import expectation, masked
+from subtomo.refine.expectation import expectation, insertion_radius_px, masked
 from subtomo.refine.greyscale import reference_scale
 from subtomo.refine.images import check_files, iterate_batches
 from subtomo.refine.reconstruct import (
@@ -79,6 +82,7 @@ class RefineOptions:
     batch_size: int = 32
     top_k: int = 2
     seed: int = 0
+    max_memory_gib: float | None = None  # memory budget (None: automatic)
 
 
 @dataclass
@@ -183,7 +187,8 @@ def search_settings(schedule: Schedule, options: RefineOptions, box: int, pixel_
 
 def initial_sigma2(ps: ParticleSet, rows: np.ndarray, box: int, ctf: bool,
                    origins_px: torch.Tensor, mask: torch.Tensor | None,
-                   device: torch.device | str, ctx: Context, batch_size: int) -> np.ndarray:
+                   device: torch.device | str, ctx: Context, batch_size: int,
+                   max_memory_gib: float | None = None) -> np.ndarray:
     """Noise power per shell from the particles' own power on measured coefficients (an upper
     bound, as RELION starts), from up to 256 particles."""
     freqs = Frequencies.within(box, box / 2, device)
@@ -192,6 +197,7 @@ def initial_sigma2(ps: ParticleSet, rows: np.ndarray, box: int, ctf: bool,
     counts = torch.zeros_like(sums)
     sample = ctx.shard(rows[:: max(1, len(rows) // 256)])
     zero_shift = torch.zeros(1, 3, device=device)
+    batch_size = memory.streaming_batch(batch_size, box, ctf, max_memory_gib, device)
     for batch in iterate_batches(ps, sample, box=box, ctf=ctf, batch_size=batch_size,
                                  device=device, shifts_px=origins_px):
         spectra = masked(batch.spectra, mask, box)
@@ -209,13 +215,18 @@ def run_iteration(
     ps: ParticleSet, references: list[torch.Tensor], halves: np.ndarray, matrices: np.ndarray,
     origins_px: np.ndarray, sigma2: np.ndarray, settings: SearchSettings, options: RefineOptions,
     *, box: int, pixel_size_A: float, mask: torch.Tensor | None, device: torch.device | str,
-    ctx: Context, progress: bool = True, desc: str = "",
+    ctx: Context, progress: bool = True, desc: str = "", resolution_A: float | None = None,
 ) -> IterationResult:
     """One E step (:func:`subtomo.refine.expectation.expectation`, one class, each half set
-    against its own half map) and the gold-standard M step."""
+    against its own half map) and the gold-standard M step. ``resolution_A``: the current
+    resolution, which limits the inserted frequencies (:func:`subtomo.refine.expectation.
+    insert_radius_px`; ``None``: all, up to Nyquist)."""
+    if resolution_A is None:
+        resolution_A = 2 * pixel_size_A
     e = expectation(ps, np.arange(len(ps)), ([references[0]], [references[1]]), np.ones(1),
                     halves, matrices, origins_px, sigma2, settings, options, box=box,
-                    mask=mask, device=device, ctx=ctx, progress=progress, desc=desc)
+                    mask=mask, device=device, ctx=ctx, progress=progress, desc=desc,
+                    insert_radius_px=insertion_radius_px(resolution_A, box, pixel_size_A))
     recon = gold_standard(*e.backprojectors[0], pixel_size_A, options.pad)
     recon.n_particles = len(ps)
     return IterationResult(e.matrices, e.origins_px, e.max_probability, e.log_likelihood,
@@ -276,7 +287,12 @@ def check_inputs(ps: ParticleSet, reference: torch.Tensor, reference_apix: float
     apix = ps.pixel_size_A()
     if not np.all(np.isfinite(apix)):
         raise InputError(ps.source, "particles have no pixel size", field="rlnImagePixelSize")
+    validate.positive(apix, ps.source, field="rlnImagePixelSize", what="pixel size", unit="Å",
+                      rows=np.arange(1, len(ps) + 1))
     pixel_size, box = float(apix[0]), image_box(ps)
+    validate.volume(reference, reference_path, what="reference")
+    if mask is not None:
+        validate.volume(mask, mask_path, what="mask")
     if tuple(reference.shape) != (box, box, box):
         raise InputError(reference_path, f"reference is {tuple(reference.shape)}, particles "
                          f"are {box}³", field="box size")
@@ -313,6 +329,7 @@ class RefineResult:
     history: list[dict]
 
 
+@undone_on_input_error("out_dir")
 def auto_refine(
     ps: ParticleSet, reference: torch.Tensor, out_dir: str | Path, *,
     options: RefineOptions | None = None, solvent_mask: torch.Tensor | None = None,
@@ -367,7 +384,7 @@ def auto_refine(
         sigma2 = initial_sigma2(ps, np.arange(len(ps)), box, options.ctf,
                                 torch.as_tensor(origins, dtype=torch.float32, device=device),
                                 particle_mask if options.zero_mask else None, device, ctx,
-                                options.batch_size)
+                                options.batch_size, options.max_memory_gib)
         if options.greyscale and not options.firstiter_cc:
             scale = reference_scale(
                 ps, np.arange(len(ps)), first,
@@ -392,7 +409,8 @@ def auto_refine(
         result = run_iteration(ps, searched, halves, matrices, origins, sigma2, settings,
                                options, box=box, pixel_size_A=pixel_size, mask=particle_mask,
                                device=device, ctx=ctx, progress=progress,
-                               desc=f"iteration {iteration:03d}")
+                               desc=f"iteration {iteration:03d}",
+                               resolution_A=schedule.resolution_A)
         recon = result.reconstruction
         change = pose_change_deg(matrices, result.matrices, options.sym)
         shift_change = float(np.sqrt(((result.origins_px - origins) ** 2).sum(1)).mean())

@@ -50,6 +50,7 @@ from subtomo.align.search import SearchSettings
 from subtomo.errors import InputError
 from subtomo.fourier.grid import lowpass_map
 from subtomo.fourier.projector import Backprojector
+from subtomo.io.files import undone_on_input_error
 from subtomo.io.mrc import read_mrc, write_mrc
 from subtomo.io.particles import ParticleSet
 from subtomo.io.star import read_particles, write_particles
@@ -62,7 +63,7 @@ from subtomo.refine.autorefine import (
     search_radii,
     soft_sphere,
 )
-from subtomo.refine.expectation import expectation
+from subtomo.refine.expectation import expectation, insertion_radius_px
 from subtomo.refine.reconstruct import Reconstruction, gold_standard, half_sets
 
 
@@ -91,6 +92,7 @@ class ClassifyOptions:
     split_every: int = 4
     leave_one_out: bool = True
     seed: int = 0
+    max_memory_gib: float | None = None  # memory budget (None: automatic)
 
 
 @dataclass
@@ -232,15 +234,18 @@ def classify_iteration(
     mask: torch.Tensor | None, device: torch.device | str, ctx: Context,
     assign: np.ndarray | None = None, parents: list[int] | None = None,
     progress: bool = True, desc: str = "",
-    self_terms: tuple[np.ndarray, torch.Tensor] | None = None,
+    self_terms: tuple[np.ndarray, torch.Tensor] | None = None, resolution_A: float | None = None,
 ) -> ClassIteration:
-    """One E step over all particles (:func:`expectation`) and the M step of every class."""
+    """One E step over all particles (:func:`expectation`) and the M step of every class;
+    frequencies beyond ``resolution_A`` plus RELION's margin are not inserted
+    (:func:`subtomo.refine.expectation.insert_radius_px`; ``None``: all)."""
     n = len(ps)
     e = expectation(ps, np.arange(n), (references, references), distribution, halves,
                     matrices, origins_px, sigma2, settings, options, box=box, mask=mask,
                     device=device, ctx=ctx, assign=assign, parents=parents,
                     min_posterior=options.min_posterior, progress=progress, desc=desc,
-                    self_terms=self_terms)
+                    self_terms=self_terms, insert_radius_px=None if resolution_A is None else
+                    insertion_radius_px(resolution_A, box, pixel_size_A))
     recons = reconstruct_classes(e.backprojectors, pixel_size_A, options.pad,
                                  options.tau2_fudge)
     distribution = (e.posterior_sums / max(n, 1)).cpu().numpy()
@@ -307,6 +312,7 @@ def check_options(options: ClassifyOptions) -> None:
         raise InputError(None, "--sigma_ang must be positive", field="--sigma_ang")
 
 
+@undone_on_input_error("out_dir")
 def classify(
     ps: ParticleSet, reference: torch.Tensor, out_dir: str | Path, *,
     options: ClassifyOptions | None = None, mask: torch.Tensor | None = None,
@@ -359,7 +365,8 @@ def classify(
                             options.ini_high_A)]
         sigma2 = initial_sigma2(ps, np.arange(len(ps)), box, options.ctf,
                                 torch.as_tensor(origins, dtype=torch.float32, device=device),
-                                particle_mask, device, ctx, options.batch_size)
+                                particle_mask, device, ctx, options.batch_size,
+                                options.max_memory_gib)
     classes = ps.particles.get("rlnClassNumber")
     classes = None if classes is None else classes.to_numpy() - 1
 
@@ -382,7 +389,7 @@ def classify(
             ps, references, distribution, halves, matrices, origins, sigma2, settings, options,
             box=box, pixel_size_A=pixel_size, mask=particle_mask, device=device, ctx=ctx,
             assign=assign, parents=parents, progress=progress,
-            desc=f"iteration {iteration:03d}", self_terms=self_terms)
+            desc=f"iteration {iteration:03d}", self_terms=self_terms, resolution_A=resolution)
         change = pose_change_deg(matrices, result.matrices, options.sym)
         moved = 1.0 if classes is None or assign is not None else float(
             np.mean(classes != result.classes))

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from subtomo import memory
 from subtomo.align.score import Frequencies, noise_power
 from subtomo.align.search import Searcher, SearchResult, SearchSettings
 from subtomo.fourier.grid import centred_irfft, centred_rfft, rfft_shape, soft_sphere
 from subtomo.fourier.projector import Backprojector, Projector
-from subtomo.fourier.shift import phase_shift
+from subtomo.fourier.shift import shift_spectra_
 from subtomo.geometry.symmetry import symmetry_operators
 from subtomo.io.particles import ParticleSet
 from subtomo.parallel.distributed import Context
@@ -66,20 +67,34 @@ def solvent_noise(noise_sigma2: torch.Tensor, box: int, seeds: np.ndarray,
     return out
 
 
+INSERT_MARGIN_SHELLS = 10  # RELION's --incr_size: shells inserted beyond the resolution
+
+
+def insertion_radius_px(resolution_A: float, box: int, pixel_size_A: float) -> float:
+    """The frequencies an E step inserts into the maps (Fourier pixels): RELION's
+    ``current_size / 2``, the resolution shell plus :data:`INSERT_MARGIN_SHELLS`, at most
+    Nyquist. Beyond it the half maps hold nothing, so the resolution can grow by that many
+    shells per iteration, and the insertion costs a fraction of the whole spectrum while the
+    resolution is far from Nyquist."""
+    return min(box / 2, box * pixel_size_A / resolution_A + INSERT_MARGIN_SHELLS)
+
+
 def insert_weighted(bp: Backprojector, spectra: torch.Tensor, ctf: torch.Tensor | None,
-                    result: SearchResult, ops: torch.Tensor) -> None:
+                    result: SearchResult, ops: torch.Tensor,
+                    max_radius_px: float | None = None) -> None:
     """Insert every particle at its significant hypotheses with their posterior weights p
-    (RELION's marginalisation): data += p C X, weight += p C², as √p-scaled X and C."""
-    box = spectra.shape[-2]
+    (RELION's marginalisation): data += p C X, weight += p C², as √p-scaled X and C (up to
+    ``max_radius_px``)."""
     for m in range(result.top_weights.shape[1]):
         weight = result.top_weights[:, m]
         keep = torch.nonzero(weight > 0).flatten()
         if keep.numel() == 0:
             break
         root = weight[keep].sqrt().view(-1, 1, 1, 1)
-        shifted = spectra[keep] * phase_shift(box, result.top_shifts_px[keep, m]) * root
+        shifted = shift_spectra_(spectra[keep], result.top_shifts_px[keep, m]).mul_(root)
         c = root.expand(-1, *spectra.shape[1:]) if ctf is None else ctf[keep] * root
-        insert_symmetric(bp, shifted, result.top_matrices[keep, m], c, ops)
+        insert_symmetric(bp, shifted, result.top_matrices[keep, m], c, ops, max_radius_px)
+        del shifted, c
 
 
 def _search_parents(searchers: list[Searcher], parents: list[int], fixed: torch.Tensor,
@@ -167,6 +182,40 @@ def _own_share(results: list[SearchResult], spectra: torch.Tensor, inserted: tor
 
 
 @dataclass
+class Plan:
+    """How an E step shares its memory budget: particles per batch read from disk, the
+    search's section cache per class and its working memory (bytes)."""
+
+    batch_size: int
+    cache_bytes: int | None
+    work_bytes: int | None
+
+
+def plan_memory(options, *, box: int, k_classes: int, n_searched: int,
+                device: torch.device | str) -> Plan:
+    """Fit an E step into ``options.max_memory_gib`` (GiB; ``None``: an automatic share of
+    the free memory, :func:`subtomo.memory.budget_bytes`).
+
+    Fixed: the back-projectors of every class and half set, the ``n_searched`` class maps'
+    projectors (one half set's at a time), one more being built, and the M step's
+    reconstruction. Of the rest at most a third holds particle batches (``options.
+    batch_size`` or fewer), half of the remainder the section caches of the searchers, and
+    the other half the work of one search (:class:`subtomo.align.search.Searcher`)."""
+    budget = memory.budget_bytes(getattr(options, "max_memory_gib", None), device)
+    pad = options.pad
+    fixed = (2 * k_classes * memory.backprojector_bytes(box, pad)
+             + (n_searched + 3) * memory.projector_bytes(box, pad))
+    free = memory.free_budget(budget, device)
+    memory.check_fits(fixed + memory.reconstruction_bytes(box, pad), free,
+                      f"an iteration of {k_classes} class(es) at {box}³ (pad {pad})")
+    rest = free - fixed
+    per_particle = memory.particle_bytes(box, options.ctf)
+    batch = memory.batch_that_fits(options.batch_size, per_particle, rest // 3)
+    search = rest - batch * per_particle
+    return Plan(batch, search // (2 * max(n_searched, 1)), search // 2)
+
+
+@dataclass
 class Expectation:
     """The sums of one E step: per class and half set the back-projectors, the posterior sum
     per class, the noise power sums, and per particle (at the rows searched; zero elsewhere,
@@ -199,6 +248,7 @@ def expectation(
     device: torch.device | str, ctx: Context, assign: np.ndarray | None = None,
     parents: list[int] | None = None, min_posterior: float = 1e-3, progress: bool = True,
     desc: str = "", self_terms: tuple[np.ndarray, torch.Tensor] | None = None,
+    insert_radius_px: float | None = None, plan: Plan | None = None,
 ) -> Expectation:
     """Search particles ``rows`` (sharded over ranks) against every class map and insert them
     with their class and pose posteriors into their half set's back-projector of each class;
@@ -207,16 +257,23 @@ def expectation(
 
     ``references``: the class maps the particles of half set 1 and of half set 2 are searched
     against (the same list for both in classification, each half's own map in auto-refine).
-    ``options`` gives ``sym``, ``pad``, ``ctf`` and ``batch_size``; a particle enters every
-    class with posterior ≥ ``min_posterior``. ``assign`` (0-based classes per particle): a
+    ``options`` gives ``sym``, ``pad``, ``ctf``, ``batch_size`` and ``max_memory_gib`` (the
+    budget, :func:`plan_memory`); a particle enters every class with posterior ≥
+    ``min_posterior``. ``assign`` (0-based classes per particle): a
     fixed hard assignment (a seeding iteration); a particle of class k is then aligned against
     ``references[h][parents[k]]``.
 
     ``self_terms``: ``(previous posterior (N, K), ⟨W + 1/τ²⟩ per class and shell (K,
     shells))`` to score each particle against its classes as if it had not been part of
-    them (:func:`_own_share`); without it a random start of classes stays where it began."""
+    them (:func:`_own_share`); without it a random start of classes stays where it began.
+    ``insert_radius_px``: the frequencies inserted into the maps (:func:`insertion_radius_px`;
+    ``None``: all). ``plan``: how memory is shared (default :func:`plan_memory` from
+    ``options.max_memory_gib``); every plan gives the same poses."""
     k_classes = len(parents) if assign is not None else len(references[0])
     n, n_shells = len(ps), box // 2 + 1
+    if plan is None:  # before anything is allocated: the plan counts the back-projectors
+        plan = plan_memory(options, box=box, k_classes=k_classes,
+                           n_searched=len(references[0]), device=device)
     inv_sigma2 = torch.as_tensor(1.0 / np.maximum(sigma2, 1e-30), dtype=torch.float32,
                                  device=device)
     log_prior = torch.as_tensor(np.log(np.maximum(distribution, 1e-30)), dtype=torch.float64,
@@ -239,16 +296,18 @@ def expectation(
     searchers = None
     for h in (1, 2):
         if searchers is None or references[1] is not references[0]:
+            searchers = None  # free one half set's searchers before building the next
             searchers = [Searcher(Projector(r.to(device=device, dtype=torch.float32),
-                                            pad=options.pad), settings)
+                                            pad=options.pad), settings,
+                                  cache_bytes=plan.cache_bytes, work_bytes=plan.work_bytes)
                          for r in references[h - 1]]
         mine = ctx.shard(rows[np.asarray(halves)[rows] == h])
-        total = (len(mine) + options.batch_size - 1) // options.batch_size
+        total = (len(mine) + plan.batch_size - 1) // plan.batch_size
         batches = iterate_batches(ps, mine, box=box, ctf=options.ctf,
-                                  batch_size=options.batch_size, device=device,
+                                  batch_size=plan.batch_size, device=device,
                                   shifts_px=origins_t)
         for batch in tqdm(batches, total=total, desc=f"{desc} half {h}", unit="batch",
-                          disable=not (progress and ctx.main)):
+                          disable=None if progress and ctx.main else True):
             index = torch.as_tensor(batch.rows, device=device)
             spectra = masked(batch.spectra, mask, box, fill, seeds=seed_base + batch.rows)
             if assign is not None:
@@ -276,7 +335,8 @@ def expectation(
                     part.top_weights = part.top_weights * posterior[take, k, None].to(
                         part.top_weights.dtype)
                     ctf = None if batch.ctf is None else batch.ctf[take]
-                    insert_weighted(bps[k][h - 1], batch.spectra[take], ctf, part, ops)
+                    insert_weighted(bps[k][h - 1], batch.spectra[take], ctf, part, ops,
+                                    insert_radius_px)
             chosen = _stack_best(results, best)
             s, c = noise_power(spectra, batch.ctf, searchers[0].fine, chosen.shifts_px,
                                chosen.projection, n_shells)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,6 +11,8 @@ import numpy as np
 import torch
 
 from subtomo.errors import InputError
+from subtomo.fourier.shift import shift_spectra_
+from subtomo.io import validate
 from subtomo.io.files import resolve
 from subtomo.io.mrc import ctf_from_disk, read_mrc
 from subtomo.io.particles import ParticleSet
@@ -27,11 +28,17 @@ class ParticleBatch:
 
 
 def _read_volume(ps: ParticleSet, row: int, column: str, star_dir: Path | None) -> np.ndarray:
+    """The volume of particle ``row`` (0-based) named in ``column``; NaN or infinity in it is
+    refused, naming the file, the particle and the column."""
     name = str(ps.particles[column].iloc[row])
     path = resolve(name, star_dir)
     if not path.is_file():
         raise InputError(ps.source, f"particle {row + 1}: file {name!r} not found", field=column)
-    data, _ = read_mrc(path)
+    data, _ = read_mrc(path, finite=False)
+    what = "CTF volume" if column == "rlnCtfImage" else "subtomogram"
+    star = f" of {Path(ps.source).name}" if ps.source else ""
+    validate.volume(data, path, field=column, what=what, particle=row + 1,
+                    noun="particle {}" + star)
     return data
 
 
@@ -53,29 +60,17 @@ def _translated_rfft(volumes: torch.Tensor, shifts_px: torch.Tensor | None) -> t
     ``(B, 3)`` (``(x, y, z)`` px; ``None``: no translation).
 
     The centring (``ifftshift``, a shift by ``-D // 2``) and the translation are one phase
-    factor ``exp(-2 pi i k . (s - D // 2))``, separable over the axes: two in-place complex
-    products with ``(B, D, D, 1)`` and ``(B, 1, 1, D // 2 + 1)`` factors (float64 phases
-    reduced modulo 1), instead of an ``ifftshift`` copy and a full-grid phase volume.
+    factor ``exp(-2 pi i k . (s - D // 2))``, applied in place as separable factors
+    (:func:`subtomo.fourier.shift.shift_spectra_`) instead of an ``ifftshift`` copy and a
+    full-grid phase volume.
     """
     box = volumes.shape[-1]
     spectra = torch.fft.rfftn(volumes, dim=(-3, -2, -1))
-    device = spectra.device
-    s = torch.full((volumes.shape[0], 3), -float(box // 2), dtype=torch.float64, device=device)
+    s = torch.full((volumes.shape[0], 3), -float(box // 2), dtype=torch.float64,
+                   device=spectra.device)
     if shifts_px is not None:
-        s = s + shifts_px.to(device=device, dtype=torch.float64)
-
-    def factor(k: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        cycles = shift[:, None] * k[None, :]
-        cycles = cycles - torch.round(cycles)
-        phase = -2.0 * math.pi * cycles
-        return torch.polar(torch.ones_like(phase), phase).to(spectra.dtype)
-
-    full = torch.fft.fftfreq(box, device=device, dtype=torch.float64)
-    half = torch.fft.rfftfreq(box, device=device, dtype=torch.float64)
-    fz, fy, fx = factor(full, s[:, 2]), factor(full, s[:, 1]), factor(half, s[:, 0])
-    spectra *= (fz[:, :, None] * fy[:, None, :])[..., None]
-    spectra *= fx[:, None, None, :]
-    return spectra
+        s = s + shifts_px.to(device=spectra.device, dtype=torch.float64)
+    return shift_spectra_(spectra, s)
 
 
 def iterate_batches(

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from subtomo import memory
 from subtomo.align.search import SearchSettings
 from subtomo.errors import InputError
 from subtomo.fourier.grid import lowpass_map
@@ -42,7 +43,7 @@ from subtomo.fourier.projector import Backprojector
 from subtomo.geometry.euler import euler_to_matrix
 from subtomo.geometry.healpix import angular_step_deg
 from subtomo.geometry.symmetry import symmetry_operators
-from subtomo.io.files import atomic_path
+from subtomo.io.files import atomic_path, undone_on_input_error
 from subtomo.io.particles import ParticleSet
 from subtomo.parallel.distributed import Context
 from subtomo.refine import outputs
@@ -61,7 +62,7 @@ from subtomo.refine.classify import (
     reconstruct_classes,
     write_iteration,
 )
-from subtomo.refine.expectation import expectation
+from subtomo.refine.expectation import expectation, insertion_radius_px
 from subtomo.refine.images import iterate_batches
 from subtomo.refine.reconstruct import half_sets, image_box, insert_symmetric
 from subtomo.simulate.structure import random_rotations
@@ -94,6 +95,7 @@ class InitialModelOptions:
     top_k: int = 2
     min_posterior: float = 1e-3
     seed: int = 0
+    max_memory_gib: float | None = None  # memory budget (None: automatic)
 
     @property
     def n_iter(self) -> int:
@@ -170,9 +172,10 @@ def random_start(ps: ParticleSet, options: InitialModelOptions, box: int, pixel_
     ops = symmetry_operators(options.sym, dtype=torch.float32, device=device)
     bp = Backprojector(box, pad=options.pad, device=device)
     position = {int(r): i for i, r in enumerate(rows)}
+    batch_size = memory.streaming_batch(options.batch_size, box, options.ctf,
+                                        options.max_memory_gib, device)
     for batch in iterate_batches(ps, ctx.shard(rows), box=box, ctf=options.ctf,
-                                 batch_size=options.batch_size, device=device,
-                                 shifts_px=origins):
+                                 batch_size=batch_size, device=device, shifts_px=origins):
         at = torch.as_tensor([position[int(r)] for r in batch.rows], device=device)
         insert_symmetric(bp, batch.spectra, A[at], batch.ctf, ops)
     ctx.sum_(bp.data)
@@ -185,6 +188,7 @@ def _state_tensors(out: Path, iteration: int) -> Path:
     return out / f"run_it{iteration:03d}_optimiser.pt"
 
 
+@undone_on_input_error("out_dir")
 def initial_model(
     ps: ParticleSet, out_dir: str | Path, *, options: InitialModelOptions | None = None,
     device: str | torch.device = "cpu", ctx: Context | None = None,
@@ -232,7 +236,8 @@ def initial_model(
         sigma2 = initial_sigma2(ps, np.arange(n), box, options.ctf,
                                 torch.as_tensor(ps.shifts_A() / pixel_size, dtype=torch.float32,
                                                 device=device),
-                                particle_mask, device, ctx, options.batch_size)
+                                particle_mask, device, ctx, options.batch_size,
+                                options.max_memory_gib)
         first = random_start(ps, options, box, pixel_size, device, ctx)
         maps = [first] * options.K
     matrices, origins = outputs.full_poses(ps, pixel_size)
@@ -254,7 +259,8 @@ def initial_model(
         e = expectation(ps, rows, (maps, maps), distribution, halves, matrices, origins,
                         sigma2, settings, options, box=box, mask=particle_mask, device=device,
                         ctx=ctx, min_posterior=options.min_posterior,
-                        progress=progress and batch >= n, desc=f"iteration {iteration:03d}")
+                        progress=progress and batch >= n, desc=f"iteration {iteration:03d}",
+                        insert_radius_px=insertion_radius_px(resolution, box, pixel_size))
         eta = step_size(options, iteration)
         running = _blend(running, e.backprojectors, eta, n / len(rows))
         recons = reconstruct_classes(_copy(running), pixel_size, options.pad,

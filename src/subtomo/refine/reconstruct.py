@@ -22,11 +22,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from subtomo import memory
 from subtomo.errors import InputError
 from subtomo.fourier.fsc import fsc, resolution_at
-from subtomo.fourier.grid import lowpass_map, shell_radius_px
+from subtomo.fourier.grid import lowpass_map
 from subtomo.fourier.projector import Backprojector
 from subtomo.geometry.symmetry import symmetry_operators
+from subtomo.io import validate
 from subtomo.io.particles import ParticleSet
 from subtomo.refine.images import check_files, iterate_batches
 
@@ -94,7 +96,7 @@ def backproject(
     # content sits at −origin: the batches are translated by +origin to centre it
     for batch in tqdm(iterate_batches(ps, rows, box=box, ctf=ctf, batch_size=batch_size,
                                       device=device, shifts_px=origins_px), total=total,
-                      desc=desc, disable=not progress, unit="batch"):
+                      desc=desc, disable=None if progress else True, unit="batch"):
         index = torch.as_tensor(batch.rows, device=device)
         A = matrices[index]
         insert_symmetric(bp, batch.spectra, A, batch.ctf, ops)
@@ -113,16 +115,23 @@ def _tau2_from_fsc(bp_half: Backprojector, fsc_curve: torch.Tensor, box: int,
 
 
 def shell_mean_weight(bp: Backprojector, box: int, pad: int) -> torch.Tensor:
-    """⟨W⟩ per box shell (``box // 2 + 1``), W = pad³·weight: the CTF² sum per coefficient."""
-    weight = bp.weight * float(pad**3)
-    radius = shell_radius_px(pad * box, device=weight.device) / pad
-    shells = radius.round().long().flatten()
+    """⟨W⟩ per box shell (``box // 2 + 1``), W = pad³·weight: the CTF² sum per coefficient
+    (computed slab by slab over the padded grid)."""
     n_shells = box // 2 + 1
-    inside = shells < n_shells
-    index, values = shells[inside], weight.flatten()[inside].to(torch.float64)
-    sums = torch.zeros(n_shells, dtype=torch.float64, device=weight.device).index_add_(
-        0, index, values)
-    counts = torch.bincount(index, minlength=n_shells).to(torch.float64)
+    big = pad * box
+    r2_max = 3 * (big // 2) ** 2
+    # box shell of each |q|^2, as round(float32(|q|) / pad)
+    radius = torch.arange(r2_max + 1, device=bp.device, dtype=torch.float64).sqrt()
+    lookup = (radius.to(torch.float32) / pad).round().long()
+    sums = torch.zeros(n_shells, dtype=torch.float64, device=bp.device)
+    counts = torch.zeros_like(sums)
+    for _, _, weight, r2 in bp.slabs():
+        shells = lookup[r2].flatten()
+        inside = shells < n_shells
+        index = shells[inside]
+        values = (weight * float(pad**3)).flatten()[inside].to(torch.float64)
+        sums.index_add_(0, index, values)
+        counts += torch.bincount(index, minlength=n_shells).to(torch.float64)
     return sums / counts.clamp(min=1)
 
 
@@ -139,8 +148,13 @@ def reconstruct(
     device: str | torch.device = "cpu",
     progress: bool = True,
     seed: int = 0,
+    max_memory_gib: float | None = None,
 ) -> Reconstruction:
-    """Reconstruct a map (Å units: ``maxres_A``) from particles with known poses."""
+    """Reconstruct a map (Å units: ``maxres_A``) from particles with known poses.
+
+    Particles stream from disk in batches of at most ``batch_size`` that fit the memory
+    budget ``max_memory_gib`` (GiB; ``None``: automatic) beside the back-projectors, so
+    memory does not grow with the number of particles."""
     try:
         symmetry_operators(sym)
     except ValueError as exc:
@@ -150,8 +164,11 @@ def reconstruct(
         raise InputError(ps.source, "no particles selected")
     if not np.all(np.isfinite(apix)):
         raise InputError(ps.source, "particles have no pixel size", field="rlnImagePixelSize")
+    validate.positive(apix, ps.source, field="rlnImagePixelSize", what="pixel size", unit="Å",
+                      rows=np.arange(1, len(ps) + 1))
     pixel_size = float(apix[0])
     box = image_box(ps)
+    validate.positive(box, ps.source, field="rlnImageSize", what="box size", unit="px")
     split = half_sets(ps, seed)
     rows_all = np.arange(len(ps))
     if subset is not None:
@@ -159,6 +176,9 @@ def reconstruct(
         if len(rows_all) == 0:
             raise InputError(ps.source, f"half set {subset} is empty", field="rlnRandomSubset")
     check_files(ps, rows_all, ctf)
+    reserved = ((2 if halves else 1) * memory.backprojector_bytes(box, pad)
+                + memory.reconstruction_bytes(box, pad))
+    batch_size = memory.streaming_batch(batch_size, box, ctf, max_memory_gib, device, reserved)
     kwargs = dict(box=box, ctf=ctf, sym=sym, pad=pad, batch_size=batch_size, device=device,
                   progress=progress)
 
@@ -182,10 +202,12 @@ def reconstruct(
 
 
 def insert_symmetric(bp: Backprojector, spectra: torch.Tensor, A: torch.Tensor,
-                     ctf: torch.Tensor | None, ops: torch.Tensor) -> None:
-    """Insert a batch at ``A`` and at every symmetry-related pose ``A R_g``."""
+                     ctf: torch.Tensor | None, ops: torch.Tensor,
+                     max_radius_px: float | None = None) -> None:
+    """Insert a batch at ``A`` and at every symmetry-related pose ``A R_g`` (frequencies up
+    to ``max_radius_px`` Fourier pixels; all by default)."""
     for op in ops:  # ≤ 60 operators, each a batched insertion
-        bp.insert(spectra, A @ op, ctf)
+        bp.insert(spectra, A @ op, ctf, max_radius_px)
 
 
 def gold_standard(bp1: Backprojector, bp2: Backprojector, pixel_size_A: float,

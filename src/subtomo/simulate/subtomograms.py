@@ -14,6 +14,7 @@ wedge). Particles are streamed in batches: memory does not grow with their numbe
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from subtomo.ctf.volume import ctf_volume
 from subtomo.errors import InputError
 from subtomo.fourier.grid import centred_irfft, centred_rfft
 from subtomo.geometry.euler import euler_to_matrix, matrix_to_euler
+from subtomo.io import validate
 from subtomo.io.mrc import write_ctf_volume, write_mrc
 from subtomo.io.particles import ParticleSet
 from subtomo.io.star import write_particles
@@ -89,10 +91,34 @@ def tilt_scheme(config: SimulationConfig) -> TiltScheme:
     builders = {"dose-symmetric": TiltScheme.dose_symmetric, "sequential": TiltScheme.sequential,
                 "bidirectional": TiltScheme.bidirectional}
     if config.order not in builders:
-        raise ValueError(f"unknown tilt order {config.order!r}; choose from {sorted(builders)}")
-    return builders[config.order](tilt_range_deg=config.tilt_range_deg,
-                                  tilt_step_deg=config.tilt_step_deg,
-                                  dose_per_tilt=config.dose_per_tilt)
+        raise InputError(None, f"unknown tilt order {config.order!r}; choose from "
+                         f"{sorted(builders)}", field="--order")
+    validate.tilt_angles(config.tilt_range_deg, None, field="--tilt_range")
+    try:
+        return builders[config.order](tilt_range_deg=config.tilt_range_deg,
+                                      tilt_step_deg=config.tilt_step_deg,
+                                      dose_per_tilt=config.dose_per_tilt)
+    except ValueError as exc:
+        raise InputError(None, str(exc), field="--tilt_step") from None
+
+
+def check_config(config: SimulationConfig) -> None:
+    """Refuse impossible parameters (one line naming the option) before anything is written."""
+    validate.positive(config.n, None, field="--n")
+    validate.positive(config.box_px, None, field="--box", unit="px")
+    validate.positive(config.pixel_size_A, None, field="--angpix", unit="Å")
+    validate.in_range(config.tilt_range_deg, 0.0, validate.MAX_TILT_DEG, None,
+                      field="--tilt_range", what="", unit="°")
+    validate.positive(config.tilt_step_deg, None, field="--tilt_step", unit="°")
+    validate.in_range(config.dose_per_tilt, 0.0, math.inf, None, field="--dose_per_tilt",
+                      what="", unit="e/Å²")
+    validate.in_range(list(config.defocus_um), 0.0, validate.MAX_DEFOCUS_UM, None,
+                      field="--defocus", what="", unit="µm")
+    if config.defocus_um[0] > config.defocus_um[1]:
+        raise InputError(None, "defocus range is reversed (LOW:HIGH)", field="--defocus")
+    for name, value in (("--noise", config.noise_sigma), ("--angle_error",
+                        config.angle_error_deg), ("--shift_error", config.shift_error_px)):
+        validate.in_range(value, 0.0, math.inf, None, field=name, what="")
 
 
 def build_structure(config: SimulationConfig) -> Structure:
@@ -120,12 +146,13 @@ def simulate_subtomograms(out_dir: str | Path, config: SimulationConfig,
                           ) -> Simulation:
     """Write subtomograms, CTF volumes, particles.star, truth.star and truth maps to ``out_dir``."""
     out = Path(out_dir)
-    (out / "Subtomograms").mkdir(parents=True, exist_ok=True)
+    check_config(config)
     gen = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     n, box, apix = config.n, config.box_px, config.pixel_size_A
     base = build_structure(config)
     scheme = tilt_scheme(config)
+    (out / "Subtomograms").mkdir(parents=True, exist_ok=True)
 
     true_angles = random_rotations(n, gen)
     true_shift_A = torch.randn(n, 3, generator=gen, dtype=torch.float64) * (
@@ -147,7 +174,9 @@ def simulate_subtomograms(out_dir: str | Path, config: SimulationConfig,
     names = [f"Subtomograms/particle_{i + 1:06d}.mrc" for i in range(n)]
     ctf_names = [f"Subtomograms/particle_{i + 1:06d}_ctf.mrc" for i in range(n)]
     batches = range(0, n, config.batch_size)
-    for start in tqdm(batches, desc="simulating subtomograms", disable=not progress,
+    # progress bars only on a terminal (disable=None), so that logs and errors stay clean
+    for start in tqdm(batches, desc="simulating subtomograms",
+                      disable=None if progress else True,
                       unit="batch"):
         idx = list(range(start, min(start + config.batch_size, n)))
         volumes = []
