@@ -308,7 +308,7 @@ def test_neighbours_cli(tmp_path, capsys):
                        (["--distance", "100", "--tolerance", "-1"], "--tolerance")):
         code, _, err = run(["select", "neighbours", "--i", star, "--o", tmp_path / "bad.star",
                             *bad, "--min_neighbours", "3"], capsys)
-        assert code == 2 and err.startswith(f"subtomo: error: {star}: {field}: ")
+        assert code == 2 and err.startswith(f"subtomo: error: {field}: ")
         assert len(err.strip().splitlines()) == 1
     code, _, err = run(["select", "neighbours", "--i", star, "--o", tmp_path / "bad.star",
                         "--distance", "100", "--tolerance", "10", "--min_neighbours", "0"],

@@ -23,9 +23,9 @@ class InputError(ValueError):
         self.line = line
         self.field = field
         self.message = message
-        where = self.path or "<input>"
+        where = self.path or ("" if field is not None else "<input>")
         if line is not None:
             where += f":{line}"
         if field is not None:
-            where += f": {field}"
+            where = f"{where}: {field}" if where else field  # an option: its name alone
         super().__init__(f"{where}: {message}")

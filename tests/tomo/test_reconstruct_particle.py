@@ -104,7 +104,8 @@ def test_command_outputs_and_bad_input(project, tmp_path, capsys):
     assert err.count("\n") == 1 and "not found" in err and not bad.exists()
 
     # a pixel size that disagrees between particles and tomograms
-    star.write_text(project.particles_star.read_text().replace("\t10.0\t10.0\n", "\t8.0\t10.0\n"))
+    star.write_text(project.particles_star.read_text()
+                    .replace("\t10.0\t10.0\t", "\t8.0\t10.0\t", 1))
     assert main(["reconstruct-particle", "--p", str(star), "--t", str(project.tomograms_star),
                  "--b", "24", "--o", str(bad)]) == 2
     err = capsys.readouterr().err

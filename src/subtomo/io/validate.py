@@ -276,7 +276,8 @@ OPTION_RULES: dict[str, Rule] = {
     "batch_final": Rule("positive"), "checkpoint_every": Rule("positive"),
     "particle_diameter": _POSITIVE_A, "ini_high": _POSITIVE_A, "final_high": _POSITIVE_A,
     "maxres": _POSITIVE_A, "lowpass": _POSITIVE_A, "low_pass": _POSITIVE_A,
-    "autob_lowres": _POSITIVE_A, "autob_highres": _POSITIVE_A, "randomize_at_A": _POSITIVE_A,
+    "autob_lowres": _POSITIVE_A, "autob_highres": Rule("range", "Å", 0.0, math.inf),  # 0: Nyquist
+    "randomize_at_A": _POSITIVE_A,
     "randomize_at_fsc": Rule("range", "", 0.0, 1.0),
     "offset_range": Rule("range", "px", 0.0, math.inf), "offset_step": Rule("positive", "px"),
     "healpix_order": Rule("range", "", 0, 8), "auto_local_healpix_order": Rule("range", "", 0, 8),
@@ -296,6 +297,7 @@ OPTION_RULES: dict[str, Rule] = {
     "hinge_max": Rule("range", "°", 0.0, 180.0),
     "subtomograms": Rule("range", "", 0, math.inf),
     "classification": Rule("range", "", 0, math.inf),
+    "tiltseries": Rule("range", "", 0, math.inf),
 }
 
 
