@@ -20,11 +20,12 @@ from subtomo.commands import (
     select,
     simulate,
     star,
+    tomo_align,
 )
 from subtomo.errors import InputError
 
 COMMANDS = (convert, star, select, poses, simulate, reconstruct, initial_model, refine,
-            classify, maps, postprocess, demo, reconstruct_particle)
+            classify, maps, postprocess, demo, reconstruct_particle, tomo_align)
 
 
 def build_parser() -> argparse.ArgumentParser:
