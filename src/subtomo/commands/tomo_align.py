@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "its own half set's reference and maximises the summed cross-correlation over all "
         "parameters at once (L-BFGS). Writes DIR/tomograms.star, particles.star, motion.star, "
         "optimisation_set.star, Trajectories/<tomogram>_x1.ply and _x8.ply, plots, note.txt "
-        "and job.json. Runs under torchrun (tilt series are sharded over processes).")
+        "and job.json. Runs under torchrun (tilt series are sharded over processes); there, write "
+        "`torchrun ... -m subtomo -- tomo-align ...` so that torchrun leaves --r alone.")
     add_tomo_inputs(p)
     p.add_argument("--ref1", default=None, help="half map 1 (default: the optimisation set's)")
     p.add_argument("--ref2", default=None, help="half map 2 (default: the optimisation set's)")

@@ -226,6 +226,19 @@ class _Model(torch.nn.Module):
 
 
 def _lbfgs(model: _Model, params: list[Tensor], max_iter: int) -> int:
+    """Minimise ``model()`` over ``params``; returns the iterations taken. On the CPU it runs
+    on one thread: each evaluation is a few hundred small operations, which more threads only
+    slow down (and, on a busy machine, make spin for nothing)."""
+    threads = torch.get_num_threads()
+    if model.maps.maps.device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return _minimise(model, params, max_iter)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _minimise(model: _Model, params: list[Tensor], max_iter: int) -> int:
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, max_eval=2 * max_iter,
                             tolerance_grad=1e-9, tolerance_change=1e-12, history_size=30,
                             line_search_fn="strong_wolfe")
