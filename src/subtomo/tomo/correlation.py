@@ -45,6 +45,7 @@ __all__ = ["CorrelationMaps", "References", "correlation_maps", "interpolate", "
            "read_references"]
 
 BORDER = 3  # zero samples around each map (cubic support)
+FFT_POINTS = 1 << 22  # samples of the padded inverse FFTs held at once
 
 
 def read_fsc_curve(path: str | Path) -> np.ndarray:
@@ -293,22 +294,26 @@ def correlation_maps(
         product = product.reshape(b, t, box, box // 2 + 1)
         vis = crops.visible
         visible[rows] = vis
+        chunk = max(1, FFT_POINTS // (t * size * size))  # particles per padded inverse FFT
         for level, blur in enumerate(blurs):
             spectrum = product
             if blur > 0:  # a Gaussian of σ = blur working px: wider basins for a first pass
                 spectrum = product * torch.exp(-2 * math.pi**2 * blur**2 * k2).to(torch.float32)
-            padded = torch.zeros(b, t, size, size // 2 + 1, dtype=torch.complex64,
-                                 device=device)
-            padded[:, :, rows_pad, : box // 2 + 1] = spectrum
-            full = torch.fft.irfft2(padded, s=(size, size)) * float(size * size)
-            window = full[:, :, offsets][:, :, :, offsets]  # (b, T, side, side)
-            window[..., :BORDER, :] = 0
-            window[..., -BORDER:, :] = 0
-            window[..., :, :BORDER] = 0
-            window[..., :, -BORDER:] = 0
-            window = window * vis[..., None, None]
-            maps[level, rows] = window
-            peaks[level] += float(window.amax(dim=(-2, -1)).clamp(min=0).sum())
+            for first in range(0, b, chunk):
+                part = spectrum[first:first + chunk]
+                padded = torch.zeros(len(part), t, size, size // 2 + 1, dtype=torch.complex64,
+                                     device=device)
+                padded[:, :, rows_pad, : box // 2 + 1] = part
+                full = torch.fft.irfft2(padded, s=(size, size)) * float(size * size)
+                window = full[:, :, offsets][:, :, :, offsets]  # (c, T, side, side)
+                del padded, full
+                window[..., :BORDER, :] = 0
+                window[..., -BORDER:, :] = 0
+                window[..., :, :BORDER] = 0
+                window[..., :, -BORDER:] = 0
+                window = window * vis[first:first + chunk, :, None, None]
+                maps[level, rows[first:first + chunk]] = window
+                peaks[level] += float(window.amax(dim=(-2, -1)).clamp(min=0).sum())
         if progress is not None:
             progress(b)
     xy = ts.project(positions_px.to(device=device, dtype=torch.float64), mats)
