@@ -160,6 +160,7 @@ def held_out_error(folder: Path, star_dir: Path) -> float:
     """Held-out 3D grid points (between and around the particles) projected by the refined
     model, in the frame of its particle positions (rigid + scale fit to the truth)."""
     from subtomo.simulate.tiltseries import image_deformation
+    from subtomo.tomo.alignment import frame_transform
     from subtomo.tomo.deformation import deformation_of
     from subtomo.tomo.particles import particle_positions_px
 
@@ -168,11 +169,7 @@ def held_out_error(folder: Path, star_dir: Path) -> float:
     truth, ts = ttset["TS_01"], tset["TS_01"]
     p = particle_positions_px(tps, truth, np.arange(len(tps)))[:, 0].numpy()
     q = particle_positions_px(ps, ts, np.arange(len(ps)))[:, 0].numpy()
-    mp, mq = p.mean(0), q.mean(0)
-    u, s, vt = np.linalg.svd((p - mp).T @ (q - mq))
-    sign = np.sign(np.linalg.det(u @ vt))
-    rot = (u @ np.diag([1, 1, sign]) @ vt).T
-    scale = (s * [1, 1, sign]).sum() / ((p - mp) ** 2).sum()
+    to_refined = frame_transform(p, q, scaling=True)
     w, h = truth.image_size_px
     z = truth.tomo_size_px[2]
     grid = np.stack(np.meshgrid(np.linspace(0.15 * w, 0.85 * w, 9),
@@ -181,7 +178,7 @@ def held_out_error(folder: Path, star_dir: Path) -> float:
     coeffs = torch.from_numpy(np.load(folder / "truth" / "deformations.npz")["TS_01"])
     xt = truth.project(torch.from_numpy(grid))
     xt = xt + image_deformation(coeffs, xt, truth.image_size_px)
-    xr = ts.project(torch.from_numpy(scale * (grid - mp) @ rot.T + mq))
+    xr = ts.project(torch.from_numpy(to_refined(grid)))
     d = deformation_of(ts)
     xr = d.apply(xr) if d is not None else xr
     return float((xr - xt).norm(dim=-1).pow(2).mean().sqrt())

@@ -12,7 +12,7 @@ import torch
 
 from subtomo.simulate.tiltseries import deformation_offsets
 from subtomo.tomo import deformation as deform
-from subtomo.tomo.alignment import gauge_basis
+from subtomo.tomo.alignment import frame_transform, gauge_basis
 from subtomo.tomo.correlation import interpolate
 from subtomo.tomo.motion_model import motion_basis, trajectories
 from subtomo.tomo.tiltseries import TiltSeries
@@ -143,3 +143,15 @@ def test_gauge_basis_spans_rigid_motions_of_the_particles():
     change = (moved - pos).reshape(-1)
     assert (change - b @ (b.T @ change)).norm() < 1e-7 * change.norm()
     assert gauge_basis(pos, scaling=True).shape == (36, 7)
+
+
+def test_frame_transform_recovers_a_known_similarity():
+    from subtomo.geometry.euler import euler_to_matrix
+
+    rng = np.random.default_rng(6)
+    p = rng.uniform(0, 100, (20, 3))
+    rot = euler_to_matrix(torch.tensor([[30.0, 50.0, -20.0]], dtype=torch.float64))[0].numpy()
+    q = 1.01 * p @ rot.T + [3.0, -2.0, 5.0]
+    assert np.allclose(frame_transform(p, q, scaling=True)(p), q)
+    rigid = frame_transform(p, p @ rot.T + 1.0)
+    assert np.allclose(rigid(p), p @ rot.T + 1.0)

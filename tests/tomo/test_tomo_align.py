@@ -29,7 +29,7 @@ from subtomo.simulate.tiltseries import (
     image_deformation,
     simulate_tiltseries,
 )
-from subtomo.tomo.alignment import AlignSettings, align_series
+from subtomo.tomo.alignment import AlignSettings, align_series, frame_transform
 from subtomo.tomo.correlation import References, read_references, snr_weight
 from subtomo.tomo.deformation import deformation_of
 from subtomo.tomo.particles import particle_positions_px, with_tomograms
@@ -150,19 +150,14 @@ def _held_out_error(result, sim) -> float:
     tps, ttset = _load(sim, truth=True)
     truth = ttset["TS_01"]
     p = particle_positions_px(tps, truth, np.arange(len(tps)))[:, 0].numpy()
-    q = result.positions_px
-    mp, mq = p.mean(0), q.mean(0)
-    u, s, vt = np.linalg.svd((p - mp).T @ (q - mq))
-    sign = np.sign(np.linalg.det(u @ vt))
-    rot = (u @ np.diag([1, 1, sign]) @ vt).T
-    scale = (s * [1, 1, sign]).sum() / ((p - mp) ** 2).sum()
+    to_refined = frame_transform(p, result.positions_px, scaling=True)
     w, h = truth.image_size_px
     grid = np.stack(np.meshgrid(np.linspace(0.2 * w, 0.8 * w, 7), np.linspace(0.2 * h, 0.8 * h, 7),
                                 [20.0, 28.0, 36.0], indexing="ij"), -1).reshape(-1, 3)
     coeffs = torch.from_numpy(np.load(sim.directory / "truth" / "deformations.npz")["TS_01"])
     xt = truth.project(torch.from_numpy(grid))
     xt = xt + image_deformation(coeffs, xt, truth.image_size_px)
-    xr = result.ts.project(torch.from_numpy(scale * (grid - mp) @ rot.T + mq))
+    xr = result.ts.project(torch.from_numpy(to_refined(grid)))
     d = deformation_of(result.ts)
     xr = d.apply(xr) if d is not None else xr
     return float((xr - xt).norm(dim=-1).pow(2).mean().sqrt())

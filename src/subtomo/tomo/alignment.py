@@ -49,7 +49,7 @@ from subtomo.tomo.motion_model import MotionBasis, frame_dose, motion_basis, tra
 from subtomo.tomo.particles import particle_positions_px
 from subtomo.tomo.tiltseries import TiltSeries
 
-__all__ = ["AlignSettings", "SeriesAlignment", "align_series", "gauge_basis"]
+__all__ = ["AlignSettings", "SeriesAlignment", "align_series", "frame_transform", "gauge_basis"]
 
 
 @dataclass
@@ -109,6 +109,19 @@ def gauge_basis(positions_px: Tensor, scaling: bool = False) -> Tensor:
     b = torch.stack([m.reshape(-1) for m in modes], 1)
     u, s, _ = torch.linalg.svd(b, full_matrices=False)
     return u[:, s > 1e-9 * max(float(s.max()), 1.0)]
+
+
+def frame_transform(source: np.ndarray, target: np.ndarray, scaling: bool = False):
+    """The rigid motion (and, with ``scaling``, isotropic scale) that best takes points
+    ``source (N, 3)`` onto ``target (N, 3)`` in least squares (Kabsch–Umeyama): the change of
+    gauge between two refinements' frames. Returns a function of points ``(M, 3)``."""
+    p, q = np.asarray(source, np.float64), np.asarray(target, np.float64)
+    mp, mq = p.mean(0), q.mean(0)
+    u, s, vt = np.linalg.svd((p - mp).T @ (q - mq))
+    sign = np.sign(np.linalg.det(u @ vt))
+    rot = (u @ np.diag([1.0, 1.0, sign]) @ vt).T
+    scale = (s * [1.0, 1.0, sign]).sum() / ((p - mp) ** 2).sum() if scaling else 1.0
+    return lambda x: scale * (np.asarray(x, np.float64) - mp) @ rot.T + mq
 
 
 class _Model(torch.nn.Module):
