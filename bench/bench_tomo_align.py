@@ -308,17 +308,23 @@ def main() -> None:
                         "motion,deformation")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    lines: list[str] = []
     summary: dict = {}
-    for name, fn in (("alignment", bench_alignment), ("scaling", bench_scaling),
-                     ("motion", bench_motion), ("deformation", bench_deformation)):
-        if name not in skip:
+    parts = (("alignment", bench_alignment), ("scaling", bench_scaling),
+             ("motion", bench_motion), ("deformation", bench_deformation))
+    for name, fn in parts:
+        if name not in skip:  # each part's table is kept, so parts can be rerun alone
+            lines: list[str] = []
             fn(args.device, lines, summary)
-            print("\n".join(lines))
-    (DATA / f"summary_{args.device}.json").write_text(json.dumps(summary, indent=1))
-    lines.append("Wall times are on a machine shared with other sessions (CPU time is the "
-                 "steadier figure); each run is `subtomo tomo-align` in its own process "
-                 "(peak RSS of that process, reading the tilt series included).")
+            print("\n".join(lines), flush=True)
+            (DATA / f"{args.device}_{name}.md").write_text("\n".join(lines))
+            (DATA / f"summary_{args.device}_{name}.json").write_text(
+                json.dumps(summary, indent=1))
+    lines = [(DATA / f"{args.device}_{name}.md").read_text() for name, _ in parts
+             if (DATA / f"{args.device}_{name}.md").exists()]
+    lines.append("Wall times are on a machine shared with other sessions (load ≈ 13 on its 2 "
+                 "cores while these ran; CPU time is the steadier figure); each run is `subtomo "
+                 "tomo-align` in its own process (imports, reading the tilt series and the CC "
+                 "maps included; peak RSS of that process).")
     update_section(f"Tilt-series refinement, tomo-align ({args.device})", "\n".join(lines))
 
 

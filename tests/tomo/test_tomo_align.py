@@ -307,14 +307,15 @@ def _run(args, cwd, nproc=1, wait=True):
 def test_killed_run_continues_and_two_processes_match_one(pair, tmp_path):
     cwd = pair.directory
     one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
-    _run(_args(pair, one, "--no_reconstruct"), cwd)
-    _run(_args(pair, two, "--no_reconstruct"), cwd, nproc=2)
+    _run(_args(pair, one, "--no_reconstruct", "--motion"), cwd)
+    _run(_args(pair, two, "--no_reconstruct", "--motion"), cwd, nproc=2)
+    assert np.abs(np.stack(list(read_motion(one / "motion.star").values()))).max() > 0
     for name in ("particles.star", "motion.star", "tilt_series/TS_01.star",
                  "tilt_series/TS_02.star"):
         assert (one / name).read_text().split("\n", 1)[1] == (
             two / name).read_text().split("\n", 1)[1], name
 
-    process = _run(_args(pair, killed, "--no_reconstruct"), cwd, wait=False)
+    process = _run(_args(pair, killed, "--no_reconstruct", "--motion"), cwd, wait=False)
     first = killed / "temp" / "TS_01.json"
     deadline = time.time() + 300
     while not first.exists() and process.poll() is None and time.time() < deadline:
@@ -324,7 +325,7 @@ def test_killed_run_continues_and_two_processes_match_one(pair, tmp_path):
     assert first.exists() and not (killed / "tomograms.star").exists()
     stamp = first.stat().st_mtime_ns
     assert main(_args(pair, killed, "--no_reconstruct")) == 2  # a fresh run refuses the folder
-    _run(_args(pair, killed, "--no_reconstruct", "--continue"), cwd)
+    _run(_args(pair, killed, "--no_reconstruct", "--motion", "--continue"), cwd)
     assert first.stat().st_mtime_ns == stamp  # the finished tilt series was not redone
     for name in ("particles.star", "motion.star", "tilt_series/TS_02.star"):
         assert (one / name).read_text().split("\n", 1)[1] == (

@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--j", type=int, default=None, help="CPU threads per process")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     g = p.add_argument_group("motion")
-    g.add_argument("--motion", action="store_true", help="estimate beam-induced particle motion")
+    g.add_argument("--motion", dest="do_motion", action="store_true",
+                   help="estimate beam-induced particle motion")
     g.add_argument("--s_vel", type=float, default=0.5,
                    help="expected motion: σ of the velocity, Å per e/Å² of exposure")
     g.add_argument("--s_div", type=float, default=5000.0,
@@ -94,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
     refs = read_references(inputs.files.get("ref1"), inputs.files.get("ref2"),
                            inputs.files.get("mask"), inputs.files.get("fsc"))
     settings = AlignSettings(
-        box=args.box, max_shift_px=args.max_shift, motion=args.motion, s_vel=args.s_vel,
+        box=args.box, max_shift_px=args.max_shift, motion=args.do_motion, s_vel=args.s_vel,
         s_div=args.s_div, sq_exp_kernel=args.sq_exp_ker, abs_params=args.abs_params,
         max_ed=args.max_ed, deformation=args.deformation, def_w=args.def_w, def_h=args.def_h,
         def_model=args.def_model, def_reg=args.def_reg,
