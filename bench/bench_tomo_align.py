@@ -251,21 +251,32 @@ def bench_scaling(device: str, lines: list[str], summary: dict) -> None:
 
 
 def bench_motion(device: str, lines: list[str], summary: dict) -> None:
+    """Round 1 without motion (references from the given geometry), then round 2 against the
+    round-1 references with and without ``--motion`` (motion belongs in the last rounds)."""
     folder = project("motion")
-    opt = reference(folder, device)
     rows = ["| run | rms error, seen / all (px) | FSC-0.5 vs truth (Å) | wall (s) | CPU (s) | "
             "peak RSS (MiB) |", "|---|---|---|---|---|---|"]
     res_true = resolution(folder, folder / "truth", device)
+    from subtomo.io.tomograms import read_motion
+
+    truth_motion = np.stack(list(read_motion(folder / "truth" / "motion.star").values())) / 10.0
     rows.append(f"| true geometry and motion | 0 | {res_true[0]:.2f} | | | |")
-    rows.append(f"| given | {_pair(rms_error(folder, folder))} | | | | |")
-    runs = (("static", ()), ("motion", ("--motion", "--s_div", "100")),
-            ("motion_default", ("--motion",)))
-    for name, extra in runs:
+    rows.append(f"| given (true motion: rms {np.sqrt((truth_motion ** 2).sum(-1).mean()):.2f} "
+                f"px, largest {np.sqrt((truth_motion ** 2).sum(-1)).max():.2f} px) | "
+                f"{_pair(rms_error(folder, folder))} | | | | |")
+    out, fig = align(folder, "motion_round1", reference(folder, device), device)
+    res = resolution(folder, out, device)
+    rows.append(f"| round 1, without `--motion` | {_pair(rms_error(folder, out))} | "
+                f"{res[0]:.2f} | {fig['wall_s']:.1f} | {fig['cpu_s']:.1f} | "
+                f"{fig['peak_MiB']:.0f} |")
+    opt = reference(folder, device, "motion_round1/optimisation_set.star", "ref_motion1")
+    runs = (("static", (), "round 2, without `--motion`"),
+            ("motion", ("--motion", "--s_div", "100"), "round 2, `--motion --s_div 100`"),
+            ("motion_default", ("--motion",), "round 2, `--motion` (RELION's defaults)"))
+    for name, extra, label in runs:
         out, fig = align(folder, name, opt, device, *extra)
         err = rms_error(folder, out)
         res = resolution(folder, out, device)
-        label = {"static": "without `--motion`", "motion": "`--motion --s_div 100`",
-                 "motion_default": "`--motion` (RELION's defaults)"}[name]
         rows.append(f"| {label} | {_pair(err)} | {res[0]:.2f} | {fig['wall_s']:.1f} | "
                     f"{fig['cpu_s']:.1f} | {fig['peak_MiB']:.0f} |")
         summary[name] = {"error_px": err, "fsc05_A": res[0], **fig}

@@ -20,7 +20,11 @@ zero from the first shell under 0.143 on. The DC term is left out. With these we
 Maps are computed with one zero-padded inverse FFT per crop (``pad`` samples per px) and kept
 on the window ``|s| ≤ r`` plus three zero samples on each side, so that the bicubic (Keys)
 interpolation of :func:`interpolate` fades smoothly to zero outside the window (as RELION
-pads its maps by three zero pixels).
+pads its maps by three zero pixels). Besides the sharp maps, the same spectra give maps
+smoothed by a Gaussian (``blur_px``): their wider peaks let a first pass of the optimiser
+reach the right basin from errors of several pixels, which the sharp maps then refine
+(RELION makes one pass on sharp maps: on a simulated tilt series with 1.9 px rms errors and
+the true map as reference, one sharp pass stopped at 0.95 px rms, the two passes at 0.04 px).
 """
 
 from __future__ import annotations
