@@ -22,6 +22,7 @@ from subtomo.commands import (
     select,
     simulate,
     star,
+    tomo_align,
     tomograms,
 )
 from subtomo.errors import InputError
@@ -29,7 +30,7 @@ from subtomo.io import validate
 
 COMMANDS = (convert, star, select, poses, simulate, reconstruct, initial_model, refine,
             classify, maps, postprocess, demo, reconstruct_particle, extract,
-            reconstruct_tomogram, tomograms)
+            reconstruct_tomogram, tomograms, tomo_align)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -211,9 +211,11 @@ def _stack_name(ts: TiltSeries) -> str | None:
 
 
 def write_tomogram_set(tset: TomogramSet | list[TiltSeries], path: str | Path,
-                       flavour: str = "relion5", tilt_series_dir: str = "tilt_series") -> None:
+                       flavour: str = "relion5", tilt_series_dir: str = "tilt_series",
+                       matrices: bool = False) -> None:
     """Write ``tomograms.star`` as ``relion5`` (plus ``<dir>/<name>.star`` per tilt series beside
-    it) or ``relion4`` (one file, projection matrices)."""
+    it) or ``relion4`` (one file, projection matrices). ``matrices``: RELION 5 per-tilt tables
+    also get RELION 4's ``rlnTomoProjX/Y/Z/W`` (the same geometry; readers prefer them)."""
     if flavour not in ("relion5", "relion4"):
         raise InputError(None, f"unknown tomogram-set flavour {flavour!r}; choose relion5 or "
                          "relion4", field="--flavour")
@@ -225,6 +227,9 @@ def write_tomogram_set(tset: TomogramSet | list[TiltSeries], path: str | Path,
         tilts = ts.tilts.copy()
         if flavour == "relion5":
             tilts = tilts.drop(columns=[c for c in MATRIX if c in tilts])
+            if matrices:
+                for label, values in _matrix_strings(ts).items():
+                    tilts[label] = values
             tilt_path = path.parent / tilt_series_dir / f"{ts.name}.star"
             write_star({ts.name: tilts}, tilt_path)
             row["rlnTomoTiltSeriesStarFile"] = project_path(tilt_path)

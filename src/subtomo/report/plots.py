@@ -194,3 +194,29 @@ def plot_class_occupancy(history: Sequence[Mapping], path: str | Path, dpi: int 
     ax.set_title("3D classification: class occupancy")
     fig.tight_layout()
     return _save(fig, path, dpi)
+
+
+def plot_tilt_changes(tilt_deg: Sequence[float], shift_px: object, angles_deg: object,
+                      path: str | Path, title: str = "tilt-series refinement",
+                      dpi: int = 110) -> Path:
+    """Per-tilt changes of a tilt-series refinement against the nominal tilt angle: the X/Y
+    shift change (px, ``(T, 2)``) and the X tilt, Y tilt and Z rotation changes (°, ``(T, 3)``)."""
+    tilt = _as_numpy(tilt_deg)
+    shifts, angles = _as_numpy(shift_px), _as_numpy(angles_deg)
+    order = np.argsort(tilt)
+    fig = Figure(figsize=(7.5, 5.5))
+    top, bottom = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
+    for k, name in enumerate(("x shift", "y shift")):
+        top.plot(tilt[order], shifts[order, k], "o-", markersize=3, label=name)
+    for k, name in enumerate(("X tilt", "Y tilt", "Z rotation")):
+        bottom.plot(tilt[order], angles[order, k], "o-", markersize=3, label=name)
+    top.set_ylabel("shift change (px)")
+    bottom.set_ylabel("angle change (°)")
+    bottom.set_xlabel("nominal tilt angle (°)")
+    for ax in (top, bottom):
+        ax.axhline(0.0, color="black", linewidth=0.5)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right")
+    top.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path, dpi)

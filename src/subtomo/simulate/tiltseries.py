@@ -17,7 +17,9 @@ project's ``tomograms.star`` holds it plus per-tilt errors of all five parameter
 each tilt is displaced along a smooth, spatially correlated 3D trajectory (a random smooth
 velocity field per exposure step, accumulated in dose order; the first tilt has none), written
 as ``truth/motion.star``. 2D deformations: per tilt, a smooth displacement field of the image
-plane (:func:`deformation_offsets`, coefficients in ``truth/deformations.npz``).
+plane (:func:`deformation_offsets`, coefficients in ``truth/deformations.npz``), or
+RELION's affine ``linear`` model, per tilt or one for the whole series
+(:func:`image_deformation` evaluates either).
 
 Written (a RELION 5 project in ``out``): ``tilt_series/<name>.mrcs`` (stacks in table order,
 sorted by tilt angle), ``tilt_series/<name>.star``, ``tomograms.star``, ``particles.star``,
@@ -95,6 +97,8 @@ class TiltSeriesConfig:
     motion_px: float = 0.0
     motion_scale_px: float = 150.0
     deformation_px: float = 0.0
+    deformation_model: str = "cosine"  # or "linear": RELION's 3-parameter affine model
+    deformation_per_tilt: bool = True  # False: one field for the whole tilt series
     seed: int = 0
 
     @property
@@ -142,16 +146,37 @@ def deformation_offsets(coefficients: torch.Tensor, xy_px: torch.Tensor,
     return torch.einsum("...m,...n,...dmn->...d", cu, cv, c)
 
 
+def image_deformation(coefficients: torch.Tensor, xy_px: torch.Tensor,
+                      image_size_px: tuple[int, int]) -> torch.Tensor:
+    """Displacements ``(..., 2)`` (px) of a simulated deformation: the cosine fields of
+    :func:`deformation_offsets` (coefficients ``(..., 2, 3, 3)``) or RELION's ``linear``
+    model (coefficients ``(..., 3)``, :func:`subtomo.tomo.deformation.offsets`)."""
+    modes = (2, DEFORMATION_MODES, DEFORMATION_MODES)
+    if coefficients.ndim >= 3 and tuple(coefficients.shape[-3:]) == modes:
+        return deformation_offsets(coefficients, xy_px, image_size_px)
+    from subtomo.tomo.deformation import offsets
+
+    return offsets("linear", coefficients, xy_px, image_size_px, (0, 0))
+
+
 def _random_deformations(n_tilts: int, amplitude_px: float, image_size: tuple[int, int],
-                         gen: torch.Generator) -> torch.Tensor:
-    coeffs = torch.randn(n_tilts, 2, DEFORMATION_MODES, DEFORMATION_MODES, generator=gen,
-                         dtype=torch.float64)
-    coeffs[:, :, 0, 0] = 0.0  # no rigid shift: that is the alignment's job
+                         gen: torch.Generator, model: str = "cosine",
+                         per_tilt: bool = True) -> torch.Tensor:
+    fields = n_tilts if per_tilt else 1
+    if model == "linear":
+        coeffs = torch.randn(fields, 3, generator=gen, dtype=torch.float64)
+    elif model == "cosine":
+        coeffs = torch.randn(fields, 2, DEFORMATION_MODES, DEFORMATION_MODES, generator=gen,
+                             dtype=torch.float64)
+        coeffs[:, :, 0, 0] = 0.0  # no rigid shift: that is the alignment's job
+    else:
+        raise ValueError(f"unknown deformation model {model!r}; choose cosine or linear")
+    coeffs = coeffs.expand(n_tilts, *coeffs.shape[1:]).clone()
     w, h = image_size
     grid = torch.stack(torch.meshgrid(torch.linspace(0, w, 17, dtype=torch.float64),
                                       torch.linspace(0, h, 17, dtype=torch.float64),
                                       indexing="xy"), -1).reshape(1, -1, 2).expand(n_tilts, -1, -1)
-    peak = deformation_offsets(coeffs[:, None], grid, image_size).norm(dim=-1).amax()
+    peak = image_deformation(coeffs[:, None], grid, image_size).norm(dim=-1).amax()
     return coeffs * (amplitude_px / peak) if amplitude_px > 0 else coeffs * 0.0
 
 
@@ -232,14 +257,14 @@ def _render_series(ts: TiltSeries, structures: list[Structure], angles: torch.Te
     trajectories = positions_px[:, None] + motion_px  # (N, T, 3)
     u, v, angle = ts.defocus_at(trajectories, mats)
     centre = project_points(mats, trajectories)[..., :2]  # (N, T, 2)
-    centre = centre + deformation_offsets(deformation, centre, (w, h))
+    centre = centre + image_deformation(deformation, centre, (w, h))
     rotations = euler_to_matrix(angles)
     for i in tqdm(range(len(structures)), desc=f"rendering {ts.name}", disable=not progress,
                   unit="particle"):
         atoms = trajectories[i][None] + (structures[i].positions_A @ rotations[i].T)[:, None] / (
             apix)  # (M, T, 3): each tilt with the particle's position in it
         xy = project_points(mats, atoms)[..., :2].transpose(0, 1)  # (T, M, 2)
-        xy = xy + deformation_offsets(deformation[:, None], xy, (w, h))
+        xy = xy + image_deformation(deformation[:, None], xy, (w, h))
         origin = torch.round(centre[i]) - size // 2  # (T, 2) patch corner (px)
         patch = render_projected_atoms(xy - origin[:, None], structures[i].amplitudes, size,
                                        config.sigma_A / apix)
@@ -338,7 +363,8 @@ def simulate_tiltseries(out_dir: str | Path, config: TiltSeriesConfig, progress:
                               else variant)
         shifts = _smooth_motion(positions, truth.pre_exposure, config.motion_px,
                                 config.motion_scale_px, gen)
-        deform = _random_deformations(truth.n_tilts, config.deformation_px, (w, h), gen)
+        deform = _random_deformations(truth.n_tilts, config.deformation_px, (w, h), gen,
+                                      config.deformation_model, config.deformation_per_tilt)
         images = _render_series(truth, structures, angles, positions, shifts, deform, config,
                                 gen, progress)
         write_mrc(stack, images, apix, stack=True)

@@ -7,7 +7,8 @@ For a batch of particles and all tilts of one tilt series (batched over both, no
    pixel 0 stays pixel 0, so positions scale by ``W'/W`` and ``H'/H``, and the exact pixel
    size of each axis is kept (``p W / W'``, ``p H / H'``).
 2. :func:`particle_crops` projects each particle (tomogram px, one position per tilt with
-   motion) with the tilt series' matrices, crops an ``S × S`` window whose centre pixel
+   motion) with the tilt series' matrices (and its 2D deformations, when it has any:
+   :mod:`subtomo.tomo.deformation`), crops an ``S × S`` window whose centre pixel
    ``S // 2`` is the integer part of the projected position (index gather) and moves the
    sub-pixel remainder into a Fourier phase: the returned centred spectra
    ``X(k) = Σ_r crop(r) exp(−2πi k·(r − S//2 − d))`` are those of the particle centred exactly.
@@ -33,6 +34,7 @@ from torch import Tensor
 
 from subtomo.ctf.ctf2d import ctf_2d
 from subtomo.ctf.dose import dose_filter
+from subtomo.tomo.deformation import deformation_of
 from subtomo.tomo.geometry import project_points
 from subtomo.tomo.tiltseries import TiltSeries
 
@@ -125,6 +127,9 @@ def particle_crops(
     m = ts.matrices(device=device) if matrices is None else matrices.to(device)
     pos = positions_px.to(device=device, dtype=torch.float64)
     xy = project_points(m, pos)[..., :2]
+    deformation = deformation_of(ts)  # 2D image deformations (tomo-align), when present
+    if deformation is not None:
+        xy = deformation.apply(xy)
     xy = xy * torch.tensor(prepared.scale, dtype=torch.float64, device=device)
     corner = torch.round(xy) - size // 2
     sub = xy - torch.round(xy)  # (N, T, 2) in [−0.5, 0.5]

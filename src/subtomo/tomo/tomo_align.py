@@ -1,0 +1,353 @@
+"""``subtomo tomo-align``: tilt-series refinement as a job (``relion_tomo_align``).
+
+Every tilt series is refined on its own (:func:`subtomo.tomo.alignment.align_series`), so the
+tilt series are sharded over ``torchrun`` processes (``rows[rank::world]`` of the tilt-series
+names). Each finished tilt series leaves its result in ``temp/`` (as RELION's ``temp/<name>_*``
+files): ``<name>_tomogram.star`` (the refined tilt table), ``<name>_particles.npz`` (rows,
+positions, trajectories) and, last, ``<name>.json`` (its figures; the mark of a finished tilt
+series). ``--continue`` reruns only the tilt series without that mark. Rank 0 then merges
+them into the job folder:
+
+- ``tomograms.star`` (+ ``tilt_series/<name>.star``): RELION 5 angles and shifts (and 2D
+  deformations); with ``write_matrices`` also RELION 4's ``rlnTomoProjX/Y/Z/W``;
+- ``particles.star``: the new positions (the position in the first exposed tilt, origins
+  folded in and set to zero, as RELION's ``AlignProgram::readTempData``);
+- ``motion.star``: the trajectory of every particle (Å, tilts in table order);
+- ``optimisation_set.star`` naming them and the input references, mask and FSC;
+- ``Trajectories/<name>_x1.ply`` and ``_x8.ply`` (:mod:`subtomo.io.ply`);
+- ``tilt_changes_<name>.png`` (per-tilt shift and angle changes), ``fsc_before_after.png``
+  (half-map FSC of ``reconstruct-particle`` with the input and with the refined geometry);
+- ``note.txt`` (the command) and ``job.json`` (settings, figures, timing).
+
+Nothing is written before every input has been checked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from subtomo.errors import InputError
+from subtomo.io.files import atomic_path
+from subtomo.io.particles import COORD_PX, ParticleSet
+from subtomo.io.tomograms import (
+    TomogramSet,
+    TomoInputs,
+    project_path,
+    read_tomogram_set,
+    write_motion,
+    write_optimisation_set,
+    write_tomogram_set,
+)
+from subtomo.parallel.distributed import Context
+from subtomo.tomo import deformation as deform
+from subtomo.tomo.alignment import AlignSettings, align_series
+from subtomo.tomo.correlation import BORDER, References
+from subtomo.tomo.particles import with_tomograms
+from subtomo.tomo.tiltseries import TiltSeries
+
+__all__ = ["AlignJob", "check_inputs", "tomo_align"]
+
+CENTRED = ("rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst",
+           "rlnCenteredCoordinateZAngst")
+ORIGINS = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst", "rlnOriginX", "rlnOriginY",
+           "rlnOriginZ")
+
+
+@dataclass
+class AlignJob:
+    """What a finished job holds (rank 0): the new sets, the trajectories by particle name,
+    the figures of each tilt series and the half-map resolutions before and after."""
+
+    out: Path
+    tomograms: TomogramSet
+    particles: ParticleSet
+    trajectories: dict[str, np.ndarray]
+    stats: dict[str, dict]
+    resolution_before_A: float | None = None
+    resolution_after_A: float | None = None
+
+
+# ---- checks -------------------------------------------------------------------------------
+def _names(ps: ParticleSet) -> ParticleSet:
+    """Particles named ``<tomogram>/<k>`` where they have no ``rlnTomoParticleName``."""
+    if "rlnTomoParticleName" in ps.particles:
+        return ps
+    df = ps.particles.copy()
+    tomo = ps.tomo_names()
+    df["rlnTomoParticleName"] = [f"{t}/{k + 1}" for t, k in
+                                 zip(tomo, tomo.groupby(tomo).cumcount(), strict=True)]
+    return replace(ps, particles=df)
+
+
+def check_inputs(inputs: TomoInputs, refs: References, settings: AlignSettings
+                 ) -> ParticleSet:
+    """Every check that can fail, before anything is written; returns the particles with
+    their tomogram table (and names)."""
+    if not settings.max_shift_px > 0:
+        raise InputError(None, f"--r must be positive (got {settings.max_shift_px})",
+                         field="--r")
+    if settings.shift_only and settings.motion:
+        raise InputError(None, "--shift_only and --motion exclude each other", field="--motion")
+    if settings.deformation:
+        model = deform.canonical_model(settings.def_model)
+        least = 2 if model == "spline" else 1
+        if min(settings.def_w, settings.def_h) < least:
+            raise InputError(None, f"a {model} deformation grid needs at least {least} points "
+                             "per side", field="--def_w")
+    if inputs.particles is None or len(inputs.particles) == 0:
+        raise InputError(inputs.files.get("particles"), "no particles", field="rlnTomoName")
+    ps = _names(with_tomograms(inputs.particles, inputs.tomograms))
+    names = ps.tomo_names()
+    for name in dict.fromkeys(names):
+        ts = inputs.tomograms[name]
+        ts.check_images()
+        factor = max(refs.pixel_size_A / ts.pixel_size_A, 1.0)
+        radius = settings.max_shift_px / factor
+        need = 2 * int(np.ceil(radius * settings.pad)) + 2 * BORDER + 1
+        if need > settings.box * settings.pad:
+            raise InputError(None, f"--r {settings.max_shift_px:g} px needs --b of at least "
+                             f"{int(np.ceil(need / settings.pad))} (px at "
+                             f"{refs.pixel_size_A:g} Å)", field="--r")
+    if inputs.motion is not None:
+        where = inputs.files.get("trajectories")
+        for particle, tomo in zip(ps.particles["rlnTomoParticleName"].astype(str), names,
+                                  strict=True):
+            if particle not in inputs.motion:
+                raise InputError(where, f"the motion set has no trajectory for particle "
+                                 f"{particle!r} (it describes other particles)",
+                                 field="rlnTomoParticleName")
+            count = len(inputs.motion[particle])
+            if count != inputs.tomograms[tomo].n_tilts:
+                raise InputError(where, f"trajectory of {particle!r} has {count} tilts; "
+                                 f"tilt series {tomo} has {inputs.tomograms[tomo].n_tilts}",
+                                 field="rlnOriginXAngst")
+    return ps
+
+
+def _settings_record(settings: AlignSettings, refs: References) -> dict:
+    return {"settings": asdict(settings), "references": list(refs.sources)}
+
+
+def _prepare_folder(out: Path, record: dict, resume: bool, ctx: Context) -> None:
+    temp = out / "temp"
+    if resume:
+        saved = temp / "settings.json"
+        if not saved.is_file():
+            raise InputError(out, "nothing to continue: no temp/settings.json of a tomo-align "
+                             "run", field="--continue")
+        if json.loads(saved.read_text()) != json.loads(json.dumps(record)):
+            raise InputError(saved, "the job was started with other settings or references; "
+                             "continue it with the same options", field="--continue")
+    elif temp.exists() or (out / "tomograms.star").exists():
+        raise InputError(out, "the job folder holds a previous run; use --continue to resume "
+                         "it or choose another --o", field="--o")
+    ctx.barrier()
+    if ctx.main and not resume:
+        temp.mkdir(parents=True, exist_ok=True)
+        with atomic_path(temp / "settings.json") as tmp:
+            tmp.write_text(json.dumps(record, indent=1))
+    ctx.barrier()
+
+
+# ---- per tilt series results -----------------------------------------------------------
+def _portable(ts: TiltSeries) -> TiltSeries:
+    """Image names that resolve from any folder (relative to the project, else absolute)."""
+    tilts = ts.tilts.copy()
+    names = []
+    for (path, index), old in zip(ts.image_sources(), tilts.get(
+            "rlnMicrographName", pd.Series([None] * ts.n_tilts)), strict=True):
+        name = project_path(path)
+        names.append(f"{index + 1}@{name}" if old is None or "@" in str(old) else name)
+    tilts["rlnMicrographName"] = names
+    globals_ = dict(ts.globals)
+    globals_.pop("rlnTomoTiltSeriesName", None)
+    return replace(ts, globals=globals_, tilts=tilts)
+
+
+def _write_series(out: Path, name: str, result) -> None:
+    temp = out / "temp"
+    ts = _portable(result.ts)
+    from subtomo.io.star_text import write_star
+
+    globals_ = {k: v for k, v in ts.globals.items() if k != "rlnTomoTiltSeriesStarFile"}
+    write_star({"global": pd.DataFrame([globals_]), name: ts.tilts},
+               temp / f"{name}_tomogram.star")
+    with atomic_path(temp / f"{name}_particles.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, rows=result.rows, positions_px=result.positions_px,
+                 trajectories_A=result.trajectories_A)
+    with atomic_path(temp / f"{name}.json") as tmp:
+        tmp.write_text(json.dumps(result.stats, indent=1))
+
+
+def _read_series(out: Path, name: str, image_size) -> tuple[TiltSeries, dict, dict]:
+    temp = out / "temp"
+    ts = read_tomogram_set(temp / f"{name}_tomogram.star", image_size=image_size)[name]
+    with np.load(temp / f"{name}_particles.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    return ts, arrays, json.loads((temp / f"{name}.json").read_text())
+
+
+# ---- merging ----------------------------------------------------------------------------
+def _with_positions(ps: ParticleSet, tset: TomogramSet, positions_px: np.ndarray
+                    ) -> ParticleSet:
+    """``ps`` at new tomogram positions (tilt-series px, one row per particle), origins zero."""
+    df = ps.particles.copy()
+    names = ps.tomo_names()
+    apix = names.map({n: tset[n].pixel_size_A for n in set(names)}).to_numpy(float)
+    if ps.has_centred_coordinates():
+        size = np.stack([names.map({n: tset[n].tomo_size_px[i] for n in set(names)})
+                         .to_numpy(float) for i in range(3)], 1)
+        centred = (positions_px - size / 2.0) * apix[:, None]
+        for i, label in enumerate(CENTRED):
+            df[label] = centred[:, i]
+    else:
+        coord_apix = ps.coordinate_pixel_size_A()
+        coord_apix = np.where(np.isfinite(coord_apix), coord_apix, apix)
+        for i, label in enumerate(COORD_PX):
+            df[label] = positions_px[:, i] * apix / coord_apix
+    for label in ORIGINS:
+        if label in df:
+            df[label] = 0.0
+    return replace(ps, particles=df)
+
+
+def _reconstruct(ps, tset, motion, refs, device):
+    from subtomo.tomo.reconstruct_particle import reconstruct_particle
+
+    return reconstruct_particle(ps, tset, box=refs.box, pixel_size_A=refs.pixel_size_A,
+                                motion=motion, device=device, progress=False)
+
+
+def tomo_align(
+    inputs: TomoInputs,
+    refs: References,
+    settings: AlignSettings,
+    out: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    ctx: Context | None = None,
+    resume: bool = False,
+    reconstruct: bool = True,
+    write_matrices: bool = False,
+    command: list[str] | None = None,
+    progress: bool = True,
+) -> AlignJob | None:
+    """Run the job into ``out`` (see the module docstring); returns the result on rank 0."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    ctx = ctx or Context()
+    out = Path(out)
+    ps = check_inputs(inputs, refs, settings)
+    record = _settings_record(settings, refs)
+    _prepare_folder(out, record, resume, ctx)
+    if ctx.main and command is not None:
+        (out / "note.txt").write_text(" ".join(command) + "\n")
+
+    names = ps.tomo_names().to_numpy()
+    series = list(dict.fromkeys(names))
+    mine = [n for n in ctx.shard(np.array(series, dtype=object))
+            if not (resume and (out / "temp" / f"{n}.json").is_file())]
+    projectors = refs.projectors(settings.box, device) if mine else None
+    total = int(sum((names == n).sum() for n in mine))
+    bar = tqdm(total=total, desc="tomo-align", unit="particle", disable=not progress)
+    for name in mine:
+        ts = inputs.tomograms[name]
+        rows = np.flatnonzero(names == name)
+        result = align_series(ts, ps, rows, refs, projectors, settings, motion=inputs.motion,
+                              device=device, progress=bar.update)
+        _write_series(out, name, result)
+    bar.close()
+    ctx.barrier()
+    if not ctx.main:
+        return None
+
+    new_series = {n: _portable(ts) for n, ts in inputs.tomograms.series.items()}
+    positions = np.zeros((len(ps), 3))
+    particle_names = ps.particles["rlnTomoParticleName"].astype(str).to_numpy()
+    trajectories: dict[str, np.ndarray] = {}
+    stats = {}
+    for name in series:
+        ts, arrays, stats[name] = _read_series(out, name, inputs.tomograms[name].image_size_px)
+        new_series[name] = ts
+        rows = arrays["rows"]
+        positions[rows] = arrays["positions_px"]
+        for row, traj in zip(rows, arrays["trajectories_A"], strict=True):
+            trajectories[particle_names[row]] = traj
+    tset = TomogramSet(new_series, str(out / "tomograms.star"))
+    new_ps = _with_positions(ps, tset, positions)
+    write_tomogram_set(tset, out / "tomograms.star", matrices=write_matrices)
+    from subtomo.io.star import write_particles
+
+    write_particles(new_ps, out / "particles.star", new_ps.flavour)
+    write_motion(out / "motion.star", trajectories)
+    files = inputs.files
+    write_optimisation_set(out / "optimisation_set.star", particles=out / "particles.star",
+                           tomograms=out / "tomograms.star", trajectories=out / "motion.star",
+                           ref1=files.get("ref1"), ref2=files.get("ref2"),
+                           mask=files.get("mask"), fsc=files.get("fsc"))
+    _write_pictures(out, series, inputs.tomograms, tset, positions, names, particle_names,
+                    trajectories)
+    job = AlignJob(out, tset, new_ps, trajectories, stats)
+    if reconstruct:
+        from subtomo.report.plots import plot_fsc
+
+        before = _reconstruct(ps, inputs.tomograms, inputs.motion, refs, device)
+        after = _reconstruct(new_ps, tset, trajectories, refs, device)
+        job.resolution_before_A, job.resolution_after_A = before.resolution_A, after.resolution_A
+        plot_fsc({f"before ({before.resolution_A:.2f} Å)": before.fsc.cpu(),
+                  f"after ({after.resolution_A:.2f} Å)": after.fsc.cpu()}, refs.box,
+                 refs.pixel_size_A, out / "fsc_before_after.png",
+                 title="reconstruct-particle half-map FSC before and after tomo-align")
+    _write_job_json(out, command, record, job, time.perf_counter() - start,
+                    time.process_time() - start_cpu)
+    return job
+
+
+def _write_pictures(out, series, old: TomogramSet, new: TomogramSet, positions, names,
+                    particle_names, trajectories) -> None:
+    from subtomo.io.ply import write_trajectory_mesh
+    from subtomo.report.plots import plot_tilt_changes
+
+    for name in series:
+        before, after = old[name], new[name]
+        d = [a - b for a, b in zip(after.dof(), before.dof(), strict=True)]
+        angles = torch.stack(d[:3], 1).numpy()
+        shifts = torch.stack(d[3:], 1).numpy() / before.pixel_size_A
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+        plot_tilt_changes(before.nominal_tilt_deg, shifts, angles,
+                          out / f"tilt_changes_{safe}.png",
+                          title=f"{name}: per-tilt changes")
+        rows = np.flatnonzero(names == name)
+        traj = np.stack([trajectories[particle_names[r]] for r in rows]) / after.pixel_size_A
+        order = np.argsort(after.pre_exposure, kind="stable")
+        for scale in (1, 8):
+            write_trajectory_mesh(out / "Trajectories" / f"{safe}_x{scale}.ply",
+                                  positions[rows], traj, order, scale)
+
+
+def _write_job_json(out: Path, command, record: dict, job: AlignJob, wall: float,
+                    cpu: float) -> None:
+    import platform
+
+    import subtomo
+
+    data = {
+        "command": command, **record,
+        "versions": {"subtomo": getattr(subtomo, "__version__", "unknown"),
+                     "torch": torch.__version__, "python": platform.python_version()},
+        "wall_time_s": wall, "cpu_time_s": cpu,
+        "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "resolution_before_A": job.resolution_before_A,
+        "resolution_after_A": job.resolution_after_A, "tilt_series": job.stats,
+    }
+    with atomic_path(out / "job.json") as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
