@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from subtomo import interop
+from subtomo.demo_tomo_align import run_tomo_align_demo
 from subtomo.geometry.euler import angular_distance_deg
 from subtomo.io.particles import ParticleSet
 from subtomo.io.star import read_particles, write_particles
@@ -82,6 +83,8 @@ def run_demo(out_dir: str | Path = "demo_out", n: int = 300, seed: int = 0,
             Path(out_dir) / "classification", n_classification, seed, console, size)
     if n_tiltseries:
         results["tiltseries"] = run_tiltseries_demo(Path(out_dir) / "tiltseries", n_tiltseries,
+                                                    seed, console)
+        results["tomo_align"] = run_tomo_align_demo(Path(out_dir) / "tomo_align", n_tiltseries,
                                                     seed, console)
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s "
                   f"({time.process_time() - cpu:.0f} s of CPU time)")
