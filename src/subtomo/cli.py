@@ -10,6 +10,7 @@ from subtomo.commands import (
     classify,
     convert,
     demo,
+    hetero,
     initial_model,
     maps,
     poses,
@@ -23,7 +24,7 @@ from subtomo.commands import (
 from subtomo.errors import InputError
 
 COMMANDS = (convert, star, select, poses, simulate, reconstruct, initial_model, refine,
-            classify, maps, postprocess, demo)
+            classify, maps, postprocess, hetero, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

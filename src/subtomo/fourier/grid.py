@@ -32,6 +32,7 @@ from torch import Tensor
 __all__ = [
     "centred_irfft",
     "centred_rfft",
+    "crop_spectrum",
     "hermitian_weights",
     "lowpass",
     "lowpass_mask",
@@ -179,3 +180,24 @@ def lowpass_map(vol: Tensor, pixel_size_A: float, resolution_A: float,
     real = vol.dtype if vol.dtype == torch.float64 else torch.float32
     spec = lowpass(centred_rfft(vol.to(real)), box, box * pixel_size_A / resolution_A, edge_px)
     return centred_irfft(spec, box).to(vol.dtype)
+
+
+def crop_spectrum(spec: Tensor, box: int) -> Tensor:
+    """Fourier crop of centred half spectra ``(..., D, D, D // 2 + 1)`` to ``box`` (<= D).
+
+    Keeps the frequencies of the smaller grid, the same in cycles/Å (the cropped box has pixel
+    size ``pixel_size * D / box``): integer indices ``0 .. (box - 1) // 2`` and
+    ``-(box // 2) .. -1`` along z and y, ``0 .. box // 2`` along x. Sums are not rescaled:
+    ``centred_irfft(crop_spectrum(F, box), box) * (box / D) ** 3`` is the real-space map at
+    the coarser sampling, on the same density scale.
+    """
+    size = spec.shape[-3]
+    if tuple(spec.shape[-3:]) != rfft_shape(size):
+        raise ValueError(f"not a half spectrum of a cube: {tuple(spec.shape)}")
+    if box > size:
+        raise ValueError(f"cannot crop a {size}-voxel spectrum to {box}")
+    if box == size:
+        return spec
+    pos, neg = (box + 1) // 2, box // 2
+    rows = torch.cat([torch.arange(pos), torch.arange(size - neg, size)]).to(spec.device)
+    return spec.index_select(-3, rows).index_select(-2, rows)[..., : box // 2 + 1]

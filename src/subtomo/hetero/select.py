@@ -1,0 +1,129 @@
+"""``subtomo hetero select``: particles by KMeans cluster or by a region of the latent space,
+written as STAR files in the input's flavour (OPUS-TOMO's ``parse_pose``), ready for
+``subtomo reconstruct`` or ``refine``.
+
+* no selection given: one file per cluster, ``DIR/analyze.N/kmeansK/preI.star`` (I = 0 … K-1,
+  OPUS-TOMO's names), and ``particles_kmeansK.star`` with every particle and its cluster as
+  ``rlnClassNumber`` (I + 1, so ``subtomo select --class`` works on it);
+* ``clusters`` and/or ``regions`` (``(P, low, high)``: PC P of ``z_pca.npy`` within
+  [low, high]; several regions must all hold) with ``output``: the particles in them;
+* ``min_occupancy``: the clusters whose decoded centre map carries at least that share of the
+  consensus map's density inside the mask (:func:`cluster_scores`; junk — empty boxes or
+  other molecules — decodes to little of it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from subtomo.errors import InputError
+from subtomo.hetero.analysis import analysis_dir, read_labels, read_latents
+from subtomo.hetero.train import read_config
+from subtomo.interop import same_flavour
+from subtomo.io.files import atomic_path, check_not_input
+from subtomo.io.star import read_particles, write_particles
+
+__all__ = ["cluster_scores", "select_particles"]
+
+
+def cluster_scores(run_dir: str | Path, epoch: int, k: int) -> np.ndarray:
+    """Per cluster of ``analyze.N/kmeansK`` (K, 3): particles, occupancy and correlation of its
+    centre's decoded map with the consensus inside the mask. Occupancy =
+    ``<M V_k, M V_0> / <M V_0, M V_0>`` (1: all of the consensus density, 0: none); written to
+    ``kmeansK/clusters.tsv``."""
+    from subtomo.hetero.volumes import load_model, volumes_at
+
+    labels = read_labels(run_dir, epoch, k)
+    folder = analysis_dir(run_dir, epoch) / f"kmeans{k}"
+    centres = np.atleast_2d(np.loadtxt(folder / "centers.txt"))
+    loaded = load_model(run_dir, epoch)
+    maps = volumes_at(loaded, centres)
+    mask = loaded.model.mask.cpu()
+    ref = (mask * loaded.model.consensus.cpu()).flatten()
+    flat = (maps * mask).flatten(1)
+    occupancy = (flat @ ref) / (ref @ ref)
+    centred = flat - flat.mean(1, keepdim=True)
+    rc = ref - ref.mean()
+    corr = (centred @ rc) / (centred.norm(dim=1) * rc.norm()).clamp_min(1e-12)
+    sizes = np.bincount(labels, minlength=k)
+    table = np.column_stack([sizes, occupancy.numpy(), corr.numpy()])
+    lines = ["cluster\tparticles\toccupancy\tcorrelation"] + [
+        f"{i}\t{int(s)}\t{o:.4f}\t{c:.4f}" for i, (s, o, c) in enumerate(table)]
+    with atomic_path(folder / "clusters.tsv") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return table
+
+
+def select_particles(run_dir: str | Path, epoch: int, *, star: str | Path | None = None,
+                     kmeans: int | None = None, clusters: list[int] | None = None,
+                     regions: list[tuple[int, float, float]] | None = None,
+                     min_occupancy: float | None = None,
+                     output: str | Path | None = None) -> dict[str, int]:
+    """Write the selection (see the module docstring); returns {file: particles}."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    star = star or config.get("particles")
+    if not star:
+        raise InputError(None, "give the particle STAR file (--i)", field="--i")
+    ps = read_particles(star)
+    n = len(read_latents(run_dir, epoch))
+    if len(ps) != n:
+        raise InputError(star, f"has {len(ps)} particles; the latents of epoch {epoch} have "
+                         f"{n}", field="--i")
+    if output is not None:
+        check_not_input(output, star)
+    want = clusters is not None or regions or min_occupancy is not None
+    if (clusters is not None or min_occupancy is not None) and kmeans is None:
+        raise InputError(None, "selecting clusters needs --kmeans K", field="--kmeans")
+    labels = read_labels(run_dir, epoch, kmeans) if kmeans is not None else None
+    flavour = same_flavour(ps)
+    if not want:
+        if labels is None:
+            raise InputError(None, "give --kmeans K (one file per cluster), or --clusters / "
+                             "--region with --o", field="--kmeans")
+        folder = analysis_dir(run_dir, epoch) / f"kmeans{kmeans}"
+        written = {}
+        for i in range(kmeans):
+            rows = np.flatnonzero(labels == i)
+            path = folder / f"pre{i}.star"
+            write_particles(ps.subset(rows), path, flavour)
+            written[str(path)] = len(rows)
+        df = ps.particles.copy()
+        df["rlnClassNumber"] = labels + 1
+        path = folder / f"particles_kmeans{kmeans}.star"
+        write_particles(replace(ps, particles=df), path, flavour)
+        written[str(path)] = n
+        return written
+    if output is None:
+        raise InputError(None, "a selection by --clusters, --region or --min-occupancy "
+                         "needs --o", field="--o")
+    keep = np.ones(n, dtype=bool)
+    chosen = set(clusters or [])
+    if min_occupancy is not None:
+        table = cluster_scores(run_dir, epoch, kmeans)
+        chosen |= {i for i, row in enumerate(table) if row[1] >= min_occupancy}
+    if clusters is not None or min_occupancy is not None:
+        bad = sorted(c for c in chosen if not 0 <= c < kmeans)
+        if bad:
+            raise InputError(None, f"cluster {bad[0]} does not exist (0 … {kmeans - 1})",
+                             field="--clusters")
+        keep &= np.isin(labels, sorted(chosen))
+    if regions:
+        pcs_path = analysis_dir(run_dir, epoch) / "z_pca.npy"
+        if not pcs_path.is_file():
+            raise InputError(pcs_path, f"run 'subtomo hetero analyze {run_dir} {epoch}' first",
+                             field="--region")
+        pcs = np.load(pcs_path)
+        for pc, low, high in regions:
+            if not 1 <= pc <= pcs.shape[1]:
+                raise InputError(pcs_path, f"PC {pc} was not computed (1 … {pcs.shape[1]})",
+                                 field="--region")
+            keep &= (pcs[:, pc - 1] >= low) & (pcs[:, pc - 1] <= high)
+    rows = np.flatnonzero(keep)
+    if len(rows) == 0:
+        raise InputError(None, "the selection is empty", field="--clusters")
+    write_particles(ps.subset(rows), output, flavour)
+    return {str(output): len(rows)}
