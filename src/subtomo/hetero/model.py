@@ -10,10 +10,15 @@ mask ``M`` in the reference frame, consensus map ``V_0``.
 comparable across particles: CTF-corrected in Fourier space (``X_i sign(C_i) |C_i|^alpha``,
 ``--ctfalpha``, 0 = phase flipping), Fourier-cropped to ``d = D * downfrac`` voxels (pixel
 ``a D / d``), rotated into the reference frame (``y_i(p) = x_i(A_i p)``, trilinear), multiplied
-by the mask and divided by one global data scale. Network: a 3×3×3 convolution (8 channels),
-then stride-2 3×3×3 convolutions (16, 32, 64, 64 … channels) down to at most 4³, two linear
-layers (256 hidden units), LeakyReLU(0.1) between layers; no batch statistics, so a batch
-split over processes gives the same numbers.
+by the mask and divided by one global data scale; the consensus, seen at the particle's pose
+through its CTF, is subtracted first, so the input holds what sets the particle apart (and
+noise). Network: a 3×3×3 convolution (8 channels), then stride-2 3×3×3 convolutions (16, 32,
+64, 64 … channels) down to at most 4³, two linear layers (256 hidden units), LeakyReLU(0.1)
+between layers, plus a linear path from the input averaged to 6³ voxels into ``mu``,
+initialised to the whitened principal components of 256 particles' inputs (the best linear
+encoder: the decoder sees informative latents from the first step, where a random network
+gives it noise and the KL then pulls the latent to the prior). No batch statistics, so a
+batch split over processes gives the same numbers.
 
 **Decoder** ``V(z)``: a linear layer from the composition latent to 64 channels of ``(T/16)³``,
 four stride-2 transposed 4×4×4 convolutions (64 → 32 → 16 → 8 → 1 channels; 3×3×3 convolutions
@@ -55,11 +60,13 @@ with ``A_i' = A_i exp([ω_i]×)`` and ``δs_i`` the per-particle pose correction
           + β(t) · ½ Σ_k (mu_ik² + exp(logvar_ik) - logvar_ik - 1)       (KL to N(0, I))
 
 where ``M_i(r) = M(A_i'^T (r + δs_i))`` is the mask at the particle's pose (the comparison is
-inside the mask), ``σ²`` the noise variance per voxel estimated once from the residuals
-against the consensus, ``β(t) = beta_control · b(t)`` with ``b`` 1 or, for ``--beta cos``, the
-cyclical annealing ``b = ½ (1 - cos(π min(1, 2τ)))`` over cycles of ``beta_cycle`` epochs
-(``τ`` the fraction of the cycle done: half a cycle rising from 0, half at 1). A batch ``B``
-adds the structural disentanglement prior (``--lamb`` λ)::
+inside the mask), the KL is optimised with "free bits" (per latent dimension its batch mean
+counts as at least 0.5 nat, so a dimension the decoder does not use yet is not driven to the
+prior: no posterior collapse while the decoder learns), ``σ²`` the noise variance per voxel
+estimated once from the residuals against the consensus, ``β(t) = beta_control · b(t)`` with
+``b`` 1 or, for ``--beta cos``, the cyclical annealing ``b = ½ (1 - cos(π min(1, 2τ)))``
+over cycles of ``beta_cycle`` epochs (``τ`` the fraction of the cycle done: half a cycle rising
+from 0, half at 1). A batch ``B`` adds the structural disentanglement prior (``--lamb`` λ)::
 
     λ · mean_{i<j in B} ( |mu_i - mu_j|² / m_z - |M (Δ_i - Δ_j)|² / m_V )²
 
@@ -81,6 +88,7 @@ __all__ = ["Decoder", "Encoder", "HeteroVAE", "RigidBodies", "rotation_vector_ma
            "strided_sizes"]
 
 SLOPE = 0.1
+FREE_NATS = 0.5  # free bits per latent dimension (batch mean)
 
 
 def rotation_vector_matrix(w: Tensor) -> Tensor:
@@ -111,9 +119,15 @@ def strided_sizes(box: int) -> list[int]:
 
 
 class Encoder(nn.Module):
-    """Subtomogram (B, 1, d, d, d) in the reference frame → (mu, logvar), each (B, latent)."""
+    """Subtomogram (B, 1, d, d, d) in the reference frame → (mu, logvar), each (B, latent).
+
+    ``mu`` is the convolutional network's output plus a linear map of the input averaged to
+    ``POOL³`` voxels; :meth:`init_linear` sets that map to the principal components of a
+    sample of inputs (whitened), so that training starts from the best linear encoder.
+    """
 
     LOGVAR0 = -4.0
+    POOL = 6
 
     def __init__(self, box: int, latent: int, hidden: int = 256) -> None:
         super().__init__()
@@ -129,11 +143,34 @@ class Encoder(nn.Module):
                                   nn.LeakyReLU(SLOPE), nn.Linear(hidden, 2 * latent))
         with torch.no_grad():  # start nearly deterministic (σ = e^-2): the decoder first sees
             self.head[-1].bias[latent:] = self.LOGVAR0  # latents that carry the data
+        self.pool = nn.AdaptiveAvgPool3d(self.POOL)
+        self.linear = nn.Linear(self.POOL ** 3, latent)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
         self.latent = latent
+
+    def pooled(self, x: Tensor) -> Tensor:
+        return self.pool(x).flatten(1)
+
+    @torch.no_grad()
+    def init_linear(self, pooled: Tensor) -> None:
+        """Linear path := whitened principal components of ``pooled`` inputs (S, POOL³); the
+        network's own ``mu`` output is scaled down so that the two start in that order."""
+        x = pooled.double()
+        mean = x.mean(0)
+        _, sv, vt = torch.linalg.svd(x - mean, full_matrices=False)
+        k = min(self.latent, len(sv))
+        scale = sv[:k] / max(len(x) - 1, 1) ** 0.5
+        weight = torch.zeros(self.latent, x.shape[1], dtype=torch.float64)
+        weight[:k] = vt[:k] / scale.clamp_min(1e-12)[:, None]
+        self.linear.weight.copy_(weight.float())
+        self.linear.bias.copy_((-(weight @ mean)).float())
+        self.head[-1].weight[: self.latent] *= 0.1
+        self.head[-1].bias[: self.latent] *= 0.1
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         out = self.head(self.features(x))
-        return out[:, : self.latent], out[:, self.latent:]
+        return out[:, : self.latent] + self.linear(self.pooled(x)), out[:, self.latent:]
 
 
 class Decoder(nn.Module):
@@ -244,6 +281,14 @@ def centres_of_mass_A(masks: Tensor, pixel_A: float) -> Tensor:
 def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) per row: (B,)."""
     return 0.5 * (mu * mu + logvar.exp() - logvar - 1).sum(-1)
+
+
+def kl_penalty(mu: Tensor, logvar: Tensor, free_nats: float = FREE_NATS) -> Tensor:
+    """The KL term that is optimised, summed over the batch: per latent dimension the batch
+    mean ``m_k`` of the KL counts as ``max(m_k, free_nats)`` (free bits), so that a latent the
+    decoder does not use yet is not driven to the prior (posterior collapse)."""
+    per_dim = 0.5 * (mu * mu + logvar.exp() - logvar - 1)
+    return torch.clamp(per_dim.mean(0), min=free_nats).sum() * mu.shape[0]
 
 
 def disentanglement_prior(mu: Tensor, delta: Tensor, mask: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ written as STAR files in the input's flavour (OPUS-TOMO's ``parse_pose``), ready
   ``rlnClassNumber`` (I + 1, so ``subtomo select --class`` works on it);
 * ``clusters`` and/or ``regions`` (``(P, low, high)``: PC P of ``z_pca.npy`` within
   [low, high]; several regions must all hold) with ``output``: the particles in them;
+* with ``--estpose`` the files carry the refined poses of that epoch;
 * ``min_occupancy``: the clusters whose decoded centre map carries at least that share of the
   consensus map's density inside the mask (:func:`cluster_scores`; junk — empty boxes or
   other molecules — decodes to little of it).
@@ -70,6 +71,8 @@ def select_particles(run_dir: str | Path, epoch: int, *, star: str | Path | None
         raise InputError(None, "give the particle STAR file (--i)", field="--i")
     ps = read_particles(star)
     n = len(read_latents(run_dir, epoch))
+    if len(ps) == n:
+        ps = corrected_particles(ps, run_dir, epoch)
     if len(ps) != n:
         raise InputError(star, f"has {len(ps)} particles; the latents of epoch {epoch} have "
                          f"{n}", field="--i")
@@ -127,3 +130,36 @@ def select_particles(run_dir: str | Path, epoch: int, *, star: str | Path | None
         raise InputError(None, "the selection is empty", field="--clusters")
     write_particles(ps.subset(rows), output, flavour)
     return {str(output): len(rows)}
+
+
+def corrected_particles(ps, run_dir: str | Path, epoch: int):
+    """``ps`` with the pose corrections of ``--estpose`` at ``epoch`` applied (angles and
+    origins; unchanged if the run did not refine poses). ``A' = A exp([ω]×)``, origin'
+    = origin + δs (Å)."""
+    import torch
+
+    from subtomo.hetero.forward import corrected_poses
+    from subtomo.hetero.train import checkpoint_path, load_checkpoint
+    from subtomo.io.particles import SUBTOMO_ANGLES
+    from subtomo.refine.outputs import full_poses, with_poses
+
+    state = load_checkpoint(checkpoint_path(Path(run_dir), epoch), field="EPOCH")
+    if state.get("poses") is None:
+        return ps
+    apix = float(np.nanmean(ps.pixel_size_A()))
+    A, origins_px = full_poses(ps, apix)
+    delta = state["poses"]["delta"].double()
+    if len(delta) != len(ps):
+        raise InputError(ps.source, f"has {len(ps)} particles; the pose corrections "
+                         f"{len(delta)}", field="--i")
+    A2, shifts = corrected_poses(torch.as_tensor(A), torch.as_tensor(origins_px * apix), delta)
+    keep = ps.particles.copy()
+    frame_free = replace(ps, particles=keep.drop(columns=[c for c in SUBTOMO_ANGLES
+                                                          if c in keep]))
+    out = with_poses(frame_free, A2.numpy(), shifts.numpy() / apix, apix, np.ones(len(ps)),
+                     np.zeros(len(ps)))
+    df = out.particles.drop(columns=["rlnMaxValueProbDistribution",
+                                     "rlnLogLikeliContribution"])
+    if "rlnClassNumber" not in ps.particles:
+        df = df.drop(columns=["rlnClassNumber"])
+    return replace(out, particles=df)

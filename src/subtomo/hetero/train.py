@@ -45,6 +45,7 @@ from subtomo.hetero.model import (
     beta_value,
     disentanglement_prior,
     kl_divergence,
+    kl_penalty,
 )
 from subtomo.io.files import atomic_path
 from subtomo.io.mrc import write_mrc
@@ -294,10 +295,11 @@ def _encode(run: Run, batch, correction: torch.Tensor | None
     return run.model.encoder(x)
 
 
-def estimate_noise(run: Run, rows: np.ndarray) -> tuple[float, float]:
-    """σ² per voxel of the residual against the consensus inside the mask, and the std of
-    the encoder's (unscaled) input inside its mask, from ``rows``."""
+def estimate_noise(run: Run, rows: np.ndarray) -> tuple[float, float, torch.Tensor]:
+    """σ² per voxel of the residual against the consensus inside the mask, the std of the
+    encoder's (unscaled) input inside its mask, and the pooled encoder inputs, from ``rows``."""
     res_sum = mask_sum = enc_sq = enc_n = 0.0
+    pooled = []
     z = torch.zeros(1, run.model.zdim + run.model.zaffinedim, device=run.device)
     with torch.no_grad():
         for batch in _batches(run, rows, run.options.batch_size):
@@ -312,7 +314,9 @@ def estimate_noise(run: Run, rows: np.ndarray) -> tuple[float, float]:
                               run.model.mask * run.model.consensus)
             enc_sq += float((x ** 2).sum())
             enc_n += float(run.enc_mask.sum()) * len(batch.rows)
-    return res_sum / max(mask_sum, 1e-12), math.sqrt(enc_sq / max(enc_n, 1e-12))
+            pooled.append(run.model.encoder.pooled(x).cpu())
+    scale = math.sqrt(enc_sq / max(enc_n, 1e-12))
+    return res_sum / max(mask_sum, 1e-12), scale, torch.cat(pooled) / scale
 
 
 def prepare(inputs: TrainInputs, options: TrainOptions, out_dir: Path, *, ctx: Context,
@@ -374,8 +378,9 @@ def prepare(inputs: TrainInputs, options: TrainOptions, out_dir: Path, *, ctx: C
     if resume is not None:
         run.sigma2, run.data_scale = resume["sigma2"], resume["data_scale"]
         return run
-    sample = np.random.default_rng([options.seed, 3]).permutation(train_rows)[:64]
-    run.sigma2, run.data_scale = estimate_noise(run, np.sort(sample))
+    sample = np.random.default_rng([options.seed, 3]).permutation(train_rows)[:256]
+    run.sigma2, run.data_scale, pooled = estimate_noise(run, np.sort(sample))
+    model.encoder.init_linear(pooled.to(device))
     if ctx.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_mrc(out_dir / "consensus.mrc", reference, apix)
@@ -473,7 +478,8 @@ def train_epoch(run: Run, epoch: int, ctx: Context, progress: bool) -> dict:
             prior = (disentanglement_prior(mu, delta, model.mask) if opts.lamb else
                      mu.sum() * 0)
             share = len(batch.rows) / sizes[step]
-            loss = (rec.sum() + beta * kl.sum()) / sizes[step] + opts.lamb * prior * share
+            penalty = kl_penalty(mu, logvar) / run.mask_voxels
+            loss = (rec.sum() + beta * penalty) / sizes[step] + opts.lamb * prior * share
             loss.backward()
             totals += torch.tensor([float(loss.detach()) * sizes[step],
                                     float(rec.detach().sum()), float(kl.detach().sum()),
