@@ -15,6 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--classification", type=int, default=300,
                         help="simulated subtomograms of 3 classes for the initial-model and "
                         "classification part (0 skips it)")
+    parser.add_argument("--hetero", type=int, default=200,
+                        help="simulated subtomograms with a hinge and junk for the "
+                        "heterogeneity (VAE) part (0 skips it)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.set_defaults(run=_run)
 
@@ -23,6 +26,6 @@ def _run(args: argparse.Namespace) -> int:
     from subtomo.demo import run_demo
 
     results = run_demo(args.output, n=args.n, seed=args.seed, n_subtomograms=args.subtomograms,
-                       n_classification=args.classification)
+                       n_classification=args.classification, n_hetero=args.hetero)
     worst = max(r["angle_deg"] for r in results["interop"].values())
     return 0 if worst < 1e-3 else 1

@@ -110,7 +110,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    metavar="PC:LOW:HIGH", help="keep PC values within [LOW, HIGH] "
                    "(repeatable: all must hold)")
     s.add_argument("--min-occupancy", dest="min_occupancy", type=float, default=None,
-                   help="keep clusters whose centre map holds ≥ this share of the consensus")
+                   help="keep clusters whose centre map holds ≥ this share of the consensus "
+                   "density of the fullest cluster")
+    s.add_argument("--min-cc", dest="min_cc", type=float, default=None,
+                   help="keep clusters whose centre map correlates ≥ this with the consensus")
     s.add_argument("--o", "-o", dest="output", default=None, help="output STAR file")
     s.set_defaults(run=_select)
 
@@ -214,7 +217,8 @@ def _select(args: argparse.Namespace) -> int:
 
     written = select_particles(args.dir, args.epoch, star=args.input, kmeans=args.kmeans,
                                clusters=args.clusters, regions=args.region,
-                               min_occupancy=args.min_occupancy, output=args.output)
+                               min_occupancy=args.min_occupancy, min_cc=args.min_cc,
+                               output=args.output)
     for path, count in written.items():
         print(f"{count} particles → {path}")
     return 0

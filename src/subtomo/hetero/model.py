@@ -37,8 +37,8 @@ CTF-weighted reconstruction at the given poses (``--ref``, or computed at the st
 
 **Rigid bodies** (``--masks m_1 … m_J``, ``--zaffinedim``): the last ``zaffinedim`` latent
 dimensions (the dynamics latent ``u``) go through one linear head per body to a rotation vector
-``w_j`` (|w| ≤ 0.5 rad, ``0.5 tanh``) and a translation ``t_j`` (≤ D a / 10 Å, tanh) about the
-body's centre of mass ``c_j``. The body's density moves rigidly, the rest stays::
+``w_j`` (each component ≤ 0.5 rad, ``0.5 tanh``) and a translation ``t_j`` (≤ D a / 10 Å,
+tanh) about the body's centre of mass ``c_j``. The body's density moves rigidly, the rest stays::
 
     V_u(p) = (1 - Σ_j m_j(p)) V(p) + Σ_j (m_j V)(R_j^T (p - c_j - t_j) + c_j)
 
@@ -153,16 +153,21 @@ class Encoder(nn.Module):
         return self.pool(x).flatten(1)
 
     @torch.no_grad()
-    def init_linear(self, pooled: Tensor) -> None:
+    def init_linear(self, pooled: Tensor, split: int | None = None) -> None:
         """Linear path := whitened principal components of ``pooled`` inputs (S, POOL³); the
-        network's own ``mu`` output is scaled down so that the two start in that order."""
+        network's own ``mu`` output is scaled down so that the two start in that order. With
+        ``split`` (the composition latent's size) the dimensions after it (the dynamics latent)
+        start from the leading components too."""
         x = pooled.double()
         mean = x.mean(0)
         _, sv, vt = torch.linalg.svd(x - mean, full_matrices=False)
-        k = min(self.latent, len(sv))
-        scale = sv[:k] / max(len(x) - 1, 1) ** 0.5
+        scale = sv / max(len(x) - 1, 1) ** 0.5
+        whitened = vt / scale.clamp_min(1e-12)[:, None]
         weight = torch.zeros(self.latent, x.shape[1], dtype=torch.float64)
-        weight[:k] = vt[:k] / scale.clamp_min(1e-12)[:, None]
+        split = self.latent if split is None else split
+        for start, stop in ((0, split), (split, self.latent)):
+            k = min(stop - start, len(sv))
+            weight[start:start + k] = whitened[:k]
         self.linear.weight.copy_(weight.float())
         self.linear.bias.copy_((-(weight @ mean)).float())
         self.head[-1].weight[: self.latent] *= 0.1
@@ -206,7 +211,10 @@ class Decoder(nn.Module):
 
 class RigidBodies(nn.Module):
     """Dynamics latent (B, zaffinedim) → per body rotation vectors (B, J, 3) in radians and
-    translations (B, J, 3) in Å, both 0 at initialisation."""
+    translations (B, J, 3) in Å, both 0 at initialisation. ``GAIN`` scales the heads' outputs
+    before the tanh, so that an optimiser step moves a body by about half a degree."""
+
+    GAIN = 20.0
 
     def __init__(self, zaffinedim: int, bodies: int, max_shift_A: float,
                  max_angle_rad: float = 0.5) -> None:
@@ -217,7 +225,7 @@ class RigidBodies(nn.Module):
         self.bodies, self.max_shift_A, self.max_angle_rad = bodies, max_shift_A, max_angle_rad
 
     def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        out = torch.tanh(self.head(u)).view(-1, self.bodies, 6)
+        out = torch.tanh(self.GAIN * self.head(u)).view(-1, self.bodies, 6)
         return out[..., :3] * self.max_angle_rad, out[..., 3:] * self.max_shift_A
 
 
@@ -240,12 +248,12 @@ class HeteroVAE(nn.Module):
         self.decoder = Decoder(zdim, template_box)
         self.bodies = (RigidBodies(self.zaffinedim, bodies, 0.1 * template_box *
                                    template_pixel_A) if bodies else None)
-        self.register_buffer("consensus", consensus.float())
-        self.register_buffer("mask", mask.float())
+        self.register_buffer("consensus", consensus.float().clone())
+        self.register_buffer("mask", mask.float().clone())
         inside = consensus[mask > 0.5]
         self.register_buffer("scale", inside.std() if inside.numel() > 1 else torch.tensor(1.0))
         if bodies:
-            masks = body_masks.float()
+            masks = body_masks.float().clone()
             self.register_buffer("body_masks", masks)
             self.register_buffer("body_centres_A", centres_of_mass_A(masks, template_pixel_A))
         self.template_box, self.template_pixel_A = template_box, template_pixel_A

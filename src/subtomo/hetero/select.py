@@ -8,9 +8,10 @@ written as STAR files in the input's flavour (OPUS-TOMO's ``parse_pose``), ready
 * ``clusters`` and/or ``regions`` (``(P, low, high)``: PC P of ``z_pca.npy`` within
   [low, high]; several regions must all hold) with ``output``: the particles in them;
 * with ``--estpose`` the files carry the refined poses of that epoch;
-* ``min_occupancy``: the clusters whose decoded centre map carries at least that share of the
-  consensus map's density inside the mask (:func:`cluster_scores`; junk — empty boxes or
-  other molecules — decodes to little of it).
+* ``min_occupancy`` / ``min_cc``: the clusters whose decoded centre map holds at least that
+  share of the fullest cluster's consensus density / correlates at least that well with the
+  consensus inside the mask (:func:`cluster_scores`; junk — empty boxes, other molecules —
+  decodes to little of the consensus and to other shapes).
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ __all__ = ["cluster_scores", "select_particles"]
 
 def cluster_scores(run_dir: str | Path, epoch: int, k: int) -> np.ndarray:
     """Per cluster of ``analyze.N/kmeansK`` (K, 3): particles, occupancy and correlation of its
-    centre's decoded map with the consensus inside the mask. Occupancy =
-    ``<M V_k, M V_0> / <M V_0, M V_0>`` (1: all of the consensus density, 0: none); written to
-    ``kmeansK/clusters.tsv``."""
+    centre's decoded map ``V_k`` with the consensus ``V_0`` inside the mask ``M``. Occupancy =
+    ``<M V_k, M V_0>``, relative to the largest over the clusters (1: as much of the consensus
+    density as the fullest cluster; the consensus itself is diluted by any junk); correlation
+    is the Pearson coefficient of ``M V_k`` and ``M V_0``. Written to ``kmeansK/clusters.tsv``.
+    """
     from subtomo.hetero.volumes import load_model, volumes_at
 
     labels = read_labels(run_dir, epoch, k)
@@ -45,7 +48,8 @@ def cluster_scores(run_dir: str | Path, epoch: int, k: int) -> np.ndarray:
     mask = loaded.model.mask.cpu()
     ref = (mask * loaded.model.consensus.cpu()).flatten()
     flat = (maps * mask).flatten(1)
-    occupancy = (flat @ ref) / (ref @ ref)
+    occupancy = flat @ ref
+    occupancy = occupancy / occupancy.max().clamp_min(1e-12)
     centred = flat - flat.mean(1, keepdim=True)
     rc = ref - ref.mean()
     corr = (centred @ rc) / (centred.norm(dim=1) * rc.norm()).clamp_min(1e-12)
@@ -61,7 +65,7 @@ def cluster_scores(run_dir: str | Path, epoch: int, k: int) -> np.ndarray:
 def select_particles(run_dir: str | Path, epoch: int, *, star: str | Path | None = None,
                      kmeans: int | None = None, clusters: list[int] | None = None,
                      regions: list[tuple[int, float, float]] | None = None,
-                     min_occupancy: float | None = None,
+                     min_occupancy: float | None = None, min_cc: float | None = None,
                      output: str | Path | None = None) -> dict[str, int]:
     """Write the selection (see the module docstring); returns {file: particles}."""
     run_dir = Path(run_dir)
@@ -78,8 +82,9 @@ def select_particles(run_dir: str | Path, epoch: int, *, star: str | Path | None
                          f"{n}", field="--i")
     if output is not None:
         check_not_input(output, star)
-    want = clusters is not None or regions or min_occupancy is not None
-    if (clusters is not None or min_occupancy is not None) and kmeans is None:
+    by_score = min_occupancy is not None or min_cc is not None
+    want = clusters is not None or regions or by_score
+    if (clusters is not None or by_score) and kmeans is None:
         raise InputError(None, "selecting clusters needs --kmeans K", field="--kmeans")
     labels = read_labels(run_dir, epoch, kmeans) if kmeans is not None else None
     flavour = same_flavour(ps)
@@ -101,14 +106,15 @@ def select_particles(run_dir: str | Path, epoch: int, *, star: str | Path | None
         written[str(path)] = n
         return written
     if output is None:
-        raise InputError(None, "a selection by --clusters, --region or --min-occupancy "
-                         "needs --o", field="--o")
+        raise InputError(None, "a selection by --clusters, --region, --min-occupancy or "
+                         "--min-cc needs --o", field="--o")
     keep = np.ones(n, dtype=bool)
     chosen = set(clusters or [])
-    if min_occupancy is not None:
+    if by_score:
         table = cluster_scores(run_dir, epoch, kmeans)
-        chosen |= {i for i, row in enumerate(table) if row[1] >= min_occupancy}
-    if clusters is not None or min_occupancy is not None:
+        chosen |= {i for i, row in enumerate(table)
+                   if row[1] >= (min_occupancy or -np.inf) and row[2] >= (min_cc or -np.inf)}
+    if clusters is not None or by_score:
         bad = sorted(c for c in chosen if not 0 <= c < kmeans)
         if bad:
             raise InputError(None, f"cluster {bad[0]} does not exist (0 … {kmeans - 1})",

@@ -81,7 +81,7 @@ class TrainOptions:
     ctfalpha: float = 0.0
     ctfbeta: float = 1.0
     estpose: bool = False
-    pose_lr_deg: float = 0.5
+    pose_lr_deg: float = 0.2
     pose_lr_A: float = 0.5
     seed: int = 0
 
@@ -380,7 +380,7 @@ def prepare(inputs: TrainInputs, options: TrainOptions, out_dir: Path, *, ctx: C
         return run
     sample = np.random.default_rng([options.seed, 3]).permutation(train_rows)[:256]
     run.sigma2, run.data_scale, pooled = estimate_noise(run, np.sort(sample))
-    model.encoder.init_linear(pooled.to(device))
+    model.encoder.init_linear(pooled.to(device), split=options.zdim)
     if ctx.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_mrc(out_dir / "consensus.mrc", reference, apix)

@@ -57,9 +57,9 @@ def load_model(run_dir: str | Path, epoch: int, device: str | torch.device = "cp
     boxes = Boxes(**config["boxes"])
     t = boxes.template_box
     bodies = len(config.get("masks", []))
-    empty = torch.zeros(t, t, t)
     model = HeteroVAE(enc_box=boxes.enc_box, template_box=t, zdim=options.zdim,
-                      zaffinedim=options.zaffinedim, consensus=empty, mask=empty,
+                      zaffinedim=options.zaffinedim, consensus=torch.zeros(t, t, t),
+                      mask=torch.zeros(t, t, t),
                       body_masks=torch.zeros(bodies, t, t, t) if bodies else None,
                       template_pixel_A=boxes.pixel(t))
     model.load_state_dict(state["model"])
