@@ -24,7 +24,7 @@ def classes3(tmp_path_factory):
 @pytest.fixture(scope="session")
 def hinge(tmp_path_factory):
     """A domain hinged over 0–30°, starting poses off by 4° rms, little noise."""
-    return _simulate(tmp_path_factory, "hinge", n=150, hinge_max_deg=30.0, noise_sigma=0.5,
+    return _simulate(tmp_path_factory, "hinge", n=120, hinge_max_deg=30.0, noise_sigma=0.5,
                      n_atoms=1000, angle_error_deg=4.0, shift_error_px=0.5, seed=12)
 
 
