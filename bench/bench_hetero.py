@@ -12,7 +12,8 @@ Parts (``--parts``, default all):
   angle; ``eval-vol`` along PC1: FSC-0.5 resolution of the two end maps against the true end
   states (0° and 30°) next to the consensus map's;
 * ``junk``: 1000 particles, 30 % replaced by noise or another molecule; KMeans 8, clusters kept
-  whose centre map correlates ≥ 0.8 with the consensus (``select --min-cc 0.8``):
+  whose centre map holds ≥ 85 % of the fullest cluster's consensus density and correlates
+  ≥ 0.9 with it (``select --min-occupancy 0.85 --min-cc 0.9``):
   share of junk removed and of good particles kept.
 
 Run: ``.venv/bin/python bench/bench_hetero.py [--parts speed,composition,hinge,junk]
@@ -196,14 +197,18 @@ def run_junk(epochs: int, device: str, lines: list[str]) -> None:
     last = int(history[-1]["epoch"])
     result = analyze(out, last, pcs=2, ksample=8, skip_umap=True)
     table = cluster_scores(out, last, 8)
-    kept_clusters = [i for i, row in enumerate(table) if row[2] >= 0.8]
+    kept_clusters = [i for i, row in enumerate(table) if row[1] >= 0.85 and row[2] >= 0.9]
     kept = np.isin(result.labels, kept_clusters)
     removed_junk = float(np.mean(~kept[junk]))
     kept_good = float(np.mean(kept[~junk]))
-    scores = ", ".join(f"{int(s)}: {c:.2f}" for s, _, c in table)
-    lines.append(f"- junk (1000 particles, 30 % noise or another molecule): KMeans 8, clusters "
-                 f"whose centre map correlates ≥ 0.8 with the consensus kept "
-                 f"({len(kept_clusters)} of 8; size: correlation {scores}): junk removed "
+    purity = [float(np.bincount(junk[result.labels == i].astype(int), minlength=2).max() /
+                    max(1, np.sum(result.labels == i))) for i in range(8)]
+    scores = ", ".join(f"{int(s)}: {o:.2f}/{c:.2f}" for s, o, c in table)
+    lines.append(f"- junk (1000 particles, 30 % noise or another molecule): KMeans 8 (cluster "
+                 f"purity min {min(purity):.2f}); clusters kept whose centre map has "
+                 f"occupancy ≥ 0.85 and correlation ≥ 0.9 with the consensus "
+                 f"({len(kept_clusters)} of 8; size: occupancy/correlation {scores}): "
+                 f"junk removed "
                  f"{100 * removed_junk:.1f} %, good kept "
                  f"{100 * kept_good:.1f} % (bars ≥ 90 %, ≥ 90 %); {_times(history)}")
 

@@ -301,7 +301,7 @@ def run_hetero_demo(out_dir: Path, n: int, seed: int, console: Console) -> dict[
     eval_vol(run, last, "pc", 1)
     eval_vol(run, last, "kmeans", k)
     selected = run / "selected.star"
-    select_particles(run, last, kmeans=k, min_cc=0.8, output=selected)
+    select_particles(run, last, kmeans=k, min_occupancy=0.85, min_cc=0.9, output=selected)
     kept = np.isin(np.arange(n), _rows_of(read_particles(selected), read_particles(
         sim.particles_star)))
     z = np.load(run / f"z.{last}.npy")
@@ -319,7 +319,8 @@ def run_hetero_demo(out_dir: Path, n: int, seed: int, console: Console) -> dict[
     table.add_column("result", justify="right")
     table.add_row(f"hetero train ({epochs} epochs) + analyze: PC1 share of the latent variance",
                   f"{100 * figures['explained_pc1']:.0f} %")
-    table.add_row(f"select clusters (KMeans {k}, centre map cc ≥ 0.8): junk removed",
+    table.add_row(f"select clusters (KMeans {k}, centre map occupancy ≥ 0.85, cc ≥ 0.9): "
+                  "junk removed",
                   f"{100 * figures['junk_removed']:.0f} % of {int(junk.sum())}")
     table.add_row("  good particles kept", f"{100 * figures['good_kept']:.0f} % of "
                   f"{int((~junk).sum())}")
