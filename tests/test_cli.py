@@ -207,7 +207,7 @@ def test_poses_export(capsys, tmp_path, relion5_star):
 
 def test_demo_writes_every_output(tmp_path):
     assert main(["demo", "--o", str(tmp_path / "demo"), "--n", "60", "--subtomograms", "0",
-                 "--classification", "0", "--tiltseries", "0"]) == 0
+                 "--classification", "0", "--tiltseries", "0", "--hetero", "0"]) == 0
     out = tmp_path / "demo" / "interop"
     for name in ("particles_relion5.star", "particles_relion30.star", "particles_warp.star",
                  "particles.tbl", "particles.doc", "subset.star", "poses.pkl"):

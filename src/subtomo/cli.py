@@ -11,6 +11,7 @@ from subtomo.commands import (
     convert,
     demo,
     extract,
+    hetero,
     initial_model,
     maps,
     poses,
@@ -29,7 +30,7 @@ from subtomo.errors import InputError
 from subtomo.io import validate
 
 COMMANDS = (convert, star, select, poses, simulate, reconstruct, initial_model, refine,
-            classify, maps, postprocess, demo, reconstruct_particle, extract,
+            classify, maps, postprocess, hetero, demo, reconstruct_particle, extract,
             reconstruct_tomogram, tomograms, tomo_align)
 
 

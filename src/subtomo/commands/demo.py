@@ -21,7 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "classification part (default 150, --full 300; 0 skips it)")
     parser.add_argument("--tiltseries", type=int, default=40,
                         help="particles of the simulated tilt series for the tilt-series route "
-                        "(tomogram, extraction, refinement; 0 skips it)")
+                        "(tomogram, extraction, refinement, tomo-align; 0 skips it)")
+    parser.add_argument("--hetero", type=int, default=200,
+                        help="simulated subtomograms with a hinge and junk for the "
+                        "heterogeneity (VAE) part (0 skips it)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.set_defaults(run=_run)
 
@@ -31,6 +34,6 @@ def _run(args: argparse.Namespace) -> int:
 
     results = run_demo(args.output, n=args.n, seed=args.seed, n_subtomograms=args.subtomograms,
                        n_classification=args.classification, n_tiltseries=args.tiltseries,
-                       full=args.full)
+                       n_hetero=args.hetero, full=args.full)
     worst = max(r["angle_deg"] for r in results["interop"].values())
     return 0 if worst < 1e-3 else 1

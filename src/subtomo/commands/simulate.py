@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="discrete classes (1 full, 2 subunit missing, 3 domain rotated 25°)")
     het.add_argument("--hinge-max", "--hinge_max", dest="hinge_max", type=float, default=0.0,
                      help="continuous hinge motion up to this angle, degrees")
+    p.add_argument("--junk-fraction", "--junk_fraction", dest="junk_fraction", type=float,
+                   default=0.0, help="share of particles replaced by noise or another molecule "
+                   "(truth.star: rlnSubtomoJunk 1 noise, 2 other molecule)")
     p.add_argument("--sym", default="C1", help="point-group symmetry of the complex")
     p.add_argument("--tilt-range", "--tilt_range", dest="tilt_range", type=float, default=60.0,
                    help="± tilt range, degrees")
@@ -134,6 +137,7 @@ def _run(args: argparse.Namespace) -> int:
     config = SimulationConfig(
         n=args.n, box_px=args.box, pixel_size_A=args.angpix, n_atoms=args.n_atoms,
         model=args.model, symmetry=args.sym, classes=args.classes, hinge_max_deg=args.hinge_max,
+        junk_fraction=args.junk_fraction,
         tilt_range_deg=args.tilt_range, tilt_step_deg=args.tilt_step, dose_per_tilt=args.dose,
         order=args.order, defocus_um=args.defocus, noise_sigma=args.noise,
         angle_error_deg=args.angle_error, shift_error_px=args.shift_error, seed=args.seed)

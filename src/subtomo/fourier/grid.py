@@ -32,6 +32,7 @@ from torch import Tensor
 __all__ = [
     "centred_irfft",
     "centred_rfft",
+    "crop_spectrum",
     "hermitian_weights",
     "lowpass",
     "lowpass_mask",
@@ -193,3 +194,24 @@ def soft_sphere(box: int, diameter_px: float, width_px: float = 5.0,
     edge = ((r - diameter_px / 2) / width_px).clamp(0, 1) if width_px > 0 else (
         r > diameter_px / 2).to(torch.float64)
     return (0.5 + 0.5 * torch.cos(math.pi * edge)).to(dtype)
+
+
+def crop_spectrum(spec: Tensor, box: int) -> Tensor:
+    """Fourier crop of centred half spectra ``(..., D, D, D // 2 + 1)`` to ``box`` (<= D).
+
+    Keeps the frequencies of the smaller grid, the same in cycles/Å (the cropped box has pixel
+    size ``pixel_size * D / box``): integer indices ``0 .. (box - 1) // 2`` and
+    ``-(box // 2) .. -1`` along z and y, ``0 .. box // 2`` along x. Sums are not rescaled:
+    ``centred_irfft(crop_spectrum(F, box), box) * (box / D) ** 3`` is the real-space map at
+    the coarser sampling, on the same density scale.
+    """
+    size = spec.shape[-3]
+    if tuple(spec.shape[-3:]) != rfft_shape(size):
+        raise ValueError(f"not a half spectrum of a cube: {tuple(spec.shape)}")
+    if box > size:
+        raise ValueError(f"cannot crop a {size}-voxel spectrum to {box}")
+    if box == size:
+        return spec
+    pos, neg = (box + 1) // 2, box // 2
+    rows = torch.cat([torch.arange(pos), torch.arange(size - neg, size)]).to(spec.device)
+    return spec.index_select(-3, rows).index_select(-2, rows)[..., : box // 2 + 1]

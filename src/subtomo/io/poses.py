@@ -48,6 +48,7 @@ __all__ = [
     "poses_cryodrgn",
     "write_poses_pickle",
     "dumps_portable",
+    "read_poses_pickle",
 ]
 
 # Pickle protocol 4: the default of the peers' Python 3.9/3.10, readable from Python 3.4 on.
@@ -206,3 +207,48 @@ def write_poses_pickle(
             handle.write(data)
             handle.flush()
     return path
+
+
+# numpy's array and dtype reconstructors (numpy 1.x and 2.x spellings) and bytearray: all a
+# pose pickle of ours or of the peers holds; anything else is refused when reading.
+_ALLOWED = {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "bytearray"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("builtins", "float"), ("builtins", "int"),
+}
+
+
+class _PoseUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a pose file")
+        return super().find_class(module, name)
+
+
+def read_poses_pickle(path: str | Path, box_px: int, pixel_size_A: float
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Poses from a pickle written by :func:`write_poses_pickle` (OPUS-TOMO's or cryoDRGN's
+    layout, ours or theirs): RELION matrices ``A`` (N, 3, 3) float64 and origins (N, 3) in Å
+    (``trans * box_px * pixel_size_A``; z = 0 for cryoDRGN's 2D shifts).
+
+    Only arrays are unpickled (a restricted unpickler); raises ``ValueError`` naming what is
+    wrong with the file's layout.
+    """
+    with open(path, "rb") as handle:
+        try:
+            obj = _PoseUnpickler(handle).load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+            raise ValueError(f"not a pose pickle ({exc})") from None
+    if not isinstance(obj, (tuple, list)) or len(obj) not in (2, 3):
+        raise ValueError("a pose pickle holds (rot, trans) or (rot, trans, euler)")
+    rot = np.asarray(obj[0], dtype=np.float64)
+    trans = np.asarray(obj[1], dtype=np.float64)
+    if rot.ndim != 3 or rot.shape[1:] != (3, 3):
+        raise ValueError(f"rotations must have shape (N, 3, 3), not {rot.shape}")
+    if trans.ndim != 2 or trans.shape[0] != rot.shape[0] or trans.shape[1] not in (2, 3):
+        raise ValueError(f"translations must have shape ({rot.shape[0]}, 2 or 3), not "
+                         f"{trans.shape}")
+    shifts = np.zeros((len(rot), 3))
+    shifts[:, : trans.shape[1]] = trans * int(box_px) * float(pixel_size_A)
+    return rot, shifts

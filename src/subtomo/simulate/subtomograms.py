@@ -3,7 +3,8 @@
 Each particle is the ground-truth structure rendered exactly at its pose (atoms at A·r − origin,
 RELION's A and origin: the particle centre sits at −origin from the box centre), seen through
 its own 3D CTF (per-tilt CTFs with defocus, dose weighting and the missing wedge, gridded from
-the tilt scheme), plus noise that lives only where the tilts sample Fourier space:
+the tilt scheme), plus noise that lives only where the tilts sample Fourier space (a junk
+particle, see ``junk_fraction``, has no density or that of another molecule):
 
     X(k) = C_i(k) · F[density_i](k) + M(k) · F[white noise σ](k)
 
@@ -56,6 +57,7 @@ class SimulationConfig:
     symmetry: str = "C1"
     classes: int = 1
     hinge_max_deg: float = 0.0
+    junk_fraction: float = 0.0  # share of particles replaced by noise or another molecule
     atom_sigma_A: float | None = None  # default 0.8 px: sharp, like a well-ordered protein
     tilt_range_deg: float = 60.0
     tilt_step_deg: float = 3.0
@@ -141,6 +143,29 @@ def perturb_rotations(angles_deg: torch.Tensor, rms_deg: float, gen: torch.Gener
     return matrix_to_euler(errors @ euler_to_matrix(angles_deg))
 
 
+def junk_particles(config: SimulationConfig, base: Structure
+                   ) -> tuple[np.ndarray, Structure | None]:
+    """Which particles are junk (0: the molecule, 1: noise only, 2: another molecule) and that
+    other molecule (a pseudo-atomic complex of as many atoms, another seed).
+
+    ``round(junk_fraction * n)`` particles, drawn from their own random stream, so that the
+    other draws (poses, classes, noise) are those of the same simulation without junk.
+    """
+    junk = np.zeros(config.n, dtype=np.int64)
+    if not 0 <= config.junk_fraction <= 1:
+        raise InputError(None, f"junk fraction must be in [0, 1], not {config.junk_fraction}",
+                         field="--junk-fraction")
+    count = int(round(config.junk_fraction * config.n))
+    if count == 0:
+        return junk, None
+    rng = np.random.default_rng([config.seed, 7919])
+    chosen = rng.permutation(config.n)[:count]
+    junk[chosen] = rng.integers(1, 3, count)
+    other = pseudo_atomic(len(base.positions_A), box_px=config.box_px,
+                          pixel_size_A=config.pixel_size_A, seed=config.seed + 7919)
+    return junk, other
+
+
 def simulate_subtomograms(out_dir: str | Path, config: SimulationConfig,
                           device: str | torch.device = "cpu", progress: bool = True
                           ) -> Simulation:
@@ -161,6 +186,7 @@ def simulate_subtomograms(out_dir: str | Path, config: SimulationConfig,
     hinge = torch.rand(n, generator=gen, dtype=torch.float64) * config.hinge_max_deg
     defocus_A = torch.empty(n, dtype=torch.float64).uniform_(
         config.defocus_um[0] * 1e4, config.defocus_um[1] * 1e4, generator=gen)
+    junk, other = junk_particles(config, base)
 
     truth_maps = []
     for k in range(1, max(config.classes, 1) + 1):
@@ -181,12 +207,13 @@ def simulate_subtomograms(out_dir: str | Path, config: SimulationConfig,
         idx = list(range(start, min(start + config.batch_size, n)))
         volumes = []
         for i in idx:  # per particle: its own class / hinge structure (cheap, no voxels)
-            variant = class_variant(base, int(classes[i]))
+            variant = class_variant(base, int(classes[i])) if junk[i] != 2 else other
             if config.hinge_max_deg > 0:
                 variant = variant.hinged(float(hinge[i]))
             positions = rotated_positions(variant, true_angles[i:i + 1]) - true_shift_A[i]
-            volumes.append(render_atoms(positions, variant.amplitudes, box, apix,
-                                        config.sigma_A, device=device)[0])
+            volume = render_atoms(positions, variant.amplitudes, box, apix, config.sigma_A,
+                                  device=device)[0]
+            volumes.append(volume if junk[i] != 1 else torch.zeros_like(volume))
         density = torch.stack(volumes)
         weights, sampling = ctf_volume(box, apix, scheme, defocus_A[idx].to(torch.float32),
                                        device=device)
@@ -222,6 +249,8 @@ def simulate_subtomograms(out_dir: str | Path, config: SimulationConfig,
         if truth:
             df["rlnClassNumber"] = classes.numpy()
             df["rlnSubtomoHingeDeg"] = hinge.numpy()
+            if config.junk_fraction > 0:
+                df["rlnSubtomoJunk"] = junk
         optics = pd.DataFrame({
             "rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
             "rlnVoltage": [300.0], "rlnSphericalAberration": [2.7],

@@ -1,0 +1,137 @@
+"""``subtomo hetero eval-vol``: maps decoded at latent points (KMeans centres, points along a
+principal component), written as numbered series ``referenceI.mrc`` (0-based, as OPUS-TOMO's
+``eval_vol``), ready for ChimeraX's ``vseries``.
+
+The map at a latent point ``z`` is the model's ``M (V_0 + s Δ(z))`` with its rigid bodies
+moved by ``z``'s dynamics latent (:mod:`subtomo.hetero.model`), in the reference frame, on the
+template grid, Fourier-resampled to ``--apix`` over the same field of view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from subtomo.errors import InputError
+from subtomo.hetero.analysis import analysis_dir
+from subtomo.hetero.forward import Boxes, box_points_A, sample_at
+from subtomo.hetero.model import HeteroVAE, rotation_vector_matrix
+from subtomo.hetero.train import (
+    checkpoint_path,
+    load_checkpoint,
+    options_from_config,
+    read_config,
+)
+from subtomo.io.mrc import write_mrc
+from subtomo.maps.align_symmetry import fourier_crop
+
+__all__ = ["eval_vol", "load_model", "volumes_at"]
+
+KINDS = ("kmeans", "pc")
+
+
+@dataclass
+class LoadedModel:
+    model: HeteroVAE
+    boxes: Boxes
+    config: dict
+    state: dict
+
+
+def load_model(run_dir: str | Path, epoch: int, device: str | torch.device = "cpu"
+               ) -> LoadedModel:
+    """The network of ``weights.N.pt`` with its maps (consensus, mask, bodies) restored."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    path = checkpoint_path(run_dir, epoch)
+    if not path.is_file():
+        done = sorted(int(p.name.split(".")[1]) for p in run_dir.glob("weights.*.pt")
+                      if p.name.split(".")[1].isdigit())
+        have = f"checkpoints of epochs {done[0]}–{done[-1]}" if done else "no checkpoint"
+        raise InputError(path, f"no checkpoint for epoch {epoch} ({have})", field="EPOCH")
+    state = load_checkpoint(path, field="EPOCH")
+    options = options_from_config(config)
+    boxes = Boxes(**config["boxes"])
+    t = boxes.template_box
+    bodies = len(config.get("masks", []))
+    model = HeteroVAE(enc_box=boxes.enc_box, template_box=t, zdim=options.zdim,
+                      zaffinedim=options.zaffinedim, consensus=torch.zeros(t, t, t),
+                      mask=torch.zeros(t, t, t),
+                      body_masks=torch.zeros(bodies, t, t, t) if bodies else None,
+                      template_pixel_A=boxes.pixel(t))
+    model.load_state_dict(state["model"])
+    return LoadedModel(model.to(device).eval(), boxes, config, state)
+
+
+def volumes_at(loaded: LoadedModel, z: np.ndarray | torch.Tensor, batch: int = 8
+               ) -> torch.Tensor:
+    """Maps (K, T, T, T) in the reference frame at latent points ``z`` (K, latent dims)."""
+    model, boxes = loaded.model, loaded.boxes
+    t = boxes.template_box
+    device = model.consensus.device
+    z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=device)
+    if z.ndim != 2 or z.shape[1] != model.zdim + model.zaffinedim:
+        raise InputError(None, f"latent points of dimension {tuple(z.shape)}; the model has "
+                         f"{model.zdim + model.zaffinedim}", field="z")
+    out = []
+    points = box_points_A(t, boxes.pixel(t), device)
+    with torch.no_grad():
+        for start in range(0, len(z), batch):
+            zb = z[start:start + batch]
+            maps, _ = model.maps(zb)
+            motions = model.motions(zb)
+            if motions is not None:
+                bodies = model.body_masks
+                moved = maps * (1 - bodies.sum(0)).clamp_min(0)
+                R = rotation_vector_matrix(motions[0])
+                for j in range(bodies.shape[0]):
+                    c = model.body_centres_A[j]
+                    q = (points[None] - c - motions[1][:, j, None, :]) @ R[:, j] + c
+                    moved = moved + sample_at((maps * bodies[j])[:, None], q,
+                                              boxes.pixel(t), t)[:, 0]
+                maps = moved
+            out.append(maps.cpu())
+    return torch.cat(out)
+
+
+def eval_vol(run_dir: str | Path, epoch: int, kind: str, number: int, *,
+             apix: float | None = None, flip: bool = False,
+             device: str | torch.device = "cpu") -> list[Path]:
+    """Decode the KMeans centres of ``analyze.N/kmeansK`` (``kind`` "kmeans", ``number`` K)
+    or the points along ``analyze.N/pcP`` (``kind`` "pc", ``number`` P) into
+    ``referenceI.mrc`` beside them, at ``apix`` Å (default the particles'); ``flip`` mirrors
+    the hand. Returns the paths written."""
+    from subtomo.report.plots import plot_class_slices
+
+    if kind not in KINDS:
+        raise InputError(None, f"unknown kind {kind!r}; choose kmeans or pc", field="KIND")
+    folder = analysis_dir(run_dir, epoch) / f"{kind}{number}"
+    points_file = folder / ("centers.txt" if kind == "kmeans" else "z_values.txt")
+    loaded = load_model(run_dir, epoch, device)
+    if not points_file.is_file():
+        raise InputError(points_file, f"not found: run 'subtomo hetero analyze {run_dir} "
+                         f"{epoch}' with --ksample {number} (kmeans) or --pcs ≥ {number} "
+                         "(pc) first", field="KIND")
+    z = np.atleast_2d(np.loadtxt(points_file))
+    boxes = loaded.boxes
+    apix_out = float(apix) if apix else boxes.pixel_A
+    if apix_out <= 0:
+        raise InputError(None, f"--apix must be positive, not {apix_out}", field="--apix")
+    box_out = max(2, int(round(boxes.box * boxes.pixel_A / apix_out / 2)) * 2)
+    maps = volumes_at(loaded, z)
+    written = []
+    slices = []
+    for i, vol in enumerate(maps):
+        out = fourier_crop(vol, box_out)
+        if flip:
+            out = torch.flip(out, dims=(0,))
+        path = folder / f"reference{i}.mrc"
+        write_mrc(path, out, boxes.box * boxes.pixel_A / box_out)
+        written.append(path)
+        slices.append(out)
+    plot_class_slices(slices, folder / "references.png",
+                      titles=[f"{kind}{number} #{i}" for i in range(len(slices))])
+    return written

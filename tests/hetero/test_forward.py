@@ -1,0 +1,124 @@
+"""The forward model against the simulator's ground truth, and its building blocks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from subtomo.fourier.grid import centred_irfft, centred_rfft, crop_spectrum, lowpass_map
+from subtomo.hetero.forward import Boxes, ctf_filter, encoder_input, predict, real_at
+from subtomo.hetero.model import (
+    Decoder,
+    HeteroVAE,
+    beta_value,
+    disentanglement_prior,
+    kl_divergence,
+    rotation_vector_matrix,
+)
+from subtomo.io.mrc import read_mrc
+from subtomo.io.star import read_particles
+from subtomo.maps.align_symmetry import fourier_crop
+from subtomo.refine.images import iterate_batches
+from subtomo.simulate.structure import axis_angle_matrix
+
+
+def _truth(sim):
+    ps = read_particles(sim.truth_star)
+    maps = [torch.from_numpy(read_mrc(p)[0].copy()) for p in sim.truth_maps]
+    return ps, maps
+
+
+def _model(box: int, consensus: torch.Tensor, pixel_A: float) -> HeteroVAE:
+    return HeteroVAE(enc_box=16, template_box=box, zdim=2, zaffinedim=0, consensus=consensus,
+                     mask=torch.ones_like(consensus), body_masks=None, template_pixel_A=pixel_A)
+
+
+def test_prediction_reproduces_the_simulated_particles(clean):
+    """The true class map at the true pose through the particle's CTF is the simulated
+    (noise-free) subtomogram, up to trilinear interpolation (template grid 32³ for the 24³
+    particles)."""
+    ps, maps = _truth(clean)
+    box, apix = 24, 8.0
+    boxes = Boxes(box, apix, 16, 32)
+    maps = [fourier_crop(m, 32) for m in maps]
+    model = _model(32, maps[0], boxes.pixel(32))
+    rows = np.arange(len(ps))
+    batch = next(iterate_batches(ps, rows, box=box, ctf=True, batch_size=len(rows),
+                                 shifts_px=torch.as_tensor(ps.shifts_A() / apix)))
+    classes = ps.particles["rlnClassNumber"].to_numpy()
+    volumes = torch.stack([maps[c - 1] for c in classes])
+    filt = ctf_filter(batch.ctf, boxes, 1.0, 0.0, len(rows), torch.device("cpu"))
+    A = ps.rotation_matrices().float()
+    pred, _ = predict(model, volumes, torch.zeros(len(rows), 2), A, torch.zeros(len(rows), 3),
+                      boxes, filt)
+    data = real_at(batch.spectra, box, box)
+    for p, d in zip(pred, data, strict=True):
+        assert np.corrcoef(p.ravel(), d.ravel())[0, 1] > 0.97
+    wrong, _ = predict(model, volumes, torch.zeros(len(rows), 2), A.transpose(1, 2),
+                       torch.zeros(len(rows), 3), boxes, filt)
+    assert np.corrcoef(wrong[0].ravel(), data[0].ravel())[0, 1] < 0.8
+
+
+def test_encoder_input_is_the_particle_in_the_reference_frame(clean):
+    """Rotated back by its pose, a particle (phase-flipped, no reference subtracted) lines up
+    with its class map; the transposed rotation does not."""
+    ps, maps = _truth(clean)
+    box, apix = 24, 8.0
+    boxes = Boxes(box, apix, 16, 16)
+    batch = next(iterate_batches(ps, np.arange(len(ps)), box=box, ctf=True, batch_size=6,
+                                 shifts_px=torch.as_tensor(ps.shifts_A() / apix)))
+    A = ps.rotation_matrices().float()
+    ones = torch.ones(16, 16, 16)
+    right = encoder_input(batch.spectra, batch.ctf, A, torch.zeros(6, 3), boxes, ones, 0.0, 1.0)
+    wrong = encoder_input(batch.spectra, batch.ctf, A.transpose(1, 2), torch.zeros(6, 3),
+                          boxes, ones, 0.0, 1.0)
+    classes = ps.particles["rlnClassNumber"].to_numpy()
+    for i, c in enumerate(classes):
+        truth = fourier_crop(maps[c - 1], 16).ravel()
+        assert np.corrcoef(right[i, 0].ravel(), truth)[0, 1] > 0.6
+        assert np.corrcoef(right[i, 0].ravel(), truth)[0, 1] > (
+            np.corrcoef(wrong[i, 0].ravel(), truth)[0, 1] + 0.2)
+
+
+def test_crop_spectrum_is_fourier_cropping():
+    vol = lowpass_map(torch.randn(32, 32, 32, dtype=torch.float64), 1.0, 3.0)
+    for box in (24, 23):
+        cropped = centred_irfft(crop_spectrum(centred_rfft(vol), box), box) * (box / 32) ** 3
+        assert torch.allclose(cropped, fourier_crop(vol, box), atol=1e-10)
+
+
+def test_rotation_vectors_match_rodrigues_and_have_a_gradient_at_zero():
+    w = torch.tensor([[0.3, -0.2, 0.5], [0.0, 0.0, 1e-5]], dtype=torch.float64)
+    angle = torch.rad2deg(w.norm(dim=1))
+    expected = axis_angle_matrix(w, angle)
+    assert torch.allclose(rotation_vector_matrix(w), expected, atol=1e-12)
+    zero = torch.zeros(1, 3, requires_grad=True)
+    rotation_vector_matrix(zero)[0, 0, 1].backward()
+    assert torch.isfinite(zero.grad).all() and zero.grad.abs().sum() > 0
+
+
+def test_beta_schedule_kl_and_prior():
+    values = [beta_value("cos", 2.0, e, s, 10, 2) for e in range(2) for s in range(10)]
+    assert values[0] == 0.0 and max(values) == pytest.approx(2.0)
+    assert values[10] == pytest.approx(2.0) and values == sorted(values)
+    assert beta_value("0.25", 2.0, 5, 3, 10, 2) == 0.5
+    mu, logvar = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, math.log(4.0)]])
+    assert float(kl_divergence(mu, logvar)) == pytest.approx(0.5 * (1 + 4 - math.log(4) - 1))
+    # latents proportional to the map differences cost nothing
+    delta = torch.randn(5, 4, 4, 4)
+    mu = delta.flatten(1)[:, :3] * 0 + torch.arange(5.0)[:, None]
+    maps = torch.arange(5.0)[:, None, None, None].expand(5, 4, 4, 4) * 2
+    assert float(disentanglement_prior(mu, maps, torch.ones(4, 4, 4))) == pytest.approx(0.0,
+                                                                                        abs=1e-9)
+    assert float(disentanglement_prior(mu.flip(0) ** 2, maps, torch.ones(4, 4, 4))) > 0.01
+
+
+def test_decoder_starts_small_and_reaches_the_template_box():
+    decoder = Decoder(3, 32)
+    out = decoder(torch.randn(4, 3))
+    assert out.shape == (4, 32, 32, 32)
+    with pytest.raises(ValueError):
+        Decoder(3, 40)
