@@ -40,8 +40,8 @@ BASE = dict(n_particles=150, image_size_px=(512, 512), thickness_px=100, box_px=
 PROJECTS = {
     "alignment": dict(seed=11),
     "motion": dict(motion_px=1.5, motion_scale_px=150.0, seed=12),
-    "cosine": dict(deformation_px=2.0, seed=13),
-    "linear": dict(deformation_px=2.0, deformation_model="linear", seed=14),
+    "cosine": dict(deformation_px=4.0, seed=13),
+    "linear": dict(deformation_px=4.0, deformation_model="linear", seed=14),
 }
 
 
@@ -177,6 +177,8 @@ def held_out_error(folder: Path, star_dir: Path) -> float:
                                 [0.3 * z, 0.5 * z, 0.7 * z], indexing="ij"), -1).reshape(-1, 3)
     coeffs = torch.from_numpy(np.load(folder / "truth" / "deformations.npz")["TS_01"])
     xt = truth.project(torch.from_numpy(grid))
+    # the fields are defined on the images: every held-out point lands inside every tilt
+    assert bool(((xt >= 0) & (xt <= torch.tensor([w, h], dtype=xt.dtype))).all())
     xt = xt + image_deformation(coeffs, xt, truth.image_size_px)
     xr = ts.project(torch.from_numpy(to_refined(grid)))
     d = deformation_of(ts)
@@ -271,8 +273,10 @@ def bench_motion(device: str, lines: list[str], summary: dict) -> None:
                 f"{fig['peak_MiB']:.0f} |")
     opt = reference(folder, device, "motion_round1/optimisation_set.star", "ref_motion1")
     runs = (("static", (), "round 2, without `--motion`"),
-            ("motion", ("--motion", "--s_div", "100"), "round 2, `--motion --s_div 100`"),
-            ("motion_default", ("--motion",), "round 2, `--motion` (RELION's defaults)"))
+            ("motion_default", ("--motion",), "round 2, `--motion` (RELION's defaults)"),
+            ("motion", ("--motion", "--sq_exp_ker", "--s_div", "500", "--s_vel", "0.25"),
+             "round 2, `--motion --sq_exp_ker --s_div 500 --s_vel 0.25` (the simulation's "
+             "kernel and scales)"))
     for name, extra, label in runs:
         out, fig = align(folder, name, opt, device, *extra)
         err = rms_error(folder, out)
@@ -280,8 +284,16 @@ def bench_motion(device: str, lines: list[str], summary: dict) -> None:
         rows.append(f"| {label} | {_pair(err)} | {res[0]:.2f} | {fig['wall_s']:.1f} | "
                     f"{fig['cpu_s']:.1f} | {fig['peak_MiB']:.0f} |")
         summary[name] = {"error_px": err, "fsc05_A": res[0], **fig}
-    lines += ["### Motion (smooth, spatially correlated, up to 1.5 px; plus the errors above)",
-              "", *rows, ""]
+    lines += ["### Motion (up to 1.5 px: per exposure step a smooth random velocity field, "
+              "covariance ≈ exp(−d²/ℓ²), ℓ = 150 px, accumulated in dose order; 3 e/Å² and "
+              "10 Å per px, so RELION's σ_d = ℓ is `--s_div 500` and the velocities' 0.07 px "
+              "per step are `--s_vel` ≈ 0.25; plus the errors above)", "", *rows, "",
+              "Error with `--motion` / without, round 2 (seen pairs): "
+              f"{summary['motion_default']['error_px'][0] / summary['static']['error_px'][0]:.2f}"
+              " (RELION's defaults), "
+              f"{summary['motion']['error_px'][0] / summary['static']['error_px'][0]:.2f} "
+              "(the simulation's kernel and scales). \"all\" adds the pairs whose `--b 96` "
+              "crop leaves the image: no data there, only the prior.", ""]
 
 
 def bench_deformation(device: str, lines: list[str], summary: dict) -> None:
@@ -295,9 +307,10 @@ def bench_deformation(device: str, lines: list[str], summary: dict) -> None:
                                              "--def_h", "6")),
                    ("spline 5×5 per tilt", ("--def_model", "spline", "--def_w", "5",
                                             "--def_h", "5")),
-                   ("spline 4×4 per tilt, `--def_reg 1`", ("--def_model", "spline", "--def_w",
-                                                           "4", "--def_h", "4", "--def_reg",
-                                                           "1"))),
+                   ("spline 3×3 per tilt (RELION's grid)", ("--def_model", "spline")),
+                   ("spline 5×5 per tilt, `--def_reg 0` (RELION's default)",
+                    ("--def_model", "spline", "--def_w", "5", "--def_h", "5", "--def_reg",
+                     "0"))),
         "linear": (("linear per tilt", ("--def_model", "linear")),),
     }
     for kind, runs in models.items():
@@ -315,9 +328,14 @@ def bench_deformation(device: str, lines: list[str], summary: dict) -> None:
             rows.append(f"| {kind} | round 2, {label} | {_pair(err)} | {held:.3f} | "
                         f"{fig['wall_s']:.1f} | {fig['cpu_s']:.1f} |")
             summary[f"{kind}_{name}"] = {"error_px": err, "held_out_px": held, **fig}
-    lines += ["### Deformations (per-tilt fields of up to 2 px: the simulator's cosine fields "
+    lines += ["### Deformations (per-tilt fields of up to 4 px: the simulator's cosine fields "
               "and RELION's linear model; held-out: a 9 × 9 × 3 grid of points over 70 % of "
-              "the image and the middle 40 % of the thickness)", "", *rows, ""]
+              "the image and the middle 40 % of the thickness)", "", *rows, "",
+              "Each model runs with its default `--def_reg` unless the row says otherwise. With "
+              "per-tilt fields and free particle positions, a smooth warp of the positions "
+              "that the fields undo is nearly invisible in the data; without a prior (RELION's "
+              "default `--def_reg 0`) the positions drift along it (see "
+              "`subtomo.tomo.deformation`).", ""]
 
 
 def main() -> None:
@@ -333,15 +351,20 @@ def main() -> None:
     for name, fn in parts:
         if name not in skip:  # each part's table is kept, so parts can be rerun alone
             lines: list[str] = []
+            load = os.getloadavg()[1]
             fn(args.device, lines, summary)
+            lines += [f"_Machine shared with other sessions: 5-minute load average {load:.1f} "
+                      f"at the start of this part, {os.getloadavg()[1]:.1f} at its end (2 "
+                      "cores)._", ""]
             print("\n".join(lines), flush=True)
             (DATA / f"{args.device}_{name}.md").write_text("\n".join(lines))
             (DATA / f"summary_{args.device}_{name}.json").write_text(
                 json.dumps(summary, indent=1))
     lines = [(DATA / f"{args.device}_{name}.md").read_text() for name, _ in parts
              if (DATA / f"{args.device}_{name}.md").exists()]
-    lines.append("Wall times are on a machine shared with other sessions (load ≈ 13 on its 2 "
-                 "cores while these ran; CPU time is the steadier figure); each run is `subtomo "
+    lines.append("Wall times are on a machine shared with one to three other sessions (load ≈ "
+                 "13 on its 2 cores for tables without a load line; CPU time is the steadier "
+                 "figure); each run is `subtomo "
                  "tomo-align` in its own process (imports, reading the tilt series and the CC "
                  "maps included; peak RSS of that process).")
     update_section(f"Tilt-series refinement, tomo-align ({args.device})", "\n".join(lines))

@@ -123,11 +123,14 @@ def moving(tmp_path_factory):
 
 
 def test_motion_is_recovered_and_beats_a_static_fit(moving):
+    """Velocities correlated over ℓ = 100 px (≈ 4 e/Å² per tilt, 10 Å px: RELION's σ_d = ℓ at
+    ``--s_div`` ≈ 250 Å); the exponential kernel (RELION's default) with ``s_div`` 300 Å.
+    Measured: 0.135 px without motion, 0.072 px with it."""
     refs = _truth_references(moving)
     static = _rms_error(_align(moving, refs), moving)
     motion = _rms_error(_align(moving, refs, motion=True, s_div=300.0), moving)
     assert motion <= 0.3
-    assert motion < 0.6 * static
+    assert motion <= 0.7 * static
 
 
 @pytest.fixture(scope="module")
@@ -163,17 +166,26 @@ def _held_out_error(result, sim) -> float:
     return float((xr - xt).norm(dim=-1).pow(2).mean().sqrt())
 
 
+@pytest.fixture(scope="module")
+def plain_held_out(deformed):
+    """Held-out error of the fit without a deformation model, per simulated kind."""
+    return {kind: _held_out_error(_align(sim, _truth_references(sim)), sim)
+            for kind, sim in deformed.items()}
+
+
 @pytest.mark.parametrize("model,kind,options,gain", [
-    ("Fourier", "cosine", dict(def_w=5, def_h=6), 0.7),
+    ("Fourier", "cosine", dict(def_w=5, def_h=6), 0.7),  # measured 0.116 / 0.480 px
     # 200 spline coefficients for 40 particles: a field shared by all tilts is nearly a change
-    # of the particles' positions, so the plain fit is already close and the gain is small
-    ("spline", "cosine", dict(def_w=5, def_h=5), 0.9),
-    ("linear", "linear", dict(per_frame_deformation=True), 0.7),
+    # of the particles' positions, so the plain fit is already close and the gain is smaller
+    ("spline", "cosine", dict(def_w=5, def_h=5), 0.8),  # 0.324 / 0.480 px
+    ("linear", "linear", dict(per_frame_deformation=True), 0.7),  # 0.045 / 0.301 px
 ])
-def test_deformations_are_recovered_on_held_out_points(deformed, model, kind, options, gain):
+def test_deformations_are_recovered_on_held_out_points(deformed, plain_held_out, model, kind,
+                                                       options, gain):
+    """Each model with its default regulariser (``def_reg`` unset)."""
     sim = deformed[kind]
     refs = _truth_references(sim)
-    plain = _held_out_error(_align(sim, refs), sim)
+    plain = plain_held_out[kind]
     result = _align(sim, refs, deformation=True, def_model=model, **options)
     held_out = _held_out_error(result, sim)
     assert held_out <= 0.5

@@ -182,12 +182,18 @@ def _random_deformations(n_tilts: int, amplitude_px: float, image_size: tuple[in
 
 def _smooth_motion(positions_px: torch.Tensor, pre_exposure: np.ndarray, amplitude_px: float,
                    scale_px: float, gen: torch.Generator) -> torch.Tensor:
-    """``(N, T, 3)`` displacements (px): per exposure step a random smooth velocity field
-    (8 plane waves of wavelength ~ ``scale_px``) accumulated in dose order."""
+    """``(N, T, 3)`` displacements (px): per exposure step a random smooth velocity field,
+    independent between steps, accumulated in dose order (RELION's motion model).
+
+    Each field is a sum of 32 plane waves with wave vectors ``k ~ N(0, 1 / (2 π² ℓ²))``
+    (cycles per px), so that the velocities' covariance over a distance ``d`` is about
+    ``exp(−d² / ℓ²)``, ``ℓ = scale_px``: RELION's squared-exponential kernel (``--sq_exp_ker``)
+    with ``σ_d = ℓ``."""
     t = len(pre_exposure)
     order = np.argsort(pre_exposure, kind="stable")
-    waves = 8
-    k = torch.randn(t, waves, 3, generator=gen, dtype=torch.float64) / scale_px
+    waves = 32
+    k = torch.randn(t, waves, 3, generator=gen, dtype=torch.float64) / (
+        math.pi * math.sqrt(2.0) * scale_px)
     phase = torch.rand(t, waves, generator=gen, dtype=torch.float64) * 2 * math.pi
     amp = torch.randn(t, waves, 3, generator=gen, dtype=torch.float64)
     arg = 2 * math.pi * torch.einsum("twc,nc->ntw", k, positions_px) + phase

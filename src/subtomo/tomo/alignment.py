@@ -69,7 +69,7 @@ class AlignSettings:
     def_w: int = 3
     def_h: int = 3
     def_model: str = "spline"
-    def_reg: float = 0.0
+    def_reg: float | None = None  # None: the model's default (deformation.DEFAULT_REG)
     per_frame_deformation: bool = False
     shift_only: bool = False
     pad: int = 2  # CC map samples per px
@@ -161,6 +161,8 @@ class _Model(torch.nn.Module):
                 c = initial.coefficients.to(torch.float64)
                 start = c if settings.per_frame_deformation else c.mean(0, keepdim=True)
             self.def_model, self.def_grid = model, grid
+            self.def_reg = (deform.DEFAULT_REG[model] if settings.def_reg is None
+                            else float(settings.def_reg))
             self.def_scale = deform.coefficient_scale(model, self.image_size, count).to(device)
             self.def_start = start.to(device)
             self.coeffs = torch.nn.Parameter(torch.zeros_like(self.def_start))
@@ -234,7 +236,7 @@ class _Model(torch.nn.Module):
         coeffs = self.deformation_coefficients()
         if coeffs is not None:
             cost = cost + deform.regulariser(self.def_model, coeffs, self.def_grid,
-                                             self.image_size, self.settings.def_reg)
+                                             self.image_size, self.def_reg)
         return cost / self.norm
 
 
