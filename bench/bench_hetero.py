@@ -139,18 +139,31 @@ def run_composition(epochs: int, device: str, lines: list[str]) -> None:
                  f"(bar ≥ 0.9); {_times(history)}")
 
 
-def _end_states(data: Path) -> list[torch.Tensor]:
+def _end_states(data: Path) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The true 0° and 30° maps and a soft mask on the hinged domain over its whole range."""
+    from subtomo.maps.mask import create_mask
     from subtomo.simulate.render import render_atoms
     from subtomo.simulate.subtomograms import build_structure
 
     config = SimulationConfig(**BASE, **SETS["hinge"])
     base = build_structure(config)
-    return [render_atoms(base.hinged(a).positions_A[None], base.amplitudes, config.box_px,
-                         config.pixel_size_A, config.sigma_A)[0].float() for a in (0.0, 30.0)]
+
+    def render(angle: float, atoms=None, sigma: float = config.sigma_A) -> torch.Tensor:
+        s = base.hinged(angle)
+        sel = slice(None) if atoms is None else atoms
+        return render_atoms(s.positions_A[sel][None], s.amplitudes[sel], config.box_px,
+                            config.pixel_size_A, sigma)[0].float()
+
+    moving = base.domain == 2
+    domain = sum(render(a, moving, 2 * config.sigma_A) for a in (0.0, 15.0, 30.0))
+    mask = create_mask(domain, config.pixel_size_A, 0.1 * float(domain.max()),
+                       extend_inimask_px=1, width_soft_edge_px=2).float()
+    return [render(0.0), render(30.0)], mask
 
 
 def run_hinge(epochs: int, device: str, lines: list[str]) -> None:
     from scipy.stats import spearmanr
+    from sklearn.decomposition import PCA
 
     from subtomo.fourier.fsc import fsc, resolution_at
     from subtomo.hetero.volumes import eval_vol
@@ -163,8 +176,6 @@ def run_hinge(epochs: int, device: str, lines: list[str]) -> None:
     result = analyze(out, last, pcs=2, ksample=4, skip_umap=True)
     rhos = []
     for h in history:
-        from sklearn.decomposition import PCA
-
         z = np.load(out / f"z.{int(h['epoch'])}.npy")
         rhos.append(abs(spearmanr(PCA(1).fit_transform(z)[:, 0], angle).statistic))
     rho = spearmanr(result.pcs[:, 0], angle).statistic
@@ -172,22 +183,35 @@ def run_hinge(epochs: int, device: str, lines: list[str]) -> None:
     ends = [torch.from_numpy(read_mrc(paths[i])[0].copy()) for i in (0, len(paths) - 1)]
     mask = torch.from_numpy(read_mrc(out / "mask.mrc")[0].copy())
     consensus = torch.from_numpy(read_mrc(out / "consensus.mrc")[0].copy())
-    truths = _end_states(data)
+    truths, domain = _end_states(data)
     if rho < 0:  # PC1 runs from 30° to 0°: pair the ends with the matching states
         truths = truths[::-1]
 
-    def res(a: torch.Tensor, b: torch.Tensor) -> float:
-        return resolution_at(fsc(a * mask, b * mask), 48, 4.0, threshold=0.5)
+    def res(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> float:
+        return resolution_at(fsc(a * m, b * m), 48, 4.0, threshold=0.5)
 
-    pairs = [(res(e, t), res(consensus, t)) for e, t in zip(ends, truths, strict=True)]
+    def band(a: torch.Tensor, b: torch.Tensor) -> float:  # mean FSC, 48–16 Å, domain mask
+        return float(fsc(a * domain, b * domain)[1:4 * 48 // 16 + 1].mean())
+
+    pairs = [(res(e, t, mask), res(consensus, t, mask)) for e, t in zip(ends, truths,
+                                                                         strict=True)]
+    blind = res(truths[0], truths[1], mask)
+    bands = [(band(e, t), band(consensus, t)) for e, t in zip(ends, truths, strict=True)]
     lines.append(f"- hinge (1000 particles, 0–30°, `--estpose`): |Spearman ρ(PC1, angle)| per "
                  f"epoch {', '.join(f'{r:.3f}' for r in rhos)}; last {abs(rho):.3f} (bar ≥ 0.9);"
                  f" {_times(history)}")
     lines.append("- hinge end maps (eval-vol pc 1, 5th/95th percentile) vs the true 0°/30° "
-                 "states, masked FSC 0.5: " + "; ".join(
+                 "states, FSC 0.5 in the run's mask: " + "; ".join(
                      f"{name} {e:.1f} Å (consensus {c:.1f} Å)" for name, (e, c) in
                      zip(("0° end", "30° end"), pairs, strict=True)) +
-                 " (bar: each end closer than the consensus)")
+                 " (bar: each end closer than the consensus). This measure cannot see the "
+                 f"hinge: the true 0° and 30° maps agree to FSC 0.5 at {blind:.1f} Å (Nyquist "
+                 "8 Å) in that mask, so it ranks maps by their noise at 9 Å")
+    lines.append("- the same ends in a mask on the hinged domain, mean FSC over 48–16 Å against "
+                 "the true end state: " + "; ".join(
+                     f"{name} {e:.3f} (consensus {c:.3f})" for name, (e, c) in
+                     zip(("0° end", "30° end"), bands, strict=True)) +
+                 f" (true 0° vs true 30°: {band(truths[0], truths[1]):.3f})")
 
 
 def run_junk(epochs: int, device: str, lines: list[str]) -> None:

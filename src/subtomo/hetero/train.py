@@ -72,13 +72,13 @@ class TrainOptions:
     beta_control: float = 1.0
     beta: str = "cos"
     beta_cycle: int = 4
-    lamb: float = 0.5
+    lamb: float = 0.05
     downfrac: float = 0.75
     templateres: int | None = None
     valfrac: float = 0.1
     bfactor: float = 0.0
     ctf: bool = True
-    ctfalpha: float = 0.0
+    ctfalpha: float = 1.0
     ctfbeta: float = 1.0
     estpose: bool = False
     pose_lr_deg: float = 0.2
