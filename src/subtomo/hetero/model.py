@@ -75,7 +75,10 @@ prior: no posterior collapse while the decoder learns), ``σ²`` the noise varia
 estimated once from the residuals against the consensus, ``β(t) = beta_control · b(t)`` with
 ``b`` 1 or, for ``--beta cos``, the cyclical annealing ``b = ½ (1 - cos(π min(1, 2τ)))``
 over cycles of ``beta_cycle`` epochs (``τ`` the fraction of the cycle done: half a cycle rising
-from 0, half at 1). A batch ``B`` adds the structural disentanglement prior (``--lamb`` λ)::
+from 0, half at 1); a cycle starts only while more than ``beta_cycle`` epochs remain, so the
+run ends at β = beta_control (on the hinge bench a restart at β = 0 in epoch 8 of 10 dropped
+|Spearman ρ(PC1, angle)| from 0.885 to 0.57 in one epoch). A batch ``B`` adds the structural
+disentanglement prior (``--lamb`` λ)::
 
     λ · mean_{i<j in B} ( |mu_i - mu_j|² / m_z - |M (Δ_i - Δ_j)|² / m_V )²
 
@@ -338,10 +341,16 @@ def disentanglement_prior(mu: Tensor, delta: Tensor, mask: Tensor) -> Tensor:
 
 
 def beta_value(schedule: str, control: float, epoch: int, step: int, steps: int,
-               cycle_epochs: int) -> float:
-    """β at ``step`` of ``steps`` in ``epoch``: ``control`` × (1, or the cyclical cosine)."""
+               cycle_epochs: int, epochs: int | None = None) -> float:
+    """β at ``step`` of ``steps`` in ``epoch``: ``control`` × (1, or the cyclical cosine).
+
+    With the run's length ``epochs`` a new cycle starts only while more than ``cycle_epochs``
+    epochs remain; after that β stays at ``control`` (no restart near the end)."""
     if schedule != "cos":
         return control * float(schedule)
+    cycle = max(cycle_epochs, 1)
+    if epochs is not None and epoch >= cycle and epochs - (epoch - epoch % cycle) <= cycle:
+        return control
     position = (epoch + step / max(steps, 1)) / max(cycle_epochs, 1)
     tau = position - int(position)
     return control * 0.5 * (1 - math.cos(math.pi * min(1.0, 2 * tau)))
