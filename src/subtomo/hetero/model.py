@@ -331,9 +331,11 @@ def disentanglement_prior(mu: Tensor, delta: Tensor, mask: Tensor) -> Tensor:
         return mu.sum() * 0
     i, j = torch.triu_indices(mu.shape[0], mu.shape[0], 1, device=mu.device)
     dz = ((mu[i] - mu[j]) ** 2).sum(-1)
-    with torch.no_grad():
-        flat = (delta * mask).flatten(1)
-        dv = ((flat[i] - flat[j]) ** 2).sum(-1)
+    with torch.no_grad():  # |a - b|² from the Gram matrix: no (pairs, T³) difference array
+        flat = (delta * mask).flatten(1).double()
+        gram = flat @ flat.T
+        norms = gram.diagonal()
+        dv = (norms[i] + norms[j] - 2 * gram[i, j]).clamp_min(0).to(mu.dtype)
     mz, mv = dz.mean().clamp_min(1e-12), dv.mean()
     if float(mv) <= 0:
         return mu.sum() * 0
