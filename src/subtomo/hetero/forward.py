@@ -137,23 +137,22 @@ def predict(model: HeteroVAE, maps: Tensor, z: Tensor, A: Tensor, shift_A: Tenso
     residual shifts ``shift_A`` (B, 3) Å, and the mask at each pose (B, L, L, L).
 
     With rigid bodies the masked parts of each map move by the motions of ``z``'s dynamics
-    latent before the pose is applied. The mask is sampled without gradient: it says where the
-    comparison is made and is not a model to fit (nor a handle for the pose corrections).
+    latent before the pose is applied.
     """
     n, t = boxes.loss_box, boxes.template_box
     pixel_t = boxes.pixel(t)
     points = box_points_A(n, boxes.pixel(n), maps.device)
     p = (points[None] + shift_A[:, None, :].to(maps.dtype)) @ A.to(maps.dtype)  # A^T (r + s)
     mask = model.mask.expand(maps.shape[0], 1, t, t, t)
-    with torch.no_grad():  # the mask needs no gradient: one channel less in the backward pass
-        mask_at = sample_at(mask, p.detach(), pixel_t, n)[:, 0]
     motions = model.motions(z)
     if motions is None:
-        moved = sample_at(maps[:, None], p, pixel_t, n)[:, 0]
+        sampled = sample_at(torch.cat([maps[:, None], mask], 1), p, pixel_t, n)
+        moved, mask_at = sampled[:, 0], sampled[:, 1]
     else:
         bodies = model.body_masks  # (J, T³)
         static = (1 - bodies.sum(0)).clamp_min(0)
-        moved = sample_at((maps * static)[:, None], p, pixel_t, n)[:, 0]
+        sampled = sample_at(torch.cat([(maps * static)[:, None], mask], 1), p, pixel_t, n)
+        moved, mask_at = sampled[:, 0], sampled[:, 1]
         rotvec, trans = motions
         R = rotation_vector_matrix(rotvec)  # (B, J, 3, 3)
         centres = model.body_centres_A
