@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomograms
+
+
+@pytest.fixture(scope="package", autouse=True)
+def one_thread():
+    """One torch thread for these small (16³–32³) problems: as fast as two on an idle machine,
+    and on a loaded 2-core CI machine two threads spin at their barriers and double the CPU
+    time (the subprocess tests set OMP_NUM_THREADS=1 for the same reason)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _simulate(factory, name: str, **kwargs):

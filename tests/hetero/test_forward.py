@@ -105,6 +105,11 @@ def test_beta_schedule_kl_and_prior():
     assert values[0] == 0.0 and max(values) == pytest.approx(2.0)
     assert values[10] == pytest.approx(2.0) and values == sorted(values)
     assert beta_value("0.25", 2.0, 5, 3, 10, 2) == 0.5
+    # cycles of 4 epochs restart at 4 in a 12-epoch run, not in the last 4 epochs (8 … 11)
+    assert beta_value("cos", 1.0, 4, 0, 10, 4, 12) == 0.0
+    assert [beta_value("cos", 1.0, e, 0, 10, 4, 12) for e in (8, 11)] == [1.0, 1.0]
+    assert beta_value("cos", 1.0, 4, 0, 10, 4, 6) == 1.0
+    assert beta_value("cos", 1.0, 0, 0, 10, 4, 2) == 0.0
     mu, logvar = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, math.log(4.0)]])
     assert float(kl_divergence(mu, logvar)) == pytest.approx(0.5 * (1 + 4 - math.log(4) - 1))
     # latents proportional to the map differences cost nothing

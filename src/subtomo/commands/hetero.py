@@ -53,15 +53,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--beta", default="cos", help="'cos' (cyclical annealing) or a number")
     t.add_argument("--beta-cycle", dest="beta_cycle", type=int, default=4,
                    help="epochs per annealing cycle")
-    t.add_argument("--lamb", type=float, default=0.5, help="structural disentanglement prior")
+    t.add_argument("--lamb", type=float, default=0.05,
+                   help="weight of the structural disentanglement prior")
     t.add_argument("--downfrac", type=float, default=0.75, help="encoder input box / box")
     t.add_argument("--templateres", type=int, default=None,
                    help="decoder output box, a multiple of 16 (default ⌈D·downfrac/0.75⌉₁₆)")
     t.add_argument("--valfrac", type=float, default=0.1, help="validation fraction")
     t.add_argument("--split", default=None, help="train/validation split file (JSON)")
     t.add_argument("--bfactor", type=float, default=0.0, help="B-factor on the decoded maps")
-    t.add_argument("--ctfalpha", type=float, default=0.0,
-                   help="encoder input CTF correction sign(C)|C|^alpha (0: phase flip)")
+    t.add_argument("--ctfalpha", type=float, default=1.0,
+                   help="encoder input CTF weighting sign(C)|C|^alpha (1: matched filter, "
+                   "0: phase flip)")
     t.add_argument("--ctfbeta", type=float, default=1.0, help="model CTF sign(C)|C|^beta")
     t.add_argument("--estpose", action="store_true", help="refine a pose per particle")
     t.add_argument("--angpix", "--Apix", type=float, default=None, help="pixel size, Å")

@@ -72,13 +72,13 @@ class TrainOptions:
     beta_control: float = 1.0
     beta: str = "cos"
     beta_cycle: int = 4
-    lamb: float = 0.5
+    lamb: float = 0.05
     downfrac: float = 0.75
     templateres: int | None = None
     valfrac: float = 0.1
     bfactor: float = 0.0
     ctf: bool = True
-    ctfalpha: float = 0.0
+    ctfalpha: float = 1.0
     ctfbeta: float = 1.0
     estpose: bool = False
     pose_lr_deg: float = 0.2
@@ -466,7 +466,8 @@ def train_epoch(run: Run, epoch: int, ctx: Context, progress: bool) -> dict:
     model.train()
     for step in range(steps):
         batch = next(batches, None)
-        beta = beta_value(opts.beta, opts.beta_control, epoch, step, steps, opts.beta_cycle)
+        beta = beta_value(opts.beta, opts.beta_control, epoch, step, steps, opts.beta_cycle,
+                          opts.epochs)
         run.optimizer.zero_grad(set_to_none=False)
         if batch is not None and len(batch.rows):
             correction = run.poses.rows(batch.rows, run.device) if run.poses else None
@@ -500,7 +501,7 @@ def train_epoch(run: Run, epoch: int, ctx: Context, progress: bool) -> dict:
     return {"train_loss": float(totals[0]) / count, "train_rec": float(totals[1]) / count,
             "train_kl": float(totals[2]) / count, "train_prior": float(totals[3]) / count,
             "beta": beta_value(opts.beta, opts.beta_control, epoch, steps, steps,
-                               opts.beta_cycle)}
+                               opts.beta_cycle, opts.epochs)}
 
 
 def encode_all(run: Run, ctx: Context, progress: bool) -> dict:
