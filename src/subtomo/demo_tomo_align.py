@@ -52,7 +52,7 @@ def run_tomo_align_demo(out_dir: str | Path = "demo_out/tomo_align", n_particles
 
     console = console or Console(width=120)
     start = time.perf_counter()
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # the demo works inside the project (os.chdir below)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     config = TiltSeriesConfig(n_particles=n_particles, image_size_px=(256, 256),
