@@ -650,7 +650,7 @@ class Backprojector:
         reg = self._regulariser(tau2, wiener_constant)
         if reg is None:
             return vol
-        w = self._weight.to(torch.float64)
+        w = self._weight.to(torch.float64, copy=True)  # the sums stay as they are
         for col, (_, wp) in planes.items():
             w[:, :, col] = wp
         w_d = _filled_weight(d_grid_weight(w.mul_(scale), box, pad))
