@@ -300,6 +300,7 @@ def test_tomo_align_demo_recovers_the_geometry(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # a relative output folder, as `subtomo demo` gives it
     figures = run_tomo_align_demo(Path("ta"), 40, 0, Console(quiet=True))
+    assert Path.cwd() == tmp_path  # the demo names paths, it does not change directory
     assert figures["error_given_px"] > 2.0
     assert figures["error_aligned_px"] < 0.5
     assert figures["fsc05_aligned_A"] <= 1.1 * figures["fsc05_true_geometry_A"]
