@@ -82,13 +82,12 @@ def run_tomo_align_demo(out_dir: str | Path = "demo_out/tomo_align", n_particles
                                fsc=inputs.files["fsc"])
         console.print(f"tomo-align{' --motion' if motion else ''} against the "
                       f"{rec.resolution_A:.0f} Å references ...")
-        out = project / f"TomoAlign/job{job_no + 1:03d}"
+        job_dir = project / f"TomoAlign/job{job_no + 1:03d}"
         job = tomo_align(inputs, refs, AlignSettings(box=48, max_shift_px=6.0,
-                                                     motion=motion, s_div=300.0), out,
+                                                     motion=motion, s_div=300.0), job_dir,
                          reconstruct=False, command=["subtomo", "tomo-align", "(demo)"],
                          progress=False)
-        sets = tuple(out / f for f in ("particles.star", "tomograms.star",
-                                            "motion.star"))
+        sets = tuple(job_dir / f for f in ("particles.star", "tomograms.star", "motion.star"))
         rec = reconstruct_particle(job.particles, job.tomograms, box=box,
                                    motion=job.trajectories, progress=False)
     after = rec
