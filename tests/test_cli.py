@@ -300,12 +300,16 @@ def test_tomo_align_demo_recovers_the_geometry(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # a relative output folder, as `subtomo demo` gives it
     figures = run_tomo_align_demo(Path("ta"), 40, 0, Console(quiet=True))
-    assert Path.cwd() == tmp_path  # the demo names paths, it does not change directory
+    assert Path.cwd() == tmp_path  # the demo's working directory is given back
     assert figures["error_given_px"] > 2.0
     assert figures["error_aligned_px"] < 0.5
     assert figures["fsc05_aligned_A"] <= 1.1 * figures["fsc05_true_geometry_A"]
     assert figures["fsc05_given_A"] > 1.5 * figures["fsc05_aligned_A"]
     job = tmp_path / "ta" / "project" / "TomoAlign" / "job004"
+    # RELION runs in the project folder: the files it reads name paths relative to it
+    opt = (tmp_path / "ta" / "project" / "ReconstructParticle" / "job003" /
+           "optimisation_set.star").read_text()
+    assert "TomoAlign/job002/particles.star" in opt and "ta/project" not in opt
     for name in ("tomograms.star", "particles.star", "motion.star", "optimisation_set.star",
                  "Trajectories/TS_01_x1.ply", "Trajectories/TS_01_x8.ply"):
         assert (job / name).is_file(), name

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -51,7 +52,7 @@ def run_tomo_align_demo(out_dir: str | Path = "demo_out/tomo_align", n_particles
 
     console = console or Console(width=120)
     start = time.perf_counter()
-    out = Path(out_dir).resolve()
+    out = Path(out_dir).resolve()  # the demo works inside the project (os.chdir below)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     config = TiltSeriesConfig(n_particles=n_particles, image_size_px=(256, 256),
@@ -62,54 +63,58 @@ def run_tomo_align_demo(out_dir: str | Path = "demo_out/tomo_align", n_particles
     console.print(f"tomo-align demo: simulating {n_particles} particles in a tilt series of "
                   "31 tilts with per-tilt errors (σ 1.5 px, 0.5°) and beam-induced motion ...")
     sim = simulate_tiltseries(out / "project", config, progress=False)
-    project = sim.directory  # every path below is the project's (no change of directory)
-    truth_map = torch.from_numpy(read_mrc(sim.truth_maps[0])[0])
-    box, apix = config.box_px, config.pixel_size_A
-    given = read_inputs(project / "optimisation_set.star")
-    truth = read_inputs(project / "truth" / "optimisation_set.star")
-    console.print("reconstruct-particle with the given geometry → references ...")
-    before = reconstruct_particle(given.particles, given.tomograms, box=box, progress=False)
-    rec, sets = before, (project / "particles.star", project / "tomograms.star", None)
-    for job_no, motion in ((1, False), (3, True)):  # tomo-align, then again with motion
-        folder = project / f"ReconstructParticle/job{job_no:03d}"
-        write_outputs(rec, folder)
-        write_optimisation_set(folder / "optimisation_set.star", particles=sets[0],
-                               tomograms=sets[1], trajectories=sets[2],
-                               ref1=folder / "half1.mrc", ref2=folder / "half2.mrc",
-                               fsc=folder / "fsc.star")
-        inputs = read_inputs(folder / "optimisation_set.star")
-        refs = read_references(inputs.files["ref1"], inputs.files["ref2"],
-                               fsc=inputs.files["fsc"])
-        console.print(f"tomo-align{' --motion' if motion else ''} against the "
-                      f"{rec.resolution_A:.0f} Å references ...")
-        job_dir = project / f"TomoAlign/job{job_no + 1:03d}"
-        job = tomo_align(inputs, refs, AlignSettings(box=48, max_shift_px=6.0,
-                                                     motion=motion, s_div=300.0), job_dir,
-                         reconstruct=False, command=["subtomo", "tomo-align", "(demo)"],
-                         progress=False)
-        sets = tuple(job_dir / f for f in ("particles.star", "tomograms.star", "motion.star"))
-        rec = reconstruct_particle(job.particles, job.tomograms, box=box,
-                                   motion=job.trajectories, progress=False)
-    after = rec
-    write_outputs(after, project / "ReconstructParticle" / "job005")
-    true_rec = reconstruct_particle(truth.particles, truth.tomograms, box=box,
-                                    motion=truth.motion, progress=False)
-    mask = create_mask(after.map, apix, 0.15 * float(after.map.max()), extend_inimask_px=2,
-                       width_soft_edge_px=3)
-    post = postprocess(after.half1, after.half2, mask, apix)
-    write_mrc(project / "postprocess.mrc", post.sharpened, apix)
-    true_xy = _image_positions(truth.particles, truth.tomograms,
-                               read_motion(project / "truth" / "motion.star"))
-    errors = {}
-    for label, (ps, tset, motion) in {
-            "given": (read_particles(project / "particles.star"),
-                      read_tomogram_set(project / "tomograms.star"),
-                      None),
-            "aligned": (job.particles, job.tomograms, job.trajectories)}.items():
-        xy = _image_positions(ps, tset, motion)
-        errors[label] = float((xy - true_xy).norm(dim=-1).pow(2).mean().sqrt())
-    fsc05 = {label: resolution_at(fsc(rec.map, truth_map), box, apix, 0.5)
-             for label, rec in (("given", before), ("aligned", after), ("truth", true_rec))}
+    cwd = os.getcwd()
+    os.chdir(sim.directory)  # STAR files name files relative to the project, as RELION's
+    try:
+        truth_map = torch.from_numpy(read_mrc(sim.truth_maps[0])[0])
+        box, apix = config.box_px, config.pixel_size_A
+        given = read_inputs("optimisation_set.star")
+        truth = read_inputs("truth/optimisation_set.star")
+        console.print("reconstruct-particle with the given geometry → references ...")
+        before = reconstruct_particle(given.particles, given.tomograms, box=box, progress=False)
+        rec, sets = before, ("particles.star", "tomograms.star", None)
+        for job_no, motion in ((1, False), (3, True)):  # tomo-align, then again with motion
+            folder = f"ReconstructParticle/job{job_no:03d}"
+            write_outputs(rec, Path(folder))
+            write_optimisation_set(f"{folder}/optimisation_set.star", particles=sets[0],
+                                   tomograms=sets[1], trajectories=sets[2],
+                                   ref1=f"{folder}/half1.mrc", ref2=f"{folder}/half2.mrc",
+                                   fsc=f"{folder}/fsc.star")
+            inputs = read_inputs(f"{folder}/optimisation_set.star")
+            refs = read_references(inputs.files["ref1"], inputs.files["ref2"],
+                                   fsc=inputs.files["fsc"])
+            console.print(f"tomo-align{' --motion' if motion else ''} against the "
+                          f"{rec.resolution_A:.0f} Å references ...")
+            out = Path(f"TomoAlign/job{job_no + 1:03d}")
+            job = tomo_align(inputs, refs, AlignSettings(box=48, max_shift_px=6.0,
+                                                         motion=motion, s_div=300.0), out,
+                             reconstruct=False, command=["subtomo", "tomo-align", "(demo)"],
+                             progress=False)
+            sets = tuple(str(out / f) for f in ("particles.star", "tomograms.star",
+                                                "motion.star"))
+            rec = reconstruct_particle(job.particles, job.tomograms, box=box,
+                                       motion=job.trajectories, progress=False)
+        after = rec
+        write_outputs(after, Path("ReconstructParticle/job005"))
+        true_rec = reconstruct_particle(truth.particles, truth.tomograms, box=box,
+                                        motion=truth.motion, progress=False)
+        mask = create_mask(after.map, apix, 0.15 * float(after.map.max()), extend_inimask_px=2,
+                           width_soft_edge_px=3)
+        post = postprocess(after.half1, after.half2, mask, apix)
+        write_mrc("postprocess.mrc", post.sharpened, apix)
+        true_xy = _image_positions(truth.particles, truth.tomograms,
+                                   read_motion("truth/motion.star"))
+        errors = {}
+        for label, (ps, tset, motion) in {
+                "given": (read_particles("particles.star"), read_tomogram_set("tomograms.star"),
+                          None),
+                "aligned": (job.particles, job.tomograms, job.trajectories)}.items():
+            xy = _image_positions(ps, tset, motion)
+            errors[label] = float((xy - true_xy).norm(dim=-1).pow(2).mean().sqrt())
+        fsc05 = {label: resolution_at(fsc(rec.map, truth_map), box, apix, 0.5)
+                 for label, rec in (("given", before), ("aligned", after), ("truth", true_rec))}
+    finally:
+        os.chdir(cwd)
     figures = {
         "error_given_px": errors["given"], "error_aligned_px": errors["aligned"],
         "fsc05_given_A": fsc05["given"], "fsc05_aligned_A": fsc05["aligned"],
