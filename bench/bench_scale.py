@@ -145,7 +145,7 @@ def child_reconstruct(star: str, n: int, max_memory: float | None) -> dict:
 
 
 def child_refine(folder: str, n: int, max_iter: int, max_memory: float | None,
-                 auto_local: int) -> dict:
+                 auto_local: int, resume: bool = False) -> dict:
     import numpy as np
     import torch
 
@@ -165,11 +165,18 @@ def child_refine(folder: str, n: int, max_iter: int, max_memory: float | None,
     true_pose = reconstruct(truth_ps, ctf=True, halves=True, progress=False,
                             max_memory_gib=max_memory)
     out = data / "Refine3D"
-    shutil.rmtree(out, ignore_errors=True)
+    resume = resume and any(out.glob("run_it*_optimiser.json"))
+    first = 0
+    if resume:  # a run stopped earlier (e.g. at the end of a session) goes on where it was
+        from subtomo.refine.outputs import last_state
+        first = json.loads(last_state(out).read_text())["iteration"]
+    else:
+        shutil.rmtree(out, ignore_errors=True)
     start, cpu = time.perf_counter(), time.process_time()
-    result = auto_refine(start_ps, reference, out, progress=False, options=RefineOptions(
-        ctf=True, max_iter=max_iter, max_memory_gib=max_memory,
-        auto_local_healpix_order=auto_local))
+    result = auto_refine(start_ps, reference, out, progress=False, continue_from=resume,
+                         options=RefineOptions(ctf=True, max_iter=max_iter,
+                                               max_memory_gib=max_memory,
+                                               auto_local_healpix_order=auto_local))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     refined = resolution_at(fsc(result.reconstruction.map, truth_map), box, apix, 0.5)
     true = resolution_at(fsc(true_pose.map, truth_map), box, apix, 0.5)
@@ -178,6 +185,7 @@ def child_refine(folder: str, n: int, max_iter: int, max_memory: float | None,
     start_errors = symmetric_distance_deg(truth_ps.rotation_matrices(),
                                           start_ps.rotation_matrices(), "C1")
     return {"seconds": seconds, "process_cpu_s": cpu, "iterations": result.iterations,
+            "resumed_after": first,
             "converged": result.converged, "refined_fsc05_A": refined, "true_fsc05_A": true,
             "gold_A": result.reconstruction.resolution_A,
             "median_error_deg": float(errors.median()),
@@ -295,24 +303,29 @@ def bench_refine(args, name: str, n: int, box: int) -> None:
     folder = simulate(name, n=n, box_px=box, pixel_size_A=apix, n_atoms=4000,
                       noise_sigma=5.0, seed=3, batch_size=8)
     r = run_child("refine", folder=str(folder), n=args.n or n, max_iter=args.max_iter,
-                  max_memory=args.max_memory, auto_local=args.auto_local)
+                  max_memory=args.max_memory, auto_local=args.auto_local,
+                  resume=args.resume)
     n = r["n"]
     iters = "; ".join(f"{h['iteration']}: {h['resolution_A']:.1f} Å o{h['healpix_order']}"
                       f"{'L' if h['local'] else 'G'} {h['seconds']:.0f} s"
                       for h in r["history"])
-    per = r["process_cpu_s"] / n / r["iterations"]
+    per = r["process_cpu_s"] / n / max(1, r["iterations"] - r["resumed_after"])
+    wall = sum(h["seconds"] for h in r["history"])
     gap = 100 * (r["refined_fsc05_A"] / r["true_fsc05_A"] - 1)
     body = "\n".join([
         f"- data: {n} subtomograms {box}³, {apix} Å/px, CTF, noise σ 5; start median "
         f"angular error {r['start_error_deg']:.2f}°",
         f"- refine (global HEALPix order 2, local from order {args.auto_local}): "
         f"{r['iterations']} iterations (converged: {r['converged']}), "
-        f"{r['seconds']:.0f} s wall, {r['process_cpu_s']:.0f} s CPU, peak RSS "
+        f"{wall:.0f} s wall in all"
+        + (f" (resumed after iteration {r['resumed_after']}; this run {r['seconds']:.0f} s "
+           f"wall)" if r["resumed_after"] else "")
+        + f", {r['process_cpu_s']:.0f} s CPU (this run), peak RSS "
         f"{r['peak_rss_gib']:.2f} GiB",
         f"- FSC 0.5 vs truth: refined {r['refined_fsc05_A']:.2f} Å, true poses "
         f"{r['true_fsc05_A']:.2f} Å ({gap:+.1f} %; bar within 5 %); gold-standard "
         f"{r['gold_A']:.2f} Å; median angular error {r['median_error_deg']:.2f}°",
-        f"- **{per:.2f} s CPU per particle per iteration** (mean over the run): 40,000 "
+        f"- **{per:.2f} s CPU per particle per iteration** (mean over this run): 40,000 "
         f"particles x {r['iterations']} iterations ≈ {per * 40000 * r['iterations'] / 3600:.0f}"
         f" CPU hours on this machine's cores",
         f"- iterations: {iters}",
@@ -363,6 +376,8 @@ def main() -> None:
     parser.add_argument("--auto_local", type=int, default=3,
                         help="refine: HEALPix order of the first local search (default 3)")
     parser.add_argument("--keep", action="store_true", help="keep the simulated data")
+    parser.add_argument("--resume", action="store_true",
+                        help="refine: continue a stopped run from its last iteration")
     args = parser.parse_args()
     if args.bench == "memory":
         bench_memory(args)

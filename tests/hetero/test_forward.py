@@ -9,10 +9,21 @@ import pytest
 import torch
 
 from subtomo.fourier.grid import centred_irfft, centred_rfft, crop_spectrum, lowpass_map
-from subtomo.hetero.forward import Boxes, ctf_filter, encoder_input, predict, real_at
+from subtomo.hetero.forward import (
+    Boxes,
+    affine_grid,
+    ctf_filter,
+    encoder_input,
+    predict,
+    real_at,
+    sample_affine,
+    sample_model,
+    within_radius,
+)
 from subtomo.hetero.model import (
     Decoder,
     HeteroVAE,
+    SubpixelConvTranspose3d,
     beta_value,
     disentanglement_prior,
     kl_divergence,
@@ -90,6 +101,72 @@ def test_crop_spectrum_is_fourier_cropping():
         assert torch.allclose(cropped, fourier_crop(vol, box), atol=1e-10)
 
 
+def test_affine_grid_reads_r_M_plus_b_at_every_voxel():
+    """The separable grid equals the points ``r M + b`` of every voxel centre, normalised to
+    ``grid_sample``'s [-1, 1] (voxel ``p / a + m // 2`` of an ``m``-voxel box)."""
+    gen = torch.Generator().manual_seed(1)
+    M, b = torch.randn(2, 3, 3, generator=gen), torch.randn(2, 3, generator=gen) * 5
+    n, a_out, m, a_in = 7, 3.0, 10, 2.5
+    axis = (torch.arange(n) - n // 2) * a_out
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    r = torch.stack([x, y, z], -1).reshape(-1, 3)
+    p = r[None] @ M + b[:, None, :]
+    expected = (2 * (p / a_in + m // 2) / (m - 1) - 1).view(2, n, n, n, 3)
+    assert torch.allclose(affine_grid(M, b, n, a_out, m, a_in), expected, atol=1e-5)
+    where = torch.tensor([0, 5, 17, 100, n ** 3 - 1])
+    assert torch.allclose(affine_grid(M, b, n, a_out, m, a_in, where),
+                          expected.view(2, -1, 3)[:, where], atol=1e-5)
+
+
+def test_sampling_within_the_support_radius_is_exact():
+    """Voxels beyond ``within_radius`` read only zeros of a map that is 0 outside a ball."""
+    t = 24
+    axis = torch.arange(t) - t // 2
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    vol = torch.rand(t, t, t) * ((x ** 2 + y ** 2 + z ** 2) <= 6 ** 2)
+    A = rotation_vector_matrix(torch.randn(3, 3, generator=torch.Generator().manual_seed(2)))
+    shift = torch.tensor([[2.0, -1.0, 0.5], [0.0, 0.0, 0.0], [-3.0, 0.0, 1.0]])
+    where = within_radius(vol, 2.0, t, 2.0, shift)
+    assert where is not None and len(where) < t ** 3 / 2
+    b = (shift[:, None, :] @ A)[:, 0]
+    full = sample_affine(vol.expand(3, 1, t, t, t), A, b, 2.0, t, 2.0)
+    sparse = sample_affine(vol.expand(3, 1, t, t, t), A, b, 2.0, t, 2.0, where)
+    assert full.abs().sum() > 0
+    assert torch.allclose(sparse, full, atol=1e-5)
+
+
+def test_rigid_body_moves_its_density_about_its_centre():
+    """A body rotated by 90° about z through its centre c and shifted by t puts the density
+    found at ``p`` at ``R (p - c) + c + t``; the static part stays."""
+    t = 16
+    vol = torch.zeros(t, t, t)
+    vol[8, 8, 12] = 1.0  # body voxel at x = +4 px, 1 px from the body's centre (x = 3 px)
+    vol[4, 4, 4] = 2.0  # static voxel
+    body = torch.zeros(1, t, t, t)
+    body[0, 6:11, 6:11, 9:14] = 1
+    model = HeteroVAE(enc_box=16, template_box=t, zdim=2, zaffinedim=1, consensus=vol,
+                      mask=torch.ones_like(vol), body_masks=body, template_pixel_A=1.0)
+    c = model.body_centres_A[0]
+    angle = math.pi / 2
+
+    def fixed_motion(u):
+        return (torch.tensor([[[0.0, 0.0, angle]]]).expand(len(u), 1, 3),
+                torch.tensor([[[0.0, 1.0, 0.0]]]).expand(len(u), 1, 3))
+
+    model.motions = lambda z: fixed_motion(z)
+    out = sample_model(model, vol[None], torch.zeros(1, 3), torch.eye(3)[None],
+                       torch.zeros(1, 3), t, 1.0)[0]
+    R = rotation_vector_matrix(torch.tensor([0.0, 0.0, angle], dtype=torch.float64)).float()
+    assert torch.allclose(c, torch.tensor([3.0, 0.0, 0.0]))
+    x0 = torch.tensor([4.0, 0.0, 0.0])  # (x, y, z) Å from the box centre
+    moved = (R @ (x0 - c)) + c + torch.tensor([0.0, 1.0, 0.0])
+    ix, iy, iz = (moved.round().long() + t // 2).tolist()
+    assert out[iz, iy, ix] == pytest.approx(1.0, abs=1e-4)
+    assert out[4, 4, 4] == pytest.approx(2.0, abs=1e-5)
+    assert out[8, 8, 12] == pytest.approx(0, abs=1e-5)
+    assert float(out.sum()) == pytest.approx(3.0, abs=1e-4)
+
+
 def test_rotation_vectors_match_rodrigues_and_have_a_gradient_at_zero():
     w = torch.tensor([[0.3, -0.2, 0.5], [0.0, 0.0, 1e-5]], dtype=torch.float64)
     angle = torch.rad2deg(w.norm(dim=1))
@@ -119,6 +196,21 @@ def test_beta_schedule_kl_and_prior():
     assert float(disentanglement_prior(mu, maps, torch.ones(4, 4, 4))) == pytest.approx(0.0,
                                                                                         abs=1e-9)
     assert float(disentanglement_prior(mu.flip(0) ** 2, maps, torch.ones(4, 4, 4))) > 0.01
+
+
+def test_subpixel_transposed_convolution_is_the_transposed_convolution():
+    torch.manual_seed(0)
+    fast = SubpixelConvTranspose3d(3, 2)
+    plain = torch.nn.ConvTranspose3d(3, 2, 4, 2, 1)
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 3, 5, 5, 5)
+    a, b = fast(x), plain(x)
+    assert a.shape == b.shape == (2, 2, 10, 10, 10)
+    assert torch.allclose(a, b, atol=1e-5)
+    (a * b.detach()).sum().backward()
+    (b * b.detach()).sum().backward()
+    assert torch.allclose(fast.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(fast.bias.grad, plain.bias.grad, rtol=1e-4, atol=1e-4)
 
 
 def test_decoder_starts_small_and_reaches_the_template_box():

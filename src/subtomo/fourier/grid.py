@@ -130,15 +130,29 @@ def radial_average(values: Tensor, box: int) -> Tensor:
     return (sums / counts).to(values.dtype).reshape(*lead, nshell)
 
 
+def _half_box_sign(box: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``(-1)^(kz + ky + kx)`` on the half grid: the spectrum's factor of a shift by ``D / 2``
+    voxels on every axis, i.e. of ``ifftshift`` for an even box ``D``."""
+    k = 1 - 2 * (torch.arange(box, device=device) % 2)
+    return (k[:, None, None] * k[None, :, None] * k[None, None, : box // 2 + 1]).to(dtype)
+
+
 def centred_rfft(vol: Tensor) -> Tensor:
-    """Centred half spectrum ``rfftn(ifftshift(vol))`` over the last three axes."""
-    return torch.fft.rfftn(torch.fft.ifftshift(vol, dim=_DIMS), dim=_DIMS)
+    """Centred half spectrum ``rfftn(ifftshift(vol))`` over the last three axes (for an even
+    box the shift is a sign pattern on the spectrum: no copy of the volume)."""
+    box = vol.shape[-1]
+    if box % 2:
+        return torch.fft.rfftn(torch.fft.ifftshift(vol, dim=_DIMS), dim=_DIMS)
+    return torch.fft.rfftn(vol, dim=_DIMS) * _half_box_sign(box, vol.device, vol.dtype)
 
 
 def centred_irfft(spec: Tensor, box: int) -> Tensor:
     """Inverse of :func:`centred_rfft`: ``fftshift(irfftn(spec, s=(D, D, D)))``."""
-    vol = torch.fft.irfftn(spec, s=(box, box, box), dim=_DIMS)
-    return torch.fft.fftshift(vol, dim=_DIMS)
+    if box % 2:
+        vol = torch.fft.irfftn(spec, s=(box, box, box), dim=_DIMS)
+        return torch.fft.fftshift(vol, dim=_DIMS)
+    sign = _half_box_sign(box, spec.device, spec.real.dtype)
+    return torch.fft.irfftn(spec * sign, s=(box, box, box), dim=_DIMS)
 
 
 def lowpass_mask(

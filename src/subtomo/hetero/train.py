@@ -504,6 +504,9 @@ def train_epoch(run: Run, epoch: int, ctx: Context, progress: bool) -> dict:
                                opts.beta_cycle, opts.epochs)}
 
 
+ENCODE_BATCHES = 4  # training batches per batch of the encoding pass
+
+
 def encode_all(run: Run, ctx: Context, progress: bool) -> dict:
     """Latent means and log-variances of every particle at the current weights, and the
     validation losses (reconstruction at z = mu, KL) per particle."""
@@ -515,10 +518,11 @@ def encode_all(run: Run, ctx: Context, progress: bool) -> dict:
     val[run.val_rows] = True
     sums = np.zeros(2)
     rows = ctx.shard(np.arange(n))
+    size = ENCODE_BATCHES * run.options.batch_size  # no gradients: larger batches, fewer calls
     run.model.eval()
     with torch.no_grad():
-        for batch in tqdm(_batches(run, rows, run.options.batch_size), desc="encoding",
-                          total=math.ceil(len(rows) / run.options.batch_size),
+        for batch in tqdm(_batches(run, rows, size), desc="encoding",
+                          total=math.ceil(len(rows) / size),
                           disable=not progress, leave=False, unit="batch"):
             correction = run.poses.rows(batch.rows, run.device).detach() if run.poses else None
             mu, logvar = _encode(run, batch, correction)

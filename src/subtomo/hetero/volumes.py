@@ -17,8 +17,8 @@ import torch
 
 from subtomo.errors import InputError
 from subtomo.hetero.analysis import analysis_dir
-from subtomo.hetero.forward import Boxes, box_points_A, sample_at
-from subtomo.hetero.model import HeteroVAE, rotation_vector_matrix
+from subtomo.hetero.forward import Boxes, sample_model
+from subtomo.hetero.model import HeteroVAE
 from subtomo.hetero.train import (
     checkpoint_path,
     load_checkpoint,
@@ -77,22 +77,14 @@ def volumes_at(loaded: LoadedModel, z: np.ndarray | torch.Tensor, batch: int = 8
         raise InputError(None, f"latent points of dimension {tuple(z.shape)}; the model has "
                          f"{model.zdim + model.zaffinedim}", field="z")
     out = []
-    points = box_points_A(t, boxes.pixel(t), device)
     with torch.no_grad():
         for start in range(0, len(z), batch):
             zb = z[start:start + batch]
             maps, _ = model.maps(zb)
-            motions = model.motions(zb)
-            if motions is not None:
-                bodies = model.body_masks
-                moved = maps * (1 - bodies.sum(0)).clamp_min(0)
-                R = rotation_vector_matrix(motions[0])
-                for j in range(bodies.shape[0]):
-                    c = model.body_centres_A[j]
-                    q = (points[None] - c - motions[1][:, j, None, :]) @ R[:, j] + c
-                    moved = moved + sample_at((maps * bodies[j])[:, None], q,
-                                              boxes.pixel(t), t)[:, 0]
-                maps = moved
+            if model.bodies is not None:  # the bodies moved in the reference frame
+                eye = torch.eye(3, device=device).expand(len(zb), 3, 3)
+                maps = sample_model(model, maps, zb, eye, torch.zeros(len(zb), 3,
+                                    device=device), t, boxes.pixel(t))
             out.append(maps.cpu())
     return torch.cat(out)
 
