@@ -48,9 +48,9 @@ from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomogram
 
 DATA = Path(__file__).parent / ".data"
 COMMON = ("- data: 48³, 4 Å/px, CTF + missing wedge (±60°, 3° steps), noise σ 5, starting poses "
-          "off by 3° rms / 0.5 px; {epochs} epochs, batch 8, default options otherwise. The "
-          "machine was shared with other sessions (load ≈ 10 on 2 cores): wall times are "
-          "inflated, CPU times are the process's own.")
+          "off by 3° rms / 0.5 px; {epochs} epochs, batch 8, default options otherwise. Unless "
+          "noted, other jobs shared the 2 cores: wall times are inflated, CPU times are the "
+          "process's own.")
 BASE = dict(box_px=48, pixel_size_A=4.0, n_atoms=4000, noise_sigma=5.0, angle_error_deg=3.0,
             shift_error_px=0.5, seed=5)
 SETS = {"composition": dict(n=1500, classes=3), "hinge": dict(n=1000, hinge_max_deg=30.0),
@@ -315,8 +315,9 @@ def main() -> None:
     for part in parts:
         before = len(lines)
         runners[part]()
-        common = (COMMON.format(epochs=args.epochs) if part != "ceiling" else
-                  COMMON.split(";")[0] + "; no training.")
+        common = COMMON.format(epochs=1 if part == "speed" else args.epochs)
+        if part == "ceiling":
+            common = COMMON.split(";")[0] + "; no training."
         update_section(f"Heterogeneity VAE: {part} ({args.device})", "\n".join(
             lines[before:] + [common]))
         print("\n".join(lines), flush=True)
