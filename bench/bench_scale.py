@@ -331,8 +331,8 @@ def bench_refine(args, name: str, n: int, box: int) -> None:
         f"- iterations: {iters}",
         "", SHARED])
     print(body)
-    update_section(f"Auto-refine at scale, {n} particles {box}³ (bench/bench_scale.py {name})",
-                   body)
+    update_section(f"Auto-refine at scale, {n} particles {box}³ "
+                   f"(bench/bench_scale.py refine{name})", body)
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -162,12 +162,17 @@ def search_radii(resolution_A: float, order: int, box: int, pixel_size_A: float,
     Fine pass: up to 3 shells beyond the resolution (just the resolution in the first
     iteration; Nyquist in the final one, RELION's ``do_use_all_data``). Coarse pass: up to the
     radius where the coarse step moves the particle's rim by half a period, and at most 0.6
-    of the fine radius (it only has to find the neighbourhood), at least 5 px."""
+    of the resolution's fine radius (it only has to find the neighbourhood), at least 5 px;
+    the final iteration keeps that coarse pass. Widened with the fine pass to 0.6 Nyquist, the
+    coarse pass met the half-period limit and its grid missed the peaks: at 128³ (2 Å/px,
+    11.7 Å, order 5) the final iteration took 80 particles from 2.56° to 3.79° median error,
+    against 2.66° with the coarse pass kept (2.61° for a non-final iteration)."""
     shell = box * pixel_size_A / resolution_A
-    fine = box / 2 if final else min(box / 2, shell if first else shell + 3)
+    searched = min(box / 2, shell if first else shell + 3)
+    fine = box / 2 if final else searched
     step = math.radians(angular_step_deg(order))
     rim_px = diameter_A / 2 / pixel_size_A
-    coarse = min(0.6 * fine, box / (2 * step * rim_px))
+    coarse = min(0.6 * searched, box / (2 * step * rim_px))
     return min(fine, max(5.0, coarse)), fine
 
 
