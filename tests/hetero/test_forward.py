@@ -198,6 +198,39 @@ def test_beta_schedule_kl_and_prior():
     assert float(disentanglement_prior(mu.flip(0) ** 2, maps, torch.ones(4, 4, 4))) > 0.01
 
 
+def test_weight_average_is_the_exponential_moving_average():
+    """After k steps towards constant training weights c from a = 0, the average is
+    c · (1 − Π decay_t): decay 1 − 1/(ema · steps per epoch), or 1 − 2/(t + 1) while that is
+    smaller."""
+    from types import SimpleNamespace
+
+    from subtomo.hetero.train import TrainOptions, average_weights
+
+    model, averaged = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(2.0)
+        for p in averaged.parameters():
+            p.zero_()
+    run = SimpleNamespace(model=model, averaged=averaged, options=TrainOptions(ema=0.5))
+    left = 1.0
+    for t in range(1, 41):
+        average_weights(run, t, steps_per_epoch=20)  # horizon 10 steps: decay 0.9
+        left *= min(0.9, 1 - 2 / (t + 1))
+    for p in averaged.parameters():
+        assert torch.allclose(p, torch.full_like(p, 2.0 * (1 - left)), rtol=1e-5)
+    assert left == 0.0  # step 1 takes the training weights: the start is forgotten
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(4.0)
+    for t in range(41, 46):
+        average_weights(run, t, steps_per_epoch=20)
+    for p in averaged.parameters():  # 5 steps of decay 0.9 towards 4 from 2
+        assert torch.allclose(p, torch.full_like(p, 4.0 - 2.0 * 0.9 ** 5), rtol=1e-5)
+    run.averaged = None
+    average_weights(run, 41, 20)  # --ema 0: nothing to average, nothing fails
+
+
 def test_subpixel_transposed_convolution_is_the_transposed_convolution():
     torch.manual_seed(0)
     fast = SubpixelConvTranspose3d(3, 2)

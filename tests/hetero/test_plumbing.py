@@ -52,7 +52,8 @@ def test_kill_and_continue_gives_the_uninterrupted_latents(tmp_path, tiny):
     full, resumed = (np.load(tmp_path / d / "z.2.npy") for d in ("full", "killed"))
     assert np.allclose(full, resumed, atol=1e-5)
     state = torch.load(tmp_path / "killed" / "weights.2.pt", weights_only=True)
-    assert {"model", "optimizer", "mu", "logvar", "rng_state", "epoch"} <= set(state)
+    assert {"model", "training", "optimizer", "mu", "logvar", "rng_state", "epoch"} <= set(
+        state)  # model: the weight average (--ema 2), training: the weights to resume from
     assert len((tmp_path / "killed" / "log.tsv").read_text().splitlines()) == 4
 
 

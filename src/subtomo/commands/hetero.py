@@ -66,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "0: phase flip)")
     t.add_argument("--ctfbeta", type=float, default=1.0, help="model CTF sign(C)|C|^beta")
     t.add_argument("--estpose", action="store_true", help="refine a pose per particle")
+    t.add_argument("--ema", type=float, default=2.0,
+                   help="latents and saved model from a moving average of the weights over "
+                   "about this many epochs (0: the last weights)")
     t.add_argument("--angpix", "--Apix", type=float, default=None, help="pixel size, Å")
     t.add_argument("--datadir", default=None, help="folder the STAR's image names are in")
     t.add_argument("--seed", type=int, default=0, help="random seed")
@@ -163,7 +166,7 @@ def _train(args: argparse.Namespace) -> int:
             beta_cycle=args.beta_cycle, lamb=args.lamb, downfrac=args.downfrac,
             templateres=args.templateres, valfrac=args.valfrac, bfactor=args.bfactor,
             ctf=args.ctf, ctfalpha=args.ctfalpha, ctfbeta=args.ctfbeta, estpose=args.estpose,
-            seed=args.seed)
+            ema=args.ema, seed=args.seed)
         options.check()
         inputs = tr.read_inputs(star, poses=args.poses, ref=args.ref, mask=args.mask,
                                 masks=args.masks, angpix=args.angpix, datadir=args.datadir)
