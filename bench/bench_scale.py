@@ -38,7 +38,7 @@ from results import update_section  # noqa: E402
 
 DATA = Path(__file__).parent / ".data"
 GiB = 1 << 30
-SHARED = ("The machine was shared with three other sessions while these ran: wall times are "
+SHARED = ("Other jobs may have shared the 2 cores (see the notes): wall times can be "
           "inflated, CPU times (user + system, all threads of the process) are the figure "
           "to compare.")
 
