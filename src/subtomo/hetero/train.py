@@ -290,7 +290,7 @@ def _residual_terms(run: Run, batch, z: torch.Tensor, correction: torch.Tensor |
                     net: HeteroVAE | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Masked squared residuals summed per particle (B,) and the corrections ``s Δ`` (B, T³)
     of ``net`` (default: the training network)."""
-    net = net or run.model
+    net = net if net is not None else run.model
     idx = torch.as_tensor(batch.rows)
     A, shift = corrected_poses(run.A[idx].to(run.device),
                                torch.zeros(len(idx), 3, device=run.device), correction)
@@ -304,7 +304,7 @@ def _residual_terms(run: Run, batch, z: torch.Tensor, correction: torch.Tensor |
 
 def _encode(run: Run, batch, correction: torch.Tensor | None, net: HeteroVAE | None = None
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    net = net or run.model
+    net = net if net is not None else run.model
     idx = torch.as_tensor(batch.rows)
     A, shift = corrected_poses(run.A[idx].to(run.device),
                                torch.zeros(len(idx), 3, device=run.device), correction)
