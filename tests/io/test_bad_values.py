@@ -103,13 +103,16 @@ def test_reconstruct_refuses_a_ctf_volume_with_inf(capsys, data, out):
     ["refine", "--ref", "{ref}", "--ini_high", "40"],
     ["classify", "--ref", "{ref}", "--K", "2", "--iter", "1"],
     ["initial-model", "--iter_ini", "1", "--iter_inbetween", "0", "--iter_final", "1"],
+    # particle 5 held out for validation: first read in the encoding pass after epoch 0
+    ["hetero", "train", "--ref", "{ref}", "--split", "{split}", "-n", "1"],
 ])
 def test_jobs_refuse_a_nan_subtomogram_and_leave_no_job_folder(capsys, data, out, command):
     """The NaN is found while streaming particles, after the job folder was made: the folder
     (and its parent, made by the job) is removed again."""
     spoil_volume(data / "Subtomograms" / "particle_000005.mrc", np.nan)
     ref = data / "truth_class001.mrc"
-    argv = [c.format(ref=ref) for c in command]
+    split = write(data / "split.json", '{"n": 6, "val": [4]}')
+    argv = [c.format(ref=ref, split=split) for c in command]
     line = run_bad(capsys, [*argv, "--i", data / "particles.star", "--o",
                             out / "Jobs" / "job001", "--ctf"], out)
     assert "particle_000005.mrc: rlnImageName: particle 5 of particles.star" in line

@@ -247,6 +247,26 @@ def test_noise_outside_the_mask_keeps_the_noise_model(data, tmp_path):
     assert errors[False] <= errors[True] + 0.5
 
 
+def test_solvent_noise_has_the_asked_power_in_every_shell():
+    """The noise filled in outside the particle mask has E|n(k)|² = sigma2(|k|) in every shell,
+    the lowest included, where the Hermitian planes (k_x = 0, Nyquist) are a large part of the
+    shell; each particle's noise depends on its seed only, not on its batch."""
+    from subtomo.fourier.grid import shell_index
+    from subtomo.refine.expectation import solvent_noise
+
+    box, n = 32, 400
+    sigma2 = torch.linspace(4.0, 1.0, box // 2 + 1, dtype=torch.float64)
+    noise = solvent_noise(sigma2, box, np.arange(n), "cpu", torch.float32)
+    power = (torch.fft.rfftn(noise.double(), dim=(-3, -2, -1)).abs() ** 2).mean(0)
+    shells = shell_index(box)
+    for k in (1, 2, 3, 8, 16):
+        measured = float(power[shells == k].mean())
+        count = int((shells == k).sum()) * n
+        assert abs(measured / float(sigma2[k]) - 1) < 4 / count ** 0.5 + 0.01, (k, measured)
+    again = solvent_noise(sigma2, box, np.array([7, 3]), "cpu", torch.float32)
+    assert torch.equal(again[1], noise[3]) and torch.equal(again[0], noise[7])
+
+
 def test_flatten_solvent_without_a_mask_uses_the_particle_sphere(data, tmp_path, monkeypatch):
     """As relion_refine: --flatten_solvent with --particle_diameter and no --mask searches
     against references multiplied by the particle's soft sphere; without --flatten_solvent

@@ -4,7 +4,9 @@ rescaling, the command's options and bad input."""
 from __future__ import annotations
 
 import math
+import shutil
 
+import mrcfile
 import numpy as np
 import pytest
 import torch
@@ -127,6 +129,18 @@ def test_command_options_and_bad_input(project, tmp_path, capsys):
     assert main(["extract", "--p", str(project.particles_star), "--b", "24", "--o",
                  str(bad)]) == 2
     assert capsys.readouterr().err.count("\n") == 1 and not bad.exists()
+    # a NaN in one tilt image of a copy of the project: the stack and the image are named
+    copy = tmp_path / "copy"
+    shutil.copytree(project.directory, copy)
+    for star in copy.rglob("*.star"):  # the project's STAR files name absolute paths
+        star.write_text(star.read_text().replace(str(project.directory), str(copy)))
+    with mrcfile.open(copy / "tilt_series" / "TS_01.mrcs", mode="r+") as mrc:
+        mrc.data[4, 100, 100] = np.inf
+    assert main(["extract", "--i", str(copy / "optimisation_set.star"), "--b", "24", "--o",
+                 str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "TS_01.mrcs" in err and "image 5" in err, err
+    assert not bad.exists()
 
 
 def test_boxes_leaving_the_images_are_skipped_with_a_count(project, tmp_path):

@@ -56,3 +56,14 @@ def test_tomogram_route(tmp_path, capsys):
         weights, _ = ctf_volume(box, apix, scheme, torch.tensor(mean[None]), astigmatism_A=1000.0,
                                 astigmatism_angle_deg=20.0, dtype=torch.float64)
         assert (ctf.double() - weights[0]).abs().max() < 1e-4
+    # a NaN in the tomogram inside the second particle's box (after the first was written):
+    # one line naming the file and the particle, exit 2, nothing left of the job
+    tomogram[38, 33, 44] = float("nan")
+    write_mrc(folder / "TS_026.mrc", tomogram, apix)
+    capsys.readouterr()
+    bad = tmp_path / "bad" / "job"
+    assert main(["extract", "--tomograms_star", str(tmp_path / "tomograms.star"), "--b",
+                 str(box), "--o", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "TS_026.mrc" in err and "particle 2" in err, err
+    assert not (tmp_path / "bad").exists()

@@ -55,7 +55,7 @@ from subtomo.hetero.model import (
     kl_divergence,
     kl_penalty,
 )
-from subtomo.io.files import atomic_path
+from subtomo.io.files import atomic_path, undone_on_input_error
 from subtomo.io.mrc import write_mrc
 from subtomo.io.particles import ParticleSet
 from subtomo.maps.align_symmetry import fourier_crop
@@ -486,7 +486,7 @@ def train_epoch(run: Run, epoch: int, ctx: Context, progress: bool) -> dict:
     steps = len(sizes)
     totals = torch.zeros(4, dtype=torch.float64)  # loss, rec, kl, prior (sums over particles)
     batches = _batches(run, rows, opts.batch_size)
-    bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="batch", disable=not progress,
+    bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="batch", disable=None if progress else True,
                leave=False)
     model.train()
     for step in range(steps):
@@ -565,7 +565,7 @@ def encode_all(run: Run, ctx: Context, progress: bool) -> dict:
     with torch.no_grad():
         for batch in tqdm(_batches(run, rows, size), desc="encoding",
                           total=math.ceil(len(rows) / size),
-                          disable=not progress, leave=False, unit="batch"):
+                          disable=None if progress else True, leave=False, unit="batch"):
             correction = run.poses.rows(batch.rows, run.device).detach() if run.poses else None
             mu, logvar = _encode(run, batch, correction, net)
             mu_all[batch.rows] = mu.cpu().double().numpy()
@@ -709,6 +709,7 @@ def _loop(run: Run, out: Path, first: int, ctx: Context, progress: bool,
     return TrainResult(out, run.options.epochs, latents, history)
 
 
+@undone_on_input_error("out_dir")
 def train(inputs: TrainInputs, out_dir: str | Path, options: TrainOptions, *,
           ctx: Context | None = None, device: str | torch.device = "cpu",
           progress: bool = True, split_path: str | Path | None = None,

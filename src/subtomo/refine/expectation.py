@@ -12,6 +12,7 @@ beyond the particle (tens of Å at a few µm defocus) and break the CTF model of
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,13 +59,18 @@ def solvent_noise(noise_sigma2: torch.Tensor, box: int, seeds: np.ndarray,
 
     shells = shell_index(box).clamp(max=len(noise_sigma2) - 1)
     sigma = (torch.as_tensor(noise_sigma2, dtype=torch.float64).clamp(min=0)[shells] / 2).sqrt()
-    out = torch.empty((len(seeds), box, box, box), dtype=dtype, device=device)
-    for i, seed in enumerate(seeds):
-        g = torch.Generator().manual_seed(int(seed))
-        parts = torch.randn((2, *sigma.shape), generator=g, dtype=torch.float64) * sigma
-        out[i] = torch.fft.irfftn(torch.complex(parts[0], parts[1]), s=(box,) * 3).to(
-            device=device, dtype=dtype)
-    return out
+    # the planes k_x = 0 and Nyquist hold each coefficient and its conjugate mate; irfftn keeps
+    # their Hermitian part, which halves the power of two independent draws: draw them at twice it
+    sigma[..., 0] *= math.sqrt(2.0)
+    if box % 2 == 0:
+        sigma[..., -1] *= math.sqrt(2.0)
+    sigma = sigma.to(torch.float32)
+    parts = torch.empty((len(seeds), 2, *sigma.shape), dtype=torch.float32)
+    for i, seed in enumerate(seeds):  # one generator per particle: noise independent of batches
+        torch.randn(parts.shape[1:], generator=torch.Generator().manual_seed(int(seed)),
+                    out=parts[i])
+    parts = parts.to(device) * sigma.to(device)
+    return torch.fft.irfftn(torch.complex(parts[:, 0], parts[:, 1]), s=(box,) * 3).to(dtype)
 
 
 INSERT_MARGIN_SHELLS = 10  # RELION's --incr_size: shells inserted beyond the resolution

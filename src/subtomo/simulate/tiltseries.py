@@ -265,8 +265,8 @@ def _render_series(ts: TiltSeries, structures: list[Structure], angles: torch.Te
     centre = project_points(mats, trajectories)[..., :2]  # (N, T, 2)
     centre = centre + image_deformation(deformation, centre, (w, h))
     rotations = euler_to_matrix(angles)
-    for i in tqdm(range(len(structures)), desc=f"rendering {ts.name}", disable=not progress,
-                  unit="particle"):
+    for i in tqdm(range(len(structures)), desc=f"rendering {ts.name}",
+                  disable=None if progress else True, unit="particle"):
         atoms = trajectories[i][None] + (structures[i].positions_A @ rotations[i].T)[:, None] / (
             apix)  # (M, T, 3): each tilt with the particle's position in it
         xy = project_points(mats, atoms)[..., :2].transpose(0, 1)  # (T, M, 2)

@@ -39,7 +39,7 @@ from torch import Tensor
 from subtomo.ctf.volume import CtfGridder, TiltPairs, tilt_pairs
 from subtomo.errors import InputError
 from subtomo.fourier.grid import shell_radius_px
-from subtomo.io.files import BackgroundWriter
+from subtomo.io.files import BackgroundWriter, undone_on_input_error
 from subtomo.io.mrc import write_ctf_volume, write_mrc
 from subtomo.io.particles import COORD_CENTRED_A, COORD_PX, ORIGIN_A, ParticleSet
 from subtomo.io.star import write_particles
@@ -234,6 +234,7 @@ def _write_stack_files(stacks: list[tuple[Path, np.ndarray]], apix: float) -> No
         write_mrc(path, images, apix, stack=True)
 
 
+@undone_on_input_error("out_dir")
 def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir: str | Path,
                          options: ExtractOptions, *, motion: dict[str, np.ndarray] | None = None,
                          progress: bool = True) -> ExtractResult:

@@ -27,7 +27,8 @@ from subtomo.ctf.volume import CtfGridder, tilt_pairs
 from subtomo.errors import InputError
 from subtomo.fourier.grid import centred_irfft, centred_rfft
 from subtomo.fourier.shift import phase_shift
-from subtomo.io.files import resolve
+from subtomo.io import validate
+from subtomo.io.files import resolve, undone_on_input_error
 from subtomo.io.imod import exposure_from_order, read_angles, read_defocus
 from subtomo.io.mrc import write_ctf_volume, write_mrc
 from subtomo.io.particles import ParticleSet
@@ -91,6 +92,7 @@ def _coordinates(path: Path) -> np.ndarray:
     return np.array(rows, dtype=np.float64).reshape(-1, 3)
 
 
+@undone_on_input_error("out_dir")
 def extract_from_tomograms(
     tomograms_star: str | Path,
     out_dir: str | Path,
@@ -151,6 +153,9 @@ def extract_from_tomograms(
                 x0, y0, z0 = corner
                 volume = torch.from_numpy(np.array(mrc.data[z0:z0 + box, y0:y0 + box,
                                                              x0:x0 + box], dtype=np.float32))
+                validate.volume(volume, path, what=f"the box around particle {i + 1} "
+                                f"(x, y, z = {x0 + box // 2}, {y0 + box // 2}, {z0 + box // 2} px)",
+                                field="tomogram voxels")
                 d = torch.as_tensor(c - np.round(c), dtype=torch.float64)
                 volume = centred_irfft(centred_rfft(volume.double()) * phase_shift(box, -d),
                                        box).float() * (-1.0 if invert else 1.0)

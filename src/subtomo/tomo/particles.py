@@ -119,29 +119,31 @@ def for_each_batch(
     for name in dict.fromkeys(names):  # fail before any work
         tomograms[name].check_images()
     matrices = ps.rotation_matrices().to(torch.float64)
-    bar = tqdm(total=len(ps), desc=desc, disable=not progress, unit="particle")
-    for name in dict.fromkeys(names):
-        ts = tomograms[name]
-        keep = np.ones(ts.n_tilts, bool) if tilts is None else np.asarray(tilts(ts), bool)
-        if not keep.any():
-            raise InputError(ts.source, f"tilt series {name}: no tilt is selected",
-                             field="rlnMicrographPreExposure")
-        ts_motion = None
-        if motion is not None:
-            ts_motion = {k: np.asarray(v)[keep] if len(v) == ts.n_tilts else np.asarray(v)
-                         for k, v in motion.items()}
-        ts = ts.subset_tilts(keep)
-        prepared = prepare_images(ts.read_images().to(device), ts.pixel_size_A, pixel_size_A)
-        mats = ts.matrices(device=device)
-        rotations = mats[:, :3, :3]
-        rows_all = np.flatnonzero(names == name)
-        positions = particle_positions_px(ps, ts, rows_all, ts_motion, apply_origins)
-        for start in range(0, len(rows_all), batch_size):
-            rows = rows_all[start:start + batch_size]
-            pos = positions[start:start + batch_size].to(device)
-            crops = particle_crops(ts, prepared, pos, size, pixel_size_A, ctf=ctf, matrices=mats)
-            fn(CropBatch(ts, rows, pos, crops, matrices[torch.as_tensor(rows)].to(device),
-                         rotations, prepared))
-            bar.update(len(rows))
-    bar.close()
+    # no bar where stderr is not a terminal (logs, captured output): an error stays one line
+    with tqdm(total=len(ps), desc=desc, disable=None if progress else True,
+              unit="particle") as bar:
+        for name in dict.fromkeys(names):
+            ts = tomograms[name]
+            keep = np.ones(ts.n_tilts, bool) if tilts is None else np.asarray(tilts(ts), bool)
+            if not keep.any():
+                raise InputError(ts.source, f"tilt series {name}: no tilt is selected",
+                                 field="rlnMicrographPreExposure")
+            ts_motion = None
+            if motion is not None:
+                ts_motion = {k: np.asarray(v)[keep] if len(v) == ts.n_tilts else np.asarray(v)
+                             for k, v in motion.items()}
+            ts = ts.subset_tilts(keep)
+            prepared = prepare_images(ts.read_images().to(device), ts.pixel_size_A, pixel_size_A)
+            mats = ts.matrices(device=device)
+            rotations = mats[:, :3, :3]
+            rows_all = np.flatnonzero(names == name)
+            positions = particle_positions_px(ps, ts, rows_all, ts_motion, apply_origins)
+            for start in range(0, len(rows_all), batch_size):
+                rows = rows_all[start:start + batch_size]
+                pos = positions[start:start + batch_size].to(device)
+                crops = particle_crops(ts, prepared, pos, size, pixel_size_A, ctf=ctf,
+                                       matrices=mats)
+                fn(CropBatch(ts, rows, pos, crops, matrices[torch.as_tensor(rows)].to(device),
+                             rotations, prepared))
+                bar.update(len(rows))
 

@@ -130,7 +130,7 @@ def reconstruct_tomogram(
     stack = images[:, None]
     # rows of (z, y) in chunks whose (T, rows, X, 2) grid stays in cache (~2 MB)
     rows = max(1, min(ny, chunk_floats // max(1, 2 * t * nx)))
-    for z in tqdm(range(nz), desc=f"back-projecting {ts.name}", disable=not progress,
+    for z in tqdm(range(nz), desc=f"back-projecting {ts.name}", disable=None if progress else True,
                   unit="slice"):
         shift = a[:, None, None, 2] * torch.tensor(float(z), device=dev)  # (T, 1, 1, 2)
         for y0 in range(0, ny, rows):

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from subtomo.errors import InputError
+from subtomo.io import validate
 from subtomo.io.files import resolve
 from subtomo.tomo.geometry import project_points, projection_matrices, tomogram_centre_px
 
@@ -218,6 +219,8 @@ class TiltSeries:
                                      f"has images of {data.shape[2]}×{data.shape[1]} px, "
                                      f"expected {w}×{h}", field="rlnMicrographName")
                 out[j] = data[index]
+            validate.finite(out[j], path, what=f"tilt series {self.name}: image {index + 1}",
+                            field="rlnMicrographName")
         return torch.from_numpy(out)
 
     # ---- updates ----------------------------------------------------------------------

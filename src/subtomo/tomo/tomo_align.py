@@ -258,7 +258,7 @@ def tomo_align(
             if not (resume and (out / "temp" / f"{n}.json").is_file())]
     projectors = refs.projectors(settings.box, device) if mine else None
     total = int(sum((names == n).sum() for n in mine))
-    bar = tqdm(total=total, desc="tomo-align", unit="particle", disable=not progress)
+    bar = tqdm(total=total, desc="tomo-align", unit="particle", disable=None if progress else True)
     for name in mine:
         ts = inputs.tomograms[name]
         rows = np.flatnonzero(names == name)
