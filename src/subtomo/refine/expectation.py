@@ -50,6 +50,9 @@ def masked(spectra: torch.Tensor, mask: torch.Tensor | None, box: int,
     return centred_rfft(volumes)
 
 
+NOISE_CHUNK = 4  # particles whose noise is drawn and transformed together
+
+
 def solvent_noise(noise_sigma2: torch.Tensor, box: int, seeds: np.ndarray,
                   device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
     """Real-space noise volumes ``(len(seeds), D, D, D)`` whose Fourier coefficients are
@@ -64,13 +67,18 @@ def solvent_noise(noise_sigma2: torch.Tensor, box: int, seeds: np.ndarray,
     sigma[..., 0] *= math.sqrt(2.0)
     if box % 2 == 0:
         sigma[..., -1] *= math.sqrt(2.0)
-    sigma = sigma.to(torch.float32)
-    parts = torch.empty((len(seeds), 2, *sigma.shape), dtype=torch.float32)
-    for i, seed in enumerate(seeds):  # one generator per particle: noise independent of batches
-        torch.randn(parts.shape[1:], generator=torch.Generator().manual_seed(int(seed)),
-                    out=parts[i])
-    parts = parts.to(device) * sigma.to(device)
-    return torch.fft.irfftn(torch.complex(parts[:, 0], parts[:, 1]), s=(box,) * 3).to(dtype)
+    sigma = sigma.to(device=device, dtype=torch.float32)
+    out = torch.empty((len(seeds), box, box, box), dtype=dtype, device=device)
+    for start in range(0, len(seeds), NOISE_CHUNK):  # a few volumes of work memory at a time
+        chunk = seeds[start:start + NOISE_CHUNK]
+        parts = torch.empty((len(chunk), 2, *sigma.shape), dtype=torch.float32)
+        for i, seed in enumerate(chunk):  # one generator per particle: batch-independent noise
+            torch.randn(parts.shape[1:], generator=torch.Generator().manual_seed(int(seed)),
+                        out=parts[i])
+        parts = parts.to(device) * sigma
+        out[start:start + len(chunk)] = torch.fft.irfftn(
+            torch.complex(parts[:, 0], parts[:, 1]), s=(box,) * 3).to(dtype)
+    return out
 
 
 INSERT_MARGIN_SHELLS = 10  # RELION's --incr_size: shells inserted beyond the resolution
