@@ -303,10 +303,12 @@ def bench_reconstruct(args) -> None:
 
 
 def bench_refine(args, name: str, n: int, box: int) -> None:
+    full_n = n
     apix = 2.0 if box >= 128 else 4.0
-    folder = simulate(name, n=n, box_px=box, pixel_size_A=apix, n_atoms=4000,
-                      noise_sigma=5.0, seed=3, batch_size=8)
-    r = run_child("refine", folder=str(folder), n=args.n or n, max_iter=args.max_iter,
+    n = min(args.n or n, n)
+    folder = simulate(name if n == full_n else f"{name}_n{n}", n=n, box_px=box,
+                      pixel_size_A=apix, n_atoms=4000, noise_sigma=5.0, seed=3, batch_size=8)
+    r = run_child("refine", folder=str(folder), n=n, max_iter=args.max_iter,
                   max_memory=args.max_memory, auto_local=args.auto_local,
                   resume=args.resume, particle_diameter=args.particle_diameter)
     n = r["n"]
@@ -344,8 +346,12 @@ def bench_refine(args, name: str, n: int, box: int) -> None:
         f"- iterations: {iters}",
         "", SHARED])
     print(body)
-    update_section(f"Auto-refine at scale, {n} particles {box}³ "
-                   f"(bench/bench_scale.py refine{name})", body)
+    reduced = ", ".join(([f"{n} of {full_n} particles"] if n < full_n else [])
+                        + ([f"--max_iter {args.max_iter}"] if not r["converged"] else []))
+    update_section(f"Auto-refine at scale, {full_n} particles {box}³ "
+                   f"(bench/bench_scale.py refine{name})", body, reduced=reduced or None,
+                   stopped_early=None if r["converged"] else
+                   f"not converged after {r['iterations']} iterations")
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -369,8 +375,10 @@ def bench_classify(args) -> None:
         + "/".join(f"{100 * d:.0f}" for d in r["distribution"]) + " %)",
         "", SHARED])
     print(body)
+    reduced = ", ".join(([f"{n} of 500 particles"] if n < 500 else [])
+                        + ([f"{args.max_iter} of 25 iterations"] if args.max_iter < 25 else []))
     update_section("3D classification at 96³, K 4, global (bench/bench_scale.py classify96)",
-                   body)
+                   body, reduced=reduced or None)
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
 
