@@ -10,8 +10,7 @@ mask ``M`` in the reference frame, consensus map ``V_0``.
 comparable across particles: CTF-weighted in Fourier space (``X_i sign(C_i) |C_i|^alpha``,
 ``--ctfalpha``; the default 1 is the matched filter ``X_i C_i``, which weights each frequency
 by the signal it carries, where phase flipping (0) passes the noise of the CTF's zeros, the
-high frequencies and the late, dose-damaged tilts at full weight: on the composition bench it
-lifted the first epoch's ARI from 0.57 to 0.86), Fourier-cropped to ``d = D * downfrac`` voxels
+high frequencies and the late, dose-damaged tilts at full weight), Fourier-cropped to ``d = D * downfrac`` voxels
 (pixel ``a D / d``), rotated into the reference frame (``y_i(p) = x_i(A_i p)``, trilinear),
 multiplied by the mask and divided by one global data scale; the consensus, seen at the
 particle's pose through its CTF, is subtracted first, so the input holds what sets the particle
@@ -36,8 +35,7 @@ with the last layer initialised to zero, so training starts exactly at the conse
 that passes Fourier shells up to ``d/2 - 2`` and stops at ``d/2`` (the encoder box's Nyquist,
 ``2 a D / d`` Å; 10.7 Å for 48³ at 4 Å with ``--downfrac 0.75``). Per-particle differences
 finer than that cannot be learned from the encoder's input, and a free decoder fills those
-shells with noise it fits: on the hinge bench the unfiltered end maps of PC1 lost to the
-consensus map at FSC 0.5 (9.7 Å against 9.4 Å) while their hinged domain was right.
+shells with noise it fits.
 Why a correction and not a map learned from scratch: the consensus already explains the mean
 signal, so from the first step the gradients carry only what differs between particles and
 the latent has nothing else to learn; a map learned from noise needs many more epochs (GPU
@@ -76,8 +74,8 @@ estimated once from the residuals against the consensus, ``β(t) = beta_control 
 ``b`` 1 or, for ``--beta cos``, the cyclical annealing ``b = ½ (1 - cos(π min(1, 2τ)))``
 over cycles of ``beta_cycle`` epochs (``τ`` the fraction of the cycle done: half a cycle rising
 from 0, half at 1); a cycle starts only while more than ``beta_cycle`` epochs remain, so the
-run ends at β = beta_control (on the hinge bench a restart at β = 0 in epoch 8 of 10 dropped
-|Spearman ρ(PC1, angle)| from 0.885 to 0.57 in one epoch). A batch ``B`` adds the structural
+run ends at β = beta_control (a restart at β = 0 late in a run scrambles the latent space the
+decoder has just organised). A batch ``B`` adds the structural
 disentanglement prior (``--lamb`` λ)::
 
     λ · mean_{i<j in B} ( |mu_i - mu_j|² / m_z - |M (Δ_i - Δ_j)|² / m_V )²
@@ -88,10 +86,11 @@ to the distances between the particles' decoded maps, so that a principal compon
 KMeans cluster of the latent space is a direction or a group of the structures. The batch
 objective is ``Σ_i ℓ_i / (B N_M)`` (``N_M = Σ M``) plus the prior. The prior is a mean of
 O(1) terms, while the data term, divided by ``N_M``, changes little between nearby latents, so
-λ must be small (default 0.05) for the data to lead: with λ 0.5 the encoder followed the prior
-(which any arrangement of the latents consistent with the decoder satisfies) rather than the
-data, and the composition bench's ARI stayed at 0.74–0.86; with λ 0 the latent stays
-isotropic (every dimension at the prior's scale) and PC1 mixes the structure with noise.
+λ must be small (default 0.05) for the data to lead: a large λ makes the encoder follow the
+prior (which any arrangement of the latents consistent with the decoder satisfies) rather than
+the data; with λ 0 the latent stays isotropic (every dimension at the prior's scale) and PC1
+mixes the structure with noise. The measurements behind these defaults are in
+``bench/RESULTS.md`` (sections "Heterogeneity VAE").
 """
 
 from __future__ import annotations
