@@ -13,12 +13,10 @@ import torch.distributed as dist
 
 from subtomo.parallel.distributed import Context, process_device
 
-lazy_backend = pytest.importorskip("torch._lazy.ts_backend")
-
 
 @pytest.fixture(scope="module")
 def device():
-    lazy_backend.init()
+    pytest.importorskip("torch._lazy.ts_backend").init()
     return torch.device("lazy", 0)
 
 
