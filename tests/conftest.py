@@ -90,8 +90,15 @@ def dynamo2m():
 
 
 @pytest.fixture(scope="session")
+def cryoet_alignment_data() -> Path:
+    """Real RELION 4 (WarpTools), IMOD, AreTomo and Warp files from cryoet-alignment 0.2.0
+    (MIT), kept in ``tests/data/cryoet_alignment`` (see its PROVENANCE.md)."""
+    return ROOT / "tests" / "data" / "cryoet_alignment"
+
+
+@pytest.fixture(scope="session")
 def cryoet_alignment_sdist() -> Path:
-    """cryoet-alignment 0.2.0 (MIT): real RELION 4 (WarpTools), IMOD, AreTomo and Warp files."""
+    """cryoet-alignment 0.2.0 (MIT) sdist, for its code (fetched, not kept in the tree)."""
     return fetch_sdist("cryoet-alignment", "0.2.0")
 
 

@@ -19,8 +19,8 @@ def project(params, apix, size, image, points):
     return project_points(m, torch.as_tensor(points))[..., :2].numpy()
 
 
-def test_real_aretomo3_files(cryoet_alignment_sdist, tmp_path):
-    data = cryoet_alignment_sdist / "tests/data"
+def test_real_aretomo3_files(cryoet_alignment_data, tmp_path):
+    data = cryoet_alignment_data
     # as shipped, the file keeps 4 of its 86 aligned rows: the stack count no longer adds up
     with pytest.raises(InputError, match=r"test.aln: RawSize: 4 aligned and 4 dark frames, "
                                          r"but RawSize says the stack has 90 images"):
@@ -83,8 +83,8 @@ def test_aretomo_imod_export_reads_back_the_same_geometry(tmp_path):
     (lambda s: s.replace("    4   -12.6611", "    9   -12.6611"), r":14: SEC: section 9"),
     (lambda s: s.replace("-61.50", "-95.00"), r":11: TILT: tilt angle -95°"),
 ])
-def test_bad_aln(cryoet_alignment_sdist, tmp_path, edit, match):
-    text = (cryoet_alignment_sdist / "tests/data/test.aln").read_text()
+def test_bad_aln(cryoet_alignment_data, tmp_path, edit, match):
+    text = (cryoet_alignment_data / "test.aln").read_text()
     text = text.replace("RawSize = 2032 2032 90", "RawSize = 2032 2032 8")
     (tmp_path / "bad.aln").write_text(edit(text))
     with pytest.raises(InputError, match=match):

@@ -46,9 +46,9 @@ def test_tlt_and_order(tmp_path):
     assert ":2" in str(err.value)
 
 
-def test_real_imod_tlt(cryoet_alignment_sdist):
+def test_real_imod_tlt(cryoet_alignment_data):
     """IMOD's .tlt of a real tilt series (cryoet-alignment 0.2.0 sdist)."""
-    angles = imod.read_angles(cryoet_alignment_sdist / "tests/data/convert/imod_1/tilt_1.tlt")
+    angles = imod.read_angles(cryoet_alignment_data / "convert/imod_1/tilt_1.tlt")
     assert len(angles) > 20 and np.all(np.abs(angles) <= 70)
     assert np.all(np.diff(angles) > 0)
 

@@ -1,15 +1,18 @@
-"""Warp tilt-series XML: the real ``tests/data/warp/00254.xml`` (a Warp run on EMPIAR-10499,
-shipped in the cryoet-alignment 0.2.0 sdist) and synthetic ones written the way Warp's
-``SaveMeta`` writes them, against Warp's projection (``GetPositionsInOneTilt``) transcribed here
-with Warp's ``Matrix3.Euler`` and ``RotateX`` element by element."""
+"""Warp tilt-series XML: the real ``warp/00254.xml`` (a Warp run on EMPIAR-10499, from the
+cryoet-alignment 0.2.0 sdist, in ``tests/data/cryoet_alignment``) and synthetic ones written the
+way Warp's ``SaveMeta`` writes them, against Warp's projection (``GetPositionsInOneTilt``)
+transcribed here with Warp's ``Matrix3.Euler`` and ``RotateX`` element by element."""
 
 from __future__ import annotations
 
+import mrcfile
 import numpy as np
 import pytest
 import torch
 
+from subtomo.cli import main
 from subtomo.errors import InputError
+from subtomo.io.tomograms import read_tomogram_set
 from subtomo.io.warp_xml import read_warp_xml, warp_to_relion
 from subtomo.tomo.geometry import project_points, projection_matrices
 
@@ -56,8 +59,8 @@ def check_against_warp(ws, apix, size, image, seed=0):
     return params
 
 
-def test_real_warp_xml(cryoet_alignment_sdist):
-    ws = read_warp_xml(cryoet_alignment_sdist / "tests/data/warp/00254.xml")
+def test_real_warp_xml(cryoet_alignment_data):
+    ws = read_warp_xml(cryoet_alignment_data / "warp/00254.xml")
     assert ws.n_tilts == 41 and ws.use.all() and ws.pixel_size_A == 1.0
     assert ws.angles_deg[0] == -60.01 and ws.dose[20] == 0 and ws.dose[0] == 117
     assert np.all(ws.axis_angle_deg == np.float64("-4.2999735"))
@@ -67,6 +70,35 @@ def test_real_warp_xml(cryoet_alignment_sdist):
     for size, image in (((4000, 4000, 1500), (4000, 4000)), ((3837, 3709, 1201), (3837, 3709))):
         params = check_against_warp(ws, 1.0, size, image)
     assert np.allclose(params.ytilt, -ws.angles_deg) and np.allclose(params.zrot, -4.2999735)
+
+
+@pytest.mark.parametrize("binning", [4, 1])
+def test_real_warp_xml_with_a_binned_stack(cryoet_alignment_data, tmp_path, capsys, binning):
+    """``ts_stack --angpix`` stacks are binned from the XML's CTF/PixelSize: the stack's pixel
+    size is taken, Warp's Å shifts become stack pixels at it, and a note names the binning."""
+    xml = cryoet_alignment_data / "warp/00254.xml"
+    ws = read_warp_xml(xml)
+    apix, image, thickness = ws.pixel_size_A * binning, (96, 80), 40
+    with mrcfile.new(tmp_path / "TS.mrc") as mrc:
+        mrc.set_data(np.zeros((ws.n_tilts, image[1], image[0]), np.int8))
+        mrc.voxel_size = apix
+    out = tmp_path / "tomograms.star"
+    assert main(["tomograms", "import", "--stack", str(tmp_path / "TS.mrc"), "--warp_xml",
+                 str(xml), "--thickness", str(thickness), "--o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert ("binning 4 inferred" in printed) == (binning == 4), printed
+    # a header of 1 Å is MRC's "unset": the XML's pixel size then, with a note
+    assert ("no pixel size in the header" in printed) == (binning == 1), printed
+    ts = read_tomogram_set(out)["TS"]
+    assert ts.pixel_size_A == apix and ts.tomo_size_px == (*image, thickness)
+    shifts_px = np.stack([ts.column(f"rlnTomo{a}ShiftAngst") for a in "XY"], -1) / apix
+    np.testing.assert_allclose(shifts_px, (ws.axis_offset_A - ws.movement_A) / apix, atol=1e-9)
+    size = np.array(ts.tomo_size_px)
+    points = np.random.default_rng(2).uniform(0, 1, (100, 3)) * size
+    got = ts.project(torch.as_tensor(points)).numpy()[..., :2]
+    for t in range(ws.n_tilts):
+        expected = warp_positions(ws, t, points * apix, size * apix, np.array(image) * apix)
+        assert np.abs(got[:, t] - expected / apix).max() < 1e-3
 
 
 def synthetic_xml(n=7, inverted=False):

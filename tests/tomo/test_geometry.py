@@ -19,7 +19,7 @@ from subtomo.io.tomograms import (
 from subtomo.tomo.geometry import angles_from_matrices, project_points, projection_matrices
 from subtomo.tomo.tiltseries import TiltSeries
 
-REAL = "tests/data/relion/matching_tomograms.star"
+REAL = "relion/matching_tomograms.star"
 
 
 def random_params(n: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -52,12 +52,12 @@ def test_angles_from_matrices_inverts_exactly():
             assert torch.allclose(a, b, atol=1e-9)
 
 
-def test_real_relion4_set_round_trips_through_relion5(cryoet_alignment_sdist, relion_alignment,
+def test_real_relion4_set_round_trips_through_relion5(cryoet_alignment_data, relion_alignment,
                                                       tmp_path, monkeypatch):
     """WarpTools' RELION 4 tomograms.star of a real data set (shipped in cryoet-alignment's
     sdist): matrices → RELION 5 angles → files → RELION 4 matrices; every particle projects
     within 1e-3 px of the original matrices, and the angles equal RELION's decomposition."""
-    source = cryoet_alignment_sdist / REAL
+    source = cryoet_alignment_data / REAL
     image_size = (4096, 4096)  # not stored in the file; any value gives the same projections
     tset = read_tomogram_set(source, image_size=image_size)
     assert len(tset) == 3 and all(ts.n_tilts == 31 for ts in tset.series.values())

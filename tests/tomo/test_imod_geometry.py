@@ -105,11 +105,11 @@ def test_relion_importer_is_half_a_pixel_off(yaiw_xf, tmp_path):
     assert 0.3 < gap.max() < 1.6
 
 
-def test_real_etomo_files(cryoet_alignment_sdist, yaiw_sdist, yaiw_xf, tmp_path):
+def test_real_etomo_files(cryoet_alignment_data, yaiw_sdist, yaiw_xf, tmp_path):
     """An etomo run (cryoet-alignment's imod_1) and another (yet-another-imod-wrapper's
     xf_file.xf, whose align.log reports a rotation angle of 85.2° for every view; the .xf also
     holds the coarse prealignment, so its angles spread by a few tenths)."""
-    base = cryoet_alignment_sdist / "tests/data/convert/imod_1"
+    base = cryoet_alignment_data / "convert/imod_1"
     al = imod.read_imod_alignment(base / "tilt_1.xf", base / "tilt_1.tlt",
                                   base / "tilt_1.xtilt", base / "tilt.com")
     assert al.n_views == 59 and al.tilt_deg[0] == -52.24 and al.tilt_deg[-1] == 63.76
@@ -145,11 +145,11 @@ def test_real_etomo_files(cryoet_alignment_sdist, yaiw_sdist, yaiw_xf, tmp_path)
     assert np.allclose(relion.in_plane_rotations, zrot, atol=1e-6)
 
 
-def test_magnification_is_reported(cryoet_alignment_sdist):
+def test_magnification_is_reported(cryoet_alignment_data):
     """cryoet-alignment's test.xf: its third transform has magnification 0.9993; dropping it
     moves a point at distance r from the centre by |1/m − 1|·r."""
-    xf = imod.read_xf(cryoet_alignment_sdist / "tests/data/test.xf")
-    angles = imod.read_angles(cryoet_alignment_sdist / "tests/data/test.rawtlt", "tlt",
+    xf = imod.read_xf(cryoet_alignment_data / "test.xf")
+    angles = imod.read_angles(cryoet_alignment_data / "test.rawtlt", "tlt",
                               "tilt angle")
     assert list(angles) == [-66.0, -64.5, -63.0]
     al = imod.ImodAlignment(xf, angles, np.zeros(3))
@@ -160,10 +160,10 @@ def test_magnification_is_reported(cryoet_alignment_sdist):
     assert 0.5 < params.distortion_px < 2.0
 
 
-def test_real_relion4_set_round_trips_through_imod(cryoet_alignment_sdist, tmp_path):
+def test_real_relion4_set_round_trips_through_imod(cryoet_alignment_data, tmp_path):
     """RELION 4 matrices (WarpTools, 3 tilt series × 31 tilts) → RELION 5 → IMOD files → RELION
     5: random particles project within 1e-3 px of the original matrices (the issue's bar)."""
-    source = cryoet_alignment_sdist / "tests/data/relion/matching_tomograms.star"
+    source = cryoet_alignment_data / "relion/matching_tomograms.star"
     image = (4096, 4096)
     tset = read_tomogram_set(source, image_size=image)
     blocks = read_star(source)

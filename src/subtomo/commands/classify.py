@@ -80,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
     result = classify(
         ps, torch.from_numpy(reference), Path(out), options=options, mask=mask,
         reference_path=args.ref, mask_path=args.mask, reference_apix=ref_apix,
-        device=args.device, ctx=ctx, continue_from=args.continue_dir is not None,
+        device=ctx.device, ctx=ctx, continue_from=args.continue_dir is not None,
         relion30=args.relion30, command=["subtomo", *sys.argv[1:]])
     if ctx.main:
         shares = ", ".join(f"{k}: {100 * s:.1f} %" for k, s in

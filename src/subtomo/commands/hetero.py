@@ -155,7 +155,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.latents:
             _check_latents(args.latents, len(inputs.particles))
         result = tr.resume(inputs, resume_dir, epochs=args.epochs, checkpoint=args.load,
-                           out_dir=args.output, ctx=ctx, device=args.device, echo=echo)
+                           out_dir=args.output, ctx=ctx, device=ctx.device, echo=echo)
     else:
         if star is None or args.output is None:
             raise InputError(None, "give the particles (--i) and an output folder (--o)",
@@ -171,7 +171,7 @@ def _train(args: argparse.Namespace) -> int:
         inputs = tr.read_inputs(star, poses=args.poses, ref=args.ref, mask=args.mask,
                                 masks=args.masks, angpix=args.angpix, datadir=args.datadir)
         inputs.sources["command"] = ["subtomo", *sys.argv[1:]]
-        result = tr.train(inputs, args.output, options, ctx=ctx, device=args.device,
+        result = tr.train(inputs, args.output, options, ctx=ctx, device=ctx.device,
                           split_path=args.split, echo=echo)
     if ctx.main:
         last = result.history[-1] if result.history else None

@@ -64,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         pad=args.pad, batch_size=args.batch, seed=args.seed,
         max_memory_gib=args.max_memory)
     ctx = init(args.device)
-    result = initial_model(ps, Path(out), options=options, device=args.device, ctx=ctx,
+    result = initial_model(ps, Path(out), options=options, device=ctx.device, ctx=ctx,
                            continue_from=args.continue_dir is not None,
                            relion30=args.relion30, command=["subtomo", *sys.argv[1:]])
     if ctx.main:

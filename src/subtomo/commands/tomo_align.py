@@ -104,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
         per_frame_deformation=args.per_frame_deformation, shift_only=args.shift_only,
         pad=args.pad, max_iter=args.max_iter, batch_size=args.batch)
     ctx = init(args.device)
-    job = tomo_align(inputs, refs, settings, out, device=args.device, ctx=ctx,
+    job = tomo_align(inputs, refs, settings, out, device=ctx.device, ctx=ctx,
                      resume=args.continue_dir is not None, reconstruct=not args.no_reconstruct,
                      write_matrices=args.write_proj_matrices,
                      command=["subtomo", *sys.argv[1:]], progress=ctx.main)

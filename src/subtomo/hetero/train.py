@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from subtomo.errors import InputError
@@ -237,8 +236,7 @@ class PoseTable:
         for tensor in (self.delta, self.m, self.v, self.t):
             mine = torch.where(keep.view(-1, *([1] * (tensor.ndim - 1))), tensor,
                                torch.zeros_like(tensor))
-            dist.all_reduce(mine)
-            tensor.copy_(mine)
+            tensor.copy_(ctx.sum_(mine))
 
     def state(self) -> dict:
         return {"delta": self.delta, "m": self.m, "v": self.v, "t": self.t}
@@ -460,7 +458,7 @@ def _sum_grads(model: torch.nn.Module, ctx: Context) -> None:
     for p in model.parameters():
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
+        ctx.sum_(p.grad)
 
 
 def _epoch_plan(run: Run, epoch: int, ctx: Context) -> tuple[np.ndarray, list[int]]:

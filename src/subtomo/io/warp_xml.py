@@ -4,7 +4,9 @@ Read with the standard library's XML parser, as Warp writes it (``TiltSeries.Sav
 root attributes ``AreAnglesInverted``, ``PlaneNormal``, ``LevelAngleX/Y``; newline-separated
 per-tilt elements ``Angles``, ``Dose`` (exposure before the tilt, e/Å²), ``UseTilt``,
 ``AxisAngle``, ``AxisOffsetX/Y`` (Å), ``MoviePath``; ``<CTF>`` parameters (``PixelSize`` Å,
-``Voltage`` kV, ``Cs`` mm, ``Amplitude``, ``Defocus`` µm ...); and cubic grids
+``Voltage`` kV, ``Cs`` mm, ``Amplitude``, ``Defocus`` µm ...; ``PixelSize`` is the pixel size
+the CTF was fitted at, ``BinnedPixelSizeMean`` of that step, not the exported stack's:
+``ts_stack --angpix`` writes stacks binned to another); and cubic grids
 (``<GridCTF Width Height Depth><Node X Y Z Value/>``) whose depth runs over the tilts:
 ``GridCTF`` (defocus, µm), ``GridCTFDefocusDelta`` (µm), ``GridCTFDefocusAngle`` (deg),
 ``GridCTFPhase`` (π rad), ``GridMovementX/Y`` (Å).
@@ -25,6 +27,10 @@ ignore Warp's per-tilt angle corrections (``GridAngleX/Y/Z``; Warp applies them 
 orientations only), and spatially varying grids (movement over the image, volume warps) have
 no RELION equivalent: their value at the image centre is used and a note says so.
 ``rlnTomoHand`` follows WarpTools' export: +1 when ``AreAnglesInverted``, else −1.
+
+All lengths above are Å, so they convert to pixels of any stack with the stack's own pixel
+size. (Where Warp rounded a binned image to an even size, it scales positions by that rounding,
+``SizeRoundingFactors``, at most 1/width: the stack's nominal pixel size is used.)
 """
 
 from __future__ import annotations
@@ -227,7 +233,8 @@ def read_warp_xml(path: str | Path) -> WarpTiltSeries:
 
 def warp_to_relion(ws: WarpTiltSeries, pixel_size_A: float, tomo_size_px, image_size_px,
                    tilts: np.ndarray | None = None) -> RelionParameters:
-    """Warp geometry → RELION 5 parameters for ``tilts`` (indices; default: the used ones)."""
+    """Warp geometry → RELION 5 parameters for ``tilts`` (indices; default: the used ones),
+    for a stack of ``pixel_size_A`` (Warp's Å lengths ÷ ``pixel_size_A`` = stack pixels)."""
     import torch
 
     idx = np.flatnonzero(ws.use) if tilts is None else np.asarray(tilts, int)

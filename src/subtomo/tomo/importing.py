@@ -6,7 +6,9 @@ a SerialEM ``.mdoc`` (nominal angles, exposure order, pixel size, tilt axis), an
 (ctfplotter ``.defocus`` or the Warp XML) and exposure (``.order`` list, Warp ``Dose`` or the
 mdoc). Every source is checked against the stack and the others first: a file with fewer (or
 more) tilts than the stack, a pixel size that disagrees between files, NaN or tilt angles
-beyond ±90° fail with one line naming the file and field, before anything is written.
+beyond ±90° fail with one line naming the file and field, before anything is written. A Warp
+XML's ``CTF/PixelSize`` is not the stack's (``ts_stack --angpix`` bins): it gives the binning
+that a note reports.
 ``export_tilt_series`` writes IMOD (``.xf .tlt .xtilt .defocus``) or AreTomo (``.aln``) files.
 
 Each program's tomogram frame is its own: an alignment imported from IMOD places particles
@@ -99,6 +101,29 @@ def _agree(values: list[tuple[str, str, float]]) -> float | None:
     return ref
 
 
+def _warp_pixel_size(apix: float | None, warp: warp_xml.WarpTiltSeries, src: Sources,
+                     notes: list[str]) -> float | None:
+    """The stack's pixel size against the Warp XML's ``CTF/PixelSize`` (the pixel size Warp
+    fitted the CTF at, usually the movies'; ``ts_stack --angpix`` bins the stack): the stack's
+    (or ``--angpix``) wins and the binning ``apix / CTF/PixelSize`` is noted; the XML's only
+    where neither the stack nor ``--angpix`` gives one. Warp's shifts are in Å either way."""
+    xml_apix = warp.pixel_size_A
+    if xml_apix is None or not xml_apix > 0:
+        return apix
+    if apix is None:
+        notes.append(f"{src.stack}: no pixel size in the header; using {xml_apix:g} Å from "
+                     f"{src.warp_xml} (CTF/PixelSize): give --angpix if the stack is binned")
+        return xml_apix
+    binning = apix / xml_apix
+    if abs(binning - 1.0) > PIXEL_TOLERANCE:
+        shown = f"{round(binning)}" if abs(binning - round(binning)) < PIXEL_TOLERANCE \
+            else f"{binning:.4g}"
+        notes.append(f"stack {apix:g} Å/px, Warp XML CTF/PixelSize {xml_apix:g} Å: binning "
+                     f"{shown} inferred (ts_stack --angpix); Warp's shifts and axis offsets "
+                     f"(Å) converted at {apix:g} Å/px")
+    return apix
+
+
 def _count(path: Path, what: str, n: int, n_stack: int, stack: Path, field_name: str) -> None:
     if n != n_stack:
         relation = "fewer" if n < n_stack else "more"
@@ -133,11 +158,11 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
         candidates.append(("--angpix", "--angpix", optics.pixel_size_A))
     if mdoc is not None and mdoc.pixel_size_A is not None:
         candidates.append((src.mdoc, "PixelSpacing", mdoc.pixel_size_A))
-    if warp is not None and warp.pixel_size_A is not None:
-        candidates.append((src.warp_xml, "CTF/PixelSize", warp.pixel_size_A))
     if header_apix > 0 and abs(header_apix - 1.0) > 1e-6:
         candidates.append((src.stack, "voxel size (MRC header)", header_apix))
     apix = _agree(candidates)
+    if warp is not None:
+        apix = _warp_pixel_size(apix, warp, src, notes)
     if apix is None or not apix > 0:
         raise InputError(src.stack, "no pixel size in the files; give --angpix", field="--angpix")
 
