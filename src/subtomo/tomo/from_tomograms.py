@@ -12,6 +12,11 @@ shifted by the particle's depth in that view (``hand × pixel × depth``, RELION
 so ``--hand`` chooses it) and the exposure of the ``.order`` line matched by angle
 (:func:`subtomo.io.imod.exposure_from_order`). A box that leaves the tomogram is skipped with a
 count.
+
+At another output pixel size the box is cut larger (``box × output / tomogram`` voxels, whole)
+and Fourier-cropped (:func:`subtomo.fourier.grid.crop_spectrum`); ``crop`` keeps the central
+voxels, and the CTF volume is built on the ``crop`` grid at the output pixel size over the tilts
+:func:`subtomo.tomo.extract.select_tilts` keeps, as on the tilt-series route.
 """
 
 from __future__ import annotations
