@@ -17,7 +17,7 @@ from subtomo.fourier.grid import centred_rfft, lowpass_mask, shell_index
 from subtomo.geometry.euler import euler_to_matrix
 from subtomo.io.mrc import read_ctf_volume, read_mrc
 from subtomo.io.star import read_particles
-from subtomo.io.tomograms import read_tomogram_set
+from subtomo.io.tomograms import read_tomogram_set, write_tomogram_set
 from subtomo.maps.align_symmetry import fourier_crop
 from subtomo.refine.reconstruct import reconstruct
 from subtomo.simulate.render import render_atoms
@@ -172,3 +172,43 @@ def test_slice_gather_centres_odd_and_even_boxes(box):
     assert torch.equal(torch.nonzero(volume == volume.max())[0], torch.tensor([c, c, c]))
     inner = volume[c - 3:c + 4, c - 3:c + 4, c - 3:c + 4]
     torch.testing.assert_close(inner, inner.flip(0, 1, 2), rtol=0, atol=1e-4 * float(inner.max()))
+
+
+def test_hand_and_invert_contrast_on_tilt_series_tomogram_options_refused(project, tmp_path,
+                                                                          capsys):
+    """``--hand`` replaces each tilt series' rlnTomoHand (the CTF volumes are those of a
+    tomograms.star with the other hand); ``--invert_contrast`` writes −1 × the subtomograms;
+    the tomogram route's own options are refused by name."""
+    truth = read_tomogram_set(project.truth_tomograms_star)
+    hand = next(iter(truth.series.values())).hand
+    for ts in truth.series.values():
+        ts.globals["rlnTomoHand"] = -hand
+    write_tomogram_set(truth, tmp_path / "flipped" / "tomograms.star")
+    common = ["extract", "--p", str(project.truth_particles_star), "--b", "16"]
+    runs = {"default": ["--t", str(project.truth_tomograms_star)],
+            "hand": ["--t", str(project.truth_tomograms_star), "--hand", f"{-hand:g}"],
+            "flipped": ["--t", str(tmp_path / "flipped" / "tomograms.star")],
+            "invert": ["--t", str(project.truth_tomograms_star), "--invert_contrast"]}
+    files = {}
+    for name, args in runs.items():
+        assert main([*common, *args, "--o", str(tmp_path / name)]) == 0
+        ps = read_particles(tmp_path / name / "particles.star")
+        files[name] = [(read_mrc(ps.particles["rlnImageName"].iloc[i])[0],
+                        read_ctf_volume(ps.particles["rlnCtfImage"].iloc[i], 16).numpy())
+                       for i in (0, 7)]
+    for (data, ctf), (d_hand, c_hand), (d_flip, c_flip), (d_inv, c_inv) in zip(
+            *files.values(), strict=True):
+        np.testing.assert_array_equal(c_hand, c_flip)
+        np.testing.assert_array_equal(d_hand, d_flip)
+        assert np.abs(c_hand - ctf).max() > 0.01  # particles 30 px deep: a small change
+        np.testing.assert_array_equal(d_inv, -data)
+        np.testing.assert_array_equal(c_inv, ctf)
+    for option, value in (("--tomo_angpix", "10"), ("--defocus", "x.defocus"),
+                          ("--coord_suffix", ".coords")):
+        capsys.readouterr()
+        out = tmp_path / "refused"
+        assert main([*common, "--t", str(project.truth_tomograms_star), option, value, "--o",
+                     str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{option} needs --tomograms_star" in err, err
+        assert not out.exists()

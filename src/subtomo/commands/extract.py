@@ -26,9 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="box size, px at the output pixel size (2D crop for --2d_stacks)")
     p.add_argument("--crop", type=int, default=None, help="output box (default --b)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--bin", type=float, default=None, help="binning of the tilt series")
+    group.add_argument("--bin", type=float, default=None,
+                       help="binning of the tilt series (of the first tomogram with "
+                       "--tomograms_star)")
     group.add_argument("--angpix", "--binned_angpix", dest="angpix", type=float, default=None,
-                       help="output pixel size, Å (any ratio)")
+                       help="output pixel size, Å (any ratio; with --tomograms_star "
+                       "≥ the tomogram's and --b × ratio whole)")
     p.add_argument("--max_dose", type=float, default=None,
                    help="only tilts with at most this pre-exposure, e/Å²")
     p.add_argument("--max_tilts", type=int, default=None, help="only the N least exposed tilts")
@@ -37,30 +40,51 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bg_radius", type=float, default=None,
                    help="background radius, px (default 75 %% of half the box)")
     p.add_argument("--recenter", action="store_true",
-                   help="extract at coordinate − origin and zero the origins")
+                   help="extract at coordinate − origin and zero the origins (tilt series)")
     p.add_argument("--2d_stacks", "--stack2d", dest="stacks_2d", action="store_true",
-                   help="RELION 5 pseudo-subtomograms as 2D stacks (CTF-premultiplied)")
+                   help="RELION 5 pseudo-subtomograms as 2D stacks (CTF-premultiplied; tilt "
+                   "series)")
     p.add_argument("--ctf_layout", choices=("relion", "warp"), default="relion",
                    help="CTF volumes: RELION's centred full cube or Warp's half spectrum")
-    p.add_argument("--pad2d", type=int, choices=(1, 2), default=1,
-                   help="zero-pad crops before gridding (2: accurate, 1: fastest)")
+    p.add_argument("--pad2d", type=int, choices=(1, 2), default=None,
+                   help="zero-pad crops before gridding (2: accurate, 1: fastest, the default; "
+                   "tilt series)")
     p.add_argument("--tomograms_star", default=None,
                    help="RELION 3.0 STAR listing tomograms (rlnMicrographName): extract from "
                    "reconstructed tomograms")
-    p.add_argument("--coord_suffix", default=".coords",
-                   help="coordinate files <tomogram stem><suffix> beside each tomogram")
+    p.add_argument("--coord_suffix", default=None,
+                   help="coordinate files <tomogram stem><suffix> beside each tomogram "
+                   "(default .coords)")
     p.add_argument("--tomo_angpix", type=float, default=None,
                    help="tomogram pixel size, Å (default: its header)")
-    p.add_argument("--defocus", default="ctfplotter.defocus",
-                   help="ctfplotter file name in each tomogram's folder")
-    p.add_argument("--hand", type=float, default=-1.0, help="defocus handedness (rlnTomoHand)")
+    p.add_argument("--defocus", default=None,
+                   help="ctfplotter file name in each tomogram's folder (default "
+                   "ctfplotter.defocus)")
+    p.add_argument("--hand", type=float, choices=(-1.0, 1.0), default=None,
+                   help="defocus handedness, the sign of the depth term (rlnTomoHand; default "
+                   "−1 for tomograms, the tomograms.star's for tilt series)")
     p.add_argument("--invert_contrast", action="store_true",
-                   help="multiply tomogram boxes by −1 (dark protein → white)")
+                   help="multiply the boxes by −1 (tomograms: dark protein → white; tilt "
+                   "series, already flipped to white: back to dark)")
     p.add_argument("--batch", type=int, default=32, help="particles per batch")
     p.add_argument("--j", type=int, default=None, help="CPU threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     add_flavour(p, default="relion5")
     p.set_defaults(run=_run)
+
+
+# options of one route only: dest → option
+TILT_SERIES_ONLY = {"input": "--i", "particles": "--p", "tomograms": "--t", "motion": "--mot",
+                    "recenter": "--recenter", "stacks_2d": "--2d_stacks", "pad2d": "--pad2d"}
+TOMOGRAMS_ONLY = {"coord_suffix": "--coord_suffix", "tomo_angpix": "--tomo_angpix",
+                  "defocus": "--defocus"}
+
+
+def _refuse(args: argparse.Namespace, options: dict[str, str], needs: str) -> None:
+    """One line naming the first option given that the chosen route has no use for."""
+    for dest, flag in options.items():
+        if getattr(args, dest) not in (None, False):
+            raise InputError(None, f"{flag} needs {needs}", field=flag)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -71,18 +95,23 @@ def _run(args: argparse.Namespace) -> int:
     if args.box is None:
         raise InputError(None, "give the box size --b", field="--b")
     if args.tomograms_star:
+        _refuse(args, TILT_SERIES_ONLY, "tilt series (--i/--t), not --tomograms_star")
         return _run_tomograms(args)
+    _refuse(args, TOMOGRAMS_ONLY, "--tomograms_star (tomograms and their IMOD files)")
     from subtomo.tomo.extract import ExtractOptions, extract_subtomograms
 
     inputs = tomo_inputs(args)
+    if args.hand is not None:
+        for ts in inputs.tomograms.series.values():
+            ts.globals["rlnTomoHand"] = args.hand
     first = next(iter(inputs.tomograms.series.values()))
     apix = args.angpix or (first.pixel_size_A * args.bin if args.bin else None)
     options = ExtractOptions(
         box=args.box, crop=args.crop, pixel_size_A=apix, max_dose=args.max_dose,
         max_tilts=args.max_tilts, normalise=args.norm, bg_radius_px=args.bg_radius,
         recenter=args.recenter, stacks_2d=args.stacks_2d, flavour=args.flavour,
-        ctf_layout=args.ctf_layout, pad2d=args.pad2d, batch_size=args.batch,
-        device=args.device)
+        ctf_layout=args.ctf_layout, pad2d=args.pad2d or 1, invert=args.invert_contrast,
+        batch_size=args.batch, device=args.device)
     result = extract_subtomograms(inputs.particles, inputs.tomograms, args.output, options,
                                   motion=inputs.motion)
     print(f"Extracted {result.written} particles at {result.pixel_size_A:.3g} Å/px into "
@@ -95,11 +124,14 @@ def _run_tomograms(args: argparse.Namespace) -> int:
     from subtomo.tomo.from_tomograms import extract_from_tomograms
 
     result = extract_from_tomograms(
-        args.tomograms_star, args.output, box=args.box, coord_suffix=args.coord_suffix,
-        tomo_pixel_size_A=args.tomo_angpix, defocus_name=args.defocus, hand=args.hand,
-        normalise=args.norm, bg_radius_px=args.bg_radius, invert=args.invert_contrast,
-        flavour=args.flavour,
-        ctf_layout=args.ctf_layout)
-    print(f"Extracted {result.written} particles from tomograms into {args.output}; "
-          f"{result.skipped} skipped (box outside the tomogram); {result.star}.")
+        args.tomograms_star, args.output, box=args.box, crop=args.crop,
+        pixel_size_A=args.angpix, binning=args.bin, max_dose=args.max_dose,
+        max_tilts=args.max_tilts, coord_suffix=args.coord_suffix or ".coords",
+        tomo_pixel_size_A=args.tomo_angpix, defocus_name=args.defocus or "ctfplotter.defocus",
+        hand=-1.0 if args.hand is None else args.hand, normalise=args.norm,
+        bg_radius_px=args.bg_radius, invert=args.invert_contrast, flavour=args.flavour,
+        ctf_layout=args.ctf_layout, batch_size=args.batch, device=args.device)
+    print(f"Extracted {result.written} particles at {result.pixel_size_A:.3g} Å/px from "
+          f"tomograms into {args.output}; {result.skipped} skipped (box outside the "
+          f"tomogram); {result.star}.")
     return 0

@@ -13,6 +13,23 @@ FLAVOUR_FLAGS = {
 }
 
 
+class _Accepted(argparse.Action):
+    """A RELION option that states what this program always does: parsed, stored nowhere."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, nargs=0, default=argparse.SUPPRESS,
+                         **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        pass
+
+
+def add_accepted(parser: argparse.ArgumentParser, *flags: str, help: str) -> None:
+    """RELION's ``flags`` for what is always on here (``--3d_rot``): accepted, changing
+    nothing."""
+    parser.add_argument(*flags, action=_Accepted, help=help)
+
+
 def add_input(parser: argparse.ArgumentParser, *extra: str, help: str) -> None:
     parser.add_argument("--i", "-i", "--input", *extra, dest="input", required=True, help=help)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from subtomo.commands.options import add_input, add_max_memory, add_output
+from subtomo.commands.options import add_accepted, add_input, add_max_memory, add_output
 from subtomo.io.files import check_not_input
 
 
@@ -18,8 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_input(p, help="particle STAR file (any flavour)")
     add_output(p, help="output map (.mrc)")
     p.add_argument("--ctf", action="store_true", help="weight by the 3D CTF volumes (rlnCtfImage)")
-    p.add_argument("--3d_rot", dest="rot3d", action="store_true",
-                   help="3D subtomograms (accepted for RELION compatibility; always on)")
+    add_accepted(p, "--3d_rot", help="3D subtomograms (RELION's option; always so here)")
     p.add_argument("--sym", default="C1", help="point-group symmetry (RELION's axes)")
     p.add_argument("--angpix", type=float, default=None, help="pixel size, Å (override)")
     p.add_argument("--subset", type=int, choices=(1, 2), default=None,

@@ -53,7 +53,9 @@ __all__ = ["ExtractOptions", "ExtractResult", "SliceGather", "extract_subtomogra
 
 @dataclass
 class ExtractOptions:
-    """Options of :func:`extract_subtomograms` (px at the output pixel size; Å; e/Å²)."""
+    """Options of :func:`extract_subtomograms` (px at the output pixel size; Å; e/Å²).
+    ``invert``: multiply what is written by −1 (the crops are already flipped to white
+    protein; this flips them back)."""
 
     box: int = 48
     crop: int | None = None
@@ -67,6 +69,7 @@ class ExtractOptions:
     flavour: str = "relion5"
     ctf_layout: str = "relion"
     pad2d: int = 1
+    invert: bool = False
     batch_size: int = 32
     device: str = "cpu"
 
@@ -263,6 +266,7 @@ def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir
     padded = size2d * o.pad2d
     folder = out / "Subtomograms"
     named = project_path(folder)  # how the STAR file names the files in it
+    sign = -1.0 if o.invert else 1.0
 
     def write_batch(batch: CropBatch, writer: BackgroundWriter) -> None:
         crops, ts = batch.crops, batch.ts
@@ -280,7 +284,7 @@ def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir
         spectra = crops.spectra
         if o.pad2d > 1:
             spectra = _padded_spectra(spectra, size2d, padded)
-        volumes = gather.volumes(spectra)
+        volumes = gather.volumes(spectra) * sign
         u, v, angle = (x.float() for x in ts.defocus_at(batch.positions_px))
         weights = gather.ctf((u + v) / 2, astigmatism_A=u - v, astigmatism_angle_deg=angle,
                              active=crops.visible)
@@ -301,7 +305,7 @@ def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir
     def _write_stacks(batch: CropBatch, seen: Tensor, writer: BackgroundWriter) -> None:
         crops = batch.crops
         images = torch.fft.fftshift(torch.fft.irfft2(crops.spectra * crops.ctf,
-                                                     s=(o.box, o.box)), dim=(-2, -1))
+                                                     s=(o.box, o.box)), dim=(-2, -1)) * sign
         start = o.box // 2 - crop // 2
         images = images[..., start:start + crop, start:start + crop]
         stacks = []

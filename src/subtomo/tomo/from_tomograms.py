@@ -12,20 +12,27 @@ shifted by the particle's depth in that view (``hand × pixel × depth``, RELION
 so ``--hand`` chooses it) and the exposure of the ``.order`` line matched by angle
 (:func:`subtomo.io.imod.exposure_from_order`). A box that leaves the tomogram is skipped with a
 count.
+
+At another output pixel size the box is cut larger (``box × output / tomogram`` voxels, whole)
+and Fourier-cropped (:func:`subtomo.fourier.grid.crop_spectrum`); ``crop`` keeps the central
+voxels, and the CTF volume is built on the ``crop`` grid at the output pixel size over the tilts
+:func:`subtomo.tomo.extract.select_tilts` keeps, as on the tilt-series route.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import mrcfile
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 from subtomo.ctf.volume import CtfGridder, tilt_pairs
 from subtomo.errors import InputError
-from subtomo.fourier.grid import centred_irfft, centred_rfft
+from subtomo.fourier.grid import centred_irfft, centred_rfft, crop_spectrum
 from subtomo.fourier.shift import phase_shift
 from subtomo.io import validate
 from subtomo.io.files import resolve, undone_on_input_error
@@ -35,7 +42,7 @@ from subtomo.io.particles import ParticleSet
 from subtomo.io.star import write_particles
 from subtomo.io.star_text import read_star
 from subtomo.io.tomograms import project_path
-from subtomo.tomo.extract import ExtractResult, _normalise
+from subtomo.tomo.extract import ExtractResult, _normalise, select_tilts
 from subtomo.tomo.geometry import tilt_rotations
 from subtomo.tomo.tiltseries import TiltSeries
 
@@ -92,12 +99,57 @@ def _coordinates(path: Path) -> np.ndarray:
     return np.array(rows, dtype=np.float64).reshape(-1, 3)
 
 
+def _output_pixel_size(first_A: float, pixel_size_A: float | None,
+                       binning: float | None) -> float:
+    apix = pixel_size_A or (binning or 1.0) * first_A
+    if not apix > 0:
+        raise InputError(None, "the output pixel size must be positive", field="--angpix")
+    return float(apix)
+
+
+def _cut_size(path: Path, box: int, out_A: float, tomo_A: float) -> int:
+    """Voxels of the tomogram (``tomo_A``) that hold ``box`` px at ``out_A``: Fourier cropping
+    keeps the frequencies exactly only when ``box × out_A / tomo_A`` is whole and ≥ ``box``."""
+    cut = box * out_A / tomo_A
+    if cut < box - 1e-6 or abs(cut - round(cut)) > 1e-6 * cut:
+        raise InputError(path, f"--b {box} at {out_A:g} Å/px is {cut:g} voxels of this "
+                         f"{tomo_A:g} Å/px tomogram: the output pixel size must be at least the "
+                         "tomogram's and --b × ratio a whole number", field="--angpix")
+    return int(round(cut))
+
+
+def _resampled(volumes: Tensor, shifts_px: Tensor, box: int, crop: int) -> Tensor:
+    """Boxes ``(N, C, C, C)`` cut around the rounded coordinates, moved by the sub-voxel
+    remainders ``shifts_px`` ``(N, 3)`` (a Fourier phase), Fourier-cropped to ``box``
+    (:func:`subtomo.fourier.grid.crop_spectrum`, × ``(box / C)³`` to keep the density scale)
+    and windowed to the central ``crop`` voxels in real space, as the tilt-series route's
+    ``--crop`` is."""
+    cut = volumes.shape[-1]
+    spectra = centred_rfft(volumes.double()) * phase_shift(cut, -shifts_px)
+    out = centred_irfft(crop_spectrum(spectra, box), box) * (box / cut) ** 3
+    start = box // 2 - crop // 2
+    return out[..., start:start + crop, start:start + crop, start:start + crop].float()
+
+
+@dataclass
+class _Tomogram:
+    path: Path
+    ts: TiltSeries
+    coords: np.ndarray
+    cut: int
+
+
 @undone_on_input_error("out_dir")
 def extract_from_tomograms(
     tomograms_star: str | Path,
     out_dir: str | Path,
     *,
     box: int,
+    crop: int | None = None,
+    pixel_size_A: float | None = None,
+    binning: float | None = None,
+    max_dose: float | None = None,
+    max_tilts: int | None = None,
     coord_suffix: str = ".coords",
     tomo_pixel_size_A: float | None = None,
     defocus_name: str = "ctfplotter.defocus",
@@ -107,13 +159,24 @@ def extract_from_tomograms(
     invert: bool = False,
     flavour: str = "relion5",
     ctf_layout: str = "relion",
+    batch_size: int = 32,
+    device: str = "cpu",
     voltage_kv: float = 300.0,
     cs_mm: float = 2.7,
     amplitude_contrast: float = 0.07,
 ) -> ExtractResult:
     """Subtomograms + per-particle CTF volumes of every tomogram listed in ``tomograms_star``
     (``rlnMicrographName``); writes ``Subtomograms/<stem>/<n>_data.mrc``, ``_ctf.mrc`` and
-    ``particles.star`` into ``out_dir``."""
+    ``particles.star`` into ``out_dir``.
+
+    ``box`` px at the output pixel size (``pixel_size_A``, or ``binning`` × the first
+    tomogram's): cut from each tomogram as ``box × output / tomogram pixel`` voxels and
+    Fourier-cropped to ``box``; ``crop`` (≤ ``box``) the central window written. The CTF
+    volumes (``crop``³ at the output pixel size) take the tilts :func:`select_tilts` keeps of
+    ``max_dose`` / ``max_tilts``. ``batch_size`` boxes at a time on ``device``."""
+    crop = crop or box
+    if box < 8 or not 8 <= crop <= box:
+        raise InputError(None, "need --b ≥ 8 and 8 ≤ --crop ≤ --b", field="--b")
     star = Path(tomograms_star)
     tables = [b for b in read_star(star).values() if isinstance(b, pd.DataFrame)]
     if not tables or "rlnMicrographName" not in tables[0]:
@@ -121,7 +184,8 @@ def extract_from_tomograms(
     optics = {"rlnVoltage": voltage_kv, "rlnSphericalAberration": cs_mm,
               "rlnAmplitudeContrast": amplitude_contrast}
     out = Path(out_dir)
-    jobs = []
+    jobs: list[_Tomogram] = []
+    out_A = None
     for name in tables[0]["rlnMicrographName"].astype(str):  # check everything first
         path = resolve(name, star.parent)
         if not path.is_file():
@@ -132,60 +196,85 @@ def extract_from_tomograms(
         if not apix > 0:
             raise InputError(path, "no pixel size in the header: give --tomo_angpix",
                              field="--tomo_angpix")
+        out_A = out_A or _output_pixel_size(apix, pixel_size_A, binning)
         ts = imod_tilt_series(path, shape, apix, defocus_name, hand, optics)
+        if not select_tilts(ts, max_dose, max_tilts).any():
+            raise InputError(path, "--max_dose / --max_tilts leave no tilt", field="--max_dose")
         coords = _coordinates(path.parent / f"{path.stem}{coord_suffix}")
-        jobs.append((path, ts, coords))
+        jobs.append(_Tomogram(path, ts, coords, _cut_size(path, box, out_A, apix)))
     rows, tomos, skipped = [], [], 0
-    for path, ts, coords in jobs:
-        apix = ts.pixel_size_A
-        frames = tilt_rotations(*ts.dof()[:3])
-        gridder = CtfGridder(tilt_pairs(box, apix, frames), torch.as_tensor(ts.pre_exposure),
+    for job in jobs:
+        ts, cut = job.ts, job.cut
+        keep = select_tilts(ts, max_dose, max_tilts)
+        frames = tilt_rotations(*ts.dof()[:3])[torch.as_tensor(keep)].to(device)
+        gridder = CtfGridder(tilt_pairs(crop, out_A, frames),
+                             torch.as_tensor(ts.pre_exposure[keep], device=device),
                              voltage_kv=voltage_kv, cs_mm=cs_mm,
                              amplitude_contrast=amplitude_contrast)
-        nz, ny, nx = ts.tomo_size_px[::-1]
+        size = np.array(ts.tomo_size_px)
+        corners = np.round(job.coords).astype(int) - cut // 2
+        inside = np.all((corners >= 0) & (corners + cut <= size), axis=1)
+        skipped += int((~inside).sum())
         tomos.append(ts.globals)
-        with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
-            for i, c in enumerate(coords):
-                corner = np.round(c).astype(int) - box // 2
-                if np.any(corner < 0) or np.any(corner + box > np.array([nx, ny, nz])):
-                    skipped += 1
-                    continue
-                x0, y0, z0 = corner
-                volume = torch.from_numpy(np.array(mrc.data[z0:z0 + box, y0:y0 + box,
-                                                             x0:x0 + box], dtype=np.float32))
-                validate.volume(volume, path, what=f"the box around particle {i + 1} "
-                                f"(x, y, z = {x0 + box // 2}, {y0 + box // 2}, {z0 + box // 2} px)",
-                                field="tomogram voxels")
-                d = torch.as_tensor(c - np.round(c), dtype=torch.float64)
-                volume = centred_irfft(centred_rfft(volume.double()) * phase_shift(box, -d),
-                                       box).float() * (-1.0 if invert else 1.0)
+        index = np.flatnonzero(inside)
+        with mrcfile.mmap(job.path, mode="r", permissive=True) as mrc:
+            for start in range(0, len(index), batch_size):
+                batch = index[start:start + batch_size]
+                volumes = _resampled(_boxes(mrc.data, job.path, corners[batch], batch, cut,
+                                            device),
+                                     torch.as_tensor(job.coords[batch] - np.round(
+                                         job.coords[batch]), device=device), box, crop)
+                volumes = volumes * (-1.0 if invert else 1.0)
                 if normalise:
-                    volume = _normalise(volume[None], bg_radius_px or 0.75 * box / 2)[0]
-                position = torch.as_tensor(c, dtype=torch.float64)[None]
-                u, v, angle = ts.defocus_at(position)
+                    volumes = _normalise(volumes, bg_radius_px or 0.75 * crop / 2)
+                u, v, angle = (x[:, torch.as_tensor(keep)].to(device) for x in
+                               ts.defocus_at(torch.as_tensor(job.coords[batch])))
                 weights = gridder((u + v) / 2, astigmatism_A=u - v, astigmatism_angle_deg=angle)
-                stem = out / "Subtomograms" / ts.name / f"{i + 1}"
-                write_mrc(f"{stem}_data.mrc", volume, apix)
-                write_ctf_volume(f"{stem}_ctf.mrc", weights.reshape(box, box, box // 2 + 1)
-                                 .float(), apix, layout=ctf_layout)
-                rows.append({"rlnTomoName": ts.name, "rlnTomoParticleName": f"{ts.name}/{i + 1}",
-                             "rlnMicrographName": project_path(path),
-                             "rlnCoordinateX": c[0], "rlnCoordinateY": c[1],
-                             "rlnCoordinateZ": c[2],
-                             "rlnImageName": project_path(Path(f"{stem}_data.mrc")),
-                             "rlnCtfImage": project_path(Path(f"{stem}_ctf.mrc")),
-                             "rlnOpticsGroup": 1})
+                weights = weights.reshape(-1, crop, crop, crop // 2 + 1).float().cpu()
+                for j, i in enumerate(batch):
+                    rows.append(_write(out, job, int(i), volumes[j].cpu(), weights[j], out_A,
+                                       ctf_layout))
     if not rows:
         raise InputError(star, "no particle box lies inside its tomogram")
-    first = jobs[0][1]
+    first = jobs[0].ts
     particle_optics = pd.DataFrame({
         "rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"], **{
-            k: [v] for k, v in optics.items()}, "rlnImagePixelSize": [first.pixel_size_A],
-        "rlnImageSize": [box], "rlnImageDimensionality": [3],
+            k: [v] for k, v in optics.items()}, "rlnImagePixelSize": [out_A],
+        "rlnImageSize": [crop], "rlnImageDimensionality": [3],
         "rlnTomoTiltSeriesPixelSize": [first.pixel_size_A],
+        "rlnTomoSubtomogramBinning": [out_A / first.pixel_size_A],
         "rlnCtfDataAreCtfPremultiplied": [0]})
     ps = ParticleSet(pd.DataFrame(rows), particle_optics, pd.DataFrame(tomos),
                      flavour=flavour, source=str(star))
     star_out = out / "particles.star"
     write_particles(ps, star_out, flavour)
-    return ExtractResult(ps, star_out, len(rows), skipped, first.pixel_size_A)
+    return ExtractResult(ps, star_out, len(rows), skipped, out_A)
+
+
+def _boxes(data: np.ndarray, path: Path, corners: np.ndarray, numbers: np.ndarray, cut: int,
+           device: str) -> Tensor:
+    """The ``(N, C, C, C)`` boxes of the tomogram ``data`` (z, y, x) at ``corners`` (x, y, z),
+    each checked for bad values (``numbers``: the particles' 0-based rows)."""
+    boxes = []
+    for (x0, y0, z0), i in zip(corners, numbers, strict=True):
+        volume = torch.from_numpy(np.array(data[z0:z0 + cut, y0:y0 + cut, x0:x0 + cut],
+                                           dtype=np.float32))
+        x, y, z = (int(c) + cut // 2 for c in (x0, y0, z0))
+        validate.volume(volume, path, what=f"the box around particle {i + 1} (x, y, z = {x}, "
+                        f"{y}, {z} px)", field="tomogram voxels")
+        boxes.append(volume)
+    return torch.stack(boxes).to(device)
+
+
+def _write(out: Path, job: _Tomogram, i: int, volume: Tensor, weights: Tensor, apix: float,
+           layout: str) -> dict:
+    """Write particle ``i`` (0-based) of ``job``; its row of the particle table."""
+    name, c = job.ts.name, job.coords[i]
+    stem = out / "Subtomograms" / name / f"{i + 1}"
+    write_mrc(f"{stem}_data.mrc", volume, apix)
+    write_ctf_volume(f"{stem}_ctf.mrc", weights, apix, layout=layout)
+    return {"rlnTomoName": name, "rlnTomoParticleName": f"{name}/{i + 1}",
+            "rlnMicrographName": project_path(job.path),
+            "rlnCoordinateX": c[0], "rlnCoordinateY": c[1], "rlnCoordinateZ": c[2],
+            "rlnImageName": project_path(Path(f"{stem}_data.mrc")),
+            "rlnCtfImage": project_path(Path(f"{stem}_ctf.mrc")), "rlnOpticsGroup": 1}
