@@ -8,19 +8,19 @@ mask ``M`` in the reference frame, consensus map ``V_0``.
 
 **Encoder** ``q(z | x_i) = N(mu_i, diag exp(logvar_i))``. Its input is the subtomogram made
 comparable across particles: CTF-weighted in Fourier space (``X_i sign(C_i) |C_i|^alpha``,
-``--ctfalpha``; the default 1 is the matched filter ``X_i C_i``, which weights each frequency
-by the signal it carries, where phase flipping (0) passes the noise of the CTF's zeros, the
-high frequencies and the late, dose-damaged tilts at full weight), Fourier-cropped to ``d = D * downfrac`` voxels
-(pixel ``a D / d``), rotated into the reference frame (``y_i(p) = x_i(A_i p)``, trilinear),
-multiplied by the mask and divided by one global data scale; the consensus, seen at the
-particle's pose through its CTF, is subtracted first, so the input holds what sets the particle
-apart (and noise). Network: a 3×3×3 convolution (8 channels), then stride-2 3×3×3 convolutions
-(16, 32, 64, 64 … channels) down to at most 4³, two linear layers (256 hidden units),
-LeakyReLU(0.1) between layers, plus a linear path from the input averaged to 6³ voxels into
-``mu``, initialised to the whitened principal components of 256 particles' inputs (the best
-linear encoder: the decoder sees informative latents from the first step, where a random
-network gives it noise and the KL then pulls the latent to the prior). No batch statistics, so
-a batch split over processes gives the same numbers.
+``--ctfalpha``; the default 1 is the matched filter ``X_i C_i``, which weights each frequency by
+the signal it carries, where phase flipping (0) passes the noise of the CTF's zeros, the high
+frequencies and the late, dose-damaged tilts at full weight), Fourier-cropped to ``d = D *
+downfrac`` voxels (pixel ``a D / d``), rotated into the reference frame (``y_i(p) = x_i(A_i
+p)``, trilinear), multiplied by the mask and divided by one global data scale; the consensus,
+seen at the particle's pose through its CTF, is subtracted first, so the input holds what sets
+the particle apart (and noise). Network: a 3×3×3 convolution (8 channels), then stride-2 3×3×3
+convolutions (16, 32, 64, 64 … channels) down to at most 4³, two linear layers (256 hidden
+units), LeakyReLU(0.1) between layers, plus a linear path from the input averaged to 6³ voxels
+into ``mu``, initialised to the whitened principal components of 256 particles' inputs (the best
+linear encoder: the decoder sees informative latents from the first step, where a random network
+gives it noise and the KL then pulls the latent to the prior). No batch statistics, so a batch
+split over processes gives the same numbers.
 
 **Decoder** ``V(z)``: a linear layer from the composition latent to 64 channels of ``(T/16)³``,
 four stride-2 transposed 4×4×4 convolutions (64 → 32 → 16 → 8 → 1 channels; 3×3×3 convolutions
