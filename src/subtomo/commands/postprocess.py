@@ -77,9 +77,9 @@ def _read_mtf(path: str, mtf_angpix: float) -> np.ndarray:
 
 
 def _load(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    half1, px1 = read_mrc(args.half1)
-    half2, px2 = read_mrc(args.half2)
-    mask, _ = read_mrc(args.mask)
+    half1, px1 = read_mrc(args.half1, role="reference", field="--i")
+    half2, px2 = read_mrc(args.half2, role="reference", field="--i2")
+    mask, _ = read_mrc(args.mask, role="mask", field="--mask")
     if half1.ndim != 3 or len(set(half1.shape)) != 1:
         raise InputError(args.half1, f"expected a cubic volume, got shape {half1.shape}")
     if half2.shape != half1.shape:
