@@ -65,8 +65,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.skip_align and (args.local or args.sigma_ang is not None):
         raise InputError(None, "--skip_align excludes --local and --sigma_ang",
                          field="--skip_align")
-    out = job_folder(args, args.input, args.ref, args.mask)
     ps = read_particles(args.input, angpix=args.angpix)
+    out = job_folder(args, *ps.files(), args.ref, args.mask)
     reference, ref_apix = read_mrc(args.ref, role="reference", field="--ref")
     mask = (torch.from_numpy(read_mrc(args.mask, role="mask", field="--mask")[0])
             if args.mask else None)

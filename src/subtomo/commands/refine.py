@@ -64,8 +64,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.ref is None:
         raise InputError(None, "--ref is needed (the initial reference map)", field="--ref")
-    out = job_folder(args, args.input, args.ref, args.mask)
     ps = read_particles(args.input, angpix=args.angpix)
+    out = job_folder(args, *ps.files(), args.ref, args.mask)
     reference, ref_apix = read_mrc(args.ref, role="reference", field="--ref")
     mask = None
     if args.mask:
