@@ -150,7 +150,8 @@ def test_postprocess_refuses_nan_maps(capsys, data, out, spoilt):
     spoil_volume(paths[spoilt], np.nan)
     line = run_bad(capsys, ["postprocess", "--i", paths["half1"], "--i2", paths["half2"],
                             "--mask", paths["mask"], "--o", out / "post"], out)
-    assert f"{spoilt}.mrc: map has 1 NaN" in line
+    option, what = {"half2": ("--i2", "map"), "mask": ("--mask", "mask")}[spoilt]
+    assert f"{spoilt}.mrc: {option}: {what} has 1 NaN" in line
 
 
 @pytest.mark.parametrize("command", [
@@ -160,7 +161,7 @@ def test_map_commands_refuse_nan_maps(capsys, data, out, command):
     spoil_volume(data / "truth_class001.mrc", np.inf)
     line = run_bad(capsys, [*command, "--i", data / "truth_class001.mrc", "--o",
                             out / "out.mrc"], out)
-    assert "truth_class001.mrc: map has 1 NaN or infinite" in line
+    assert "truth_class001.mrc: --i: map has 1 NaN or infinite" in line
 
 
 # ---- pixel sizes, voltages, box sizes --------------------------------------------------------

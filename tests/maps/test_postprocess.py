@@ -319,8 +319,9 @@ def test_cli_writes_all_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 def test_cli_mismatched_half_maps_exit_2(tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    h1 = _write_map(tmp_path / "half1.mrc", np.zeros((D, D, D)))
-    h2 = _write_map(tmp_path / "half2.mrc", np.zeros((D - 4,) * 3))
+    rng = np.random.default_rng(0)  # any non-constant maps
+    h1 = _write_map(tmp_path / "half1.mrc", rng.normal(size=(D, D, D)))
+    h2 = _write_map(tmp_path / "half2.mrc", rng.normal(size=(D - 4,) * 3))
     mask = _write_map(tmp_path / "mask.mrc", np.ones((D, D, D)))
     code = _cli(["--i", h1, "--i2", h2, "--mask", mask, "--o", str(tmp_path / "pp")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -332,10 +333,10 @@ def test_cli_mismatched_half_maps_exit_2(tmp_path: Path,
 @pytest.mark.parametrize("case", ["pixel", "mask_range", "mask_shape"])
 def test_cli_rejects_inconsistent_inputs(case: str, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    vol = np.zeros((D, D, D))
+    vol = np.random.default_rng(0).normal(size=(D, D, D))  # any non-constant map
     h1 = _write_map(tmp_path / "half1.mrc", vol)
     h2 = _write_map(tmp_path / "half2.mrc", vol, px=PX * 2 if case == "pixel" else PX)
-    mask_data = {"mask_range": vol + 1.5, "mask_shape": np.ones((D, D, D - 2))}.get(
+    mask_data = {"mask_range": np.full_like(vol, 1.5), "mask_shape": np.ones((D, D, D - 2))}.get(
         case, np.ones_like(vol))
     mask = _write_map(tmp_path / "mask.mrc", mask_data)
     code = _cli(["--i", h1, "--i2", h2, "--mask", mask, "--o", str(tmp_path / "pp")])
@@ -348,7 +349,7 @@ def test_cli_rejects_inconsistent_inputs(case: str, tmp_path: Path,
 def test_cli_never_overwrites_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "job"
     out.mkdir()
-    vol = np.zeros((D, D, D))
+    vol = np.random.default_rng(0).normal(size=(D, D, D))
     h1 = _write_map(out / "postprocess.mrc", vol)  # an input where an output would go
     h2 = _write_map(tmp_path / "half2.mrc", vol)
     mask = _write_map(tmp_path / "mask.mrc", np.ones_like(vol))

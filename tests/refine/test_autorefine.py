@@ -130,9 +130,9 @@ def test_bad_inputs_give_one_line_and_write_nothing(data, tmp_path, capsys):
     root, sim, *_ = data
     base = ["refine", "--i", str(sim.particles_star), "--ctf"]
     small = tmp_path / "small.mrc"
-    write_mrc(small, torch.zeros(24, 24, 24), APIX)
+    write_mrc(small, torch.randn(24, 24, 24), APIX)
     wrong_apix = tmp_path / "apix.mrc"
-    write_mrc(wrong_apix, torch.zeros(BOX, BOX, BOX), 5.0)
+    write_mrc(wrong_apix, torch.randn(BOX, BOX, BOX), 5.0)
     mask = tmp_path / "mask.mrc"
     write_mrc(mask, torch.full((BOX, BOX, BOX), 1.5), APIX)
     no_ctf = tmp_path / "no_ctf.star"

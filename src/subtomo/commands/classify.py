@@ -65,10 +65,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.skip_align and (args.local or args.sigma_ang is not None):
         raise InputError(None, "--skip_align excludes --local and --sigma_ang",
                          field="--skip_align")
-    out = job_folder(args, args.input, args.ref, args.mask)
     ps = read_particles(args.input, angpix=args.angpix)
-    reference, ref_apix = read_mrc(args.ref)
-    mask = torch.from_numpy(read_mrc(args.mask)[0]) if args.mask else None
+    out = job_folder(args, *ps.files(), args.ref, args.mask)
+    reference, ref_apix = read_mrc(args.ref, role="reference", field="--ref")
+    mask = (torch.from_numpy(read_mrc(args.mask, role="mask", field="--mask")[0])
+            if args.mask else None)
     options = ClassifyOptions(
         K=args.K, tau2_fudge=args.tau2_fudge, n_iter=args.iter, ini_high_A=args.ini_high,
         sym=args.sym, particle_diameter_A=args.particle_diameter, skip_align=args.skip_align,

@@ -8,6 +8,7 @@ import argparse
 
 from subtomo.commands.options import add_flavour, add_tomo_inputs, tomo_inputs
 from subtomo.errors import InputError
+from subtomo.io.files import check_outputs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -101,6 +102,7 @@ def _run(args: argparse.Namespace) -> int:
     from subtomo.tomo.extract import ExtractOptions, extract_subtomograms
 
     inputs = tomo_inputs(args)
+    check_outputs(inputs.paths(), args.output, ("particles.star", "Subtomograms/*"))
     if args.hand is not None:
         for ts in inputs.tomograms.series.values():
             ts.globals["rlnTomoHand"] = args.hand
@@ -120,9 +122,27 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tomogram_inputs(star: str, coord_suffix: str) -> list:
+    """The STAR file, the tomograms it lists and their coordinate files."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from subtomo.io.files import resolve
+    from subtomo.io.star_text import read_star
+
+    names = [str(name) for block in read_star(star).values()
+             if isinstance(block, pd.DataFrame) and "rlnMicrographName" in block
+             for name in block["rlnMicrographName"]]
+    tomograms = [resolve(name, Path(star).parent) for name in names]
+    return [star, *tomograms, *(t.parent / f"{t.stem}{coord_suffix}" for t in tomograms)]
+
+
 def _run_tomograms(args: argparse.Namespace) -> int:
     from subtomo.tomo.from_tomograms import extract_from_tomograms
 
+    check_outputs(_tomogram_inputs(args.tomograms_star, args.coord_suffix or ".coords"),
+                  args.output, ("particles.star", "Subtomograms/*"))
     result = extract_from_tomograms(
         args.tomograms_star, args.output, box=args.box, crop=args.crop,
         pixel_size_A=args.angpix, binning=args.bin, max_dose=args.max_dose,

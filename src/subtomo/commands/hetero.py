@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+# what hetero train writes into --o (a split file given with --split is never written over)
+TRAIN_OUTPUTS = ("consensus.mrc", "mask.mrc", "body*.mrc", "split.json", "config.json",
+                 "log.tsv", "weights.*.pt", "z.*.npy")
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -128,6 +132,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from subtomo.errors import InputError
     from subtomo.hetero import train as tr
+    from subtomo.io.files import check_outputs
     from subtomo.parallel.distributed import init
 
     if args.j:
@@ -170,6 +175,8 @@ def _train(args: argparse.Namespace) -> int:
         options.check()
         inputs = tr.read_inputs(star, poses=args.poses, ref=args.ref, mask=args.mask,
                                 masks=args.masks, angpix=args.angpix, datadir=args.datadir)
+        check_outputs([*inputs.particles.files(), args.poses, args.ref, args.mask,
+                       *(args.masks or [])], args.output, TRAIN_OUTPUTS)
         inputs.sources["command"] = ["subtomo", *sys.argv[1:]]
         result = tr.train(inputs, args.output, options, ctx=ctx, device=ctx.device,
                           split_path=args.split, echo=echo)

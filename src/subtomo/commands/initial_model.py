@@ -52,8 +52,8 @@ def _run(args: argparse.Namespace) -> int:
     from subtomo.parallel.distributed import init
     from subtomo.refine.initial_model import InitialModelOptions, initial_model
 
-    out = job_folder(args, args.input)
     ps = read_particles(args.input, angpix=args.angpix)
+    out = job_folder(args, *ps.files())
     options = InitialModelOptions(
         K=args.K, sym=args.sym, particle_diameter_A=args.particle_diameter,
         iter_ini=args.iter_ini, iter_inbetween=args.iter_inbetween, iter_final=args.iter_final,

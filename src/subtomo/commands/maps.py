@@ -78,7 +78,7 @@ def _check_sym(name: str) -> str:
 
 def _read(args: argparse.Namespace) -> tuple[torch.Tensor, float]:
     check_not_input(args.output, args.input)
-    data, header_A = read_mrc(args.input)
+    data, header_A = read_mrc(args.input, role="reference", field="--i")
     if data.ndim != 3 or len(set(data.shape)) != 1:
         raise InputError(args.input, f"expected a cubic 3D map, got shape {data.shape}")
     angpix = getattr(args, "angpix", None) or header_A or 1.0
@@ -154,7 +154,7 @@ def _maps_align(args: argparse.Namespace) -> int:
     _check_sym(args.sym)
     check_not_input(args.output, args.ref)
     vol, angpix = _read(args)
-    ref, ref_A = read_mrc(args.ref)
+    ref, ref_A = read_mrc(args.ref, role="reference", field="--ref")
     if tuple(ref.shape) != tuple(vol.shape):
         raise InputError(args.ref, f"reference shape {ref.shape} differs from the input map's "
                          f"{tuple(vol.shape)}; resample one of them first")

@@ -78,21 +78,23 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
                         help="resume the job in this folder after its last finished iteration")
 
 
+JOB_OUTPUTS = ("run_*", "job.json")  # what refine, classify and initial-model write
+
+
 def job_folder(args: argparse.Namespace, *inputs: str | None) -> str:
     """The job folder (``--o`` or ``--continue``), after setting the thread count and checking
-    that it is none of the inputs."""
+    that the job writes over none of the ``inputs`` (every file it reads)."""
     import torch
 
     from subtomo.errors import InputError
-    from subtomo.io.files import check_not_input
+    from subtomo.io.files import check_outputs
 
     if args.j:
         torch.set_num_threads(args.j)
     out = args.continue_dir or args.output
     if out is None:
         raise InputError(None, "give --o (a new job folder) or --continue DIR", field="--o")
-    for path in inputs:
-        check_not_input(out, path)
+    check_outputs(inputs, out, JOB_OUTPUTS, option="--continue" if args.continue_dir else "--o")
     return out
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from subtomo.commands.options import add_output
 from subtomo.errors import InputError
-from subtomo.io.files import check_not_input
+from subtomo.io.files import check_outputs
 from subtomo.io.fsc_star import write_fsc_star
 from subtomo.io.mrc import read_mrc, write_mrc
 from subtomo.io.star_text import read_star
@@ -77,9 +77,9 @@ def _read_mtf(path: str, mtf_angpix: float) -> np.ndarray:
 
 
 def _load(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    half1, px1 = read_mrc(args.half1)
-    half2, px2 = read_mrc(args.half2)
-    mask, _ = read_mrc(args.mask)
+    half1, px1 = read_mrc(args.half1, role="reference", field="--i")
+    half2, px2 = read_mrc(args.half2, role="reference", field="--i2")
+    mask, _ = read_mrc(args.mask, role="mask", field="--mask")
     if half1.ndim != 3 or len(set(half1.shape)) != 1:
         raise InputError(args.half1, f"expected a cubic volume, got shape {half1.shape}")
     if half2.shape != half1.shape:
@@ -134,10 +134,7 @@ def _write(result: PostprocessResult, args: argparse.Namespace, folder: Path) ->
 
 def _run(args: argparse.Namespace) -> int:
     folder = Path(args.output)
-    if folder.exists() and not folder.is_dir():
-        raise InputError(folder, "output must be a folder")
-    for name in OUTPUTS:
-        check_not_input(folder / name, args.half1, args.half2, args.mask, args.mtf)
+    check_outputs((args.half1, args.half2, args.mask, args.mtf), folder, OUTPUTS)
     half1, half2, mask, pixel = _load(args)
     mtf = None
     if args.mtf is not None:

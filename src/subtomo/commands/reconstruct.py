@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from subtomo.commands.options import add_accepted, add_input, add_max_memory, add_output
-from subtomo.io.files import check_not_input
+from subtomo.io.files import check_not_input, check_outputs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +41,9 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     check_not_input(out, args.input)
     ps = read_particles(args.input, angpix=args.angpix)
+    stem = out.with_suffix("").name
+    beside = [f"{stem}{s}" for s in ("_fsc.star", "_fsc.png", "_half1.mrc", "_half2.mrc")]
+    check_outputs(ps.files(), out.parent, [out.name, *(beside if args.halves else ())])
     result = reconstruct(ps, ctf=args.ctf, sym=args.sym, halves=args.halves, subset=args.subset,
                          maxres_A=args.maxres, pad=args.pad, batch_size=args.batch,
                          device=args.device, max_memory_gib=args.max_memory)

@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 from subtomo.commands.options import add_tomo_inputs, tomo_inputs
+from subtomo.io.files import check_outputs
 
+OUTPUTS = ("half1.mrc", "half2.mrc", "merged.mrc", "fsc.star", "fsc.png",
+           "optimisation_set.star", "note.txt")  # what the job writes into --o
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -41,6 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.j:
         torch.set_num_threads(args.j)
     inputs = tomo_inputs(args)
+    check_outputs(inputs.paths(), args.output, OUTPUTS)
     apix = args.angpix
     if args.bin is not None:
         first = next(iter(inputs.tomograms.series.values()))

@@ -42,6 +42,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from subtomo.errors import InputError
+    from subtomo.io.files import check_outputs
     from subtomo.io.mrc import write_mrc
     from subtomo.io.tomograms import TomogramSet, project_path, write_tomogram_set
     from subtomo.tomo.reconstruct_tomogram import reconstruct_tomogram
@@ -51,6 +52,8 @@ def _run(args: argparse.Namespace) -> int:
     inputs = tomo_inputs(args, particles=False)
     tset = inputs.tomograms
     names = args.tomo_name or tset.names
+    check_outputs(inputs.paths(), args.output, ["tomograms.star", *(
+        f"tilt_series/{n}.star" for n in tset.names), *(f"tomograms/rec_{n}.mrc" for n in names)])
     for name in names:
         tset[name].check_images()
     out = Path(args.output)

@@ -64,12 +64,12 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.ref is None:
         raise InputError(None, "--ref is needed (the initial reference map)", field="--ref")
-    out = job_folder(args, args.input, args.ref, args.mask)
     ps = read_particles(args.input, angpix=args.angpix)
-    reference, ref_apix = read_mrc(args.ref)
+    out = job_folder(args, *ps.files(), args.ref, args.mask)
+    reference, ref_apix = read_mrc(args.ref, role="reference", field="--ref")
     mask = None
     if args.mask:
-        mask = torch.from_numpy(read_mrc(args.mask)[0])
+        mask = torch.from_numpy(read_mrc(args.mask, role="mask", field="--mask")[0])
     options = RefineOptions(
         ini_high_A=args.ini_high, sym=args.sym, particle_diameter_A=args.particle_diameter,
         healpix_order=args.healpix_order, auto_local_healpix_order=args.auto_local_healpix_order,

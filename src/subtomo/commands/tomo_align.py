@@ -8,6 +8,9 @@ import sys
 
 from subtomo.commands.options import add_tomo_inputs, tomo_inputs
 
+OUTPUTS = ("tomograms.star", "particles.star", "motion.star", "optimisation_set.star",
+           "note.txt", "job.json", "fsc_before_after.png", "tilt_changes_*.png",
+           "Trajectories/*", "temp/*")  # what the job writes into --o (and tilt_series/)
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -80,6 +83,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from subtomo.errors import InputError
+    from subtomo.io.files import check_outputs
     from subtomo.parallel.distributed import init
     from subtomo.tomo.alignment import AlignSettings
     from subtomo.tomo.correlation import read_references
@@ -94,6 +98,8 @@ def _run(args: argparse.Namespace) -> int:
     for key in ("ref1", "ref2", "mask", "fsc"):
         if getattr(args, key) is not None:
             inputs.files[key] = getattr(args, key)
+    check_outputs(inputs.paths(), out, OUTPUTS + tuple(
+        f"tilt_series/{n}.star" for n in inputs.tomograms.names))
     refs = read_references(inputs.files.get("ref1"), inputs.files.get("ref2"),
                            inputs.files.get("mask"), inputs.files.get("fsc"))
     settings = AlignSettings(

@@ -25,7 +25,7 @@ from subtomo.errors import InputError
 from subtomo.hetero.analysis import analysis_dir, read_labels, read_latents
 from subtomo.hetero.train import read_config
 from subtomo.interop import same_flavour
-from subtomo.io.files import atomic_path, check_not_input
+from subtomo.io.files import atomic_path, check_not_input, check_outputs
 from subtomo.io.star import read_particles, write_particles
 
 __all__ = ["cluster_scores", "select_particles"]
@@ -93,6 +93,8 @@ def select_particles(run_dir: str | Path, epoch: int, *, star: str | Path | None
             raise InputError(None, "give --kmeans K (one file per cluster), or --clusters / "
                              "--region with --o", field="--kmeans")
         folder = analysis_dir(run_dir, epoch) / f"kmeans{kmeans}"
+        check_outputs([star], folder, ["pre*.star", f"particles_kmeans{kmeans}.star"],
+                      option="--kmeans")
         written = {}
         for i in range(kmeans):
             rows = np.flatnonzero(labels == i)

@@ -807,9 +807,8 @@ def read_inputs(star: str | Path, *, poses: str | Path | None = None,
     def volume(path: str | Path | None, name: str) -> torch.Tensor | None:
         if path is None:
             return None
-        if not Path(path).is_file():
-            raise InputError(path, "file not found", field=name)
-        return torch.from_numpy(read_mrc(path)[0].astype(np.float32))
+        role = "reference" if name == "--ref" else "mask"
+        return torch.from_numpy(read_mrc(path, role=role, field=name)[0].astype(np.float32))
 
     sources = {"poses": str(poses) if poses else None, "--ref": str(ref) if ref else None,
                "--mask": str(mask) if mask else None, "angpix": angpix,

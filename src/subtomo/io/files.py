@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import functools
 import inspect
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,11 +17,44 @@ from subtomo.errors import InputError
 
 
 def check_not_input(output: str | Path, *inputs: str | Path | None) -> None:
-    """Refuse to write ``output`` over any of ``inputs`` (same file, resolved)."""
+    """Refuse to write ``output`` over any of ``inputs`` (same file, resolved), or over a
+    folder."""
     out = Path(output).resolve()
     for item in inputs:
         if item is not None and Path(item).resolve() == out:
             raise InputError(output, "output would overwrite an input file; choose another name")
+    if out.is_dir():
+        raise InputError(output, "output is a folder; writing the file would replace it: give "
+                         "a file name")
+
+
+def check_outputs(inputs: Iterable[str | Path | None], folder: str | Path,
+                  names: Iterable[str] = (), *, option: str = "--o") -> None:
+    """Refuse a job, before it writes anything, whose outputs meet its inputs.
+
+    The job writes ``folder/name`` for each of ``names`` (an ``fnmatch`` pattern such as
+    ``run_*`` or ``Subtomograms/*`` stands for names not known in advance). Refused, naming the
+    file and ``option``: an input that is one of these outputs; an output that is an existing
+    folder (writing it would replace the folder); a ``folder`` that is a file. ``inputs``: every
+    file the job reads, those named inside its STAR files included."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(folder, "exists and is not a folder; give a (new) output folder",
+                         field=option)
+    names = list(names)
+    root = folder.resolve()
+    for item in dict.fromkeys(Path(p) for p in inputs if p is not None):
+        path = item.resolve()
+        if not path.is_relative_to(root):
+            continue
+        relative = path.relative_to(root).as_posix()
+        if any(fnmatch.fnmatchcase(relative, name) for name in names):
+            raise InputError(item, f"is an input and {option} {folder} would overwrite it; "
+                             "choose another output folder", field=option)
+    for name in names:
+        if not any(c in name for c in "*?[") and (folder / name).is_dir():
+            raise InputError(folder / name, "is a folder; the job would replace it with a "
+                             "file; choose another output folder", field=option)
 
 
 @contextlib.contextmanager

@@ -112,11 +112,40 @@ _TABLE: tuple[tuple[str, type, str, str], ...] = (
     ("rlnTomoReferenceMaskFile", str, "", "reference mask"),
     ("rlnTomoReferenceFscFile", str, "", "FSC (postprocess.star) of the references"),
     ("rlnParticleNumber", int, "", "number of particles (trajectory set)"),
+    # other names and files (text, even when made of digits)
+    ("rlnMicrographMovieName", str, "", "movie of a tilt image"),
+    ("rlnMicrographNameEven", str, "", "tilt image from the even frames"),
+    ("rlnMicrographNameOdd", str, "", "tilt image from the odd frames"),
+    ("rlnMicrographMetadata", str, "", "motion-correction metadata of a tilt image"),
+    ("rlnCtfPowerSpectrum", str, "", "power spectrum of a tilt image"),
+    ("rlnTomoImportCtfFindFile", str, "", "CTFFIND output of a tilt series"),
+    ("rlnTomoImportCtfPlotterFile", str, "", "ctfplotter output of a tilt series"),
+    ("rlnTomoImportImodDir", str, "", "IMOD folder of a tilt series"),
+    ("rlnTomoImportOrderList", str, "", "exposure-order list of a tilt series"),
+    ("rlnTomoEtomoDirective", str, "", "etomo directive file"),
+    ("rlnTomoReconstructedTomogramHalf1", str, "", "tomogram from the odd tilts' frames"),
+    ("rlnTomoReconstructedTomogramHalf2", str, "", "tomogram from the even tilts' frames"),
+    ("rlnTomoReconstructedTomogramDenoised", str, "", "denoised tomogram"),
+    ("rlnTomoFiducialsStarFile", str, "", "fiducials of a tilt series"),
+    ("rlnTomoDeformationType", str, "", "deformation model of a tilt series"),
+    ("rlnTomoDeformationCoefficients", str, "", "deformation coefficients of a tilt ([...])"),
+    ("rlnTomoVisibleFrames", str, "", "per-tilt visibility of a particle ([1,1,0,...])"),
+    ("rlnTomoProjX", str, "", "first row of the projection matrix ([a,b,c,d], RELION 4)"),
+    ("rlnTomoProjY", str, "", "second row of the projection matrix (RELION 4)"),
+    ("rlnTomoProjZ", str, "", "third row of the projection matrix (RELION 4)"),
+    ("rlnTomoProjW", str, "", "fourth row of the projection matrix (RELION 4)"),
+    ("rlnReferenceImage", str, "", "reference map of a class"),
+    ("rlnMaskName", str, "", "mask file"),
+    ("rlnUnfilteredMapHalf1", str, "", "first unfiltered half map"),
+    ("rlnUnfilteredMapHalf2", str, "", "second unfiltered half map"),
+    ("rlnSymmetryGroup", str, "", "point group (C1, D2, ...)"),
 )
 
 LABELS: dict[str, Label] = {row[0]: Label(*row) for row in _TABLE}
 
 NUMERIC_KINDS = (float, int)
+# names and files: read as text, never as numbers (a tilt series ``00123`` keeps its zeros)
+TEXT_LABELS: tuple[str, ...] = tuple(name for name, label in LABELS.items() if label.kind is str)
 
 
 def label_kind(name: str) -> type | None:

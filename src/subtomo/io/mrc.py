@@ -25,16 +25,18 @@ from subtomo.io.files import atomic_path
 CTF_LAYOUTS = ("relion", "warp")
 
 
-def read_mrc(path: str | Path, *, finite: bool = True, what: str = "map"
-             ) -> tuple[np.ndarray, float]:
+def read_mrc(path: str | Path, *, finite: bool = True, what: str = "map",
+             role: str | None = None, field: str | None = None) -> tuple[np.ndarray, float]:
     """Read an MRC file: ``(data as float32, voxel size in Å)``.
 
     Refuses (:class:`InputError`) a header voxel size that is negative or not finite (0 means
-    unset) and, with ``finite``, data holding NaN or infinity (``what`` names the data in the
-    message)."""
+    unset), data with no voxels and, with ``finite``, data holding NaN or infinity (``what``
+    names the data in the message). ``role`` ``"reference"`` or ``"mask"`` also refuses a
+    constant reference or a mask with no voxel above 0 (:func:`validate.map_content`);
+    ``field`` names the option that gave the file."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "file not found")
+        raise InputError(path, "file not found", field=field)
     try:
         with mrcfile.open(path, permissive=True) as mrc:
             if mrc.data is None:
@@ -44,8 +46,13 @@ def read_mrc(path: str | Path, *, finite: bool = True, what: str = "map"
     except (ValueError, OSError) as exc:
         raise InputError(path, f"not a readable MRC file ({exc})") from exc
     validate.voxel_size(voxel, path)
+    what = "mask" if role == "mask" and what == "map" else what
+    if data.size == 0:
+        raise InputError(path, f"{what} is empty (shape {data.shape}, no voxels)", field=field)
     if finite:
-        validate.volume(data, path, what=what)
+        validate.volume(data, path, what=what, field=field)
+    if role is not None:
+        validate.map_content(data, path, role, field=field, what=what)
     return data, voxel
 
 

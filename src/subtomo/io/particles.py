@@ -120,6 +120,16 @@ class ParticleSet:
         frames = self.subtomogram_matrices()
         return particle if frames is None else compose_subtomogram(particle, frames)
 
+    def files(self, columns: tuple[str, ...] = ("rlnImageName", "rlnCtfImage")) -> list[Path]:
+        """The STAR file and every file it names in ``columns``, found as the readers find
+        them (:func:`subtomo.io.files.resolve`): what a job on these particles reads."""
+        from subtomo.io.files import resolve
+
+        star_dir = Path(self.source).parent if self.source else None
+        names = {str(n) for c in columns if c in self.particles for n in self.particles[c]}
+        found = [resolve(name, star_dir) for name in sorted(names)]
+        return [Path(self.source), *found] if self.source else found
+
     def tomo_names(self) -> pd.Series | None:
         """Each particle's tomogram name (``rlnTomoName``, else from ``rlnMicrographName``)."""
         if "rlnTomoName" in self.particles:

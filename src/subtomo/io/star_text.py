@@ -4,7 +4,8 @@
 into text). We scan the text once to record where each loop row sits, check the field counts,
 then check every registered numeric column and the values of the labels that have rules
 (:mod:`subtomo.io.validate`: positive pixel sizes, defocus in 0–20 µm, finite angles ...), so
-that bad input fails with ``file:line: field``.
+that bad input fails with ``file:line: field``. Labels the registry calls text (names and
+files: :data:`subtomo.io.labels.TEXT_LABELS`) are read as text, so ``00123`` stays ``00123``.
 Writing is lossless (shortest round-trip float repr) and atomic.
 """
 
@@ -21,7 +22,7 @@ import starfile
 from subtomo.errors import InputError
 from subtomo.io import validate
 from subtomo.io.files import atomic_path
-from subtomo.io.labels import NUMERIC_KINDS, label_kind
+from subtomo.io.labels import NUMERIC_KINDS, TEXT_LABELS, label_kind
 
 Block = pd.DataFrame | dict
 _TOKEN = re.compile(r"'[^']*'|\"[^\"]*\"|\S+")
@@ -102,7 +103,7 @@ def read_star(path: str | Path) -> dict[str, Block]:
     if "data_" not in text:
         raise InputError(path, "not a STAR file: no data_ block")
     try:
-        blocks = starfile.read(path, always_dict=True)
+        blocks = starfile.read(path, always_dict=True, parse_as_string=list(TEXT_LABELS))
     except Exception as exc:  # starfile raises many kinds; report them as input errors
         raise InputError(path, f"cannot parse STAR file ({exc})") from exc
     for name, block in blocks.items():

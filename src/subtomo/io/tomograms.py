@@ -339,6 +339,29 @@ class TomoInputs:
     tomograms: TomogramSet
     motion: dict[str, np.ndarray] | None
     files: dict[str, Path | None]
+    optimisation_set: Path | None = None
+
+    def paths(self) -> list[Path]:
+        """Every file the job reads: the optimisation set, the files it names (references,
+        mask, FSC included), each tilt series' STAR file and image stacks, and the particles'
+        images where they name any."""
+        out = [self.optimisation_set, *self.files.values(), *tomogram_files(self.tomograms)]
+        if self.particles is not None:
+            out += self.particles.files()
+        return [Path(p) for p in dict.fromkeys(out) if p is not None]
+
+
+def tomogram_files(tset: TomogramSet) -> list[Path]:
+    """The tomogram set's STAR file, each tilt series' STAR file and its image stacks."""
+    out = [Path(tset.source)] if tset.source else []
+    for ts in tset.series.values():
+        if ts.source:
+            out.append(Path(ts.source))
+        try:
+            out += [path for path, _ in ts.image_sources()]
+        except InputError:
+            continue  # no images named: nothing to protect (jobs that need them refuse later)
+    return list(dict.fromkeys(out))
 
 
 def read_inputs(optimisation_set: str | Path | None = None, *, particles: str | Path | None = None,
@@ -372,4 +395,5 @@ def read_inputs(optimisation_set: str | Path | None = None, *, particles: str | 
             raise InputError(files["trajectories"], "file not found",
                              field=OPTIMISATION_LABELS["trajectories"])
         trajectories = read_motion(files["trajectories"])
-    return TomoInputs(ps, tset, trajectories, files)
+    return TomoInputs(ps, tset, trajectories, files,
+                      None if optimisation_set is None else Path(optimisation_set))

@@ -9,6 +9,7 @@ One function per kind of check, for any reader or command to call:
 - :func:`in_range` — values within ``[low, high]`` with their unit;
 - :func:`tilt_angles` — stage tilts within ±90°;
 - :func:`defocus_A` — defocus within 0–20 µm, given in Å (RELION's ``rlnDefocusU/V``);
+- :func:`map_content` — a reference that is not constant, a mask with a voxel above 0;
 - :func:`star_table` — every registered STAR label of a table against :data:`STAR_RULES`
   (called by :func:`subtomo.io.star_text.read_star` for every file it reads);
 - :func:`command_options` — the numeric options of a command (:data:`OPTION_RULES`; called by
@@ -163,6 +164,30 @@ def volume(data, path: PathLike, *, field: str | None = None, what: str = "map",
            particle: int | None = None, noun: str = "particle") -> None:
     """A map, mask, subtomogram or CTF volume: every voxel finite."""
     finite(data, path, field=field, what=what, particle=particle, noun=noun)
+
+
+MAP_ROLES = ("reference", "mask")
+
+
+def map_content(data, path: PathLike, role: str, *, field: str | None = None,
+                what: str | None = None) -> None:
+    """A map a command works with: ``role`` ``reference`` (a map to align to, symmetrise,
+    compare ...) must not be constant (max = min: zero everywhere, or one value), ``mask``
+    must have a voxel > 0 (all ≤ 0 masks everything out; a constant 1 is a valid mask).
+    Neither may be empty (no voxels)."""
+    if role not in MAP_ROLES:
+        raise ValueError(f"unknown map role {role!r}; choose from {MAP_ROLES}")
+    what = what or ("mask" if role == "mask" else "map")
+    array = data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+    if array.size == 0:
+        raise InputError(path, f"{what} is empty (shape {array.shape}, no voxels)", field=field)
+    high, low = float(array.max()), float(array.min())
+    if role == "reference" and high == low:
+        raise InputError(path, f"{what} is constant (every voxel {high:g}): it holds no "
+                         "structure", field=field)
+    if role == "mask" and not high > 0:
+        raise InputError(path, f"{what} has no voxel above 0 (largest {high:g}): it masks out "
+                         "everything", field=field)
 
 
 # ---- STAR labels ----------------------------------------------------------------------------

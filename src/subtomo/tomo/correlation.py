@@ -134,7 +134,7 @@ def read_references(ref1: str | Path, ref2: str | Path, mask: str | Path | None 
         if path is None:
             raise InputError(None, "tomo-align needs both half maps (--ref1, --ref2 or "
                              "rlnTomoReferenceMap1File/2File in --i)", field=field)
-        data, apix = read_mrc(path)
+        data, apix = read_mrc(path, role="reference", field=field)
         if data.ndim != 3 or len(set(data.shape)) != 1:
             raise InputError(path, f"reference is not a cube: {data.shape}", field=field)
         maps.append((torch.from_numpy(data), apix, Path(path)))
@@ -148,7 +148,7 @@ def read_references(ref1: str | Path, ref2: str | Path, mask: str | Path | None 
     if not p1 > 0:
         raise InputError(f1, "pixel size of the reference must be positive", field="--ref1")
     if mask is not None:
-        m, pm = read_mrc(mask)
+        m, pm = read_mrc(mask, role="mask", field="--mask")
         if m.shape != tuple(h1.shape):
             raise InputError(mask, f"mask box {m.shape} differs from the references' "
                              f"{tuple(h1.shape)}", field="--mask")

@@ -401,18 +401,33 @@ def _select(params: RelionParameters, index: np.ndarray) -> RelionParameters:
                             distortion_px=params.distortion_px)
 
 
+def source_files(src: Sources) -> list[Path]:
+    """Every file an import of ``src`` may read (an IMOD basename's ``.xf .tlt .xtilt`` and the
+    ``tilt.com`` beside them included)."""
+    files = [getattr(src, f) for f in ("stack", "mdoc", "tilt_com", "aln", "warp_xml", "tlt",
+                                       "defocus", "order")]
+    if src.imod is not None:
+        base = Path(src.imod)
+        files += [Path(f"{base}{suffix}") for suffix in (".xf", ".tlt", ".xtilt")]
+        files.append(base.parent / "tilt.com")
+    return [Path(f) for f in files if f is not None]
+
+
 def import_tomograms(sources: list[Sources], optics: Optics, output: str | Path,
                      tilt_series_dir: str = "tilt_series") -> tuple[TomogramSet, list[str]]:
     """Import every tilt series, then write ``output`` (RELION 5 ``tomograms.star`` and
     ``<dir>/<name>.star`` beside it). Nothing is written unless all of them import."""
-    from subtomo.io.files import check_not_input
+    from subtomo.io.files import check_not_input, check_outputs
 
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise InputError(None, "a tilt-series name appears twice", field="--name")
-    for src in sources:
-        check_not_input(output, *(getattr(src, f) for f in (
-            "stack", "mdoc", "tilt_com", "aln", "warp_xml", "tlt", "defocus", "order")))
+    inputs = [source_files(src) for src in sources]
+    for files in inputs:
+        check_not_input(output, *files)
+    output = Path(output)
+    check_outputs([f for files in inputs for f in files], output.parent,
+                  [f"{tilt_series_dir}/{name}.star" for name in names])
     imported = [import_tilt_series(s, optics) for s in sources]
     tset = TomogramSet({i.tilt_series.name: i.tilt_series for i in imported}, str(output))
     write_tomogram_set(tset, output, flavour="relion5", tilt_series_dir=tilt_series_dir)
