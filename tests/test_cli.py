@@ -254,7 +254,7 @@ def test_demo_exits_non_zero_when_a_part_misses_its_bound(tmp_path, monkeypatch,
     assert "FAILED: hetero junk_removed" in out
 
 
-def test_hetero_demo_removes_the_junk_and_shows_the_hinge(tmp_path):
+def test_hetero_demo_removes_the_junk_and_keeps_the_good_particles(tmp_path):
     """The heterogeneity part at the demo's settings, against the simulated truth: every figure
     within its printed bound, and the selection and maps written."""
     from rich.console import Console
