@@ -222,6 +222,56 @@ def test_demo_writes_every_output(tmp_path):
     assert not list(out.glob(".*.tmp"))
 
 
+def test_demo_checks_compare_in_their_direction():
+    from subtomo.demo_checks import Check, exit_status
+
+    at_most, at_least = Check("p", "f", 1.0, "<=", 1.0), Check("p", "f", 0.9, ">=", 0.9)
+    assert at_most.passed and at_least.passed
+    assert not Check("p", "f", 1.01, "<=", 1.0).passed
+    assert not Check("p", "f", 0.89, ">=", 0.9).passed
+    assert not Check("p", "f", float("nan"), "<=", 1.0).passed
+    assert exit_status([at_most, at_least]) == 0
+    assert exit_status([at_most, Check("p", "f", 2.0, "<=", 1.0)]) == 1
+
+
+def test_demo_exits_non_zero_when_a_part_misses_its_bound(tmp_path, monkeypatch, capsys):
+    """The exit status follows every part's checks, not the STAR round trips alone: the same
+    demo passes with the heterogeneity part at its bounds and fails when its junk removal
+    falls short of its bound (the part replaced by one that returns those figures)."""
+    import subtomo.demo
+    from subtomo.demo_checks import EXPECTED
+
+    at_bounds = {name: bound for name, (_, bound) in EXPECTED["hetero"].items()}
+    assert "junk_removed" in at_bounds
+    short = {**at_bounds, "junk_removed": at_bounds["junk_removed"] - 0.05}
+    args = ["demo", "--o", str(tmp_path / "demo"), "--n", "30", "--subtomograms", "0",
+            "--classification", "0", "--tiltseries", "0", "--hetero", "10"]
+    for figures, status in ((at_bounds, 0), (short, 1)):
+        monkeypatch.setattr(subtomo.demo, "run_hetero_demo",
+                            lambda *args, figures=figures, **kwargs: dict(figures))
+        assert main(args) == status
+    out = capsys.readouterr().out
+    assert "FAILED: hetero junk_removed" in out
+
+
+def test_hetero_demo_removes_the_junk_and_keeps_the_good_particles(tmp_path):
+    """The heterogeneity part at the demo's settings, against the simulated truth: every figure
+    within its printed bound, and the selection and maps written."""
+    from rich.console import Console
+
+    from subtomo.demo import run_hetero_demo
+    from subtomo.demo_checks import checks
+
+    figures = run_hetero_demo(tmp_path / "het", 200, 0, Console(quiet=True))
+    assert figures["junk"] == 60
+    failed = [c for c in checks("hetero", figures) if not c.passed]
+    assert not failed, failed
+    job = tmp_path / "het" / "Hetero" / "job001"
+    assert (job / "selected.star").is_file()
+    assert len(read_particles(job / "selected.star")) == round(
+        figures["good_kept"] * 140 + (1 - figures["junk_removed"]) * 60)
+
+
 def test_classification_demo_recovers_the_simulated_classes(tmp_path):
     """Initial model → classification → selection of the default (quick) demo, against the
     simulation's true classes and maps."""
@@ -231,6 +281,9 @@ def test_classification_demo_recovers_the_simulated_classes(tmp_path):
 
     figures = run_classification_demo(tmp_path / "cls", QUICK.classification, 0,
                                       Console(quiet=True), QUICK)
+    from subtomo.demo_checks import checks
+
+    assert not [c for c in checks("classification", figures) if not c.passed]  # the printed bounds
     last_model = sum(QUICK.initial_model[:3])
     for name in (f"InitialModel/job001/run_it{last_model:03d}_class001.mrc",
                  f"InitialModel/job001/run_it{last_model:03d}_data.star",
@@ -256,6 +309,9 @@ def test_averaging_demo_reports_consistent_resolutions(tmp_path):
 
     figures = run_averaging_demo(tmp_path / "avg", QUICK.subtomograms, 0, Console(quiet=True),
                                  QUICK.refine_iterations, QUICK.averaging_noise)
+    from subtomo.demo_checks import checks
+
+    assert not [c for c in checks("averaging", figures) if not c.passed]  # the printed bounds
     assert figures["median_pose_error_refined_deg"] < 0.6 * figures["median_pose_error_start_deg"]
     job = "Refine3D/job001/"
     for name in (f"{job}run_class001.mrc", f"{job}run_half1_class001_unfil.mrc", "mask_c6.mrc",
@@ -276,6 +332,9 @@ def test_tiltseries_demo_recovers_the_truth(tmp_path):
     from subtomo.demo import run_tiltseries_demo
 
     figures = run_tiltseries_demo(tmp_path / "ts", 40, 0, Console(quiet=True))
+    from subtomo.demo_checks import checks
+
+    assert not [c for c in checks("tiltseries", figures) if not c.passed]  # the printed bounds
     assert figures["particles"] == 40
     assert figures["tomogram_peak_offset_voxels"] <= 1.5
     # extraction loses nothing against the direct reconstruction from the tilt series
@@ -300,6 +359,9 @@ def test_tomo_align_demo_recovers_the_geometry(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # a relative output folder, as `subtomo demo` gives it
     figures = run_tomo_align_demo(Path("ta"), 40, 0, Console(quiet=True))
+    from subtomo.demo_checks import checks
+
+    assert not [c for c in checks("tomo_align", figures) if not c.passed]  # the printed bounds
     assert Path.cwd() == tmp_path  # the demo's working directory is given back
     assert figures["error_given_px"] > 2.0
     assert figures["error_aligned_px"] < 0.5

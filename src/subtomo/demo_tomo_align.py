@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.table import Table
+
+from subtomo.demo_checks import demo_table, row
 
 __all__ = ["run_tomo_align_demo"]
 
@@ -121,18 +122,19 @@ def run_tomo_align_demo(out_dir: str | Path = "demo_out/tomo_align", n_particles
         "fsc05_true_geometry_A": fsc05["truth"], "postprocess_resolution_A": post.resolution_A,
         "seconds": time.perf_counter() - start,
     }
-    table = Table(title=f"tomo-align demo: {n_particles} particles × 31 tilts (10 Å/px), "
-                  "per-tilt errors and motion; tomo-align, then tomo-align --motion")
-    table.add_column("step")
-    table.add_column("result", justify="right")
-    table.add_row("rms error of the projected positions vs truth",
-                  f"{errors['given']:.2f} px → {errors['aligned']:.2f} px")
-    table.add_row("reconstruct-particle vs true map, FSC 0.5",
-                  f"{fsc05['given']:.1f} Å → {fsc05['aligned']:.1f} Å "
-                  f"(true geometry {fsc05['truth']:.1f} Å)")
-    table.add_row("half-map FSC 0.143 before → after",
-                  f"{before.resolution_A:.1f} Å → {after.resolution_A:.1f} Å")
-    table.add_row("postprocess (soft mask), corrected FSC 0.143", f"{post.resolution_A:.1f} Å")
+    table = demo_table(f"tomo-align demo: {n_particles} particles × 31 tilts (10 Å/px, noise σ "
+                       f"{config.noise_sigma:g}), per-tilt errors and motion; tomo-align, then "
+                       "tomo-align --motion")
+    part = ("tomo_align", figures)
+    row(table, "rms error of the projected positions vs truth (px)",
+        f"{errors['given']:.2f} → {errors['aligned']:.2f}", *part, "error_aligned_px")
+    row(table, "reconstruct-particle vs true map, FSC 0.5 (Å)",
+        f"{fsc05['given']:.1f} → {fsc05['aligned']:.1f} (true geometry {fsc05['truth']:.1f})",
+        *part, "fsc05_aligned_A")
+    row(table, "half-map FSC 0.143 before → after (Å)",
+        f"{before.resolution_A:.1f} → {after.resolution_A:.1f}")
+    row(table, "postprocess (soft mask), corrected FSC 0.143 (Å)", f"{post.resolution_A:.1f}",
+        *part, "postprocess_resolution_A")
     console.print(table)
     console.print(f"tomo-align demo finished in {figures['seconds']:.1f} s; outputs in "
                   f"{sim.directory}/TomoAlign/job004/")
