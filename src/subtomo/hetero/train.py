@@ -12,8 +12,7 @@ Weight averaging (``--ema``, epochs): the encoding pass, ``z.N.npy`` and the net
 ``model`` (what ``analyze`` and ``eval-vol`` use) are an exponential moving average of the
 training weights over about that many epochs (Polyak averaging); the training weights
 themselves are saved as ``training`` for resuming. The latents of single SGD iterates swing
-from epoch to epoch (|ρ(PC1, hinge angle)| 0.88–0.93 between consecutive epochs on the hinge
-bench); the average's do much less.
+from epoch to epoch; the average's do much less (figures in bench/RESULTS.md, "hinge").
 
 Reproducibility and resuming: the data order of epoch ``e`` is a permutation drawn from
 ``(seed, e)``, the reparameterisation noise of particle ``i`` in epoch ``e`` is row ``i`` of a
