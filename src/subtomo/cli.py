@@ -51,10 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         validate.command_options(args)
+        validate.outputs(args)
         return int(args.run(args) or 0)
     except InputError as exc:
         print(f"subtomo: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a fault of the file system (full disk, permissions): one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"subtomo: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

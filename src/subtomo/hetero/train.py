@@ -715,7 +715,7 @@ def train(inputs: TrainInputs, out_dir: str | Path, options: TrainOptions, *,
     """Train a new model into ``out_dir`` for ``options.epochs`` epochs."""
     ctx = ctx or Context()
     out = Path(out_dir)
-    if epochs_done(out) or (out / CONFIG).exists():
+    if epochs_done(out):  # a configuration alone: a run killed before its first epoch
         raise InputError(out, "the folder holds a previous run; use --continue to resume it "
                          "or choose another --o", field="--o")
     run = prepare(inputs, options, out, ctx=ctx, device=device, progress=progress,

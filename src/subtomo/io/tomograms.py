@@ -80,9 +80,15 @@ class TomogramSet:
 
 
 # ---- reading ----------------------------------------------------------------------------
+GLOBAL_REQUIRED = ("rlnTomoName", "rlnTomoTiltSeriesPixelSize", *SIZE, "rlnVoltage",
+                   "rlnSphericalAberration", "rlnAmplitudeContrast")
+TILT_REQUIRED = (*DOF, "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle",
+                 "rlnMicrographPreExposure")
+
+
 def _check_global(path: Path, row: dict) -> None:
     name = row.get("rlnTomoName")
-    for label in ("rlnTomoName", "rlnTomoTiltSeriesPixelSize", *SIZE):
+    for label in GLOBAL_REQUIRED:
         if label not in row or pd.isna(row[label]):
             raise InputError(path, f"tomogram {name}: required column missing in data_global",
                              field=label)
@@ -134,9 +140,10 @@ def _check_tilts(path: Path, ts: TiltSeries) -> None:
     if "rlnTomoYTilt" not in ts.tilts:
         raise InputError(path, f"tomogram {ts.name}: per-tilt column missing (neither RELION 5 "
                          "angles nor RELION 4 matrices)", field="rlnTomoYTilt")
-    if "rlnDefocusU" not in ts.tilts:
-        raise InputError(path, f"tomogram {ts.name}: per-tilt column missing",
-                         field="rlnDefocusU")
+    for label in TILT_REQUIRED:
+        if label not in ts.tilts:
+            raise InputError(path, f"tomogram {ts.name}: per-tilt column missing",
+                             field=label)
     tilt = ts.column("rlnTomoYTilt")
     if not np.all(np.abs(tilt) <= 90.0):
         raise InputError(path, f"tomogram {ts.name}: tilt angle {tilt[np.abs(tilt) > 90][0]} "

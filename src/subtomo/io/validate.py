@@ -25,6 +25,8 @@ Dynamo's ``tdrot/tilt/narot``) only need to be finite: any value is a rotation;
 from __future__ import annotations
 
 import math
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,3 +329,39 @@ def command_options(args, spelled: dict[str, str] | None = None) -> None:
         if low > high:
             raise InputError(None, f"defocus range {low:g}:{high:g} µm is reversed (LOW:HIGH)",
                              field="--defocus")
+
+
+# ---- outputs --------------------------------------------------------------------------------
+def writable(path: PathLike, field: str) -> None:
+    """Refuse an output ``path`` that cannot be written: its nearest existing ancestor must be
+    a folder that is writable (by this user, and not marked read-only for all: a ``chmod a-w``
+    folder is refused even to root)."""
+    if path in (None, ""):
+        return
+    target = Path(path)
+    ancestor = target if target.is_dir() else target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(path, f"cannot write here: {str(ancestor)!r} is a file, not a folder",
+                         field=field)
+    if not os.access(ancestor, os.W_OK | os.X_OK) or not (
+            ancestor.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)):
+        raise InputError(path, f"cannot write here: folder {str(ancestor)!r} is read-only",
+                         field=field)
+
+
+OUTPUT_OPTIONS = {"output": "--o", "continue_dir": "--continue"}
+FOLDER_ARGUMENTS = {("hetero", "analyze"), ("hetero", "eval-vol"), ("hetero", "eval_vol")}
+
+
+def outputs(args) -> None:
+    """Check every output of a command (``--o``, ``--continue``; the training folder that
+    ``hetero analyze`` and ``eval-vol`` write into) with :func:`writable`."""
+    for dest, name in OUTPUT_OPTIONS.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, (str, Path)):
+            writable(value, name)
+    if (getattr(args, "command", None), getattr(args, "kind", None)) in FOLDER_ARGUMENTS:
+        if Path(args.dir).is_dir():
+            writable(args.dir, "DIR")

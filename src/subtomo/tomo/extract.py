@@ -244,6 +244,8 @@ def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir
     crop = o.crop or o.box
     if o.box < 8 or not 8 <= crop <= o.box:
         raise InputError(None, "need --b ≥ 8 and 8 ≤ --crop ≤ --b", field="--b")
+    if o.crop and o.crop % 2:
+        raise InputError(None, f"--crop {o.crop} px must be even", field="--crop")
     if o.pad2d not in (1, 2):
         raise InputError(None, "--pad2d must be 1 or 2", field="--pad2d")
     names = particles.tomo_names()
