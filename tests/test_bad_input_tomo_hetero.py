@@ -22,9 +22,12 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+import pandas as pd
 import pytest
 
 from subtomo.cli import main
+from subtomo.io.mrc import write_mrc
+from subtomo.io.star_text import write_star
 
 OPT = "P/optimisation_set.star"
 TS = "P/tilt_series/TS_01.star"
@@ -33,6 +36,8 @@ TOMOS = "P/tomograms.star"
 PARTS = "P/particles.star"
 HP = "H/particles.star"
 REFS = "R/optimisation_set.star"
+TOMOS30 = "tomograms30.star"
+TOMOGRAM = "TS_026/TS_026.mrc"
 
 EX = ["extract", "--i", OPT, "--o", "OUT", "--b", "16"]
 RP = ["reconstruct-particle", "--i", OPT, "--o", "OUT", "--b", "16"]
@@ -40,6 +45,7 @@ RT = ["reconstruct-tomogram", "--i", OPT, "--o", "OUT", "--bin", "4"]
 TA = ["tomo-align", "--i", REFS, "--o", "OUT", "--b", "16", "--r", "4", "--no_reconstruct"]
 TX = ["tomograms", "export", "--i", TOMOS, "--o", "OUT", "--imod"]
 HT = ["hetero", "train", "--i", HP, "--o", "OUT", "--zdim", "2", "-n", "2", "-b", "8"]
+E30 = ["extract", "--tomograms_star", TOMOS30, "--b", "16", "--o", "OUT"]
 PE = ["poses", "export", "--i", HP, "--o", "p.pkl", "--box", "16"]
 SIM = ["simulate", "tiltseries", "--o", "S", "--n", "2", "--size", "64", "64",
        "--thickness", "20", "--box", "16"]
@@ -48,6 +54,22 @@ SIM = ["simulate", "tiltseries", "--o", "S", "--n", "2", "--size", "64", "64",
 # ---- the shared project ----------------------------------------------------------------------
 def _run(argv: list[str]) -> None:
     assert main(argv) == 0, argv
+
+
+def _tomogram_route(folder: Path) -> None:
+    """RELION 3.0's route: a tomogram, its coordinates and IMOD files, tomograms30.star."""
+    (folder / "TS_026").mkdir()
+    write_mrc(folder / "TS_026/TS_026.mrc", np.random.default_rng(0).normal(
+        size=(48, 48, 48)).astype(np.float32), 10.0)
+    np.savetxt(folder / "TS_026/TS_026.coords", [[20.3, 30.6, 25.2], [24.7, 23.1, 20.9]])
+    angles = np.arange(-60.0, 61.0, 15.0)
+    np.savetxt(folder / "TS_026/TS_026.tlt", angles)
+    np.savetxt(folder / "TS_026/TS_026.order", np.stack([angles, np.abs(angles) / 5], 1))
+    lines = ["1 0 0.0 0.0 0.0 3"] + [f"{i + 1} {i + 1} {a} {a} {3000 + 5 * i} {2900 + 5 * i} 20"
+                                     for i, a in enumerate(angles)]
+    (folder / "TS_026/ctfplotter.defocus").write_text("\n".join(lines) + "\n")
+    write_star({"": pd.DataFrame({"rlnMicrographName": ["TS_026/TS_026.mrc"]})},
+               folder / TOMOS30)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +82,7 @@ def base(tmp_path_factory) -> Path:
               "160", "160", "--thickness", "40", "--angpix", "10", "--box", "16",
               "--tilt-step", "6"])
         _run(["reconstruct-particle", "--i", OPT, "--o", "R", "--b", "16"])
+        _tomogram_route(root)
         _run(["simulate", "subtomograms", "--o", "H", "--n", "24", "--box", "16", "--angpix",
               "10", "--classes", "2"])
         _run(["hetero", "train", "--i", HP, "--o", "HT", "--zdim", "2", "-n", "2", "-b", "8"])
@@ -172,6 +195,9 @@ CASES = [
     ("TA header size", TA, header_nx(STACK, 150), "header"),
     ("TA truncated reference", TA, truncate("R/half1.mrc"), "half1.mrc"),
     ("HT truncated subtomogram", HT, truncate("H/Subtomograms/particle_000003.mrc"), "000003"),
+    ("E30 truncated tomogram", E30, truncate(TOMOGRAM), "truncated"),
+    ("E30 header size", E30, header_nx(TOMOGRAM, 40), "header"),
+    ("E30 missing tomogram", E30, remove(TOMOGRAM), "TS_026.mrc"),
     ("HT header size", HT, header_nx("H/Subtomograms/particle_000003.mrc", 12), "000003"),
     ("HT truncated CTF", [*HT, "--ctf"], truncate("H/Subtomograms/particle_000003_ctf.mrc"),
      "_ctf"),
@@ -201,6 +227,7 @@ CASES = [
     ("EX box wider than the images", with_box(EX, "400"), None, "--b"),
     ("TA box wider than the images", with_box(TA, "400"), None, "--b"),
     ("EX zero box", with_box(EX, "0"), None, "--b"),
+    ("E30 odd box", with_box(E30, "15"), None, "--b"),
     ("RP crop larger than box", [*RP, "--crop", "32"], None, "--crop"),
     ("TA unknown deformation model", [*TA, "--deformation", "--def_model", "bogus"], None,
      "--def_model"),

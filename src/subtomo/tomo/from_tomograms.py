@@ -30,7 +30,7 @@ from subtomo.fourier.shift import phase_shift
 from subtomo.io import validate
 from subtomo.io.files import resolve, undone_on_input_error
 from subtomo.io.imod import exposure_from_order, read_angles, read_defocus
-from subtomo.io.mrc import write_ctf_volume, write_mrc
+from subtomo.io.mrc import read_mrc_header, write_ctf_volume, write_mrc
 from subtomo.io.particles import ParticleSet
 from subtomo.io.star import write_particles
 from subtomo.io.star_text import read_star
@@ -114,6 +114,8 @@ def extract_from_tomograms(
     """Subtomograms + per-particle CTF volumes of every tomogram listed in ``tomograms_star``
     (``rlnMicrographName``); writes ``Subtomograms/<stem>/<n>_data.mrc``, ``_ctf.mrc`` and
     ``particles.star`` into ``out_dir``."""
+    if box < 8 or box % 2:
+        raise InputError(None, f"box {box} px must be even and at least 8", field="--b")
     star = Path(tomograms_star)
     tables = [b for b in read_star(star).values() if isinstance(b, pd.DataFrame)]
     if not tables or "rlnMicrographName" not in tables[0]:
@@ -126,9 +128,8 @@ def extract_from_tomograms(
         path = resolve(name, star.parent)
         if not path.is_file():
             raise InputError(star, f"tomogram {name!r} not found", field="rlnMicrographName")
-        with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-            shape = (int(mrc.header.nz), int(mrc.header.ny), int(mrc.header.nx))
-            apix = tomo_pixel_size_A or float(mrc.voxel_size.x)
+        shape, voxel = read_mrc_header(path)  # a truncated file is refused here
+        apix = tomo_pixel_size_A or voxel
         if not apix > 0:
             raise InputError(path, "no pixel size in the header: give --tomo_angpix",
                              field="--tomo_angpix")
