@@ -244,6 +244,14 @@ CASES = [
     ("HA epoch not trained", ["hetero", "analyze", "HT", "5"], None, "epoch 5"),
     ("HA truncated latents", ["hetero", "analyze", "HT", "1", "--ksample", "3", "--skip-umap"],
      truncate("HT/z.1.npy"), "z.1.npy"),
+    ("HE truncated checkpoint", ["hetero", "eval-vol", "HT", "1", "kmeans", "3"],
+     truncate("HT/weights.1.pt"), "weights.1.pt"),
+    ("HT load a truncated checkpoint", ["hetero", "train", "--load", "HT/weights.1.pt"],
+     truncate("HT/weights.1.pt"), "weights.1.pt"),
+    ("HT mask of another box", [*HT, "--mask", TOMOGRAM], None, "--mask"),
+    ("HS particles not the run's", ["hetero", "select", "HT", "1", "--i", HP, "--kmeans", "3",
+                                    "--clusters", "0", "--o", "S.star"],
+     lambda: sub(HP, r"^sim_TS_01\.tomostar\t.*\n", "", 1), "--i"),
     ("HE KMeans not analysed", ["hetero", "eval-vol", "HT", "1", "kmeans", "4"], None,
      "kmeans4"),
     ("HS cluster out of range", ["hetero", "select", "HT", "1", "--kmeans", "3", "--clusters",
@@ -282,6 +290,7 @@ def test_bad_input_is_one_line_and_changes_nothing(work, capsys, argv, breaks, w
     assert len(lines) == 1, err
     assert lines[0].startswith("subtomo: error: ") and "Traceback" not in err
     assert word in lines[0], lines[0]
+    assert len(lines[0]) < 250, lines[0]  # short
     assert snapshot(work) == before  # nothing written, no input changed
 
 
@@ -310,6 +319,8 @@ def test_tomo_align_killed_mid_run_resumes(work):
     assert main(TA) == 0
     os.makedirs("K/temp")
     shutil.copy("OUT/temp/settings.json", "K/temp/settings.json")
+    assert main([*TA[:4], "K", *TA[5:], "--r", "3", "--continue"]) == 2  # other options
+    assert sorted(p.name for p in Path("K").rglob("*")) == ["settings.json", "temp"]
     assert main([*TA[:4], "K", *TA[5:], "--continue"]) == 0
     for name in ("tomograms.star", "particles.star", "motion.star", "tilt_series/TS_01.star"):
         assert _star_tables("K", name) == _star_tables("OUT", name), name

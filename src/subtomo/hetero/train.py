@@ -630,9 +630,9 @@ def load_checkpoint(path: Path, field: str = "--load") -> dict:
         raise InputError(path, "no such checkpoint", field=field)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a torn or foreign file
-        raise InputError(path, f"not a subtomo hetero checkpoint ({exc})",
-                         field=field) from None
+    except Exception:  # a torn or foreign file (torch's own message runs to many lines)
+        raise InputError(path, "not a readable subtomo hetero checkpoint (truncated, or "
+                         "written by another program)", field=field) from None
 
 
 def epochs_done(out_dir: Path) -> list[int]:
