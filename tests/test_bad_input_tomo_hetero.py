@@ -228,6 +228,8 @@ CASES = [
     ("TA box wider than the images", with_box(TA, "400"), None, "--b"),
     ("EX zero box", with_box(EX, "0"), None, "--b"),
     ("E30 odd box", with_box(E30, "15"), None, "--b"),
+    ("EX zero crop", [*EX, "--crop", "0"], None, "--crop"),
+    ("EX zero binning", [*EX, "--bin", "0"], None, "--bin"),
     ("RP crop larger than box", [*RP, "--crop", "32"], None, "--crop"),
     ("TA unknown deformation model", [*TA, "--deformation", "--def_model", "bogus"], None,
      "--def_model"),

@@ -272,6 +272,7 @@ OPTION_RULES: dict[str, Rule] = {
     "angpix": _POSITIVE_A, "mtf_angpix": _POSITIVE_A, "max_memory": Rule("positive", "GiB"),
     "box": Rule("positive", "px"), "n": Rule("positive"), "batch": Rule("positive"),
     "pad": Rule("positive"), "j": Rule("positive"), "K": Rule("positive"),
+    "bin": Rule("positive"), "binned_angpix": _POSITIVE_A, "crop": Rule("positive", "px"),
     "iter": Rule("positive"), "max_iter": Rule("positive"),
     "iter_ini": Rule("range", "", 0, math.inf), "iter_inbetween": Rule("range", "", 0, math.inf),
     "iter_final": Rule("range", "", 0, math.inf), "batch_ini": Rule("positive"),
