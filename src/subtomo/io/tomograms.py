@@ -170,6 +170,10 @@ def read_tomogram_set(path: str | Path, *, image_size: tuple[int, int] | None = 
         source = path
         if "rlnTomoTiltSeriesStarFile" in row:
             tilt_file = resolve(str(row["rlnTomoTiltSeriesStarFile"]), path.parent)
+            if not tilt_file.is_file():
+                raise InputError(path, f"tomogram {name}: tilt-series file "
+                                 f"{row['rlnTomoTiltSeriesStarFile']!r} not found",
+                                 field="rlnTomoTiltSeriesStarFile")
             tilt_blocks = read_star(tilt_file)
             tables = {k: v for k, v in tilt_blocks.items() if isinstance(v, pd.DataFrame)}
             tilts = tables.get(name, next(iter(tables.values()), None))

@@ -353,16 +353,18 @@ def writable(path: PathLike, field: str) -> None:
 
 
 OUTPUT_OPTIONS = {"output": "--o", "continue_dir": "--continue"}
-FOLDER_ARGUMENTS = {("hetero", "analyze"), ("hetero", "eval-vol"), ("hetero", "eval_vol")}
+FOLDER_ARGUMENTS = {("hetero", "analyze"), ("hetero", "eval-vol"), ("hetero", "eval_vol"),
+                    ("hetero", "select"), ("hetero", "parse_pose")}  # select: without --o
 
 
 def outputs(args) -> None:
     """Check every output of a command (``--o``, ``--continue``; the training folder that
-    ``hetero analyze`` and ``eval-vol`` write into) with :func:`writable`."""
+    ``hetero analyze``, ``eval-vol`` and ``select`` without ``--o`` write into) with
+    :func:`writable`."""
     for dest, name in OUTPUT_OPTIONS.items():
         value = getattr(args, dest, None)
         if isinstance(value, (str, Path)):
             writable(value, name)
     if (getattr(args, "command", None), getattr(args, "kind", None)) in FOLDER_ARGUMENTS:
-        if Path(args.dir).is_dir():
+        if Path(args.dir).is_dir() and getattr(args, "output", None) is None:
             writable(args.dir, "DIR")
