@@ -15,8 +15,11 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import stat
+import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -349,3 +352,32 @@ def test_hetero_train_killed_resumes_to_the_same_latents(work):
     for folder in ("K1", "K0", "K"):
         assert np.array_equal(np.load(f"{folder}/z.1.npy"), full), folder
         assert not Path(folder, "z.2.npy").exists()  # the run's own epoch count
+
+
+def _kill_when(argv: list[str], marker: Path, timeout_s: float = 120.0) -> None:
+    """Start ``subtomo ARGV`` in a process and SIGKILL it once ``marker`` exists (or let it end
+    if it is faster)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen([sys.executable, "-m", "subtomo", *argv], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    start = time.monotonic()
+    while process.poll() is None and not marker.exists():
+        assert time.monotonic() - start < timeout_s, "the job wrote nothing"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def test_jobs_killed_by_sigkill_finish_after_continue(work):
+    """A real SIGKILL in the middle of hetero train and of tomo-align, then ``--continue`` with
+    the same command: the results of the uninterrupted runs."""
+    train = [*HT[:5], "K", *HT[6:]]
+    _kill_when(train, Path("K/weights.0.pt"))
+    assert main([*train, "--continue", "K"]) == 0
+    assert np.array_equal(np.load("K/z.1.npy"), np.load("HT/z.1.npy"))
+    align = [*TA[:4], "A", *TA[5:]]
+    _kill_when(align, Path("A/temp/settings.json"))
+    assert main([*align, "--continue"]) == 0
+    assert main(TA) == 0
+    for name in ("tomograms.star", "particles.star", "motion.star", "tilt_series/TS_01.star"):
+        assert _star_tables("A", name) == _star_tables("OUT", name), name
