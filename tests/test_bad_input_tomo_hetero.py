@@ -240,6 +240,7 @@ CASES = [
     # hetero options and folders
     ("HT zdim 0", [*HT, "--zdim", "0"], None, "--zdim"),
     ("HT no epochs", [*HT, "-n", "0"], None, "-n"),
+    ("HT negative learning rate", [*HT, "--lr", "-1"], None, "--lr"),
     ("HT continue a folder that is no run", ["hetero", "train", "--continue", "NJ"],
      not_a_job, "NJ"),
     ("HT continue with other options", ["hetero", "train", "--continue", "HT", "--zdim", "5"],

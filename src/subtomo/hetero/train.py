@@ -110,6 +110,14 @@ class TrainOptions:
             raise bad("--ema", f"must be in [0, 1000] epochs, not {self.ema}")
         if self.epochs < 1 or self.batch_size < 1:
             raise bad("-n/-b", "need at least one epoch and one particle per batch")
+        if not self.lr > 0:
+            raise bad("--lr", f"the learning rate must be positive, not {self.lr}")
+        for name in ("beta_control", "lamb"):
+            if getattr(self, name) < 0:
+                raise bad("--" + name, f"a weight must not be negative, not "
+                          f"{getattr(self, name)}")
+        if self.beta_cycle < 1:
+            raise bad("--beta-cycle", f"need at least one epoch per cycle, not {self.beta_cycle}")
         if self.beta != "cos":
             try:
                 float(self.beta)
