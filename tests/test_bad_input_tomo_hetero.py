@@ -113,7 +113,10 @@ def run_cli(argv: list[str]) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.showwarning = show
-        return main(argv)
+        try:
+            return main(argv)
+        except SystemExit as exc:  # an option argparse refuses
+            return int(exc.code)
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -233,6 +236,13 @@ CASES = [
     ("E30 odd box", with_box(E30, "15"), None, "--b"),
     ("EX zero crop", [*EX, "--crop", "0"], None, "--crop"),
     ("EX zero binning", [*EX, "--bin", "0"], None, "--bin"),
+    ("EX text for the box", with_box(EX, "abc"), None, "--b"),
+    ("EX unknown 2D padding", [*EX, "--pad2d", "3"], None, "--pad2d"),
+    ("EX background radius beyond the box", [*EX, "--norm", "--bg_radius", "100"], None,
+     "--bg_radius"),
+    ("TA negative motion sigma", [*TA, "--motion", "--s_vel", "-1"], None, "--s_vel"),
+    ("RT negative SNR", [*RT, "--ctf", "wiener", "--snr", "-1"], None, "--snr"),
+    ("TX zero image size", [*TX, "--image_size", "0", "0"], None, "--image_size"),
     ("RP crop larger than box", [*RP, "--crop", "32"], None, "--crop"),
     ("TA unknown deformation model", [*TA, "--deformation", "--def_model", "bogus"], None,
      "--def_model"),

@@ -34,8 +34,17 @@ COMMANDS = (convert, star, select, poses, simulate, reconstruct, initial_model, 
             reconstruct_tomogram, tomograms, tomo_align)
 
 
+class Parser(argparse.ArgumentParser):
+    """Option errors as one line (``subtomo: error: COMMAND: message``), exit status 2, as
+    every other bad input; ``--help`` gives the usage."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("subtomo").strip()
+        self.exit(2, f"subtomo: error: {command + ': ' if command else ''}{message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="subtomo",
         description="Subtomogram averaging and heterogeneity analysis for cryo-ET.",
     )

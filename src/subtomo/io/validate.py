@@ -291,6 +291,11 @@ OPTION_RULES: dict[str, Rule] = {
     "min_neighbours": Rule("range", "", 0, math.inf),
     "width_soft_edge": Rule("range", "px", 0.0, math.inf),
     "search_box": Rule("positive", "px"), "angular_step": Rule("positive", "°"),
+    "bg_radius": Rule("positive", "px"), "snr": Rule("positive"),
+    "sirt_iterations": Rule("positive"), "s_vel": Rule("positive"), "s_div": _POSITIVE_A,
+    "def_reg": Rule("range", "", 0.0, math.inf), "max_ed": Rule("range", "", -1, math.inf),
+    "image_size": Rule("positive", "px"), "tomo_size": Rule("positive", "px"),
+    "size": Rule("positive", "px"),
     # simulation
     "tilt_range": Rule("range", "°", 0.0, MAX_TILT_DEG), "tilt_step": Rule("positive", "°"),
     "dose": Rule("range", "e/Å²", 0.0, math.inf), "noise": Rule("range", "", 0.0, math.inf),
@@ -314,6 +319,12 @@ def command_options(args, spelled: dict[str, str] | None = None) -> None:
     (``(low, high)`` µm) must lie in 0–20 µm. ``spelled``: option names to print per dest."""
     spelled = spelled or {}
     for dest, value in sorted(vars(args).items()):
+        if isinstance(value, (list, tuple)) and dest in OPTION_RULES and all(
+                isinstance(v, (int, float)) for v in value):  # --size W H ...
+            for item in value:
+                _apply(OPTION_RULES[dest], [item], None, _option_name(dest, spelled), None,
+                       None, noun="", what="")
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         name = _option_name(dest, spelled)
