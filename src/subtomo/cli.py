@@ -34,8 +34,17 @@ COMMANDS = (convert, star, select, poses, simulate, reconstruct, initial_model, 
             reconstruct_tomogram, tomograms, tomo_align)
 
 
+class Parser(argparse.ArgumentParser):
+    """Option errors as one line (``subtomo: error: COMMAND: message``), exit status 2, as
+    every other bad input; ``--help`` gives the usage."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("subtomo").strip()
+        self.exit(2, f"subtomo: error: {command + ': ' if command else ''}{message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="subtomo",
         description="Subtomogram averaging and heterogeneity analysis for cryo-ET.",
     )
@@ -51,10 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         validate.command_options(args)
+        validate.outputs(args)
         return int(args.run(args) or 0)
     except InputError as exc:
         print(f"subtomo: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a fault of the file system (full disk, permissions): one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"subtomo: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ def _series(**extra) -> TiltSeries:
                           "rlnDefocusAngle": 10.0, "rlnMicrographPreExposure": [0.0, 3.0, 6.0]})
     globals_ = {"rlnTomoName": "TS_01", "rlnTomoTiltSeriesPixelSize": 10.0,
                 "rlnTomoSizeX": 200, "rlnTomoSizeY": 100, "rlnTomoSizeZ": 60, "rlnTomoHand": -1.0,
+                "rlnVoltage": 300.0, "rlnSphericalAberration": 2.7, "rlnAmplitudeContrast": 0.07,
                 **extra}
     return TiltSeries(globals_, tilts, image_size=(200, 100))
 

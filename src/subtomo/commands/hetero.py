@@ -82,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="resume the run in this folder after its last epoch (-n: total)")
     t.add_argument("--load", default=None, help="resume from this weights.N.pt")
     t.add_argument("--latents", default=None, help="z.N.npy beside --load (checked)")
-    t.set_defaults(run=_train)
+    t.set_defaults(run=_train, option_defaults=dict(vars(t.parse_args([]))))
 
     a = kinds.add_parser("analyze", help="PCA, KMeans, UMAP and plots of one epoch")
     a.add_argument("dir", help="training folder")
@@ -128,6 +128,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     import torch
 
     from subtomo.errors import InputError
@@ -150,8 +152,17 @@ def _train(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         resume_dir = str(Path(args.load).parent)
+    config = None
+    epochs = None if args.epochs == args.option_defaults["epochs"] else args.epochs  # -n given
     if resume_dir:
-        config = tr.read_config(resume_dir)
+        config = _resumable_config(args, resume_dir)
+        if not args.load and not tr.epochs_done(resume_dir):
+            # killed before its first epoch: nothing to resume, the run starts again
+            if config is not None:
+                star = star or config["particles"]
+            args.output = resume_dir
+            resume_dir = None
+    if resume_dir:
         star = star or config["particles"]
         inputs = tr.read_inputs(star, poses=config.get("poses"), angpix=config.get("angpix"),
                                 datadir=args.datadir)
@@ -159,24 +170,30 @@ def _train(args: argparse.Namespace) -> int:
                                  inputs.shifts_A, inputs.sources)
         if args.latents:
             _check_latents(args.latents, len(inputs.particles))
-        result = tr.resume(inputs, resume_dir, epochs=args.epochs, checkpoint=args.load,
+        result = tr.resume(inputs, resume_dir, epochs=epochs, checkpoint=args.load,
                            out_dir=args.output, ctx=ctx, device=ctx.device, echo=echo)
     else:
         if star is None or args.output is None:
             raise InputError(None, "give the particles (--i) and an output folder (--o)",
                              field="--i/--o")
-        options = tr.TrainOptions(
+        options = tr.options_from_config(config) if config is not None else tr.TrainOptions(
             zdim=args.zdim, zaffinedim=args.zaffinedim, epochs=args.epochs,
             batch_size=args.batch, lr=args.lr, beta_control=args.beta_control, beta=args.beta,
             beta_cycle=args.beta_cycle, lamb=args.lamb, downfrac=args.downfrac,
             templateres=args.templateres, valfrac=args.valfrac, bfactor=args.bfactor,
             ctf=args.ctf, ctfalpha=args.ctfalpha, ctfbeta=args.ctfbeta, estpose=args.estpose,
             ema=args.ema, seed=args.seed)
+        saved = config or {}
+        if config is not None and epochs is not None:
+            options = replace(options, epochs=epochs)
         options.check()
-        inputs = tr.read_inputs(star, poses=args.poses, ref=args.ref, mask=args.mask,
-                                masks=args.masks, angpix=args.angpix, datadir=args.datadir)
-        check_outputs([*inputs.particles.files(), args.poses, args.ref, args.mask,
-                       *(args.masks or [])], args.output, TRAIN_OUTPUTS)
+        inputs = tr.read_inputs(star, poses=saved.get("poses", args.poses),
+                                ref=saved.get("ref", args.ref), mask=saved.get("mask", args.mask),
+                                masks=saved.get("masks", args.masks) or None,
+                                angpix=saved.get("angpix", args.angpix), datadir=args.datadir)
+        check_outputs([*inputs.particles.files(), saved.get("poses", args.poses),
+                       saved.get("ref", args.ref), saved.get("mask", args.mask),
+                       *(saved.get("masks", args.masks) or [])], args.output, TRAIN_OUTPUTS)
         inputs.sources["command"] = ["subtomo", *sys.argv[1:]]
         result = tr.train(inputs, args.output, options, ctx=ctx, device=ctx.device,
                           split_path=args.split, echo=echo)
@@ -186,6 +203,43 @@ def _train(args: argparse.Namespace) -> int:
         print(f"Trained {result.epochs} epochs{what}; latents z.{result.epochs - 1}.npy in "
               f"{result.out_dir}.")
     return 0
+
+
+# options of ``hetero train`` (dest → TrainOptions field) that a continued run must keep
+KEPT = {"zdim": "zdim", "zaffinedim": "zaffinedim", "batch": "batch_size", "lr": "lr",
+        "beta_control": "beta_control", "beta": "beta", "beta_cycle": "beta_cycle",
+        "lamb": "lamb", "downfrac": "downfrac", "templateres": "templateres",
+        "valfrac": "valfrac", "bfactor": "bfactor", "ctf": "ctf", "ctfalpha": "ctfalpha",
+        "ctfbeta": "ctfbeta", "estpose": "estpose", "ema": "ema", "seed": "seed"}
+
+
+def _resumable_config(args: argparse.Namespace, run_dir: str) -> dict | None:
+    """The configuration of the run to continue in ``run_dir`` (None: a run killed before it
+    wrote one, which starts again from ``--i``); refuses options given now that differ from
+    the run's."""
+    from pathlib import Path
+
+    from subtomo.errors import InputError
+    from subtomo.hetero import train as tr
+
+    folder = Path(run_dir)
+    if not (folder / tr.CONFIG).is_file() and not tr.epochs_done(folder) and not args.load:
+        if folder.is_dir() and any(p.is_file() for p in folder.rglob("*")):
+            raise InputError(folder, f"not a training folder (no {tr.CONFIG})",
+                             field="--continue")
+        if (args.input or args.star) is None:
+            raise InputError(folder, "nothing to continue (no finished epoch); give the "
+                             "particles (--i) to start the run", field="--continue")
+        return None
+    config = tr.read_config(folder)
+    saved = config.get("options", {})
+    for dest, key in KEPT.items():
+        given = getattr(args, dest)
+        if given != args.option_defaults.get(dest) and key in saved and given != saved[key]:
+            raise InputError(folder / tr.CONFIG, f"the run was trained with {key} "
+                             f"{saved[key]}, not {given}; continue it with the same options",
+                             field="--" + dest)
+    return config
 
 
 def _check_latents(path: str, n: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from subtomo.errors import InputError
+from subtomo.io.files import removed_on_input_error
 
 
 def _range(text: str) -> tuple[float, float]:
@@ -109,6 +110,9 @@ def _run_tiltseries(args: argparse.Namespace) -> int:
     if args.n < 1 or args.box < 8 or args.tomograms < 1 or min(args.size) < 2 * args.box:
         raise InputError(None, "need --n ≥ 1, --tomograms ≥ 1, --box ≥ 8 and images at least "
                          "two boxes wide", field="--n/--box/--size")
+    if args.thickness < args.box:
+        raise InputError(None, f"--thickness {args.thickness} px must be at least one box "
+                         f"({args.box} px)", field="--thickness")
     config = TiltSeriesConfig(
         n_tomograms=args.tomograms, n_particles=args.n, image_size_px=tuple(args.size),
         thickness_px=args.thickness, pixel_size_A=args.angpix, box_px=args.box,
@@ -119,10 +123,11 @@ def _run_tiltseries(args: argparse.Namespace) -> int:
         shift_error_px=args.shift_error, angle_error_deg=args.angle_error,
         position_error_px=args.position_error, motion_px=args.motion,
         deformation_px=args.deformation, seed=args.seed)
-    try:
-        sim = simulate_tiltseries(args.output, config)
-    except ValueError as exc:
-        raise InputError(None, str(exc), field="--n") from None
+    with removed_on_input_error(args.output):  # nothing left of a failed simulation
+        try:
+            sim = simulate_tiltseries(args.output, config)
+        except ValueError as exc:
+            raise InputError(None, str(exc), field="--n") from None
     print(f"Simulated {len(sim.truth_particles)} particles in {config.n_tomograms} tilt "
           f"series in {sim.directory}: optimisation_set.star, tomograms.star, particles.star; "
           "truth in truth/.")

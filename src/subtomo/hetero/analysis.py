@@ -47,6 +47,15 @@ def analysis_dir(run_dir: str | Path, epoch: int) -> Path:
     return Path(run_dir) / f"analyze.{epoch}"
 
 
+def load_npy(path: Path, field: str) -> np.ndarray:
+    """A ``.npy`` array of a training folder; a torn or foreign file is one clear error."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(path, f"not a readable .npy array ({str(exc)[:80]})",
+                         field=field) from None
+
+
 def read_latents(run_dir: str | Path, epoch: int) -> np.ndarray:
     """``z.N.npy`` of a training folder; a clear error if that epoch has none."""
     path = latents_path(Path(run_dir), epoch)
@@ -55,7 +64,7 @@ def read_latents(run_dir: str | Path, epoch: int) -> np.ndarray:
                       if p.name.split(".")[1].isdigit())
         have = f"epochs with latents: {done[0]}–{done[-1]}" if done else "no epoch finished"
         raise InputError(path, f"no latents for epoch {epoch} ({have})", field="EPOCH")
-    return np.load(path)
+    return load_npy(path, "EPOCH")
 
 
 def read_labels(run_dir: str | Path, epoch: int, k: int) -> np.ndarray:
@@ -64,7 +73,7 @@ def read_labels(run_dir: str | Path, epoch: int, k: int) -> np.ndarray:
         raise InputError(path, f"no KMeans with {k} clusters for epoch {epoch}: run "
                          f"'subtomo hetero analyze {run_dir} {epoch} --ksample {k}' first",
                          field="--kmeans")
-    return np.load(path)
+    return load_npy(path, "--kmeans")
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -81,7 +90,7 @@ def _save_txt(path: Path, array: np.ndarray, fmt: str = "%.6g") -> None:
 def _umap(z: np.ndarray, out: Path, skip: bool, seed: int) -> np.ndarray | None:
     path = out / "umap.npy"
     if skip:
-        return np.load(path) if path.exists() else None
+        return load_npy(path, "--skip-umap") if path.exists() else None
     try:
         import umap  # optional extra: pip install 'subtomo[umap]'
     except ImportError:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from subtomo.errors import InputError
-from subtomo.hetero.analysis import analysis_dir, read_labels, read_latents
+from subtomo.hetero.analysis import analysis_dir, load_npy, read_labels, read_latents
 from subtomo.hetero.train import read_config
 from subtomo.interop import same_flavour
 from subtomo.io.files import atomic_path, check_not_input, check_outputs
@@ -127,7 +127,7 @@ def select_particles(run_dir: str | Path, epoch: int, *, star: str | Path | None
         if not pcs_path.is_file():
             raise InputError(pcs_path, f"run 'subtomo hetero analyze {run_dir} {epoch}' first",
                              field="--region")
-        pcs = np.load(pcs_path)
+        pcs = load_npy(pcs_path, "--region")
         for pc, low, high in regions:
             if not 1 <= pc <= pcs.shape[1]:
                 raise InputError(pcs_path, f"PC {pc} was not computed (1 … {pcs.shape[1]})",

@@ -109,6 +109,14 @@ class TrainOptions:
             raise bad("--ema", f"must be in [0, 1000] epochs, not {self.ema}")
         if self.epochs < 1 or self.batch_size < 1:
             raise bad("-n/-b", "need at least one epoch and one particle per batch")
+        if not self.lr > 0:
+            raise bad("--lr", f"the learning rate must be positive, not {self.lr}")
+        for name in ("beta_control", "lamb"):
+            if getattr(self, name) < 0:
+                raise bad("--" + name, f"a weight must not be negative, not "
+                          f"{getattr(self, name)}")
+        if self.beta_cycle < 1:
+            raise bad("--beta-cycle", f"need at least one epoch per cycle, not {self.beta_cycle}")
         if self.beta != "cos":
             try:
                 float(self.beta)
@@ -629,9 +637,9 @@ def load_checkpoint(path: Path, field: str = "--load") -> dict:
         raise InputError(path, "no such checkpoint", field=field)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a torn or foreign file
-        raise InputError(path, f"not a subtomo hetero checkpoint ({exc})",
-                         field=field) from None
+    except Exception:  # a torn or foreign file (torch's own message runs to many lines)
+        raise InputError(path, "not a readable subtomo hetero checkpoint (truncated, or "
+                         "written by another program)", field=field) from None
 
 
 def epochs_done(out_dir: Path) -> list[int]:
@@ -714,7 +722,7 @@ def train(inputs: TrainInputs, out_dir: str | Path, options: TrainOptions, *,
     """Train a new model into ``out_dir`` for ``options.epochs`` epochs."""
     ctx = ctx or Context()
     out = Path(out_dir)
-    if epochs_done(out) or (out / CONFIG).exists():
+    if epochs_done(out):  # a configuration alone: a run killed before its first epoch
         raise InputError(out, "the folder holds a previous run; use --continue to resume it "
                          "or choose another --o", field="--o")
     run = prepare(inputs, options, out, ctx=ctx, device=device, progress=progress,

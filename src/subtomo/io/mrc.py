@@ -11,7 +11,9 @@ Both hold a real, centrosymmetric weight, so the two layouts carry the same info
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import mrcfile
@@ -25,26 +27,68 @@ from subtomo.io.files import atomic_path
 CTF_LAYOUTS = ("relion", "warp")
 
 
-def read_mrc(path: str | Path, *, finite: bool = True, what: str = "map",
-             role: str | None = None, field: str | None = None) -> tuple[np.ndarray, float]:
-    """Read an MRC file: ``(data as float32, voxel size in Å)``.
+@contextmanager
+def _opened(path: Path, opener=mrcfile.open, **kwargs) -> Iterator:
+    """An MRC file opened permissively, after :func:`check_file_size`; ``mrcfile``'s warnings
+    are kept off the terminal (the error, if any, is one line)."""
+    check_file_size(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with opener(path, permissive=True, **kwargs) as mrc:
+                yield mrc
+    except InputError:
+        raise
+    except (ValueError, OSError) as exc:
+        raise InputError(path, f"not a readable MRC file ({exc})") from exc
 
-    Refuses (:class:`InputError`) a header voxel size that is negative or not finite (0 means
-    unset), data with no voxels and, with ``finite``, data holding NaN or infinity (``what``
-    names the data in the message). ``role`` ``"reference"`` or ``"mask"`` also refuses a
-    constant reference or a mask with no voxel above 0 (:func:`validate.map_content`);
-    ``field`` names the option that gave the file."""
+
+def check_file_size(path: str | Path, field: str | None = None) -> None:
+    """Refuse a missing file, or one whose length differs from what its header describes:
+    ``1024 + nsymbt + nx·ny·nz·(bytes per voxel of the mode)`` (truncated, or a header whose
+    size is not the data's)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found", field=field)
     try:
-        with mrcfile.open(path, permissive=True) as mrc:
-            if mrc.data is None:
-                raise InputError(path, "not a readable MRC file (no data)")
-            data = np.asarray(mrc.data, dtype=np.float32).copy()
-            voxel = float(mrc.voxel_size.x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+                h = mrc.header
+                shape = (int(h.nx), int(h.ny), int(h.nz))
+                start = int(h.nbytes) + int(h.nsymbt)
+                itemsize = mrcfile.utils.dtype_from_mode(h.mode).itemsize
     except (ValueError, OSError) as exc:
         raise InputError(path, f"not a readable MRC file ({exc})") from exc
+    if min(shape) <= 0:
+        raise InputError(path, f"header size {shape} (x, y, z) must be positive",
+                         field="nx, ny, nz (MRC header)")
+    need = start + int(np.prod(shape)) * itemsize
+    have = path.stat().st_size
+    if have != need:
+        what = "truncated" if have < need else "longer than its header says"
+        raise InputError(path, f"{what}: the header's {shape[0]}×{shape[1]}×{shape[2]} voxels "
+                         f"of {itemsize} bytes need {need} bytes, the file has {have}",
+                         field="nx, ny, nz (MRC header)")
+
+
+def read_mrc(path: str | Path, *, finite: bool = True, what: str = "map",
+             role: str | None = None, field: str | None = None) -> tuple[np.ndarray, float]:
+    """Read an MRC file: ``(data as float32, voxel size in Å)``.
+
+    Refuses (:class:`InputError`) a file whose length is not its header's (truncated), a
+    header voxel size that is negative or not finite (0 means unset), data with no voxels and,
+    with ``finite``, data holding NaN or infinity (``what`` names the data in the message).
+    ``role`` ``"reference"`` or ``"mask"`` also refuses a constant reference or a mask with no
+    voxel above 0 (:func:`validate.map_content`); ``field`` names the option that gave the
+    file."""
+    path = Path(path)
+    check_file_size(path, field)
+    with _opened(path) as mrc:
+        if mrc.data is None:
+            raise InputError(path, "not a readable MRC file (no data)")
+        data = np.asarray(mrc.data, dtype=np.float32).copy()
+        voxel = float(mrc.voxel_size.x)
     validate.voxel_size(voxel, path)
     what = "mask" if role == "mask" and what == "map" else what
     if data.size == 0:
@@ -57,21 +101,26 @@ def read_mrc(path: str | Path, *, finite: bool = True, what: str = "map",
 
 
 def read_mrc_header(path: str | Path) -> tuple[tuple[int, ...], float]:
-    """Shape ``(nz, ny, nx)`` and voxel size (Å) without reading the data."""
+    """Shape ``(nz, ny, nx)`` and voxel size (Å) without reading the data (the file's length
+    checked against the header)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    try:
-        with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-            h = mrc.header
-            shape, voxel = (int(h.nz), int(h.ny), int(h.nx)), float(mrc.voxel_size.x)
-    except (ValueError, OSError) as exc:
-        raise InputError(path, f"not a readable MRC file ({exc})") from exc
+    with _opened(path, header_only=True) as mrc:
+        h = mrc.header
+        shape, voxel = (int(h.nz), int(h.ny), int(h.nx)), float(mrc.voxel_size.x)
     validate.voxel_size(voxel, path)
-    if min(shape) <= 0:
-        raise InputError(path, f"header size {shape[::-1]} (x, y, z) must be positive",
-                         field="nx, ny, nz (MRC header)")
     return shape, voxel
+
+
+def read_section(path: str | Path, index: int) -> np.ndarray:
+    """Image ``index`` (0-based) of a stack, or the single image of a 2D file, as float32
+    ``(ny, nx)``, through a memory map (the file's length checked first)."""
+    path = Path(path)
+    with _opened(path, mrcfile.mmap, mode="r") as mrc:
+        data = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
+        if not 0 <= index < len(data):
+            raise InputError(path, f"has {len(data)} images, image {index + 1} asked for",
+                             field="nz (MRC header)")
+        return np.asarray(data[index], dtype=np.float32)
 
 
 def write_mrc(path: str | Path, data: np.ndarray | torch.Tensor, voxel_size_A: float,

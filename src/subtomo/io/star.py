@@ -160,6 +160,9 @@ def read_particles(
             raise InputError(path, "unrecognised layout: expected data_optics + data_particles "
                              "(RELION 3.1+) or a single particle table (RELION 3.0)")
         ps = _from_relion30(path, tables[0], angpix)
+    if len(ps.particles) == 0:
+        raise InputError(path, "no particles: the particle table is empty",
+                         field="data_particles")
     _check_triples(path, ps.particles)
     if angpix is not None and ps.flavour not in ("relion30", "warp"):
         ps.optics["rlnImagePixelSize"] = float(angpix)

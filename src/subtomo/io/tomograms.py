@@ -80,9 +80,15 @@ class TomogramSet:
 
 
 # ---- reading ----------------------------------------------------------------------------
+GLOBAL_REQUIRED = ("rlnTomoName", "rlnTomoTiltSeriesPixelSize", *SIZE, "rlnVoltage",
+                   "rlnSphericalAberration", "rlnAmplitudeContrast")
+TILT_REQUIRED = (*DOF, "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle",
+                 "rlnMicrographPreExposure")
+
+
 def _check_global(path: Path, row: dict) -> None:
     name = row.get("rlnTomoName")
-    for label in ("rlnTomoName", "rlnTomoTiltSeriesPixelSize", *SIZE):
+    for label in GLOBAL_REQUIRED:
         if label not in row or pd.isna(row[label]):
             raise InputError(path, f"tomogram {name}: required column missing in data_global",
                              field=label)
@@ -134,9 +140,10 @@ def _check_tilts(path: Path, ts: TiltSeries) -> None:
     if "rlnTomoYTilt" not in ts.tilts:
         raise InputError(path, f"tomogram {ts.name}: per-tilt column missing (neither RELION 5 "
                          "angles nor RELION 4 matrices)", field="rlnTomoYTilt")
-    if "rlnDefocusU" not in ts.tilts:
-        raise InputError(path, f"tomogram {ts.name}: per-tilt column missing",
-                         field="rlnDefocusU")
+    for label in TILT_REQUIRED:
+        if label not in ts.tilts:
+            raise InputError(path, f"tomogram {ts.name}: per-tilt column missing",
+                             field=label)
     tilt = ts.column("rlnTomoYTilt")
     if not np.all(np.abs(tilt) <= 90.0):
         raise InputError(path, f"tomogram {ts.name}: tilt angle {tilt[np.abs(tilt) > 90][0]} "
@@ -163,6 +170,10 @@ def read_tomogram_set(path: str | Path, *, image_size: tuple[int, int] | None = 
         source = path
         if "rlnTomoTiltSeriesStarFile" in row:
             tilt_file = resolve(str(row["rlnTomoTiltSeriesStarFile"]), path.parent)
+            if not tilt_file.is_file():
+                raise InputError(path, f"tomogram {name}: tilt-series file "
+                                 f"{row['rlnTomoTiltSeriesStarFile']!r} not found",
+                                 field="rlnTomoTiltSeriesStarFile")
             tilt_blocks = read_star(tilt_file)
             tables = {k: v for k, v in tilt_blocks.items() if isinstance(v, pd.DataFrame)}
             tilts = tables.get(name, next(iter(tables.values()), None))

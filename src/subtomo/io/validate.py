@@ -26,6 +26,8 @@ Dynamo's ``tdrot/tilt/narot``) only need to be finite: any value is a rotation;
 from __future__ import annotations
 
 import math
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,6 +297,7 @@ OPTION_RULES: dict[str, Rule] = {
     "angpix": _POSITIVE_A, "mtf_angpix": _POSITIVE_A, "max_memory": Rule("positive", "GiB"),
     "box": Rule("positive", "px"), "n": Rule("positive"), "batch": Rule("positive"),
     "pad": Rule("positive"), "j": Rule("positive"), "K": Rule("positive"),
+    "bin": Rule("positive"), "binned_angpix": _POSITIVE_A, "crop": Rule("positive", "px"),
     "iter": Rule("positive"), "max_iter": Rule("positive"),
     "iter_ini": Rule("range", "", 0, math.inf), "iter_inbetween": Rule("range", "", 0, math.inf),
     "iter_final": Rule("range", "", 0, math.inf), "batch_ini": Rule("positive"),
@@ -313,6 +316,11 @@ OPTION_RULES: dict[str, Rule] = {
     "min_neighbours": Rule("range", "", 0, math.inf),
     "width_soft_edge": Rule("range", "px", 0.0, math.inf),
     "search_box": Rule("positive", "px"), "angular_step": Rule("positive", "°"),
+    "bg_radius": Rule("positive", "px"), "snr": Rule("positive"),
+    "sirt_iterations": Rule("positive"), "s_vel": Rule("positive"), "s_div": _POSITIVE_A,
+    "def_reg": Rule("range", "", 0.0, math.inf), "max_ed": Rule("range", "", -1, math.inf),
+    "image_size": Rule("positive", "px"), "tomo_size": Rule("positive", "px"),
+    "size": Rule("positive", "px"),
     # simulation
     "tilt_range": Rule("range", "°", 0.0, MAX_TILT_DEG), "tilt_step": Rule("positive", "°"),
     "dose": Rule("range", "e/Å²", 0.0, math.inf), "noise": Rule("range", "", 0.0, math.inf),
@@ -336,6 +344,12 @@ def command_options(args, spelled: dict[str, str] | None = None) -> None:
     (``(low, high)`` µm) must lie in 0–20 µm. ``spelled``: option names to print per dest."""
     spelled = spelled or {}
     for dest, value in sorted(vars(args).items()):
+        if isinstance(value, (list, tuple)) and dest in OPTION_RULES and all(
+                isinstance(v, (int, float)) for v in value):  # --size W H ...
+            for item in value:
+                _apply(OPTION_RULES[dest], [item], None, _option_name(dest, spelled), None,
+                       None, noun="", what="")
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         name = _option_name(dest, spelled)
@@ -352,3 +366,41 @@ def command_options(args, spelled: dict[str, str] | None = None) -> None:
         if low > high:
             raise InputError(None, f"defocus range {low:g}:{high:g} µm is reversed (LOW:HIGH)",
                              field="--defocus")
+
+
+# ---- outputs --------------------------------------------------------------------------------
+def writable(path: PathLike, field: str) -> None:
+    """Refuse an output ``path`` that cannot be written: its nearest existing ancestor must be
+    a folder that is writable (by this user, and not marked read-only for all: a ``chmod a-w``
+    folder is refused even to root)."""
+    if path in (None, ""):
+        return
+    target = Path(path)
+    ancestor = target if target.is_dir() else target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(path, f"cannot write here: {str(ancestor)!r} is a file, not a folder",
+                         field=field)
+    if not os.access(ancestor, os.W_OK | os.X_OK) or not (
+            ancestor.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)):
+        raise InputError(path, f"cannot write here: folder {str(ancestor)!r} is read-only",
+                         field=field)
+
+
+OUTPUT_OPTIONS = {"output": "--o", "continue_dir": "--continue"}
+FOLDER_ARGUMENTS = {("hetero", "analyze"), ("hetero", "eval-vol"), ("hetero", "eval_vol"),
+                    ("hetero", "select"), ("hetero", "parse_pose")}  # select: without --o
+
+
+def outputs(args) -> None:
+    """Check every output of a command (``--o``, ``--continue``; the training folder that
+    ``hetero analyze``, ``eval-vol`` and ``select`` without ``--o`` write into) with
+    :func:`writable`."""
+    for dest, name in OUTPUT_OPTIONS.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, (str, Path)):
+            writable(value, name)
+    if (getattr(args, "command", None), getattr(args, "kind", None)) in FOLDER_ARGUMENTS:
+        if Path(args.dir).is_dir() and getattr(args, "output", None) is None:
+            writable(args.dir, "DIR")

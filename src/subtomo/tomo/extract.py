@@ -247,6 +247,11 @@ def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir
     crop = o.crop or o.box
     if o.box < 8 or not 8 <= crop <= o.box:
         raise InputError(None, "need --b ≥ 8 and 8 ≤ --crop ≤ --b", field="--b")
+    if o.bg_radius_px is not None and o.bg_radius_px >= crop / 2:
+        raise InputError(None, f"--bg_radius {o.bg_radius_px:g} px leaves no background: it "
+                         f"must be less than half the box ({crop / 2:g} px)", field="--bg_radius")
+    if o.crop and o.crop % 2:
+        raise InputError(None, f"--crop {o.crop} px must be even", field="--crop")
     if o.pad2d not in (1, 2):
         raise InputError(None, "--pad2d must be 1 or 2", field="--pad2d")
     names = particles.tomo_names()

@@ -37,7 +37,7 @@ from subtomo.fourier.shift import phase_shift
 from subtomo.io import validate
 from subtomo.io.files import resolve, undone_on_input_error
 from subtomo.io.imod import exposure_from_order, read_angles, read_defocus
-from subtomo.io.mrc import write_ctf_volume, write_mrc
+from subtomo.io.mrc import read_mrc_header, write_ctf_volume, write_mrc
 from subtomo.io.particles import ParticleSet
 from subtomo.io.star import write_particles
 from subtomo.io.star_text import read_star
@@ -175,8 +175,9 @@ def extract_from_tomograms(
     volumes (``crop``³ at the output pixel size) take the tilts :func:`select_tilts` keeps of
     ``max_dose`` / ``max_tilts``. ``batch_size`` boxes at a time on ``device``."""
     crop = crop or box
-    if box < 8 or not 8 <= crop <= box:
-        raise InputError(None, "need --b ≥ 8 and 8 ≤ --crop ≤ --b", field="--b")
+    if box < 8 or box % 2 or not 8 <= crop <= box:
+        raise InputError(None, f"box {box} px must be even and at least 8, and 8 ≤ --crop "
+                         "≤ --b", field="--b")
     star = Path(tomograms_star)
     tables = [b for b in read_star(star).values() if isinstance(b, pd.DataFrame)]
     if not tables or "rlnMicrographName" not in tables[0]:
@@ -190,9 +191,8 @@ def extract_from_tomograms(
         path = resolve(name, star.parent)
         if not path.is_file():
             raise InputError(star, f"tomogram {name!r} not found", field="rlnMicrographName")
-        with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-            shape = (int(mrc.header.nz), int(mrc.header.ny), int(mrc.header.nx))
-            apix = tomo_pixel_size_A or float(mrc.voxel_size.x)
+        shape, voxel = read_mrc_header(path)  # a truncated file is refused here
+        apix = tomo_pixel_size_A or voxel
         if not apix > 0:
             raise InputError(path, "no pixel size in the header: give --tomo_angpix",
                              field="--tomo_angpix")

@@ -21,13 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 import pandas as pd
 
 from subtomo.errors import InputError
 from subtomo.io import aretomo, imod, warp_xml
 from subtomo.io.mdoc import MdocTiltSeries, read_mdoc
+from subtomo.io.mrc import read_mrc_header
 from subtomo.io.tomograms import TomogramSet, project_path, write_tomogram_set
 from subtomo.tomo import imod_geometry
 from subtomo.tomo.geometry import RelionParameters
@@ -80,12 +80,8 @@ def _stack_header(path: Path) -> tuple[int, int, int, float]:
     """``(n_images, W, H, voxel size Å)`` of a tilt-image stack."""
     if not path.is_file():
         raise InputError(path, "tilt-series stack not found", field="--stack")
-    try:
-        with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-            h = mrc.header
-            return int(h.nz), int(h.nx), int(h.ny), float(mrc.voxel_size.x)
-    except (ValueError, OSError) as exc:
-        raise InputError(path, f"not a readable MRC stack ({exc})", field="--stack") from None
+    (nz, ny, nx), voxel = read_mrc_header(path)
+    return nz, nx, ny, voxel
 
 
 def _agree(values: list[tuple[str, str, float]]) -> float | None:

@@ -95,6 +95,18 @@ def particle_positions_px(ps: ParticleSet, ts: TiltSeries, rows: np.ndarray,
     return out
 
 
+def check_box(ts: TiltSeries, box: int, pixel_size_A: float, field: str = "--b") -> None:
+    """Refuse an odd box, or one wider than the tilt images: ``box · pixel_size_A`` must not
+    exceed ``min(W, H) · ts.pixel_size_A`` (Å)."""
+    if box % 2:
+        raise InputError(None, f"box {box} px must be even", field=field)
+    w, h = ts.image_size_px
+    if box * pixel_size_A > min(w, h) * ts.pixel_size_A:
+        raise InputError(None, f"box of {box} px at {pixel_size_A:g} Å ({box * pixel_size_A:g} "
+                         f"Å) is wider than the {w}×{h} px tilt images of {ts.name} at "
+                         f"{ts.pixel_size_A:g} Å", field=field)
+
+
 def for_each_batch(
     ps: ParticleSet,
     tomograms: TomogramSet,
@@ -118,6 +130,7 @@ def for_each_batch(
     names = ps.tomo_names().to_numpy()
     for name in dict.fromkeys(names):  # fail before any work
         tomograms[name].check_images()
+        check_box(tomograms[name], size, pixel_size_A)
     matrices = ps.rotation_matrices().to(torch.float64)
     # no bar where stderr is not a terminal (logs, captured output): an error stays one line
     with tqdm(total=len(ps), desc=desc, disable=None if progress else True,

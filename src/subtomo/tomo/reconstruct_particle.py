@@ -57,9 +57,13 @@ def reconstruct_particle(
         raise InputError(None, str(exc), field="--sym") from None
     if box < 8 or (crop is not None and not 8 <= crop <= box):
         raise InputError(None, "need --b ≥ 8 and 8 ≤ --crop ≤ --b", field="--b")
-    first = tomograms[str(particles.tomo_names().iloc[0])] if len(particles) else None
-    if first is None:
-        raise InputError(particles.source, "no particles")
+    if crop is not None and crop % 2:
+        raise InputError(None, f"--crop {crop} px must be even", field="--crop")
+    names = particles.tomo_names()
+    if names is None or len(particles) == 0:
+        raise InputError(particles.source, "no particles with tomogram names",
+                         field="rlnTomoName")
+    first = tomograms[str(names.iloc[0])]
     apix = float(pixel_size_A or first.pixel_size_A)
     if apix <= 0:
         raise InputError(None, "pixel size must be positive", field="--angpix")

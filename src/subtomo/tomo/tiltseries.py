@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 import pandas as pd
 import torch
@@ -29,6 +28,7 @@ from torch import Tensor
 from subtomo.errors import InputError
 from subtomo.io import validate
 from subtomo.io.files import resolve
+from subtomo.io.mrc import read_mrc_header, read_section
 from subtomo.tomo.geometry import project_points, projection_matrices, tomogram_centre_px
 
 DOF = ("rlnTomoXTilt", "rlnTomoYTilt", "rlnTomoZRot", "rlnTomoXShiftAngst",
@@ -87,12 +87,15 @@ class TiltSeries:
         """``(W, H)`` of the tilt images: given, else from the first image's header."""
         if self.image_size is None:
             path, _ = self.image_sources()[0]
-            if not path.is_file():
-                raise InputError(self.source, f"tilt series {self.name}: image file "
-                                 f"{str(path)!r} not found", field="rlnMicrographName")
-            with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-                self.image_size = (int(mrc.header.nx), int(mrc.header.ny))
+            self._image_file(path)
+            (_, ny, nx), _ = read_mrc_header(path)
+            self.image_size = (nx, ny)
         return self.image_size
+
+    def _image_file(self, path: Path) -> None:
+        if not path.is_file():
+            raise InputError(self.source, f"tilt series {self.name}: image file "
+                             f"{str(path)!r} not found", field="rlnMicrographName")
 
     # ---- per-tilt columns -------------------------------------------------------------
     def column(self, label: str, default: float | None = None) -> np.ndarray:
@@ -189,36 +192,49 @@ class TiltSeries:
         return [(path, i) for i in range(self.n_tilts)]
 
     def check_images(self) -> None:
-        """Fail with one clear line if an image file is missing or a stack is too short."""
+        """Fail with one clear line if an image file is missing, truncated or of another image
+        size than the first, or if a stack named only by ``rlnTomoTiltSeriesName`` (images taken
+        in table order) does not hold exactly as many images as the table has rows."""
         counts: dict[Path, int] = {}
+        rows: dict[Path, int] = {}
+        w, h = self.image_size_px
         for path, index in self.image_sources():
             if path not in counts:
-                if not path.is_file():
-                    raise InputError(self.source, f"tilt series {self.name}: image file "
-                                     f"{str(path)!r} not found", field="rlnMicrographName")
-                with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-                    counts[path] = int(mrc.header.nz)
+                self._image_file(path)
+                (counts[path], ny, nx), _ = read_mrc_header(path)
+                if (nx, ny) != (w, h):
+                    raise InputError(self.source, f"tilt series {self.name}: {str(path)!r} "
+                                     f"has images of {nx}×{ny} px, the first file {w}×{h}",
+                                     field="rlnMicrographName")
+            rows[path] = rows.get(path, 0) + 1
             if index >= counts[path]:
                 raise InputError(self.source, f"tilt series {self.name}: {str(path)!r} has "
                                  f"{counts[path]} images but the tilt table needs image "
                                  f"{index + 1}", field="rlnMicrographName")
+        if "rlnMicrographName" in self.tilts:
+            return  # ``n@stack`` names each image: a table may list a subset (excluded tilts)
+        for path, n in rows.items():
+            if n != counts[path]:
+                raise InputError(self.source, f"tilt series {self.name}: {str(path)!r} has "
+                                 f"{counts[path]} images but the tilt table lists {n}",
+                                 field="rlnMicrographName")
 
     def read_images(self, tilts: list[int] | np.ndarray | None = None) -> Tensor:
-        """Tilt images ``(T', H, W)`` float32 (all tilts, or ``tilts`` in the order given)."""
-        self.check_images()
+        """Tilt images ``(T', H, W)`` float32 (all tilts, or ``tilts`` in the order given).
+        Call :meth:`check_images` on the whole series first."""
         sources = self.image_sources()
         chosen = range(self.n_tilts) if tilts is None else [int(t) for t in tilts]
         w, h = self.image_size_px
         out = np.empty((len(chosen), h, w), dtype=np.float32)
         for j, t in enumerate(chosen):
             path, index = sources[t]
-            with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
-                data = mrc.data if mrc.data.ndim == 3 else mrc.data[None]
-                if data.shape[1:] != (h, w):
-                    raise InputError(self.source, f"tilt series {self.name}: {str(path)!r} "
-                                     f"has images of {data.shape[2]}×{data.shape[1]} px, "
-                                     f"expected {w}×{h}", field="rlnMicrographName")
-                out[j] = data[index]
+            self._image_file(path)
+            image = read_section(path, index)
+            if image.shape != (h, w):
+                raise InputError(self.source, f"tilt series {self.name}: {str(path)!r} "
+                                 f"has images of {image.shape[1]}×{image.shape[0]} px, "
+                                 f"expected {w}×{h}", field="rlnMicrographName")
+            out[j] = image
             validate.finite(out[j], path, what=f"tilt series {self.name}: image {index + 1}",
                             field="rlnMicrographName")
         return torch.from_numpy(out)

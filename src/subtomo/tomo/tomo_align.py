@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from subtomo.errors import InputError
-from subtomo.io.files import atomic_path
+from subtomo.io.files import atomic_path, undone_on_input_error
 from subtomo.io.particles import COORD_PX, ParticleSet
 from subtomo.io.tomograms import (
     TomogramSet,
@@ -52,7 +52,7 @@ from subtomo.parallel.distributed import Context
 from subtomo.tomo import deformation as deform
 from subtomo.tomo.alignment import AlignSettings, align_series
 from subtomo.tomo.correlation import BORDER, References
-from subtomo.tomo.particles import with_tomograms
+from subtomo.tomo.particles import check_box, with_tomograms
 from subtomo.tomo.tiltseries import TiltSeries
 
 __all__ = ["AlignJob", "check_inputs", "tomo_align"]
@@ -111,6 +111,7 @@ def check_inputs(inputs: TomoInputs, refs: References, settings: AlignSettings
     for name in dict.fromkeys(names):
         ts = inputs.tomograms[name]
         ts.check_images()
+        check_box(ts, settings.box, refs.pixel_size_A)
         factor = max(refs.pixel_size_A / ts.pixel_size_A, 1.0)
         radius = settings.max_shift_px / factor
         need = 2 * int(np.ceil(radius * settings.pad)) + 2 * BORDER + 1
@@ -138,8 +139,12 @@ def _settings_record(settings: AlignSettings, refs: References) -> dict:
     return {"settings": asdict(settings), "references": list(refs.sources)}
 
 
-def _prepare_folder(out: Path, record: dict, resume: bool, ctx: Context) -> None:
+def _prepare_folder(out: Path, record: dict, resume: bool, ctx: Context) -> bool:
+    """Check (``resume``) or start the job folder; returns whether a run is resumed. A run
+    killed before it wrote anything (no folder, or only empty folders) starts afresh."""
     temp = out / "temp"
+    if resume and not (out.is_dir() and any(p.is_file() for p in out.rglob("*"))):
+        resume = False
     if resume:
         saved = temp / "settings.json"
         if not saved.is_file():
@@ -148,7 +153,7 @@ def _prepare_folder(out: Path, record: dict, resume: bool, ctx: Context) -> None
         if json.loads(saved.read_text()) != json.loads(json.dumps(record)):
             raise InputError(saved, "the job was started with other settings or references; "
                              "continue it with the same options", field="--continue")
-    elif temp.exists() or (out / "tomograms.star").exists():
+    elif (temp / "settings.json").exists() or (out / "tomograms.star").exists():
         raise InputError(out, "the job folder holds a previous run; use --continue to resume "
                          "it or choose another --o", field="--o")
     ctx.barrier()
@@ -157,6 +162,7 @@ def _prepare_folder(out: Path, record: dict, resume: bool, ctx: Context) -> None
         with atomic_path(temp / "settings.json") as tmp:
             tmp.write_text(json.dumps(record, indent=1))
     ctx.barrier()
+    return resume
 
 
 # ---- per tilt series results -----------------------------------------------------------
@@ -228,6 +234,7 @@ def _reconstruct(ps, tset, motion, refs, device):
                                 motion=motion, device=device, progress=False)
 
 
+@undone_on_input_error("out")
 def tomo_align(
     inputs: TomoInputs,
     refs: References,
@@ -248,7 +255,7 @@ def tomo_align(
     out = Path(out)
     ps = check_inputs(inputs, refs, settings)
     record = _settings_record(settings, refs)
-    _prepare_folder(out, record, resume, ctx)
+    resume = _prepare_folder(out, record, resume, ctx)
     if ctx.main and command is not None:
         (out / "note.txt").write_text(" ".join(command) + "\n")
 
