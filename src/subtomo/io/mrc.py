@@ -43,7 +43,7 @@ def _opened(path: Path, opener=mrcfile.open, **kwargs) -> Iterator:
         raise InputError(path, f"not a readable MRC file ({exc})") from exc
 
 
-def check_file_size(path: str | Path, field: str | None = None) -> None:
+def check_file_size(path: str | Path, field: str | None = None, what: str = "file") -> None:
     """Refuse a missing file, or one whose length differs from what its header describes:
     ``1024 + nsymbt + nx·ny·nz·(bytes per voxel of the mode)`` (truncated, or a header whose
     size is not the data's)."""
@@ -61,8 +61,8 @@ def check_file_size(path: str | Path, field: str | None = None) -> None:
     except (ValueError, OSError) as exc:
         raise InputError(path, f"not a readable MRC file ({exc})") from exc
     if min(shape) <= 0:
-        raise InputError(path, f"header size {shape} (x, y, z) must be positive",
-                         field="nx, ny, nz (MRC header)")
+        raise InputError(path, f"{what} is empty (header size {shape} (x, y, z), no voxels)",
+                         field=field or "nx, ny, nz (MRC header)")
     need = start + int(np.prod(shape)) * itemsize
     have = path.stat().st_size
     if have != need:
@@ -83,14 +83,14 @@ def read_mrc(path: str | Path, *, finite: bool = True, what: str = "map",
     voxel above 0 (:func:`validate.map_content`); ``field`` names the option that gave the
     file."""
     path = Path(path)
-    check_file_size(path, field)
+    what = "mask" if role == "mask" and what == "map" else what
+    check_file_size(path, field, what)
     with _opened(path) as mrc:
         if mrc.data is None:
             raise InputError(path, "not a readable MRC file (no data)")
         data = np.asarray(mrc.data, dtype=np.float32).copy()
         voxel = float(mrc.voxel_size.x)
     validate.voxel_size(voxel, path)
-    what = "mask" if role == "mask" and what == "map" else what
     if data.size == 0:
         raise InputError(path, f"{what} is empty (shape {data.shape}, no voxels)", field=field)
     if finite:
