@@ -39,32 +39,25 @@ roughly 1e-3 of the strongest Fourier coefficients (trilinear gridding of data t
 concentric shells of the ``D`` lattice), so shells whose power is far below that of the
 low-frequency peak are not recovered to FSC 0.99.
 
-Parity with ``relion_reconstruct`` (issue 15). RELION replaces the map beyond the sphere of
-diameter ``D`` by the mean there (``softMaskOutsideMap`` in ``windowToOridimRealSpace``, 3
-px raised-cosine edge); :meth:`Backprojector.reconstruct` does the same
-(:func:`flatten_corners`, after the gridding correction rather than before it). Keeping
-those corners was the whole of the gap measured against ``relion_reconstruct --3d_rot
---ctf``: they hold 48 % of the box and only noise, so they lowered the FSC against the truth
-at every shell beyond ~30 Å (1200 subtomograms 48³, 4 Å/px, CTF, noise: FSC 0.5 at 10.48 Å
-with them, 10.05 Å without, RELION 10.05 Å; now within 2e-4 of RELION per shell up to 0.6
-Nyquist and higher beyond, e.g. 0.628 vs 0.626 at shell 18, 0.19 vs 0.15 at shell 23). The
-other terms do not matter here: RELION divides by a weight made smooth by its iterative
-gridding pre-weighting (Pipe & Menon; a Kaiser-Bessel blob of radius 3.8 padded voxels, 10
-iterations) where we divide by the trilinear weight itself (with RELION's floor, 1e-3 of the
-shell mean); reproduced on the same sums, the pre-weighting matches our division to 3e-4 per
-shell up to 0.6 Nyquist and is lower beyond (0.626 vs 0.628 at shell 18, 0.15 vs 0.19 at
-shell 23). Both use pad 2, trilinear gridding, CTF-weighted data with CTF² weights and a
-``sinc²`` correction; ``relion_reconstruct`` applies no Wiener term.
+Parity with ``relion_reconstruct``. RELION replaces the map beyond the sphere of diameter
+``D`` by the mean there (``softMaskOutsideMap`` in ``windowToOridimRealSpace``, 3 px
+raised-cosine edge); :meth:`Backprojector.reconstruct` does the same (:func:`flatten_corners`,
+after the gridding correction rather than before it): the corners hold 48 % of the box and
+only noise, and keeping them lowers the FSC against the truth at every shell beyond ~30 Å.
+RELION divides by a weight made smooth by its iterative gridding pre-weighting (Pipe & Menon;
+a Kaiser-Bessel blob of radius 3.8 padded voxels, 10 iterations) where we divide by the
+trilinear weight itself (with RELION's floor, 1e-3 of the shell mean); on the same sums the
+two agree up to 0.6 Nyquist, ours is higher beyond. Both use pad 2, trilinear gridding,
+CTF-weighted data with CTF² weights and a ``sinc²`` correction; ``relion_reconstruct``
+applies no Wiener term. The figures are in bench/RESULTS.md ("RELION parity").
 
 Regularised maps (half maps and joined maps with τ² from the FSC, as in refine, classify and
 initial model) go one step further than RELION: RELION adds 1/τ² to the weight on the padded
 grid before the crop, where a filter that falls steeply with frequency leaks each shell into
-the next (cropping convolves the padded spectrum); reproduced on the set above, such a
-joined map reaches FSC 0.5 at 10.06 Å and ends below the unregularised one near Nyquist
-(0.13 vs 0.19 at shell 23). We divide unregularised and apply the Wiener factor ``W_D / (W_D
-+ 1/τ²)`` on the ``D`` grid after the crop: the joined map reaches 10.04 Å and is within
-1e-4 of ``relion_reconstruct`` or above it at every shell (0.26 vs 0.25 at shell 22, 0.08 vs
-0.06 at Nyquist).
+the next (cropping convolves the padded spectrum), so such a joined map ends below the
+unregularised one near Nyquist. We divide unregularised and apply the Wiener factor
+``W_D / (W_D + 1/τ²)`` on the ``D`` grid after the crop: the joined map is as close to
+``relion_reconstruct``'s or above it at every shell (bench/RESULTS.md, "RELION parity").
 
 Only frequencies inside the Nyquist sphere ``|k| D <= D / 2`` (and ``<= max_radius_px``
 when given, in Fourier pixels of the ``D`` box) are sampled or inserted; the rest are zero.

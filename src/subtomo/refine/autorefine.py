@@ -163,10 +163,8 @@ def search_radii(resolution_A: float, order: int, box: int, pixel_size_A: float,
     iteration; Nyquist in the final one, RELION's ``do_use_all_data``). Coarse pass: up to the
     radius where the coarse step moves the particle's rim by half a period, and at most 0.6
     of the resolution's fine radius (it only has to find the neighbourhood), at least 5 px;
-    the final iteration keeps that coarse pass. Widened with the fine pass to 0.6 Nyquist, the
-    coarse pass met the half-period limit and its grid missed the peaks: at 128³ (2 Å/px,
-    11.7 Å, order 5) the final iteration took 80 particles from 2.56° to 3.79° median error,
-    against 2.66° with the coarse pass kept (2.61° for a non-final iteration)."""
+    the final iteration keeps that coarse pass (widened with the fine pass to 0.6 Nyquist, the
+    coarse pass meets the half-period limit and its grid misses the peaks)."""
     shell = box * pixel_size_A / resolution_A
     searched = min(box / 2, shell if first else shell + 3)
     fine = box / 2 if final else searched
@@ -363,9 +361,7 @@ def auto_refine(
     if solvent_mask is not None:
         solvent_mask = solvent_mask.to(device=device, dtype=torch.float32)
     elif options.flatten_solvent and particle_mask is not None:
-        # relion_refine flattens with the particle-diameter sphere when no mask is given; at
-        # 128³ (2 Å/px, 11.7 Å) one iteration against sphere-masked references took 80
-        # particles from 2.56° to 1.85° median error, against 2.61° unmasked
+        # relion_refine flattens with the particle-diameter sphere when no mask is given
         solvent_mask = particle_mask
     halves = half_sets(ps, options.seed)
     ps = outputs.with_halves(ps, halves)

@@ -7,11 +7,10 @@ C_i², and divide: V = Σ C X / (Σ C² + 1/τ²). With half sets, τ² comes fr
 (RELION: SNR = FSC / (1 − FSC) per shell, 1/τ² = mean weight / SNR); without, a small floor.
 
 Parity with ``relion_reconstruct --3d_rot --ctf``: on the same STAR file our map is as close to
-the truth at every shell (within 2e-4 up to 0.6 Nyquist, higher beyond). The gap found in
-issue 15 (FSC 0.5 at 10.67 Å vs RELION's 10.11 Å) was the noise in the box corners, which RELION
-flattens and we kept; :class:`subtomo.fourier.projector.Backprojector` now flattens them too
-(its module docstring has the term-by-term comparison). Every map of refine, classify and
-initial model goes through it.
+the truth at every shell; RELION flattens the noise in the box corners and so does
+:class:`subtomo.fourier.projector.Backprojector` (its module docstring has the term-by-term
+comparison, bench/RESULTS.md the figures). Every map of refine, classify and initial model goes
+through it.
 """
 
 from __future__ import annotations
