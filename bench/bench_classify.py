@@ -9,7 +9,9 @@ against the true classes, each class map's FSC-0.5 resolution against its ground
 the reconstruction from the true labels (at the given and at the true poses), wall time and
 peak memory.
 
-Run: ``.venv/bin/python bench/bench_classify.py [--n 1500] [--iter 25] [--device cpu]``.
+Run: ``.venv/bin/python bench/bench_classify.py [--n 1500] [--iter 25] [--noise 5]
+[--angle_error 3] [--ini_high 50] [--seed 5] [--device cpu]``; a run in another configuration
+is marked as reduced and keeps the last full run's figures below its own.
 """
 
 from __future__ import annotations
@@ -46,14 +48,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1500)
     parser.add_argument("--noise", type=float, default=5.0)
     parser.add_argument("--iter", type=int, default=25)
+    parser.add_argument("--angle_error", type=float, default=3.0, help="degrees rms")
+    parser.add_argument("--ini_high", type=float, default=50.0, help="Å")
+    parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    data = DATA / f"classify_{args.n}_{args.noise}"
+    data = DATA / f"classify_{args.n}_{args.noise}_{args.angle_error}_{args.seed}"
     if not (data / "particles.star").exists():
         shutil.rmtree(data, ignore_errors=True)
         simulate_subtomograms(data, SimulationConfig(
             n=args.n, box_px=48, pixel_size_A=4.0, n_atoms=4000, noise_sigma=args.noise,
-            classes=3, angle_error_deg=3.0, shift_error_px=0.5, seed=5))
+            classes=3, angle_error_deg=args.angle_error, shift_error_px=0.5, seed=args.seed))
     given = read_particles(data / "particles.star")
     truth = read_particles(data / "truth.star")
     labels = truth.particles["rlnClassNumber"].to_numpy()
@@ -65,7 +70,7 @@ def main() -> None:
     out = data / "Class3D"
     shutil.rmtree(out, ignore_errors=True)
     options = ClassifyOptions(K=3, tau2_fudge=4.0, n_iter=args.iter, ctf=True, local=True,
-                              healpix_order=3, sigma_ang_deg=5.0)
+                              healpix_order=3, sigma_ang_deg=5.0, ini_high_A=args.ini_high)
     start = time.perf_counter()
     result = classify(given, reference, out, options=options, device=args.device,
                       progress=False)
@@ -78,12 +83,15 @@ def main() -> None:
     _, match = linear_sum_assignment(-confusion)  # true class t -> found class match[t]
     box, apix = 48, 4.0
     lines = [
+        f"- configuration: `bench_classify.py --n {args.n} --iter {args.iter} --noise "
+        f"{args.noise} --angle_error {args.angle_error} --ini_high {args.ini_high} --seed "
+        f"{args.seed}` ({torch.get_num_threads()} torch threads)",
         f"- data: {args.n} subtomograms 48³, 4 Å/px, CTF, noise σ {args.noise}, 3 classes "
         f"({', '.join(str(int(np.sum(labels == t))) for t in (1, 2, 3))} particles); given "
         f"poses off by {float(start_error.median()):.2f}° median, "
         f"{100 * float((start_error <= 5).double().mean()):.0f} % within 5°",
         f"- classify ({args.device}): K 3, T 4, {result.iterations} iterations, local "
-        f"(order 3, σ_ang 5°): {seconds:.0f} s wall "
+        f"(order 3, σ_ang 5°, ini_high {args.ini_high:g} Å): {seconds:.0f} s wall "
         f"({seconds / max(result.iterations, 1):.1f} s per iteration), peak RSS "
         f"{peak_mib:.0f} MiB",
         f"- adjusted Rand index vs true classes: {ari:.3f}",
@@ -109,8 +117,12 @@ def main() -> None:
         f"{h['iteration']}: " + "/".join(f"{100 * s:.0f}" for s in h["distribution"])
         for h in result.history))
     print("\n".join(lines))
-    update_section(f"3D classification, {args.n} particles 48³, 3 classes ({args.device})",
-                   "\n".join(lines))
+    full = (1500, 25, 5.0, 3.0, 5)
+    reduced = None if (args.n, args.iter, args.noise, args.angle_error, args.seed) == full else (
+        f"{args.n} particles, {args.iter} iterations, noise σ {args.noise:g}, poses "
+        f"{args.angle_error:g}° off, seed {args.seed} (full: 1500, 25, σ 5, 3°, seed 5)")
+    update_section(f"3D classification, 1500 particles 48³, 3 classes ({args.device})",
+                   "\n".join(lines), reduced=reduced)
 
 
 if __name__ == "__main__":
