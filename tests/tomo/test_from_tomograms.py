@@ -110,7 +110,7 @@ def test_max_tilts_and_max_dose_restrict_the_ctf_volume(one_tomogram, tmp_path):
 @pytest.mark.parametrize("args, option", [
     (["--2d_stacks"], "--2d_stacks"), (["--pad2d", "2"], "--pad2d"),
     (["--recenter"], "--recenter"), (["--i", "optimisation_set.star"], "--i"),
-    (["--angpix", "5"], "--angpix"), (["--b", "21", "--angpix", "15"], "--angpix")])
+    (["--angpix", "5"], "--angpix"), (["--b", "22", "--angpix", "13.3"], "--angpix")])
 def test_options_without_meaning_for_tomograms_are_refused(one_tomogram, tmp_path, capsys,
                                                            args, option):
     star, _, _ = one_tomogram
