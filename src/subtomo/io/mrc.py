@@ -28,10 +28,12 @@ CTF_LAYOUTS = ("relion", "warp")
 
 
 @contextmanager
-def _opened(path: Path, opener=mrcfile.open, **kwargs) -> Iterator:
-    """An MRC file opened permissively, after :func:`check_file_size`; ``mrcfile``'s warnings
-    are kept off the terminal (the error, if any, is one line)."""
-    check_file_size(path)
+def _opened(path: Path, opener=mrcfile.open, *, field: str | None = None, what: str = "file",
+            **kwargs) -> Iterator:
+    """An MRC file opened permissively, after :func:`check_file_size` (``field``, ``what``
+    name it in an error); ``mrcfile``'s warnings are kept off the terminal (the error, if any,
+    is one line)."""
+    check_file_size(path, field, what)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -84,8 +86,7 @@ def read_mrc(path: str | Path, *, finite: bool = True, what: str = "map",
     file."""
     path = Path(path)
     what = "mask" if role == "mask" and what == "map" else what
-    check_file_size(path, field, what)
-    with _opened(path) as mrc:
+    with _opened(path, field=field, what=what) as mrc:
         if mrc.data is None:
             raise InputError(path, "not a readable MRC file (no data)")
         data = np.asarray(mrc.data, dtype=np.float32).copy()
