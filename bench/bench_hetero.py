@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from results import update_section  # noqa: E402
+from results import machine_load, update_section  # noqa: E402
 
 from subtomo.hetero.analysis import analyze  # noqa: E402
 from subtomo.hetero.select import cluster_scores  # noqa: E402
@@ -49,9 +49,8 @@ from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomogram
 
 DATA = Path(__file__).parent / ".data"
 COMMON = ("- data: 48³, 4 Å/px, CTF + missing wedge (±60°, 3° steps), noise σ 5, starting poses "
-          "off by 3° rms / 0.5 px; {epochs} epochs, batch 8, default options otherwise. Unless "
-          "noted, other jobs shared the 2 cores: wall times are inflated, CPU times are the "
-          "process's own.")
+          "off by 3° rms / 0.5 px; {epochs} epochs, batch 8, default options otherwise. CPU "
+          "times are the process's own; the machine's load is given below.")
 BASE = dict(box_px=48, pixel_size_A=4.0, n_atoms=4000, noise_sigma=5.0, angle_error_deg=3.0,
             shift_error_px=0.5, seed=5)
 SETS = {"composition": dict(n=1500, classes=3), "hinge": dict(n=1000, hinge_max_deg=30.0),
@@ -362,7 +361,7 @@ def main() -> None:
         if part == "ceiling":
             common = COMMON.split(";")[0] + "; no training."
         update_section(f"Heterogeneity VAE: {part} ({args.device})", "\n".join(
-            lines[before:] + [common]))
+            lines[before:] + [common, f"- machine: {machine_load()}"]))
         print("\n".join(lines), flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"bench process peak RSS {peak:.0f} MiB; {time.perf_counter() - start:.0f} s in all")

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from results import update_section  # noqa: E402
+from results import machine_load, update_section  # noqa: E402
 
 from subtomo.align.score import (  # noqa: E402
     Frequencies,
@@ -118,7 +118,7 @@ def main() -> None:
         f"{args.sym}; start median angular error {float(start_errors.median()):.2f}°",
         f"- refine ({args.device}): {seconds:.0f} s wall, {cpu_seconds:.0f} s CPU, "
         f"{result.iterations} iterations (converged: {result.converged}), peak RSS "
-        f"{peak_mib:.0f} MiB (machine possibly shared with other work)",
+        f"{peak_mib:.0f} MiB; {machine_load()}",
         f"- FSC 0.5 vs truth: refined {refined_05:.2f} Å, true poses {true_05:.2f} Å "
         f"({100 * (refined_05 / true_05 - 1):+.1f} %)",
         f"- median angular error to the true poses: {float(errors.median()):.2f}° "
@@ -145,7 +145,7 @@ def main() -> None:
             "- the refined poses (run_data.star) rebuilt: relion_reconstruct "
             f"{resolution_at(fsc(theirs, truth_map), box, apix, 0.5):.2f} Å, subtomo "
             f"reconstruct {resolution_at(fsc(ours, truth_map), box, apix, 0.5):.2f} Å (FSC 0.5 "
-            "vs truth; issue 15 before its fix: RELION 10.67 Å, ours 11.29 Å)")
+            "vs truth)")
     if args.sym != "C1":  # the same data refined without symmetry, for comparison
         c1 = auto_refine(start_ps, reference, data / "Refine3D_C1", device=args.device,
                          progress=False, options=RefineOptions(ctf=True, max_iter=args.max_iter))

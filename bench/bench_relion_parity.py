@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from results import update_section  # noqa: E402
+from results import machine_load, update_section  # noqa: E402
 
 DATA = Path(__file__).parent / ".data"
 
@@ -85,7 +85,7 @@ def reconstruction(folder: Path, box: int) -> list[str]:
     return [
         f"- FSC 0.5 against the truth: relion_reconstruct {res['relion']:.2f} Å, "
         f"reconstruct {res['ours']:.2f} Å, reconstruct --halves (joined, Wiener) "
-        f"{res['ours_halves']:.2f} Å (issue 15 before the fix: 10.67 Å vs RELION 10.11 Å)",
+        f"{res['ours_halves']:.2f} Å",
         f"- lowest per-shell difference ours − RELION over shells 1..{box // 2}: "
         f"{worst:+.4f} (reconstruct), {worst_joined:+.4f} (joined)",
         f"- FSC between our map and RELION's at Nyquist: {between:.3f}",
@@ -149,7 +149,7 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     lines.append(f"- bench: {time.perf_counter() - start:.0f} s wall, "
                  f"{time.process_time() - cpu0:.0f} s CPU in this process, children's peak "
-                 f"RSS {peak:.0f} MiB; the machine was shared with other sessions")
+                 f"RSS {peak:.0f} MiB; {machine_load()}")
     print("\n".join(lines))
     update_section(f"RELION parity, {args.n} particles {args.box}³ (bench/bench_relion_parity.py)",
                    "\n".join(lines))

@@ -35,13 +35,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from results import update_section  # noqa: E402
+from results import machine_load, update_section  # noqa: E402
 
 DATA = Path(__file__).parent / ".data"
 GiB = 1 << 30
-SHARED = ("Other jobs may have shared the 2 cores (see the notes): wall times can be "
-          "inflated, CPU times (user + system, all threads of the process) are the figure "
-          "to compare.")
+SHARED = ("CPU times are user + system over all threads of the process; the machine's "
+          "load at the end: ")
 
 
 # ---- child processes ----------------------------------------------------------------------
@@ -269,7 +268,7 @@ def bench_memory(args) -> None:
         "ground truth. The 48³ runs differ only in the memory budget (the tight one keeps no "
         "section cache and scores rotations in chunks and particles in groups). At 128³ the "
         "resolution is 5.3 Å (2 Å/px: fine pass to 51 px, near Nyquist), the costliest "
-        "fine pass. " + SHARED)
+        "fine pass. " + SHARED + machine_load())
     print(body)
     update_section("Fixed-memory search (bench/bench_scale.py memory)", body)
 
@@ -298,7 +297,7 @@ def bench_reconstruct(args) -> None:
         "files name the same 100 subtomograms and CTF volumes (128 MB per particle on disk) "
         "repeatedly. Memory is the two padded back-projectors (0.8 GB each at 256³), a "
         "batch of particles and the reconstruction's transients: flat in the number of "
-        "particles. " + SHARED)
+        "particles. " + SHARED + machine_load())
     update_section("Reconstruction at 128³ and 256³ (bench/bench_scale.py reconstruct)", body)
 
 
@@ -344,7 +343,7 @@ def bench_refine(args, name: str, n: int, box: int) -> None:
         f"through the same {r['iterations']} iterations ≈ {at_scale:.0f} h wall on these 2 "
         "cores",
         f"- iterations: {iters}",
-        "", SHARED])
+        "", SHARED + machine_load()])
     print(body)
     reduced = ", ".join(([f"{n} of {full_n} particles"] if n < full_n else [])
                         + ([f"--max_iter {args.max_iter}"] if not r["converged"] else []))
@@ -373,7 +372,7 @@ def bench_classify(args) -> None:
         f"- adjusted Rand index vs the true classes after {r['iterations']} iterations: "
         f"{r['ari']:.2f} (for information: too few iterations to converge; classes "
         + "/".join(f"{100 * d:.0f}" for d in r["distribution"]) + " %)",
-        "", SHARED])
+        "", SHARED + machine_load()])
     print(body)
     reduced = ", ".join(([f"{n} of 500 particles"] if n < 500 else [])
                         + ([f"{args.max_iter} of 25 iterations"] if args.max_iter < 25 else []))

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from results import update_section  # noqa: E402
+from results import machine_load, update_section  # noqa: E402
 
 DATA = Path(__file__).parent / ".data" / "tomo"
 
@@ -126,9 +126,8 @@ def main() -> None:
             print(r)
     lines = ["Extraction, 64³ subtomograms + CTF volumes from 41 tilts (1024² px, batches of "
              "32), files written; bar ≥ 100 particles/s on 2 cores, memory flat in particles. "
-             "The machine was shared by up to four sessions (load 10–15 on 2 cores), so wall "
-             "times mean little: the figure that counts is CPU time. With torch on one thread "
-             "the CPU time is the work itself (on two threads under this load OpenMP's spinning "
+             f"Machine: {machine_load()}. With torch on one thread "
+             "the CPU time is the work itself (on two threads under load OpenMP's spinning "
              "inflates it); on an idle 2-core machine the main (compute) and writer threads run "
              "side by side, so particles/s lies between N / (main + writer CPU) = particles per "
              "CPU-s and N / max(main, writer CPU) (one torch thread; with two, torch's own "

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from results import update_section  # noqa: E402
+from results import machine_load, update_section  # noqa: E402
 
 DATA = Path(__file__).parent / ".data" / "tomo_align"
 BASE = dict(n_particles=150, image_size_px=(512, 512), thickness_px=100, box_px=32,
@@ -353,20 +353,16 @@ def main() -> None:
             lines: list[str] = []
             load = os.getloadavg()[1]
             fn(args.device, lines, summary)
-            lines += [f"_Machine shared with other sessions: 5-minute load average {load:.1f} "
-                      f"at the start of this part, {os.getloadavg()[1]:.1f} at its end (2 "
-                      "cores)._", ""]
+            lines += [f"_5-minute load average {load:.1f} at the start of this part; "
+                      f"{machine_load()}._", ""]
             print("\n".join(lines), flush=True)
             (DATA / f"{args.device}_{name}.md").write_text("\n".join(lines))
             (DATA / f"summary_{args.device}_{name}.json").write_text(
                 json.dumps(summary, indent=1))
     lines = [(DATA / f"{args.device}_{name}.md").read_text() for name, _ in parts
              if (DATA / f"{args.device}_{name}.md").exists()]
-    lines.append("Wall times are on a machine shared with one to three other sessions (load ≈ "
-                 "13 on its 2 cores for tables without a load line; CPU time is the steadier "
-                 "figure); each run is `subtomo "
-                 "tomo-align` in its own process (imports, reading the tilt series and the CC "
-                 "maps included; peak RSS of that process).")
+    lines.append("Each run is `subtomo tomo-align` in its own process (imports, reading "
+                 "the tilt series and the CC maps included; peak RSS of that process).")
     update_section(f"Tilt-series refinement, tomo-align ({args.device})", "\n".join(lines))
 
 

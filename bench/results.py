@@ -28,6 +28,17 @@ def machine() -> str:
             f"torch {torch.__version__} ({torch.get_num_threads()} threads), {device}")
 
 
+def machine_load() -> str:
+    """The machine's measured load, to read wall times by: above the core count, other work
+    shared the cores and CPU time is the figure to compare."""
+    one, five, _ = os.getloadavg()
+    cores = os.cpu_count() or 1
+    verdict = ("other work shared the cores: compare CPU times" if five > cores + 0.5
+               else "the cores were not oversubscribed")
+    return (f"load average {one:.1f} (1 min) / {five:.1f} (5 min) on {cores} cores at the "
+            f"end of the run; {verdict}")
+
+
 def commit() -> str:
     """The measured code: ``git`` short hash, ``+local`` if src/ or bench/ differ from it."""
     root = RESULTS.parent.parent

@@ -4,6 +4,8 @@ missing, one domain rotated 25°): classes, class maps, RELION's files, resume, 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from subtomo.align.search import Searcher, SearchSettings
 from subtomo.cli import main
 from subtomo.fourier.fsc import fsc, resolution_at
 from subtomo.fourier.projector import Backprojector, Projector
+from subtomo.io.files import resolve
 from subtomo.io.mrc import read_mrc, write_mrc
 from subtomo.io.star import read_particles
 from subtomo.io.star_text import read_star
@@ -165,3 +168,35 @@ def test_cli_local_classification_files_resume_and_errors(data, tmp_path, capsys
                      str(root / "ref.mrc"), "--o", str(out), *bad])
         assert code == 2, bad
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def _with_offset(given, folder, offset: float):
+    """A copy of the particles whose subtomograms carry an additive ``offset`` (data that were
+    never normalised to a background mean of 0), CTF volumes unchanged."""
+    folder.mkdir()
+    star_dir = Path(given.source).parent
+    names = []
+    for i, name in enumerate(given.particles["rlnImageName"]):
+        data, apix = read_mrc(resolve(str(name), star_dir))
+        path = folder / f"particle_{i:05d}.mrc"
+        write_mrc(path, data + offset, apix)
+        names.append(str(path))
+    df = given.particles.copy()
+    df["rlnImageName"] = names
+    df["rlnCtfImage"] = [str(resolve(str(n), star_dir)) for n in given.particles["rlnCtfImage"]]
+    return replace(given, particles=df, source=str(folder / "particles.star"))
+
+
+@pytest.mark.parametrize("offset", [0.0, 20.0])
+def test_three_equal_classes_stay_three_with_unnormalised_data(data, tmp_path, offset):
+    """Three simulated classes end as three populated classes (ARI >= 0.9), also when the
+    subtomograms carry an additive offset: the background is set to 0 as RELION's
+    normalisation does, so the offset cannot enter the class maps at the origin."""
+    root, sim, given, reference, labels, truths = data
+    ps = _with_offset(given, tmp_path / "offset", offset)
+    options = ClassifyOptions(K=3, n_iter=8, ctf=True, local=True, healpix_order=3,
+                              sigma_ang_deg=5.0, tau2_fudge=4.0)
+    result = classify(ps, reference, tmp_path / "job", options=options, progress=False)
+    found = result.particles.particles["rlnClassNumber"].to_numpy()
+    assert adjusted_rand_score(labels, found) >= 0.9
+    assert min(np.bincount(found, minlength=4)[1:]) >= 0.2 * len(found)

@@ -50,7 +50,7 @@ from subtomo.io.particles import ParticleSet
 from subtomo.parallel.distributed import Context
 from subtomo.refine.expectation import expectation, insertion_radius_px, masked
 from subtomo.refine.greyscale import reference_scale
-from subtomo.refine.images import check_files, iterate_batches
+from subtomo.refine.images import background_weights, check_files, iterate_batches
 from subtomo.refine.reconstruct import (
     Reconstruction,
     gold_standard,
@@ -202,7 +202,8 @@ def initial_sigma2(ps: ParticleSet, rows: np.ndarray, box: int, ctf: bool,
     zero_shift = torch.zeros(1, 3, device=device)
     batch_size = memory.streaming_batch(batch_size, box, ctf, max_memory_gib, device)
     for batch in iterate_batches(ps, sample, box=box, ctf=ctf, batch_size=batch_size,
-                                 device=device, shifts_px=origins_px):
+                                 device=device, shifts_px=origins_px,
+                                 background=background_weights(box, mask, device)):
         spectra = masked(batch.spectra, mask, box)
         zeros = torch.zeros(len(batch.rows), len(freqs), dtype=spectra.dtype, device=device)
         s, c = noise_power(spectra, batch.ctf, freqs, zero_shift.expand(len(batch.rows), 3),

@@ -28,7 +28,7 @@ from subtomo.fourier.shift import shift_spectra_
 from subtomo.geometry.symmetry import symmetry_operators
 from subtomo.io.particles import ParticleSet
 from subtomo.parallel.distributed import Context
-from subtomo.refine.images import iterate_batches
+from subtomo.refine.images import background_weights, iterate_batches
 from subtomo.refine.reconstruct import insert_symmetric
 
 
@@ -307,6 +307,7 @@ def expectation(
     # particles enter the maps unmasked (RELION's Fimg_nomask)
     fill = None if getattr(options, "zero_mask", True) else torch.as_tensor(sigma2)
     seed_base = 1_000_003 * int(settings.seed)
+    background = background_weights(box, mask, device)
     searchers = None
     for h in (1, 2):
         if searchers is None or references[1] is not references[0]:
@@ -319,7 +320,7 @@ def expectation(
         total = (len(mine) + plan.batch_size - 1) // plan.batch_size
         batches = iterate_batches(ps, mine, box=box, ctf=options.ctf,
                                   batch_size=plan.batch_size, device=device,
-                                  shifts_px=origins_t)
+                                  shifts_px=origins_t, background=background)
         for batch in tqdm(batches, total=total, desc=f"{desc} half {h}", unit="batch",
                           disable=None if progress and ctx.main else True):
             index = torch.as_tensor(batch.rows, device=device)

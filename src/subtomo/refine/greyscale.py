@@ -27,7 +27,7 @@ from subtomo.align.search import Searcher, SearchSettings
 from subtomo.fourier.projector import Projector
 from subtomo.io.particles import ParticleSet
 from subtomo.parallel.distributed import Context
-from subtomo.refine.images import iterate_batches
+from subtomo.refine.images import background_weights, iterate_batches
 
 
 def reference_scale(
@@ -60,7 +60,8 @@ def reference_scale(
     sums = torch.zeros(2, dtype=torch.float64, device=device)
     for batch in iterate_batches(ps, chosen, box=box, ctf=ctf, batch_size=batch_size,
                                  device=device,
-                                 shifts_px=torch.as_tensor(origins_px, dtype=torch.float32)):
+                                 shifts_px=torch.as_tensor(origins_px, dtype=torch.float32),
+                                 background=background_weights(box, mask, device)):
         spectra = masked(batch.spectra, mask, box)
         index = torch.as_tensor(batch.rows, device=device)
         best = searcher.search(spectra, batch.ctf, None, prior[index])

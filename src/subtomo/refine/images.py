@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from subtomo.errors import InputError
+from subtomo.fourier.grid import centred_rfft, hermitian_weights, soft_sphere
 from subtomo.fourier.shift import shift_spectra_
 from subtomo.io import validate
 from subtomo.io.files import resolve
@@ -73,6 +74,35 @@ def _translated_rfft(volumes: torch.Tensor, shifts_px: torch.Tensor | None) -> t
     return shift_spectra_(spectra, s)
 
 
+def background_weights(box: int, mask: torch.Tensor | None = None,
+                       device: str | torch.device = "cpu") -> torch.Tensor:
+    """Weights ``w`` ``(D, D, D // 2 + 1)`` that give a particle's background mean from its
+    centred half spectrum ``X``: ``b = Re sum_k w(k) X(k)``.
+
+    The background ``o = 1 - m`` lies outside the particle mask ``m`` or, without one, outside
+    RELION's default normalisation radius (75 % of the half box, ``relion_preprocess
+    --bg_radius``). By Parseval over the half spectrum, ``sum_r o x = (1 / D^3) Re sum_k h
+    conj(O) X`` (``O``: the centred spectrum of ``o``, ``h``: Hermitian multiplicity), so
+    ``w = h conj(O) / (D^3 sum_r o)``."""
+    if mask is None:
+        mask = soft_sphere(box, 0.75 * box, width_px=0.0, device=device)
+    outside = 1.0 - mask.to(device=device, dtype=torch.float64)
+    spectrum = centred_rfft(outside)
+    h = hermitian_weights(box, device).to(torch.float64)
+    return (h * spectrum.conj() / (box**3 * outside.sum().clamp(min=1e-12))).to(torch.complex64)
+
+
+def subtract_background_(spectra: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Set each particle's background mean to 0 (RELION's normalisation, which its extraction
+    does and its likelihood assumes): ``X(0) -= b D^3`` with ``b = Re sum w X``
+    (:func:`background_weights`). An offset in data that are not normalised would otherwise
+    enter the maps at the origin, and masks would turn it into a sphere of false signal."""
+    box = spectra.shape[-2]
+    b = (spectra * weights.to(spectra.device)).real.sum((-3, -2, -1))
+    spectra[..., 0, 0, 0] -= (b * box**3).to(spectra.dtype)
+    return spectra
+
+
 def iterate_batches(
     ps: ParticleSet,
     rows: np.ndarray,
@@ -82,12 +112,15 @@ def iterate_batches(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     shifts_px: torch.Tensor | None = None,
+    background: torch.Tensor | None = None,
 ) -> Iterator[ParticleBatch]:
     """Yield batches of particle spectra (and CTF volumes) read from disk; memory ∝ batch.
 
     ``shifts_px``: optional ``(len(ps), 3)`` translations ``(x, y, z)`` (px) indexed by row;
     each spectrum is then that of its volume translated by its row's shift (the same as
-    multiplying by :func:`subtomo.fourier.shift.phase_shift`).
+    multiplying by :func:`subtomo.fourier.shift.phase_shift`). ``background``: weights of
+    :func:`background_weights`; each particle's background mean is then set to 0
+    (:func:`subtract_background_`).
     """
     star_dir = Path(ps.source).parent if ps.source else None
     if ctf and "rlnCtfImage" not in ps.particles:
@@ -108,6 +141,8 @@ def iterate_batches(
         if shifts_px is not None:
             shifts = torch.as_tensor(shifts_px)[torch.as_tensor(chunk, dtype=torch.long)]
         spectra = _translated_rfft(volumes.to(device), shifts)
+        if background is not None:
+            subtract_background_(spectra, background)
         weights = None
         if ctf:
             weights = torch.empty((len(chunk), box, box, box // 2 + 1), dtype=torch.float32)

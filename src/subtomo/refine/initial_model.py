@@ -63,7 +63,7 @@ from subtomo.refine.classify import (
     write_iteration,
 )
 from subtomo.refine.expectation import expectation, insertion_radius_px
-from subtomo.refine.images import iterate_batches
+from subtomo.refine.images import background_weights, iterate_batches
 from subtomo.refine.reconstruct import half_sets, image_box, insert_symmetric
 from subtomo.simulate.structure import random_rotations
 
@@ -175,7 +175,8 @@ def random_start(ps: ParticleSet, options: InitialModelOptions, box: int, pixel_
     batch_size = memory.streaming_batch(options.batch_size, box, options.ctf,
                                         options.max_memory_gib, device)
     for batch in iterate_batches(ps, ctx.shard(rows), box=box, ctf=options.ctf,
-                                 batch_size=batch_size, device=device, shifts_px=origins):
+                                 batch_size=batch_size, device=device, shifts_px=origins,
+                                 background=background_weights(box, None, device)):
         at = torch.as_tensor([position[int(r)] for r in batch.rows], device=device)
         insert_symmetric(bp, batch.spectra, A[at], batch.ctf, ops)
     ctx.sum_(bp.data)
