@@ -18,7 +18,6 @@ is marked as reduced and keeps the last full run's figures below its own.
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import sys
 import time
@@ -31,7 +30,7 @@ from sklearn.metrics import adjusted_rand_score
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from results import update_section  # noqa: E402
+from results import bench_peak, update_section  # noqa: E402
 
 from subtomo.fourier.fsc import fsc, resolution_at  # noqa: E402
 from subtomo.geometry.symmetry import symmetric_distance_deg  # noqa: E402
@@ -55,7 +54,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     data = DATA / f"classify_{args.n}_{args.noise}_{args.angle_error}_{args.seed}"
-    if not (data / "particles.star").exists():
+    simulated = not (data / "particles.star").exists()
+    if simulated:
         shutil.rmtree(data, ignore_errors=True)
         simulate_subtomograms(data, SimulationConfig(
             n=args.n, box_px=48, pixel_size_A=4.0, n_atoms=4000, noise_sigma=args.noise,
@@ -76,7 +76,7 @@ def main() -> None:
     result = classify(given, reference, out, options=options, device=args.device,
                       progress=False)
     seconds = time.perf_counter() - start
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = bench_peak(simulated)
     found = result.particles.particles["rlnClassNumber"].to_numpy()
     ari = adjusted_rand_score(labels, found)
     confusion = np.array([[np.sum((labels == t) & (found == f)) for f in (1, 2, 3)]
@@ -93,8 +93,7 @@ def main() -> None:
         f"{100 * float((start_error <= 5).double().mean()):.0f} % within 5°",
         f"- classify ({args.device}): K 3, T 4, {result.iterations} iterations, local "
         f"(order 3, σ_ang 5°, ini_high {args.ini_high:g} Å): {seconds:.0f} s wall "
-        f"({seconds / max(result.iterations, 1):.1f} s per iteration), peak RSS "
-        f"{peak_mib:.0f} MiB",
+        f"({seconds / max(result.iterations, 1):.1f} s per iteration), {peak}",
         f"- adjusted Rand index vs true classes: {ari:.3f}",
     ]
     worst = 0.0

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -39,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from results import machine_load, update_section  # noqa: E402
+from results import OWN_PEAK, machine_load, own_peak_mib, update_section  # noqa: E402
 
 from subtomo.hetero.analysis import analyze  # noqa: E402
 from subtomo.hetero.select import cluster_scores  # noqa: E402
@@ -111,15 +110,15 @@ def run_speed(device: str, lines: list[str]) -> None:
                             str(data / "particles.star"), "--n", str(n), "--o", str(star)],
                            check=True, capture_output=True)
         out = fresh(data / f"speed_{n}")
-        code = (
-            "import json, resource, sys, time\n"
+        code = OWN_PEAK + (
+            "import json, sys, time\n"
             "from subtomo.hetero.train import TrainOptions, read_inputs, train\n"
             f"inputs = read_inputs({str(star)!r}, ref={str(data / 'consensus.mrc')!r})\n"
             "w, c = time.perf_counter(), time.process_time()\n"
             f"train(inputs, {str(out)!r}, TrainOptions(epochs=1, downfrac=0.75), "
             f"device={device!r}, progress=False)\n"
             "print(json.dumps({'wall': time.perf_counter() - w, 'cpu': time.process_time() - c,"
-            " 'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n")
+            " 'rss': own_peak_mib()}))\n")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               check=True)
         results[n] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -363,8 +362,9 @@ def main() -> None:
         update_section(f"Heterogeneity VAE: {part} ({args.device})", "\n".join(
             lines[before:] + [common, f"- machine: {machine_load()}"]))
         print("\n".join(lines), flush=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"bench process peak RSS {peak:.0f} MiB; {time.perf_counter() - start:.0f} s in all")
+    print(f"peak RSS {own_peak_mib():.0f} MiB (of the bench process, data simulation and "
+          f"consensus refinement included where not cached); "
+          f"{time.perf_counter() - start:.0f} s in all")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Run: ``.venv/bin/python bench/bench_initial_model.py [--sym C1] [--device cpu]``
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import sys
 import time
@@ -23,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from results import update_section  # noqa: E402
+from results import bench_peak, update_section  # noqa: E402
 
 from subtomo.fourier.fsc import fsc, resolution_at  # noqa: E402
 from subtomo.io.mrc import read_mrc  # noqa: E402
@@ -42,7 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     n = 1000 if args.sym == "C1" else 500
     data = DATA / f"refine_{n}_5.0_{args.sym}"
-    if not (data / "particles.star").exists():
+    simulated = not (data / "particles.star").exists()
+    if simulated:
         shutil.rmtree(data, ignore_errors=True)
         simulate_subtomograms(data, SimulationConfig(
             n=n, box_px=48, pixel_size_A=4.0, n_atoms=4000, noise_sigma=5.0,
@@ -56,15 +56,14 @@ def main() -> None:
     start = time.perf_counter()
     result = initial_model(ps, out, options=options, device=args.device, progress=False)
     seconds = time.perf_counter() - start
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = bench_peak(simulated)
     fit = align_maps(result.reconstructions[0].map, truth, 4.0, allow_flip=True, sym=args.sym)
     curve = fsc(fit.aligned, truth)
     shell_30 = round(48 * 4.0 / 30.0)
     lines = [
         f"- data: {n} subtomograms 48³, 4 Å/px, CTF, noise σ 5, {args.sym}; poses not used",
         f"- initial model ({args.device}): {result.iterations} iterations (10 + 30 + 10, "
-        f"mini-batches 100 → 300, last over all), {seconds:.0f} s wall, peak RSS "
-        f"{peak_mib:.0f} MiB",
+        f"mini-batches 100 → 300, last over all), {seconds:.0f} s wall, {peak}",
         f"- after alignment to the truth (hand flipped: {fit.flipped}): FSC at 30 Å "
         f"{float(curve[shell_30]):.3f} (bar ≥ 0.5), FSC 0.5 at "
         f"{resolution_at(curve, 48, 4.0, 0.5):.1f} Å",

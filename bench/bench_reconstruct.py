@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from results import update_section  # noqa: E402
+from results import run_measured, update_section  # noqa: E402
 
 DATA = Path(__file__).parent / ".data"
 
@@ -50,11 +48,10 @@ def simulate(n: int, box: int) -> Path:
 
 
 def run(star: Path, n: int, device: str, batch: int) -> tuple[float, float]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    out = subprocess.run([sys.executable, "-c", CHILD, str(star), str(n), device, str(batch)],
-                         check=True, capture_output=True, text=True).stdout
-    peak_mib = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
-    return json.loads(out.strip().splitlines()[-1])["seconds"], peak_mib
+    """(reconstruction seconds, peak RSS MiB of the child process)."""
+    done, _, _, peak_mib = run_measured([sys.executable, "-c", CHILD, str(star), str(n), device,
+                                         str(batch)], check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])["seconds"], peak_mib
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ Run: ``.venv/bin/python bench/bench_refine.py [--n 1000] [--noise 5] [--device c
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import sys
 import time
@@ -23,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from results import machine_load, update_section  # noqa: E402
+from results import bench_peak, machine_load, update_section  # noqa: E402
 
 from subtomo.align.score import (  # noqa: E402
     Frequencies,
@@ -85,7 +84,8 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     tag = f"refine_{args.n}_{args.noise}_{args.sym}"
     data = DATA / tag
-    if not (data / "particles.star").exists():
+    simulated = not (data / "particles.star").exists()
+    if simulated:
         shutil.rmtree(data, ignore_errors=True)
         simulate_subtomograms(data, SimulationConfig(
             n=args.n, box_px=48, pixel_size_A=4.0, n_atoms=4000, noise_sigma=args.noise,
@@ -104,7 +104,7 @@ def main() -> None:
                          options=RefineOptions(ctf=True, sym=args.sym,
                                                max_iter=args.max_iter))
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = bench_peak(simulated)
     box, apix = 48, 4.0
     refined_05 = resolution_at(fsc(result.reconstruction.map, truth_map), box, apix, 0.5)
     true_05 = resolution_at(fsc(true_pose.map, truth_map), box, apix, 0.5)
@@ -117,8 +117,8 @@ def main() -> None:
         f"- data: {args.n} subtomograms 48³, 4 Å/px, CTF, noise σ {args.noise}, symmetry "
         f"{args.sym}; start median angular error {float(start_errors.median()):.2f}°",
         f"- refine ({args.device}): {seconds:.0f} s wall, {cpu_seconds:.0f} s CPU, "
-        f"{result.iterations} iterations (converged: {result.converged}), peak RSS "
-        f"{peak_mib:.0f} MiB; {machine_load()}",
+        f"{result.iterations} iterations (converged: {result.converged}), {peak}; "
+        f"{machine_load()}",
         f"- FSC 0.5 vs truth: refined {refined_05:.2f} Å, true poses {true_05:.2f} Å "
         f"({100 * (refined_05 / true_05 - 1):+.1f} %)",
         f"- median angular error to the true poses: {float(errors.median()):.2f}° "

@@ -17,9 +17,7 @@ Run: ``.venv/bin/python bench/bench_relion_parity.py [--n 1200] [--box 48]``.
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from results import machine_load, update_section  # noqa: E402
+from results import machine_load, run_measured, update_section  # noqa: E402
 
 DATA = Path(__file__).parent / ".data"
 
@@ -45,16 +43,17 @@ def simulate(n: int, box: int, noise: float) -> Path:
     return folder
 
 
+CHILD_PEAKS_MIB: list[float] = []  # every child's own peak RSS, for the bench's summary
+
+
 def timed_child(args: list[str], cwd: Path) -> tuple[str, float, float]:
-    """Run a program; (stdout + stderr, wall s, CPU s of the child)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, errors="replace")
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Run a program; (stdout + stderr, wall s, CPU s of the child). Its own peak RSS goes to
+    ``CHILD_PEAKS_MIB``."""
+    done, wall, cpu, peak_mib = run_measured(args, cwd=cwd, capture_output=True, text=True,
+                                             errors="replace")
     if done.returncode != 0:
         raise SystemExit(f"{args[0]} failed:\n{(done.stdout + done.stderr)[-3000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    CHILD_PEAKS_MIB.append(peak_mib)
     return done.stdout + done.stderr, wall, cpu
 
 
@@ -146,10 +145,9 @@ def main() -> None:
               "as in ours; on half maps with signal up to Nyquist the two agree within 5 % "
               "(tests/maps/test_postprocess.py::test_bfactor_matches_relion_postprocess):"]
     lines += bfactor(folder, args.box)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     lines.append(f"- bench: {time.perf_counter() - start:.0f} s wall, "
-                 f"{time.process_time() - cpu0:.0f} s CPU in this process, children's peak "
-                 f"RSS {peak:.0f} MiB; {machine_load()}")
+                 f"{time.process_time() - cpu0:.0f} s CPU in this process, largest peak RSS "
+                 f"of a child (each its own) {max(CHILD_PEAKS_MIB):.0f} MiB; {machine_load()}")
     print("\n".join(lines))
     update_section(f"RELION parity, {args.n} particles {args.box}³ (bench/bench_relion_parity.py)",
                    "\n".join(lines))

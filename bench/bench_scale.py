@@ -1,7 +1,8 @@
 """Real-size data (issue 14): memory and time of reconstruct, refine and classify at 64³–256³.
 
-Every measured run is a fresh child process, so its peak resident memory (``ru_maxrss``) and
-its CPU time are its own; the machine is shared, so wall time is printed beside CPU time.
+Every measured run is a fresh child process, so its peak resident memory (``VmHWM``, by
+``results.own_peak_mib``; not ``ru_maxrss``, which holds the parent's) and its CPU time are its
+own; the machine is shared, so wall time is printed beside CPU time.
 Benchmarks (``bench/bench_scale.py NAME``):
 
 - ``memory``: one global order-3 refinement iteration (a) at 48³ with an unlimited budget and
@@ -25,17 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from results import machine_load, update_section  # noqa: E402
+from results import machine_load, own_peak_mib, run_measured, update_section  # noqa: E402
 
 DATA = Path(__file__).parent / ".data"
 GiB = 1 << 30
@@ -47,24 +46,20 @@ SHARED = ("CPU times are user + system over all threads of the process; the mach
 def run_child(name: str, **kwargs) -> dict:
     """Run ``child_<name>(**kwargs)`` in a fresh process: its JSON result plus wall, CPU and
     peak RSS."""
-    start = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run([sys.executable, __file__, "_child", name, json.dumps(kwargs)],
-                          capture_output=True, text=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc, wall, cpu, _ = run_measured([sys.executable, __file__, "_child", name,
+                                       json.dumps(kwargs)], capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         raise SystemExit(f"child {name} failed ({proc.returncode})")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["wall_s"] = time.perf_counter() - start
-    result["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result["wall_s"], result["cpu_s"] = wall, cpu
     print(f"  {name} {kwargs}: {result['wall_s']:.0f} s wall, {result['cpu_s']:.0f} s CPU, "
           f"peak RSS {result['peak_rss_gib']:.2f} GiB", flush=True)
     return result
 
 
 def _peak_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+    return own_peak_mib() / 1024
 
 
 def simulate(name: str, **config) -> Path:

@@ -22,24 +22,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from results import machine_load, update_section  # noqa: E402
+from results import OWN_PEAK, machine_load, update_section  # noqa: E402
 
 DATA = Path(__file__).parent / ".data" / "tomo"
 
-PEAK = """
-def peak_rss_GB():
-    # this process's own peak resident memory: VmHWM, the high-water mark of its address space
-    # since exec (kB / 1e6, as the figures recorded before). Not ru_maxrss: Linux carries the
-    # parent's high-water mark into a child over fork/vfork + exec, so a child of this bench,
-    # whose memory map of a new 2.75 GB stack once made it 3 GB, reported 3 GB.
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1e6
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-"""
-
-SETUP = PEAK + """
+SETUP = OWN_PEAK + """
+def peak_rss_GB():  # the process's own peak (not its parent's): KiB / 1e6, as recorded before
+    return own_peak_mib() * 1024 / 1e6
 import numpy as np, pandas as pd
 from subtomo.tomo.tiltseries import TiltSeries
 from subtomo.io.tomograms import TomogramSet

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from results import machine_load, update_section  # noqa: E402
+from results import OWN_PEAK, machine_load, update_section  # noqa: E402
 
 DATA = Path(__file__).parent / ".data" / "tomo_align"
 BASE = dict(n_particles=150, image_size_px=(512, 512), thickness_px=100, box_px=32,
@@ -54,15 +54,14 @@ def project(name: str) -> Path:
     return folder
 
 
-CHILD = """
+CHILD = OWN_PEAK + """
 import json, resource, sys, time
 start, cpu = time.perf_counter(), time.process_time()
 from subtomo.cli import main
 code = main(sys.argv[1:])
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"code": code, "wall_s": time.perf_counter() - start,
-                  "cpu_s": usage.ru_utime + usage.ru_stime,
-                  "peak_MiB": usage.ru_maxrss / 1024}))
+                  "cpu_s": usage.ru_utime + usage.ru_stime, "peak_MiB": own_peak_mib()}))
 """
 
 

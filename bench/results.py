@@ -4,14 +4,22 @@ Every section is stamped with the date, the machine and the commit it measured (
 when ``src/`` or ``bench/`` had uncommitted changes). A reduced run (fewer particles or
 iterations than the bench's full configuration) says so in its stamp and keeps the previous
 full run's figures below its own, under "Last full run", with that run's stamp.
+
+Peak memory: ``own_peak_mib`` (and ``OWN_PEAK``, its source for ``python -c`` children) for a
+process's own peak, ``run_measured`` for a command's. Never ``ru_maxrss`` of a child: Linux
+carries the parent's high-water mark into a child over fork/vfork + exec, so a child of a 3 GB
+bench reports at least 3 GB (and ``RUSAGE_CHILDREN`` is the largest over all children).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
 import re
+import resource
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +27,63 @@ import torch
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 FULL_RUN = "### Last full run"
+TIME = Path("/usr/bin/time")
+
+
+def own_peak_mib() -> float:
+    """This process's own peak resident memory (MiB): ``VmHWM`` of /proc/self/status (KiB), the
+    high-water mark of its address space since exec; ``ru_maxrss`` where there is no /proc
+    (KiB on Linux, bytes on macOS), which includes a parent's mark."""
+    import resource
+    import sys
+
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+OWN_PEAK = inspect.getsource(own_peak_mib)  # the same function, for ``python -c`` children
+
+
+def bench_peak(simulated: bool) -> str:
+    """This (bench) process's peak RSS, labelled: it holds everything the bench did in-process,
+    the data simulation too when ``simulated``."""
+    included = ", simulation included" if simulated else ""
+    return f"peak RSS {own_peak_mib():.0f} MiB (of the bench process{included})"
+
+
+def run_measured(argv: list[str], **kw) -> tuple[subprocess.CompletedProcess, float, float,
+                                                  float]:
+    """Run ``argv`` (``subprocess.run``'s keywords): (completed process, wall s, CPU s = user
+    + system, peak RSS MiB) of the command alone, under ``/usr/bin/time -f "%U %S %M"``: the
+    command's parent is then the time program (a few MB), not this process. Without that
+    program the peak is ``RUSAGE_CHILDREN``'s: the largest of all children, this process's
+    own mark included (an upper bound)."""
+    if not TIME.is_file():
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        done = subprocess.run(argv, **kw)
+        wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        return done, wall, cpu, after.ru_maxrss / 1024
+    with tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "time.txt"
+        start = time.perf_counter()
+        done = subprocess.run([str(TIME), "-f", "%U %S %M", "-o", str(report), *argv], **kw)
+        wall = time.perf_counter() - start
+        # the last line is the format's ("Command exited with non-zero status" may precede it)
+        lines = report.read_text().splitlines() if report.exists() else []
+    try:
+        user, system, peak_kib = (float(x) for x in lines[-1].split())
+    except (IndexError, ValueError):  # the command could not be run or was killed before the report
+        return done, wall, float("nan"), float("nan")
+    return done, wall, user + system, peak_kib / 1024
 
 
 def machine() -> str:
