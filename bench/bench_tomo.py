@@ -28,7 +28,7 @@ DATA = Path(__file__).parent / ".data" / "tomo"
 
 SETUP = """
 import numpy as np, pandas as pd
-from subtomo.tomo.tiltseries import TiltSeries
+from subtomo.io.tilt_series import TiltSeries
 from subtomo.io.tomograms import TomogramSet
 def series(stack, w, thickness):
     angles = np.arange(-60, 61, 3.0)

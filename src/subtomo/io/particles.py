@@ -26,7 +26,7 @@ import torch
 
 from subtomo.errors import InputError
 from subtomo.geometry.euler import euler_to_matrix, matrix_to_euler
-from subtomo.tomo.geometry import tomogram_centre_px
+from subtomo.geometry.tilt import tomogram_centre_px
 
 XYZ = ("X", "Y", "Z")
 COORD_PX = tuple(f"rlnCoordinate{a}" for a in XYZ)
@@ -171,7 +171,7 @@ class ParticleSet:
         """Same set with ``rlnCoordinateX/Y/Z`` (px) computed from centred Å if needed.
 
         RELION 5: centred = (coordinate − size/2) × tilt-series pixel size, the centre of
-        :func:`subtomo.tomo.geometry.tomogram_centre_px` (RELION's C++ programs).
+        :func:`subtomo.geometry.tilt.tomogram_centre_px` (RELION's C++ programs).
         """
         if self.has_pixel_coordinates() or not self.has_centred_coordinates():
             return self

@@ -38,10 +38,11 @@ import pandas as pd
 import torch
 
 from subtomo.errors import InputError
+from subtomo.geometry.tilt import angles_from_matrices, projection_matrices
+from subtomo.geometry.tilt_series import DOF, SIZE
 from subtomo.io.files import resolve
 from subtomo.io.star_text import read_star, write_star
-from subtomo.tomo.geometry import angles_from_matrices, projection_matrices
-from subtomo.tomo.tiltseries import DOF, SIZE, TiltSeries
+from subtomo.io.tilt_series import TiltSeries
 
 MATRIX = ("rlnTomoProjX", "rlnTomoProjY", "rlnTomoProjZ", "rlnTomoProjW")
 OPTIMISATION_LABELS = {

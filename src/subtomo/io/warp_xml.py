@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from subtomo.errors import InputError
-from subtomo.tomo.geometry import (
+from subtomo.geometry.tilt import (
     RelionParameters,
     image_centre_px,
     specimen_centre_px,

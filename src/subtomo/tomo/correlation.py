@@ -41,9 +41,9 @@ from subtomo.errors import InputError
 from subtomo.fourier.fsc import fsc as fourier_shell_correlation
 from subtomo.fourier.projector import Projector
 from subtomo.io.mrc import read_mrc
+from subtomo.io.tilt_series import TiltSeries
 from subtomo.tomo.crops import PreparedImages, particle_crops
 from subtomo.tomo.deformation import deformation_of
-from subtomo.tomo.tiltseries import TiltSeries
 
 __all__ = ["CorrelationMaps", "References", "correlation_maps", "interpolate", "read_fsc_curve",
            "read_references"]

@@ -13,7 +13,7 @@ that a note reports.
 
 Each program's tomogram frame is its own: an alignment imported from IMOD places particles
 picked on IMOD's (``trimvol -rx``) tomogram, one from Warp particles picked in Warp's
-(:mod:`subtomo.tomo.imod_geometry`, :mod:`subtomo.io.warp_xml`, :mod:`subtomo.io.aretomo`).
+(:mod:`subtomo.geometry.tilt_imod`, :mod:`subtomo.io.warp_xml`, :mod:`subtomo.io.aretomo`).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ import numpy as np
 import pandas as pd
 
 from subtomo.errors import InputError
+from subtomo.geometry import tilt_imod
+from subtomo.geometry.tilt import RelionParameters
 from subtomo.io import aretomo, imod, warp_xml
 from subtomo.io.mdoc import MdocTiltSeries, read_mdoc
 from subtomo.io.mrc import read_mrc_header
+from subtomo.io.tilt_series import TiltSeries
 from subtomo.io.tomograms import TomogramSet, project_path, write_tomogram_set
-from subtomo.tomo import imod_geometry
-from subtomo.tomo.geometry import RelionParameters
-from subtomo.tomo.tiltseries import TiltSeries
 
 PIXEL_TOLERANCE = 1e-3  # relative
 
@@ -242,7 +242,7 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
 
     # ---- geometry ----------------------------------------------------------------------
     if alignment is not None:
-        params = imod_geometry.imod_to_relion(alignment, apix, size, (width, height))
+        params = tilt_imod.imod_to_relion(alignment, apix, size, (width, height))
         if params.distortion_px > 0.1:
             notes.append(f"{alignment.source}: magnification/skew in the .xf is not representable "
                          f"(up to {params.distortion_px:.2f} px at the image corners); "
@@ -452,8 +452,8 @@ def export_tilt_series(ts: TiltSeries, out_dir: str | Path, formats: tuple[str, 
     written: list[Path] = []
     base = out_dir / ts.name
     if "imod" in formats:
-        al = imod_geometry.relion_to_imod(params, ts.pixel_size_A, ts.tomo_size_px,
-                                           ts.image_size_px)
+        al = tilt_imod.relion_to_imod(params, ts.pixel_size_A, ts.tomo_size_px,
+                                      ts.image_size_px)
         written += imod.write_imod_alignment(base, al)
         if "rlnDefocusU" in ts.tilts:
             u, v, angle = ts.defocus()
