@@ -27,6 +27,7 @@ import torch
 from subtomo.errors import InputError
 from subtomo.geometry.euler import euler_to_matrix, matrix_to_euler
 from subtomo.geometry.tilt import tomogram_centre_px
+from subtomo.io.files import resolve
 
 XYZ = ("X", "Y", "Z")
 COORD_PX = tuple(f"rlnCoordinate{a}" for a in XYZ)
@@ -123,8 +124,6 @@ class ParticleSet:
     def files(self, columns: tuple[str, ...] = ("rlnImageName", "rlnCtfImage")) -> list[Path]:
         """The STAR file and every file it names in ``columns``, found as the readers find
         them (:func:`subtomo.io.files.resolve`): what a job on these particles reads."""
-        from subtomo.io.files import resolve
-
         star_dir = Path(self.source).parent if self.source else None
         names = {str(n) for c in columns if c in self.particles for n in self.particles[c]}
         found = [resolve(name, star_dir) for name in sorted(names)]

@@ -32,6 +32,7 @@ from subtomo.errors import InputError
 from subtomo.geometry import tilt_imod
 from subtomo.geometry.tilt import RelionParameters
 from subtomo.io import aretomo, imod, warp_xml
+from subtomo.io.files import check_not_input, check_outputs
 from subtomo.io.mdoc import MdocTiltSeries, read_mdoc
 from subtomo.io.mrc import read_mrc_header
 from subtomo.io.tilt_series import TiltSeries
@@ -381,8 +382,6 @@ def import_tomograms(sources: list[Sources], optics: Optics, output: str | Path,
                      tilt_series_dir: str = "tilt_series") -> tuple[TomogramSet, list[str]]:
     """Import every tilt series, then write ``output`` (RELION 5 ``tomograms.star`` and
     ``<dir>/<name>.star`` beside it). Nothing is written unless all of them import."""
-    from subtomo.io.files import check_not_input, check_outputs
-
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise InputError(None, "a tilt-series name appears twice", field="--name")
