@@ -30,7 +30,7 @@ SETUP = OWN_PEAK + """
 def peak_rss_GB():  # the process's own peak (not its parent's): KiB / 1e6, as recorded before
     return own_peak_mib() * 1024 / 1e6
 import numpy as np, pandas as pd
-from subtomo.tomo.tiltseries import TiltSeries
+from subtomo.io.tilt_series import TiltSeries
 from subtomo.io.tomograms import TomogramSet
 def series(stack, w, thickness):
     angles = np.arange(-60, 61, 3.0)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from subtomo.errors import InputError
+from subtomo.geometry import tilt_imod
+from subtomo.geometry.tilt import RelionParameters, project_points, projection_matrices
 from subtomo.io import aretomo, imod
-from subtomo.tomo import imod_geometry
-from subtomo.tomo.geometry import RelionParameters, project_points, projection_matrices
 
 
 def project(params, apix, size, image, points):
@@ -71,7 +71,7 @@ def test_aretomo_imod_export_reads_back_the_same_geometry(tmp_path):
                   np.stack([np.sin(-tau), np.cos(-tau)], -1)], axis=1)
     d = np.einsum("tij,tj->ti", a, -t)
     al = imod.ImodAlignment(np.concatenate([a, d[:, :, None]], 2), tilt, np.zeros(n))
-    via_imod = imod_geometry.imod_to_relion(al, 1.0, (512, 512, 128), (512, 512))
+    via_imod = tilt_imod.imod_to_relion(al, 1.0, (512, 512, 128), (512, 512))
     assert np.allclose(via_imod.zrot, rot) and np.allclose(via_imod.ytilt, tilt)
     gap = np.hypot(via_imod.shift_x_A - t[:, 0], via_imod.shift_y_A - t[:, 1])
     assert gap.max() < 1.6

@@ -12,9 +12,9 @@ import torch
 
 from subtomo.cli import main
 from subtomo.errors import InputError
+from subtomo.geometry.tilt import project_points, projection_matrices
 from subtomo.io.tomograms import read_tomogram_set
 from subtomo.io.warp_xml import read_warp_xml, warp_to_relion
-from subtomo.tomo.geometry import project_points, projection_matrices
 
 
 def warp_euler(rot, tilt, psi):

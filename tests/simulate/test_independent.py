@@ -20,11 +20,11 @@ from scipy.spatial.transform import Rotation
 from subtomo.ctf.ctf2d import ctf_2d
 from subtomo.ctf.dose import dose_filter
 from subtomo.fourier.projector import Projector
+from subtomo.geometry.tilt import projection_matrices
 from subtomo.io.star import read_particles
 from subtomo.simulate.render import render_atoms
 from subtomo.simulate.structure import pseudo_atomic
 from subtomo.simulate.tiltseries import TiltSeriesConfig, simulate_tiltseries
-from subtomo.tomo.geometry import projection_matrices
 
 # astigmatic, phase-shifted, Cs, amplitude contrast: every term of the CTF
 CTF = dict(defocus_u_A=21000.0, defocus_v_A=17000.0, astigmatism_angle_deg=32.0,

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
+from subtomo.io.tilt_series import TiltSeries
 from subtomo.simulate.tiltseries import deformation_offsets
 from subtomo.tomo import deformation as deform
 from subtomo.tomo.alignment import frame_transform, gauge_basis
 from subtomo.tomo.correlation import interpolate
 from subtomo.tomo.motion_model import motion_basis, trajectories
-from subtomo.tomo.tiltseries import TiltSeries
 
 SIZE = (300, 200)
 

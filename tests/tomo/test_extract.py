@@ -15,6 +15,7 @@ from subtomo.cli import main
 from subtomo.fourier.fsc import fsc, resolution_at
 from subtomo.fourier.grid import centred_rfft, lowpass_mask, shell_index
 from subtomo.geometry.euler import euler_to_matrix
+from subtomo.geometry.tilt import tilt_rotations
 from subtomo.io.mrc import read_ctf_volume, read_mrc
 from subtomo.io.star import read_particles
 from subtomo.io.tomograms import read_tomogram_set, write_tomogram_set
@@ -25,7 +26,6 @@ from subtomo.simulate.structure import pseudo_atomic
 from subtomo.simulate.tiltseries import TiltSeriesConfig, simulate_tiltseries
 from subtomo.tomo.crops import crop_frequencies
 from subtomo.tomo.extract import ExtractOptions, SliceGather, extract_subtomograms
-from subtomo.tomo.geometry import tilt_rotations
 from subtomo.tomo.reconstruct_particle import reconstruct_particle
 
 

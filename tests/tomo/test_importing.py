@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from subtomo.cli import main
+from subtomo.geometry import tilt_imod
+from subtomo.geometry.tilt import RelionParameters, project_points, projection_matrices
 from subtomo.io import aretomo, imod
 from subtomo.io.tomograms import read_tomogram_set, write_tomogram_set
-from subtomo.tomo import imod_geometry
-from subtomo.tomo.geometry import RelionParameters, project_points, projection_matrices
 
 APIX, IMAGE, THICK = 2.5, (64, 48), 40
 ANGLES = np.arange(-60.0, 61.0, 6.0)  # 21 tilts, the stack sorted by angle
@@ -77,7 +77,7 @@ def imod_project(tmp_path):
     params = truth()
     write_stack(d / "TS_01.mrcs")
     write_mdoc(d / "TS_01.mrcs.mdoc", acquisition_rank(ANGLES))
-    al = imod_geometry.relion_to_imod(params, APIX, (*IMAGE, THICK), IMAGE)
+    al = tilt_imod.relion_to_imod(params, APIX, (*IMAGE, THICK), IMAGE)
     imod.write_imod_alignment(d / "TS_01", al)
     imod.write_defocus(d / "TS_01.defocus", al.tilt_deg, 30000 + 100 * ANGLES,
                                  29000 + 100 * ANGLES, np.full(N, 40.0))

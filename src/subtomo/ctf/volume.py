@@ -33,7 +33,7 @@ the tent sum; ``multiplicity`` is 0 in the missing wedge and 1 where the tilts c
 
 General geometry: pass ``frames`` ``(T, 3, 3)`` — each tilt's rotation from the tomogram
 frame to the image frame (rows: image x ``u``, image y ``v``, beam ``n``; RELION 5's
-``Rz(ZRot) Ry(YTilt) Rx(XTilt)``, :func:`subtomo.tomo.geometry.tilt_rotations`) — and the
+``Rz(ZRot) Ry(YTilt) Rx(XTilt)``, :func:`subtomo.geometry.tilt.tilt_rotations`) — and the
 in-plane frequency becomes ``(k · u_t, k · v_t)`` and the distance ``k · n_t``; the tilt scheme
 then supplies only exposures and defocus offsets. :func:`tilt_pairs` and :class:`CtfGridder`
 are the two halves of :func:`ctf_volume`, for callers (extraction) that reuse the pairs.

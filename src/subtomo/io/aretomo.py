@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from subtomo.errors import InputError
+from subtomo.geometry.tilt import RelionParameters
 from subtomo.io.files import atomic_path
 from subtomo.io.text_columns import check_angles, numeric_rows, parse_row, read_lines
-from subtomo.tomo.geometry import RelionParameters
 
 GLOBAL_NAMES = ("SEC", "ROT", "GMAG", "TX", "TY", "SMEAN", "SFIT", "SCALE", "BASE", "TILT")
 

@@ -1,4 +1,5 @@
-"""RELION's ``postprocess.star``: ``data_general``, ``data_fsc`` and ``data_guinier``.
+"""RELION's ``postprocess.star``: ``data_general``, ``data_fsc`` and ``data_guinier`` (written),
+and the FSC curve of a ``postprocess.star`` / ``fsc.star`` (read).
 
 Labels and layout follow ``relion_postprocess`` (``Postprocessing::writeOutput``): shell 0 is
 written with a resolution of 999 Å (1/999 Å⁻¹), as RELION does. Curves are given by short names
@@ -16,7 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from subtomo.io.star_text import write_star
+from subtomo.errors import InputError
+from subtomo.io.star_text import read_star, write_star
 
 # short name -> RELION label, in RELION's column order
 FSC_LABELS: dict[str, str] = {
@@ -118,3 +120,24 @@ def write_fsc_star(
             raise ValueError(f"Guinier columns must be 1-D and equally long, got {lengths}")
         blocks["guinier"] = pd.DataFrame(arrays)
     write_star(blocks, path)
+
+
+def read_fsc_curve(path: str | Path) -> np.ndarray:
+    """The FSC by shell of a ``postprocess.star`` / ``fsc.star`` (``data_fsc``:
+    ``rlnFourierShellCorrelationCorrected``, else ``rlnFourierShellCorrelation``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found", field="--fsc")
+    blocks = read_star(path)
+    table = blocks.get("fsc")
+    if table is None or not hasattr(table, "columns"):
+        raise InputError(path, "no data_fsc table", field="rlnFourierShellCorrelationCorrected")
+    for label in ("rlnFourierShellCorrelationCorrected", "rlnFourierShellCorrelation",
+                  "rlnGoldStandardFsc"):
+        if label in table.columns:
+            order = (table["rlnSpectralIndex"].to_numpy(int) if "rlnSpectralIndex" in table
+                     else np.arange(len(table)))
+            curve = np.zeros(int(order.max()) + 1)
+            curve[order] = table[label].to_numpy(float)
+            return curve
+    raise InputError(path, "no FSC column in data_fsc", field="rlnFourierShellCorrelationCorrected")

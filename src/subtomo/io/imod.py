@@ -4,7 +4,7 @@
 Every reader checks its rows one by one (:mod:`subtomo.io.text_columns`): a bad row fails with
 one line naming the file, the line and the field. Units: degrees, px at the tilt-series pixel
 size, Å for defocus (the files hold nm), e/Å² for exposure. What the geometry means, and its
-conversion to RELION 5's five parameters per tilt, is :mod:`subtomo.tomo.imod_geometry`.
+conversion to RELION 5's five parameters per tilt, is :mod:`subtomo.geometry.tilt_imod`.
 
 - ``.xf``: one line per view, ``A11 A12 A21 A22 DX DY`` (raw px).
 - ``.tlt``, ``.rawtlt``, ``.xtilt``: one angle per line, in stack order, each within ±90°.
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from subtomo.errors import InputError
+from subtomo.geometry.tilt_imod import ImodAlignment, TiltCom
 from subtomo.io.files import atomic_path
 from subtomo.io.text_columns import check_angles, numeric_rows, parse_row, read_lines
 
@@ -47,34 +48,6 @@ __all__ = [
 
 XF_NAMES = ("A11", "A12", "A21", "A22", "DX", "DY")
 MAX_DEFOCUS_NM = 20000.0  # 20 µm: larger values are a unit error (the file is in nm)
-
-
-@dataclass
-class TiltCom:
-    """What ``tilt.com`` says about the geometry (degrees, unbinned px)."""
-
-    xaxis_tilt_deg: float = 0.0  # XAXISTILT
-    angle_offset_deg: float = 0.0  # OFFSET (added to every tilt angle)
-    shift_px: tuple[float, float] = (0.0, 0.0)  # SHIFT x, z (unbinned px)
-    thickness_px: int | None = None  # THICKNESS × IMAGEBINNED
-    full_image: tuple[int, int] | None = None  # FULLIMAGE nx ny
-    binning: int = 1  # IMAGEBINNED
-    exclude: list[int] = field(default_factory=list)  # EXCLUDELIST (1-based views)
-
-
-@dataclass
-class ImodAlignment:
-    """One tilt series' IMOD alignment (views in stack order)."""
-
-    xf: np.ndarray  # (T, 2, 3): rows [A11 A12 DX], [A21 A22 DY]; shifts in raw px
-    tilt_deg: np.ndarray  # (T,) .tlt
-    xtilt_deg: np.ndarray  # (T,) .xtilt (zeros when absent)
-    tilt_com: TiltCom = field(default_factory=TiltCom)
-    source: str | None = None
-
-    @property
-    def n_views(self) -> int:
-        return len(self.tilt_deg)
 
 
 def _write_text(path: str | Path, lines: list[str]) -> None:

@@ -26,7 +26,8 @@ import torch
 
 from subtomo.errors import InputError
 from subtomo.geometry.euler import euler_to_matrix, matrix_to_euler
-from subtomo.tomo.geometry import tomogram_centre_px
+from subtomo.geometry.tilt import tomogram_centre_px
+from subtomo.io.files import resolve
 
 XYZ = ("X", "Y", "Z")
 COORD_PX = tuple(f"rlnCoordinate{a}" for a in XYZ)
@@ -123,8 +124,6 @@ class ParticleSet:
     def files(self, columns: tuple[str, ...] = ("rlnImageName", "rlnCtfImage")) -> list[Path]:
         """The STAR file and every file it names in ``columns``, found as the readers find
         them (:func:`subtomo.io.files.resolve`): what a job on these particles reads."""
-        from subtomo.io.files import resolve
-
         star_dir = Path(self.source).parent if self.source else None
         names = {str(n) for c in columns if c in self.particles for n in self.particles[c]}
         found = [resolve(name, star_dir) for name in sorted(names)]
@@ -171,7 +170,7 @@ class ParticleSet:
         """Same set with ``rlnCoordinateX/Y/Z`` (px) computed from centred Å if needed.
 
         RELION 5: centred = (coordinate − size/2) × tilt-series pixel size, the centre of
-        :func:`subtomo.tomo.geometry.tomogram_centre_px` (RELION's C++ programs).
+        :func:`subtomo.geometry.tilt.tomogram_centre_px` (RELION's C++ programs).
         """
         if self.has_pixel_coordinates() or not self.has_centred_coordinates():
             return self

@@ -38,10 +38,12 @@ import pandas as pd
 import torch
 
 from subtomo.errors import InputError
+from subtomo.geometry.tilt import angles_from_matrices, projection_matrices
+from subtomo.geometry.tilt_series import DOF, SIZE
 from subtomo.io.files import resolve
+from subtomo.io.star import read_particles
 from subtomo.io.star_text import read_star, write_star
-from subtomo.tomo.geometry import angles_from_matrices, projection_matrices
-from subtomo.tomo.tiltseries import DOF, SIZE, TiltSeries
+from subtomo.io.tilt_series import TiltSeries
 
 MATRIX = ("rlnTomoProjX", "rlnTomoProjY", "rlnTomoProjZ", "rlnTomoProjW")
 OPTIMISATION_LABELS = {
@@ -379,8 +381,6 @@ def read_inputs(optimisation_set: str | Path | None = None, *, particles: str | 
                 tomograms: str | Path | None = None, motion: str | Path | None = None,
                 need_particles: bool = True) -> TomoInputs:
     """RELION's ``--i`` and/or ``--p --t --mot``: explicit files override the optimisation set's."""
-    from subtomo.io.star import read_particles
-
     files: dict[str, Path | None] = {key: None for key in OPTIMISATION_LABELS}
     opt = None
     if optimisation_set is not None:

@@ -41,9 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from subtomo.errors import InputError
-from subtomo.tomo.geometry import (
+from subtomo.geometry.tilt import (
     RelionParameters,
     image_centre_px,
     specimen_centre_px,
@@ -235,8 +236,6 @@ def warp_to_relion(ws: WarpTiltSeries, pixel_size_A: float, tomo_size_px, image_
                    tilts: np.ndarray | None = None) -> RelionParameters:
     """Warp geometry → RELION 5 parameters for ``tilts`` (indices; default: the used ones),
     for a stack of ``pixel_size_A`` (Warp's Å lengths ÷ ``pixel_size_A`` = stack pixels)."""
-    import torch
-
     idx = np.flatnonzero(ws.use) if tilts is None else np.asarray(tilts, int)
     n = len(idx)
     xt = np.full(n, ws.level_angle_x)

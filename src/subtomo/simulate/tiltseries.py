@@ -3,7 +3,7 @@
 Particles (the structures of :mod:`subtomo.simulate.structure`: pseudo-atoms or an atomic
 model, classes, a hinge) are placed at random in tomograms. For every tilt each particle's
 atoms are projected with the true projection matrix (RELION 5 geometry,
-:mod:`subtomo.tomo.geometry`) and rendered analytically as 2D Gaussians at their sub-pixel
+:mod:`subtomo.geometry.tilt`) and rendered analytically as 2D Gaussians at their sub-pixel
 positions in a patch around the particle (the tomogram is never a 3D volume); the patch is
 multiplied in Fourier space by the tilt's CTF at the particle's depth (defocus of the tilt plus
 ``hand × pixel × depth``, RELION's ``Tomogram::getCtf``), by the exposure filter at the tilt's
@@ -43,9 +43,11 @@ from tqdm import tqdm
 from subtomo.ctf.ctf2d import ctf_2d, electron_wavelength_A
 from subtomo.ctf.dose import dose_filter
 from subtomo.geometry.euler import euler_to_matrix
+from subtomo.geometry.tilt import project_points
 from subtomo.io.mrc import write_mrc
 from subtomo.io.particles import ParticleSet
 from subtomo.io.star import write_particles
+from subtomo.io.tilt_series import TiltSeries
 from subtomo.io.tomograms import (
     TomogramSet,
     project_path,
@@ -56,8 +58,6 @@ from subtomo.io.tomograms import (
 from subtomo.simulate.render import render_atoms, render_projected_atoms
 from subtomo.simulate.structure import Structure, class_variant, random_rotations
 from subtomo.simulate.subtomograms import SimulationConfig, build_structure, tilt_scheme
-from subtomo.tomo.geometry import project_points
-from subtomo.tomo.tiltseries import TiltSeries
 
 DEFORMATION_MODES = 3  # cos(π m u) cos(π n v), m, n < 3
 

@@ -1,1 +1,2 @@
-"""Tilt series: geometry, tomogram reconstruction, per-particle crops and extraction."""
+"""Tilt series: import, tomogram reconstruction, per-particle crops, extraction and alignment
+(their geometry is :mod:`subtomo.geometry.tilt`)."""

@@ -39,15 +39,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from subtomo.geometry.tilt import project_points, projection_matrices
 from subtomo.io.particles import ParticleSet
+from subtomo.io.tilt_series import TiltSeries
 from subtomo.refine.reconstruct import half_sets
 from subtomo.tomo import deformation as deform
 from subtomo.tomo.correlation import CorrelationMaps, References, correlation_maps, interpolate
 from subtomo.tomo.crops import prepare_images
-from subtomo.tomo.geometry import project_points, projection_matrices
 from subtomo.tomo.motion_model import MotionBasis, frame_dose, motion_basis, trajectories
 from subtomo.tomo.particles import particle_positions_px
-from subtomo.tomo.tiltseries import TiltSeries
 
 __all__ = ["AlignSettings", "SeriesAlignment", "align_series", "frame_transform", "gauge_basis"]
 

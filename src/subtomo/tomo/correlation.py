@@ -40,39 +40,16 @@ from torch import Tensor
 from subtomo.errors import InputError
 from subtomo.fourier.fsc import fsc as fourier_shell_correlation
 from subtomo.fourier.projector import Projector
-from subtomo.io.mrc import read_mrc
+from subtomo.io.fsc_star import read_fsc_curve
+from subtomo.io.half_maps import read_half_maps
+from subtomo.io.tilt_series import TiltSeries
 from subtomo.tomo.crops import PreparedImages, particle_crops
 from subtomo.tomo.deformation import deformation_of
-from subtomo.tomo.tiltseries import TiltSeries
 
-__all__ = ["CorrelationMaps", "References", "correlation_maps", "interpolate", "read_fsc_curve",
-           "read_references"]
+__all__ = ["CorrelationMaps", "References", "correlation_maps", "interpolate", "read_references"]
 
 BORDER = 3  # zero samples around each map (cubic support)
 FFT_POINTS = 1 << 22  # samples of the padded inverse FFTs held at once
-
-
-def read_fsc_curve(path: str | Path) -> np.ndarray:
-    """The FSC by shell of a ``postprocess.star`` / ``fsc.star`` (``data_fsc``:
-    ``rlnFourierShellCorrelationCorrected``, else ``rlnFourierShellCorrelation``)."""
-    from subtomo.io.star_text import read_star
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found", field="--fsc")
-    blocks = read_star(path)
-    table = blocks.get("fsc")
-    if table is None or not hasattr(table, "columns"):
-        raise InputError(path, "no data_fsc table", field="rlnFourierShellCorrelationCorrected")
-    for label in ("rlnFourierShellCorrelationCorrected", "rlnFourierShellCorrelation",
-                  "rlnGoldStandardFsc"):
-        if label in table.columns:
-            order = (table["rlnSpectralIndex"].to_numpy(int) if "rlnSpectralIndex" in table
-                     else np.arange(len(table)))
-            curve = np.zeros(int(order.max()) + 1)
-            curve[order] = table[label].to_numpy(float)
-            return curve
-    raise InputError(path, "no FSC column in data_fsc", field="rlnFourierShellCorrelationCorrected")
 
 
 def snr_weight(curve: np.ndarray) -> np.ndarray:
@@ -128,35 +105,10 @@ class References:
 
 def read_references(ref1: str | Path, ref2: str | Path, mask: str | Path | None = None,
                     fsc: str | Path | None = None) -> References:
-    """Half maps, mask and FSC of ``--ref1 --ref2 --mask --fsc`` (checked to agree)."""
-    maps = []
-    for path, field in ((ref1, "--ref1"), (ref2, "--ref2")):
-        if path is None:
-            raise InputError(None, "tomo-align needs both half maps (--ref1, --ref2 or "
-                             "rlnTomoReferenceMap1File/2File in --i)", field=field)
-        data, apix = read_mrc(path, role="reference", field=field)
-        if data.ndim != 3 or len(set(data.shape)) != 1:
-            raise InputError(path, f"reference is not a cube: {data.shape}", field=field)
-        maps.append((torch.from_numpy(data), apix, Path(path)))
-    (h1, p1, f1), (h2, p2, f2) = maps
-    if h1.shape != h2.shape:
-        raise InputError(f2, f"half maps differ in box: {tuple(h1.shape)} ({f1.name}) and "
-                         f"{tuple(h2.shape)}", field="--ref2")
-    if abs(p1 - p2) > 1e-3 * p1:
-        raise InputError(f2, f"half maps differ in pixel size: {p1} Å ({f1.name}) and {p2} Å",
-                         field="--ref2")
-    if not p1 > 0:
-        raise InputError(f1, "pixel size of the reference must be positive", field="--ref1")
-    if mask is not None:
-        m, pm = read_mrc(mask, role="mask", field="--mask")
-        if m.shape != tuple(h1.shape):
-            raise InputError(mask, f"mask box {m.shape} differs from the references' "
-                             f"{tuple(h1.shape)}", field="--mask")
-        if abs(pm - p1) > 1e-3 * p1:
-            raise InputError(mask, f"mask pixel size {pm} Å differs from the references' "
-                             f"{p1} Å", field="--mask")
-        m = torch.from_numpy(m)
-        h1, h2 = h1 * m, h2 * m
+    """Half maps, mask and FSC of ``--ref1 --ref2 --mask --fsc`` (checked to agree, by
+    :func:`subtomo.io.half_maps.read_half_maps`), with the SNR weight per shell from ``fsc``
+    interpolated to the maps' box, or from the FSC of the masked half maps."""
+    h1, h2, p1 = read_half_maps(ref1, ref2, mask)
     box = h1.shape[-1]
     if fsc is not None:
         curve = read_fsc_curve(fsc)

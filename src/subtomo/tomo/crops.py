@@ -34,9 +34,9 @@ from torch import Tensor
 
 from subtomo.ctf.ctf2d import ctf_2d
 from subtomo.ctf.dose import dose_filter
+from subtomo.geometry.tilt import project_points
+from subtomo.io.tilt_series import TiltSeries
 from subtomo.tomo.deformation import deformation_of
-from subtomo.tomo.geometry import project_points
-from subtomo.tomo.tiltseries import TiltSeries
 
 __all__ = ["PreparedImages", "TiltCrops", "crop_frequencies", "particle_crops",
            "prepare_images"]

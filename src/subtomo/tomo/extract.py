@@ -43,9 +43,9 @@ from subtomo.io.files import BackgroundWriter, undone_on_input_error
 from subtomo.io.mrc import write_ctf_volume, write_mrc
 from subtomo.io.particles import COORD_CENTRED_A, COORD_PX, ORIGIN_A, ParticleSet
 from subtomo.io.star import write_particles
+from subtomo.io.tilt_series import TiltSeries
 from subtomo.io.tomograms import TomogramSet, project_path
 from subtomo.tomo.particles import CropBatch, for_each_batch
-from subtomo.tomo.tiltseries import TiltSeries
 
 __all__ = ["ExtractOptions", "ExtractResult", "SliceGather", "extract_subtomograms",
            "select_tilts"]

@@ -34,6 +34,7 @@ from subtomo.ctf.volume import CtfGridder, tilt_pairs
 from subtomo.errors import InputError
 from subtomo.fourier.grid import centred_irfft, centred_rfft, crop_spectrum
 from subtomo.fourier.shift import phase_shift
+from subtomo.geometry.tilt import tilt_rotations
 from subtomo.io import validate
 from subtomo.io.files import resolve, undone_on_input_error
 from subtomo.io.imod import exposure_from_order, read_angles, read_defocus
@@ -41,10 +42,9 @@ from subtomo.io.mrc import read_mrc_header, write_ctf_volume, write_mrc
 from subtomo.io.particles import ParticleSet
 from subtomo.io.star import write_particles
 from subtomo.io.star_text import read_star
+from subtomo.io.tilt_series import TiltSeries
 from subtomo.io.tomograms import project_path
 from subtomo.tomo.extract import ExtractResult, _normalise, select_tilts
-from subtomo.tomo.geometry import tilt_rotations
-from subtomo.tomo.tiltseries import TiltSeries
 
 __all__ = ["extract_from_tomograms", "imod_tilt_series"]
 

@@ -9,11 +9,15 @@ more) tilts than the stack, a pixel size that disagrees between files, NaN or ti
 beyond ±90° fail with one line naming the file and field, before anything is written. A Warp
 XML's ``CTF/PixelSize`` is not the stack's (``ts_stack --angpix`` bins): it gives the binning
 that a note reports.
+Each alignment format has its adapter (:mod:`subtomo.tomo.import_formats`); the merge takes
+each quantity from the first source that gives it: nominal angles from the mdoc, else the
+alignment or ``--tlt``; exposure from Warp, the ``.order`` list, the mdoc or ``--dose_per_tilt``;
+CTF from ctfplotter, Warp or ``--defocus_um``; voltage from ``--voltage``, the mdoc or Warp.
 ``export_tilt_series`` writes IMOD (``.xf .tlt .xtilt .defocus``) or AreTomo (``.aln``) files.
 
 Each program's tomogram frame is its own: an alignment imported from IMOD places particles
 picked on IMOD's (``trimvol -rx``) tomogram, one from Warp particles picked in Warp's
-(:mod:`subtomo.tomo.imod_geometry`, :mod:`subtomo.io.warp_xml`, :mod:`subtomo.io.aretomo`).
+(:mod:`subtomo.geometry.tilt_imod`, :mod:`subtomo.io.warp_xml`, :mod:`subtomo.io.aretomo`).
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ import numpy as np
 import pandas as pd
 
 from subtomo.errors import InputError
+from subtomo.geometry import tilt_imod
+from subtomo.geometry.tilt import RelionParameters
 from subtomo.io import aretomo, imod, warp_xml
+from subtomo.io.files import check_not_input, check_outputs
 from subtomo.io.mdoc import MdocTiltSeries, read_mdoc
 from subtomo.io.mrc import read_mrc_header
+from subtomo.io.tilt_series import TiltSeries
 from subtomo.io.tomograms import TomogramSet, project_path, write_tomogram_set
-from subtomo.tomo import imod_geometry
-from subtomo.tomo.geometry import RelionParameters
-from subtomo.tomo.tiltseries import TiltSeries
+from subtomo.tomo import import_formats
 
 PIXEL_TOLERANCE = 1e-3  # relative
 
@@ -120,210 +126,54 @@ def _warp_pixel_size(apix: float | None, warp: warp_xml.WarpTiltSeries, src: Sou
     return apix
 
 
-def _count(path: Path, what: str, n: int, n_stack: int, stack: Path, field_name: str) -> None:
-    if n != n_stack:
-        relation = "fewer" if n < n_stack else "more"
-        raise InputError(path, f"{n} {what}, {relation} than the {n_stack} images of "
-                         f"{stack}", field=field_name)
-
-
 def import_tilt_series(src: Sources, optics: Optics) -> Imported:
-    """One tilt series from its files (see the module docstring)."""
+    """One tilt series from its files (see the module docstring): each alignment format's
+    adapter (:mod:`subtomo.tomo.import_formats`), then the merge, one quantity at a time."""
     notes: list[str] = []
     n_stack, width, height, header_apix = _stack_header(src.stack)
     mdoc: MdocTiltSeries | None = read_mdoc(src.mdoc) if src.mdoc else None
-    warp = warp_xml.read_warp_xml(src.warp_xml) if src.warp_xml else None
-    aln = aretomo.read_aln(src.aln) if src.aln else None
-    alignment = None
-    if src.imod is not None:
-        base = Path(src.imod)
-        xf, tlt = base.with_name(base.name + ".xf"), base.with_name(base.name + ".tlt")
-        xtilt = base.with_name(base.name + ".xtilt")
-        com = src.tilt_com if src.tilt_com else base.parent / "tilt.com"
-        if src.tilt_com is None and com.is_file():
-            notes.append(f"using {com} (XAXISTILT, OFFSET, SHIFT, THICKNESS)")
-        alignment = imod.read_imod_alignment(
-            xf, tlt, xtilt if xtilt.is_file() else None, com if com.is_file() else None)
-    if sum(x is not None for x in (warp, aln, alignment)) > 1:
-        raise InputError(None, "give one alignment: --imod, --aln or --warp_xml",
-                         field="--imod")
-
-    # ---- pixel size -------------------------------------------------------------------
-    candidates = []
-    if optics.pixel_size_A is not None:
-        candidates.append(("--angpix", "--angpix", optics.pixel_size_A))
-    if mdoc is not None and mdoc.pixel_size_A is not None:
-        candidates.append((src.mdoc, "PixelSpacing", mdoc.pixel_size_A))
-    if header_apix > 0 and abs(header_apix - 1.0) > 1e-6:
-        candidates.append((src.stack, "voxel size (MRC header)", header_apix))
-    apix = _agree(candidates)
-    if warp is not None:
-        apix = _warp_pixel_size(apix, warp, src, notes)
-    if apix is None or not apix > 0:
-        raise InputError(src.stack, "no pixel size in the files; give --angpix", field="--angpix")
-
-    # ---- which stack images, nominal angles -------------------------------------------
-    images = np.arange(n_stack)
+    warp, aln, imod_alignment = import_formats.read_alignment_files(
+        src.imod, src.tilt_com, src.aln, src.warp_xml, notes)
+    apix = _pixel_size(src, optics, mdoc, header_apix, warp, notes)
     if mdoc is not None:
-        _count(src.mdoc, "ZValue sections", mdoc.n_tilts, n_stack, src.stack, "ZValue")
-    if alignment is not None:
-        _count(Path(alignment.source), "views", alignment.n_views, n_stack, src.stack, "A11")
-    if aln is not None:
-        _count(src.aln, "images (RawSize)", aln.raw_size[2], n_stack, src.stack, "RawSize")
-        images = aln.sections
-        if aln.dark_frames:
-            notes.append(f"{len(aln.dark_frames)} dark frames dropped by AreTomo left out")
-        if aln.num_patches:
-            notes.append(f"local alignment of {aln.num_patches} patches in {src.aln} ignored "
-                         "(RELION holds five parameters per tilt)")
-    if warp is not None:
-        n_used = int(warp.use.sum())
-        if n_stack == warp.n_tilts:
-            images = np.flatnonzero(warp.use)
-        elif n_stack == n_used:
-            images = np.arange(n_used)
-        else:
-            _count(src.warp_xml, f"tilts ({n_used} used)", warp.n_tilts, n_stack, src.stack,
-                   "Angles")
-        if n_used < warp.n_tilts:
-            notes.append(f"{warp.n_tilts - n_used} tilts with UseTilt False left out")
-        notes.extend(warp.notes)
+        import_formats.check_count(src.mdoc, "ZValue sections", mdoc.n_tilts, n_stack, src.stack,
+                            "ZValue")
+    alignment = None
+    if imod_alignment is not None:
+        alignment = import_formats.from_imod(imod_alignment, n_stack, src.stack)
+    elif aln is not None:
+        alignment = import_formats.from_aretomo(aln, src.aln, n_stack, src.stack, notes)
+    elif warp is not None:
+        alignment = import_formats.from_warp(warp, src.warp_xml, n_stack, src.stack, notes)
     tlt = None
     if src.tlt is not None:
         tlt = imod.read_angles(src.tlt, "tilt-angle file", "tilt angle")
-        _count(src.tlt, "tilt angles", len(tlt), n_stack, src.stack, "tilt angle")
-
-    stack_tilts = np.arange(n_stack)  # per-stack-image index into warp arrays
-    if warp is not None and n_stack != warp.n_tilts:
-        stack_tilts = np.flatnonzero(warp.use)
-    warp_rows = stack_tilts[images] if warp is not None else None
-
-    stack_angles = (warp.angles_deg[stack_tilts] if warp is not None
-                    else _aln_stack_angles(aln, n_stack) if aln is not None
-                    else alignment.tilt_deg if alignment is not None else tlt)
-    mdoc_of = np.arange(n_stack)  # mdoc section of each stack image
-    if mdoc is not None and stack_angles is not None:
-        mdoc_of = _match_mdoc(src.mdoc, mdoc.tilt_deg, stack_angles)
-        if not np.array_equal(mdoc_of, np.arange(n_stack)):
-            notes.append(f"{src.mdoc}: sections matched to the stack by tilt angle "
-                         "(the stack is not in ZValue order)")
-    if mdoc is not None:
-        nominal = mdoc.tilt_deg[mdoc_of[images]]
-    elif warp is not None:
-        nominal = warp.angles_deg[warp_rows]
-    elif aln is not None:
-        nominal = aln.tilt_deg
-    elif alignment is not None:
-        nominal = alignment.tilt_deg[images]
-    elif tlt is not None:
-        nominal = tlt[images]
-    else:
-        raise InputError(src.stack, "no tilt angles: give --mdoc, --tlt or an alignment",
-                         field="--mdoc")
+        import_formats.check_count(src.tlt, "tilt angles", len(tlt), n_stack, src.stack,
+                            "tilt angle")
+    if alignment is None:
+        alignment = import_formats.from_angles(tlt, n_stack)
+    images = alignment.images
+    nominal, mdoc_of = _nominal_angles(src, mdoc, alignment, n_stack, notes)
     axis = optics.tilt_axis_deg
     if axis is None and mdoc is not None:
         axis = mdoc.tilt_axis_deg
-
-    # ---- tomogram size -----------------------------------------------------------------
-    if optics.tomo_size_px is not None:
-        size = tuple(int(v) for v in optics.tomo_size_px)
-    else:
-        z = optics.thickness_px
-        if z is None and alignment is not None:
-            z = alignment.tilt_com.thickness_px
-        if z is None and aln is not None:
-            z = aln.thickness_px
-        if z is None:
-            raise InputError(src.stack, "no tomogram thickness: give --thickness (px) or "
-                             "--tomo_size X Y Z", field="--thickness")
-        size = (width, height, int(z))
-    if min(size) <= 0:
-        raise InputError(None, f"tomogram size {size} must be positive", field="--tomo_size")
-
-    # ---- geometry ----------------------------------------------------------------------
-    if alignment is not None:
-        params = imod_geometry.imod_to_relion(alignment, apix, size, (width, height))
-        if params.distortion_px > 0.1:
-            notes.append(f"{alignment.source}: magnification/skew in the .xf is not representable "
-                         f"(up to {params.distortion_px:.2f} px at the image corners); "
-                         "nearest rotation used")
-        params = _select(params, images)
-        if alignment.tilt_com.exclude:
-            notes.append(f"EXCLUDELIST views {alignment.tilt_com.exclude} kept "
-                         "(the stack has them)")
-    elif aln is not None:
-        params = aretomo.aln_to_relion(aln, apix)
-    elif warp is not None:
-        params = warp_xml.warp_to_relion(warp, apix, size, (width, height), warp_rows)
-    else:
-        if axis is None:
-            raise InputError(src.stack, "no alignment and no tilt-axis angle: give --imod, "
-                             "--aln, --warp_xml or --tilt_axis", field="--tilt_axis")
-        n = len(images)
-        params = RelionParameters(np.zeros(n), nominal.copy(), np.full(n, float(axis)),
-                                  np.zeros(n), np.zeros(n))
-        notes.append("no alignment given: nominal angles, tilt axis and zero shifts")
+    size = _tomogram_size(src, optics, alignment, width, height)
+    params = _geometry(src, alignment, apix, size, (width, height), nominal, axis, notes)
     if axis is None:
         axis = float(np.median(params.zrot))
-
-    # ---- exposure ----------------------------------------------------------------------
-    dose_per_tilt = optics.dose_per_tilt
-    if warp is not None:
-        pre = warp.dose[warp_rows]
-    elif src.order is not None:
-        pre = imod.exposure_from_order(src.order, nominal, optics.order_scale)
-    elif mdoc is not None:
-        pre = mdoc.pre_exposure(dose_per_tilt)[mdoc_of[images]]
-    elif dose_per_tilt is not None:
-        order = np.argsort(np.abs(nominal), kind="stable")
-        pre = np.empty(len(nominal))
-        pre[order] = np.arange(len(nominal)) * dose_per_tilt
-        notes.append("no acquisition order given: exposure assumed to grow with |tilt| "
-                     "(dose-symmetric)")
-    else:
-        raise InputError(src.stack, "no exposure information: give --mdoc, --order, "
-                         "--warp_xml or --dose_per_tilt", field="--dose_per_tilt")
-    if dose_per_tilt is None:
-        steps = np.diff(np.sort(pre))
-        dose_per_tilt = float(np.median(steps)) if len(steps) else 0.0
-
-    # ---- CTF ---------------------------------------------------------------------------
-    phase = None
-    if src.defocus is not None:
-        ctf = imod.read_defocus(src.defocus, n_stack,
-                                alignment.tilt_deg if alignment is not None else tlt)
-        u, v, angle = ctf.defocus_u_A[images], ctf.defocus_v_A[images], ctf.angle_deg[images]
-        missing = np.flatnonzero(~np.isfinite(u))
-        if len(missing):
-            raise InputError(src.defocus, f"no defocus for view {int(images[missing[0]]) + 1} "
-                             f"(of {n_stack})", field="defocus")
-        if optics.defocus_frame == "aligned":
-            angle = angle + params.zrot
-        if ctf.flags & 4:
-            phase = ctf.phase_shift_deg[images]
-    elif warp is not None:
-        d = warp.defocus_um[warp_rows] * 1e4
-        delta = warp.defocus_delta_um[warp_rows] * 1e4
-        u, v, angle = d + delta / 2, d - delta / 2, warp.defocus_angle_deg[warp_rows]
-        if np.any(warp.phase_shift_pi != 0):
-            phase = warp.phase_shift_pi[warp_rows] * 180.0
-    elif optics.defocus_um is not None:
-        u = v = np.full(len(images), optics.defocus_um * 1e4)
-        angle = np.zeros(len(images))
-    else:
-        raise InputError(src.stack, "no CTF: give --defocus (ctfplotter), --warp_xml or "
-                         "--defocus_um", field="--defocus")
-
+    pre, dose_per_tilt = _exposure(src, optics, alignment, mdoc, mdoc_of, nominal, notes)
+    ctfplotter_angles = (alignment.ctfplotter_angles_deg
+                         if alignment.ctfplotter_angles_deg is not None else tlt)
+    u, v, angle, phase = _ctf(src, optics, alignment, n_stack, ctfplotter_angles, params)
     voltage = optics.voltage_kv
     if voltage is None:
         voltage = (mdoc.voltage_kv if mdoc is not None and mdoc.voltage_kv
-                   else float(warp.ctf["Voltage"]) if warp is not None and "Voltage" in warp.ctf
-                   else None)
+                   else alignment.voltage_kv() if alignment.voltage_kv is not None else None)
     if voltage is None:
         raise InputError(src.stack, "no voltage in the files; give --voltage (kV)",
                          field="--voltage")
-    hand = optics.hand if optics.hand is not None else (warp.hand if warp is not None else -1.0)
-
+    hand = optics.hand if optics.hand is not None else (
+        alignment.hand if alignment.hand is not None else -1.0)
     stack_name = project_path(Path(src.stack))
     tilts = pd.DataFrame({
         "rlnMicrographName": [f"{int(k) + 1}@{stack_name}" for k in images],
@@ -347,6 +197,139 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
     }
     if np.array_equal(images, np.arange(n_stack)):  # RELION 4's stack: one image per tilt
         globals_["rlnTomoTiltSeriesName"] = stack_name
+    _check_table(src, tilts, params, images)
+    ts = TiltSeries(globals_, tilts, source=None, image_size=(width, height))
+    return Imported(ts, notes)
+
+
+def _pixel_size(src: Sources, optics: Optics, mdoc: MdocTiltSeries | None, header_apix: float,
+                warp: warp_xml.WarpTiltSeries | None, notes: list[str]) -> float:
+    """``--angpix``, the mdoc's ``PixelSpacing`` and the stack header's (1 Å: unset), which
+    must agree; then the Warp XML's (see :func:`_warp_pixel_size`)."""
+    candidates = []
+    if optics.pixel_size_A is not None:
+        candidates.append(("--angpix", "--angpix", optics.pixel_size_A))
+    if mdoc is not None and mdoc.pixel_size_A is not None:
+        candidates.append((src.mdoc, "PixelSpacing", mdoc.pixel_size_A))
+    if header_apix > 0 and abs(header_apix - 1.0) > 1e-6:
+        candidates.append((src.stack, "voxel size (MRC header)", header_apix))
+    apix = _agree(candidates)
+    if warp is not None:
+        apix = _warp_pixel_size(apix, warp, src, notes)
+    if apix is None or not apix > 0:
+        raise InputError(src.stack, "no pixel size in the files; give --angpix", field="--angpix")
+    return apix
+
+
+def _nominal_angles(src: Sources, mdoc: MdocTiltSeries | None,
+                    alignment: import_formats.StackAlignment, n_stack: int, notes: list[str]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Nominal angle of each kept image (the mdoc's, else the alignment's or ``--tlt``'s) and
+    the mdoc section of each stack image (matched by tilt angle, see :func:`_match_mdoc`)."""
+    mdoc_of = np.arange(n_stack)
+    if mdoc is not None and alignment.stack_angles_deg is not None:
+        mdoc_of = _match_mdoc(src.mdoc, mdoc.tilt_deg, alignment.stack_angles_deg)
+        if not np.array_equal(mdoc_of, np.arange(n_stack)):
+            notes.append(f"{src.mdoc}: sections matched to the stack by tilt angle "
+                         "(the stack is not in ZValue order)")
+    if mdoc is not None:
+        return mdoc.tilt_deg[mdoc_of[alignment.images]], mdoc_of
+    if alignment.nominal_deg is None:
+        raise InputError(src.stack, "no tilt angles: give --mdoc, --tlt or an alignment",
+                         field="--mdoc")
+    return alignment.nominal_deg, mdoc_of
+
+
+def _tomogram_size(src: Sources, optics: Optics, alignment: import_formats.StackAlignment,
+                   width: int, height: int) -> tuple[int, int, int]:
+    """``--tomo_size``, else the image size and ``--thickness`` or the alignment's (px)."""
+    if optics.tomo_size_px is not None:
+        size = tuple(int(v) for v in optics.tomo_size_px)
+    else:
+        z = optics.thickness_px
+        if z is None:
+            z = alignment.thickness_px
+        if z is None:
+            raise InputError(src.stack, "no tomogram thickness: give --thickness (px) or "
+                             "--tomo_size X Y Z", field="--thickness")
+        size = (width, height, int(z))
+    if min(size) <= 0:
+        raise InputError(None, f"tomogram size {size} must be positive", field="--tomo_size")
+    return size
+
+
+def _geometry(src: Sources, alignment: import_formats.StackAlignment, apix: float,
+              size: tuple[int, int, int], image_size: tuple[int, int], nominal: np.ndarray,
+              axis: float | None, notes: list[str]) -> RelionParameters:
+    """The alignment's five parameters per tilt; without one, the nominal angles about the
+    tilt axis with zero shifts."""
+    if alignment.to_relion is not None:
+        return alignment.to_relion(apix, size, image_size, notes)
+    if axis is None:
+        raise InputError(src.stack, "no alignment and no tilt-axis angle: give --imod, "
+                         "--aln, --warp_xml or --tilt_axis", field="--tilt_axis")
+    n = len(alignment.images)
+    notes.append("no alignment given: nominal angles, tilt axis and zero shifts")
+    return RelionParameters(np.zeros(n), nominal.copy(), np.full(n, float(axis)),
+                            np.zeros(n), np.zeros(n))
+
+
+def _exposure(src: Sources, optics: Optics, alignment: import_formats.StackAlignment,
+              mdoc: MdocTiltSeries | None, mdoc_of: np.ndarray, nominal: np.ndarray,
+              notes: list[str]) -> tuple[np.ndarray, float]:
+    """Exposure before each kept image (e/Å²; Warp's, the ``.order`` list's, the mdoc's, or
+    dose-symmetric from ``--dose_per_tilt``) and the dose per tilt (given, else the median
+    step)."""
+    dose_per_tilt = optics.dose_per_tilt
+    if alignment.pre_exposure is not None:
+        pre = alignment.pre_exposure
+    elif src.order is not None:
+        pre = imod.exposure_from_order(src.order, nominal, optics.order_scale)
+    elif mdoc is not None:
+        pre = mdoc.pre_exposure(dose_per_tilt)[mdoc_of[alignment.images]]
+    elif dose_per_tilt is not None:
+        order = np.argsort(np.abs(nominal), kind="stable")
+        pre = np.empty(len(nominal))
+        pre[order] = np.arange(len(nominal)) * dose_per_tilt
+        notes.append("no acquisition order given: exposure assumed to grow with |tilt| "
+                     "(dose-symmetric)")
+    else:
+        raise InputError(src.stack, "no exposure information: give --mdoc, --order, "
+                         "--warp_xml or --dose_per_tilt", field="--dose_per_tilt")
+    if dose_per_tilt is None:
+        steps = np.diff(np.sort(pre))
+        dose_per_tilt = float(np.median(steps)) if len(steps) else 0.0
+    return pre, dose_per_tilt
+
+
+def _ctf(src: Sources, optics: Optics, alignment: import_formats.StackAlignment, n_stack: int,
+         ctfplotter_angles: np.ndarray | None, params: RelionParameters
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per kept image ``(U, V, angle, phase shift or None)`` (Å, Å, deg, deg): ctfplotter's
+    ``.defocus``, else Warp's, else ``--defocus_um``."""
+    images = alignment.images
+    if src.defocus is not None:
+        ctf = imod.read_defocus(src.defocus, n_stack, ctfplotter_angles)
+        u, v, angle = ctf.defocus_u_A[images], ctf.defocus_v_A[images], ctf.angle_deg[images]
+        missing = np.flatnonzero(~np.isfinite(u))
+        if len(missing):
+            raise InputError(src.defocus, f"no defocus for view {int(images[missing[0]]) + 1} "
+                             f"(of {n_stack})", field="defocus")
+        if optics.defocus_frame == "aligned":
+            angle = angle + params.zrot
+        return u, v, angle, (ctf.phase_shift_deg[images] if ctf.flags & 4 else None)
+    if alignment.ctf is not None:
+        return alignment.ctf
+    if optics.defocus_um is not None:
+        u = np.full(len(images), optics.defocus_um * 1e4)
+        return u, u, np.zeros(len(images)), None
+    raise InputError(src.stack, "no CTF: give --defocus (ctfplotter), --warp_xml or "
+                     "--defocus_um", field="--defocus")
+
+
+def _check_table(src: Sources, tilts: pd.DataFrame, params: RelionParameters,
+                 images: np.ndarray) -> None:
+    """Refuse non-finite angles, exposures or defoci and tilt angles beyond ±90°."""
     for label in ("rlnTomoYTilt", "rlnMicrographPreExposure", "rlnDefocusU"):
         values = tilts[label].to_numpy(np.float64)
         if not np.all(np.isfinite(values)):
@@ -355,15 +338,6 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
     if len(bad):
         raise InputError(src.stack, f"tilt {int(images[bad[0]]) + 1}: tilt angle "
                          f"{params.ytilt[bad[0]]:g}° outside ±90°", field="rlnTomoYTilt")
-    ts = TiltSeries(globals_, tilts, source=None, image_size=(width, height))
-    return Imported(ts, notes)
-
-
-def _aln_stack_angles(aln: aretomo.AlnFile, n_stack: int) -> np.ndarray:
-    """Tilt angle per stack image from an ``.aln`` (NaN for dark frames)."""
-    out = np.full(n_stack, np.nan)
-    out[aln.sections] = aln.tilt_deg
-    return out
 
 
 def _match_mdoc(path: Path, mdoc_deg: np.ndarray, stack_deg: np.ndarray,
@@ -392,11 +366,6 @@ def _match_mdoc(path: Path, mdoc_deg: np.ndarray, stack_deg: np.ndarray,
     return out
 
 
-def _select(params: RelionParameters, index: np.ndarray) -> RelionParameters:
-    return RelionParameters(*(v[index] for v in params.as_tuple()),
-                            distortion_px=params.distortion_px)
-
-
 def source_files(src: Sources) -> list[Path]:
     """Every file an import of ``src`` may read (an IMOD basename's ``.xf .tlt .xtilt`` and the
     ``tilt.com`` beside them included)."""
@@ -413,8 +382,6 @@ def import_tomograms(sources: list[Sources], optics: Optics, output: str | Path,
                      tilt_series_dir: str = "tilt_series") -> tuple[TomogramSet, list[str]]:
     """Import every tilt series, then write ``output`` (RELION 5 ``tomograms.star`` and
     ``<dir>/<name>.star`` beside it). Nothing is written unless all of them import."""
-    from subtomo.io.files import check_not_input, check_outputs
-
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise InputError(None, "a tilt-series name appears twice", field="--name")
@@ -452,8 +419,8 @@ def export_tilt_series(ts: TiltSeries, out_dir: str | Path, formats: tuple[str, 
     written: list[Path] = []
     base = out_dir / ts.name
     if "imod" in formats:
-        al = imod_geometry.relion_to_imod(params, ts.pixel_size_A, ts.tomo_size_px,
-                                           ts.image_size_px)
+        al = tilt_imod.relion_to_imod(params, ts.pixel_size_A, ts.tomo_size_px,
+                                      ts.image_size_px)
         written += imod.write_imod_alignment(base, al)
         if "rlnDefocusU" in ts.tilts:
             u, v, angle = ts.defocus()

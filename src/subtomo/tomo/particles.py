@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from subtomo.errors import InputError
 from subtomo.io.particles import COORD_PX, ParticleSet
+from subtomo.io.tilt_series import TiltSeries
 from subtomo.io.tomograms import TomogramSet
 from subtomo.tomo.crops import PreparedImages, TiltCrops, particle_crops, prepare_images
-from subtomo.tomo.tiltseries import TiltSeries
 
 __all__ = ["CropBatch", "for_each_batch", "particle_positions_px", "with_tomograms"]
 

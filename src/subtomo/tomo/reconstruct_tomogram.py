@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from subtomo.ctf.ctf2d import ctf_2d
 from subtomo.errors import InputError
+from subtomo.io.tilt_series import TiltSeries
 from subtomo.tomo.crops import prepare_images
-from subtomo.tomo.tiltseries import TiltSeries
 
 __all__ = ["FILTERS", "reconstruct_tomogram", "tilt_filters"]
 

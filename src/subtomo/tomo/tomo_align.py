@@ -39,6 +39,7 @@ from tqdm import tqdm
 from subtomo.errors import InputError
 from subtomo.io.files import atomic_path, undone_on_input_error
 from subtomo.io.particles import COORD_PX, ParticleSet
+from subtomo.io.tilt_series import TiltSeries
 from subtomo.io.tomograms import (
     TomogramSet,
     TomoInputs,
@@ -53,7 +54,6 @@ from subtomo.tomo import deformation as deform
 from subtomo.tomo.alignment import AlignSettings, align_series
 from subtomo.tomo.correlation import BORDER, References
 from subtomo.tomo.particles import check_box, with_tomograms
-from subtomo.tomo.tiltseries import TiltSeries
 
 __all__ = ["AlignJob", "check_inputs", "tomo_align"]
 

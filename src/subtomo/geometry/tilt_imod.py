@@ -1,6 +1,6 @@
 """IMOD tilt-series geometry (``.xf``, ``.tlt``, ``.xtilt``, ``tilt.com``, read by
-:mod:`subtomo.io.imod`) ⇄ RELION 5's five parameters per tilt, exactly, with IMOD's own
-centres.
+:mod:`subtomo.io.imod` into :class:`ImodAlignment`) ⇄ RELION 5's five parameters per tilt,
+exactly, with IMOD's own centres.
 
 IMOD's model, read from its sources (``flib/tilt/tilt.f90`` and ``libcfshr/cubinterp.c`` as
 ``newstack`` calls it). All coordinates here are 0-based with pixel centres at integers, at
@@ -43,19 +43,49 @@ reconstruction's binning, which we do not model).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 
 from subtomo.errors import InputError
-from subtomo.io.imod import ImodAlignment
-from subtomo.tomo.geometry import (
+from subtomo.geometry.tilt import (
     RelionParameters,
     image_centre_px,
     specimen_centre_px,
     tilt_rotations,
 )
 
-__all__ = ["imod_image_centre_px", "imod_to_relion", "imod_tomogram_centre_px", "relion_to_imod"]
+__all__ = ["ImodAlignment", "TiltCom", "imod_image_centre_px", "imod_to_relion",
+           "imod_tomogram_centre_px", "relion_to_imod"]
+
+
+@dataclass
+class TiltCom:
+    """What ``tilt.com`` says about the geometry (degrees, unbinned px)."""
+
+    xaxis_tilt_deg: float = 0.0  # XAXISTILT
+    angle_offset_deg: float = 0.0  # OFFSET (added to every tilt angle)
+    shift_px: tuple[float, float] = (0.0, 0.0)  # SHIFT x, z (unbinned px)
+    thickness_px: int | None = None  # THICKNESS × IMAGEBINNED
+    full_image: tuple[int, int] | None = None  # FULLIMAGE nx ny
+    binning: int = 1  # IMAGEBINNED
+    exclude: list[int] = field(default_factory=list)  # EXCLUDELIST (1-based views)
+
+
+@dataclass
+class ImodAlignment:
+    """One tilt series' IMOD alignment (views in stack order)."""
+
+    xf: np.ndarray  # (T, 2, 3): rows [A11 A12 DX], [A21 A22 DY]; shifts in raw px
+    tilt_deg: np.ndarray  # (T,) .tlt
+    xtilt_deg: np.ndarray  # (T,) .xtilt (zeros when absent)
+    tilt_com: TiltCom = field(default_factory=TiltCom)
+    source: str | None = None
+
+    @property
+    def n_views(self) -> int:
+        return len(self.tilt_deg)
 
 
 def imod_image_centre_px(image_size_px) -> np.ndarray:

@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from subtomo.errors import InputError
+from subtomo.geometry.tilt import angles_from_matrices, project_points, projection_matrices
 from subtomo.io.particles import ParticleSet
+from subtomo.io.tilt_series import TiltSeries
 from subtomo.io.tomograms import (
     MATRIX,
     _matrix_rows,
     read_tomogram_set,
     write_tomogram_set,
 )
-from subtomo.tomo.geometry import angles_from_matrices, project_points, projection_matrices
-from subtomo.tomo.tiltseries import TiltSeries
 
 REAL = "relion/matching_tomograms.star"
 

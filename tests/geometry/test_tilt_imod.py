@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from subtomo.errors import InputError
+from subtomo.geometry import tilt_imod as ig
+from subtomo.geometry.tilt import RelionParameters, project_points, projection_matrices
 from subtomo.io import imod
 from subtomo.io.star_text import read_star
 from subtomo.io.tomograms import MATRIX, _matrix_rows, read_tomogram_set
-from subtomo.tomo import imod_geometry as ig
-from subtomo.tomo.geometry import RelionParameters, project_points, projection_matrices
 
 
 def imod_project(points, xf, tilt, xtilt, tomo_size, image_size, *, xaxis=0.0, offset=0.0,

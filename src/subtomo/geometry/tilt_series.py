@@ -1,4 +1,5 @@
-"""TiltSeries: one aligned tilt series — images, optics, per-tilt geometry, CTF and exposure.
+"""TiltSeriesGeometry: one aligned tilt series' metadata — optics, per-tilt geometry, CTF and
+exposure — without its images (:class:`subtomo.io.tilt_series.TiltSeries` adds those).
 
 A tilt series is RELION's tomogram: one row of the ``data_global`` table of a tomogram set
 (``globals``: name, pixel size, tomogram size, handedness, optics, unknown columns carried) and a
@@ -7,18 +8,13 @@ degrees of freedom of each tilt are ``rlnTomoXTilt``, ``rlnTomoYTilt``, ``rlnTom
 and ``rlnTomoXShiftAngst``, ``rlnTomoYShiftAngst`` (Å); the nominal angle is
 ``rlnTomoNominalStageTiltAngle``; per-tilt CTF ``rlnDefocusU/V`` (Å), ``rlnDefocusAngle`` (deg);
 exposure before the tilt ``rlnMicrographPreExposure`` (e/Å²). Geometry follows
-:mod:`subtomo.tomo.geometry` (RELION 5's ``Tomogram::setProjectionMatrix``).
-
-Images are read lazily: ``rlnMicrographName`` of each tilt (``N@stack.mrcs`` or a single image)
-or, for RELION 4 sets, ``rlnTomoTiltSeriesName`` (a stack, one image per tilt in table order).
-Raw tilt images show protein dark; everything that extracts from them multiplies by −1 (as
-RELION's tomography programs do by default) so that subtomograms show it white.
+:mod:`subtomo.geometry.tilt` (RELION 5's ``Tomogram::setProjectionMatrix``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
+from typing import Self
 
 import numpy as np
 import pandas as pd
@@ -26,10 +22,9 @@ import torch
 from torch import Tensor
 
 from subtomo.errors import InputError
-from subtomo.io import validate
-from subtomo.io.files import resolve
-from subtomo.io.mrc import read_mrc_header, read_section
-from subtomo.tomo.geometry import project_points, projection_matrices, tomogram_centre_px
+from subtomo.geometry.tilt import project_points, projection_matrices, tomogram_centre_px
+
+__all__ = ["DOF", "SIZE", "TiltSeriesGeometry"]
 
 DOF = ("rlnTomoXTilt", "rlnTomoYTilt", "rlnTomoZRot", "rlnTomoXShiftAngst",
        "rlnTomoYShiftAngst")
@@ -37,13 +32,14 @@ SIZE = ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")
 
 
 @dataclass
-class TiltSeries:
-    """One tilt series (see the module docstring). Lengths in Å unless named ``_px``."""
+class TiltSeriesGeometry:
+    """One tilt series without images (see the module docstring). Lengths in Å unless named
+    ``_px``."""
 
     globals: dict
     tilts: pd.DataFrame
     source: str | None = None
-    image_size: tuple[int, int] | None = None  # (W, H) px; from the image headers when None
+    image_size: tuple[int, int] | None = None  # (W, H) px; io.TiltSeries reads it when None
 
     # ---- scalar properties ------------------------------------------------------------
     @property
@@ -84,18 +80,12 @@ class TiltSeries:
 
     @property
     def image_size_px(self) -> tuple[int, int]:
-        """``(W, H)`` of the tilt images: given, else from the first image's header."""
+        """``(W, H)`` of the tilt images (px), as given: the geometry has no images to read
+        (:class:`subtomo.io.tilt_series.TiltSeries` reads it from the first image's header)."""
         if self.image_size is None:
-            path, _ = self.image_sources()[0]
-            self._image_file(path)
-            (_, ny, nx), _ = read_mrc_header(path)
-            self.image_size = (nx, ny)
+            raise InputError(self.source, f"tilt series {self.name}: tilt-image size unknown",
+                             field="rlnMicrographName")
         return self.image_size
-
-    def _image_file(self, path: Path) -> None:
-        if not path.is_file():
-            raise InputError(self.source, f"tilt series {self.name}: image file "
-                             f"{str(path)!r} not found", field="rlnMicrographName")
 
     # ---- per-tilt columns -------------------------------------------------------------
     def column(self, label: str, default: float | None = None) -> np.ndarray:
@@ -173,74 +163,8 @@ class TiltSeries:
                        for x in self.defocus())
         return u + dz, v + dz, angle.expand_as(dz)
 
-    # ---- images -----------------------------------------------------------------------
-    def image_sources(self) -> list[tuple[Path, int]]:
-        """``(file, 0-based index)`` of each tilt image, in table order."""
-        base = Path(self.source).parent if self.source else None
-        if "rlnMicrographName" in self.tilts:
-            out = []
-            for name in self.tilts["rlnMicrographName"].astype(str):
-                index = int(name.split("@")[0]) - 1 if "@" in name else 0
-                out.append((resolve(name, base), index))
-            return out
-        stack = self.globals.get("rlnTomoTiltSeriesName")
-        if stack is None:
-            raise InputError(self.source, f"tilt series {self.name}: no images (neither "
-                             "rlnMicrographName per tilt nor rlnTomoTiltSeriesName)",
-                             field="rlnMicrographName")
-        path = resolve(str(stack), base)
-        return [(path, i) for i in range(self.n_tilts)]
-
-    def check_images(self) -> None:
-        """Fail with one clear line if an image file is missing, truncated or of another image
-        size than the first, or if a stack named only by ``rlnTomoTiltSeriesName`` (images taken
-        in table order) does not hold exactly as many images as the table has rows."""
-        counts: dict[Path, int] = {}
-        rows: dict[Path, int] = {}
-        w, h = self.image_size_px
-        for path, index in self.image_sources():
-            if path not in counts:
-                self._image_file(path)
-                (counts[path], ny, nx), _ = read_mrc_header(path)
-                if (nx, ny) != (w, h):
-                    raise InputError(self.source, f"tilt series {self.name}: {str(path)!r} "
-                                     f"has images of {nx}×{ny} px, the first file {w}×{h}",
-                                     field="rlnMicrographName")
-            rows[path] = rows.get(path, 0) + 1
-            if index >= counts[path]:
-                raise InputError(self.source, f"tilt series {self.name}: {str(path)!r} has "
-                                 f"{counts[path]} images but the tilt table needs image "
-                                 f"{index + 1}", field="rlnMicrographName")
-        if "rlnMicrographName" in self.tilts:
-            return  # ``n@stack`` names each image: a table may list a subset (excluded tilts)
-        for path, n in rows.items():
-            if n != counts[path]:
-                raise InputError(self.source, f"tilt series {self.name}: {str(path)!r} has "
-                                 f"{counts[path]} images but the tilt table lists {n}",
-                                 field="rlnMicrographName")
-
-    def read_images(self, tilts: list[int] | np.ndarray | None = None) -> Tensor:
-        """Tilt images ``(T', H, W)`` float32 (all tilts, or ``tilts`` in the order given).
-        Call :meth:`check_images` on the whole series first."""
-        sources = self.image_sources()
-        chosen = range(self.n_tilts) if tilts is None else [int(t) for t in tilts]
-        w, h = self.image_size_px
-        out = np.empty((len(chosen), h, w), dtype=np.float32)
-        for j, t in enumerate(chosen):
-            path, index = sources[t]
-            self._image_file(path)
-            image = read_section(path, index)
-            if image.shape != (h, w):
-                raise InputError(self.source, f"tilt series {self.name}: {str(path)!r} "
-                                 f"has images of {image.shape[1]}×{image.shape[0]} px, "
-                                 f"expected {w}×{h}", field="rlnMicrographName")
-            out[j] = image
-            validate.finite(out[j], path, what=f"tilt series {self.name}: image {index + 1}",
-                            field="rlnMicrographName")
-        return torch.from_numpy(out)
-
     # ---- updates ----------------------------------------------------------------------
-    def with_dof(self, xtilt, ytilt, zrot, shift_x_A, shift_y_A) -> TiltSeries:
+    def with_dof(self, xtilt, ytilt, zrot, shift_x_A, shift_y_A) -> Self:
         """A copy with new per-tilt parameters (``(T,)`` arrays or tensors)."""
         tilts = self.tilts.copy()
         for label, values in zip(DOF, (xtilt, ytilt, zrot, shift_x_A, shift_y_A), strict=True):
@@ -249,7 +173,7 @@ class TiltSeries:
             tilts[label] = np.asarray(values, dtype=np.float64)
         return replace(self, tilts=tilts)
 
-    def subset_tilts(self, keep: np.ndarray) -> TiltSeries:
+    def subset_tilts(self, keep: np.ndarray) -> Self:
         """Only the tilts where ``keep`` (bool ``(T,)``) holds (images stay where they are)."""
         tilts = self.tilts.loc[np.asarray(keep, bool)].reset_index(drop=True)
         if "rlnMicrographName" not in tilts and "rlnTomoTiltSeriesName" in self.globals:
