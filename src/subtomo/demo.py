@@ -470,8 +470,9 @@ def run_hetero_demo(out_dir: Path, n: int, seed: int, console: Console) -> dict[
     90°, 0.91, 0.17 and 0.66 on seeds 0, 1 and 2; seed 1 stayed at 0.13-0.17 with σ 0.1 or
     0.25 and 10 epochs, or with 400 particles."""
     from subtomo.hetero.analysis import analyze
+    from subtomo.hetero.inputs import TrainOptions, read_inputs
     from subtomo.hetero.select import select_particles
-    from subtomo.hetero.train import TrainOptions, read_inputs, train
+    from subtomo.hetero.train import train
     from subtomo.hetero.volumes import eval_vol
     from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomograms
 

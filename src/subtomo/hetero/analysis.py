@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from subtomo.errors import InputError
-from subtomo.hetero.train import LOG, latents_path, read_config
+from subtomo.hetero.checkpoints import LOG, latents_path, read_config
 from subtomo.io.files import atomic_path
 
 __all__ = ["AnalysisResult", "analyze", "analysis_dir", "read_latents", "read_labels"]

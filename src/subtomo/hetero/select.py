@@ -23,7 +23,7 @@ import numpy as np
 
 from subtomo.errors import InputError
 from subtomo.hetero.analysis import analysis_dir, load_npy, read_labels, read_latents
-from subtomo.hetero.train import read_config
+from subtomo.hetero.checkpoints import read_config
 from subtomo.interop import same_flavour
 from subtomo.io.files import atomic_path, check_not_input, check_outputs
 from subtomo.io.star import read_particles, write_particles
@@ -146,8 +146,8 @@ def corrected_particles(ps, run_dir: str | Path, epoch: int):
     = origin + δs (Å)."""
     import torch
 
+    from subtomo.hetero.checkpoints import checkpoint_path, load_checkpoint
     from subtomo.hetero.forward import corrected_poses
-    from subtomo.hetero.train import checkpoint_path, load_checkpoint
     from subtomo.io.particles import SUBTOMO_ANGLES
     from subtomo.refine.outputs import full_poses, with_poses
 

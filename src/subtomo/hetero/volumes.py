@@ -17,14 +17,14 @@ import torch
 
 from subtomo.errors import InputError
 from subtomo.hetero.analysis import analysis_dir
-from subtomo.hetero.forward import Boxes, sample_model
-from subtomo.hetero.model import HeteroVAE
-from subtomo.hetero.train import (
+from subtomo.hetero.checkpoints import (
     checkpoint_path,
     load_checkpoint,
     options_from_config,
     read_config,
 )
+from subtomo.hetero.forward import Boxes, sample_model
+from subtomo.hetero.model import HeteroVAE
 from subtomo.io.mrc import write_mrc
 from subtomo.maps.align_symmetry import fourier_crop
 
