@@ -96,7 +96,7 @@ def eval_vol(run_dir: str | Path, epoch: int, kind: str, number: int, *,
     or the points along ``analyze.N/pcP`` (``kind`` "pc", ``number`` P) into
     ``referenceI.mrc`` beside them, at ``apix`` Å (default the particles'); ``flip`` mirrors
     the hand. Returns the paths written."""
-    from subtomo.report.plots import plot_class_slices
+    from subtomo.report.plots import plot_class_slices  # matplotlib: 3 s that select skips
 
     if kind not in KINDS:
         raise InputError(None, f"unknown kind {kind!r}; choose kmeans or pc", field="KIND")
