@@ -17,6 +17,10 @@ from subtomo.io.files import atomic_path
 from subtomo.io.mrc import read_mrc
 from subtomo.io.particles import ParticleSet
 
+__all__ = ["CONFIG", "LOG", "LOG_COLUMNS", "checkpoint_path", "epochs_done", "latents_path",
+           "load_checkpoint", "options_from_config", "read_config", "save_epoch", "saved_inputs",
+           "write_json"]
+
 CONFIG = "config.json"
 LOG = "log.tsv"
 LOG_COLUMNS = ("epoch", "train_loss", "train_rec", "train_kl", "train_prior", "val_rec",

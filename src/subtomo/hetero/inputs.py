@@ -23,6 +23,9 @@ from subtomo.maps.mask import create_mask
 from subtomo.refine.outputs import full_poses, with_poses
 from subtomo.refine.reconstruct import image_box, reconstruct
 
+__all__ = ["TrainInputs", "TrainOptions", "auto_mask", "consensus_map", "default_templateres",
+           "particle_geometry", "read_inputs", "split_rows", "to_template"]
+
 
 @dataclass
 class TrainOptions:

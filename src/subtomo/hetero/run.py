@@ -41,6 +41,9 @@ from subtomo.maps.align_symmetry import fourier_crop
 from subtomo.parallel.distributed import Context
 from subtomo.refine.images import check_files, iterate_batches
 
+__all__ = ["PoseTable", "Run", "checkpoint_state", "config_dict", "encode", "estimate_noise",
+           "prepare", "residual_terms", "restore", "stream_batches"]
+
 
 class PoseTable:
     """Per-particle corrections (N, 6) = (rotation vector rad, shift Å) and their Adam state.

@@ -70,9 +70,15 @@ from subtomo.hetero.run import (
 from subtomo.io.files import undone_on_input_error
 from subtomo.parallel.distributed import Context
 
+__all__ = ["ENCODE_BATCHES", "TrainResult", "average_weights", "encode_all", "resume", "train",
+           "train_epoch"]
+
 
 @dataclass
 class TrainResult:
+    """What :func:`train` and :func:`resume` return: the folder, the epochs in all, the latent
+    means of the last epoch and the log rows of the epochs run."""
+
     out_dir: Path
     epochs: int
     latents: np.ndarray
