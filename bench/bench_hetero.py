@@ -41,8 +41,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from results import OWN_PEAK, machine_load, own_peak_mib, update_section  # noqa: E402
 
 from subtomo.hetero.analysis import analyze  # noqa: E402
+from subtomo.hetero.inputs import TrainOptions, read_inputs  # noqa: E402
 from subtomo.hetero.select import cluster_scores  # noqa: E402
-from subtomo.hetero.train import TrainOptions, read_inputs, train  # noqa: E402
+from subtomo.hetero.train import train  # noqa: E402
 from subtomo.io.star import read_particles  # noqa: E402
 from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomograms  # noqa: E402
 
@@ -112,7 +113,8 @@ def run_speed(device: str, lines: list[str]) -> None:
         out = fresh(data / f"speed_{n}")
         code = OWN_PEAK + (
             "import json, sys, time\n"
-            "from subtomo.hetero.train import TrainOptions, read_inputs, train\n"
+            "from subtomo.hetero.inputs import TrainOptions, read_inputs\n"
+            "from subtomo.hetero.train import train\n"
             f"inputs = read_inputs({str(star)!r}, ref={str(data / 'consensus.mrc')!r})\n"
             "w, c = time.perf_counter(), time.process_time()\n"
             f"train(inputs, {str(out)!r}, TrainOptions(epochs=1, downfrac=0.75), "
@@ -272,7 +274,7 @@ def run_ceiling(lines: list[str]) -> None:
     angles = np.arange(0.0, 31.0, 5.0)
     maps = torch.stack([render_atoms(base.hinged(a).positions_A[None], base.amplitudes, 48, 4.0,
                                      config.sigma_A)[0].float() for a in angles])
-    from subtomo.hetero.train import auto_mask
+    from subtomo.hetero.inputs import auto_mask
 
     mask = auto_mask(maps[3], 4.0)
     boxes = Boxes(48, 4.0, 36, 48)

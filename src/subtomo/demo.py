@@ -14,11 +14,23 @@ from rich.table import Table
 from subtomo import interop
 from subtomo.demo_checks import Check, checks, demo_table, row
 from subtomo.demo_tomo_align import run_tomo_align_demo
+from subtomo.fourier.fsc import fsc, resolution_at
 from subtomo.geometry.euler import angular_distance_deg
+from subtomo.io.mrc import read_mrc, write_mrc
 from subtomo.io.particles import ParticleSet
 from subtomo.io.star import read_particles, write_particles
 from subtomo.io.star_text import write_star
+from subtomo.io.tomograms import read_inputs
+from subtomo.maps.mask import create_mask
+from subtomo.maps.postprocess import postprocess
+from subtomo.refine.autorefine import RefineOptions, auto_refine
+from subtomo.refine.reconstruct import reconstruct
 from subtomo.simulate.particles import random_particle_set
+from subtomo.simulate.subtomograms import perturb_rotations
+from subtomo.simulate.tiltseries import TiltSeriesConfig, simulate_tiltseries
+from subtomo.tomo.extract import ExtractOptions, extract_subtomograms
+from subtomo.tomo.reconstruct_particle import reconstruct_particle
+from subtomo.tomo.reconstruct_tomogram import reconstruct_tomogram
 
 DEMO_FLAVOURS = ("relion5", "relion4", "relion31", "relion30", "warp")
 
@@ -363,20 +375,6 @@ def run_tiltseries_demo(out_dir: Path, n: int, seed: int, console: Console) -> d
     CTF at each particle's depth, noise) → reconstruct a tomogram (bin 2) → extract subtomograms
     and 3D CTF volumes → auto-refine from perturbed poses → postprocess; scored against the
     truth, with reconstruct-particle (the average straight from the tilt series) beside it."""
-    from subtomo.fourier.fsc import fsc, resolution_at
-    from subtomo.geometry.euler import angular_distance_deg
-    from subtomo.io.mrc import read_mrc, write_mrc
-    from subtomo.io.tomograms import read_inputs
-    from subtomo.maps.mask import create_mask
-    from subtomo.maps.postprocess import postprocess
-    from subtomo.refine.autorefine import RefineOptions, auto_refine
-    from subtomo.refine.reconstruct import reconstruct
-    from subtomo.simulate.subtomograms import perturb_rotations
-    from subtomo.simulate.tiltseries import TiltSeriesConfig, simulate_tiltseries
-    from subtomo.tomo.extract import ExtractOptions, extract_subtomograms
-    from subtomo.tomo.reconstruct_particle import reconstruct_particle
-    from subtomo.tomo.reconstruct_tomogram import reconstruct_tomogram
-
     start = time.perf_counter()
     box, apix = 24, 8.0
     config = TiltSeriesConfig(n_particles=n, image_size_px=(320, 320), thickness_px=64,
@@ -391,32 +389,11 @@ def run_tiltseries_demo(out_dir: Path, n: int, seed: int, console: Console) -> d
 
     tomogram, tomo_apix = reconstruct_tomogram(ts, binning=2.0, progress=False)
     write_mrc(out_dir / "rec_TS_01.mrc", tomogram, tomo_apix)
-    centred = torch.tensor(truth_ps.particles[[f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]]
-                           .to_numpy(float))
-    dark = -torch.nn.functional.avg_pool3d(tomogram[None, None], 3, 1, 1)[0, 0]
-    offsets = []
-    for centre in ts.centred_to_px(centred).numpy() / 2.0:
-        z, y, x = np.round(centre[::-1]).astype(int)
-        lo = np.maximum([z - 3, y - 3, x - 3], 0)
-        window = dark[lo[0]:z + 4, lo[1]:y + 4, lo[2]:x + 4]
-        peak = np.array(np.unravel_index(int(window.argmax()), window.shape)) + lo
-        offsets.append(np.linalg.norm(peak - np.array([z, y, x])))
-
+    offsets = _tomogram_peak_offsets(ts, tomogram, truth_ps)
     extracted = extract_subtomograms(inputs.particles, inputs.tomograms, out_dir / "Extract",
                                      ExtractOptions(box=box), progress=False)
     direct = reconstruct_particle(inputs.particles, inputs.tomograms, box=box, progress=False)
-    ps = extracted.particles
-    gen = torch.Generator().manual_seed(seed + 7)
-    df = ps.particles.copy()
-    true_angles = torch.tensor(df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float))
-    df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]] = perturb_rotations(
-        true_angles, 8.0, gen).numpy()
-    ps.particles = df
-    template = reconstruct(ps, ctf=True, progress=False)
-    console.print(f"auto-refine of {len(ps)} extracted subtomograms from poses 8° off ...")
-    refined = auto_refine(ps, template.map, _fresh(out_dir / "Refine3D" / "job001"),
-                          options=RefineOptions(ctf=True, auto_local_healpix_order=3,
-                                                max_iter=10), progress=False)
+    ps, refined = _refine_perturbed(extracted.particles, seed, out_dir, console)
     full = refined.reconstruction
     errors = [float(angular_distance_deg(truth_ps.rotation_matrices(), p.rotation_matrices())
                     .median()) for p in (ps, refined.particles)]
@@ -437,28 +414,69 @@ def run_tiltseries_demo(out_dir: Path, n: int, seed: int, console: Console) -> d
         "refined_fsc05_truth_A": resolution_at(fsc(full.map, truth_map), box, apix, 0.5),
         "postprocess_resolution_A": float(post.resolution_A),
     }
+    _print_tiltseries_table(figures, n, apix, config.noise_sigma, refined.iterations, console)
+    console.print(f"tilt-series demo finished in {time.perf_counter() - start:.1f} s; outputs in "
+                  f"{out_dir}/")
+    return figures
+
+
+def _tomogram_peak_offsets(ts, tomogram: torch.Tensor, truth_ps: ParticleSet) -> list[float]:
+    """Per particle, the distance (voxels of the bin-2 ``tomogram``) from its true position to
+    the darkest 3-voxel average within ±3 voxels of it."""
+    centred = torch.tensor(truth_ps.particles[[f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]]
+                           .to_numpy(float))
+    dark = -torch.nn.functional.avg_pool3d(tomogram[None, None], 3, 1, 1)[0, 0]
+    offsets = []
+    for centre in ts.centred_to_px(centred).numpy() / 2.0:
+        z, y, x = np.round(centre[::-1]).astype(int)
+        lo = np.maximum([z - 3, y - 3, x - 3], 0)
+        window = dark[lo[0]:z + 4, lo[1]:y + 4, lo[2]:x + 4]
+        peak = np.array(np.unravel_index(int(window.argmax()), window.shape)) + lo
+        offsets.append(np.linalg.norm(peak - np.array([z, y, x])))
+    return offsets
+
+
+def _refine_perturbed(ps: ParticleSet, seed: int, out_dir: Path, console: Console):
+    """``ps`` with its poses perturbed by 8° (seeded), and auto-refine of them from their own
+    reconstruction."""
+    gen = torch.Generator().manual_seed(seed + 7)
+    df = ps.particles.copy()
+    true_angles = torch.tensor(df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float))
+    df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]] = perturb_rotations(
+        true_angles, 8.0, gen).numpy()
+    ps.particles = df
+    template = reconstruct(ps, ctf=True, progress=False)
+    console.print(f"auto-refine of {len(ps)} extracted subtomograms from poses 8° off ...")
+    refined = auto_refine(ps, template.map, _fresh(out_dir / "Refine3D" / "job001"),
+                          options=RefineOptions(ctf=True, auto_local_healpix_order=3,
+                                                max_iter=10), progress=False)
+    return ps, refined
+
+
+def _print_tiltseries_table(figures: dict[str, float], n: int, apix: float,
+                            noise_sigma: float, iterations: int, console: Console) -> None:
+    """The tilt-series demo's table of figures with their checks."""
     table = demo_table(f"subtomo demo: a simulated tilt series of {n} particles (41 tilts, "
                        f"{apix:g} Å/px, depth-dependent CTF, exposure, noise σ "
-                       f"{config.noise_sigma:g})")
+                       f"{noise_sigma:g})")
     part = ("tiltseries", figures)
     row(table, "tomogram (bin 2): particle peak from true position, median (voxels)",
         f"{figures['tomogram_peak_offset_voxels']:.1f}", *part, "tomogram_peak_offset_voxels")
     row(table, "reconstruct-particle (tilt series, true poses), FSC 0.5 vs truth (Å)",
         f"{figures['reconstruct_particle_fsc05_truth_A']:.1f}", *part,
         "reconstruct_particle_fsc05_truth_A")
-    row(table, f"extract {extracted.written} subtomograms + CTF volumes → reconstruct, "
+    row(table, f"extract {int(figures['particles'])} subtomograms + CTF volumes → reconstruct, "
         "FSC 0.5 vs truth (Å)", f"{figures['extract_reconstruct_fsc05_truth_A']:.1f}", *part,
         "extract_reconstruct_fsc05_truth_A")
-    row(table, f"auto-refine ({refined.iterations} iterations): median pose error (°)",
-        f"{errors[0]:.1f} → {errors[1]:.1f}", *part, "median_pose_error_refined_deg")
+    row(table, f"auto-refine ({iterations} iterations): median pose error (°)",
+        f"{figures['median_pose_error_start_deg']:.1f} → "
+        f"{figures['median_pose_error_refined_deg']:.1f}", *part,
+        "median_pose_error_refined_deg")
     row(table, "refined map, FSC 0.5 vs truth (Å)", f"{figures['refined_fsc05_truth_A']:.1f}",
         *part, "refined_fsc05_truth_A")
     row(table, "postprocess, corrected FSC 0.143 (Å)",
         f"{figures['postprocess_resolution_A']:.1f}", *part, "postprocess_resolution_A")
     console.print(table)
-    console.print(f"tilt-series demo finished in {time.perf_counter() - start:.1f} s; outputs in "
-                  f"{out_dir}/")
-    return figures
 
 
 def run_hetero_demo(out_dir: Path, n: int, seed: int, console: Console) -> dict[str, float]:
@@ -470,8 +488,9 @@ def run_hetero_demo(out_dir: Path, n: int, seed: int, console: Console) -> dict[
     90°, 0.91, 0.17 and 0.66 on seeds 0, 1 and 2; seed 1 stayed at 0.13-0.17 with σ 0.1 or
     0.25 and 10 epochs, or with 400 particles."""
     from subtomo.hetero.analysis import analyze
+    from subtomo.hetero.inputs import TrainOptions, read_inputs
     from subtomo.hetero.select import select_particles
-    from subtomo.hetero.train import TrainOptions, read_inputs, train
+    from subtomo.hetero.train import train
     from subtomo.hetero.volumes import eval_vol
     from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomograms
 

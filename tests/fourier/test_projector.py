@@ -14,7 +14,8 @@ import torch
 
 from subtomo.fourier.fsc import fsc
 from subtomo.fourier.grid import centred_irfft, centred_rfft, rfft_freqs
-from subtomo.fourier.projector import Backprojector, Projector, gridding_kernel
+from subtomo.fourier.projector import Backprojector, Projector
+from subtomo.fourier.reconstruction import gridding_kernel
 from subtomo.geometry.euler import euler_to_matrix
 
 Blobs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

@@ -204,7 +204,8 @@ def test_weight_average_is_the_exponential_moving_average():
     smaller."""
     from types import SimpleNamespace
 
-    from subtomo.hetero.train import TrainOptions, average_weights
+    from subtomo.hetero.inputs import TrainOptions
+    from subtomo.hetero.train import average_weights
 
     model, averaged = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     with torch.no_grad():

@@ -11,8 +11,9 @@ from sklearn.metrics import adjusted_rand_score
 
 from subtomo.geometry.euler import angular_distance_deg
 from subtomo.hetero.analysis import analyze
+from subtomo.hetero.inputs import TrainOptions, read_inputs
 from subtomo.hetero.select import select_particles
-from subtomo.hetero.train import TrainOptions, read_inputs, train
+from subtomo.hetero.train import train
 from subtomo.hetero.volumes import eval_vol, load_model
 from subtomo.io.mrc import read_mrc, write_mrc
 from subtomo.io.star import read_particles

@@ -91,14 +91,15 @@ def test_refine_e_step_reduces_on_the_process_device(recorded, device, tmp_path)
 
 
 def test_hetero_training_reduces_on_the_process_device(recorded, device, tmp_path):
+    from subtomo.hetero import inputs as hi
     from subtomo.hetero import train as tr
     from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomograms
 
     sim = simulate_subtomograms(tmp_path / "sim", SimulationConfig(
         n=12, box_px=16, pixel_size_A=10.0, n_atoms=300, noise_sigma=0.5, seed=2),
         progress=False)
-    inputs = tr.read_inputs(sim.particles_star, ctf=True)
-    options = tr.TrainOptions(zdim=2, epochs=1, batch_size=4, estpose=True, seed=1)
+    inputs = hi.read_inputs(sim.particles_star, ctf=True)
+    options = hi.TrainOptions(zdim=2, epochs=1, batch_size=4, estpose=True, seed=1)
     ctx = Context(rank=0, world=2, device=device)
     tr.train(inputs, tmp_path / "run", options, ctx=ctx, device="cpu", progress=False)
     names = {name for name, _ in recorded}

@@ -133,6 +133,8 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from subtomo.errors import InputError
+    from subtomo.hetero import checkpoints as ck
+    from subtomo.hetero import inputs as hi
     from subtomo.hetero import train as tr
     from subtomo.io.files import check_outputs
     from subtomo.parallel.distributed import init
@@ -156,7 +158,7 @@ def _train(args: argparse.Namespace) -> int:
     epochs = None if args.epochs == args.option_defaults["epochs"] else args.epochs  # -n given
     if resume_dir:
         config = _resumable_config(args, resume_dir)
-        if not args.load and not tr.epochs_done(resume_dir):
+        if not args.load and not ck.epochs_done(resume_dir):
             # killed before its first epoch: nothing to resume, the run starts again
             if config is not None:
                 star = star or config["particles"]
@@ -164,9 +166,9 @@ def _train(args: argparse.Namespace) -> int:
             resume_dir = None
     if resume_dir:
         star = star or config["particles"]
-        inputs = tr.read_inputs(star, poses=config.get("poses"), angpix=config.get("angpix"),
+        inputs = hi.read_inputs(star, poses=config.get("poses"), angpix=config.get("angpix"),
                                 datadir=args.datadir)
-        inputs = tr.saved_inputs(resume_dir, inputs.particles, inputs.matrices,
+        inputs = ck.saved_inputs(resume_dir, inputs.particles, inputs.matrices,
                                  inputs.shifts_A, inputs.sources)
         if args.latents:
             _check_latents(args.latents, len(inputs.particles))
@@ -176,7 +178,7 @@ def _train(args: argparse.Namespace) -> int:
         if star is None or args.output is None:
             raise InputError(None, "give the particles (--i) and an output folder (--o)",
                              field="--i/--o")
-        options = tr.options_from_config(config) if config is not None else tr.TrainOptions(
+        options = ck.options_from_config(config) if config is not None else hi.TrainOptions(
             zdim=args.zdim, zaffinedim=args.zaffinedim, epochs=args.epochs,
             batch_size=args.batch, lr=args.lr, beta_control=args.beta_control, beta=args.beta,
             beta_cycle=args.beta_cycle, lamb=args.lamb, downfrac=args.downfrac,
@@ -187,7 +189,7 @@ def _train(args: argparse.Namespace) -> int:
         if config is not None and epochs is not None:
             options = replace(options, epochs=epochs)
         options.check()
-        inputs = tr.read_inputs(star, poses=saved.get("poses", args.poses),
+        inputs = hi.read_inputs(star, poses=saved.get("poses", args.poses),
                                 ref=saved.get("ref", args.ref), mask=saved.get("mask", args.mask),
                                 masks=saved.get("masks", args.masks) or None,
                                 angpix=saved.get("angpix", args.angpix), datadir=args.datadir)
@@ -220,23 +222,23 @@ def _resumable_config(args: argparse.Namespace, run_dir: str) -> dict | None:
     from pathlib import Path
 
     from subtomo.errors import InputError
-    from subtomo.hetero import train as tr
+    from subtomo.hetero import checkpoints as ck
 
     folder = Path(run_dir)
-    if not (folder / tr.CONFIG).is_file() and not tr.epochs_done(folder) and not args.load:
+    if not (folder / ck.CONFIG).is_file() and not ck.epochs_done(folder) and not args.load:
         if folder.is_dir() and any(p.is_file() for p in folder.rglob("*")):
-            raise InputError(folder, f"not a training folder (no {tr.CONFIG})",
+            raise InputError(folder, f"not a training folder (no {ck.CONFIG})",
                              field="--continue")
         if (args.input or args.star) is None:
             raise InputError(folder, "nothing to continue (no finished epoch); give the "
                              "particles (--i) to start the run", field="--continue")
         return None
-    config = tr.read_config(folder)
+    config = ck.read_config(folder)
     saved = config.get("options", {})
     for dest, key in KEPT.items():
         given = getattr(args, dest)
         if given != args.option_defaults.get(dest) and key in saved and given != saved[key]:
-            raise InputError(folder / tr.CONFIG, f"the run was trained with {key} "
+            raise InputError(folder / ck.CONFIG, f"the run was trained with {key} "
                              f"{saved[key]}, not {given}; continue it with the same options",
                              field="--" + dest)
     return config

@@ -20,13 +20,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from subtomo.errors import InputError
 from subtomo.hetero.analysis import analysis_dir, load_npy, read_labels, read_latents
-from subtomo.hetero.train import read_config
+from subtomo.hetero.checkpoints import checkpoint_path, load_checkpoint, read_config
+from subtomo.hetero.forward import corrected_poses
+from subtomo.hetero.volumes import load_model, volumes_at
 from subtomo.interop import same_flavour
 from subtomo.io.files import atomic_path, check_not_input, check_outputs
+from subtomo.io.particles import SUBTOMO_ANGLES
 from subtomo.io.star import read_particles, write_particles
+from subtomo.refine.outputs import full_poses, with_poses
 
 __all__ = ["cluster_scores", "select_particles"]
 
@@ -38,8 +43,6 @@ def cluster_scores(run_dir: str | Path, epoch: int, k: int) -> np.ndarray:
     density as the fullest cluster; the consensus itself is diluted by any junk); correlation
     is the Pearson coefficient of ``M V_k`` and ``M V_0``. Written to ``kmeansK/clusters.tsv``.
     """
-    from subtomo.hetero.volumes import load_model, volumes_at
-
     labels = read_labels(run_dir, epoch, k)
     folder = analysis_dir(run_dir, epoch) / f"kmeans{k}"
     centres = np.atleast_2d(np.loadtxt(folder / "centers.txt"))
@@ -144,13 +147,6 @@ def corrected_particles(ps, run_dir: str | Path, epoch: int):
     """``ps`` with the pose corrections of ``--estpose`` at ``epoch`` applied (angles and
     origins; unchanged if the run did not refine poses). ``A' = A exp([ω]×)``, origin'
     = origin + δs (Å)."""
-    import torch
-
-    from subtomo.hetero.forward import corrected_poses
-    from subtomo.hetero.train import checkpoint_path, load_checkpoint
-    from subtomo.io.particles import SUBTOMO_ANGLES
-    from subtomo.refine.outputs import full_poses, with_poses
-
     state = load_checkpoint(checkpoint_path(Path(run_dir), epoch), field="EPOCH")
     if state.get("poses") is None:
         return ps

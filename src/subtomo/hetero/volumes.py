@@ -17,14 +17,14 @@ import torch
 
 from subtomo.errors import InputError
 from subtomo.hetero.analysis import analysis_dir
-from subtomo.hetero.forward import Boxes, sample_model
-from subtomo.hetero.model import HeteroVAE
-from subtomo.hetero.train import (
+from subtomo.hetero.checkpoints import (
     checkpoint_path,
     load_checkpoint,
     options_from_config,
     read_config,
 )
+from subtomo.hetero.forward import Boxes, sample_model
+from subtomo.hetero.model import HeteroVAE
 from subtomo.io.mrc import write_mrc
 from subtomo.maps.align_symmetry import fourier_crop
 
@@ -96,7 +96,7 @@ def eval_vol(run_dir: str | Path, epoch: int, kind: str, number: int, *,
     or the points along ``analyze.N/pcP`` (``kind`` "pc", ``number`` P) into
     ``referenceI.mrc`` beside them, at ``apix`` Å (default the particles'); ``flip`` mirrors
     the hand. Returns the paths written."""
-    from subtomo.report.plots import plot_class_slices
+    from subtomo.report.plots import plot_class_slices  # matplotlib: 3 s that select skips
 
     if kind not in KINDS:
         raise InputError(None, f"unknown kind {kind!r}; choose kmeans or pc", field="KIND")

@@ -330,10 +330,30 @@ def simulate_tiltseries(out_dir: str | Path, config: TiltSeriesConfig, progress:
     gen = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     base = build_structure(config.structure_config())
-    apix = config.pixel_size_A
-    w, h = config.image_size_px
-    size = (w, h, config.thickness_px)
+    truth_maps = _write_truth_maps(base, config, out)
+    series = [_simulate_series(index, base, config, out, gen, rng, progress)
+              for index in range(config.n_tomograms)]
+    all_ts = [s.truth for s in series for _ in range(len(s.positions))]
+    positions = np.concatenate([s.positions for s in series])
+    angles = np.concatenate([s.angles for s in series])
+    halves = (np.arange(len(positions)) % 2) + 1
+    truth_ps = _particle_set(all_ts, positions, angles, halves, config,
+                             np.concatenate([s.classes for s in series]),
+                             np.concatenate([s.hinge for s in series]))
+    noisy = positions + rng.normal(0, config.position_error_px, positions.shape)
+    given_ps = _particle_set(all_ts, noisy, angles, halves, config)
+    paths = _write_project(out, config, series, truth_ps, given_ps)
+    true_series = [s.truth for s in series]
+    truth_set = TomogramSet({ts.name: ts for ts in true_series}, str(paths["truth_tomograms"]))
+    return SimulatedTiltSeries(out, out / "optimisation_set.star", paths["tomograms"],
+                               paths["particles"], paths["truth_tomograms"],
+                               paths["truth_particles"], paths["motion"], truth_maps,
+                               truth_set, truth_ps)
 
+
+def _write_truth_maps(base: Structure, config: TiltSeriesConfig, out: Path) -> list[Path]:
+    """``truth/classNNN.mrc``: the map of each class (rendered on the particle box)."""
+    apix = config.pixel_size_A
     truth_maps = []
     for k in range(1, max(config.classes, 1) + 1):
         variant = class_variant(base, k)
@@ -341,85 +361,101 @@ def simulate_tiltseries(out_dir: str | Path, config: TiltSeriesConfig, progress:
                                apix, config.sigma_A)[0]
         truth_maps.append(out / "truth" / f"class{k:03d}.mrc")
         write_mrc(truth_maps[-1], density, apix)
+    return truth_maps
 
-    true_series, given_series, motion, deformations = [], [], {}, {}
-    all_ts, all_pos, all_angles, all_classes, all_hinge = [], [], [], [], []
-    for index in range(config.n_tomograms):
-        name = f"TS_{index + 1:02d}"
-        stack = out / "tilt_series" / f"{name}.mrcs"
-        globals_ = {
-            "rlnTomoName": name, "rlnVoltage": config.voltage_kv,
-            "rlnSphericalAberration": config.cs_mm,
-            "rlnAmplitudeContrast": config.amplitude_contrast,
-            "rlnMicrographOriginalPixelSize": apix, "rlnTomoHand": config.hand,
-            "rlnTomoTiltSeriesPixelSize": apix, "rlnTomoSizeX": w, "rlnTomoSizeY": h,
-            "rlnTomoSizeZ": config.thickness_px, "rlnTomoImportFractionalDose":
-                config.dose_per_tilt, "rlnOpticsGroupName": "opticsGroup1"}
-        tilts = _tilt_table(config, name, project_path(stack), gen)
-        truth = TiltSeries(globals_, tilts, image_size=(w, h))
-        positions = torch.from_numpy(_place(config.n_particles, size, config.box_px, rng))
-        n = len(positions)
-        angles = random_rotations(n, gen)
-        classes = torch.randint(1, max(config.classes, 1) + 1, (n,), generator=gen)
-        hinge = torch.rand(n, generator=gen, dtype=torch.float64) * config.hinge_max_deg
-        structures = []
-        for i in range(n):
-            variant = class_variant(base, int(classes[i]))
-            structures.append(variant.hinged(float(hinge[i])) if config.hinge_max_deg > 0
-                              else variant)
-        shifts = _smooth_motion(positions, truth.pre_exposure, config.motion_px,
-                                config.motion_scale_px, gen)
-        deform = _random_deformations(truth.n_tilts, config.deformation_px, (w, h), gen,
-                                      config.deformation_model, config.deformation_per_tilt)
-        images = _render_series(truth, structures, angles, positions, shifts, deform, config,
-                                gen, progress)
-        write_mrc(stack, images, apix, stack=True)
 
-        t = truth.n_tilts
-        errors = [torch.randn(t, generator=gen, dtype=torch.float64) * config.angle_error_deg
-                  for _ in range(3)]
-        errors += [torch.randn(t, generator=gen, dtype=torch.float64) * config.shift_error_px
-                   * apix for _ in range(2)]
-        given = truth.with_dof(*(p + e for p, e in zip(truth.dof(), errors, strict=True)))
-        true_series.append(truth)
-        given_series.append(given)
-        all_ts += [truth] * n
-        all_pos.append(positions.numpy())
-        all_angles.append(angles.numpy())
-        all_classes.append(classes.numpy())
-        all_hinge.append(hinge.numpy())
-        motion_A = (shifts * apix).numpy()
-        for i in range(n):
-            motion[f"{name}/{i + 1}"] = motion_A[i]
-        deformations[name] = deform.numpy()
+@dataclass
+class _Series:
+    """One simulated tilt series: its true geometry and the one given (with per-tilt errors),
+    its particles (positions px, ZYZ angles °, classes, hinge angles °), their motion (Å, by
+    particle name) and the image deformations."""
 
-    positions = np.concatenate(all_pos)
-    angles = np.concatenate(all_angles)
-    halves = (np.arange(len(positions)) % 2) + 1
-    truth_ps = _particle_set(all_ts, positions, angles, halves, config,
-                             np.concatenate(all_classes), np.concatenate(all_hinge))
-    noisy = positions + rng.normal(0, config.position_error_px, positions.shape)
-    given_ps = _particle_set(all_ts, noisy, angles, halves, config)
+    truth: TiltSeries
+    given: TiltSeries
+    positions: np.ndarray
+    angles: np.ndarray
+    classes: np.ndarray
+    hinge: np.ndarray
+    motion_A: dict[str, np.ndarray]
+    deformations: np.ndarray
 
+
+def _series_globals(config: TiltSeriesConfig, name: str) -> dict:
+    """The ``tomograms.star`` row of tilt series ``name``."""
+    w, h = config.image_size_px
+    return {
+        "rlnTomoName": name, "rlnVoltage": config.voltage_kv,
+        "rlnSphericalAberration": config.cs_mm,
+        "rlnAmplitudeContrast": config.amplitude_contrast,
+        "rlnMicrographOriginalPixelSize": config.pixel_size_A, "rlnTomoHand": config.hand,
+        "rlnTomoTiltSeriesPixelSize": config.pixel_size_A, "rlnTomoSizeX": w,
+        "rlnTomoSizeY": h, "rlnTomoSizeZ": config.thickness_px, "rlnTomoImportFractionalDose":
+            config.dose_per_tilt, "rlnOpticsGroupName": "opticsGroup1"}
+
+
+def _simulate_series(index: int, base: Structure, config: TiltSeriesConfig, out: Path,
+                     gen: torch.Generator, rng: np.random.Generator, progress: bool
+                     ) -> _Series:
+    """Tilt series ``index``: tilts, particles (placed, rotated, of a class and hinge angle),
+    motion and deformations drawn in this order, the images rendered and written
+    (``tilt_series/TS_NN.mrcs``), then the per-tilt errors of the geometry given."""
+    apix = config.pixel_size_A
+    w, h = config.image_size_px
+    size = (w, h, config.thickness_px)
+    name = f"TS_{index + 1:02d}"
+    stack = out / "tilt_series" / f"{name}.mrcs"
+    tilts = _tilt_table(config, name, project_path(stack), gen)
+    truth = TiltSeries(_series_globals(config, name), tilts, image_size=(w, h))
+    positions = torch.from_numpy(_place(config.n_particles, size, config.box_px, rng))
+    n = len(positions)
+    angles = random_rotations(n, gen)
+    classes = torch.randint(1, max(config.classes, 1) + 1, (n,), generator=gen)
+    hinge = torch.rand(n, generator=gen, dtype=torch.float64) * config.hinge_max_deg
+    structures = []
+    for i in range(n):
+        variant = class_variant(base, int(classes[i]))
+        structures.append(variant.hinged(float(hinge[i])) if config.hinge_max_deg > 0
+                          else variant)
+    shifts = _smooth_motion(positions, truth.pre_exposure, config.motion_px,
+                            config.motion_scale_px, gen)
+    deform = _random_deformations(truth.n_tilts, config.deformation_px, (w, h), gen,
+                                  config.deformation_model, config.deformation_per_tilt)
+    images = _render_series(truth, structures, angles, positions, shifts, deform, config,
+                            gen, progress)
+    write_mrc(stack, images, apix, stack=True)
+
+    t = truth.n_tilts
+    errors = [torch.randn(t, generator=gen, dtype=torch.float64) * config.angle_error_deg
+              for _ in range(3)]
+    errors += [torch.randn(t, generator=gen, dtype=torch.float64) * config.shift_error_px
+               * apix for _ in range(2)]
+    given = truth.with_dof(*(p + e for p, e in zip(truth.dof(), errors, strict=True)))
+    motion_A = (shifts * apix).numpy()
+    return _Series(truth, given, positions.numpy(), angles.numpy(), classes.numpy(),
+                   hinge.numpy(), {f"{name}/{i + 1}": motion_A[i] for i in range(n)},
+                   deform.numpy())
+
+
+def _write_project(out: Path, config: TiltSeriesConfig, series: list[_Series],
+                   truth_ps: ParticleSet, given_ps: ParticleSet) -> dict[str, Path]:
+    """The project's STAR files (given geometry) and the truth's (``truth/``: geometry,
+    particles, motion, deformations), both optimisation sets and ``simulation.json``."""
     paths = {
         "tomograms": out / "tomograms.star", "particles": out / "particles.star",
         "truth_tomograms": out / "truth" / "tomograms.star",
         "truth_particles": out / "truth" / "particles.star",
         "motion": out / "truth" / "motion.star"}
-    write_tomogram_set(given_series, paths["tomograms"])
-    write_tomogram_set(true_series, paths["truth_tomograms"])
+    write_tomogram_set([s.given for s in series], paths["tomograms"])
+    write_tomogram_set([s.truth for s in series], paths["truth_tomograms"])
     write_particles(given_ps, paths["particles"], "relion5")
     write_particles(truth_ps, paths["truth_particles"], "relion5")
-    write_motion(paths["motion"], motion)
-    np.savez(out / "truth" / "deformations.npz", **deformations)
+    write_motion(paths["motion"], {k: v for s in series for k, v in s.motion_A.items()})
+    np.savez(out / "truth" / "deformations.npz",
+             **{s.truth.name: s.deformations for s in series})
     write_optimisation_set(out / "optimisation_set.star", particles=paths["particles"],
                            tomograms=paths["tomograms"])
     write_optimisation_set(out / "truth" / "optimisation_set.star",
                            particles=paths["truth_particles"], tomograms=paths["truth_tomograms"],
                            trajectories=paths["motion"])
     (out / "simulation.json").write_text(json.dumps(asdict(config), indent=2))
-    truth_set = TomogramSet({ts.name: ts for ts in true_series}, str(paths["truth_tomograms"]))
-    return SimulatedTiltSeries(out, out / "optimisation_set.star", paths["tomograms"],
-                               paths["particles"], paths["truth_tomograms"],
-                               paths["truth_particles"], paths["motion"], truth_maps,
-                               truth_set, truth_ps)
+    return paths

@@ -174,34 +174,86 @@ def correlation_maps(
     device = prepared.images.device
     n, t = positions_px.shape[:2]
     mats = ts.matrices(device=device) if matrices is None else matrices.to(device)
-    rot = mats[:, :3, :3]
     apix = refs.pixel_size_A
-    ring_count = box // 2 + 1
 
     def crops_of(rows):
         return particle_crops(ts, prepared, positions_px[rows].to(device), box, apix,
                               matrices=mats)
 
-    # pass 1: noise power per tilt and ring from the crops themselves (whitening)
+    batches = [np.arange(start, min(n, start + batch_size)) for start in range(0, n, batch_size)]
+    sigma2, rings, freqs = _noise_power(crops_of, batches, t, box, prepared.pixel_size_A,
+                                        device)
+    weights = _frequency_weights(refs, freqs, rings, sigma2, box, projectors[0].box, device)
+    window = _fft_window(box, pad, radius_px, device)
+    blurs = tuple(float(v) for v in blur_px)
+    maps = torch.zeros(len(blurs), n, t, window.side, window.side, dtype=torch.float32,
+                       device=device)
+    visible = torch.zeros(n, t, dtype=torch.bool, device=device)
+    peaks = [0.0] * len(blurs)
+    half_idx = torch.as_tensor(np.array(halves), device=device)
+    k2 = (freqs[..., 0] * prepared.pixel_size_A[0]) ** 2 + (
+        freqs[..., 1] * prepared.pixel_size_A[1]) ** 2  # (cycles per working px)²
+    for rows in batches:
+        crops = crops_of(rows)
+        product = _weighted_products(crops, particle_matrices[rows], half_idx[rows],
+                                     mats[:, :3, :3], projectors, weights, box)
+        visible[rows] = crops.visible
+        for level, blur in enumerate(blurs):
+            spectrum = product
+            if blur > 0:  # a Gaussian of σ = blur working px: wider basins for a first pass
+                spectrum = product * torch.exp(-2 * math.pi**2 * blur**2 * k2).to(torch.float32)
+            peaks[level] = _windowed_maps(spectrum, crops.visible, window, maps[level], rows,
+                                          peaks[level])
+        if progress is not None:
+            progress(len(rows))
+    xy = ts.project(positions_px.to(device=device, dtype=torch.float64), mats)
+    deformation = deformation_of(ts)
+    if deformation is not None:
+        xy = deformation.apply(xy)
+    scale = torch.tensor(prepared.scale, dtype=torch.float64, device=device)
+    return [CorrelationMaps(maps[level], xy, scale, pad, visible, peaks[level], blurs[level])
+            for level in range(len(blurs))]
+
+
+def _noise_power(crops_of, batches: list[np.ndarray], t: int, box: int,
+                 pixel_size_A: tuple[float, float], device: torch.device
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """Noise power ``σ²_t`` per tilt and ring ``(T, D // 2 + 2)`` from the crops themselves
+    (whitening: the mean of ``|X|²`` over the visible crops of each tilt and ring), the ring of
+    each crop frequency and the crop frequencies (1/Å)."""
+    ring_count = box // 2 + 1
     power = torch.zeros(t, ring_count + 1, dtype=torch.float64, device=device)
     count = torch.zeros_like(power)
     rings = None
-    for start in range(0, n, batch_size):
-        rows = np.arange(start, min(n, start + batch_size))
+    for rows in batches:
         crops = crops_of(rows)
         if rings is None:
-            rings = _ring_index(crops.freqs_per_A, box, prepared.pixel_size_A).clamp(
-                max=ring_count)
+            rings = _ring_index(crops.freqs_per_A, box, pixel_size_A).clamp(max=ring_count)
         vis = crops.visible.to(torch.float64)  # (b, T)
         p2 = (crops.spectra.abs() ** 2).to(torch.float64) * vis[..., None, None]
         flat = rings.reshape(-1).expand(t, -1)
         power.scatter_add_(1, flat, p2.sum(0).reshape(t, -1))
         count.scatter_add_(1, flat, vis.sum(0)[:, None].expand(-1, flat.shape[1]).contiguous())
-    sigma2 = power / count.clamp(min=1)
+    return power / count.clamp(min=1), rings, crops.freqs_per_A
 
-    # the frequency weights w_t(k) = SNR(|k|) / σ²_t(ring); zero at DC, the crop's Nyquist
-    # ring and beyond, where the reference has no signal, and in tilts nobody sees
-    freqs = crops.freqs_per_A
+
+@dataclass
+class _Weights:
+    """The crop frequencies that take part (``selected``: flat half-grid indices), the same as
+    frequencies of the projectors' box ``k3 (n, 3)`` (Fourier px) and their weights
+    ``w (T, n)``."""
+
+    selected: Tensor
+    k3: Tensor
+    w: Tensor
+
+
+def _frequency_weights(refs: References, freqs: Tensor, rings: Tensor, sigma2: Tensor,
+                       box: int, big: int, device: torch.device) -> _Weights:
+    """The frequency weights ``w_t(k) = SNR(|k|) / σ²_t(ring)``: zero at DC, the crop's Nyquist
+    ring and beyond, where the reference has no signal, and in tilts nobody sees; ``big``: the
+    projectors' box."""
+    t = sigma2.shape[0]
     snr = refs.snr_at(freqs.norm(dim=-1)).to(device)
     inside = (rings < box // 2) & (rings > 0) & (snr > 0)
     weight = torch.where(
@@ -209,12 +261,29 @@ def correlation_maps(
         snr[None] / sigma2[:, rings].clamp(min=1e-300), torch.zeros((), dtype=torch.float64,
                                                                    device=device))
     selected = torch.nonzero(inside.reshape(-1)).reshape(-1)
-    big = projectors[0].box
     k3 = torch.zeros(len(selected), 3, dtype=torch.float64, device=device)
-    k3[:, :2] = freqs.reshape(-1, 2)[selected] * (big * apix)
-    w_sel = weight.reshape(t, -1)[:, selected].float()  # (T, n)
+    k3[:, :2] = freqs.reshape(-1, 2)[selected] * (big * refs.pixel_size_A)
+    return _Weights(selected, k3, weight.reshape(t, -1)[:, selected].float())
 
-    # window of the padded inverse FFT
+
+@dataclass
+class _Window:
+    """The padded inverse FFT of a crop's CC (``size = box · pad`` samples a side) and the
+    samples of it kept: ``offsets`` (indices within ``±half_window``, mod ``size``);
+    ``rows_pad``: the rows of the padded half spectrum that take the crop's."""
+
+    box: int
+    size: int
+    offsets: Tensor
+    rows_pad: Tensor
+
+    @property
+    def side(self) -> int:
+        return len(self.offsets)
+
+
+def _fft_window(box: int, pad: int, radius_px: float, device: torch.device) -> _Window:
+    """The window ``|s| ≤ radius_px`` (working px) plus :data:`BORDER` samples each side."""
     size = box * pad
     half_window = int(math.ceil(radius_px * pad)) + BORDER
     if 2 * half_window + 1 > size:
@@ -223,62 +292,57 @@ def correlation_maps(
     offsets = torch.arange(-half_window, half_window + 1, device=device) % size
     rows_pad = torch.cat([torch.arange(0, (box + 1) // 2), torch.arange(size - box // 2, size)]
                          ).to(device)
-    side = 2 * half_window + 1
-    blurs = tuple(float(v) for v in blur_px)
-    maps = torch.zeros(len(blurs), n, t, side, side, dtype=torch.float32, device=device)
-    visible = torch.zeros(n, t, dtype=torch.bool, device=device)
-    peaks = [0.0] * len(blurs)
-    half_idx = torch.as_tensor(np.array(halves), device=device)
-    k2 = (freqs[..., 0] * prepared.pixel_size_A[0]) ** 2 + (
-        freqs[..., 1] * prepared.pixel_size_A[1]) ** 2  # (cycles per working px)²
-    for start in range(0, n, batch_size):
-        rows = np.arange(start, min(n, start + batch_size))
-        crops = crops_of(rows)
-        b = len(rows)
-        frames = (rot[None] @ particle_matrices[rows].to(device=device, dtype=rot.dtype)
-                  [:, None])  # (b, T, 3, 3)
-        pred = torch.zeros(b, t, len(selected), dtype=torch.complex64, device=device)
-        for h in (1, 2):
-            sel = half_idx[rows] == h
-            if bool(sel.any()):
-                pred[sel] = projectors[h - 1].sample(frames[sel].reshape(-1, 3, 3), k3).reshape(
-                    int(sel.sum()), t, -1).to(torch.complex64)
-        x = crops.spectra.reshape(b, t, -1)[..., selected].to(torch.complex64)
-        c = crops.ctf.reshape(b, t, -1)[..., selected].to(torch.float32)
-        product = torch.zeros(b, t, box * (box // 2 + 1), dtype=torch.complex64, device=device)
-        product[..., selected] = x * (w_sel[None] * c) * pred.conj()
-        product = product.reshape(b, t, box, box // 2 + 1)
-        vis = crops.visible
-        visible[rows] = vis
-        chunk = max(1, FFT_POINTS // (t * size * size))  # particles per padded inverse FFT
-        for level, blur in enumerate(blurs):
-            spectrum = product
-            if blur > 0:  # a Gaussian of σ = blur working px: wider basins for a first pass
-                spectrum = product * torch.exp(-2 * math.pi**2 * blur**2 * k2).to(torch.float32)
-            for first in range(0, b, chunk):
-                part = spectrum[first:first + chunk]
-                padded = torch.zeros(len(part), t, size, size // 2 + 1, dtype=torch.complex64,
-                                     device=device)
-                padded[:, :, rows_pad, : box // 2 + 1] = part
-                full = torch.fft.irfft2(padded, s=(size, size)) * float(size * size)
-                window = full[:, :, offsets][:, :, :, offsets]  # (c, T, side, side)
-                del padded, full
-                window[..., :BORDER, :] = 0
-                window[..., -BORDER:, :] = 0
-                window[..., :, :BORDER] = 0
-                window[..., :, -BORDER:] = 0
-                window = window * vis[first:first + chunk, :, None, None]
-                maps[level, rows[first:first + chunk]] = window
-                peaks[level] += float(window.amax(dim=(-2, -1)).clamp(min=0).sum())
-        if progress is not None:
-            progress(b)
-    xy = ts.project(positions_px.to(device=device, dtype=torch.float64), mats)
-    deformation = deformation_of(ts)
-    if deformation is not None:
-        xy = deformation.apply(xy)
-    scale = torch.tensor(prepared.scale, dtype=torch.float64, device=device)
-    return [CorrelationMaps(maps[level], xy, scale, pad, visible, peaks[level], blurs[level])
-            for level in range(len(blurs))]
+    return _Window(box, size, offsets, rows_pad)
+
+
+def _weighted_products(crops, particle_matrices: Tensor, halves: Tensor, rot: Tensor,
+                       projectors: tuple[Projector, Projector], weights: _Weights, box: int
+                       ) -> Tensor:
+    """``w_t(k) X_pt(k) conj(c_pt(k) V_h(p)((R_t A_p)ᵀ k))`` on the crops' half grid
+    ``(b, T, D, D // 2 + 1)`` (0 outside the selected frequencies)."""
+    b, t = crops.visible.shape
+    selected = weights.selected
+    device = rot.device
+    frames = (rot[None] @ particle_matrices.to(device=device, dtype=rot.dtype)
+              [:, None])  # (b, T, 3, 3)
+    pred = torch.zeros(b, t, len(selected), dtype=torch.complex64, device=device)
+    for h in (1, 2):
+        sel = halves == h
+        if bool(sel.any()):
+            pred[sel] = projectors[h - 1].sample(frames[sel].reshape(-1, 3, 3),
+                                                 weights.k3).reshape(
+                int(sel.sum()), t, -1).to(torch.complex64)
+    x = crops.spectra.reshape(b, t, -1)[..., selected].to(torch.complex64)
+    c = crops.ctf.reshape(b, t, -1)[..., selected].to(torch.float32)
+    product = torch.zeros(b, t, box * (box // 2 + 1), dtype=torch.complex64, device=device)
+    product[..., selected] = x * (weights.w[None] * c) * pred.conj()
+    return product.reshape(b, t, box, box // 2 + 1)
+
+
+def _windowed_maps(spectrum: Tensor, vis: Tensor, window: _Window, maps: Tensor,
+                   rows: np.ndarray, peak: float) -> float:
+    """Inverse FFTs of the zero-padded ``spectrum (b, T, D, D // 2 + 1)``, a few particles at a
+    time, cut to the window, :data:`BORDER` samples zeroed, invisible tilts zeroed; written into
+    ``maps[rows]``; returns ``peak`` plus the summed positive maxima."""
+    b, t = vis.shape
+    box, size, offsets = window.box, window.size, window.offsets
+    chunk = max(1, FFT_POINTS // (t * size * size))  # particles per padded inverse FFT
+    for first in range(0, b, chunk):
+        part = spectrum[first:first + chunk]
+        padded = torch.zeros(len(part), t, size, size // 2 + 1, dtype=torch.complex64,
+                             device=spectrum.device)
+        padded[:, :, window.rows_pad, : box // 2 + 1] = part
+        full = torch.fft.irfft2(padded, s=(size, size)) * float(size * size)
+        cut = full[:, :, offsets][:, :, :, offsets]  # (c, T, side, side)
+        del padded, full
+        cut[..., :BORDER, :] = 0
+        cut[..., -BORDER:, :] = 0
+        cut[..., :, :BORDER] = 0
+        cut[..., :, -BORDER:] = 0
+        cut = cut * vis[first:first + chunk, :, None, None]
+        maps[rows[first:first + chunk]] = cut
+        peak += float(cut.amax(dim=(-2, -1)).clamp(min=0).sum())
+    return peak
 
 
 _KEYS = torch.tensor([[0.0, -0.5, 1.0, -0.5], [1.0, 0.0, -2.5, 1.5], [0.0, 0.5, 2.0, -1.5],

@@ -244,6 +244,28 @@ def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir
     """Write ``Subtomograms/<tomogram>/<n>_data.mrc`` + ``_ctf.mrc`` (or ``_stack2d.mrcs``) and
     ``particles.star`` into ``out_dir``; returns the particle set written."""
     o = options
+    crop, apix, first_apix = _checked(o, particles, tomograms)
+    out = Path(out_dir)
+    folder = out / "Subtomograms"
+    files = _BatchFiles(o, crop, apix, _particle_names(particles), folder,
+                        project_path(folder), len(particles))
+    with BackgroundWriter() as writer:
+        for_each_batch(particles, tomograms, files.size2d, apix,
+                       lambda batch: files.write(batch, writer), motion=motion,
+                       tilts=lambda ts: select_tilts(ts, o.max_dose, o.max_tilts),
+                       ctf=o.stacks_2d, apply_origins=o.recenter, batch_size=o.batch_size,
+                       device=o.device, progress=progress, desc="extracting")
+    result, done = _written_set(particles, tomograms, o, files, crop, apix, first_apix)
+    star = out / "particles.star"
+    write_particles(result, star, o.flavour)
+    result.source = str(star)
+    return ExtractResult(result, star, int(done.sum()), int((~done).sum()), apix)
+
+
+def _checked(o: ExtractOptions, particles: ParticleSet, tomograms: TomogramSet
+             ) -> tuple[int, float, float]:
+    """The crop (px), the output pixel size (Å) and the pixel size of the first particle's
+    tomogram (Å); one-line errors for impossible options."""
     crop = o.crop or o.box
     if o.box < 8 or not 8 <= crop <= o.box:
         raise InputError(None, "need --b ≥ 8 and 8 ≤ --crop ≤ --b", field="--b")
@@ -261,35 +283,38 @@ def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir
     apix = float(o.pixel_size_A or first.pixel_size_A)
     if apix <= 0:
         raise InputError(None, "pixel size must be positive", field="--angpix")
-    out = Path(out_dir)
-    labels = _particle_names(particles)
-    image_names: list[str | None] = [None] * len(particles)
-    ctf_names: list[str | None] = [None] * len(particles)
-    visible_frames: list[str | None] = [None] * len(particles)
-    gathers: dict[str, SliceGather] = {}
-    size2d = o.box if o.stacks_2d else crop
-    padded = size2d * o.pad2d
-    folder = out / "Subtomograms"
-    named = project_path(folder)  # how the STAR file names the files in it
-    sign = -1.0 if o.invert else 1.0
+    return crop, apix, first.pixel_size_A
 
-    def write_batch(batch: CropBatch, writer: BackgroundWriter) -> None:
+
+class _BatchFiles:
+    """Writes the files of each batch of crops (on the background writer) and records the
+    names the STAR file gives them (None: the particle is seen in no tilt)."""
+
+    def __init__(self, o: ExtractOptions, crop: int, apix: float, labels: list[str],
+                 folder: Path, named: str, n: int) -> None:
+        self.o, self.crop, self.apix, self.labels = o, crop, apix, labels
+        self.folder, self.named = folder, named  # named: how the STAR file names the folder
+        self.image_names: list[str | None] = [None] * n
+        self.ctf_names: list[str | None] = [None] * n
+        self.visible_frames: list[str | None] = [None] * n
+        self.gathers: dict[str, SliceGather] = {}
+        self.size2d = o.box if o.stacks_2d else crop
+        self.padded = self.size2d * o.pad2d
+        self.sign = -1.0 if o.invert else 1.0
+
+    def write(self, batch: CropBatch, writer: BackgroundWriter) -> None:
+        """Subtomograms and CTF volumes (or 2D stacks) of the particles seen in ``batch``."""
+        o, crop, labels, folder, named = self.o, self.crop, self.labels, self.folder, self.named
         crops, ts = batch.crops, batch.ts
         seen = crops.visible.any(1)
         if o.stacks_2d:
-            _write_stacks(batch, seen, writer)
+            self._write_stacks(batch, seen, writer)
             return
-        if ts.name not in gathers:
-            gathers.clear()
-            gathers[ts.name] = SliceGather(
-                crop, apix, batch.rotations, batch.prepared.pixel_size_A, padded,
-                torch.as_tensor(ts.pre_exposure).float(), voltage_kv=ts.voltage_kv,
-                cs_mm=ts.cs_mm, amplitude_contrast=ts.amplitude_contrast)
-        gather = gathers[ts.name]
+        gather = self._gather(batch)
         spectra = crops.spectra
         if o.pad2d > 1:
-            spectra = _padded_spectra(spectra, size2d, padded)
-        volumes = gather.volumes(spectra) * sign
+            spectra = _padded_spectra(spectra, self.size2d, self.padded)
+        volumes = gather.volumes(spectra) * self.sign
         u, v, angle = (x.float() for x in ts.defocus_at(batch.positions_px))
         weights = gather.ctf((u + v) / 2, astigmatism_A=u - v, astigmatism_angle_deg=angle,
                              active=crops.visible)
@@ -303,14 +328,27 @@ def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir
                 continue
             files.append((folder / f"{labels[row]}_data.mrc", folder / f"{labels[row]}_ctf.mrc",
                           j))
-            image_names[row] = f"{named}/{labels[row]}_data.mrc"
-            ctf_names[row] = f"{named}/{labels[row]}_ctf.mrc"
-        writer.submit(_write_subtomograms, files, volumes, weights, apix, o.ctf_layout)
+            self.image_names[row] = f"{named}/{labels[row]}_data.mrc"
+            self.ctf_names[row] = f"{named}/{labels[row]}_ctf.mrc"
+        writer.submit(_write_subtomograms, files, volumes, weights, self.apix, o.ctf_layout)
 
-    def _write_stacks(batch: CropBatch, seen: Tensor, writer: BackgroundWriter) -> None:
+    def _gather(self, batch: CropBatch) -> SliceGather:
+        """The gather operator of the batch's tilt series (one kept at a time)."""
+        ts = batch.ts
+        if ts.name not in self.gathers:
+            self.gathers.clear()
+            self.gathers[ts.name] = SliceGather(
+                self.crop, self.apix, batch.rotations, batch.prepared.pixel_size_A, self.padded,
+                torch.as_tensor(ts.pre_exposure).float(), voltage_kv=ts.voltage_kv,
+                cs_mm=ts.cs_mm, amplitude_contrast=ts.amplitude_contrast)
+        return self.gathers[ts.name]
+
+    def _write_stacks(self, batch: CropBatch, seen: Tensor, writer: BackgroundWriter) -> None:
+        """RELION 5's 2D stacks: the visible tilts' crops × ``CTF × exposure``."""
+        o, crop, labels, folder, named = self.o, self.crop, self.labels, self.folder, self.named
         crops = batch.crops
         images = torch.fft.fftshift(torch.fft.irfft2(crops.spectra * crops.ctf,
-                                                     s=(o.box, o.box)), dim=(-2, -1)) * sign
+                                                     s=(o.box, o.box)), dim=(-2, -1)) * self.sign
         start = o.box // 2 - crop // 2
         images = images[..., start:start + crop, start:start + crop]
         stacks = []
@@ -319,38 +357,34 @@ def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir
                 continue
             vis = crops.visible[j]
             stacks.append((folder / f"{labels[row]}_stack2d.mrcs", images[j][vis].cpu().numpy()))
-            image_names[row] = f"{named}/{labels[row]}_stack2d.mrcs"
-            visible_frames[row] = "[" + ",".join(str(int(b)) for b in vis.tolist()) + "]"
-        writer.submit(_write_stack_files, stacks, apix)
+            self.image_names[row] = f"{named}/{labels[row]}_stack2d.mrcs"
+            self.visible_frames[row] = "[" + ",".join(str(int(b)) for b in vis.tolist()) + "]"
+        writer.submit(_write_stack_files, stacks, self.apix)
 
-    with BackgroundWriter() as writer:
-        for_each_batch(particles, tomograms, size2d, apix,
-                       lambda batch: write_batch(batch, writer), motion=motion,
-                       tilts=lambda ts: select_tilts(ts, o.max_dose, o.max_tilts),
-                       ctf=o.stacks_2d, apply_origins=o.recenter, batch_size=o.batch_size,
-                       device=o.device, progress=progress, desc="extracting")
-    done = np.array([name is not None for name in image_names])
+
+def _written_set(particles: ParticleSet, tomograms: TomogramSet, o: ExtractOptions,
+                 files: _BatchFiles, crop: int, apix: float, first_apix: float
+                 ) -> tuple[ParticleSet, np.ndarray]:
+    """The particle set of what was written (particles seen in no tilt left out; recentred
+    with ``--recenter``) with its optics, and which input rows it keeps."""
+    done = np.array([name is not None for name in files.image_names])
     ps = _recentred(particles) if o.recenter else particles
     df = ps.particles.copy()
-    df["rlnImageName"] = image_names
+    df["rlnImageName"] = files.image_names
     if o.stacks_2d:
-        df["rlnTomoVisibleFrames"] = visible_frames
+        df["rlnTomoVisibleFrames"] = files.visible_frames
     else:
-        df["rlnCtfImage"] = ctf_names
+        df["rlnCtfImage"] = files.ctf_names
     if "rlnTomoParticleName" not in df:
-        df["rlnTomoParticleName"] = labels
+        df["rlnTomoParticleName"] = files.labels
     df = df.loc[done].reset_index(drop=True)
     optics = ps.optics.copy()
     optics["rlnImagePixelSize"] = apix
     optics["rlnImageSize"] = crop
     optics["rlnImageDimensionality"] = 2 if o.stacks_2d else 3
-    optics["rlnTomoSubtomogramBinning"] = apix / first.pixel_size_A
+    optics["rlnTomoSubtomogramBinning"] = apix / first_apix
     optics["rlnCtfDataAreCtfPremultiplied"] = int(o.stacks_2d)
     general = {"rlnTomoSubTomosAre2DStacks": int(o.stacks_2d)}
     result = replace(ps, particles=df, optics=optics, general=general,
                      tomograms=tomograms.global_table())
-    star = out / "particles.star"
-    write_particles(result, star, o.flavour)
-    result.source = str(star)
-    return ExtractResult(result, star, int(done.sum()), int((~done).sum()), apix)
-
+    return result, done

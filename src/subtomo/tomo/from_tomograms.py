@@ -185,55 +185,17 @@ def extract_from_tomograms(
     optics = {"rlnVoltage": voltage_kv, "rlnSphericalAberration": cs_mm,
               "rlnAmplitudeContrast": amplitude_contrast}
     out = Path(out_dir)
-    jobs: list[_Tomogram] = []
-    out_A = None
-    for name in tables[0]["rlnMicrographName"].astype(str):  # check everything first
-        path = resolve(name, star.parent)
-        if not path.is_file():
-            raise InputError(star, f"tomogram {name!r} not found", field="rlnMicrographName")
-        shape, voxel = read_mrc_header(path)  # a truncated file is refused here
-        apix = tomo_pixel_size_A or voxel
-        if not apix > 0:
-            raise InputError(path, "no pixel size in the header: give --tomo_angpix",
-                             field="--tomo_angpix")
-        out_A = out_A or _output_pixel_size(apix, pixel_size_A, binning)
-        ts = imod_tilt_series(path, shape, apix, defocus_name, hand, optics)
-        if not select_tilts(ts, max_dose, max_tilts).any():
-            raise InputError(path, "--max_dose / --max_tilts leave no tilt", field="--max_dose")
-        coords = _coordinates(path.parent / f"{path.stem}{coord_suffix}")
-        jobs.append(_Tomogram(path, ts, coords, _cut_size(path, box, out_A, apix)))
+    jobs, out_A = _planned(star, tables[0], box, optics, pixel_size_A, binning, max_dose,
+                           max_tilts, coord_suffix, tomo_pixel_size_A, defocus_name, hand)
     rows, tomos, skipped = [], [], 0
     for job in jobs:
-        ts, cut = job.ts, job.cut
-        keep = select_tilts(ts, max_dose, max_tilts)
-        frames = tilt_rotations(*ts.dof()[:3])[torch.as_tensor(keep)].to(device)
-        gridder = CtfGridder(tilt_pairs(crop, out_A, frames),
-                             torch.as_tensor(ts.pre_exposure[keep], device=device),
-                             voltage_kv=voltage_kv, cs_mm=cs_mm,
-                             amplitude_contrast=amplitude_contrast)
-        size = np.array(ts.tomo_size_px)
-        corners = np.round(job.coords).astype(int) - cut // 2
-        inside = np.all((corners >= 0) & (corners + cut <= size), axis=1)
-        skipped += int((~inside).sum())
-        tomos.append(ts.globals)
-        index = np.flatnonzero(inside)
-        with mrcfile.mmap(job.path, mode="r", permissive=True) as mrc:
-            for start in range(0, len(index), batch_size):
-                batch = index[start:start + batch_size]
-                volumes = _resampled(_boxes(mrc.data, job.path, corners[batch], batch, cut,
-                                            device),
-                                     torch.as_tensor(job.coords[batch] - np.round(
-                                         job.coords[batch]), device=device), box, crop)
-                volumes = volumes * (-1.0 if invert else 1.0)
-                if normalise:
-                    volumes = _normalise(volumes, bg_radius_px or 0.75 * crop / 2)
-                u, v, angle = (x[:, torch.as_tensor(keep)].to(device) for x in
-                               ts.defocus_at(torch.as_tensor(job.coords[batch])))
-                weights = gridder((u + v) / 2, astigmatism_A=u - v, astigmatism_angle_deg=angle)
-                weights = weights.reshape(-1, crop, crop, crop // 2 + 1).float().cpu()
-                for j, i in enumerate(batch):
-                    rows.append(_write(out, job, int(i), volumes[j].cpu(), weights[j], out_A,
-                                       ctf_layout))
+        ctf = _CtfGridding(crop, out_A, select_tilts(job.ts, max_dose, max_tilts), device,
+                          voltage_kv, cs_mm, amplitude_contrast, ctf_layout)
+        tomos.append(job.ts.globals)
+        job_rows, job_skipped = _extract_tomogram(job, out, ctf, box, batch_size, invert,
+                                                  normalise, bg_radius_px)
+        rows += job_rows
+        skipped += job_skipped
     if not rows:
         raise InputError(star, "no particle box lies inside its tomogram")
     first = jobs[0].ts
@@ -249,6 +211,83 @@ def extract_from_tomograms(
     star_out = out / "particles.star"
     write_particles(ps, star_out, flavour)
     return ExtractResult(ps, star_out, len(rows), skipped, out_A)
+
+
+def _planned(star: Path, table: pd.DataFrame, box: int, optics: dict,
+             pixel_size_A: float | None, binning: float | None, max_dose: float | None,
+             max_tilts: int | None, coord_suffix: str, tomo_pixel_size_A: float | None,
+             defocus_name: str, hand: float) -> tuple[list[_Tomogram], float]:
+    """Every tomogram of ``table`` with its tilt series (IMOD files), coordinates and cut
+    size, checked before anything is written; and the output pixel size (Å)."""
+    jobs: list[_Tomogram] = []
+    out_A = None
+    for name in table["rlnMicrographName"].astype(str):  # check everything first
+        path = resolve(name, star.parent)
+        if not path.is_file():
+            raise InputError(star, f"tomogram {name!r} not found", field="rlnMicrographName")
+        shape, voxel = read_mrc_header(path)  # a truncated file is refused here
+        apix = tomo_pixel_size_A or voxel
+        if not apix > 0:
+            raise InputError(path, "no pixel size in the header: give --tomo_angpix",
+                             field="--tomo_angpix")
+        out_A = out_A or _output_pixel_size(apix, pixel_size_A, binning)
+        ts = imod_tilt_series(path, shape, apix, defocus_name, hand, optics)
+        if not select_tilts(ts, max_dose, max_tilts).any():
+            raise InputError(path, "--max_dose / --max_tilts leave no tilt", field="--max_dose")
+        coords = _coordinates(path.parent / f"{path.stem}{coord_suffix}")
+        jobs.append(_Tomogram(path, ts, coords, _cut_size(path, box, out_A, apix)))
+    return jobs, out_A
+
+
+@dataclass
+class _CtfGridding:
+    """How the CTF volumes are made and written: ``crop``³ at ``out_A`` over the tilts ``keep``
+    (boolean, per tilt), on ``device``, with the microscope's parameters."""
+
+    crop: int
+    out_A: float
+    keep: np.ndarray
+    device: str
+    voltage_kv: float
+    cs_mm: float
+    amplitude_contrast: float
+    ctf_layout: str
+
+
+def _extract_tomogram(job: _Tomogram, out: Path, ctf: _CtfGridding, box: int, batch_size: int,
+                      invert: bool, normalise: bool, bg_radius_px: float | None
+                      ) -> tuple[list[dict], int]:
+    """Write the subtomograms and CTF volumes of the boxes of ``job`` that lie inside its
+    tomogram, ``batch_size`` at a time; their STAR rows and the number of boxes skipped."""
+    ts, cut, crop, keep, device = job.ts, job.cut, ctf.crop, ctf.keep, ctf.device
+    frames = tilt_rotations(*ts.dof()[:3])[torch.as_tensor(keep)].to(device)
+    gridder = CtfGridder(tilt_pairs(crop, ctf.out_A, frames),
+                         torch.as_tensor(ts.pre_exposure[keep], device=device),
+                         voltage_kv=ctf.voltage_kv, cs_mm=ctf.cs_mm,
+                         amplitude_contrast=ctf.amplitude_contrast)
+    size = np.array(ts.tomo_size_px)
+    corners = np.round(job.coords).astype(int) - cut // 2
+    inside = np.all((corners >= 0) & (corners + cut <= size), axis=1)
+    index = np.flatnonzero(inside)
+    rows = []
+    with mrcfile.mmap(job.path, mode="r", permissive=True) as mrc:
+        for start in range(0, len(index), batch_size):
+            batch = index[start:start + batch_size]
+            volumes = _resampled(_boxes(mrc.data, job.path, corners[batch], batch, cut,
+                                        device),
+                                 torch.as_tensor(job.coords[batch] - np.round(
+                                     job.coords[batch]), device=device), box, crop)
+            volumes = volumes * (-1.0 if invert else 1.0)
+            if normalise:
+                volumes = _normalise(volumes, bg_radius_px or 0.75 * crop / 2)
+            u, v, angle = (x[:, torch.as_tensor(keep)].to(device) for x in
+                           ts.defocus_at(torch.as_tensor(job.coords[batch])))
+            weights = gridder((u + v) / 2, astigmatism_A=u - v, astigmatism_angle_deg=angle)
+            weights = weights.reshape(-1, crop, crop, crop // 2 + 1).float().cpu()
+            for j, i in enumerate(batch):
+                rows.append(_write(out, job, int(i), volumes[j].cpu(), weights[j], ctf.out_A,
+                                   ctf.ctf_layout))
+    return rows, int((~inside).sum())
 
 
 def _boxes(data: np.ndarray, path: Path, corners: np.ndarray, numbers: np.ndarray, cut: int,
