@@ -43,6 +43,7 @@ from tqdm import tqdm
 from subtomo.ctf.ctf2d import ctf_2d, electron_wavelength_A
 from subtomo.ctf.dose import dose_filter
 from subtomo.geometry.euler import euler_to_matrix
+from subtomo.geometry.so3 import random_rotations
 from subtomo.io.mrc import write_mrc
 from subtomo.io.particles import ParticleSet
 from subtomo.io.star import write_particles
@@ -54,7 +55,7 @@ from subtomo.io.tomograms import (
     write_tomogram_set,
 )
 from subtomo.simulate.render import render_atoms, render_projected_atoms
-from subtomo.simulate.structure import Structure, class_variant, random_rotations
+from subtomo.simulate.structure import Structure, class_variant
 from subtomo.simulate.subtomograms import SimulationConfig, build_structure, tilt_scheme
 from subtomo.tomo.geometry import project_points
 from subtomo.tomo.tiltseries import TiltSeries
