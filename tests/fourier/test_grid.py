@@ -13,6 +13,7 @@ from subtomo.fourier.grid import (
     lowpass,
     lowpass_mask,
     radial_average,
+    resample_map,
     rfft_freqs,
     shell_index,
 )
@@ -98,3 +99,37 @@ def test_lowpass_raised_cosine() -> None:
     assert torch.allclose(mask[band], expected)
     spec = torch.randn(box, box, box // 2 + 1, dtype=torch.complex64)
     assert torch.allclose(lowpass(spec, box, 8.0, 4.0), spec * mask.float())
+
+
+def _waves(box: int, waves: list[tuple[tuple[int, int, int], float]]) -> torch.Tensor:
+    """``sum cos(2 pi k . r / L + phase)`` sampled on ``box`` voxels over one field of view
+    ``L``, ``r`` from the centre voxel ``box // 2``; ``k`` integer cycles per field of view."""
+    u = (torch.arange(box, dtype=torch.float64) - box // 2) / box
+    z, y, x = torch.meshgrid(u, u, u, indexing="ij")
+    out = torch.zeros(box, box, box, dtype=torch.float64)
+    for (kx, ky, kz), phase in waves:
+        out += torch.cos(2 * torch.pi * (kx * x + ky * y + kz * z) + phase)
+    return out
+
+
+@pytest.mark.parametrize(("size", "box"), [(24, 16), (24, 15), (23, 16), (15, 24), (16, 24),
+                                           (16, 33)])
+def test_resample_map_samples_a_band_limited_map_on_the_new_grid(size: int, box: int) -> None:
+    waves = [((0, 0, 0), 0.0), ((3, -2, 5), 0.4), ((-7, 1, 0), 1.3), ((2, 6, -6), -2.0)]
+    got = resample_map(_waves(size, waves), box)
+    assert torch.allclose(got, _waves(box, waves), atol=1e-12)
+    assert resample_map(_waves(size, waves).float(), box).dtype == torch.float32
+
+
+@pytest.mark.parametrize("size", [12, 13])
+def test_resample_map_upsampling_keeps_every_voxel_of_any_map(size: int) -> None:
+    """Padding is the real trigonometric interpolant (even boxes: the Nyquist term split
+    evenly between +-D/2), so an integer upsampling keeps the map's own voxel values."""
+    vol = torch.randn(size, size, size, dtype=torch.float64,
+                      generator=torch.Generator().manual_seed(size))
+    for factor in (2, 3):
+        up = resample_map(vol, factor * size)
+        at = factor * (torch.arange(size) - size // 2) + factor * size // 2
+        assert torch.allclose(up[at][:, at][:, :, at], vol, atol=1e-12)
+    if size % 2:  # no Nyquist term: cropping undoes padding
+        assert torch.allclose(resample_map(resample_map(vol, 20), size), vol, atol=1e-12)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from subtomo.fourier.grid import centred_irfft, centred_rfft, crop_spectrum, lowpass_map
+from subtomo.fourier.grid import (
+    resample_map,
+)
 from subtomo.geometry.so3 import rotation_vector_to_matrix
 from subtomo.hetero.forward import (
     Boxes,
@@ -31,7 +33,6 @@ from subtomo.hetero.model import (
 )
 from subtomo.io.mrc import read_mrc
 from subtomo.io.star import read_particles
-from subtomo.maps.align_symmetry import fourier_crop
 from subtomo.refine.images import iterate_batches
 
 
@@ -53,7 +54,7 @@ def test_prediction_reproduces_the_simulated_particles(clean):
     ps, maps = _truth(clean)
     box, apix = 24, 8.0
     boxes = Boxes(box, apix, 16, 32)
-    maps = [fourier_crop(m, 32) for m in maps]
+    maps = [resample_map(m, 32) for m in maps]
     model = _model(32, maps[0], boxes.pixel(32))
     rows = np.arange(len(ps))
     batch = next(iterate_batches(ps, rows, box=box, ctf=True, batch_size=len(rows),
@@ -87,17 +88,10 @@ def test_encoder_input_is_the_particle_in_the_reference_frame(clean):
                           boxes, ones, 0.0, 1.0)
     classes = ps.particles["rlnClassNumber"].to_numpy()
     for i, c in enumerate(classes):
-        truth = fourier_crop(maps[c - 1], 16).ravel()
+        truth = resample_map(maps[c - 1], 16).ravel()
         assert np.corrcoef(right[i, 0].ravel(), truth)[0, 1] > 0.6
         assert np.corrcoef(right[i, 0].ravel(), truth)[0, 1] > (
             np.corrcoef(wrong[i, 0].ravel(), truth)[0, 1] + 0.2)
-
-
-def test_crop_spectrum_is_fourier_cropping():
-    vol = lowpass_map(torch.randn(32, 32, 32, dtype=torch.float64), 1.0, 3.0)
-    for box in (24, 23):
-        cropped = centred_irfft(crop_spectrum(centred_rfft(vol), box), box) * (box / 32) ** 3
-        assert torch.allclose(cropped, fourier_crop(vol, box), atol=1e-10)
 
 
 def test_affine_grid_reads_r_M_plus_b_at_every_voxel():

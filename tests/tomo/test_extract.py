@@ -13,12 +13,11 @@ import torch
 
 from subtomo.cli import main
 from subtomo.fourier.fsc import fsc, resolution_at
-from subtomo.fourier.grid import centred_rfft, lowpass_mask, shell_index
+from subtomo.fourier.grid import centred_rfft, lowpass_mask, resample_map, shell_index
 from subtomo.geometry.euler import euler_to_matrix
 from subtomo.io.mrc import read_ctf_volume, read_mrc
 from subtomo.io.star import read_particles
 from subtomo.io.tomograms import read_tomogram_set, write_tomogram_set
-from subtomo.maps.align_symmetry import fourier_crop
 from subtomo.refine.reconstruct import reconstruct
 from subtomo.simulate.render import render_atoms
 from subtomo.simulate.structure import pseudo_atomic
@@ -98,7 +97,7 @@ def test_rescaled_extractions_agree(tmp_path):
         volume, written_apix = read_mrc(tmp_path / name / "Subtomograms" / "TS_01" / "1_data.mrc")
         assert written_apix == pytest.approx(apix)
         volumes.append(torch.from_numpy(volume))
-    cropped, coarse = fourier_crop(volumes[0], 16), volumes[1]
+    cropped, coarse = resample_map(volumes[0], 16), volumes[1]
     assert fsc(cropped, coarse)[1:8].min() > 0.99
     inside = lowpass_mask(16, 0.9 * 8, edge_px=0)
     a, b = centred_rfft(cropped) * inside, centred_rfft(coarse) * inside

@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from subtomo.errors import InputError
+from subtomo.fourier.grid import resample_map
 from subtomo.hetero.forward import (
     Boxes,
     corrected_poses,
@@ -56,7 +57,6 @@ from subtomo.hetero.model import (
 from subtomo.io.files import atomic_path, undone_on_input_error
 from subtomo.io.mrc import write_mrc
 from subtomo.io.particles import ParticleSet
-from subtomo.maps.align_symmetry import fourier_crop
 from subtomo.parallel.distributed import Context
 from subtomo.refine.images import check_files, iterate_batches
 
@@ -165,7 +165,7 @@ def particle_geometry(ps: ParticleSet, angpix: float | None) -> tuple[int, float
 
 def to_template(volume: torch.Tensor, template_box: int) -> torch.Tensor:
     """A map on the particle box resampled (Fourier) to the template box, same field of view."""
-    return fourier_crop(volume.float(), template_box)
+    return resample_map(volume.float(), template_box)
 
 
 def split_rows(n: int, valfrac: float, seed: int, path: Path | None) -> np.ndarray:
@@ -391,8 +391,8 @@ def prepare(inputs: TrainInputs, options: TrainOptions, out_dir: Path, *, ctx: C
                           template_pixel_A=boxes.pixel(T)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
     d = boxes.enc_box
-    enc_mask = fourier_crop(mask.float(), d).clamp(0, 1).to(device)
-    mask_voxels = float(fourier_crop(mask.float(), boxes.loss_box).clamp(0, 1).sum())
+    enc_mask = resample_map(mask.float(), d).clamp(0, 1).to(device)
+    mask_voxels = float(resample_map(mask.float(), boxes.loss_box).clamp(0, 1).sum())
     poses = (PoseTable(n, math.radians(options.pose_lr_deg), options.pose_lr_A)
              if options.estpose else None)
     train_rows = np.setdiff1d(np.arange(n), val_rows)

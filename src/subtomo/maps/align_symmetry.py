@@ -31,35 +31,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from subtomo.fourier.grid import lowpass_map, resample_map
 from subtomo.geometry.euler import angular_distance_deg
 from subtomo.geometry.so3 import fibonacci_rotation_grid, rotation_vector_to_matrix
 from subtomo.geometry.symmetry import symmetry_operators
 from subtomo.maps.rotate import rotate_volume, sphere_mask
 
-__all__ = ["align_symmetry", "fourier_crop", "symmetry_score"]
+__all__ = ["align_symmetry", "symmetry_score"]
 
 _CHUNK_VOXELS = 1 << 23
-
-
-def fourier_crop(vol: Tensor, box: int) -> Tensor:
-    """Resample a cubic map to ``box`` voxels by Fourier cropping (or padding); centre voxel
-    ``D // 2`` maps to ``box // 2``. Values are rescaled so that densities keep their level."""
-    size = vol.shape[-1]
-    if box == size:
-        return vol
-    real = torch.float64 if vol.dtype == torch.float64 else torch.float32
-    x = torch.roll(vol.to(real), shifts=(-(size // 2),) * 3, dims=(-3, -2, -1))
-    spec = torch.fft.fftn(x, dim=(-3, -2, -1))
-    keep = min(box, size)
-    idx = torch.cat([torch.arange(0, (keep + 1) // 2), torch.arange(-(keep // 2), 0)])
-    idx_src = idx % size
-    idx_dst = idx % box
-    out = torch.zeros((box, box, box), dtype=spec.dtype, device=vol.device)
-    sub = spec[idx_src.to(vol.device)][:, idx_src.to(vol.device)][:, :, idx_src.to(vol.device)]
-    d = idx_dst.to(vol.device)
-    out[d[:, None, None], d[None, :, None], d[None, None, :]] = sub
-    y = torch.fft.ifftn(out).real * (box / size) ** 3
-    return torch.roll(y, shifts=(box // 2,) * 3, dims=(-3, -2, -1)).to(vol.dtype)
 
 
 def _is_axial(sym: str) -> bool:
@@ -260,11 +240,9 @@ def align_symmetry(vol: Tensor | np.ndarray, sym: str, pixel_size_A: float = 1.0
         return vol.clone(), eye, 1.0
     work = vol.to(torch.float32)
     if lowpass_A:
-        from subtomo.fourier.grid import lowpass_map
-
         work = lowpass_map(work, pixel_size_A, lowpass_A)
     box = vol.shape[-1]
-    coarse = fourier_crop(work, min(box, search_box_px))
+    coarse = resample_map(work, min(box, search_box_px))
     axial = _is_axial(sym)
     if axial:  # only the axis direction matters: one rotation per direction (upper half)
         grid = fibonacci_rotation_grid(coarse_step_deg, in_plane=False)
@@ -286,7 +264,7 @@ def align_symmetry(vol: Tensor | np.ndarray, sym: str, pixel_size_A: float = 1.0
     few = _scoring_ops(ops)
     rots, best = _refine(coarse, grid[chosen], few, coarse_step_deg / 2.0, 2.0, axial)
     top = int(best.argmax())
-    fine = fourier_crop(work, min(box, max(refine_box_px, search_box_px)))
+    fine = resample_map(work, min(box, max(refine_box_px, search_box_px)))
     rot, score = _quadratic_refine(fine, rots[top], few, (2.0, 0.7, 0.25), axial, score_order)
     rot = _canonical(rot.cpu(), sym, ops.cpu()).to(vol.device)
     aligned = rotate_volume(vol, rot, order=order)
