@@ -16,6 +16,7 @@ from subtomo.fourier.grid import (
     resample_map,
     rfft_freqs,
     shell_index,
+    soft_sphere,
 )
 
 BOXES = [8, 9, 16, 17]
@@ -133,3 +134,16 @@ def test_resample_map_upsampling_keeps_every_voxel_of_any_map(size: int) -> None
         assert torch.allclose(up[at][:, at][:, :, at], vol, atol=1e-12)
     if size % 2:  # no Nyquist term: cropping undoes padding
         assert torch.allclose(resample_map(resample_map(vol, 20), size), vol, atol=1e-12)
+
+
+@pytest.mark.parametrize("box", [16, 17])
+def test_soft_sphere_is_a_raised_cosine_edge_outside_the_radius(box: int) -> None:
+    c = box // 2
+    r = np.sqrt(((np.indices((box,) * 3) - c) ** 2).sum(0))
+    diameter, width = 0.5 * box, 3.0
+    t = np.clip((r - diameter / 2) / width, 0, 1)
+    got = soft_sphere(box, diameter, width, dtype=torch.float64).numpy()
+    np.testing.assert_allclose(got, 0.5 * (1 + np.cos(np.pi * t)), atol=1e-15)
+    assert got[c, c, c] == 1.0 and got[0, 0, 0] == 0.0
+    hard = soft_sphere(box, 2 * 5.5, 0.0, dtype=torch.bool).numpy()
+    assert np.array_equal(hard, r <= 5.5)

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from subtomo.fourier.grid import lowpass_map, resample_map
+from subtomo.fourier.grid import lowpass_map, resample_map, soft_sphere
 from subtomo.geometry.euler import angular_distance_deg
 from subtomo.geometry.so3 import fibonacci_rotation_grid, rotation_vector_to_matrix
 from subtomo.geometry.symmetry import symmetry_operators
-from subtomo.maps.rotate import rotate_volume, sphere_mask
+from subtomo.maps.rotate import rotate_volume
 
 __all__ = ["align_symmetry", "symmetry_score"]
 
@@ -60,7 +60,7 @@ def symmetry_score(vol: Tensor, rots: Tensor, ops: Tensor, order: str = "linear"
     """Mean Pearson correlation (inside a sphere) of ``vol`` with ``rotate(vol, R.T g R)`` over
     the non-identity operators g: (N,) scores for (N, 3, 3) candidate rotations ``rots``."""
     box = vol.shape[-1]
-    mask = sphere_mask(vol.shape, box / 2.0 - 1.0, vol.device, torch.bool)
+    mask = soft_sphere(box, box - 2.0, 0.0, vol.device, torch.bool)
     ref = vol[mask].to(torch.float64)
     ref = ref - ref.mean()
     ref = ref / ref.norm().clamp(min=1e-30)

@@ -38,7 +38,7 @@ import torch
 from subtomo import memory
 from subtomo.align.search import SearchSettings
 from subtomo.errors import InputError
-from subtomo.fourier.grid import lowpass_map
+from subtomo.fourier.grid import lowpass_map, soft_sphere
 from subtomo.fourier.projector import Backprojector
 from subtomo.geometry.euler import euler_to_matrix
 from subtomo.geometry.healpix import angular_step_deg
@@ -52,7 +52,6 @@ from subtomo.refine.autorefine import (
     check_inputs,
     initial_sigma2,
     search_radii,
-    soft_sphere,
 )
 from subtomo.refine.classify import (
     ClassifyResult,
