@@ -9,6 +9,7 @@ import torch
 from subtomo.fourier.grid import (
     centred_irfft,
     centred_rfft,
+    frequencies_2d,
     hermitian_weights,
     lowpass,
     lowpass_mask,
@@ -147,3 +148,12 @@ def test_soft_sphere_is_a_raised_cosine_edge_outside_the_radius(box: int) -> Non
     assert got[c, c, c] == 1.0 and got[0, 0, 0] == 0.0
     hard = soft_sphere(box, 2 * 5.5, 0.0, dtype=torch.bool).numpy()
     assert np.array_equal(hard, r <= 5.5)
+
+
+def test_frequencies_2d_match_numpy() -> None:
+    k = frequencies_2d((15, 20), (2.0, 3.0))
+    assert k.shape == (15, 11, 2) and k.dtype == torch.float64
+    gy, gx = np.meshgrid(np.fft.fftfreq(15, 3.0), np.fft.rfftfreq(20, 2.0), indexing="ij")
+    np.testing.assert_allclose(k[..., 0].numpy(), gx, rtol=1e-15)
+    np.testing.assert_allclose(k[..., 1].numpy(), gy, rtol=1e-15)
+    assert torch.equal(frequencies_2d(8), frequencies_2d((8, 8), 1.0))

@@ -33,6 +33,7 @@ __all__ = [
     "centred_irfft",
     "centred_rfft",
     "crop_spectrum",
+    "frequencies_2d",
     "hermitian_weights",
     "lowpass",
     "lowpass_mask",
@@ -71,6 +72,22 @@ def rfft_freqs(
         [ix.expand(shape), iy.expand(shape), iz.expand(shape)], dim=-1
     ).to(dtype)
     return k / box
+
+
+def frequencies_2d(shape_px: int | tuple[int, int],
+                   pixel_size_A: float | tuple[float, float] = 1.0,
+                   device: torch.device | str | None = None,
+                   dtype: torch.dtype = torch.float64) -> Tensor:
+    """Frequencies ``(H, W // 2 + 1, 2)`` ordered ``(kx, ky)`` of the ``rfft2`` of ``(H, W)``
+    images (``shape_px``: ``(H, W)``, or ``S`` for ``S × S``): ``ky = fftfreq(H, py)``,
+    ``kx = rfftfreq(W, px)``, in 1/Å for ``pixel_size_A = (px, py)`` (or one size for both),
+    cycles/pixel for the default 1."""
+    h, w = (shape_px, shape_px) if isinstance(shape_px, int) else shape_px
+    px, py = pixel_size_A if isinstance(pixel_size_A, tuple | list) else (pixel_size_A,) * 2
+    ky = torch.fft.fftfreq(h, py, device=device, dtype=dtype)
+    kx = torch.fft.rfftfreq(w, px, device=device, dtype=dtype)
+    gy, gx = torch.meshgrid(ky, kx, indexing="ij")
+    return torch.stack([gx, gy], dim=-1)
 
 
 def shell_radius_px(
