@@ -36,6 +36,7 @@ __all__ = [
     "frequencies_2d",
     "hermitian_weights",
     "lowpass",
+    "lowpass_map",
     "lowpass_mask",
     "pad_spectrum",
     "radial_average",

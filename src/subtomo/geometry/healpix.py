@@ -32,6 +32,7 @@ from subtomo.geometry.symmetry import symmetry_operators
 __all__ = [
     "ASU_CENTRE",
     "angular_step_deg",
+    "cell_children",
     "healpix_directions",
     "local_rotations",
     "nside",

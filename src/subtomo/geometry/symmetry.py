@@ -32,7 +32,7 @@ from torch import Tensor
 
 from subtomo.geometry.so3 import axis_angle_to_matrix
 
-__all__ = ["group_order", "symmetry_operators"]
+__all__ = ["group_order", "symmetric_distance_deg", "symmetry_operators"]
 
 _PHI = (1.0 + math.sqrt(5.0)) / 2.0
 _ACCEPTED = "C<n>, D<n> (n >= 1), Ci, Cs, T, O, I, I1, I2, I3, I4 (case-insensitive)"
