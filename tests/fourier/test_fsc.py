@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from subtomo.fourier.fsc import fsc, resolution_at, shell_resolution_A
+from subtomo.fourier.fsc import fsc, resolution_at, resolution_shell, shell_resolution_A, shell_to_A
 from subtomo.fourier.grid import (
     centred_irfft,
     centred_rfft,
@@ -100,3 +100,18 @@ def test_shell_resolution() -> None:
     res = shell_resolution_A(64, 2.0)
     assert res.shape == (33,) and math.isinf(res[0])
     assert math.isclose(float(res[1]), 128.0) and math.isclose(float(res[32]), 4.0)
+
+
+def test_resolution_shell_is_relions_last_shell_before_the_drop() -> None:
+    curve = 1.0 - torch.arange(33, dtype=torch.float64) / 20.0  # shell 18 first < 0.143
+    assert resolution_shell(curve) == 17
+    assert resolution_shell(curve.float(), 0.5) == 10  # 0.5 itself is not below
+    bumpy = curve.clone()
+    bumpy[25:] = 0.9
+    assert resolution_shell(bumpy) == 17
+    assert resolution_shell(torch.ones(33)) == 32  # never below: the last shell
+    zero_first = torch.ones(33)
+    zero_first[0] = 0.0  # shell 0 is not searched
+    assert resolution_shell(zero_first) == 32
+    assert shell_to_A(17, 64, 1.5) == 64 * 1.5 / 17
+    assert shell_to_A(0, 64, 1.5) == math.inf and shell_to_A(-1.0, 64, 1.5) == math.inf

@@ -9,12 +9,15 @@ import torch
 from subtomo.fourier.grid import (
     centred_irfft,
     centred_rfft,
+    frequencies_2d,
     hermitian_weights,
     lowpass,
     lowpass_mask,
     radial_average,
+    resample_map,
     rfft_freqs,
     shell_index,
+    soft_sphere,
 )
 
 BOXES = [8, 9, 16, 17]
@@ -98,3 +101,59 @@ def test_lowpass_raised_cosine() -> None:
     assert torch.allclose(mask[band], expected)
     spec = torch.randn(box, box, box // 2 + 1, dtype=torch.complex64)
     assert torch.allclose(lowpass(spec, box, 8.0, 4.0), spec * mask.float())
+
+
+def _waves(box: int, waves: list[tuple[tuple[int, int, int], float]]) -> torch.Tensor:
+    """``sum cos(2 pi k . r / L + phase)`` sampled on ``box`` voxels over one field of view
+    ``L``, ``r`` from the centre voxel ``box // 2``; ``k`` integer cycles per field of view."""
+    u = (torch.arange(box, dtype=torch.float64) - box // 2) / box
+    z, y, x = torch.meshgrid(u, u, u, indexing="ij")
+    out = torch.zeros(box, box, box, dtype=torch.float64)
+    for (kx, ky, kz), phase in waves:
+        out += torch.cos(2 * torch.pi * (kx * x + ky * y + kz * z) + phase)
+    return out
+
+
+@pytest.mark.parametrize(("size", "box"), [(24, 16), (24, 15), (23, 16), (15, 24), (16, 24),
+                                           (16, 33)])
+def test_resample_map_samples_a_band_limited_map_on_the_new_grid(size: int, box: int) -> None:
+    waves = [((0, 0, 0), 0.0), ((3, -2, 5), 0.4), ((-7, 1, 0), 1.3), ((2, 6, -6), -2.0)]
+    got = resample_map(_waves(size, waves), box)
+    assert torch.allclose(got, _waves(box, waves), atol=1e-12)
+    assert resample_map(_waves(size, waves).float(), box).dtype == torch.float32
+
+
+@pytest.mark.parametrize("size", [12, 13])
+def test_resample_map_upsampling_keeps_every_voxel_of_any_map(size: int) -> None:
+    """Padding is the real trigonometric interpolant (even boxes: the Nyquist term split
+    evenly between +-D/2), so an integer upsampling keeps the map's own voxel values."""
+    vol = torch.randn(size, size, size, dtype=torch.float64,
+                      generator=torch.Generator().manual_seed(size))
+    for factor in (2, 3):
+        up = resample_map(vol, factor * size)
+        at = factor * (torch.arange(size) - size // 2) + factor * size // 2
+        assert torch.allclose(up[at][:, at][:, :, at], vol, atol=1e-12)
+    if size % 2:  # no Nyquist term: cropping undoes padding
+        assert torch.allclose(resample_map(resample_map(vol, 20), size), vol, atol=1e-12)
+
+
+@pytest.mark.parametrize("box", [16, 17])
+def test_soft_sphere_is_a_raised_cosine_edge_outside_the_radius(box: int) -> None:
+    c = box // 2
+    r = np.sqrt(((np.indices((box,) * 3) - c) ** 2).sum(0))
+    diameter, width = 0.5 * box, 3.0
+    t = np.clip((r - diameter / 2) / width, 0, 1)
+    got = soft_sphere(box, diameter, width, dtype=torch.float64).numpy()
+    np.testing.assert_allclose(got, 0.5 * (1 + np.cos(np.pi * t)), atol=1e-15)
+    assert got[c, c, c] == 1.0 and got[0, 0, 0] == 0.0
+    hard = soft_sphere(box, 2 * 5.5, 0.0, dtype=torch.bool).numpy()
+    assert np.array_equal(hard, r <= 5.5)
+
+
+def test_frequencies_2d_match_numpy() -> None:
+    k = frequencies_2d((15, 20), (2.0, 3.0))
+    assert k.shape == (15, 11, 2) and k.dtype == torch.float64
+    gy, gx = np.meshgrid(np.fft.fftfreq(15, 3.0), np.fft.rfftfreq(20, 2.0), indexing="ij")
+    np.testing.assert_allclose(k[..., 0].numpy(), gx, rtol=1e-15)
+    np.testing.assert_allclose(k[..., 1].numpy(), gy, rtol=1e-15)
+    assert torch.equal(frequencies_2d(8), frequencies_2d((8, 8), 1.0))

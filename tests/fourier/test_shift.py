@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from subtomo.fourier.grid import centred_irfft, centred_rfft
-from subtomo.fourier.shift import phase_shift
+from subtomo.fourier.shift import phase_shift, shift_spectra_2d_
 
 
 @pytest.mark.parametrize("box", [16, 17])
@@ -49,3 +49,22 @@ def test_batch_shape_and_formula() -> None:
     k = torch.tensor([3.0, 2.0, 1.0]) / box
     expected = torch.exp(-2j * math.pi * (shifts @ k).double()).to(torch.complex64)
     assert torch.allclose(phase[..., 1, 2, 3], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("h", "w"), [(16, 16), (15, 20)])
+def test_2d_shift_of_images_is_a_roll_and_moves_a_cosine(h: int, w: int) -> None:
+    g = torch.Generator().manual_seed(h)
+    images = torch.randn(2, h, w, dtype=torch.float64, generator=g)
+    shifts = torch.tensor([[3.0, -2.0], [-w - 1.0, 2.0 * h]], dtype=torch.float64)
+    spectra = torch.fft.rfft2(images)
+    moved = torch.fft.irfft2(shift_spectra_2d_(spectra, shifts, 2.0, width_px=w), s=(h, w))
+    for image, out, (sx, sy) in zip(images, moved, shifts.long().tolist(), strict=True):
+        assert torch.allclose(out, 2.0 * torch.roll(image, (sy, sx), (0, 1)), atol=1e-12)
+    # a sub-pixel shift of cos(2 pi (3 x / w + 2 y / h)) moves its phase by 2 pi k . s
+    y, x = torch.meshgrid(torch.arange(h, dtype=torch.float64),
+                          torch.arange(w, dtype=torch.float64), indexing="ij")
+    wave = torch.cos(2 * math.pi * (3 * x / w + 2 * y / h))
+    s = torch.tensor([0.3, -1.7], dtype=torch.float64)
+    got = torch.fft.irfft2(shift_spectra_2d_(torch.fft.rfft2(wave), s, width_px=w), s=(h, w))
+    expected = torch.cos(2 * math.pi * (3 * (x - s[0]) / w + 2 * (y - s[1]) / h))
+    assert torch.allclose(got, expected, atol=1e-12)

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from subtomo.cli import main
+from subtomo.fourier.grid import soft_sphere
 from subtomo.geometry.euler import angular_distance_deg, euler_to_matrix
 from subtomo.geometry.symmetry import symmetric_distance_deg
 from subtomo.io.mrc import read_mrc, write_mrc
 from subtomo.maps.align_maps import align_maps
-from subtomo.maps.rotate import sphere_mask
 from subtomo.simulate.render import render_atoms
 from subtomo.simulate.structure import pseudo_atomic
 
@@ -51,7 +51,7 @@ def scene() -> dict[str, torch.Tensor]:
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     """Pearson correlation inside the sphere of radius D / 2 (independent of the module's)."""
-    inside = sphere_mask(tuple(a.shape), a.shape[-1] / 2.0).bool()
+    inside = soft_sphere(a.shape[-1], a.shape[-1], 0.0, dtype=torch.bool)
     return float(torch.corrcoef(torch.stack([a[inside], b[inside]]).double())[0, 1])
 
 

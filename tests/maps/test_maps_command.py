@@ -11,9 +11,10 @@ import torch
 
 from subtomo.commands import maps
 from subtomo.errors import InputError
+from subtomo.fourier.grid import soft_sphere
 from subtomo.geometry.euler import euler_to_matrix, rotation_z
 from subtomo.io.mrc import read_mrc, write_mrc
-from subtomo.maps.rotate import rotate_volume, sphere_mask
+from subtomo.maps.rotate import rotate_volume
 
 
 def _run(argv: list[str]) -> int:
@@ -58,7 +59,7 @@ def test_symmetrize_and_align(tmp_path: Path, c4_map: Path) -> None:
     assert angpix == pytest.approx(2.5)
     # the aligned map is (nearly) C4-symmetric about z: a quarter turn is exact on the grid
     quarter = rotate_volume(torch.from_numpy(aligned), rotation_z(torch.tensor(90.0)))
-    inside = sphere_mask(aligned.shape, 14.0).bool()
+    inside = soft_sphere(aligned.shape[-1], 28.0, 0.0, dtype=torch.bool)
     a, b = torch.from_numpy(aligned)[inside], quarter[inside]
     assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > 0.99
 

@@ -27,10 +27,10 @@ import torch
 
 from subtomo.commands import postprocess as postprocess_command
 from subtomo.errors import InputError
-from subtomo.fourier.fsc import fsc
+from subtomo.fourier.fsc import fsc, resolution_shell
 from subtomo.fourier.grid import shell_radius_px
 from subtomo.io.fsc_star import write_fsc_star
-from subtomo.maps.postprocess import postprocess, resolution_shell_relion
+from subtomo.maps.postprocess import postprocess
 
 D, PX = 48, 4.0
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -87,7 +87,7 @@ def test_resolution_within_one_shell_of_truth(seed: int, device: str) -> None:
     mask = torch.from_numpy(PROPER_MASK)
     average = torch.from_numpy((h1 + h2) / 2)
     true_fsc = fsc(average * mask, torch.from_numpy(truth) * mask)
-    true_shell = resolution_shell_relion(true_fsc, 0.5)
+    true_shell = resolution_shell(true_fsc, 0.5)
 
     assert 3 < result.randomize_shell < result.resolution_shell < D // 2  # a real crossing
     assert abs(result.resolution_shell - true_shell) <= 1, (result.resolution_shell, true_shell)
@@ -142,7 +142,7 @@ def test_tight_mask_inflation_is_removed_by_phase_randomisation() -> None:
     assert result.resolution_shell <= cutoff + 1
     assert default.resolution_shell <= proper.resolution_shell + 1
     # without noise substitution the tight mask would claim a far better resolution
-    assert resolution_shell_relion(result.fsc_masked) > cutoff + 4
+    assert resolution_shell(result.fsc_masked) > cutoff + 4
 
 
 # --------------------------------------------------------------------------- B-factor

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from subtomo.fourier.grid import soft_sphere
 from subtomo.geometry.euler import euler_to_matrix, rotation_x, rotation_z
-from subtomo.maps.rotate import rotate_volume, sphere_mask
+from subtomo.maps.rotate import rotate_volume
 
 F64 = torch.float64
 
@@ -23,7 +24,7 @@ def test_quarter_turn_about_z_is_rot90(box: int) -> None:
         out, expected = out[:, :, 1:], expected[:, :, 1:]
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
     # the band-limited path moves voxels exactly the same way
-    inside = sphere_mask(vol.shape, box / 2 - 1, dtype=F64)
+    inside = soft_sphere(box, box - 2, 0.0, dtype=F64)
     four = rotate_volume(vol * inside, rotation_z(torch.tensor(90.0, dtype=F64)), "fourier")
     lin = rotate_volume(vol * inside, rotation_z(torch.tensor(90.0, dtype=F64)))
     torch.testing.assert_close(four, lin, rtol=0, atol=1e-10)
@@ -79,7 +80,7 @@ def test_batches_and_improper(blobs) -> None:
         torch.testing.assert_close(batched[k], rotate_volume(vols[k], mats[k]))
     # inversion (det -1): a blob at p goes to -p, in both interpolation paths
     p = torch.tensor([3.0, -2.0, 4.0], dtype=F64)
-    inside = sphere_mask(vols.shape[1:], box / 2 - 1, dtype=F64)  # "fourier" zeroes the corners
+    inside = soft_sphere(box, box - 2, 0.0, dtype=F64)  # "fourier" zeroes the corners
     for order in ("linear", "fourier"):
         out = rotate_volume(blobs(p, 1.5, box), -torch.eye(3, dtype=F64), order)
         torch.testing.assert_close(out * inside, blobs(-p, 1.5, box) * inside, rtol=0, atol=1e-9)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from subtomo.fourier.grid import soft_sphere
 from subtomo.geometry.euler import rotation_z
 from subtomo.geometry.symmetry import symmetry_operators
-from subtomo.maps.rotate import rotate_volume, sphere_mask
+from subtomo.maps.rotate import rotate_volume
 from subtomo.maps.symmetrize import symmetrize
 
 F64 = torch.float64
@@ -24,7 +25,7 @@ BOX, SIGMA = 48, 2.5
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """Relative L2 difference inside the sphere of radius D/2 - 2."""
-    inside = sphere_mask(a.shape, a.shape[-1] / 2 - 2, dtype=a.dtype)
+    inside = soft_sphere(a.shape[-1], a.shape[-1] - 4, 0.0, dtype=a.dtype)
     return float(((a - b) * inside).norm() / (b * inside).norm())
 
 

@@ -161,7 +161,7 @@ def test_global_search_from_random_orientations(tmp_path):
     """Random starting orientations, the 30 Å low-passed truth as reference: ≥ 90 % of the
     particles end within 10° of their true pose."""
     from subtomo.fourier.grid import lowpass_map
-    from subtomo.simulate.structure import random_rotations
+    from subtomo.geometry.so3 import random_rotations
 
     config = SimulationConfig(n=120, box_px=BOX, pixel_size_A=APIX, n_atoms=1500,
                               noise_sigma=2.0, seed=21)

@@ -13,18 +13,22 @@ import torch
 
 from subtomo.cli import main
 from subtomo.fourier.fsc import fsc, resolution_at
-from subtomo.fourier.grid import centred_rfft, lowpass_mask, shell_index
+from subtomo.fourier.grid import (
+    centred_rfft,
+    frequencies_2d,
+    lowpass_mask,
+    resample_map,
+    shell_index,
+)
 from subtomo.geometry.euler import euler_to_matrix
 from subtomo.geometry.tilt import tilt_rotations
 from subtomo.io.mrc import read_ctf_volume, read_mrc
 from subtomo.io.star import read_particles
 from subtomo.io.tomograms import read_tomogram_set, write_tomogram_set
-from subtomo.maps.align_symmetry import fourier_crop
 from subtomo.refine.reconstruct import reconstruct
 from subtomo.simulate.render import render_atoms
 from subtomo.simulate.structure import pseudo_atomic
 from subtomo.simulate.tiltseries import TiltSeriesConfig, simulate_tiltseries
-from subtomo.tomo.crops import crop_frequencies
 from subtomo.tomo.extract import ExtractOptions, SliceGather, extract_subtomograms
 from subtomo.tomo.reconstruct_particle import reconstruct_particle
 
@@ -98,7 +102,7 @@ def test_rescaled_extractions_agree(tmp_path):
         volume, written_apix = read_mrc(tmp_path / name / "Subtomograms" / "TS_01" / "1_data.mrc")
         assert written_apix == pytest.approx(apix)
         volumes.append(torch.from_numpy(volume))
-    cropped, coarse = fourier_crop(volumes[0], 16), volumes[1]
+    cropped, coarse = resample_map(volumes[0], 16), volumes[1]
     assert fsc(cropped, coarse)[1:8].min() > 0.99
     inside = lowpass_mask(16, 0.9 * 8, edge_px=0)
     a, b = centred_rfft(cropped) * inside, centred_rfft(coarse) * inside
@@ -165,7 +169,7 @@ def test_slice_gather_centres_odd_and_even_boxes(box):
     frames = tilt_rotations(zero, angles, zero + 30.0)
     gather = SliceGather(box, 5.0, frames, (5.0, 5.0), box, angles.abs().float(),
                          voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07)
-    k = crop_frequencies(box, (1.0, 1.0))
+    k = frequencies_2d(box, (1.0, 1.0))
     blob = torch.exp(-2 * math.pi**2 * 1.5**2 * k.square().sum(-1))  # σ 1.5 px, at the centre
     volume = gather.volumes(blob.expand(1, len(angles), -1, -1).to(torch.complex64))[0]
     c = box // 2

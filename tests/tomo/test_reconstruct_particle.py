@@ -12,11 +12,12 @@ from subtomo.cli import main
 from subtomo.fourier.fsc import fsc, resolution_at
 from subtomo.fourier.projector import Backprojector
 from subtomo.geometry.euler import euler_to_matrix
+from subtomo.geometry.so3 import random_rotations
 from subtomo.io.mrc import read_mrc
 from subtomo.io.star import read_particles
 from subtomo.io.tomograms import read_optimisation_set, read_tomogram_set
 from subtomo.simulate.render import render_atoms, render_projected_atoms
-from subtomo.simulate.structure import pseudo_atomic, random_rotations
+from subtomo.simulate.structure import pseudo_atomic
 from subtomo.tomo.reconstruct_particle import reconstruct_particle
 
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from subtomo.fourier.grid import hermitian_weights, rfft_shape, shell_index
 
-__all__ = ["fsc", "resolution_at", "shell_resolution_A"]
+__all__ = ["fsc", "resolution_at", "resolution_shell", "shell_resolution_A", "shell_to_A"]
 
 
 def fsc(a: Tensor, b: Tensor, spectra: bool = False) -> Tensor:
@@ -72,28 +72,39 @@ def shell_resolution_A(box: int, pixel_size_A: float) -> Tensor:
     return (box * pixel_size_A / s).to(torch.float32)
 
 
+def shell_to_A(shell: float, box: int, pixel_size_A: float) -> float:
+    """Resolution (Å) of Fourier shell ``shell`` (may be fractional) of a ``box``-pixel box:
+    ``D * pixel_size_A / shell``; ``inf`` for ``shell <= 0``."""
+    return math.inf if shell <= 0 else box * pixel_size_A / shell
+
+
+def resolution_shell(fsc_curve: Tensor, threshold: float = 0.143) -> int:
+    """RELION's rule: the last shell before ``fsc_curve`` (shells ``0 .. D // 2``) first drops
+    below ``threshold``, searched from shell 1 (compared in float64); the last shell if it
+    never does."""
+    curve = torch.as_tensor(fsc_curve, dtype=torch.float64).detach().cpu().reshape(-1)
+    below = torch.nonzero(curve[1:] < threshold).reshape(-1)
+    return int(below[0]) if below.numel() else curve.numel() - 1
+
+
 def resolution_at(
     fsc_curve: Tensor, box: int, pixel_size_A: float, threshold: float = 0.143
 ) -> float:
     """Resolution (Å) where ``fsc_curve`` (shells ``0 .. D // 2``) first crosses ``threshold``.
 
-    RELION's rule with linear interpolation: find the first shell ``i >= 1`` with
-    ``FSC(i) < threshold``; ``j = i - 1`` is the last shell before the drop. The crossing is
-    placed at the fractional shell ``s = j + (FSC(j) - t) / (FSC(j) - FSC(i))`` (in
-    ``[j, j + 1)``), and the result is ``D * pixel_size_A / s``. Without interpolation this
-    would be RELION's ``D * pixel_size_A / j``. If the curve never drops below the threshold
-    the resolution of the last shell is returned (Nyquist, ``2 * pixel_size_A``, for even
-    ``D``); if ``FSC(0)`` is already below it, ``inf``.
+    RELION's rule (:func:`resolution_shell`) with linear interpolation: ``j`` is the last
+    shell before the first shell ``i = j + 1 >= 1`` with ``FSC(i) < threshold``. The crossing
+    is placed at the fractional shell ``s = j + (FSC(j) - t) / (FSC(j) - FSC(i))`` (in
+    ``[j, j + 1)``), and the result is ``D * pixel_size_A / s`` (:func:`shell_to_A`). Without
+    interpolation this would be RELION's ``D * pixel_size_A / j``. If the curve never drops
+    below the threshold the resolution of the last shell is returned (Nyquist,
+    ``2 * pixel_size_A``, for even ``D``); if ``FSC(0)`` is already below it, ``inf``.
     """
     curve = torch.as_tensor(fsc_curve, dtype=torch.float64).detach().cpu().reshape(-1)
-    n = curve.numel()
-    below = torch.nonzero(curve[1:] < threshold).reshape(-1)
-    if below.numel() == 0:
-        return box * pixel_size_A / (n - 1)
-    i = int(below[0]) + 1
-    j = i - 1
-    fj, fi = float(curve[j]), float(curve[i])
+    j = resolution_shell(curve, threshold)
+    if j == curve.numel() - 1:
+        return shell_to_A(j, box, pixel_size_A)
+    fj, fi = float(curve[j]), float(curve[j + 1])
     if fj < threshold:
         return math.inf
-    s = j + (fj - threshold) / (fj - fi)
-    return math.inf if s <= 0 else box * pixel_size_A / s
+    return shell_to_A(j + (fj - threshold) / (fj - fi), box, pixel_size_A)

@@ -33,10 +33,14 @@ __all__ = [
     "centred_irfft",
     "centred_rfft",
     "crop_spectrum",
+    "frequencies_2d",
     "hermitian_weights",
     "lowpass",
+    "lowpass_map",
     "lowpass_mask",
+    "pad_spectrum",
     "radial_average",
+    "resample_map",
     "rfft_freqs",
     "rfft_shape",
     "shell_index",
@@ -69,6 +73,22 @@ def rfft_freqs(
         [ix.expand(shape), iy.expand(shape), iz.expand(shape)], dim=-1
     ).to(dtype)
     return k / box
+
+
+def frequencies_2d(shape_px: int | tuple[int, int],
+                   pixel_size_A: float | tuple[float, float] = 1.0,
+                   device: torch.device | str | None = None,
+                   dtype: torch.dtype = torch.float64) -> Tensor:
+    """Frequencies ``(H, W // 2 + 1, 2)`` ordered ``(kx, ky)`` of the ``rfft2`` of ``(H, W)``
+    images (``shape_px``: ``(H, W)``, or ``S`` for ``S × S``): ``ky = fftfreq(H, py)``,
+    ``kx = rfftfreq(W, px)``, in 1/Å for ``pixel_size_A = (px, py)`` (or one size for both),
+    cycles/pixel for the default 1."""
+    h, w = (shape_px, shape_px) if isinstance(shape_px, int) else shape_px
+    px, py = pixel_size_A if isinstance(pixel_size_A, tuple | list) else (pixel_size_A,) * 2
+    ky = torch.fft.fftfreq(h, py, device=device, dtype=dtype)
+    kx = torch.fft.rfftfreq(w, px, device=device, dtype=dtype)
+    gy, gx = torch.meshgrid(ky, kx, indexing="ij")
+    return torch.stack([gx, gy], dim=-1)
 
 
 def shell_radius_px(
@@ -229,3 +249,50 @@ def crop_spectrum(spec: Tensor, box: int) -> Tensor:
     pos, neg = (box + 1) // 2, box // 2
     rows = torch.cat([torch.arange(pos), torch.arange(size - neg, size)]).to(spec.device)
     return spec.index_select(-3, rows).index_select(-2, rows)[..., : box // 2 + 1]
+
+
+def pad_spectrum(spec: Tensor, box: int) -> Tensor:
+    """Zero-pad centred half spectra ``(..., D, D, D // 2 + 1)`` to ``box`` (>= D), the same
+    frequencies in cycles/Å (``crop_spectrum(pad_spectrum(F, box), D) = F`` for odd ``D``; for
+    even ``D`` the Nyquist planes come back halved).
+
+    Frequencies ``-(D // 2) .. (D - 1) // 2`` keep their integer index. For even ``D`` the
+    Nyquist coefficient ``F(-D/2)`` stands for both ``±D/2``; it is split evenly between them
+    on each axis (``F/2`` at ``+D/2`` and at ``-D/2``), so that the padded spectrum is the
+    real trigonometric interpolant: ``centred_irfft(pad_spectrum(F, box), box) * (box / D)³``
+    takes the map's own values on its voxels (``box`` a multiple of ``D``).
+    """
+    size = spec.shape[-3]
+    if tuple(spec.shape[-3:]) != rfft_shape(size):
+        raise ValueError(f"not a half spectrum of a cube: {tuple(spec.shape)}")
+    if box < size:
+        raise ValueError(f"cannot pad a {size}-voxel spectrum to {box}")
+    if box == size:
+        return spec
+    pos, neg = (size + 1) // 2, size // 2
+    src = torch.cat([torch.arange(pos), torch.arange(size - neg, size)]).to(spec.device)
+    dst = torch.cat([torch.arange(pos), torch.arange(box - neg, box)]).to(spec.device)
+    out = spec.new_zeros((*spec.shape[:-3], box, box, box // 2 + 1))
+    out[..., dst[:, None], dst[None, :], : size // 2 + 1] = spec[..., src[:, None], src[None, :], :]
+    if size % 2 == 0:
+        nyq, mirror = box - size // 2, size // 2  # rows -D/2 and +D/2 of the padded grid
+        for dim in (-3, -2):
+            half = out.select(dim, nyq) * 0.5
+            out.select(dim, nyq).copy_(half)
+            out.select(dim, mirror).copy_(half)
+        out[..., size // 2] *= 0.5  # column +D/2; its mate -D/2 is implied (Hermitian)
+    return out
+
+
+def resample_map(vol: Tensor, box: int) -> Tensor:
+    """A cubic real map ``(D, D, D)`` on ``box`` voxels over the same field of view, by Fourier
+    cropping (``box < D``, :func:`crop_spectrum`) or padding (``box > D``,
+    :func:`pad_spectrum`): ``centred_irfft(F', box) · (box / D)³`` with ``F = centred_rfft(vol)``,
+    so densities keep their level and voxel ``D // 2`` stays the centre ``box // 2``."""
+    size = vol.shape[-1]
+    if box == size:
+        return vol
+    real = torch.float64 if vol.dtype == torch.float64 else torch.float32
+    spec = centred_rfft(vol.to(real))
+    spec = crop_spectrum(spec, box) if box < size else pad_spectrum(spec, box)
+    return (centred_irfft(spec, box) * (box / size) ** 3).to(vol.dtype)

@@ -16,7 +16,16 @@ from torch import Tensor
 
 from subtomo.fourier.grid import rfft_freqs
 
-__all__ = ["phase_shift", "shift_spectra_"]
+__all__ = ["phase_factors", "phase_shift", "shift_spectra_", "shift_spectra_2d_"]
+
+
+def phase_factors(k: Tensor, shifts_px: Tensor) -> Tensor:
+    """``exp(-2 pi i k s)`` for frequencies ``k (n,)`` (cycles/px) and shifts ``s (...)`` (px) on
+    one axis: complex128 ``(..., n)``; ``k s`` is reduced modulo 1 before ``2 pi``."""
+    cycles = shifts_px[..., None] * k
+    cycles = cycles - torch.round(cycles)
+    phase = -2.0 * math.pi * cycles
+    return torch.polar(torch.ones_like(phase), phase)
 
 
 def phase_shift(
@@ -52,16 +61,26 @@ def shift_spectra_(spectra: Tensor, shifts_px: Tensor) -> Tensor:
     box = spectra.shape[-2]
     device = spectra.device
     s = torch.as_tensor(shifts_px).to(device=device, dtype=torch.float64).reshape(-1, 3)
-
-    def factor(k: Tensor, shift: Tensor) -> Tensor:
-        cycles = shift[:, None] * k[None, :]
-        cycles = cycles - torch.round(cycles)
-        phase = -2.0 * math.pi * cycles
-        return torch.polar(torch.ones_like(phase), phase).to(spectra.dtype)
-
     full = torch.fft.fftfreq(box, device=device, dtype=torch.float64)
     half = torch.fft.rfftfreq(box, device=device, dtype=torch.float64)
-    fz, fy, fx = factor(full, s[:, 2]), factor(full, s[:, 1]), factor(half, s[:, 0])
+    fz, fy, fx = (phase_factors(k, shift).to(spectra.dtype)
+                  for k, shift in ((full, s[:, 2]), (full, s[:, 1]), (half, s[:, 0])))
     spectra *= (fz[:, :, None] * fy[:, None, :])[..., None]
     spectra *= fx[:, None, None, :]
+    return spectra
+
+
+def shift_spectra_2d_(spectra: Tensor, shifts_px: Tensor, scale: float = 1.0,
+                      width_px: int | None = None) -> Tensor:
+    """Multiply ``rfft2`` spectra ``(..., H, W // 2 + 1)`` of ``(H, W)`` images (``width_px``
+    ``W``, default ``H``) in place by ``scale · exp(-2 pi i k . s)`` for shifts ``(..., 2)``
+    (``(x, y)``, px, float64), as the separable factors ``(..., H, 1)`` (with ``scale``) and
+    ``(..., 1, W // 2 + 1)`` (:func:`phase_factors`). Returns ``spectra``."""
+    h = spectra.shape[-2]
+    device = spectra.device
+    ky = torch.fft.fftfreq(h, device=device, dtype=torch.float64)
+    kx = torch.fft.rfftfreq(h if width_px is None else width_px, device=device,
+                            dtype=torch.float64)
+    spectra *= (phase_factors(ky, shifts_px[..., 1]) * scale).to(spectra.dtype)[..., :, None]
+    spectra *= phase_factors(kx, shifts_px[..., 0]).to(spectra.dtype)[..., None, :]
     return spectra

@@ -26,11 +26,13 @@ import torch
 from torch import Tensor
 
 from subtomo.geometry.euler import euler_to_matrix, matrix_to_euler
+from subtomo.geometry.so3 import rotation_vector_to_matrix
 from subtomo.geometry.symmetry import symmetry_operators
 
 __all__ = [
     "ASU_CENTRE",
     "angular_step_deg",
+    "cell_children",
     "healpix_directions",
     "local_rotations",
     "nside",
@@ -95,23 +97,6 @@ def _asymmetric_mask(directions: Tensor, sym: str) -> Tensor:
     return ((directions @ c)[:, None] >= directions @ images.T - _ASU_EPS).all(dim=1)
 
 
-def _rotvec_to_matrix(v: Tensor) -> Tensor:
-    """Active rotations (..., 3, 3) from rotation vectors (..., 3) = axis * angle (radians)."""
-    angle = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
-    k = torch.where(angle > 0, v / angle.clamp_min(1e-300), torch.zeros_like(v))
-    zero = torch.zeros_like(k[..., 0])
-    kx = torch.stack(
-        [
-            torch.stack([zero, -k[..., 2], k[..., 1]], dim=-1),
-            torch.stack([k[..., 2], zero, -k[..., 0]], dim=-1),
-            torch.stack([-k[..., 1], k[..., 0], zero], dim=-1),
-        ],
-        dim=-2,
-    )
-    s, c = torch.sin(angle)[..., None], torch.cos(angle)[..., None]
-    return torch.eye(3, dtype=v.dtype, device=v.device) + s * kx + (1.0 - c) * (kx @ kx)
-
-
 def rotation_grid(
     order: int,
     sym: str = "C1",
@@ -147,7 +132,7 @@ def rotation_grid(
             gen.manual_seed(seed)
         axis = torch.randn(3, generator=gen, dtype=_F64)
         axis = axis / torch.linalg.vector_norm(axis)
-        mats = _rotvec_to_matrix(axis * math.radians(perturb_deg)) @ mats
+        mats = rotation_vector_to_matrix(axis * math.radians(perturb_deg)) @ mats
         angles = matrix_to_euler(mats)
     return mats.to(dtype=dtype, device=device), angles.to(dtype=dtype, device=device)
 
@@ -173,7 +158,7 @@ def local_rotations(
     keep = norm <= math.radians(radius_deg) * (1.0 + 1e-12)
     v, norm = v[keep], norm[keep]
     v = v[torch.argsort(norm, stable=True)]
-    return _rotvec_to_matrix(v).to(dtype=dtype, device=device)
+    return rotation_vector_to_matrix(v).to(dtype=dtype, device=device)
 
 
 def cell_children(
@@ -187,4 +172,4 @@ def cell_children(
     space: RELION's one-order oversampling of a local grid point, (9, 3, 3)."""
     corners = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0], dtype=_F64)] * 3)
     v = torch.cat([torch.zeros(1, 3, dtype=_F64), corners]) * math.radians(step_deg) / 4
-    return _rotvec_to_matrix(v).to(dtype=dtype, device=device)
+    return rotation_vector_to_matrix(v).to(dtype=dtype, device=device)

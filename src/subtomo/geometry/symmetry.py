@@ -30,7 +30,9 @@ import re
 import torch
 from torch import Tensor
 
-__all__ = ["group_order", "symmetry_operators"]
+from subtomo.geometry.so3 import axis_angle_to_matrix
+
+__all__ = ["group_order", "symmetric_distance_deg", "symmetry_operators"]
 
 _PHI = (1.0 + math.sqrt(5.0)) / 2.0
 _ACCEPTED = "C<n>, D<n> (n >= 1), Ci, Cs, T, O, I, I1, I2, I3, I4 (case-insensitive)"
@@ -45,17 +47,6 @@ _GENERATORS: dict[str, tuple[tuple[int, _Axis], ...]] = {
     "I3": ((2, (-1.0, 0.0, _PHI)), (5, (0.0, 0.0, 1.0))),
     "I4": ((2, (1.0, 0.0, _PHI)), (5, (2.0, 0.0, 1.0))),
 }
-
-
-def _axis_angle(axis: _Axis, angle_rad: float) -> Tensor:
-    """Active right-handed rotation (float64) by ``angle_rad`` about ``axis`` (Rodrigues)."""
-    k = torch.tensor(axis, dtype=torch.float64)
-    k = k / torch.linalg.vector_norm(k)
-    kx = torch.tensor(
-        [[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]], dtype=torch.float64
-    )
-    eye = torch.eye(3, dtype=torch.float64)
-    return eye + math.sin(angle_rad) * kx + (1.0 - math.cos(angle_rad)) * (kx @ kx)
 
 
 def _close(generators: list[Tensor], tol: float = 1e-8) -> Tensor:
@@ -104,15 +95,17 @@ def symmetry_operators(
     """
     kind, n = _parse(name)
     if kind == "C":
-        gens = [_axis_angle((0.0, 0.0, 1.0), 2.0 * math.pi / n)]
+        gens = [axis_angle_to_matrix((0.0, 0.0, 1.0), 2.0 * math.pi / n)]
     elif kind == "D":
-        gens = [_axis_angle((0.0, 0.0, 1.0), 2.0 * math.pi / n), _axis_angle((1, 0, 0), math.pi)]
+        gens = [axis_angle_to_matrix((0.0, 0.0, 1.0), 2.0 * math.pi / n),
+                axis_angle_to_matrix((1.0, 0.0, 0.0), math.pi)]
     elif kind == "CI":
         gens = [-torch.eye(3, dtype=torch.float64)]
     elif kind == "CS":
         gens = [torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))]
     else:
-        gens = [_axis_angle(axis, 2.0 * math.pi / fold) for fold, axis in _GENERATORS[kind]]
+        gens = [axis_angle_to_matrix(axis, 2.0 * math.pi / fold)
+                for fold, axis in _GENERATORS[kind]]
     return _close(gens).to(dtype=dtype, device=device)
 
 

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from subtomo.fourier.grid import centred_irfft, centred_rfft, crop_spectrum, shell_radius_px
-from subtomo.hetero.model import HeteroVAE, rotation_vector_matrix
+from subtomo.geometry.so3 import rotation_vector_to_matrix
+from subtomo.hetero.model import HeteroVAE
 
 __all__ = ["Boxes", "affine_grid", "encoder_input", "predict", "sample_affine",
            "sample_model", "within_radius"]
@@ -138,7 +139,7 @@ def sample_model(model: HeteroVAE, maps: Tensor, z: Tensor, M: Tensor, b_A: Tens
     static = (1 - bodies.sum(0)).clamp_min(0)
     moved = sample_affine((maps * static)[:, None], M, b_A, pixel_t, out_box, out_pixel_A)[:, 0]
     rotvec, trans = motions
-    R = rotation_vector_matrix(rotvec)  # (B, J, 3, 3)
+    R = rotation_vector_to_matrix(rotvec)  # (B, J, 3, 3)
     for j in range(bodies.shape[0]):  # a handful of bodies; each one grid_sample
         c = model.body_centres_A[j]
         Mj = M @ R[:, j]
@@ -153,7 +154,7 @@ def corrected_poses(A: Tensor, shift_A: Tensor, correction: Tensor | None
     """``A' = A exp([ω]×)``, ``s' = s + δs`` for corrections (B, 6) = (ω rad, δs Å), or as is."""
     if correction is None:
         return A, shift_A
-    return A @ rotation_vector_matrix(correction[:, :3]), shift_A + correction[:, 3:]
+    return A @ rotation_vector_to_matrix(correction[:, :3]), shift_A + correction[:, 3:]
 
 
 def real_at(spectra: Tensor, box: int, n: int) -> Tensor:

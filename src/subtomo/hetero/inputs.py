@@ -13,12 +13,11 @@ import numpy as np
 import torch
 
 from subtomo.errors import InputError
-from subtomo.fourier.grid import lowpass_map
+from subtomo.fourier.grid import lowpass_map, resample_map
 from subtomo.io.mrc import read_mrc
 from subtomo.io.particles import SUBTOMO_ANGLES, ParticleSet
 from subtomo.io.poses import read_poses_pickle
 from subtomo.io.star import read_particles
-from subtomo.maps.align_symmetry import fourier_crop
 from subtomo.maps.mask import create_mask
 from subtomo.refine.outputs import full_poses, with_poses
 from subtomo.refine.reconstruct import image_box, reconstruct
@@ -161,7 +160,7 @@ def particle_geometry(ps: ParticleSet, angpix: float | None) -> tuple[int, float
 
 def to_template(volume: torch.Tensor, template_box: int) -> torch.Tensor:
     """A map on the particle box resampled (Fourier) to the template box, same field of view."""
-    return fourier_crop(volume.float(), template_box)
+    return resample_map(volume.float(), template_box)
 
 
 def split_rows(n: int, valfrac: float, seed: int, path: Path | None) -> np.ndarray:

@@ -102,33 +102,13 @@ from torch import Tensor, nn
 
 from subtomo.fourier.grid import lowpass_mask
 
-__all__ = ["Decoder", "Encoder", "HeteroVAE", "RigidBodies", "rotation_vector_matrix",
-           "strided_sizes"]
+__all__ = ["Decoder", "Encoder", "HeteroVAE", "RigidBodies", "strided_sizes"]
 
 SLOPE = 0.1
 FREE_NATS = 0.5  # free bits per latent dimension (batch mean)
 # 3D convolutions run in channels-last layout (weights and activations): the same numbers,
 # and 1.3-2.5x faster on CPU (oneDNN) for the few-channel layers of these networks
 LAYOUT = torch.channels_last_3d
-
-
-def rotation_vector_matrix(w: Tensor) -> Tensor:
-    """Rotation matrices ``exp([w]×)`` (..., 3, 3) of rotation vectors ``w`` (..., 3), radians.
-
-    Rodrigues' formula with the Taylor series of ``sin θ / θ`` and ``(1 - cos θ) / θ²`` near 0,
-    so that it is differentiable at ``w = 0`` (the start of every correction).
-    """
-    theta2 = (w * w).sum(-1, keepdim=True)[..., None]
-    small = theta2 < 1e-6
-    theta = torch.sqrt(torch.where(small, torch.ones_like(theta2), theta2))
-    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
-    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / (theta * theta))
-    zero = torch.zeros_like(w[..., 0])
-    k = torch.stack([torch.stack([zero, -w[..., 2], w[..., 1]], -1),
-                     torch.stack([w[..., 2], zero, -w[..., 0]], -1),
-                     torch.stack([-w[..., 1], w[..., 0], zero], -1)], -2)
-    eye = torch.eye(3, dtype=w.dtype, device=w.device).expand_as(k)
-    return eye + a * k + b * (k @ k)
 
 
 def strided_sizes(box: int) -> list[int]:

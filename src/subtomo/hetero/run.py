@@ -15,6 +15,7 @@ import torch
 
 import subtomo
 from subtomo.errors import InputError
+from subtomo.fourier.grid import resample_map
 from subtomo.hetero.checkpoints import CONFIG, write_json
 from subtomo.hetero.forward import (
     Boxes,
@@ -37,7 +38,6 @@ from subtomo.hetero.inputs import (
 )
 from subtomo.hetero.model import HeteroVAE
 from subtomo.io.mrc import write_mrc
-from subtomo.maps.align_symmetry import fourier_crop
 from subtomo.parallel.distributed import Context
 from subtomo.refine.images import check_files, iterate_batches
 
@@ -227,8 +227,8 @@ def prepare(inputs: TrainInputs, options: TrainOptions, out_dir: Path, *, ctx: C
                           template_pixel_A=boxes.pixel(T)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
     d = boxes.enc_box
-    enc_mask = fourier_crop(mask.float(), d).clamp(0, 1).to(device)
-    mask_voxels = float(fourier_crop(mask.float(), boxes.loss_box).clamp(0, 1).sum())
+    enc_mask = resample_map(mask.float(), d).clamp(0, 1).to(device)
+    mask_voxels = float(resample_map(mask.float(), boxes.loss_box).clamp(0, 1).sum())
     poses = (PoseTable(n, math.radians(options.pose_lr_deg), options.pose_lr_A)
              if options.estpose else None)
     train_rows = np.setdiff1d(np.arange(n), val_rows)

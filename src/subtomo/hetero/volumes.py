@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from subtomo.errors import InputError
+from subtomo.fourier.grid import resample_map
 from subtomo.hetero.analysis import analysis_dir
 from subtomo.hetero.checkpoints import (
     checkpoint_path,
@@ -26,7 +27,6 @@ from subtomo.hetero.checkpoints import (
 from subtomo.hetero.forward import Boxes, sample_model
 from subtomo.hetero.model import HeteroVAE
 from subtomo.io.mrc import write_mrc
-from subtomo.maps.align_symmetry import fourier_crop
 
 __all__ = ["eval_vol", "load_model", "volumes_at"]
 
@@ -117,7 +117,7 @@ def eval_vol(run_dir: str | Path, epoch: int, kind: str, number: int, *,
     written = []
     slices = []
     for i, vol in enumerate(maps):
-        out = fourier_crop(vol, box_out)
+        out = resample_map(vol, box_out)
         if flip:
             out = torch.flip(out, dims=(0,))
         path = folder / f"reference{i}.mrc"

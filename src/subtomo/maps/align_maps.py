@@ -47,7 +47,6 @@ translations within ``max_shift_px``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,10 +54,10 @@ import torch
 from torch import Tensor
 
 from subtomo.align.search import Searcher, SearchSettings
-from subtomo.fourier.grid import centred_irfft, centred_rfft
+from subtomo.fourier.grid import centred_irfft, centred_rfft, soft_sphere
 from subtomo.fourier.projector import Projector
 from subtomo.fourier.shift import phase_shift
-from subtomo.maps.rotate import rotate_volume, sphere_mask
+from subtomo.maps.rotate import rotate_volume
 
 __all__ = ["MapAlignment", "align_maps", "map_correlation", "mirror_z"]
 
@@ -98,21 +97,11 @@ def map_correlation(a: Tensor, b: Tensor, radius_px: float | None = None) -> flo
     """Pearson correlation of two cubic maps inside the sphere of ``radius_px`` voxels about
     voxel ``D // 2`` (default ``D / 2``)."""
     box = a.shape[-1]
-    mask = sphere_mask(tuple(a.shape), box / 2.0 if radius_px is None else radius_px,
-                       a.device, torch.bool)
+    radius_px = box / 2.0 if radius_px is None else radius_px
+    mask = soft_sphere(box, 2 * radius_px, 0.0, a.device, torch.bool)
     x, y = a[mask].double(), b.to(a.device)[mask].double()
     x, y = x - x.mean(), y - y.mean()
     return float((x @ y) / (x.norm() * y.norm()).clamp(min=1e-300))
-
-
-def _soft_sphere(box: int, device: torch.device) -> Tensor:
-    """Sphere of radius ``D / 2 - 1`` voxels with a raised-cosine inner edge ``max(2, D / 16)``."""
-    axis = torch.arange(box, dtype=torch.float64, device=device) - box // 2
-    r = torch.sqrt(axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2)
-    outer = box / 2.0 - 1.0
-    width = max(2.0, box / 16.0)
-    t = ((r - (outer - width)) / width).clamp(0.0, 1.0)
-    return (0.5 * (1.0 + torch.cos(math.pi * t))).float()
 
 
 def _prepared(vol: Tensor, mask: Tensor) -> Tensor:
@@ -179,7 +168,8 @@ def align_maps(moving: Tensor | np.ndarray, fixed: Tensor | np.ndarray, pixel_si
     if max_shift_px is None:
         max_shift_px = box / 8.0
 
-    mask = _soft_sphere(box, dev)
+    width_px = max(2.0, box / 16.0)  # radius D / 2 - 1 with an inner raised-cosine edge
+    mask = soft_sphere(box, 2 * (box / 2.0 - 1.0 - width_px), width_px, dev)
     projector = Projector(_prepared(ref, mask))
     candidates = [mov, mirror_z(mov)] if allow_flip else [mov]
     spectra = centred_rfft(torch.stack([_prepared(c, mask) for c in candidates]))

@@ -31,68 +31,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from subtomo.geometry.euler import angular_distance_deg, rotation_y, rotation_z
+from subtomo.fourier.grid import lowpass_map, resample_map, soft_sphere
+from subtomo.geometry.euler import angular_distance_deg
+from subtomo.geometry.so3 import fibonacci_rotation_grid, rotation_vector_to_matrix
 from subtomo.geometry.symmetry import symmetry_operators
-from subtomo.maps.rotate import rotate_volume, sphere_mask
+from subtomo.maps.rotate import rotate_volume
 
-__all__ = ["align_symmetry", "fourier_crop", "symmetry_score"]
+__all__ = ["align_symmetry", "symmetry_score"]
 
 _CHUNK_VOXELS = 1 << 23
-
-
-def fourier_crop(vol: Tensor, box: int) -> Tensor:
-    """Resample a cubic map to ``box`` voxels by Fourier cropping (or padding); centre voxel
-    ``D // 2`` maps to ``box // 2``. Values are rescaled so that densities keep their level."""
-    size = vol.shape[-1]
-    if box == size:
-        return vol
-    real = torch.float64 if vol.dtype == torch.float64 else torch.float32
-    x = torch.roll(vol.to(real), shifts=(-(size // 2),) * 3, dims=(-3, -2, -1))
-    spec = torch.fft.fftn(x, dim=(-3, -2, -1))
-    keep = min(box, size)
-    idx = torch.cat([torch.arange(0, (keep + 1) // 2), torch.arange(-(keep // 2), 0)])
-    idx_src = idx % size
-    idx_dst = idx % box
-    out = torch.zeros((box, box, box), dtype=spec.dtype, device=vol.device)
-    sub = spec[idx_src.to(vol.device)][:, idx_src.to(vol.device)][:, :, idx_src.to(vol.device)]
-    d = idx_dst.to(vol.device)
-    out[d[:, None, None], d[None, :, None], d[None, None, :]] = sub
-    y = torch.fft.ifftn(out).real * (box / size) ** 3
-    return torch.roll(y, shifts=(box // 2,) * 3, dims=(-3, -2, -1)).to(vol.dtype)
-
-
-def _expm_so3(w: Tensor) -> Tensor:
-    """Rotation matrices exp([w]x) for rotation vectors ``w`` (..., 3) in radians (Rodrigues)."""
-    theta = torch.linalg.vector_norm(w, dim=-1, keepdim=True)
-    k = w / theta.clamp(min=1e-300)
-    zero = torch.zeros_like(k[..., 0])
-    kx = torch.stack([torch.stack([zero, -k[..., 2], k[..., 1]], -1),
-                      torch.stack([k[..., 2], zero, -k[..., 0]], -1),
-                      torch.stack([-k[..., 1], k[..., 0], zero], -1)], -2)
-    s, c = torch.sin(theta)[..., None], torch.cos(theta)[..., None]
-    eye = torch.eye(3, dtype=w.dtype, device=w.device).expand_as(kx)
-    return eye + s * kx + (1 - c) * (kx @ kx)
 
 
 def _is_axial(sym: str) -> bool:
     """Groups whose every operator fixes the z axis (Cn, Cs): only the axis direction counts."""
     key = sym.strip().upper()
     return key == "CS" or (key.startswith("C") and key[1:].isdigit())
-
-
-def _so3_grid(step_deg: float, in_plane: bool = True) -> Tensor:
-    """About uniform SO(3) sampling: Fibonacci directions x in-plane angles, ~``step_deg`` apart."""
-    step = math.radians(step_deg)
-    n_dir = max(2, int(math.ceil(4 * math.pi / step**2 * 1.15)))
-    i = torch.arange(n_dir, dtype=torch.float64) + 0.5
-    tilt = torch.rad2deg(torch.arccos(1 - 2 * i / n_dir))
-    rot = torch.rad2deg(torch.remainder(i * math.pi * (3 - math.sqrt(5)), 2 * math.pi))
-    n_psi = max(1, int(math.ceil(360.0 / step_deg))) if in_plane else 1
-    psi = torch.arange(n_psi, dtype=torch.float64) * 360.0 / n_psi
-    # RELION-style matrices: (Rz(rot) Ry(tilt) Rz(psi)).T; R.T z is the direction (rot, tilt)
-    direction = rotation_z(rot) @ rotation_y(tilt)  # (n_dir, 3, 3)
-    mats = (direction[:, None] @ rotation_z(psi)[None]).reshape(-1, 3, 3)
-    return mats.transpose(-1, -2).contiguous()
 
 
 def _coset_representatives(rots: Tensor, ops: Tensor) -> Tensor:
@@ -107,7 +60,7 @@ def symmetry_score(vol: Tensor, rots: Tensor, ops: Tensor, order: str = "linear"
     """Mean Pearson correlation (inside a sphere) of ``vol`` with ``rotate(vol, R.T g R)`` over
     the non-identity operators g: (N,) scores for (N, 3, 3) candidate rotations ``rots``."""
     box = vol.shape[-1]
-    mask = sphere_mask(vol.shape, box / 2.0 - 1.0, vol.device, torch.bool)
+    mask = soft_sphere(box, box - 2.0, 0.0, vol.device, torch.bool)
     ref = vol[mask].to(torch.float64)
     ref = ref - ref.mean()
     ref = ref / ref.norm().clamp(min=1e-30)
@@ -171,7 +124,8 @@ def _refine(vol: Tensor, starts: Tensor, ops: Tensor, step_deg: float, min_step_
         if not bool(active.any()):
             break
         idx = torch.nonzero(active).flatten()
-        cand = _expm_so3(offsets[None] * steps[idx, None, None]) @ rots[idx, None]  # (k,27,3,3)
+        w = offsets[None] * steps[idx, None, None]
+        cand = rotation_vector_to_matrix(w) @ rots[idx, None]  # (k, 27, 3, 3)
         sc = symmetry_score(vol, cand.reshape(-1, 3, 3), ops, order).view(len(idx), -1)
         sc[:, centre] = best[idx]
         top = sc.argmax(dim=1)
@@ -201,7 +155,7 @@ def _quadratic_refine(vol: Tensor, rot: Tensor, ops: Tensor, steps_deg: tuple[fl
                         torch.stack([u[:, i] * u[:, j] for i, j in pairs], -1)], -1)
     for step_deg in steps_deg:
         step = math.radians(step_deg)
-        cand = _expm_so3(grid * step) @ rot
+        cand = rotation_vector_to_matrix(grid * step) @ rot
         sc = symmetry_score(vol, cand, ops, order)
         coef = torch.linalg.lstsq(design, sc[:, None]).solution[:, 0]
         grad = coef[1 : 1 + dims]
@@ -219,7 +173,7 @@ def _quadratic_refine(vol: Tensor, rot: Tensor, ops: Tensor, steps_deg: tuple[fl
                 w = w * (2.0 / float(w.abs().max()))
         else:
             w = grid[int(sc.argmax())].clone()
-        rot = _expm_so3(w * step) @ rot
+        rot = rotation_vector_to_matrix(w * step) @ rot
     score = float(symmetry_score(vol, rot[None], ops, order)[0])
     return rot, score
 
@@ -236,7 +190,7 @@ def _canonical(rot: Tensor, sym: str, ops: Tensor) -> Tensor:
         angle = torch.atan2(cross.norm(), axis[2])
         if float(cross.norm()) < 1e-12:
             return eye
-        return _expm_so3(cross / cross.norm() * angle)
+        return rotation_vector_to_matrix(cross / cross.norm() * angle)
     # normaliser of the group (proper part) as far as it is finite: O for D2 (4-folds on
     # x, y, z), T plus T h for T (h: 90° about one of its 2-folds), D2n for Dn (n > 2), the
     # group itself otherwise
@@ -247,7 +201,7 @@ def _canonical(rot: Tensor, sym: str, ops: Tensor) -> Tensor:
         angles = angular_distance_deg(ops, eye.expand_as(ops))
         two_fold = ops[int(torch.nonzero((angles - 180.0).abs() < 1e-6)[0])]
         axis = torch.linalg.eigh(0.5 * (two_fold + two_fold.T)).eigenvectors[:, -1]
-        h = _expm_so3(axis * (math.pi / 2.0))
+        h = rotation_vector_to_matrix(axis * (math.pi / 2.0))
         norm = torch.cat([ops, ops @ h])
     elif key.startswith("D") and key[1:].isdigit() and int(key[1:]) > 2:
         norm = symmetry_operators(f"D{2 * int(key[1:])}", dtype=rot.dtype)
@@ -286,18 +240,17 @@ def align_symmetry(vol: Tensor | np.ndarray, sym: str, pixel_size_A: float = 1.0
         return vol.clone(), eye, 1.0
     work = vol.to(torch.float32)
     if lowpass_A:
-        from subtomo.fourier.grid import lowpass_map
-
         work = lowpass_map(work, pixel_size_A, lowpass_A)
     box = vol.shape[-1]
-    coarse = fourier_crop(work, min(box, search_box_px))
+    coarse = resample_map(work, min(box, search_box_px))
     axial = _is_axial(sym)
     if axial:  # only the axis direction matters: one rotation per direction (upper half)
-        grid = _so3_grid(coarse_step_deg, in_plane=False)
+        grid = fibonacci_rotation_grid(coarse_step_deg, in_plane=False)
         grid = grid[(grid.transpose(-1, -2)[:, :, 2] @ torch.tensor([0.0, 0.0, 1.0],
                      dtype=torch.float64)) >= -1e-9].to(vol.device)
     else:
-        grid = _coset_representatives(_so3_grid(coarse_step_deg), ops.cpu()).to(vol.device)
+        grid = _coset_representatives(fibonacci_rotation_grid(coarse_step_deg), ops.cpu())
+        grid = grid.to(vol.device)
     scores = symmetry_score(coarse, grid, ops)
     # the best few, at least one coarse step apart
     order_idx = torch.argsort(scores, descending=True)
@@ -311,7 +264,7 @@ def align_symmetry(vol: Tensor | np.ndarray, sym: str, pixel_size_A: float = 1.0
     few = _scoring_ops(ops)
     rots, best = _refine(coarse, grid[chosen], few, coarse_step_deg / 2.0, 2.0, axial)
     top = int(best.argmax())
-    fine = fourier_crop(work, min(box, max(refine_box_px, search_box_px)))
+    fine = resample_map(work, min(box, max(refine_box_px, search_box_px)))
     rot, score = _quadratic_refine(fine, rots[top], few, (2.0, 0.7, 0.25), axial, score_order)
     rot = _canonical(rot.cpu(), sym, ops.cpu()).to(vol.device)
     aligned = rotate_volume(vol, rot, order=order)

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from subtomo.errors import InputError
-from subtomo.fourier.fsc import fsc, resolution_at
+from subtomo.fourier.fsc import fsc, resolution_at, resolution_shell, shell_to_A
 from subtomo.fourier.grid import lowpass_mask, shell_index, shell_radius_px
 
 FSC_WEIGHT_FLOOR = 1e-4  # RELION: FSC weights are zero from the first shell below this
@@ -93,22 +93,6 @@ class PostprocessResult:
 
 
 # --------------------------------------------------------------------------- helpers
-def resolution_shell_relion(curve: torch.Tensor, threshold: float = 0.143) -> int:
-    """RELION's rule: the last shell before the curve first drops below ``threshold``.
-
-    Shells from 1 on are searched (as :func:`subtomo.fourier.fsc.resolution_at`, which
-    interpolates between this shell and the next; RELION reports this shell itself).
-    """
-    below = torch.nonzero(curve[1:] < threshold).flatten()
-    first = int(below[0]) + 1 if below.numel() else curve.numel()
-    return first - 1
-
-
-def shell_to_A(shell: int, box: int, pixel_size_A: float) -> float:
-    """Resolution (Å) of Fourier shell ``shell`` of a ``box``-pixel box; ∞ for shell 0."""
-    return math.inf if shell <= 0 else box * pixel_size_A / shell
-
-
 def randomize_phases(spectra: torch.Tensor, radius: torch.Tensor, from_shell: int,
                      generator: torch.Generator) -> torch.Tensor:
     """Replace phases at ``|k| ≥ from_shell`` by uniform random ones, keeping amplitudes.
@@ -201,6 +185,128 @@ def _as_volume(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
     return volume
 
 
+def _checked_volumes(half1: np.ndarray | torch.Tensor, half2: np.ndarray | torch.Tensor,
+                     mask: np.ndarray | torch.Tensor, pixel_size_A: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Half maps stacked ``(2, D, D, D)`` and the mask, on ``half1``'s device, float32 (or
+    float64 if ``half1`` is); bad shapes, mask values or pixel size raise InputError."""
+    h1 = _as_volume(half1, "half map 1")
+    device = h1.device
+    dtype = h1.dtype if h1.dtype == torch.float64 else torch.float32
+    h1 = h1.to(dtype)
+    h2 = _as_volume(half2, "half map 2").to(device=device, dtype=dtype)
+    m = _as_volume(mask, "mask").to(device=device, dtype=dtype)
+    if h2.shape != h1.shape:
+        raise InputError(None, f"half maps differ in shape: {tuple(h1.shape)} and "
+                         f"{tuple(h2.shape)}")
+    if m.shape != h1.shape:
+        raise InputError(None, f"mask shape {tuple(m.shape)} differs from the half maps' "
+                         f"{tuple(h1.shape)}")
+    lo, hi = float(m.min()), float(m.max())
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise InputError(None, f"mask values must lie in [0, 1], found [{lo:g}, {hi:g}]")
+    if not pixel_size_A > 0:
+        raise InputError(None, f"pixel size must be positive, got {pixel_size_A}")
+    return torch.stack([h1, h2]), m
+
+
+@dataclass
+class _FscCurves:
+    """The FSCs of steps 1-2 of the module docstring, shells ``0 .. D // 2``."""
+
+    unmasked: torch.Tensor
+    masked: torch.Tensor
+    random: torch.Tensor  # masked, phases randomised from ``randomize_shell``
+    corrected: torch.Tensor
+    randomize_shell: int
+
+
+def _randomize_shell(fsc_unmasked: torch.Tensor, box: int, pixel_size_A: float,
+                     randomize_at_fsc: float, randomize_at_A: float | None) -> int:
+    """``D·px / randomize_at_A``, or the first shell (> 0) where the unmasked FSC drops below
+    ``randomize_at_fsc`` (:func:`resolution_shell` + 1); ``D // 2 + 1`` when it never does."""
+    if randomize_at_A is not None and randomize_at_A > 0:
+        return int(box * pixel_size_A / randomize_at_A)
+    return resolution_shell(fsc_unmasked, randomize_at_fsc) + 1
+
+
+def _fsc_curves(halves: torch.Tensor, m: torch.Tensor, pixel_size_A: float,
+                randomize_at_fsc: float, randomize_at_A: float | None, seed: int,
+                notes: list[str]) -> _FscCurves:
+    """Unmasked, masked, masked phase-randomised and corrected FSCs (module docstring, 1-2)."""
+    box = halves.shape[-1]
+    n = box // 2 + 1
+    radius = shell_radius_px(box, halves.device, torch.float64)
+    spectra = torch.fft.rfftn(halves, dim=(-3, -2, -1))
+    fsc_unmasked = fsc(spectra[0], spectra[1], spectra=True)
+    r0 = _randomize_shell(fsc_unmasked, box, pixel_size_A, randomize_at_fsc, randomize_at_A)
+    if r0 <= 0 or r0 >= n:
+        notes.append(f"unmasked FSC never drops below {randomize_at_fsc}: no phase "
+                     "randomisation, corrected FSC = masked FSC")
+        r0 = n
+    generator = torch.Generator().manual_seed(seed)
+    random = torch.fft.irfftn(randomize_phases(spectra, radius, r0, generator), s=(box,) * 3,
+                              dim=(-3, -2, -1))
+    # masked and masked-randomised FSCs in one batch
+    fsc_mr = fsc(torch.stack([halves[0] * m, random[0] * m]),
+                 torch.stack([halves[1] * m, random[1] * m]))
+    fsc_masked, fsc_random = fsc_mr[0].clone(), fsc_mr[1].clone()
+    if fsc_masked[0] <= 0:  # RELION: the FSC at the origin sometimes comes out as −1
+        fsc_masked[0] = 1.0
+    if fsc_random[0] <= 0:
+        fsc_random[0] = 1.0
+    start = min(r0 + 2, n)
+    fsc_corrected = fsc_masked.clone()
+    denom = (1.0 - fsc_random[start:]).clamp_min(1e-6)
+    fsc_corrected[start:] = (fsc_masked[start:] - fsc_random[start:]) / denom
+    return _FscCurves(fsc_unmasked, fsc_masked, fsc_random, fsc_corrected, r0)
+
+
+def _resolution(curves: _FscCurves, force_mask: bool, notes: list[str]) -> tuple[int, bool]:
+    """RELION's resolution shell of the corrected FSC, and whether the mask is trusted (module
+    docstring, 3); falls back to the unmasked FSC (``curves.corrected`` replaced) if it
+    reaches further, unless ``force_mask``."""
+    n = curves.corrected.numel()
+    res_i = resolution_shell(curves.corrected)
+    unmasked_i = resolution_shell(curves.unmasked)
+    if unmasked_i > res_i:
+        if force_mask:
+            notes.append("the unmasked FSC extends beyond the solvent-corrected FSC")
+            return res_i, True
+        notes.append("the unmasked FSC extends beyond the solvent-corrected FSC: mask "
+                     "ignored (use force_mask to keep it); check the mask")
+        curves.corrected = curves.unmasked.clone()
+        return unmasked_i, False
+    if curves.randomize_shell < n and float(curves.random[res_i]) > 0.1:
+        notes.append(f"phase-randomised FSC is {float(curves.random[res_i]):.2f} (> 0.10) at "
+                     "the estimated resolution: the mask may be too sharp or too tight")
+    return res_i, True
+
+
+def _bfactor(weighted: np.ndarray, x: np.ndarray, box: int, pixel_size_A: float,
+             adhoc_bfac: float | None, autob_lowres_A: float, autob_highres_A: float | None,
+             notes: list[str]) -> tuple[float, GuinierFit | None]:
+    """The B-factor (Å²) to apply and the Guinier fit it came from (None if not fitted);
+    ``weighted``: ``ln⟨|F|⟩`` of the FSC-weighted map at ``x = 1/d²``."""
+    if adhoc_bfac is not None:
+        return (-abs(float(adhoc_bfac)) if adhoc_bfac != 0 else 0.0), None
+    high = autob_highres_A if autob_highres_A and autob_highres_A > 0 else 2 * pixel_size_A
+    fit = fit_guinier(x, weighted, autob_lowres_A, high)
+    if fit is None:
+        with np.errstate(divide="ignore"):
+            d = np.where(x > 0, 1.0 / np.sqrt(x), np.inf)
+        inside = (d <= autob_lowres_A) & (d >= high)
+        count = int((inside & (weighted > -99.0)).sum())
+        signal = np.flatnonzero(weighted > -99.0)
+        reach = shell_to_A(int(signal.max()) if signal.size else 0, box, pixel_size_A)
+        notes.append(f"no B-factor fitted: the fit range {autob_lowres_A:g}–{high:.2f} Å "
+                     f"holds {count} shell(s) with signal, {MIN_GUINIER_POINTS} needed "
+                     f"({int(inside.sum())} shell(s) in range; the FSC-weighted map "
+                     f"reaches {reach:.2f} Å); the map is not sharpened: lower "
+                     "--autob_lowres, or give --adhoc_bfac")
+    return (0.0 if fit is None else 4.0 * fit.slope_A2), fit
+
+
 def postprocess(
     half1: np.ndarray | torch.Tensor,
     half2: np.ndarray | torch.Tensor,
@@ -226,147 +332,58 @@ def postprocess(
     a warning names the range. ``mtf``: a callable of frequency (1/Å) or an ``(n, 2)`` table
     (1/Å, value). Works on the device of ``half1`` (the others are moved there).
     """
-    h1 = _as_volume(half1, "half map 1")
-    device = h1.device
-    dtype = h1.dtype if h1.dtype == torch.float64 else torch.float32
-    h1 = h1.to(dtype)
-    h2 = _as_volume(half2, "half map 2").to(device=device, dtype=dtype)
-    m = _as_volume(mask, "mask").to(device=device, dtype=dtype)
-    if h2.shape != h1.shape:
-        raise InputError(None, f"half maps differ in shape: {tuple(h1.shape)} and "
-                         f"{tuple(h2.shape)}")
-    if m.shape != h1.shape:
-        raise InputError(None, f"mask shape {tuple(m.shape)} differs from the half maps' "
-                         f"{tuple(h1.shape)}")
-    lo, hi = float(m.min()), float(m.max())
-    if lo < -1e-6 or hi > 1 + 1e-6:
-        raise InputError(None, f"mask values must lie in [0, 1], found [{lo:g}, {hi:g}]")
-    if not pixel_size_A > 0:
-        raise InputError(None, f"pixel size must be positive, got {pixel_size_A}")
-
-    box = h1.shape[-1]
+    halves, m = _checked_volumes(half1, half2, mask, pixel_size_A)
+    device, dtype = halves.device, halves.dtype
+    box = halves.shape[-1]
     n = box // 2 + 1
     notes: list[str] = []
-    radius = shell_radius_px(box, device, torch.float64)
-    shells = shell_index(box, device)
-    dims = (-3, -2, -1)
-
-    halves = torch.stack([h1, h2])
-    spectra = torch.fft.rfftn(halves, dim=dims)
-    fsc_unmasked = fsc(spectra[0], spectra[1], spectra=True)
-
-    # randomisation shell
-    if randomize_at_A is not None and randomize_at_A > 0:
-        r0 = int(box * pixel_size_A / randomize_at_A)
-    else:
-        below = torch.nonzero(fsc_unmasked[1:] < randomize_at_fsc).flatten()
-        r0 = int(below[0]) + 1 if below.numel() else -1
-    if r0 <= 0 or r0 >= n:
-        notes.append(f"unmasked FSC never drops below {randomize_at_fsc}: no phase "
-                     "randomisation, corrected FSC = masked FSC")
-        r0 = n
-    generator = torch.Generator().manual_seed(seed)
-    random = torch.fft.irfftn(randomize_phases(spectra, radius, r0, generator), s=(box,) * 3,
-                              dim=dims)
-
-    # masked and masked-randomised FSCs in one batch
-    fsc_mr = fsc(torch.stack([halves[0] * m, random[0] * m]),
-                 torch.stack([halves[1] * m, random[1] * m]))
-    fsc_masked, fsc_random = fsc_mr[0].clone(), fsc_mr[1].clone()
-    if fsc_masked[0] <= 0:  # RELION: the FSC at the origin sometimes comes out as −1
-        fsc_masked[0] = 1.0
-    if fsc_random[0] <= 0:
-        fsc_random[0] = 1.0
-    start = min(r0 + 2, n)
-    fsc_corrected = fsc_masked.clone()
-    denom = (1.0 - fsc_random[start:]).clamp_min(1e-6)
-    fsc_corrected[start:] = (fsc_masked[start:] - fsc_random[start:]) / denom
-
-    res_i = resolution_shell_relion(fsc_corrected)
-    mask_used = True
-    unmasked_i = resolution_shell_relion(fsc_unmasked)
-    if unmasked_i > res_i:
-        if force_mask:
-            notes.append("the unmasked FSC extends beyond the solvent-corrected FSC")
-        else:
-            notes.append("the unmasked FSC extends beyond the solvent-corrected FSC: mask "
-                         "ignored (use force_mask to keep it); check the mask")
-            fsc_corrected = fsc_unmasked.clone()
-            res_i = unmasked_i
-            mask_used = False
-    elif r0 < n and float(fsc_random[res_i]) > 0.1:
-        notes.append(f"phase-randomised FSC is {float(fsc_random[res_i]):.2f} (> 0.10) at the "
-                     "estimated resolution: the mask may be too sharp or too tight")
+    curves = _fsc_curves(halves, m, pixel_size_A, randomize_at_fsc, randomize_at_A, seed, notes)
+    res_i, mask_used = _resolution(curves, force_mask, notes)
     resolution_A = shell_to_A(res_i, box, pixel_size_A)
 
     # sharpen the unmasked average
     average = 0.5 * (halves[0] + halves[1])
-    masked_average = average * m
-    ft = torch.fft.rfftn(average, dim=dims, norm="forward")
-    frequency_A = radius / (box * pixel_size_A)
-    s2 = frequency_A**2
+    ft = torch.fft.rfftn(average, dim=(-3, -2, -1), norm="forward")
+    frequency_A = shell_radius_px(box, device, torch.float64) / (box * pixel_size_A)
     columns: dict[str, torch.Tensor] = {"original": guinier_curve(ft, box)}
     if mtf is not None:
         ft = ft / _mtf_per_voxel(mtf, frequency_A).to(dtype)
         columns["mtf_corrected"] = guinier_curve(ft, box)
-    ft = ft * fsc_weights(fsc_corrected, shells).to(dtype)
+    ft = ft * fsc_weights(curves.corrected, shell_index(box, device)).to(dtype)
     columns["weighted"] = guinier_curve(ft, box)
-
     x = (np.arange(n) / (box * pixel_size_A)) ** 2
-    fit: GuinierFit | None = None
-    if adhoc_bfac is not None and adhoc_bfac != 0:
-        bfactor = -abs(float(adhoc_bfac))
-    elif adhoc_bfac is not None:
-        bfactor = 0.0
-    else:
-        high = autob_highres_A if autob_highres_A and autob_highres_A > 0 else 2 * pixel_size_A
-        weighted = columns["weighted"].cpu().numpy()
-        fit = fit_guinier(x, weighted, autob_lowres_A, high)
-        if fit is None:
-            with np.errstate(divide="ignore"):
-                d = np.where(x > 0, 1.0 / np.sqrt(x), np.inf)
-            inside = (d <= autob_lowres_A) & (d >= high)
-            count = int((inside & (weighted > -99.0)).sum())
-            signal = np.flatnonzero(weighted > -99.0)
-            reach = shell_to_A(int(signal.max()) if signal.size else 0, box, pixel_size_A)
-            notes.append(f"no B-factor fitted: the fit range {autob_lowres_A:g}–{high:.2f} Å "
-                         f"holds {count} shell(s) with signal, {MIN_GUINIER_POINTS} needed "
-                         f"({int(inside.sum())} shell(s) in range; the FSC-weighted map "
-                         f"reaches {reach:.2f} Å); the map is not sharpened: lower "
-                         "--autob_lowres, or give --adhoc_bfac")
-        bfactor = 0.0 if fit is None else 4.0 * fit.slope_A2
-    nyquist_s2 = (1.0 / (2.0 * pixel_size_A)) ** 2
+    bfactor, fit = _bfactor(columns["weighted"].cpu().numpy(), x, box, pixel_size_A,
+                            adhoc_bfac, autob_lowres_A, autob_highres_A, notes)
     if bfactor != 0.0:
-        ft = apply_bfactor(ft, s2, bfactor, nyquist_s2)
+        ft = apply_bfactor(ft, frequency_A**2, bfactor, (1.0 / (2.0 * pixel_size_A)) ** 2)
         columns["sharpened"] = guinier_curve(ft, box)
     lowpass_A = low_pass_A if low_pass_A and low_pass_A > 0 else resolution_A
     lowpass_shell = round(box * pixel_size_A / lowpass_A) if math.isfinite(lowpass_A) else 0
     ft = ft * lowpass_mask(box, lowpass_shell, filter_edge_width, device, dtype)
-    sharpened = torch.fft.irfftn(ft, s=(box,) * 3, dim=dims, norm="forward")
+    sharpened = torch.fft.irfftn(ft, s=(box,) * 3, dim=(-3, -2, -1), norm="forward")
 
     guinier = {"resolution_squared": x}
     guinier.update({k: v.cpu().numpy() for k, v in columns.items()})
     if fit is not None:
         guinier["intercept"] = np.full(n, fit.intercept)
-
     return PostprocessResult(
         box=box,
         pixel_size_A=float(pixel_size_A),
-        fsc_unmasked=fsc_unmasked.cpu(),
-        fsc_masked=fsc_masked.cpu(),
-        fsc_random_masked=fsc_random.cpu(),
-        fsc_corrected=fsc_corrected.cpu(),
-        randomize_shell=r0,
-        randomize_from_A=shell_to_A(r0, box, pixel_size_A),
+        fsc_unmasked=curves.unmasked.cpu(),
+        fsc_masked=curves.masked.cpu(),
+        fsc_random_masked=curves.random.cpu(),
+        fsc_corrected=curves.corrected.cpu(),
+        randomize_shell=curves.randomize_shell,
+        randomize_from_A=shell_to_A(curves.randomize_shell, box, pixel_size_A),
         resolution_shell=res_i,
         resolution_A=resolution_A,
-        resolution_interpolated_A=resolution_at(fsc_corrected, box, pixel_size_A),
+        resolution_interpolated_A=resolution_at(curves.corrected, box, pixel_size_A),
         bfactor_A2=bfactor,
         guinier_fit=fit,
         guinier=guinier,
         sharpened=sharpened,
         sharpened_masked=sharpened * m,
-        masked_average=masked_average,
+        masked_average=average * m,
         lowpass_A=lowpass_A,
         mask_used=mask_used,
         warnings=notes,

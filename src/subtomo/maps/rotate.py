@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from subtomo.fourier.grid import soft_sphere
 from subtomo.geometry.euler import matrix_to_euler
 
-__all__ = ["ORDERS", "rotate_volume", "sphere_mask"]
+__all__ = ["ORDERS", "rotate_volume"]
 
 ORDERS = ("linear", "nearest", "fourier")
 _CHUNK_VOXELS = 1 << 24  # voxels per grid_sample call (bounds the memory of the grid)
@@ -82,14 +83,6 @@ def rotate_volume(vol: Tensor, A: Tensor, order: str = "linear") -> Tensor:
     return out[0] if single else out
 
 
-def _centred_coords(shape: tuple[int, int, int], device: torch.device) -> Tensor:
-    """(Z, Y, X, 3) float64 coordinates (x, y, z) relative to the centre voxel ``n // 2``."""
-    nz, ny, nx = shape
-    z, y, x = (torch.arange(n, dtype=torch.float64, device=device) - n // 2 for n in (nz, ny, nx))
-    zz, yy, xx = torch.meshgrid(z, y, x, indexing="ij")
-    return torch.stack([xx, yy, zz], dim=-1)
-
-
 def _rotate_grid(vol: Tensor, mat: Tensor, mode: str) -> Tensor:
     n, nz, ny, nx = vol.shape
     dev = vol.device
@@ -110,13 +103,6 @@ def _rotate_grid(vol: Tensor, mat: Tensor, mode: str) -> Tensor:
                                 padding_mode="zeros", align_corners=True)
         out[start : start + step] = sampled[:, 0]
     return out
-
-
-def sphere_mask(shape: tuple[int, int, int], radius_px: float, device: torch.device | str | None
-                = None, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Binary (0/1) ball of ``radius_px`` voxels about the centre voxel ``n // 2`` of each axis."""
-    r2 = (_centred_coords(shape, torch.device(device or "cpu")) ** 2).sum(-1)
-    return (r2 <= radius_px**2).to(dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +174,7 @@ def _rotate_fourier(vol: Tensor, mat: Tensor) -> Tensor:
     improper = det < 0
     proper = torch.where(improper[:, None, None], -mat, mat)
     rot, tilt, psi = matrix_to_euler(proper).unbind(-1)
-    x = vol * sphere_mask((box, box, box), box / 2.0, vol.device, vol.dtype)
+    x = vol * soft_sphere(box, box, 0.0, vol.device, vol.dtype)
     # pad so that the sheared (at most 1.082 x radius) content never wraps around
     pad = int(math.ceil(0.05 * box)) + 2
     x = F.pad(x, (pad,) * 6)

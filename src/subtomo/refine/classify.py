@@ -48,7 +48,7 @@ import torch
 
 from subtomo.align.search import SearchSettings
 from subtomo.errors import InputError
-from subtomo.fourier.grid import lowpass_map
+from subtomo.fourier.grid import lowpass_map, soft_sphere
 from subtomo.fourier.projector import Backprojector
 from subtomo.io.files import undone_on_input_error
 from subtomo.io.mrc import read_mrc, write_mrc
@@ -61,7 +61,6 @@ from subtomo.refine.autorefine import (
     initial_sigma2,
     pose_change_deg,
     search_radii,
-    soft_sphere,
 )
 from subtomo.refine.expectation import expectation, insertion_radius_px
 from subtomo.refine.reconstruct import Reconstruction, gold_standard, half_sets

@@ -38,10 +38,11 @@ import torch
 from subtomo import memory
 from subtomo.align.search import SearchSettings
 from subtomo.errors import InputError
-from subtomo.fourier.grid import lowpass_map
+from subtomo.fourier.grid import lowpass_map, soft_sphere
 from subtomo.fourier.projector import Backprojector
 from subtomo.geometry.euler import euler_to_matrix
 from subtomo.geometry.healpix import angular_step_deg
+from subtomo.geometry.so3 import random_rotations
 from subtomo.geometry.symmetry import symmetry_operators
 from subtomo.io.files import atomic_path, undone_on_input_error
 from subtomo.io.particles import ParticleSet
@@ -51,7 +52,6 @@ from subtomo.refine.autorefine import (
     check_inputs,
     initial_sigma2,
     search_radii,
-    soft_sphere,
 )
 from subtomo.refine.classify import (
     ClassifyResult,
@@ -65,7 +65,6 @@ from subtomo.refine.classify import (
 from subtomo.refine.expectation import expectation, insertion_radius_px
 from subtomo.refine.images import background_weights, iterate_batches
 from subtomo.refine.reconstruct import half_sets, image_box, insert_symmetric
-from subtomo.simulate.structure import random_rotations
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 
 from subtomo.errors import InputError
 from subtomo.geometry.euler import euler_to_matrix
+from subtomo.geometry.so3 import axis_angle_to_matrix
 from subtomo.geometry.symmetry import symmetry_operators
 
 
@@ -36,25 +37,13 @@ class Structure:
 
     def hinged(self, angle_deg: float) -> Structure:
         """The hinged domain (2) rotated by ``angle_deg`` about the hinge axis."""
-        rotation = axis_angle_matrix(self.hinge_axis, angle_deg).to(self.positions_A)
+        angle_rad = torch.deg2rad(torch.tensor(angle_deg, dtype=torch.float64))
+        rotation = axis_angle_to_matrix(self.hinge_axis, angle_rad).to(self.positions_A)
         moving = self.domain == 2
         positions = self.positions_A.clone()
         positions[moving] = (positions[moving] - self.hinge_point_A) @ rotation.T + (
             self.hinge_point_A)
         return replace(self, positions_A=positions)
-
-
-def axis_angle_matrix(axis: torch.Tensor, angle_deg: float | torch.Tensor) -> torch.Tensor:
-    """Active right-handed rotations by ``angle_deg`` about ``axis`` (Rodrigues), batched."""
-    a = torch.as_tensor(axis, dtype=torch.float64)
-    a = a / a.norm(dim=-1, keepdim=True)
-    theta = torch.deg2rad(torch.as_tensor(angle_deg, dtype=torch.float64))[..., None, None]
-    zero = torch.zeros_like(a[..., 0])
-    k = torch.stack([torch.stack([zero, -a[..., 2], a[..., 1]], -1),
-                     torch.stack([a[..., 2], zero, -a[..., 0]], -1),
-                     torch.stack([-a[..., 1], a[..., 0], zero], -1)], -2)
-    eye = torch.eye(3, dtype=torch.float64).expand_as(k)
-    return eye + torch.sin(theta) * k + (1 - torch.cos(theta)) * (k @ k)
 
 
 def _chain(n: int, start: torch.Tensor, radius_A: float, gen: torch.Generator) -> torch.Tensor:
@@ -151,14 +140,6 @@ def class_variant(structure: Structure, class_index: int) -> Structure:
     if kind == 2:
         return structure.hinged(25.0)
     return structure
-
-
-def random_rotations(n: int, gen: torch.Generator) -> torch.Tensor:
-    """``n`` uniformly distributed RELION angles (rot, tilt, psi) in degrees, float64."""
-    rot = torch.rand(n, generator=gen, dtype=torch.float64) * 360 - 180
-    psi = torch.rand(n, generator=gen, dtype=torch.float64) * 360 - 180
-    tilt = torch.rad2deg(torch.arccos(torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1))
-    return torch.stack([rot, tilt, psi], dim=1)
 
 
 def rotated_positions(structure: Structure, angles_deg: torch.Tensor) -> torch.Tensor:

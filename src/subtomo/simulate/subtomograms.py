@@ -29,6 +29,7 @@ from subtomo.ctf.volume import ctf_volume
 from subtomo.errors import InputError
 from subtomo.fourier.grid import centred_irfft, centred_rfft
 from subtomo.geometry.euler import euler_to_matrix, matrix_to_euler
+from subtomo.geometry.so3 import axis_angle_to_matrix, random_rotations
 from subtomo.io import validate
 from subtomo.io.mrc import write_ctf_volume, write_mrc
 from subtomo.io.particles import ParticleSet
@@ -36,11 +37,9 @@ from subtomo.io.star import write_particles
 from subtomo.simulate.render import render_atoms
 from subtomo.simulate.structure import (
     Structure,
-    axis_angle_matrix,
     class_variant,
     from_model,
     pseudo_atomic,
-    random_rotations,
     rotated_positions,
 )
 
@@ -139,7 +138,7 @@ def perturb_rotations(angles_deg: torch.Tensor, rms_deg: float, gen: torch.Gener
     n = len(angles_deg)
     axis = torch.randn(n, 3, generator=gen, dtype=torch.float64)
     angle = torch.randn(n, generator=gen, dtype=torch.float64).abs() * rms_deg
-    errors = axis_angle_matrix(axis, angle)
+    errors = axis_angle_to_matrix(axis, torch.deg2rad(angle))
     return matrix_to_euler(errors @ euler_to_matrix(angles_deg))
 
 

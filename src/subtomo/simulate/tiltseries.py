@@ -42,7 +42,9 @@ from tqdm import tqdm
 
 from subtomo.ctf.ctf2d import ctf_2d, electron_wavelength_A
 from subtomo.ctf.dose import dose_filter
+from subtomo.fourier.grid import frequencies_2d
 from subtomo.geometry.euler import euler_to_matrix
+from subtomo.geometry.so3 import random_rotations
 from subtomo.geometry.tilt import project_points
 from subtomo.io.mrc import write_mrc
 from subtomo.io.particles import ParticleSet
@@ -56,7 +58,7 @@ from subtomo.io.tomograms import (
     write_tomogram_set,
 )
 from subtomo.simulate.render import render_atoms, render_projected_atoms
-from subtomo.simulate.structure import Structure, class_variant, random_rotations
+from subtomo.simulate.structure import Structure, class_variant
 from subtomo.simulate.subtomograms import SimulationConfig, build_structure, tilt_scheme
 
 DEFORMATION_MODES = 3  # cos(π m u) cos(π n v), m, n < 3
@@ -256,9 +258,7 @@ def _render_series(ts: TiltSeries, structures: list[Structure], angles: torch.Te
     delocalisation = lam * config.defocus_um[1] * 1e4 / (2 * apix * apix)
     size = config.box_px + 2 * (int(math.ceil(delocalisation)) + 6)
     images = torch.zeros(t * h * w, dtype=torch.float64)
-    freqs = torch.stack(torch.meshgrid(torch.fft.fftfreq(size, apix, dtype=torch.float64),
-                                       torch.fft.rfftfreq(size, apix, dtype=torch.float64),
-                                       indexing="ij")[::-1], dim=-1)  # (S, S//2+1, 2) (x, y)
+    freqs = frequencies_2d(size, apix)  # (S, S // 2 + 1, 2) (x, y), 1/Å
     dose = dose_filter(freqs.norm(dim=-1), torch.as_tensor(ts.pre_exposure)[:, None, None])
     trajectories = positions_px[:, None] + motion_px  # (N, T, 3)
     u, v, angle = ts.defocus_at(trajectories, mats)

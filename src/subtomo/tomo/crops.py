@@ -26,7 +26,6 @@ CTF zero), as RELION's ``Tomogram::isVisible`` drops it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -34,12 +33,13 @@ from torch import Tensor
 
 from subtomo.ctf.ctf2d import ctf_2d
 from subtomo.ctf.dose import dose_filter
+from subtomo.fourier.grid import frequencies_2d
+from subtomo.fourier.shift import shift_spectra_2d_
 from subtomo.geometry.tilt import project_points
 from subtomo.io.tilt_series import TiltSeries
 from subtomo.tomo.deformation import deformation_of
 
-__all__ = ["PreparedImages", "TiltCrops", "crop_frequencies", "particle_crops",
-           "prepare_images"]
+__all__ = ["PreparedImages", "TiltCrops", "particle_crops", "prepare_images"]
 
 
 @dataclass
@@ -86,23 +86,6 @@ def prepare_images(images: Tensor, pixel_size_A: float, target_pixel_size_A: flo
                           pixel_size_A)
 
 
-def crop_frequencies(size: int, pixel_size_A: tuple[float, float], device=None,
-                     dtype: torch.dtype = torch.float64) -> Tensor:
-    """Frequencies ``(S, S // 2 + 1, 2)`` (kx, ky) in 1/Å of an ``S``-pixel crop's rfft2."""
-    ky = torch.fft.fftfreq(size, pixel_size_A[1], device=device, dtype=dtype)
-    kx = torch.fft.rfftfreq(size, pixel_size_A[0], device=device, dtype=dtype)
-    gy, gx = torch.meshgrid(ky, kx, indexing="ij")
-    return torch.stack([gx, gy], dim=-1)
-
-
-def _phase(k: Tensor, shift: Tensor) -> Tensor:
-    """``exp(−2πi k s)`` for ``k (n,)`` cycles/px and shifts ``s (...)`` px: ``(..., n)``."""
-    cycles = shift[..., None] * k
-    cycles = cycles - torch.round(cycles)
-    phase = -2.0 * math.pi * cycles
-    return torch.polar(torch.ones_like(phase), phase)
-
-
 def particle_crops(
     ts: TiltSeries,
     prepared: PreparedImages,
@@ -145,16 +128,13 @@ def particle_crops(
 
     spectra = torch.fft.rfft2(crops)
     # centring and sub-pixel position as one separable phase: shift by −(S//2 + d)
-    ky = torch.fft.fftfreq(size, device=device, dtype=torch.float64)
-    kx = torch.fft.rfftfreq(size, device=device, dtype=torch.float64)
     shift = -(size // 2 + sub)
     px, py = prepared.pixel_size_A
     scale = (prepared.input_pixel_size_A / output_pixel_size_A) * (
         px * py / output_pixel_size_A**2) * (-1.0 if flip else 1.0)
-    spectra *= (_phase(ky, shift[..., 1]) * scale).to(spectra.dtype)[..., :, None]
-    spectra *= _phase(kx, shift[..., 0]).to(spectra.dtype)[..., None, :]
+    shift_spectra_2d_(spectra, shift, scale)
 
-    freqs = crop_frequencies(size, prepared.pixel_size_A, device=device)
+    freqs = frequencies_2d(size, prepared.pixel_size_A, device=device)
     weights = None
     if ctf:
         u, v, angle = ts.defocus_at(pos, m)

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from subtomo.ctf.volume import CtfGridder, TiltPairs, tilt_pairs
 from subtomo.errors import InputError
-from subtomo.fourier.grid import shell_radius_px
+from subtomo.fourier.grid import shell_radius_px, soft_sphere
 from subtomo.io.files import BackgroundWriter, undone_on_input_error
 from subtomo.io.mrc import write_ctf_volume, write_mrc
 from subtomo.io.particles import COORD_CENTRED_A, COORD_PX, ORIGIN_A, ParticleSet
@@ -188,9 +188,7 @@ def _padded_spectra(spectra: Tensor, size: int, padded: int) -> Tensor:
 def _normalise(volumes: Tensor, radius: float) -> Tensor:
     """RELION's ``--norm``: zero mean and unit σ outside a sphere of ``radius`` px."""
     box = volumes.shape[-1]
-    axis = torch.arange(box, device=volumes.device, dtype=torch.float64) - box // 2
-    r2 = axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2
-    outside = (r2 > radius * radius).reshape(-1)
+    outside = ~soft_sphere(box, 2 * radius, 0.0, volumes.device, torch.bool).reshape(-1)
     values = volumes.reshape(volumes.shape[0], -1)[:, outside]
     mean, std = values.mean(1), values.std(1).clamp_min(1e-12)
     return (volumes - mean[:, None, None, None]) / std[:, None, None, None]

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from subtomo.ctf.ctf2d import ctf_2d
 from subtomo.errors import InputError
+from subtomo.fourier.grid import frequencies_2d
 from subtomo.io.tilt_series import TiltSeries
 from subtomo.tomo.crops import prepare_images
 
@@ -53,8 +54,8 @@ def tilt_filters(ts: TiltSeries, shape: tuple[int, int], pixel_size_A: tuple[flo
     rot = ts.matrices(device=device)[:, :3, :3].float()
     axis = rot[:, :2, 1]  # image direction of the tomogram's y axis
     axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    ky = torch.fft.fftfreq(h, device=device)[:, None] * h  # Fourier px of each axis
-    kx = torch.fft.rfftfreq(w, device=device)[None, :] * w
+    k = frequencies_2d((h, w), device=device, dtype=torch.get_default_dtype())
+    kx, ky = k[..., 0] * w, k[..., 1] * h  # Fourier px of each axis
     scale = max(h, w)
     kyn, kxn = ky / h * scale, kx / w * scale  # isotropic Fourier px of the larger side
     across = (kxn[None] * axis[:, 1, None, None] - kyn[None] * axis[:, 0, None, None]).abs()
