@@ -3,10 +3,9 @@
 Every part returns its figures (measured against the simulated truth); :data:`EXPECTED` names,
 per part, the figures that are checked and the bound each must reach: ``("<=", b)`` passes
 when ``value <= b``, ``(">=", b)`` when ``value >= b``. The bounds are what the default
-(quick) demo reaches with its default seed 0, with a margin that covers seed 1 too in every
-part but classification: there seed 1 separates the classes poorly (adjusted Rand index 0.45,
-selected purity 0.59) and ``subtomo demo --seed 1`` fails, as it should (the comments give
-the figures measured with seeds 0 / 1). The part tables print each checked figure beside its
+(quick) demo reaches with its default seed 0, with a margin that covers seed 1 too (the
+comments give the figures measured with seeds 0 / 1; ``bench/golden.py`` records them all).
+The part tables print each checked figure beside its
 bound with PASS or FAIL; :func:`exit_status` turns the whole demo into its exit status (0 only
 if every check passes).
 """
@@ -31,7 +30,7 @@ EXPECTED: dict[str, dict[str, tuple[str, float]]] = {
         "postprocess_resolution_A": ("<=", 11.5),
         "true_fsc05_resolution_A": ("<=", 11.5),
     },
-    "classification": {  # seed 0: 15.0 Å, 1.0, 14.7/15.3/14.5 Å, 1.0 (Nyquist 12 Å)
+    "classification": {  # 15.0/15.7 Å; 1.0/0.92; 14.8/15.1, 15.3/15.5, 14.4/14.5 Å; 1.0/1.0
         "initial_model_fsc05_A": ("<=", 25.0),
         "adjusted_rand_index": (">=", 0.9),
         "class_1_fsc05_A": ("<=", 20.0),
