@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypedDict
+from typing import TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -88,7 +88,8 @@ class Job:
 
     @classmethod
     def set_up(cls, ps: ParticleSet, out_dir: str | Path, options: JobOptions, box: int,
-               pixel_size_A: float, started: float, **run: JobRun) -> tuple[Job, ParticleSet]:
+               pixel_size_A: float, started: float, **run: Unpack[JobRun]
+               ) -> tuple[Job, ParticleSet]:
         """The job and ``ps`` with its half sets; the particle diameter defaults to 0.8 of
         the box, the mask is a soft sphere of ``particle_diameter_A`` when given."""
         run["ctx"] = run.get("ctx") or Context()
