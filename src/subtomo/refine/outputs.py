@@ -1,10 +1,13 @@
-"""Files of a refinement job, in RELION's layout and names (``Refine3D/jobNNN/``).
+"""Files of a refinement job, in RELION's layout and names (``Refine3D/jobNNN/``,
+``Class3D/jobNNN/``, ``InitialModel/jobNNN/``).
 
-Per iteration: ``run_itNNN_data.star``, ``run_itNNN_half{1,2}_class001.mrc``,
-``run_itNNN_model.star``, ``run_itNNN_sampling.star`` and ``run_itNNN_optimiser.json`` (our
-resume state, written last). At the end: ``run_data.star``, ``run_class001.mrc``,
-``run_half{1,2}_class001_unfil.mrc``, ``run_model.star``, ``run_class001_fsc.{star,png}``,
-``run_resolution.png`` and ``job.json``.
+Per iteration: ``run_itNNN_data.star``, the maps (``run_itNNN_half{1,2}_class001.mrc`` of
+auto-refine, ``run_itNNN_classKKK.mrc`` of K classes), ``run_itNNN_model.star``,
+``run_itNNN_sampling.star`` and ``run_itNNN_optimiser.json`` (our resume state, written last).
+At the end of auto-refine: ``run_data.star``, ``run_class001.mrc``,
+``run_half{1,2}_class001_unfil.mrc``, ``run_model.star``, ``run_class001_fsc.{star,png}`` and
+``run_resolution.png``; of K classes: ``run_classes.png`` and ``run_class_occupancy.png``; of
+every job ``job.json``.
 """
 
 from __future__ import annotations
