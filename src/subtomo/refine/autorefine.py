@@ -74,6 +74,9 @@ class RefineOptions(JobOptions):
     max_iter: int = 25
 
 
+RefineJob = Job[RefineOptions]
+
+
 @dataclass
 class Schedule:
     """Sampling state carried from iteration to iteration (saved for ``--continue``)."""
@@ -196,7 +199,7 @@ def search_settings(schedule: Schedule, options: RefineOptions, box: int, pixel_
         seed=options.seed + iteration)
 
 
-def run_iteration(job: Job, ps: ParticleSet, references: list[torch.Tensor], poses: Poses,
+def run_iteration(job: RefineJob, ps: ParticleSet, references: list[torch.Tensor], poses: Poses,
                   sigma2: np.ndarray, settings: SearchSettings,
                   resolution_A: float | None = None, desc: str = "") -> IterationResult:
     """One E step (:func:`subtomo.refine.expectation.expectation`, one class, each half set
@@ -230,14 +233,14 @@ def initial_reference(reference: torch.Tensor, pixel_size_A: float,
     return lowpass_map(reference.float(), pixel_size_A, options.ini_high_A)
 
 
-class RefineSteps(JobSteps):
+class RefineSteps(JobSteps[RefineOptions, RefineLoop]):
     """Auto-refine's steps of the job skeleton (:func:`subtomo.refine.job.run_job`)."""
 
     def __init__(self, reference: torch.Tensor, solvent_mask: torch.Tensor | None) -> None:
         self.reference, self.solvent_mask = reference, solvent_mask
         self.fresh = True
 
-    def start(self, job: Job, ps: ParticleSet) -> RefineLoop:
+    def start(self, job: RefineJob, ps: ParticleSet) -> RefineLoop:
         """Iteration 0: the reference low-passed to ``ini_high`` (on the particles' greyscale
         unless ``--firstiter_cc``) in both halves, the particles' own noise power."""
         o, box, px = job.options, job.box, job.pixel_size_A
@@ -264,7 +267,7 @@ class RefineSteps(JobSteps):
                           maps=[first, first], distribution=np.ones(1),
                           history=schedule.history, schedule=schedule)
 
-    def resume(self, job: Job, ps: ParticleSet, saved: Path) -> RefineLoop:
+    def resume(self, job: RefineJob, ps: ParticleSet, saved: Path) -> RefineLoop:
         state = RefineState.load(saved)
         done, maps, poses = job.read_finished(state.iteration, ps,
                                               ["half1_class001", "half2_class001"])
@@ -276,11 +279,11 @@ class RefineSteps(JobSteps):
     def resumed_note(self, state: RefineLoop) -> str:
         return f" ({state.schedule.resolution_A:.2f} Å)"
 
-    def done(self, job: Job, state: RefineLoop) -> bool:
+    def done(self, job: RefineJob, state: RefineLoop) -> bool:
         s = state.schedule
         return s.final_done or not (s.converged or state.iteration < job.options.max_iter)
 
-    def iterate(self, job: Job, state: RefineLoop) -> None:
+    def iterate(self, job: RefineJob, state: RefineLoop) -> None:
         """Search, reconstruct, update the schedule; write the iteration's files (rank 0)."""
         o, s, it = job.options, state.schedule, state.iteration
         box, px, final = job.box, job.pixel_size_A, state.schedule.converged
@@ -323,7 +326,7 @@ class RefineSteps(JobSteps):
                   f"{change:.2f}°, {shift_change:.2f} px ({time.perf_counter() - tick:.0f} s)")
         job.ctx.barrier()
 
-    def complete(self, job: Job, state: RefineLoop) -> None:
+    def complete(self, job: RefineJob, state: RefineLoop) -> None:
         """A continued run that had already finished: its last half maps stand."""
         self.fresh = state.recon is not None
         if not self.fresh:
@@ -331,7 +334,7 @@ class RefineSteps(JobSteps):
             state.recon = outputs.joined(state.maps[0].cpu(), state.maps[1].cpu(),
                                          float(ps.pixel_size_A()[0]), len(ps))
 
-    def write_final(self, job: Job, state: RefineLoop) -> None:
+    def write_final(self, job: RefineJob, state: RefineLoop) -> None:
         if self.fresh or not (job.out / "run_class001.mrc").exists():
             outputs.write_final(job.out, state.particles, state.recon, state.history,
                                 state.sigma2, job.relion30)

@@ -97,6 +97,9 @@ class ClassifyOptions(JobOptions):
     leave_one_out: bool = True
 
 
+ClassifyJob = Job[ClassifyOptions]
+
+
 @dataclass(kw_only=True)
 class ClassLoop(JobState):
     """The state between iterations: the resolution of the next search, each particle's last
@@ -185,7 +188,7 @@ def next_resolution(current_A: float, estimated_A: float, box_A: float,
     return max(estimated_A, limit)
 
 
-def classify_iteration(job: Job, state: ClassLoop, references: list[torch.Tensor],
+def classify_iteration(job: ClassifyJob, state: ClassLoop, references: list[torch.Tensor],
                        settings: SearchSettings, seeding: Seeding | None,
                        self_terms: SelfTerms | None, desc: str = "") -> ClassIteration:
     """One E step over all particles (:func:`subtomo.refine.expectation.expectation`) and
@@ -216,13 +219,13 @@ def check_options(options: ClassifyOptions) -> None:
         raise InputError(None, "--sigma_ang must be positive", field="--sigma_ang")
 
 
-class ClassifySteps(JobSteps):
+class ClassifySteps(JobSteps[ClassifyOptions, ClassLoop]):
     """Classification's steps of the job skeleton (:func:`subtomo.refine.job.run_job`)."""
 
     def __init__(self, reference: torch.Tensor, mask: torch.Tensor | None) -> None:
         self.reference, self.mask = reference, mask
 
-    def start(self, job: Job, ps: ParticleSet) -> ClassLoop:
+    def start(self, job: ClassifyJob, ps: ParticleSet) -> ClassLoop:
         """Iteration 0: one class, the reference low-passed to ``ini_high``."""
         o = job.options
         poses = Poses(*outputs.full_poses(ps, job.pixel_size_A))
@@ -233,7 +236,7 @@ class ClassifySteps(JobSteps):
                          distribution=np.ones(1), history=[], resolution_A=o.ini_high_A,
                          classes=_classes(ps), denominators=None)
 
-    def resume(self, job: Job, ps: ParticleSet, saved: Path) -> ClassLoop:
+    def resume(self, job: ClassifyJob, ps: ParticleSet, saved: Path) -> ClassLoop:
         state = ClassState.load(saved)
         if state.options.get("K") != job.options.K:
             raise InputError(job.out, f"the run has K = {state.options.get('K')}, not "
@@ -247,10 +250,10 @@ class ClassifySteps(JobSteps):
                          elapsed_s=state.elapsed_s, resolution_A=state.resolution_A,
                          classes=_classes(done), denominators=state.denominators)
 
-    def done(self, job: Job, state: ClassLoop) -> bool:
+    def done(self, job: ClassifyJob, state: ClassLoop) -> bool:
         return state.iteration >= job.options.n_iter
 
-    def iterate(self, job: Job, state: ClassLoop) -> None:
+    def iterate(self, job: ClassifyJob, state: ClassLoop) -> None:
         """Seed or split classes when due, search and reconstruct every class, set the next
         resolution; write the iteration's files (rank 0)."""
         o, it, box, px = job.options, state.iteration, job.box, job.pixel_size_A
@@ -308,7 +311,7 @@ class ClassifySteps(JobSteps):
                   f"({time.perf_counter() - tick:.0f} s)")
         job.ctx.barrier()
 
-    def write_final(self, job: Job, state: JobState) -> None:
+    def write_final(self, job: ClassifyJob, state: ClassLoop) -> None:
         outputs.write_class_plots(job.out, state.maps, state.history, state.distribution)
 
 

@@ -96,6 +96,9 @@ class InitialModelOptions(JobOptions):
         return self.iter_ini + self.iter_inbetween + self.iter_final
 
 
+ModelJob = Job[InitialModelOptions]
+
+
 @dataclass(kw_only=True)
 class ModelLoop(JobState):
     """The state between iterations: the running reconstruction statistics per class and half
@@ -204,7 +207,7 @@ def _save_state(out: Path, iteration: int, running: list[list[Backprojector]]) -
         torch.save(tensors, tmp)
 
 
-def _load_running(job: Job, iteration: int) -> list[list[Backprojector]]:
+def _load_running(job: ModelJob, iteration: int) -> list[list[Backprojector]]:
     """The running statistics saved with ``iteration``."""
     o = job.options
     saved = torch.load(_state_tensors(job.out, iteration), map_location=job.device)
@@ -229,10 +232,10 @@ def search_settings(options: InitialModelOptions, iteration: int, resolution_A: 
         seed=options.seed + iteration)
 
 
-class InitialModelSteps(JobSteps):
+class InitialModelSteps(JobSteps[InitialModelOptions, ModelLoop]):
     """The initial model's steps of the job skeleton (:func:`subtomo.refine.job.run_job`)."""
 
-    def start(self, job: Job, ps: ParticleSet) -> ModelLoop:
+    def start(self, job: ModelJob, ps: ParticleSet) -> ModelLoop:
         """Iteration 0: K copies of a random start, the particles' own noise power."""
         o = job.options
         poses = Poses(*outputs.full_poses(ps, job.pixel_size_A))
@@ -242,7 +245,7 @@ class InitialModelSteps(JobSteps):
                          maps=[first] * o.K, distribution=np.full(o.K, 1.0 / o.K),
                          history=[], running=None, last_written=0)
 
-    def resume(self, job: Job, ps: ParticleSet, saved: Path) -> ModelLoop:
+    def resume(self, job: ModelJob, ps: ParticleSet, saved: Path) -> ModelLoop:
         state = ClassState.load(saved)
         done, maps, poses = job.read_finished(state.iteration, ps, class_names(job.options.K))
         return ModelLoop(iteration=state.iteration, particles=done, poses=poses,
@@ -252,10 +255,10 @@ class InitialModelSteps(JobSteps):
                          running=_load_running(job, state.iteration),
                          last_written=state.iteration)
 
-    def done(self, job: Job, state: ModelLoop) -> bool:
+    def done(self, job: ModelJob, state: ModelLoop) -> bool:
         return state.iteration >= job.options.n_iter
 
-    def iterate(self, job: Job, state: ModelLoop) -> None:
+    def iterate(self, job: ModelJob, state: ModelLoop) -> None:
         """Search a mini-batch, blend its statistics into the running ones, reconstruct;
         write a checkpoint when due (rank 0)."""
         o, it, n, px = job.options, state.iteration, len(state.particles), job.pixel_size_A
@@ -300,7 +303,7 @@ class InitialModelSteps(JobSteps):
             job.ctx.barrier()
 
     @staticmethod
-    def _checkpoint(job: Job, state: ModelLoop, recons: list, settings: SearchSettings,
+    def _checkpoint(job: ModelJob, state: ModelLoop, recons: list, settings: SearchSettings,
                     resolution_A: float) -> None:
         """The iteration's files, then the running statistics and the JSON state; only the
         newest statistics are kept."""
@@ -315,7 +318,7 @@ class InitialModelSteps(JobSteps):
         if state.last_written != it and old.exists():
             old.unlink()
 
-    def write_final(self, job: Job, state: JobState) -> None:
+    def write_final(self, job: ModelJob, state: ModelLoop) -> None:
         outputs.write_class_plots(job.out, state.maps, state.history, state.distribution)
 
 

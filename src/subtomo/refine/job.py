@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypedDict, Unpack
+from typing import Generic, TypedDict, TypeVar, Unpack
 
 import numpy as np
 import torch
@@ -54,6 +54,9 @@ class JobOptions:
     max_memory_gib: float | None = None  # memory budget (None: automatic)
 
 
+Opts = TypeVar("Opts", bound=JobOptions)  # a driver's options
+
+
 class JobRun(TypedDict, total=False):
     """How a job runs (the keywords every driver takes): device, ranks, ``--continue``, STAR
     flavour of the outputs, progress bars and the command line recorded in ``job.json``."""
@@ -67,12 +70,12 @@ class JobRun(TypedDict, total=False):
 
 
 @dataclass
-class Job:
+class Job(Generic[Opts]):
     """What stays fixed through a job: folder, options, box (px), pixel size (Å), the
     diameter (Å) and soft sphere of the particle mask, half sets, device and ranks."""
 
     out: Path
-    options: JobOptions
+    options: Opts
     box: int
     pixel_size_A: float
     diameter_A: float
@@ -87,9 +90,9 @@ class Job:
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def set_up(cls, ps: ParticleSet, out_dir: str | Path, options: JobOptions, box: int,
+    def set_up(cls, ps: ParticleSet, out_dir: str | Path, options: Opts, box: int,
                pixel_size_A: float, started: float, **run: Unpack[JobRun]
-               ) -> tuple[Job, ParticleSet]:
+               ) -> tuple[Job[Opts], ParticleSet]:
         """The job and ``ps`` with its half sets; the particle diameter defaults to 0.8 of
         the box, the mask is a soft sphere of ``particle_diameter_A`` when given."""
         run["ctx"] = run.get("ctx") or Context()
@@ -173,39 +176,42 @@ class SavedState:
             raise InputError(path, f"not a {cls.KIND} state file ({exc})") from None
 
 
-class JobSteps:
+S = TypeVar("S", bound=JobState)  # a driver's state between iterations
+
+
+class JobSteps(Generic[Opts, S]):
     """What a driver states: its start, resume, iteration, end condition and final files."""
 
-    def start(self, job: Job, ps: ParticleSet) -> JobState:
+    def start(self, job: Job[Opts], ps: ParticleSet) -> S:
         """The state before iteration 1 (the job folder exists)."""
         raise NotImplementedError
 
-    def resume(self, job: Job, ps: ParticleSet, saved: Path) -> JobState:
+    def resume(self, job: Job[Opts], ps: ParticleSet, saved: Path) -> S:
         """The state after the iteration saved in ``saved``."""
         raise NotImplementedError
 
-    def resumed_note(self, state: JobState) -> str:
+    def resumed_note(self, state: S) -> str:
         return ""
 
-    def done(self, job: Job, state: JobState) -> bool:
+    def done(self, job: Job[Opts], state: S) -> bool:
         raise NotImplementedError
 
-    def iterate(self, job: Job, state: JobState) -> None:
+    def iterate(self, job: Job[Opts], state: S) -> None:
         """Iteration ``state.iteration`` (already counted): update ``state``, write its files."""
         raise NotImplementedError
 
-    def complete(self, job: Job, state: JobState) -> None:
+    def complete(self, job: Job[Opts], state: S) -> None:
         """After the last iteration, on every rank (nothing by default)."""
 
-    def write_final(self, job: Job, state: JobState) -> None:
+    def write_final(self, job: Job[Opts], state: S) -> None:
         """The final files (rank 0)."""
 
-    def summary(self, state: JobState) -> dict:
+    def summary(self, state: S) -> dict:
         """Extra entries of ``job.json``."""
         return {}
 
 
-def run_job(job: Job, steps: JobSteps, ps: ParticleSet) -> JobState:
+def run_job(job: Job[Opts], steps: JobSteps[Opts, S], ps: ParticleSet) -> S:
     """Start (or resume with ``job.continue_from``), iterate until done, write the final
     files and ``job.json``; every rank returns the last state."""
     if job.continue_from:
