@@ -91,11 +91,11 @@ def child_iteration(star: str, reference: str, resolution_A: float, order: int,
     from subtomo.refine.autorefine import (
         RefineOptions,
         Schedule,
-        initial_sigma2,
         run_iteration,
         search_settings,
     )
-    from subtomo.refine.expectation import plan_memory
+    from subtomo.refine.expectation import Poses, plan_memory
+    from subtomo.refine.job import Job, initial_sigma2
     from subtomo.refine.reconstruct import half_sets, image_box
 
     ps = read_particles(star).subset(np.arange(n))
@@ -108,13 +108,15 @@ def child_iteration(star: str, reference: str, resolution_A: float, order: int,
     sigma2 = initial_sigma2(ps, np.arange(n), box, True,
                             torch.as_tensor(origins, dtype=torch.float32), None, "cpu",
                             Context(), options.batch_size, max_memory)
-    plan = plan_memory(options, box=box, k_classes=1, n_searched=1, device="cpu")
+    job = Job(Path(out).parent, options, box, apix, 0.8 * box * apix, None, half_sets(ps),
+              progress=False)
+    plan = plan_memory(job.e_step(settings, None), box=box, k_classes=1, n_searched=1,
+                       device="cpu")
     cache_needed = 8 * len(rotation_grid(order)[0]) * len(
         Frequencies.within(box, settings.coarse_radius_px))
     start, cpu = time.perf_counter(), time.process_time()
-    result = run_iteration(ps, [ref, ref], half_sets(ps), matrices, origins, sigma2, settings,
-                           options, box=box, pixel_size_A=apix, mask=None, device="cpu",
-                           ctx=Context(), progress=False, resolution_A=resolution_A)
+    result = run_iteration(job, ps, [ref, ref], Poses(matrices, origins), sigma2, settings,
+                           resolution_A)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     np.savez(out, matrices=result.matrices, origins=result.origins_px)
     return {"iteration_s": seconds, "iteration_cpu_s": cpu, "n": n, "box": box,

@@ -67,8 +67,8 @@ def test_refine_e_step_reduces_on_the_process_device(recorded, device, tmp_path)
     from subtomo.io.mrc import read_mrc
     from subtomo.io.star import read_particles
     from subtomo.refine import outputs
-    from subtomo.refine.autorefine import RefineOptions, initial_sigma2
-    from subtomo.refine.expectation import expectation
+    from subtomo.refine.expectation import EStepSettings, Model, Particles, Poses, expectation
+    from subtomo.refine.job import initial_sigma2
     from subtomo.refine.reconstruct import half_sets
     from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomograms
 
@@ -82,9 +82,9 @@ def test_refine_e_step_reduces_on_the_process_device(recorded, device, tmp_path)
                             torch.as_tensor(origins, dtype=torch.float32), None, "cpu", ctx, 4)
     settings = SearchSettings(order=1, offset_range_px=1.0, offset_step_px=1.0,
                               coarse_radius_px=5.0, fine_radius_px=7.0, perturb_deg=5.0)
-    e = expectation(ps, np.arange(len(ps)), ([ref], [ref]), np.ones(1), half_sets(ps), matrices,
-                    origins, sigma2, settings, RefineOptions(ctf=True, batch_size=4), box=16,
-                    mask=None, device="cpu", ctx=ctx, progress=False)
+    e = expectation(Particles(ps, half_sets(ps), 16, None, "cpu"), np.arange(len(ps)),
+                    Model(([ref], [ref]), np.ones(1), sigma2), Poses(matrices, origins),
+                    EStepSettings(settings, ctf=True, batch_size=4), ctx, progress=False)
     assert e.matrices.shape == matrices.shape
     assert len(recorded) >= 12  # noise sums, 3 + 4 E-step sums, 5 pose arrays
     assert _off_device(recorded, device) == []

@@ -15,7 +15,8 @@ from subtomo.fourier.fsc import fsc, resolution_at
 from subtomo.geometry.euler import angular_distance_deg
 from subtomo.io.mrc import read_mrc, write_mrc
 from subtomo.io.star import read_particles, write_particles
-from subtomo.refine.autorefine import RefineOptions, auto_refine, fine_enough, search_radii
+from subtomo.refine.autorefine import RefineOptions, auto_refine, fine_enough
+from subtomo.refine.job import search_radii
 from subtomo.refine.reconstruct import reconstruct
 from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomograms
 

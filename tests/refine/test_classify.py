@@ -23,10 +23,10 @@ from subtomo.io.star import read_particles
 from subtomo.io.star_text import read_star
 from subtomo.parallel.distributed import Context
 from subtomo.refine import outputs
-from subtomo.refine.autorefine import initial_sigma2
 from subtomo.refine.classify import ClassifyOptions, classify
 from subtomo.refine.expectation import own_share
 from subtomo.refine.images import iterate_batches
+from subtomo.refine.job import initial_sigma2
 from subtomo.refine.reconstruct import gold_standard, half_sets, reconstruct
 from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomograms
 

@@ -17,8 +17,16 @@ from subtomo.io.mrc import read_mrc
 from subtomo.io.star import read_particles
 from subtomo.parallel.distributed import Context
 from subtomo.refine import outputs
-from subtomo.refine.autorefine import RefineOptions, initial_sigma2
-from subtomo.refine.expectation import Plan, expectation, plan_memory
+from subtomo.refine.expectation import (
+    EStepSettings,
+    Model,
+    Particles,
+    Plan,
+    Poses,
+    expectation,
+    plan_memory,
+)
+from subtomo.refine.job import initial_sigma2
 from subtomo.refine.reconstruct import half_sets
 from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomograms
 
@@ -38,20 +46,19 @@ def simulated(tmp_path_factory):
 def test_smallest_plan_gives_the_same_e_step(simulated, classes):
     ps, maps = simulated
     box, apix = 16, 8.0
-    options = RefineOptions(ctf=True, batch_size=4)
     matrices, origins = outputs.full_poses(ps, apix)
     sigma2 = initial_sigma2(ps, np.arange(len(ps)), box, True,
                             torch.as_tensor(origins, dtype=torch.float32), None, "cpu",
                             Context(), 4)
     settings = SearchSettings(order=1, offset_range_px=2.0, offset_step_px=1.0,
                               coarse_radius_px=5.0, fine_radius_px=7.0, perturb_deg=5.0)
-    references = (maps[:classes], maps[:classes])
+    model = Model((maps[:classes], maps[:classes]), np.ones(classes) / classes, sigma2)
+    data = Particles(ps, half_sets(ps), box, None, "cpu")
+    step = EStepSettings(settings, ctf=True, batch_size=4)
     runs = {}
     for name, plan in (("unlimited", Plan(4, None, None)), ("smallest", Plan(1, 0, 1))):
-        runs[name] = expectation(ps, np.arange(len(ps)), references, np.ones(classes) / classes,
-                                 half_sets(ps), matrices, origins, sigma2, settings, options,
-                                 box=box, mask=None, device="cpu", ctx=Context(),
-                                 progress=False, plan=plan)
+        runs[name] = expectation(data, np.arange(len(ps)), model, Poses(matrices, origins),
+                                 step, Context(), progress=False, plan=plan)
     a, b = runs["unlimited"], runs["smallest"]
     np.testing.assert_array_equal(a.matrices, b.matrices)
     np.testing.assert_array_equal(a.origins_px, b.origins_px)
@@ -66,16 +73,18 @@ def test_smallest_plan_gives_the_same_e_step(simulated, classes):
 
 
 def test_plan_follows_the_budget():
-    options = RefineOptions(ctf=True, batch_size=32)
+    def step(max_memory_gib: float) -> EStepSettings:
+        return EStepSettings(SearchSettings(), ctf=True, batch_size=32,
+                             max_memory_gib=max_memory_gib)
+
     held = memory.used_bytes() / memory.GiB
-    small = plan_memory(RefineOptions(ctf=True, batch_size=32, max_memory_gib=held + 0.5),
-                        box=64, k_classes=1, n_searched=1, device="cpu")
-    large = plan_memory(RefineOptions(ctf=True, batch_size=32, max_memory_gib=held + 8),
-                        box=64, k_classes=1, n_searched=1, device="cpu")
-    assert small.batch_size < large.batch_size == options.batch_size
+    small = plan_memory(step(held + 0.5), box=64, k_classes=1, n_searched=1, device="cpu")
+    large = plan_memory(step(held + 8), box=64, k_classes=1, n_searched=1, device="cpu")
+    assert small.batch_size < large.batch_size == 32
     assert small.work_bytes < large.work_bytes and small.cache_bytes < large.cache_bytes
     with pytest.raises(InputError, match="--max_memory"):  # the fixed part alone is too big
-        plan_memory(RefineOptions(max_memory_gib=held + 0.01), box=256, k_classes=4,
+        plan_memory(EStepSettings(SearchSettings(), max_memory_gib=held + 0.01), box=256,
+                    k_classes=4,
                     n_searched=4, device="cpu")
     with pytest.raises(InputError, match="--max_memory: must be a positive number"):
         memory.budget_bytes(-1.0)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from subtomo.commands.options import add_input, add_job_options, add_output, job_folder
+from subtomo.commands.options import (
+    add_input,
+    add_job_options,
+    add_output,
+    job_folder,
+    job_options,
+    job_run,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,18 +77,14 @@ def _run(args: argparse.Namespace) -> int:
     mask = (torch.from_numpy(read_mrc(args.mask, role="mask", field="--mask")[0])
             if args.mask else None)
     options = ClassifyOptions(
-        K=args.K, tau2_fudge=args.tau2_fudge, n_iter=args.iter, ini_high_A=args.ini_high,
-        sym=args.sym, particle_diameter_A=args.particle_diameter, skip_align=args.skip_align,
-        healpix_order=args.healpix_order, local=args.local, sigma_ang_deg=args.sigma_ang,
-        offset_range_px=args.offset_range, offset_step_px=args.offset_step, ctf=args.ctf,
-        split_every=args.split_every, pad=args.pad, batch_size=args.batch, seed=args.seed,
-        max_memory_gib=args.max_memory)
+        **job_options(args), K=args.K, tau2_fudge=args.tau2_fudge, n_iter=args.iter,
+        skip_align=args.skip_align, local=args.local, sigma_ang_deg=args.sigma_ang,
+        split_every=args.split_every)
     ctx = init(args.device)
     result = classify(
         ps, torch.from_numpy(reference), Path(out), options=options, mask=mask,
         reference_path=args.ref, mask_path=args.mask, reference_apix=ref_apix,
-        device=ctx.device, ctx=ctx, continue_from=args.continue_dir is not None,
-        relion30=args.relion30, command=["subtomo", *sys.argv[1:]])
+        **job_run(args, ctx))
     if ctx.main:
         shares = ", ".join(f"{k}: {100 * s:.1f} %" for k, s in
                            enumerate(result.distribution, 1))

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from subtomo.commands.options import add_input, add_job_options, add_output, job_folder
+from subtomo.commands.options import (
+    add_input,
+    add_job_options,
+    add_output,
+    job_folder,
+    job_options,
+    job_run,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,18 +61,12 @@ def _run(args: argparse.Namespace) -> int:
     ps = read_particles(args.input, angpix=args.angpix)
     out = job_folder(args, *ps.files())
     options = InitialModelOptions(
-        K=args.K, sym=args.sym, particle_diameter_A=args.particle_diameter,
-        iter_ini=args.iter_ini, iter_inbetween=args.iter_inbetween, iter_final=args.iter_final,
-        ini_high_A=args.ini_high, final_high_A=args.final_high, batch_ini=args.batch_ini,
-        batch_final=args.batch_final, healpix_order=args.healpix_order,
-        max_healpix_order=max(2, args.healpix_order), offset_range_px=args.offset_range,
-        offset_step_px=args.offset_step, ctf=args.ctf, checkpoint_every=args.checkpoint_every,
-        pad=args.pad, batch_size=args.batch, seed=args.seed,
-        max_memory_gib=args.max_memory)
+        **job_options(args), K=args.K, iter_ini=args.iter_ini,
+        iter_inbetween=args.iter_inbetween, iter_final=args.iter_final,
+        final_high_A=args.final_high, batch_ini=args.batch_ini, batch_final=args.batch_final,
+        max_healpix_order=max(2, args.healpix_order), checkpoint_every=args.checkpoint_every)
     ctx = init(args.device)
-    result = initial_model(ps, Path(out), options=options, device=ctx.device, ctx=ctx,
-                           continue_from=args.continue_dir is not None,
-                           relion30=args.relion30, command=["subtomo", *sys.argv[1:]])
+    result = initial_model(ps, Path(out), options=options, **job_run(args, ctx))
     if ctx.main:
         maps = ", ".join(f"run_it{result.iterations:03d}_class{k:03d}.mrc"
                          for k in range(1, len(result.reconstructions) + 1))

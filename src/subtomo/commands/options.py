@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 FLAVOUR_FLAGS = {
     "relion5": "RELION 5 tomography (centred Å coordinates; needs tomogram sizes)",
@@ -76,6 +77,22 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--continue", dest="continue_dir", default=None,
                         help="resume the job in this folder after its last finished iteration")
+
+
+def job_options(args: argparse.Namespace) -> dict:
+    """The fields of :class:`subtomo.refine.job.JobOptions` (those every iterative job has)
+    from the parsed options."""
+    return dict(ini_high_A=args.ini_high, sym=args.sym, particle_diameter_A=args.particle_diameter,
+                healpix_order=args.healpix_order, offset_range_px=args.offset_range,
+                offset_step_px=args.offset_step, ctf=args.ctf, pad=args.pad,
+                batch_size=args.batch, seed=args.seed, max_memory_gib=args.max_memory)
+
+
+def job_run(args: argparse.Namespace, ctx) -> dict:
+    """How an iterative job runs (:class:`subtomo.refine.job.JobRun`) on the ranks ``ctx``:
+    device, ``--continue``, ``--relion30`` and the command line for ``job.json``."""
+    return dict(device=ctx.device, ctx=ctx, continue_from=args.continue_dir is not None,
+                relion30=args.relion30, command=["subtomo", *sys.argv[1:]])
 
 
 JOB_OUTPUTS = ("run_*", "job.json")  # what refine, classify and initial-model write

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from subtomo.commands.options import add_input, add_job_options, add_output, job_folder
+from subtomo.commands.options import (
+    add_input,
+    add_job_options,
+    add_output,
+    job_folder,
+    job_options,
+    job_run,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,20 +77,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.mask:
         mask = torch.from_numpy(read_mrc(args.mask, role="mask", field="--mask")[0])
     options = RefineOptions(
-        ini_high_A=args.ini_high, sym=args.sym, particle_diameter_A=args.particle_diameter,
-        healpix_order=args.healpix_order, auto_local_healpix_order=args.auto_local_healpix_order,
-        offset_range_px=args.offset_range, offset_step_px=args.offset_step, ctf=args.ctf,
+        **job_options(args), auto_local_healpix_order=args.auto_local_healpix_order,
         firstiter_cc=args.firstiter_cc, zero_mask=args.zero_mask,
-        greyscale=not args.absolute_greyscale,
-        flatten_solvent=args.flatten_solvent, pad=args.pad, max_iter=args.max_iter,
-        batch_size=args.batch, seed=args.seed,
-        max_memory_gib=args.max_memory)
+        greyscale=not args.absolute_greyscale, flatten_solvent=args.flatten_solvent,
+        max_iter=args.max_iter)
     ctx = init(args.device)
     result = auto_refine(
         ps, torch.from_numpy(reference), Path(out), options=options, solvent_mask=mask,
         reference_path=args.ref, mask_path=args.mask, reference_apix=ref_apix,
-        device=ctx.device, ctx=ctx, continue_from=args.continue_dir is not None,
-        relion30=args.relion30, command=["subtomo", *sys.argv[1:]])
+        **job_run(args, ctx))
     if ctx.main:
         state = "converged" if result.converged else "stopped at --iter"
         print(f"Refined {len(ps)} particles in {result.iterations} iterations ({state}): "

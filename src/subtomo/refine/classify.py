@@ -37,85 +37,78 @@ the final classes), ``run_class_occupancy.png`` and ``job.json``.
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 import torch
 
 from subtomo.align.search import SearchSettings
 from subtomo.errors import InputError
-from subtomo.fourier.grid import lowpass_map, soft_sphere
-from subtomo.fourier.projector import Backprojector
+from subtomo.fourier.grid import lowpass_map
 from subtomo.io.files import undone_on_input_error
-from subtomo.io.mrc import read_mrc, write_mrc
 from subtomo.io.particles import ParticleSet
-from subtomo.io.star import read_particles, write_particles
-from subtomo.parallel.distributed import Context
 from subtomo.refine import outputs
-from subtomo.refine.autorefine import (
+from subtomo.refine.expectation import (
+    Model,
+    Poses,
+    Seeding,
+    SelfTerms,
+    expectation,
+    insertion_radius_px,
+)
+from subtomo.refine.job import (
+    ClassifyResult,
+    ClassState,
+    Job,
+    JobOptions,
+    JobRun,
+    JobState,
+    JobSteps,
     check_inputs,
-    initial_sigma2,
+    class_names,
+    class_result,
     pose_change_deg,
+    run_job,
     search_radii,
 )
-from subtomo.refine.expectation import expectation, insertion_radius_px
-from subtomo.refine.reconstruct import Reconstruction, gold_standard, half_sets
+from subtomo.refine.reconstruct import Reconstruction, reconstruct_classes
 
 
 @dataclass
-class ClassifyOptions:
-    """Options of ``subtomo classify`` (RELION's names; Å, px and degrees as named)."""
+class ClassifyOptions(JobOptions):
+    """Options of ``subtomo classify`` (:class:`JobOptions` and these)."""
 
+    ini_high_A: float = 50.0
+    offset_range_px: float = 5.0
+    offset_step_px: float = 1.0
     K: int = 4
     tau2_fudge: float = 4.0
     n_iter: int = 25
-    ini_high_A: float = 50.0
-    sym: str = "C1"
-    particle_diameter_A: float | None = None
     skip_align: bool = False
-    healpix_order: int = 2
     local: bool = False
     sigma_ang_deg: float | None = None
-    offset_range_px: float = 5.0
-    offset_step_px: float = 1.0
-    ctf: bool = False
-    pad: int = 2
-    batch_size: int = 32
-    top_k: int = 2
     min_posterior: float = 1e-3
     incr_shells: float = 2.0
     split_every: int = 4
     leave_one_out: bool = True
-    seed: int = 0
-    max_memory_gib: float | None = None  # memory budget (None: automatic)
 
 
-@dataclass
-class ClassState:
-    """Everything needed to continue after ``iteration`` (JSON)."""
+ClassifyJob = Job[ClassifyOptions]
 
-    iteration: int
+
+@dataclass(kw_only=True)
+class ClassLoop(JobState):
+    """The state between iterations: the resolution of the next search, each particle's last
+    best class (0-based; ``None``: not yet classified) and each class's reconstruction
+    denominator per shell (``None``: unknown, no leave-one-out scores)."""
+
     resolution_A: float
-    distribution: list[float]
-    sigma2: list[float]
-    options: dict
-    history: list[dict] = field(default_factory=list)
-    elapsed_s: float = 0.0
-    denominators: list[list[float]] | None = None
-
-    def save(self, path: Path) -> None:
-        outputs.save_json(asdict(self), path)
-
-    @classmethod
-    def load(cls, path: Path) -> ClassState:
-        try:
-            return cls(**json.loads(Path(path).read_text()))
-        except (OSError, ValueError, TypeError) as exc:
-            raise InputError(path, f"not a classification state file ({exc})") from None
+    classes: np.ndarray | None
+    denominators: list[list[float]] | None
 
 
 @dataclass
@@ -130,17 +123,6 @@ class ClassIteration:
     distribution: np.ndarray  # (K,)
     reconstructions: list[Reconstruction]
     sigma2: np.ndarray
-
-
-@dataclass
-class ClassifyResult:
-    """The finished run: class maps, distribution, particles with classes, history."""
-
-    reconstructions: list[Reconstruction]
-    distribution: np.ndarray
-    particles: ParticleSet
-    iterations: int
-    history: list[dict]
 
 
 def search_settings(options: ClassifyOptions, resolution_A: float, box: int,
@@ -206,99 +188,25 @@ def next_resolution(current_A: float, estimated_A: float, box_A: float,
     return max(estimated_A, limit)
 
 
-def _empty(box: int, pixel_size_A: float, device: torch.device | str) -> Reconstruction:
-    """A class that no particle joined: a zero map with no resolution."""
-    zero = torch.zeros(box, box, box, device=device)
-    return Reconstruction(zero, pixel_size_A, 0, zero, zero, torch.zeros(box // 2 + 1),
-                          box * pixel_size_A)
-
-
-def reconstruct_classes(bps: list[list[Backprojector]], pixel_size_A: float, pad: int,
-                        tau2_fudge: float) -> list[Reconstruction]:
-    """Each class's map from its two half back-projectors (τ² from their FSC times
-    ``tau2_fudge``); a class without particles in both halves gives a zero map."""
-    recons = []
-    for pair in bps:
-        if min(float(bp.weight.sum()) for bp in pair) <= 0:
-            recons.append(_empty(pair[0].box, pixel_size_A, pair[0].device))
-        else:
-            recons.append(gold_standard(pair[0], pair[1], pixel_size_A, pad, tau2_fudge))
-    return recons
-
-
-def classify_iteration(
-    ps: ParticleSet, references: list[torch.Tensor], distribution: np.ndarray,
-    halves: np.ndarray, matrices: np.ndarray, origins_px: np.ndarray, sigma2: np.ndarray,
-    settings: SearchSettings, options: ClassifyOptions, *, box: int, pixel_size_A: float,
-    mask: torch.Tensor | None, device: torch.device | str, ctx: Context,
-    assign: np.ndarray | None = None, parents: list[int] | None = None,
-    progress: bool = True, desc: str = "",
-    self_terms: tuple[np.ndarray, torch.Tensor] | None = None, resolution_A: float | None = None,
-) -> ClassIteration:
-    """One E step over all particles (:func:`expectation`) and the M step of every class;
-    frequencies beyond ``resolution_A`` plus RELION's margin are not inserted
-    (:func:`subtomo.refine.expectation.insert_radius_px`; ``None``: all)."""
-    n = len(ps)
-    e = expectation(ps, np.arange(n), (references, references), distribution, halves,
-                    matrices, origins_px, sigma2, settings, options, box=box, mask=mask,
-                    device=device, ctx=ctx, assign=assign, parents=parents,
-                    min_posterior=options.min_posterior, progress=progress, desc=desc,
-                    self_terms=self_terms, insert_radius_px=None if resolution_A is None else
-                    insertion_radius_px(resolution_A, box, pixel_size_A))
-    recons = reconstruct_classes(e.backprojectors, pixel_size_A, options.pad,
-                                 options.tau2_fudge)
+def classify_iteration(job: ClassifyJob, state: ClassLoop, references: list[torch.Tensor],
+                       settings: SearchSettings, seeding: Seeding | None,
+                       self_terms: SelfTerms | None, desc: str = "") -> ClassIteration:
+    """One E step over all particles (:func:`subtomo.refine.expectation.expectation`) and
+    the M step of every class; frequencies beyond the state's resolution plus RELION's margin
+    are not inserted (:func:`subtomo.refine.expectation.insertion_radius_px`)."""
+    o, ps, n = job.options, state.particles, len(state.particles)
+    step = job.e_step(settings, insertion_radius_px(state.resolution_A, job.box,
+                                                    job.pixel_size_A),
+                      min_posterior=o.min_posterior)
+    model = Model((references, references), state.distribution, state.sigma2)
+    e = expectation(job.data(ps), np.arange(n), model, state.poses, step, job.ctx,
+                    seeding=seeding, self_terms=self_terms, progress=job.progress, desc=desc)
+    recons = reconstruct_classes(e.backprojectors, job.pixel_size_A, o.pad, o.tau2_fudge)
     distribution = (e.posterior_sums / max(n, 1)).cpu().numpy()
     for recon, share in zip(recons, distribution, strict=True):
         recon.n_particles = int(round(share * n))
     return ClassIteration(e.matrices, e.origins_px, e.classes, e.max_probability,
-                          e.log_likelihood, distribution, recons, e.sigma2(sigma2))
-
-
-def _stem(out: Path, iteration: int) -> Path:
-    return out / f"run_it{iteration:03d}"
-
-
-def write_iteration(out: Path, iteration: int, ps: ParticleSet, result: ClassIteration,
-                    settings: SearchSettings, tau2_fudge: float, relion30: bool) -> None:
-    """The files of one finished iteration (the resume state is written after them)."""
-    stem = _stem(out, iteration)
-    write_particles(ps, f"{stem}_data.star", "relion30" if relion30 else "auto")
-    names = []
-    for k, recon in enumerate(result.reconstructions, 1):
-        name = f"{stem.name}_class{k:03d}.mrc"
-        write_mrc(out / name, recon.map, recon.pixel_size_A)
-        names.append(name)
-    apix = result.reconstructions[0].pixel_size_A
-    outputs.write_model(Path(f"{stem}_model.star"), result.reconstructions, names,
-                        result.distribution.tolist(), result.sigma2, ps,
-                        settings.step_deg / 2, settings.offset_step_px / 2 * apix, tau2_fudge)
-    outputs.write_sampling(Path(f"{stem}_sampling.star"), settings)
-
-
-def read_iteration(out: Path, iteration: int, ps: ParticleSet, k_classes: int,
-                   ) -> tuple[ParticleSet, list[torch.Tensor]]:
-    """Particles and class maps of a finished iteration (to continue from it)."""
-    stem = _stem(out, iteration)
-    done = read_particles(f"{stem}_data.star")
-    if len(done) != len(ps):
-        raise InputError(f"{stem}_data.star", f"has {len(done)} particles, the input "
-                         f"{len(ps)}: not the same run", field="--continue")
-    return done, [torch.from_numpy(read_mrc(f"{stem}_class{k:03d}.mrc")[0])
-                  for k in range(1, k_classes + 1)]
-
-
-def write_final(out: Path, iteration: int, maps: list[torch.Tensor], history: list[dict],
-                distribution: np.ndarray) -> None:
-    """``run_classes.png`` (orthoslices of the final classes) and the occupancy plot."""
-    from subtomo.report.plots import plot_class_occupancy, plot_class_slices
-
-    titles = [f"class {k} · {100 * share:.1f} %" for k, share in enumerate(distribution, 1)]
-    if history:
-        last = history[-1]["resolution_A"]
-        titles = [f"{t}\n{res:.1f} Å" for t, res in zip(titles, last, strict=True)]
-    plot_class_slices([m.cpu() for m in maps], out / "run_classes.png", titles)
-    if history:
-        plot_class_occupancy(history, out / "run_class_occupancy.png")
+                          e.log_likelihood, distribution, recons, e.sigma2(state.sigma2))
 
 
 def check_options(options: ClassifyOptions) -> None:
@@ -311,130 +219,124 @@ def check_options(options: ClassifyOptions) -> None:
         raise InputError(None, "--sigma_ang must be positive", field="--sigma_ang")
 
 
+class ClassifySteps(JobSteps[ClassifyOptions, ClassLoop]):
+    """Classification's steps of the job skeleton (:func:`subtomo.refine.job.run_job`)."""
+
+    def __init__(self, reference: torch.Tensor, mask: torch.Tensor | None) -> None:
+        self.reference, self.mask = reference, mask
+
+    def start(self, job: ClassifyJob, ps: ParticleSet) -> ClassLoop:
+        """Iteration 0: one class, the reference low-passed to ``ini_high``."""
+        o = job.options
+        poses = Poses(*outputs.full_poses(ps, job.pixel_size_A))
+        maps = [lowpass_map(self.reference.to(device=job.device, dtype=torch.float32),
+                            job.pixel_size_A, o.ini_high_A)]
+        sigma2 = job.initial_sigma2(ps, poses.origins_px, job.particle_mask)
+        return ClassLoop(iteration=0, particles=ps, poses=poses, sigma2=sigma2, maps=maps,
+                         distribution=np.ones(1), history=[], resolution_A=o.ini_high_A,
+                         classes=_classes(ps), denominators=None)
+
+    def resume(self, job: ClassifyJob, ps: ParticleSet, saved: Path) -> ClassLoop:
+        state = ClassState.load(saved)
+        if state.options.get("K") != job.options.K:
+            raise InputError(job.out, f"the run has K = {state.options.get('K')}, not "
+                             f"{job.options.K}", field="--K")
+        distribution = np.asarray(state.distribution)
+        done, maps, poses = job.read_finished(state.iteration, ps,
+                                              class_names(len(distribution)))
+        return ClassLoop(iteration=state.iteration, particles=done, poses=poses,
+                         sigma2=np.asarray(state.sigma2), maps=maps,
+                         distribution=distribution, history=state.history,
+                         elapsed_s=state.elapsed_s, resolution_A=state.resolution_A,
+                         classes=_classes(done), denominators=state.denominators)
+
+    def done(self, job: ClassifyJob, state: ClassLoop) -> bool:
+        return state.iteration >= job.options.n_iter
+
+    def iterate(self, job: ClassifyJob, state: ClassLoop) -> None:
+        """Seed or split classes when due, search and reconstruct every class, set the next
+        resolution; write the iteration's files (rank 0)."""
+        o, it, box, px = job.options, state.iteration, job.box, job.pixel_size_A
+        assign, parents = seed_classes(it, len(state.particles), state.classes,
+                                       state.distribution, o)
+        if assign is not None:
+            state.resolution_A = o.ini_high_A  # new classes separate at low resolution first
+        settings = search_settings(o, state.resolution_A, box, px, job.diameter_A, it)
+        if assign is not None and settings.local:
+            settings.skip_align = True  # seeding keeps the poses (no jitter at ini_high)
+        references = [m * self.mask if self.mask is not None else m for m in state.maps]
+        self_terms = None
+        if assign is None and state.denominators is not None and o.leave_one_out:
+            # the last best class stands for the posterior (nearly 0 or 1 per class)
+            self_terms = (np.eye(len(state.maps))[state.classes], torch.as_tensor(
+                state.denominators, dtype=torch.float64, device=job.device))
+        tick = time.perf_counter()
+        result = classify_iteration(job, state, references, settings,
+                                    None if assign is None else Seeding(assign, parents),
+                                    self_terms, f"iteration {it:03d}")
+        change = pose_change_deg(state.poses.matrices, result.matrices, o.sym)
+        moved = 1.0 if state.classes is None or assign is not None else float(
+            np.mean(state.classes != result.classes))
+        state.poses, state.sigma2 = Poses(result.matrices, result.origins_px), result.sigma2
+        state.classes, state.distribution = result.classes, result.distribution
+        state.maps = [r.map for r in result.reconstructions]
+        state.denominators = [[math.inf] * (box // 2 + 1) if r.denominator is None
+                              else r.denominator.tolist() for r in result.reconstructions]
+        occupied = [r.resolution_A for r, share in zip(result.reconstructions,
+                                                       state.distribution, strict=True)
+                    if share > 0.5 / len(state.particles)]
+        state.resolution_A = next_resolution(state.resolution_A,
+                                             min(occupied, default=o.ini_high_A),
+                                             box * px, o.incr_shells)
+        state.history.append({
+            "iteration": it, "distribution": state.distribution.tolist(),
+            "resolution_A": [r.resolution_A for r in result.reconstructions],
+            "class_changes": moved, "mean_angle_change_deg": change,
+            "fine_radius_px": settings.fine_radius_px,
+            "seconds": time.perf_counter() - tick})
+        state.particles = outputs.with_poses(
+            state.particles, result.matrices, result.origins_px, px, result.max_probability,
+            result.log_likelihood, state.classes + 1)
+        if job.ctx.main:
+            outputs.write_class_iteration(job.out, it, state.particles, result.reconstructions,
+                                          result.distribution, result.sigma2, settings,
+                                          o.tau2_fudge, job.relion30)
+            ClassState(it, state.resolution_A, state.distribution.tolist(),
+                       state.sigma2.tolist(), asdict(o), state.history,
+                       job.seconds(state.elapsed_s), state.denominators).save(
+                outputs.state_path(job.out, it))
+            shares = " ".join(f"{100 * s:.0f}%" for s in state.distribution)
+            print(f"iteration {it:03d}: classes {shares}, {100 * moved:.1f} % changed "
+                  f"class, best {state.resolution_A:.1f} Å, mean pose change {change:.2f}° "
+                  f"({time.perf_counter() - tick:.0f} s)")
+        job.ctx.barrier()
+
+    def write_final(self, job: ClassifyJob, state: ClassLoop) -> None:
+        outputs.write_class_plots(job.out, state.maps, state.history, state.distribution)
+
+
+def _classes(ps: ParticleSet) -> np.ndarray | None:
+    """The particles' classes (0-based) from ``rlnClassNumber``, ``None`` without it."""
+    classes = ps.particles.get("rlnClassNumber")
+    return None if classes is None else classes.to_numpy() - 1
+
+
 @undone_on_input_error("out_dir")
 def classify(
     ps: ParticleSet, reference: torch.Tensor, out_dir: str | Path, *,
     options: ClassifyOptions | None = None, mask: torch.Tensor | None = None,
     reference_path: str | Path = "reference", mask_path: str | Path | None = None,
-    reference_apix: float = 0.0, device: str | torch.device = "cpu",
-    ctx: Context | None = None, continue_from: bool = False, relion30: bool = False,
-    progress: bool = True, command: list[str] | None = None,
+    reference_apix: float = 0.0, **run: Unpack[JobRun],
 ) -> ClassifyResult:
     """Classify ``ps`` into ``options.K`` classes starting from ``reference`` (job folder
-    ``out_dir``); with ``continue_from``, resume after the last finished iteration there."""
+    ``out_dir``); ``run``: device, ranks, ``continue_from`` (resume after the last finished
+    iteration there) and the rest of :class:`subtomo.refine.job.JobRun`."""
     options = options or ClassifyOptions()
-    ctx = ctx or Context()
     check_options(options)
-    out = Path(out_dir)
-    start = time.perf_counter()
+    started = time.perf_counter()
     box, pixel_size = check_inputs(ps, reference, reference_apix, reference_path, mask,
                                    mask_path, options)
-    diameter = options.particle_diameter_A or 0.8 * box * pixel_size
-    particle_mask = None
-    if options.particle_diameter_A:
-        particle_mask = soft_sphere(box, options.particle_diameter_A / pixel_size,
-                                    device=device)
+    job, ps = Job.set_up(ps, out_dir, options, box, pixel_size, started, **run)
     if mask is not None:
-        mask = mask.to(device=device, dtype=torch.float32)
-    halves = half_sets(ps, options.seed)
-    ps = outputs.with_halves(ps, halves)
-
-    if continue_from:
-        state = ClassState.load(outputs.last_state(out))
-        if state.options.get("K") != options.K:
-            raise InputError(out, f"the run has K = {state.options.get('K')}, not "
-                             f"{options.K}", field="--K")
-        iteration, history, elapsed = state.iteration, state.history, state.elapsed_s
-        resolution, sigma2 = state.resolution_A, np.asarray(state.sigma2)
-        distribution = np.asarray(state.distribution)
-        denominators = state.denominators
-        ps, maps = read_iteration(out, iteration, ps, len(distribution))
-        maps = [m.to(device) for m in maps]
-        matrices, origins = outputs.full_poses(ps, pixel_size)
-        if ctx.main:
-            print(f"Continuing {out} after iteration {iteration}.")
-    else:
-        outputs.prepare_job_dir(out, ctx)
-        iteration, history, elapsed = 0, [], 0.0
-        resolution = options.ini_high_A
-        distribution = np.ones(1)
-        denominators = None  # the reference's particles are unknown
-        matrices, origins = outputs.full_poses(ps, pixel_size)
-        maps = [lowpass_map(reference.to(device=device, dtype=torch.float32), pixel_size,
-                            options.ini_high_A)]
-        sigma2 = initial_sigma2(ps, np.arange(len(ps)), box, options.ctf,
-                                torch.as_tensor(origins, dtype=torch.float32, device=device),
-                                particle_mask, device, ctx, options.batch_size,
-                                options.max_memory_gib)
-    classes = ps.particles.get("rlnClassNumber")
-    classes = None if classes is None else classes.to_numpy() - 1
-
-    while iteration < options.n_iter:
-        iteration += 1
-        assign, parents = seed_classes(iteration, len(ps), classes, distribution, options)
-        if assign is not None:
-            resolution = options.ini_high_A  # new classes separate at low resolution first
-        settings = search_settings(options, resolution, box, pixel_size, diameter, iteration)
-        if assign is not None and settings.local:
-            settings.skip_align = True  # seeding keeps the poses (no jitter at ini_high)
-        references = [m * mask if mask is not None else m for m in maps]
-        self_terms = None
-        if assign is None and denominators is not None and options.leave_one_out:
-            # the last best class stands for the posterior (nearly 0 or 1 per class)
-            self_terms = (np.eye(len(maps))[classes], torch.as_tensor(
-                denominators, dtype=torch.float64, device=device))
-        tick = time.perf_counter()
-        result = classify_iteration(
-            ps, references, distribution, halves, matrices, origins, sigma2, settings, options,
-            box=box, pixel_size_A=pixel_size, mask=particle_mask, device=device, ctx=ctx,
-            assign=assign, parents=parents, progress=progress,
-            desc=f"iteration {iteration:03d}", self_terms=self_terms, resolution_A=resolution)
-        change = pose_change_deg(matrices, result.matrices, options.sym)
-        moved = 1.0 if classes is None or assign is not None else float(
-            np.mean(classes != result.classes))
-        matrices, origins, sigma2 = result.matrices, result.origins_px, result.sigma2
-        classes, distribution = result.classes, result.distribution
-        maps = [r.map for r in result.reconstructions]
-        denominators = [[math.inf] * (box // 2 + 1) if r.denominator is None
-                        else r.denominator.tolist() for r in result.reconstructions]
-        occupied = [r.resolution_A for r, share in zip(result.reconstructions, distribution,
-                                                       strict=True) if share > 0.5 / len(ps)]
-        resolution = next_resolution(resolution, min(occupied, default=options.ini_high_A),
-                                     box * pixel_size, options.incr_shells)
-        history.append({
-            "iteration": iteration, "distribution": distribution.tolist(),
-            "resolution_A": [r.resolution_A for r in result.reconstructions],
-            "class_changes": moved, "mean_angle_change_deg": change,
-            "fine_radius_px": settings.fine_radius_px,
-            "seconds": time.perf_counter() - tick})
-        ps = outputs.with_poses(ps, matrices, origins, pixel_size, result.max_probability,
-                                result.log_likelihood, classes + 1)
-        if ctx.main:
-            write_iteration(out, iteration, ps, result, settings, options.tau2_fudge, relion30)
-            ClassState(iteration, resolution, distribution.tolist(), sigma2.tolist(),
-                       asdict(options), history, elapsed + time.perf_counter() - start,
-                       denominators).save(
-                outputs.state_path(out, iteration))
-            shares = " ".join(f"{100 * s:.0f}%" for s in distribution)
-            print(f"iteration {iteration:03d}: classes {shares}, {100 * moved:.1f} % changed "
-                  f"class, best {resolution:.1f} Å, mean pose change {change:.2f}° "
-                  f"({time.perf_counter() - tick:.0f} s)")
-        ctx.barrier()
-
-    return finish(out, ctx, command, options, elapsed + time.perf_counter() - start, ps,
-                  maps, distribution, history, pixel_size)
-
-
-def finish(out: Path, ctx: Context, command: list[str] | None, options, seconds: float,
-           ps: ParticleSet, maps: list[torch.Tensor], distribution: np.ndarray,
-           history: list[dict], pixel_size_A: float) -> ClassifyResult:
-    """The end of a classification or initial-model job: pictures and ``job.json`` (rank 0)
-    and the result."""
-    if ctx.main:
-        write_final(out, len(history), maps, history, distribution)
-        outputs.write_job_json(out, command, options, seconds, len(history), history)
-    ctx.barrier()
-    last = history[-1]["resolution_A"] if history else [math.nan] * len(maps)
-    recons = [Reconstruction(m, pixel_size_A, int(round(s * len(ps))), resolution_A=r)
-              for m, s, r in zip(maps, distribution, last, strict=True)]
-    return ClassifyResult(recons, distribution, ps, len(history), history)
+        mask = mask.to(device=job.device, dtype=torch.float32)
+    return class_result(job, run_job(job, ClassifySteps(reference, mask), ps))

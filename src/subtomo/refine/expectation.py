@@ -22,7 +22,13 @@ from tqdm import tqdm
 from subtomo import memory
 from subtomo.align.score import Frequencies, noise_power
 from subtomo.align.search import Searcher, SearchResult, SearchSettings
-from subtomo.fourier.grid import centred_irfft, centred_rfft, rfft_shape, soft_sphere
+from subtomo.fourier.grid import (
+    centred_irfft,
+    centred_rfft,
+    rfft_shape,
+    shell_index,
+    soft_sphere,
+)
 from subtomo.fourier.projector import Backprojector, Projector
 from subtomo.fourier.shift import shift_spectra_
 from subtomo.geometry.symmetry import symmetry_operators
@@ -58,8 +64,6 @@ def solvent_noise(noise_sigma2: torch.Tensor, box: int, seeds: np.ndarray,
     """Real-space noise volumes ``(len(seeds), D, D, D)`` whose Fourier coefficients are
     complex Gaussian with ``E|n(k)|² = noise_sigma2(round(|k|))`` (``rfftn`` scale; beyond
     the last shell: the last value)."""
-    from subtomo.fourier.grid import shell_index
-
     shells = shell_index(box).clamp(max=len(noise_sigma2) - 1)
     sigma = (torch.as_tensor(noise_sigma2, dtype=torch.float64).clamp(min=0)[shells] / 2).sqrt()
     # the planes k_x = 0 and Nyquist hold each coefficient and its conjugate mate; irfftn keeps
@@ -196,6 +200,67 @@ def _own_share(results: list[SearchResult], spectra: torch.Tensor, inserted: tor
 
 
 @dataclass
+class Particles:
+    """The particles an E step reads: their set, half set (1 or 2) per particle, box (px), the
+    particle mask they are scored inside (``None``: none) and the device of the work."""
+
+    ps: ParticleSet
+    halves: np.ndarray
+    box: int
+    mask: torch.Tensor | None
+    device: torch.device | str
+
+
+@dataclass
+class Model:
+    """What the particles are compared with: the class maps searched by half set 1 and by half
+    set 2 (the same list in classification, each half's own map in auto-refine), the class
+    distribution π_k and the noise power per shell."""
+
+    references: tuple[list[torch.Tensor], list[torch.Tensor]]
+    distribution: np.ndarray
+    sigma2: np.ndarray
+
+
+@dataclass
+class Poses:
+    """Current full rotations ``(N, 3, 3)`` and origins ``(N, 3)`` (px) of every particle."""
+
+    matrices: np.ndarray
+    origins_px: np.ndarray
+
+
+@dataclass
+class EStepSettings:
+    """How an E step searches and inserts: the search, padding, 3D CTFs, particles per batch
+    and memory budget (GiB; ``None``: automatic, :func:`plan_memory`), zeros (``zero_mask``) or
+    noise outside the particle mask, the least class posterior a particle is inserted with,
+    and the frequencies inserted (:func:`insertion_radius_px`; ``None``: all)."""
+
+    search: SearchSettings
+    pad: int = 2
+    ctf: bool = False
+    batch_size: int = 32
+    max_memory_gib: float | None = None
+    zero_mask: bool = True
+    min_posterior: float = 1e-3
+    insert_radius_px: float | None = None
+
+
+@dataclass
+class Seeding:
+    """A fixed hard assignment (0-based class per particle) of a seeding iteration: a particle
+    of class k is aligned against the map ``parents[k]``."""
+
+    assign: np.ndarray
+    parents: list[int]
+
+
+# leave-one-out terms: previous posterior (N, K) and ⟨W + 1/τ²⟩ per class and shell (K, shells)
+SelfTerms = tuple[np.ndarray, torch.Tensor]
+
+
+@dataclass
 class Plan:
     """How an E step shares its memory budget: particles per batch read from disk, the
     search's section cache per class and its working memory (bytes)."""
@@ -205,26 +270,26 @@ class Plan:
     work_bytes: int | None
 
 
-def plan_memory(options, *, box: int, k_classes: int, n_searched: int,
+def plan_memory(step: EStepSettings, *, box: int, k_classes: int, n_searched: int,
                 device: torch.device | str) -> Plan:
-    """Fit an E step into ``options.max_memory_gib`` (GiB; ``None``: an automatic share of
-    the free memory, :func:`subtomo.memory.budget_bytes`).
+    """Fit an E step into ``step.max_memory_gib`` (GiB; ``None``: an automatic share of the
+    free memory, :func:`subtomo.memory.budget_bytes`).
 
     Fixed: the back-projectors of every class and half set, the ``n_searched`` class maps'
     projectors (one half set's at a time), one more being built, and the M step's
-    reconstruction. Of the rest at most a third holds particle batches (``options.
-    batch_size`` or fewer), half of the remainder the section caches of the searchers, and
-    the other half the work of one search (:class:`subtomo.align.search.Searcher`)."""
-    budget = memory.budget_bytes(getattr(options, "max_memory_gib", None), device)
-    pad = options.pad
+    reconstruction. Of the rest at most a third holds particle batches (``step.batch_size`` or
+    fewer), half of the remainder the section caches of the searchers, and the other half the
+    work of one search (:class:`subtomo.align.search.Searcher`)."""
+    budget = memory.budget_bytes(step.max_memory_gib, device)
+    pad = step.pad
     fixed = (2 * k_classes * memory.backprojector_bytes(box, pad)
              + (n_searched + 3) * memory.projector_bytes(box, pad))
     free = memory.free_budget(budget, device)
     memory.check_fits(fixed + memory.reconstruction_bytes(box, pad), free,
                       f"an iteration of {k_classes} class(es) at {box}³ (pad {pad})")
     rest = free - fixed
-    per_particle = memory.particle_bytes(box, options.ctf)
-    batch = memory.batch_that_fits(options.batch_size, per_particle, rest // 3)
+    per_particle = memory.particle_bytes(box, step.ctf)
+    batch = memory.batch_that_fits(step.batch_size, per_particle, rest // 3)
     search = rest - batch * per_particle
     return Plan(batch, search // (2 * max(n_searched, 1)), search // 2)
 
@@ -253,126 +318,139 @@ class Expectation:
             measured]
         return sigma2
 
+    @classmethod
+    def zeros(cls, k_classes: int, box: int, pad: int, poses: Poses,
+              device: torch.device | str) -> Expectation:
+        """Empty sums for ``k_classes`` classes and the particles of ``poses``."""
+        n, sums = len(poses.matrices), torch.zeros(box // 2 + 1, dtype=torch.float64,
+                                                   device=device)
+        return cls([[Backprojector(box, pad=pad, device=device) for _ in (1, 2)]
+                    for _ in range(k_classes)],
+                   torch.zeros(k_classes, dtype=torch.float64, device=device), sums,
+                   torch.zeros_like(sums), np.zeros_like(poses.matrices),
+                   np.zeros_like(poses.origins_px), np.zeros(n), np.zeros(n), np.zeros(n))
+
+    def all_reduced(self, ctx: Context) -> Expectation:
+        """The sums over every rank."""
+        for tensor in (self.posterior_sums, self.noise_sums, self.noise_counts):
+            ctx.sum_(tensor)
+        for pair in self.backprojectors:
+            for bp in pair:
+                ctx.sum_(bp.data)
+                ctx.sum_(bp.weight)
+        return Expectation(
+            self.backprojectors, self.posterior_sums, self.noise_sums, self.noise_counts,
+            ctx.sum_array(self.matrices).reshape(self.matrices.shape),
+            ctx.sum_array(self.origins_px), ctx.sum_array(self.classes).astype(int),
+            ctx.sum_array(self.max_probability), ctx.sum_array(self.log_likelihood))
+
+
+def _posterior(searchers: list[Searcher], spectra: torch.Tensor, batch, index: torch.Tensor,
+               prior_all: torch.Tensor, inv_sigma2: torch.Tensor, log_prior: torch.Tensor,
+               seeding: Seeding | None, self_terms: SelfTerms | None, k_classes: int
+               ) -> tuple[list[SearchResult], torch.Tensor, torch.Tensor]:
+    """Search one batch against every class: results per class, class posterior ``(B, K)``
+    and log-evidence ``(B,)`` (of the fixed class when seeding)."""
+    if seeding is not None:
+        fixed = torch.as_tensor(seeding.assign[batch.rows], device=index.device)
+        posterior = torch.nn.functional.one_hot(fixed, k_classes).double()
+        results = _search_parents(searchers, seeding.parents, fixed, spectra, batch.ctf,
+                                  inv_sigma2, prior_all[index])
+        evidence = torch.stack([r.log_evidence.double() for r in results], 1).gather(
+            1, fixed[:, None])[:, 0]
+        return results, posterior, evidence
+    results = [s.search(spectra, batch.ctf, inv_sigma2, prior_all[index]) for s in searchers]
+    joint = torch.stack([r.log_evidence.double() for r in results], 1) + log_prior
+    if self_terms is not None:
+        joint = joint - _own_share(results, spectra, batch.spectra, batch.ctf,
+                                   searchers[0].fine, inv_sigma2, self_terms, batch.rows)
+    return results, torch.softmax(joint, 1), torch.logsumexp(joint, 1)
+
+
+def _accumulate(sums: Expectation, h: int, batch, spectra: torch.Tensor,
+                results: list[SearchResult], posterior: torch.Tensor, evidence: torch.Tensor,
+                fine: Frequencies, origins: torch.Tensor, ops: torch.Tensor,
+                step: EStepSettings) -> None:
+    """Insert one batch of half set ``h`` into every class it belongs to (posterior ≥
+    ``step.min_posterior``) and record its best class's pose, noise power and statistics."""
+    index = torch.as_tensor(batch.rows, device=posterior.device)
+    best = posterior.argmax(1)
+    for k, result in enumerate(results):
+        take = posterior[:, k] >= step.min_posterior
+        if bool(take.any()):
+            part = result.take(take)
+            part.top_weights = part.top_weights * posterior[take, k, None].to(
+                part.top_weights.dtype)
+            ctf = None if batch.ctf is None else batch.ctf[take]
+            insert_weighted(sums.backprojectors[k][h - 1], batch.spectra[take], ctf, part, ops,
+                            step.insert_radius_px)
+    chosen = _stack_best(results, best)
+    s, c = noise_power(spectra, batch.ctf, fine, chosen.shifts_px, chosen.projection,
+                       len(sums.noise_sums))
+    sums.noise_sums += s
+    sums.noise_counts += c
+    sums.posterior_sums += posterior.sum(0)
+    sums.matrices[batch.rows] = chosen.matrices.double().cpu().numpy()
+    sums.origins_px[batch.rows] = (origins[index] + chosen.shifts_px).double().cpu().numpy()
+    sums.classes[batch.rows] = best.cpu().numpy()
+    p_best = posterior.gather(1, best[:, None])[:, 0]
+    sums.max_probability[batch.rows] = (p_best * chosen.max_probability.double()).cpu().numpy()
+    sums.log_likelihood[batch.rows] = evidence.cpu().numpy()
+
 
 def expectation(
-    ps: ParticleSet, rows: np.ndarray,
-    references: tuple[list[torch.Tensor], list[torch.Tensor]], distribution: np.ndarray,
-    halves: np.ndarray, matrices: np.ndarray, origins_px: np.ndarray, sigma2: np.ndarray,
-    settings: SearchSettings, options, *, box: int, mask: torch.Tensor | None,
-    device: torch.device | str, ctx: Context, assign: np.ndarray | None = None,
-    parents: list[int] | None = None, min_posterior: float = 1e-3, progress: bool = True,
-    desc: str = "", self_terms: tuple[np.ndarray, torch.Tensor] | None = None,
-    insert_radius_px: float | None = None, plan: Plan | None = None,
+    data: Particles, rows: np.ndarray, model: Model, poses: Poses, step: EStepSettings,
+    ctx: Context, *, seeding: Seeding | None = None, self_terms: SelfTerms | None = None,
+    plan: Plan | None = None, progress: bool = True, desc: str = "",
 ) -> Expectation:
     """Search particles ``rows`` (sharded over ranks) against every class map and insert them
     with their class and pose posteriors into their half set's back-projector of each class;
     sums are all-reduced. The E step of auto-refine (K = 1), classification and the initial
     model.
 
-    ``references``: the class maps the particles of half set 1 and of half set 2 are searched
-    against (the same list for both in classification, each half's own map in auto-refine).
-    ``options`` gives ``sym``, ``pad``, ``ctf``, ``batch_size`` and ``max_memory_gib`` (the
-    budget, :func:`plan_memory`); a particle enters every class with posterior ≥
-    ``min_posterior``. ``assign`` (0-based classes per particle): a
-    fixed hard assignment (a seeding iteration); a particle of class k is then aligned against
-    ``references[h][parents[k]]``.
-
-    ``self_terms``: ``(previous posterior (N, K), ⟨W + 1/τ²⟩ per class and shell (K,
-    shells))`` to score each particle against its classes as if it had not been part of
-    them (:func:`_own_share`); without it a random start of classes stays where it began.
-    ``insert_radius_px``: the frequencies inserted into the maps (:func:`insertion_radius_px`;
-    ``None``: all). ``plan``: how memory is shared (default :func:`plan_memory` from
-    ``options.max_memory_gib``); every plan gives the same poses."""
-    k_classes = len(parents) if assign is not None else len(references[0])
-    n, n_shells = len(ps), box // 2 + 1
+    ``seeding``: a fixed hard assignment (:class:`Seeding`). ``self_terms``: score each
+    particle against its classes as if it had not been part of them (:func:`_own_share`);
+    without it a random start of classes stays where it began. ``plan``: how memory is shared
+    (default :func:`plan_memory` from ``step``); every plan gives the same poses."""
+    box, device, references = data.box, data.device, model.references
+    k_classes = len(seeding.parents) if seeding is not None else len(references[0])
     if plan is None:  # before anything is allocated: the plan counts the back-projectors
-        plan = plan_memory(options, box=box, k_classes=k_classes,
-                           n_searched=len(references[0]), device=device)
-    inv_sigma2 = torch.as_tensor(1.0 / np.maximum(sigma2, 1e-30), dtype=torch.float32,
+        plan = plan_memory(step, box=box, k_classes=k_classes, n_searched=len(references[0]),
+                           device=device)
+    inv_sigma2 = torch.as_tensor(1.0 / np.maximum(model.sigma2, 1e-30), dtype=torch.float32,
                                  device=device)
-    log_prior = torch.as_tensor(np.log(np.maximum(distribution, 1e-30)), dtype=torch.float64,
-                                device=device)
-    ops = symmetry_operators(options.sym, dtype=torch.float32, device=device)
-    bps = [[Backprojector(box, pad=options.pad, device=device) for _ in (1, 2)]
-           for _ in range(k_classes)]
-    new_A, new_origins = np.zeros_like(matrices), np.zeros_like(origins_px)
-    classes, max_prob, loglik = np.zeros(n), np.zeros(n), np.zeros(n)
-    posterior_sums = torch.zeros(k_classes, dtype=torch.float64, device=device)
-    noise_sums = torch.zeros(n_shells, dtype=torch.float64, device=device)
-    noise_counts = torch.zeros_like(noise_sums)
-    prior_all = torch.as_tensor(matrices, dtype=torch.float32, device=device)
-    origins_t = torch.as_tensor(origins_px, dtype=torch.float32, device=device)
+    log_prior = torch.as_tensor(np.log(np.maximum(model.distribution, 1e-30)),
+                                dtype=torch.float64, device=device)
+    ops = symmetry_operators(step.search.sym, dtype=torch.float32, device=device)
+    sums = Expectation.zeros(k_classes, box, step.pad, poses, device)
+    prior_all = torch.as_tensor(poses.matrices, dtype=torch.float32, device=device)
+    origins_t = torch.as_tensor(poses.origins_px, dtype=torch.float32, device=device)
     rows = np.asarray(rows)
     # outside the particle mask: zeros (--zero_mask) or noise of the current spectrum; the
     # particles enter the maps unmasked (RELION's Fimg_nomask)
-    fill = None if getattr(options, "zero_mask", True) else torch.as_tensor(sigma2)
-    seed_base = 1_000_003 * int(settings.seed)
-    background = background_weights(box, mask, device)
+    fill = None if step.zero_mask else torch.as_tensor(model.sigma2)
+    seed_base = 1_000_003 * int(step.search.seed)
+    background = background_weights(box, data.mask, device)
     searchers = None
     for h in (1, 2):
         if searchers is None or references[1] is not references[0]:
             searchers = None  # free one half set's searchers before building the next
             searchers = [Searcher(Projector(r.to(device=device, dtype=torch.float32),
-                                            pad=options.pad), settings,
+                                            pad=step.pad), step.search,
                                   cache_bytes=plan.cache_bytes, work_bytes=plan.work_bytes)
                          for r in references[h - 1]]
-        mine = ctx.shard(rows[np.asarray(halves)[rows] == h])
+        mine = ctx.shard(rows[np.asarray(data.halves)[rows] == h])
         total = (len(mine) + plan.batch_size - 1) // plan.batch_size
-        batches = iterate_batches(ps, mine, box=box, ctf=options.ctf,
+        batches = iterate_batches(data.ps, mine, box=box, ctf=step.ctf,
                                   batch_size=plan.batch_size, device=device,
                                   shifts_px=origins_t, background=background)
         for batch in tqdm(batches, total=total, desc=f"{desc} half {h}", unit="batch",
                           disable=None if progress and ctx.main else True):
             index = torch.as_tensor(batch.rows, device=device)
-            spectra = masked(batch.spectra, mask, box, fill, seeds=seed_base + batch.rows)
-            if assign is not None:
-                fixed = torch.as_tensor(assign[batch.rows], device=device)
-                posterior = torch.nn.functional.one_hot(fixed, k_classes).double()
-                results = _search_parents(searchers, parents, fixed, spectra, batch.ctf,
-                                          inv_sigma2, prior_all[index])
-                evidence = torch.stack([r.log_evidence.double() for r in results], 1).gather(
-                    1, fixed[:, None])[:, 0]
-            else:
-                results = [s.search(spectra, batch.ctf, inv_sigma2, prior_all[index])
-                           for s in searchers]
-                joint = torch.stack([r.log_evidence.double() for r in results], 1) + log_prior
-                if self_terms is not None:
-                    joint = joint - _own_share(results, spectra, batch.spectra, batch.ctf,
-                                               searchers[0].fine, inv_sigma2, self_terms,
-                                               batch.rows)
-                evidence = torch.logsumexp(joint, 1)
-                posterior = torch.softmax(joint, 1)  # (B, K)
-            best = posterior.argmax(1)
-            for k, result in enumerate(results):
-                take = posterior[:, k] >= min_posterior
-                if bool(take.any()):
-                    part = result.take(take)
-                    part.top_weights = part.top_weights * posterior[take, k, None].to(
-                        part.top_weights.dtype)
-                    ctf = None if batch.ctf is None else batch.ctf[take]
-                    insert_weighted(bps[k][h - 1], batch.spectra[take], ctf, part, ops,
-                                    insert_radius_px)
-            chosen = _stack_best(results, best)
-            s, c = noise_power(spectra, batch.ctf, searchers[0].fine, chosen.shifts_px,
-                               chosen.projection, n_shells)
-            noise_sums += s
-            noise_counts += c
-            posterior_sums += posterior.sum(0)
-            new_A[batch.rows] = chosen.matrices.double().cpu().numpy()
-            new_origins[batch.rows] = (origins_t[index]
-                                       + chosen.shifts_px).double().cpu().numpy()
-            classes[batch.rows] = best.cpu().numpy()
-            p_best = posterior.gather(1, best[:, None])[:, 0]
-            max_prob[batch.rows] = (p_best * chosen.max_probability.double()).cpu().numpy()
-            loglik[batch.rows] = evidence.cpu().numpy()
-
-    for tensor in (posterior_sums, noise_sums, noise_counts):
-        ctx.sum_(tensor)
-    for pair in bps:
-        for bp in pair:
-            ctx.sum_(bp.data)
-            ctx.sum_(bp.weight)
-    return Expectation(bps, posterior_sums, noise_sums, noise_counts,
-                       ctx.sum_array(new_A).reshape(matrices.shape),
-                       ctx.sum_array(new_origins), ctx.sum_array(classes).astype(int),
-                       ctx.sum_array(max_prob), ctx.sum_array(loglik))
+            spectra = masked(batch.spectra, data.mask, box, fill, seeds=seed_base + batch.rows)
+            results, posterior, evidence = _posterior(
+                searchers, spectra, batch, index, prior_all, inv_sigma2, log_prior, seeding,
+                self_terms, k_classes)
+            _accumulate(sums, h, batch, spectra, results, posterior, evidence,
+                        searchers[0].fine, origins_t, ops, step)
+    return sums.all_reduced(ctx)

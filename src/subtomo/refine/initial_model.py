@@ -1,7 +1,7 @@
 """De novo initial model from subtomograms alone (``relion_refine --denovo_3dref``).
 
 We use stochastic (online) expectation-maximisation rather than RELION's gradient descent: each
-iteration searches a random mini-batch globally (the same :func:`subtomo.refine.classify.
+iteration searches a random mini-batch globally (the same :func:`subtomo.refine.expectation.
 expectation` as classification, so K > 1 works) against the current maps, and the sufficient
 statistics of the reconstruction (Σ C X and Σ C² per class and half set, scaled to the whole
 data set) are blended into running ones with a step ``η_t = max(2 / (t + 1), η_min)``. The maps
@@ -31,6 +31,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ import torch
 from subtomo import memory
 from subtomo.align.search import SearchSettings
 from subtomo.errors import InputError
-from subtomo.fourier.grid import lowpass_map, soft_sphere
+from subtomo.fourier.grid import lowpass_map
 from subtomo.fourier.projector import Backprojector
 from subtomo.geometry.euler import euler_to_matrix
 from subtomo.geometry.healpix import angular_step_deg
@@ -48,57 +49,63 @@ from subtomo.io.files import atomic_path, undone_on_input_error
 from subtomo.io.particles import ParticleSet
 from subtomo.parallel.distributed import Context
 from subtomo.refine import outputs
-from subtomo.refine.autorefine import (
+from subtomo.refine.expectation import Model, Poses, expectation, insertion_radius_px
+from subtomo.refine.images import background_weights, iterate_batches
+from subtomo.refine.job import (
+    ClassifyResult,
+    ClassState,
+    Job,
+    JobOptions,
+    JobRun,
+    JobState,
+    JobSteps,
     check_inputs,
-    initial_sigma2,
+    class_names,
+    class_result,
+    run_job,
     search_radii,
 )
-from subtomo.refine.classify import (
-    ClassifyResult,
-    ClassIteration,
-    ClassState,
-    finish,
-    read_iteration,
+from subtomo.refine.reconstruct import (
+    image_box,
+    insert_symmetric,
     reconstruct_classes,
-    write_iteration,
 )
-from subtomo.refine.expectation import expectation, insertion_radius_px
-from subtomo.refine.images import background_weights, iterate_batches
-from subtomo.refine.reconstruct import half_sets, image_box, insert_symmetric
 
 
 @dataclass
-class InitialModelOptions:
-    """Options of ``subtomo initial-model`` (RELION's names; Å, px and degrees as named)."""
+class InitialModelOptions(JobOptions):
+    """Options of ``subtomo initial-model`` (:class:`JobOptions` and these)."""
 
+    ini_high_A: float = 35.0
+    healpix_order: int = 1
     K: int = 1
-    sym: str = "C1"
-    particle_diameter_A: float | None = None
     iter_ini: int = 25
     iter_inbetween: int = 100
     iter_final: int = 25
-    ini_high_A: float = 35.0
     final_high_A: float = 15.0
     batch_ini: int = 100
     batch_final: int = 500
-    healpix_order: int = 1
     max_healpix_order: int = 2
-    offset_range_px: float = 6.0
-    offset_step_px: float = 2.0
-    ctf: bool = False
     tau2_fudge: float = 1.0
     min_step: float = 0.1  # η_min
     checkpoint_every: int = 10
-    pad: int = 2
-    batch_size: int = 32
-    top_k: int = 2
     min_posterior: float = 1e-3
-    seed: int = 0
-    max_memory_gib: float | None = None  # memory budget (None: automatic)
 
     @property
     def n_iter(self) -> int:
         return self.iter_ini + self.iter_inbetween + self.iter_final
+
+
+ModelJob = Job[InitialModelOptions]
+
+
+@dataclass(kw_only=True)
+class ModelLoop(JobState):
+    """The state between iterations: the running reconstruction statistics per class and half
+    set (``None`` before the first) and the last iteration written."""
+
+    running: list[list[Backprojector]] | None
+    last_written: int
 
 
 def schedule(options: InitialModelOptions, iteration: int, n_particles: int,
@@ -188,120 +195,8 @@ def _state_tensors(out: Path, iteration: int) -> Path:
     return out / f"run_it{iteration:03d}_optimiser.pt"
 
 
-@undone_on_input_error("out_dir")
-def initial_model(
-    ps: ParticleSet, out_dir: str | Path, *, options: InitialModelOptions | None = None,
-    device: str | torch.device = "cpu", ctx: Context | None = None,
-    continue_from: bool = False, relion30: bool = False, progress: bool = True,
-    command: list[str] | None = None,
-) -> ClassifyResult:
-    """Build ``options.K`` maps de novo from ``ps`` into the job folder ``out_dir``; with
-    ``continue_from``, resume from the last checkpoint there."""
-    options = options or InitialModelOptions()
-    ctx = ctx or Context()
-    if options.K < 1 or options.n_iter < 1 or options.batch_ini < 1:
-        raise InputError(None, "--K, the iteration counts and --batch_ini must be positive",
-                         field="--K")
-    out = Path(out_dir)
-    start = time.perf_counter()
-    box, pixel_size = _check(ps, options)
-    diameter = options.particle_diameter_A or 0.8 * box * pixel_size
-    particle_mask = None
-    if options.particle_diameter_A:
-        particle_mask = soft_sphere(box, options.particle_diameter_A / pixel_size,
-                                    device=device)
-    halves = half_sets(ps, options.seed)
-    ps = outputs.with_halves(ps, halves)
-    n = len(ps)
-
-    if continue_from:
-        state = ClassState.load(outputs.last_state(out))
-        iteration, history, elapsed = state.iteration, state.history, state.elapsed_s
-        sigma2, distribution = np.asarray(state.sigma2), np.asarray(state.distribution)
-        ps, maps = read_iteration(out, iteration, ps, options.K)
-        maps = [m.to(device) for m in maps]
-        saved = torch.load(_state_tensors(out, iteration), map_location=device)
-        running = [[Backprojector(box, pad=options.pad, device=device) for _ in (1, 2)]
-                   for _ in range(options.K)]
-        for k in range(options.K):
-            for h in (0, 1):
-                running[k][h].data = saved["data"][k][h]
-                running[k][h].weight = saved["weight"][k][h]
-        if ctx.main:
-            print(f"Continuing {out} after iteration {iteration}.")
-    else:
-        outputs.prepare_job_dir(out, ctx)
-        iteration, history, elapsed, running = 0, [], 0.0, None
-        distribution = np.full(options.K, 1.0 / options.K)
-        sigma2 = initial_sigma2(ps, np.arange(n), box, options.ctf,
-                                torch.as_tensor(ps.shifts_A() / pixel_size, dtype=torch.float32,
-                                                device=device),
-                                particle_mask, device, ctx, options.batch_size,
-                                options.max_memory_gib)
-        first = random_start(ps, options, box, pixel_size, device, ctx)
-        maps = [first] * options.K
-    matrices, origins = outputs.full_poses(ps, pixel_size)
-    last_written = iteration
-
-    while iteration < options.n_iter:
-        iteration += 1
-        tick = time.perf_counter()
-        resolution, batch, order = schedule(options, iteration, n, diameter)
-        # each iteration's mini-batch depends only on the seed and the iteration (resumable)
-        rows = np.sort(np.random.default_rng([options.seed, iteration]).choice(
-            n, size=batch, replace=False))
-        coarse, fine = search_radii(resolution, order, box, pixel_size, diameter, True)
-        settings = SearchSettings(
-            order=order, offset_range_px=options.offset_range_px,
-            offset_step_px=options.offset_step_px, coarse_radius_px=coarse,
-            fine_radius_px=fine, sym=options.sym, top_k=options.top_k,
-            perturb_deg=0.5 * angular_step_deg(order), seed=options.seed + iteration)
-        e = expectation(ps, rows, (maps, maps), distribution, halves, matrices, origins,
-                        sigma2, settings, options, box=box, mask=particle_mask, device=device,
-                        ctx=ctx, min_posterior=options.min_posterior,
-                        progress=progress and batch >= n, desc=f"iteration {iteration:03d}",
-                        insert_radius_px=insertion_radius_px(resolution, box, pixel_size))
-        eta = step_size(options, iteration)
-        running = _blend(running, e.backprojectors, eta, n / len(rows))
-        recons = reconstruct_classes(_copy(running), pixel_size, options.pad,
-                                     options.tau2_fudge)
-        maps = [r.map for r in recons]
-        shares = (e.posterior_sums / len(rows)).cpu().numpy()
-        distribution = (1 - eta) * distribution + eta * shares
-        sigma2 = (1 - eta) * sigma2 + eta * e.sigma2(sigma2)
-        seen = np.zeros(n, dtype=bool)
-        seen[rows] = True
-        matrices[seen], origins[seen] = e.matrices[seen], e.origins_px[seen]
-        classes = np.where(seen, e.classes, 0)
-        history.append({
-            "iteration": iteration, "distribution": distribution.tolist(),
-            "resolution_A": [r.resolution_A for r in recons], "search_resolution_A": resolution,
-            "healpix_order": order, "batch": int(len(rows)), "step": eta,
-            "seconds": time.perf_counter() - tick})
-        if iteration % options.checkpoint_every == 0 or iteration == options.n_iter:
-            result = ClassIteration(matrices, origins, classes, e.max_probability,
-                                    e.log_likelihood, distribution, recons, sigma2)
-            ps = outputs.with_poses(ps, matrices, origins, pixel_size, e.max_probability,
-                                    e.log_likelihood, classes + 1)
-            if ctx.main:
-                write_iteration(out, iteration, ps, result, settings, options.tau2_fudge,
-                                relion30)
-                _save_state(out, iteration, running)
-                ClassState(iteration, resolution, distribution.tolist(), sigma2.tolist(),
-                           asdict(options), history,
-                           elapsed + time.perf_counter() - start).save(
-                    outputs.state_path(out, iteration))
-                old = _state_tensors(out, last_written)
-                if last_written != iteration and old.exists():
-                    old.unlink()  # only the newest statistics are kept
-                best = min(r.resolution_A for r in recons)
-                print(f"iteration {iteration:03d}: search {resolution:.1f} Å, order {order}, "
-                      f"batch {len(rows)}, map {best:.1f} Å at FSC 0.143")
-            last_written = iteration
-            ctx.barrier()
-
-    return finish(out, ctx, command, options, elapsed + time.perf_counter() - start, ps,
-                  maps, distribution, history, pixel_size)
+def _state_tensors(out: Path, iteration: int) -> Path:
+    return out / f"run_it{iteration:03d}_optimiser.pt"
 
 
 def _save_state(out: Path, iteration: int, running: list[list[Backprojector]]) -> None:
@@ -312,8 +207,136 @@ def _save_state(out: Path, iteration: int, running: list[list[Backprojector]]) -
         torch.save(tensors, tmp)
 
 
-def _check(ps: ParticleSet, options: InitialModelOptions) -> tuple[int, float]:
-    """Box and pixel size of the particles after the checks a reference-free job needs."""
+def _load_running(job: ModelJob, iteration: int) -> list[list[Backprojector]]:
+    """The running statistics saved with ``iteration``."""
+    o = job.options
+    saved = torch.load(_state_tensors(job.out, iteration), map_location=job.device)
+    running = [[Backprojector(job.box, pad=o.pad, device=job.device) for _ in (1, 2)]
+               for _ in range(o.K)]
+    for k in range(o.K):
+        for h in (0, 1):
+            running[k][h].data = saved["data"][k][h]
+            running[k][h].weight = saved["weight"][k][h]
+    return running
+
+
+def search_settings(options: InitialModelOptions, iteration: int, resolution_A: float,
+                    order: int, box: int, pixel_size_A: float,
+                    diameter_A: float) -> SearchSettings:
+    """A global search at ``order`` up to ``resolution_A`` (with RELION's perturbation)."""
+    coarse, fine = search_radii(resolution_A, order, box, pixel_size_A, diameter_A, True)
+    return SearchSettings(
+        order=order, offset_range_px=options.offset_range_px,
+        offset_step_px=options.offset_step_px, coarse_radius_px=coarse, fine_radius_px=fine,
+        sym=options.sym, top_k=options.top_k, perturb_deg=0.5 * angular_step_deg(order),
+        seed=options.seed + iteration)
+
+
+class InitialModelSteps(JobSteps[InitialModelOptions, ModelLoop]):
+    """The initial model's steps of the job skeleton (:func:`subtomo.refine.job.run_job`)."""
+
+    def start(self, job: ModelJob, ps: ParticleSet) -> ModelLoop:
+        """Iteration 0: K copies of a random start, the particles' own noise power."""
+        o = job.options
+        poses = Poses(*outputs.full_poses(ps, job.pixel_size_A))
+        sigma2 = job.initial_sigma2(ps, poses.origins_px, job.particle_mask)
+        first = random_start(ps, o, job.box, job.pixel_size_A, job.device, job.ctx)
+        return ModelLoop(iteration=0, particles=ps, poses=poses, sigma2=sigma2,
+                         maps=[first] * o.K, distribution=np.full(o.K, 1.0 / o.K),
+                         history=[], running=None, last_written=0)
+
+    def resume(self, job: ModelJob, ps: ParticleSet, saved: Path) -> ModelLoop:
+        state = ClassState.load(saved)
+        done, maps, poses = job.read_finished(state.iteration, ps, class_names(job.options.K))
+        return ModelLoop(iteration=state.iteration, particles=done, poses=poses,
+                         sigma2=np.asarray(state.sigma2), maps=maps,
+                         distribution=np.asarray(state.distribution), history=state.history,
+                         elapsed_s=state.elapsed_s,
+                         running=_load_running(job, state.iteration),
+                         last_written=state.iteration)
+
+    def done(self, job: ModelJob, state: ModelLoop) -> bool:
+        return state.iteration >= job.options.n_iter
+
+    def iterate(self, job: ModelJob, state: ModelLoop) -> None:
+        """Search a mini-batch, blend its statistics into the running ones, reconstruct;
+        write a checkpoint when due (rank 0)."""
+        o, it, n, px = job.options, state.iteration, len(state.particles), job.pixel_size_A
+        tick = time.perf_counter()
+        resolution, batch, order = schedule(o, it, n, job.diameter_A)
+        # each iteration's mini-batch depends only on the seed and the iteration (resumable)
+        rows = np.sort(np.random.default_rng([o.seed, it]).choice(n, size=batch,
+                                                                  replace=False))
+        settings = search_settings(o, it, resolution, order, job.box, px, job.diameter_A)
+        step = job.e_step(settings, insertion_radius_px(resolution, job.box, px),
+                          min_posterior=o.min_posterior)
+        model = Model((state.maps, state.maps), state.distribution, state.sigma2)
+        e = expectation(job.data(state.particles), rows, model, state.poses, step, job.ctx,
+                        progress=job.progress and batch >= n, desc=f"iteration {it:03d}")
+        eta = step_size(o, it)
+        state.running = _blend(state.running, e.backprojectors, eta, n / len(rows))
+        recons = reconstruct_classes(_copy(state.running), px, o.pad, o.tau2_fudge)
+        state.maps = [r.map for r in recons]
+        shares = (e.posterior_sums / len(rows)).cpu().numpy()
+        state.distribution = (1 - eta) * state.distribution + eta * shares
+        state.sigma2 = (1 - eta) * state.sigma2 + eta * e.sigma2(state.sigma2)
+        seen = np.zeros(n, dtype=bool)
+        seen[rows] = True
+        matrices, origins = state.poses.matrices, state.poses.origins_px
+        matrices[seen], origins[seen] = e.matrices[seen], e.origins_px[seen]
+        state.history.append({
+            "iteration": it, "distribution": state.distribution.tolist(),
+            "resolution_A": [r.resolution_A for r in recons], "search_resolution_A": resolution,
+            "healpix_order": order, "batch": int(len(rows)), "step": eta,
+            "seconds": time.perf_counter() - tick})
+        if it % o.checkpoint_every == 0 or it == o.n_iter:
+            classes = np.where(seen, e.classes, 0)
+            state.particles = outputs.with_poses(state.particles, matrices, origins, px,
+                                                 e.max_probability, e.log_likelihood,
+                                                 classes + 1)
+            if job.ctx.main:
+                self._checkpoint(job, state, recons, settings, resolution)
+                print(f"iteration {it:03d}: search {resolution:.1f} Å, order {order}, "
+                      f"batch {len(rows)}, map "
+                      f"{min(r.resolution_A for r in recons):.1f} Å at FSC 0.143")
+            state.last_written = it
+            job.ctx.barrier()
+
+    @staticmethod
+    def _checkpoint(job: ModelJob, state: ModelLoop, recons: list, settings: SearchSettings,
+                    resolution_A: float) -> None:
+        """The iteration's files, then the running statistics and the JSON state; only the
+        newest statistics are kept."""
+        o, it = job.options, state.iteration
+        outputs.write_class_iteration(job.out, it, state.particles, recons, state.distribution,
+                                      state.sigma2, settings, o.tau2_fudge, job.relion30)
+        _save_state(job.out, it, state.running)
+        ClassState(it, resolution_A, state.distribution.tolist(), state.sigma2.tolist(),
+                   asdict(o), state.history, job.seconds(state.elapsed_s)).save(
+            outputs.state_path(job.out, it))
+        old = _state_tensors(job.out, state.last_written)
+        if state.last_written != it and old.exists():
+            old.unlink()
+
+    def write_final(self, job: ModelJob, state: ModelLoop) -> None:
+        outputs.write_class_plots(job.out, state.maps, state.history, state.distribution)
+
+
+@undone_on_input_error("out_dir")
+def initial_model(
+    ps: ParticleSet, out_dir: str | Path, *, options: InitialModelOptions | None = None,
+    **run: Unpack[JobRun],
+) -> ClassifyResult:
+    """Build ``options.K`` maps de novo from ``ps`` into the job folder ``out_dir``; ``run``:
+    device, ranks, ``continue_from`` (resume from the last checkpoint there) and the rest of
+    :class:`subtomo.refine.job.JobRun`."""
+    options = options or InitialModelOptions()
+    if options.K < 1 or options.n_iter < 1 or options.batch_ini < 1:
+        raise InputError(None, "--K, the iteration counts and --batch_ini must be positive",
+                         field="--K")
+    started = time.perf_counter()
     box = image_box(ps)
-    zero = torch.zeros(box, box, box)
-    return check_inputs(ps, zero, 0.0, "", None, None, options)
+    box, pixel_size = check_inputs(ps, torch.zeros(box, box, box), 0.0, "", None, None,
+                                   options)
+    job, ps = Job.set_up(ps, out_dir, options, box, pixel_size, started, **run)
+    return class_result(job, run_job(job, InitialModelSteps(), ps))

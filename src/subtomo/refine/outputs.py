@@ -1,10 +1,13 @@
-"""Files of a refinement job, in RELION's layout and names (``Refine3D/jobNNN/``).
+"""Files of a refinement job, in RELION's layout and names (``Refine3D/jobNNN/``,
+``Class3D/jobNNN/``, ``InitialModel/jobNNN/``).
 
-Per iteration: ``run_itNNN_data.star``, ``run_itNNN_half{1,2}_class001.mrc``,
-``run_itNNN_model.star``, ``run_itNNN_sampling.star`` and ``run_itNNN_optimiser.json`` (our
-resume state, written last). At the end: ``run_data.star``, ``run_class001.mrc``,
-``run_half{1,2}_class001_unfil.mrc``, ``run_model.star``, ``run_class001_fsc.{star,png}``,
-``run_resolution.png`` and ``job.json``.
+Per iteration: ``run_itNNN_data.star``, the maps (``run_itNNN_half{1,2}_class001.mrc`` of
+auto-refine, ``run_itNNN_classKKK.mrc`` of K classes), ``run_itNNN_model.star``,
+``run_itNNN_sampling.star`` and ``run_itNNN_optimiser.json`` (our resume state, written last).
+At the end of auto-refine: ``run_data.star``, ``run_class001.mrc``,
+``run_half{1,2}_class001_unfil.mrc``, ``run_model.star``, ``run_class001_fsc.{star,png}`` and
+``run_resolution.png``; of K classes: ``run_classes.png`` and ``run_class_occupancy.png``; of
+every job ``job.json``.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ import json
 import os
 import platform
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+import subtomo
+from subtomo.align.search import SearchSettings
 from subtomo.errors import InputError
 from subtomo.fourier.fsc import fsc, resolution_at, shell_resolution_A
 from subtomo.geometry.euler import matrix_to_euler
@@ -30,7 +35,12 @@ from subtomo.io.star import read_particles, write_particles
 from subtomo.io.star_text import write_star
 from subtomo.parallel.distributed import Context
 from subtomo.refine.images import resolve
-from subtomo.refine.reconstruct import Reconstruction
+from subtomo.refine.reconstruct import Reconstruction, write_fsc_outputs
+from subtomo.report.plots import (
+    plot_class_occupancy,
+    plot_class_slices,
+    plot_resolution_history,
+)
 
 ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 ORIGINS = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
@@ -162,10 +172,15 @@ def write_model(path: Path, recons: list[Reconstruction], references: list[str],
     write_star(blocks, path)
 
 
+def _stem(out: Path, iteration: int) -> Path:
+    return out / f"run_it{iteration:03d}"
+
+
 def write_iteration(out: Path, iteration: int, ps: ParticleSet, recon: Reconstruction,
-                    sigma2: np.ndarray, settings, relion30: bool) -> None:
-    """The files of one finished iteration (the resume state is written after them)."""
-    stem = out / f"run_it{iteration:03d}"
+                    sigma2: np.ndarray, settings: SearchSettings, relion30: bool) -> None:
+    """The files of one finished auto-refine iteration (the resume state is written after
+    them): particles, half maps, model and sampling."""
+    stem = _stem(out, iteration)
     write_particles(ps, f"{stem}_data.star", "relion30" if relion30 else "auto")
     write_mrc(f"{stem}_half1_class001.mrc", recon.half1, recon.pixel_size_A)
     write_mrc(f"{stem}_half2_class001.mrc", recon.half2, recon.pixel_size_A)
@@ -175,7 +190,26 @@ def write_iteration(out: Path, iteration: int, ps: ParticleSet, recon: Reconstru
     write_sampling(Path(f"{stem}_sampling.star"), settings)
 
 
-def write_sampling(path: Path, settings) -> None:
+def write_class_iteration(out: Path, iteration: int, ps: ParticleSet,
+                          recons: list[Reconstruction], distribution: np.ndarray,
+                          sigma2: np.ndarray, settings: SearchSettings, tau2_fudge: float,
+                          relion30: bool) -> None:
+    """The files of one finished iteration of a job of K classes (the resume state is written
+    after them): particles, class maps, model and sampling."""
+    stem = _stem(out, iteration)
+    write_particles(ps, f"{stem}_data.star", "relion30" if relion30 else "auto")
+    names = []
+    for k, recon in enumerate(recons, 1):
+        name = f"{stem.name}_class{k:03d}.mrc"
+        write_mrc(out / name, recon.map, recon.pixel_size_A)
+        names.append(name)
+    apix = recons[0].pixel_size_A
+    write_model(Path(f"{stem}_model.star"), recons, names, distribution.tolist(), sigma2, ps,
+                settings.step_deg / 2, settings.offset_step_px / 2 * apix, tau2_fudge)
+    write_sampling(Path(f"{stem}_sampling.star"), settings)
+
+
+def write_sampling(path: Path, settings: SearchSettings) -> None:
     """RELION's ``sampling.star`` of one iteration's :class:`SearchSettings`."""
     sampling = {
         "rlnHealpixOrder": settings.order, "rlnPsiStep": settings.step_deg,
@@ -187,54 +221,60 @@ def write_sampling(path: Path, settings) -> None:
     write_star({"sampling_general": sampling}, path)
 
 
-@dataclass
-class FinishedIteration:
-    particles: ParticleSet
-    half_maps: list[torch.Tensor]
-    reconstruction: Reconstruction
-
-
-def read_iteration(out: Path, iteration: int, ps: ParticleSet) -> FinishedIteration:
-    """Poses and half maps of a finished iteration (to continue from it)."""
-    stem = out / f"run_it{iteration:03d}"
+def read_iteration(out: Path, iteration: int, ps: ParticleSet, names: list[str]
+                   ) -> tuple[ParticleSet, list[torch.Tensor]]:
+    """Particles and maps ``run_itNNN_<name>.mrc`` of a finished iteration (to continue from
+    it); the particles must be as many as ``ps``."""
+    stem = _stem(out, iteration)
     done = read_particles(f"{stem}_data.star")
     if len(done) != len(ps):
         raise InputError(f"{stem}_data.star", f"has {len(done)} particles, the input "
                          f"{len(ps)}: not the same run", field="--continue")
-    maps = [torch.from_numpy(read_mrc(f"{stem}_half{h}_class001.mrc")[0]) for h in (1, 2)]
-    curve = fsc(maps[0], maps[1])
-    apix = float(done.pixel_size_A()[0])
-    recon = Reconstruction((maps[0] + maps[1]) / 2, apix, len(done), maps[0], maps[1], curve,
-                           resolution_at(curve, maps[0].shape[-1], apix))
-    return FinishedIteration(done, maps, recon)
+    return done, [torch.from_numpy(read_mrc(f"{stem}_{name}.mrc")[0]) for name in names]
 
 
-def write_final(out: Path, ps: ParticleSet, recon: Reconstruction, schedule,
+def joined(half1: torch.Tensor, half2: torch.Tensor, pixel_size_A: float,
+           n_particles: int) -> Reconstruction:
+    """The reconstruction of two saved half maps: their mean, FSC and resolution at 0.143."""
+    curve = fsc(half1, half2)
+    return Reconstruction((half1 + half2) / 2, pixel_size_A, n_particles, half1, half2, curve,
+                          resolution_at(curve, half1.shape[-1], pixel_size_A))
+
+
+def write_final(out: Path, ps: ParticleSet, recon: Reconstruction, history: list[dict],
                 sigma2: np.ndarray, relion30: bool) -> None:
-    """``run_data.star``, the joined map, the unregularised half maps (RELION's ``_unfil``, for
-    post-processing), model, FSC and plots."""
-    from subtomo.refine.reconstruct import write_fsc_outputs
-    from subtomo.report.plots import plot_resolution_history
-
+    """The end of auto-refine: ``run_data.star``, the joined map, the unregularised half maps
+    (RELION's ``_unfil``, for post-processing), model, FSC and plots."""
     write_particles(ps, out / "run_data.star", "relion30" if relion30 else "auto")
     write_mrc(out / "run_class001.mrc", recon.map, recon.pixel_size_A)
     for h, half in enumerate(recon.unfiltered_halves(), 1):
         write_mrc(out / f"run_half{h}_class001_unfil.mrc", half, recon.pixel_size_A)
     write_fsc_outputs(recon, out / "run_class001.mrc", halves=False)
-    last = schedule.history[-1] if schedule.history else {}
+    last = history[-1] if history else {}
     write_model(out / "run_model.star", [recon], ["run_class001.mrc"], [1.0], sigma2, ps,
                 last.get("angular_step_deg", 0.0) / 2,
                 last.get("offset_step_px", 0.0) / 2 * recon.pixel_size_A)
-    if schedule.history:
-        plot_resolution_history(schedule.history, out / "run_resolution.png")
+    if history:
+        plot_resolution_history(history, out / "run_resolution.png")
+
+
+def write_class_plots(out: Path, maps: list[torch.Tensor], history: list[dict],
+                      distribution: np.ndarray) -> None:
+    """The end of a job of K classes: ``run_classes.png`` (orthoslices of the final classes)
+    and the occupancy plot ``run_class_occupancy.png``."""
+    titles = [f"class {k} · {100 * share:.1f} %" for k, share in enumerate(distribution, 1)]
+    if history:
+        last = history[-1]["resolution_A"]
+        titles = [f"{t}\n{res:.1f} Å" for t, res in zip(titles, last, strict=True)]
+    plot_class_slices([m.cpu() for m in maps], out / "run_classes.png", titles)
+    if history:
+        plot_class_occupancy(history, out / "run_class_occupancy.png")
 
 
 def write_job_json(out: Path, command: list[str] | None, options, seconds: float,
                    iterations: int, history: list[dict], **extra) -> None:
     """``job.json``: command, parameters, versions, timing, the per-iteration history and
     ``extra`` entries (e.g. ``converged``)."""
-    import subtomo
-
     job = {
         "command": command, "parameters": asdict(options),
         "versions": {"subtomo": getattr(subtomo, "__version__", "unknown"),

@@ -234,6 +234,26 @@ def gold_standard(bp1: Backprojector, bp2: Backprojector, pixel_size_A: float,
                           unfil[0], unfil[1])
 
 
+def empty_class(box: int, pixel_size_A: float, device: torch.device | str) -> Reconstruction:
+    """A class that no particle joined: a zero map with no resolution."""
+    zero = torch.zeros(box, box, box, device=device)
+    return Reconstruction(zero, pixel_size_A, 0, zero, zero, torch.zeros(box // 2 + 1),
+                          box * pixel_size_A)
+
+
+def reconstruct_classes(bps: list[list[Backprojector]], pixel_size_A: float, pad: int,
+                        tau2_fudge: float) -> list[Reconstruction]:
+    """Each class's map from its two half back-projectors (τ² from their FSC times
+    ``tau2_fudge``); a class without particles in both halves gives a zero map."""
+    recons = []
+    for pair in bps:
+        if min(float(bp.weight.sum()) for bp in pair) <= 0:
+            recons.append(empty_class(pair[0].box, pixel_size_A, pair[0].device))
+        else:
+            recons.append(gold_standard(pair[0], pair[1], pixel_size_A, pad, tau2_fudge))
+    return recons
+
+
 def write_fsc_outputs(result: Reconstruction, map_path, halves: bool = True) -> None:
     """Beside ``map_path``: ``_fsc.star``, ``_fsc.png`` and (``halves``) ``_half1/2.mrc`` (the
     unregularised half maps when the result has them)."""
