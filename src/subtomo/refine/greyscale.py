@@ -27,6 +27,7 @@ from subtomo.align.search import Searcher, SearchSettings
 from subtomo.fourier.projector import Projector
 from subtomo.io.particles import ParticleSet
 from subtomo.parallel.distributed import Context
+from subtomo.refine.expectation import masked
 from subtomo.refine.images import background_weights, iterate_batches
 
 
@@ -42,8 +43,6 @@ def reference_scale(
     and ``origins_px`` ``(N, 3)`` are the current poses (priors of local searches, centring
     of the particles).
     Sums are all-reduced over ``ctx``'s ranks."""
-    from subtomo.refine.expectation import masked
-
     ctx = ctx or Context()
     rows = np.asarray(rows)
     picked = np.unique(np.linspace(0, len(rows) - 1, min(sample, len(rows))).round()).astype(int)

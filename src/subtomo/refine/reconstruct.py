@@ -16,19 +16,24 @@ through it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
 from subtomo import memory
 from subtomo.errors import InputError
-from subtomo.fourier.fsc import fsc, resolution_at
+from subtomo.fourier.fsc import fsc, resolution_at, shell_resolution_A
 from subtomo.fourier.grid import lowpass_map
 from subtomo.fourier.projector import Backprojector
 from subtomo.geometry.symmetry import symmetry_operators
 from subtomo.io import validate
+from subtomo.io.files import resolve
+from subtomo.io.mrc import read_mrc_header, write_mrc
 from subtomo.io.particles import ParticleSet
+from subtomo.io.star_text import write_star
 from subtomo.refine.images import check_files, iterate_batches
 
 
@@ -57,11 +62,6 @@ def image_box(ps: ParticleSet) -> int:
     """Box size (px) of the particles: ``rlnImageSize``, else the first image's header."""
     if "rlnImageSize" in ps.optics:
         return int(ps.optics["rlnImageSize"].iloc[0])
-    from pathlib import Path
-
-    from subtomo.io.mrc import read_mrc_header
-    from subtomo.refine.images import resolve
-
     star_dir = Path(ps.source).parent if ps.source else None
     shape, _ = read_mrc_header(resolve(str(ps.particles["rlnImageName"].iloc[0]), star_dir))
     return shape[-1]
@@ -257,14 +257,7 @@ def reconstruct_classes(bps: list[list[Backprojector]], pixel_size_A: float, pad
 def write_fsc_outputs(result: Reconstruction, map_path, halves: bool = True) -> None:
     """Beside ``map_path``: ``_fsc.star``, ``_fsc.png`` and (``halves``) ``_half1/2.mrc`` (the
     unregularised half maps when the result has them)."""
-    from pathlib import Path
-
-    import pandas as pd
-
-    from subtomo.fourier.fsc import shell_resolution_A
-    from subtomo.io.mrc import write_mrc
-    from subtomo.io.star_text import write_star
-    from subtomo.report.plots import plot_fsc
+    from subtomo.report.plots import plot_fsc  # start-up: matplotlib, 1.5 s, only for plots
 
     map_path = Path(map_path)
     stem = map_path.with_suffix("")
