@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,23 +11,41 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score
 
 from subtomo import interop
 from subtomo.demo_checks import Check, checks, demo_table, row
 from subtomo.demo_tomo_align import run_tomo_align_demo
 from subtomo.fourier.fsc import fsc, resolution_at
 from subtomo.geometry.euler import angular_distance_deg
+from subtomo.geometry.symmetry import symmetric_distance_deg
+from subtomo.hetero.analysis import analyze
+from subtomo.hetero.inputs import TrainOptions
+from subtomo.hetero.inputs import read_inputs as read_training_inputs
+from subtomo.hetero.select import select_particles
+from subtomo.hetero.train import train
+from subtomo.hetero.volumes import eval_vol
 from subtomo.io.mrc import read_mrc, write_mrc
 from subtomo.io.particles import ParticleSet
 from subtomo.io.star import read_particles, write_particles
 from subtomo.io.star_text import write_star
 from subtomo.io.tomograms import read_inputs
+from subtomo.maps.align_maps import align_maps
 from subtomo.maps.mask import create_mask
 from subtomo.maps.postprocess import postprocess
+from subtomo.maps.symmetrize import symmetrize
 from subtomo.refine.autorefine import RefineOptions, auto_refine
+from subtomo.refine.classify import ClassifyOptions, classify
+from subtomo.refine.initial_model import InitialModelOptions, initial_model
 from subtomo.refine.reconstruct import reconstruct
+from subtomo.selection import select_class
 from subtomo.simulate.particles import random_particle_set
-from subtomo.simulate.subtomograms import perturb_rotations
+from subtomo.simulate.subtomograms import (
+    SimulationConfig,
+    perturb_rotations,
+    simulate_subtomograms,
+)
 from subtomo.simulate.tiltseries import TiltSeriesConfig, simulate_tiltseries
 from subtomo.tomo.extract import ExtractOptions, extract_subtomograms
 from subtomo.tomo.reconstruct_particle import reconstruct_particle
@@ -127,8 +146,6 @@ def _print_checks(found: list[Check], console: Console) -> None:
 def _fresh(job: Path) -> Path:
     """An empty job folder (a demo run replaces its own earlier outputs)."""
     if job.exists():
-        import shutil
-
         shutil.rmtree(job)
     return job
 
@@ -139,17 +156,6 @@ def run_classification_demo(out_dir: Path, n: int, seed: int, console: Console,
     domain rotated 25°; 32³, 6 Å/px, CTF, missing wedge, noise): a de novo initial model from
     random orientations, 3D classification (K = 3, T = 4, local searches) from its poses,
     selection of the best-resolved class; scored against the true classes and maps."""
-    from scipy.optimize import linear_sum_assignment
-    from sklearn.metrics import adjusted_rand_score
-
-    from subtomo.fourier.fsc import fsc, resolution_at
-    from subtomo.io.mrc import read_mrc
-    from subtomo.maps.align_maps import align_maps
-    from subtomo.refine.classify import ClassifyOptions, classify
-    from subtomo.refine.initial_model import InitialModelOptions, initial_model
-    from subtomo.selection import select_class
-    from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomograms
-
     start = time.perf_counter()
     box, apix = 32, 6.0
     config = SimulationConfig(n=n, box_px=box, pixel_size_A=apix, classes=3,
@@ -229,16 +235,6 @@ def run_averaging_demo(out_dir: Path, n: int, seed: int, console: Console,
     """Simulated C6 complex (seed 000's route): first template from a random subset at the
     starting poses, gold-standard auto-refine with CTF and C6, a soft mask, post-processing of
     the refined half maps; pose errors and resolutions against the truth."""
-    from subtomo.fourier.fsc import fsc, resolution_at
-    from subtomo.geometry.symmetry import symmetric_distance_deg
-    from subtomo.io.mrc import read_mrc, write_mrc
-    from subtomo.maps.mask import create_mask
-    from subtomo.maps.postprocess import postprocess
-    from subtomo.maps.symmetrize import symmetrize
-    from subtomo.refine.autorefine import RefineOptions, auto_refine
-    from subtomo.refine.reconstruct import reconstruct
-    from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomograms
-
     start = time.perf_counter()
     config = SimulationConfig(n=n, box_px=32, pixel_size_A=4.0, n_atoms=1800, symmetry="C6",
                               noise_sigma=noise, seed=seed)
@@ -487,13 +483,6 @@ def run_hetero_demo(out_dir: Path, n: int, seed: int, console: Console) -> dict[
     good particles' latents with the true hinge angle is 0.11 here (seed 0) and, with hinges to
     90°, 0.91, 0.17 and 0.66 on seeds 0, 1 and 2; seed 1 stayed at 0.13-0.17 with σ 0.1 or
     0.25 and 10 epochs, or with 400 particles."""
-    from subtomo.hetero.analysis import analyze
-    from subtomo.hetero.inputs import TrainOptions, read_inputs
-    from subtomo.hetero.select import select_particles
-    from subtomo.hetero.train import train
-    from subtomo.hetero.volumes import eval_vol
-    from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomograms
-
     start = time.perf_counter()
     config = SimulationConfig(n=n, box_px=24, pixel_size_A=8.0, n_atoms=1000, hinge_max_deg=30.0,
                               junk_fraction=0.3, noise_sigma=0.5, angle_error_deg=1.0,
@@ -504,8 +493,8 @@ def run_hetero_demo(out_dir: Path, n: int, seed: int, console: Console) -> dict[
     run = _fresh(out_dir / "Hetero" / "job001")
     epochs, k = 6, 6
     console.print(f"hetero train: VAE on {n} subtomograms, {epochs} epochs ...")
-    train(read_inputs(sim.particles_star), run, TrainOptions(epochs=epochs, zdim=4, seed=seed),
-          progress=False)
+    train(read_training_inputs(sim.particles_star), run,
+          TrainOptions(epochs=epochs, zdim=4, seed=seed), progress=False)
     last = epochs - 1
     result = analyze(run, last, pcs=2, ksample=k, skip_umap=True)
     eval_vol(run, last, "pc", 1)

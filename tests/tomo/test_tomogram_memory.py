@@ -56,7 +56,7 @@ CHILD = """
 import json, sys
 import numpy as np, pandas as pd, torch
 from subtomo.tomo.reconstruct_tomogram import reconstruct_tomogram
-from subtomo.tomo.tiltseries import TiltSeries
+from subtomo.io.tilt_series import TiltSeries
 
 def status(key):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")

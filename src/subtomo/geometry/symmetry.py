@@ -30,6 +30,7 @@ import re
 import torch
 from torch import Tensor
 
+from subtomo.geometry.euler import angular_distance_deg
 from subtomo.geometry.so3 import axis_angle_to_matrix
 
 __all__ = ["group_order", "symmetric_distance_deg", "symmetry_operators"]
@@ -122,8 +123,6 @@ def group_order(name: str) -> int:
 def symmetric_distance_deg(A: torch.Tensor, B: torch.Tensor, name: str) -> torch.Tensor:
     """Angular distance (degrees) between poses ``A`` and ``B`` ``(N, 3, 3)`` of a particle with
     point group ``name``: the smallest over the equivalent poses ``B R_g^T`` (proper ``R_g``)."""
-    from subtomo.geometry.euler import angular_distance_deg
-
     ops = symmetry_operators(name, dtype=B.dtype)
     ops = ops[torch.linalg.det(ops) > 0]
     candidates = B[:, None] @ ops.transpose(1, 2)[None]  # (N, G, 3, 3)

@@ -124,17 +124,14 @@ def analyze(run_dir: str | Path, epoch: int, *, pcs: int = 4, ksample: int = 16,
             skip_umap: bool = False, seed: int = 0) -> AnalysisResult:
     """PCA, KMeans and UMAP of the latents of ``epoch``; files and pictures as in the module
     docstring. Returns the embeddings."""
-    # scikit-learn and matplotlib (report/) imported here, not at the top: 5.9 s and 3.2 s of
-    # import measured on the shared 2-core machine (load 13), which eval-vol and select (they
-    # import this module) do not need
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA
+    # scikit-learn and matplotlib (report/) imported here, not at the top: eval-vol and select
+    # import this module and need neither. Measured on the shared 2-core machine (load 3, 3
+    # runs): importing subtomo.hetero.select takes 1.7 s, scikit-learn adds 0.7 s and
+    # matplotlib 0.4 s (at load 13: 5.9 s and 3.2 s)
+    from sklearn.cluster import KMeans  # start-up: scikit-learn 0.7 s, see above
+    from sklearn.decomposition import PCA  # start-up: scikit-learn, see above
 
-    from subtomo.report.latent_plots import (
-        plot_embedding,
-        plot_histograms,
-        plot_training_loss,
-    )
+    from subtomo.report import latent_plots  # start-up: matplotlib 0.4 s, see above
 
     run_dir = Path(run_dir)
     read_config(run_dir)
@@ -178,21 +175,23 @@ def analyze(run_dir: str | Path, epoch: int, *, pcs: int = 4, ksample: int = 16,
         views.append(("umap", embedding, ("UMAP1", "UMAP2"), embedding[nearest]))
     extra = _particle_values(run_dir, n)
     for name, points, axes, centre_points in views:
-        plot_embedding(points, out / f"{name}.png", centres=centre_points, names=axes,
-                       title=f"epoch {epoch}: {n} particles, KMeans {ksample} centres")
-        plot_embedding(points, kdir / f"{name}.png", labels=labels, centres=centre_points,
-                       names=axes, title=f"KMeans {ksample}")
+        latent_plots.plot_embedding(points, out / f"{name}.png", centres=centre_points,
+                                    names=axes, title=f"epoch {epoch}: {n} particles, "
+                                    f"KMeans {ksample} centres")
+        latent_plots.plot_embedding(points, kdir / f"{name}.png", labels=labels,
+                                    centres=centre_points, names=axes,
+                                    title=f"KMeans {ksample}")
         for key, values in extra.items():
             unit = "Å" if key == "defocus" else "°"
-            plot_embedding(points, out / f"{name}_{key}.png", values=values,
-                           value_name=f"{key} ({unit})", names=axes,
-                           title=f"particles coloured by {key}")
-    plot_histograms(proj[:, :p], out / "pc_histograms.png")
+            latent_plots.plot_embedding(points, out / f"{name}_{key}.png", values=values,
+                                        value_name=f"{key} ({unit})", names=axes,
+                                        title=f"particles coloured by {key}")
+    latent_plots.plot_histograms(proj[:, :p], out / "pc_histograms.png")
     log = run_dir / LOG
     if log.exists():
         rows = _read_log(log)
         if rows:
-            plot_training_loss(rows, out / "loss.png")
+            latent_plots.plot_training_loss(rows, out / "loss.png")
     summary = {"epoch": epoch, "particles": n, "latent_dim": dim, "pcs": p,
                "explained_variance_ratio": pca.explained_variance_ratio_[:p].tolist(),
                "kmeans": ksample, "cluster_sizes": np.bincount(labels,

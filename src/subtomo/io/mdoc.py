@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from mdocfile.data_models import Mdoc
 
 from subtomo.errors import InputError
 
@@ -76,8 +77,6 @@ def _parse_time(text: str) -> datetime | None:
 
 def read_mdoc(path: str | Path) -> MdocTiltSeries:
     """Read a tilt-series ``.mdoc`` (see the module docstring)."""
-    from mdocfile.data_models import Mdoc
-
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "mdoc file not found")

@@ -19,6 +19,7 @@ import pandas as pd
 from subtomo.errors import InputError
 from subtomo.io import validate
 from subtomo.io.labels import LABELS
+from subtomo.io.mrc import read_mrc_header
 from subtomo.io.particles import (
     ANGLES,
     COORD_CENTRED_A,
@@ -258,8 +259,6 @@ def _to_relion30(ps: ParticleSet, warp: bool) -> pd.DataFrame:
 def _image_dimensions(ps: ParticleSet, row: int) -> tuple[int, int] | None:
     """``(box size, dimensionality)`` of particle ``row``'s image from its MRC header (a cube
     without ``n@`` is a 3D subtomogram), or None where it cannot be read."""
-    from subtomo.io.mrc import read_mrc_header
-
     name = str(ps.particles["rlnImageName"].iloc[row])
     path = Path(name.split("@")[-1])
     if not path.is_absolute() and not path.exists() and ps.source:

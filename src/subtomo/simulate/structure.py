@@ -104,7 +104,7 @@ def pseudo_atomic(
 def from_model(path: str | Path) -> Structure:
     """Atoms of an atomic model (PDB/mmCIF via gemmi), centred; weights = atomic number."""
     try:
-        import gemmi
+        import gemmi  # optional: pip install 'subtomo[models]'
     except ImportError as exc:  # optional dependency
         raise InputError(path, "reading atomic models needs gemmi: pip install gemmi") from exc
     if not Path(path).is_file():

@@ -60,6 +60,7 @@ from subtomo.io.tomograms import (
 from subtomo.simulate.render import render_atoms, render_projected_atoms
 from subtomo.simulate.structure import Structure, class_variant
 from subtomo.simulate.subtomograms import SimulationConfig, build_structure, tilt_scheme
+from subtomo.tomo.deformation import offsets
 
 DEFORMATION_MODES = 3  # cos(π m u) cos(π n v), m, n < 3
 
@@ -156,8 +157,6 @@ def image_deformation(coefficients: torch.Tensor, xy_px: torch.Tensor,
     modes = (2, DEFORMATION_MODES, DEFORMATION_MODES)
     if coefficients.ndim >= 3 and tuple(coefficients.shape[-3:]) == modes:
         return deformation_offsets(coefficients, xy_px, image_size_px)
-    from subtomo.tomo.deformation import offsets
-
     return offsets("linear", coefficients, xy_px, image_size_px, (0, 0))
 
 

@@ -37,7 +37,7 @@ In a tomogram set a deformation is ``rlnTomoDeformationType`` and
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -215,8 +215,6 @@ def deformation_of(ts) -> Deformation | None:
 
 def with_deformation(ts, deformation: Deformation | None):
     """A copy of ``ts`` holding ``deformation`` in RELION's columns (None removes it)."""
-    from dataclasses import replace
-
     globals_ = {k: v for k, v in ts.globals.items() if k not in (TYPE, *GRID)}
     tilts = ts.tilts.drop(columns=[COEFFS], errors="ignore")
     if deformation is not None:

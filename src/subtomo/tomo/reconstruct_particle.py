@@ -22,9 +22,12 @@ from subtomo.errors import InputError
 from subtomo.fourier.fsc import fsc, resolution_at
 from subtomo.fourier.projector import Backprojector
 from subtomo.geometry.symmetry import symmetry_operators
+from subtomo.io.fsc_star import write_fsc_star
+from subtomo.io.mrc import write_mrc
 from subtomo.io.particles import ParticleSet
 from subtomo.io.tomograms import TomogramSet
 from subtomo.refine.reconstruct import Reconstruction, gold_standard, half_sets
+from subtomo.report.plots import plot_fsc
 from subtomo.tomo.particles import for_each_batch
 
 __all__ = ["reconstruct_particle"]
@@ -119,10 +122,6 @@ def reconstruct_particle(
 
 def write_outputs(result: Reconstruction, out: Path) -> None:
     """``half1.mrc``, ``half2.mrc``, ``merged.mrc``, ``fsc.star`` and ``fsc.png`` in ``out``."""
-    from subtomo.io.fsc_star import write_fsc_star
-    from subtomo.io.mrc import write_mrc
-    from subtomo.report.plots import plot_fsc
-
     out.mkdir(parents=True, exist_ok=True)
     for name, volume in (("half1", result.half1), ("half2", result.half2),
                          ("merged", result.map)):

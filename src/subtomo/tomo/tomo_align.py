@@ -25,6 +25,7 @@ Nothing is written before every input has been checked.
 from __future__ import annotations
 
 import json
+import platform
 import re
 import resource
 import time
@@ -36,9 +37,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+import subtomo
 from subtomo.errors import InputError
 from subtomo.io.files import atomic_path, undone_on_input_error
 from subtomo.io.particles import COORD_PX, ParticleSet
+from subtomo.io.ply import write_trajectory_mesh
+from subtomo.io.star import write_particles
+from subtomo.io.star_text import write_star
 from subtomo.io.tilt_series import TiltSeries
 from subtomo.io.tomograms import (
     TomogramSet,
@@ -50,10 +55,12 @@ from subtomo.io.tomograms import (
     write_tomogram_set,
 )
 from subtomo.parallel.distributed import Context
+from subtomo.report.plots import plot_fsc, plot_tilt_changes
 from subtomo.tomo import deformation as deform
 from subtomo.tomo.alignment import AlignSettings, align_series
 from subtomo.tomo.correlation import BORDER, References
 from subtomo.tomo.particles import check_box, with_tomograms
+from subtomo.tomo.reconstruct_particle import reconstruct_particle
 
 __all__ = ["AlignJob", "check_inputs", "tomo_align"]
 
@@ -183,8 +190,6 @@ def _portable(ts: TiltSeries) -> TiltSeries:
 def _write_series(out: Path, name: str, result) -> None:
     temp = out / "temp"
     ts = _portable(result.ts)
-    from subtomo.io.star_text import write_star
-
     globals_ = {k: v for k, v in ts.globals.items() if k != "rlnTomoTiltSeriesStarFile"}
     write_star({"global": pd.DataFrame([globals_]), name: ts.tilts},
                temp / f"{name}_tomogram.star")
@@ -228,8 +233,6 @@ def _with_positions(ps: ParticleSet, tset: TomogramSet, positions_px: np.ndarray
 
 
 def _reconstruct(ps, tset, motion, refs, device):
-    from subtomo.tomo.reconstruct_particle import reconstruct_particle
-
     return reconstruct_particle(ps, tset, box=refs.box, pixel_size_A=refs.pixel_size_A,
                                 motion=motion, device=device, progress=False)
 
@@ -292,8 +295,6 @@ def tomo_align(
     tset = TomogramSet(new_series, str(out / "tomograms.star"))
     new_ps = _with_positions(ps, tset, positions)
     write_tomogram_set(tset, out / "tomograms.star", matrices=write_matrices)
-    from subtomo.io.star import write_particles
-
     write_particles(new_ps, out / "particles.star", new_ps.flavour)
     write_motion(out / "motion.star", trajectories)
     files = inputs.files
@@ -305,8 +306,6 @@ def tomo_align(
                     trajectories)
     job = AlignJob(out, tset, new_ps, trajectories, stats)
     if reconstruct:
-        from subtomo.report.plots import plot_fsc
-
         before = _reconstruct(ps, inputs.tomograms, inputs.motion, refs, device)
         after = _reconstruct(new_ps, tset, trajectories, refs, device)
         job.resolution_before_A, job.resolution_after_A = before.resolution_A, after.resolution_A
@@ -321,9 +320,6 @@ def tomo_align(
 
 def _write_pictures(out, series, old: TomogramSet, new: TomogramSet, positions, names,
                     particle_names, trajectories) -> None:
-    from subtomo.io.ply import write_trajectory_mesh
-    from subtomo.report.plots import plot_tilt_changes
-
     for name in series:
         before, after = old[name], new[name]
         d = [a - b for a, b in zip(after.dof(), before.dof(), strict=True)]
@@ -343,10 +339,6 @@ def _write_pictures(out, series, old: TomogramSet, new: TomogramSet, positions, 
 
 def _write_job_json(out: Path, command, record: dict, job: AlignJob, wall: float,
                     cpu: float) -> None:
-    import platform
-
-    import subtomo
-
     data = {
         "command": command, **record,
         "versions": {"subtomo": getattr(subtomo, "__version__", "unknown"),
