@@ -82,7 +82,7 @@ def main() -> None:
     confusion = np.array([[np.sum((labels == t) & (found == f)) for f in (1, 2, 3)]
                           for t in (1, 2, 3)])
     _, match = linear_sum_assignment(-confusion)  # true class t -> found class match[t]
-    box, apix = 48, 4.0
+    box, pixel_size_A = 48, 4.0
     lines = [
         f"- configuration: `bench_classify.py --n {args.n} --iter {args.iter} --noise "
         f"{args.noise} --angle_error {args.angle_error} --ini_high {args.ini_high} --seed "
@@ -100,13 +100,13 @@ def main() -> None:
     for t in range(3):
         rows = np.flatnonzero(labels == t + 1)
         class_map = result.reconstructions[match[t]].map
-        got = resolution_at(fsc(class_map, truth_maps[t]), box, apix, 0.5)
+        got = resolution_at(fsc(class_map, truth_maps[t]), box, pixel_size_A, 0.5)
         ref_given = reconstruct(given.subset(rows), ctf=True, progress=False, halves=True,
                                 device=args.device).map
         ref_true = reconstruct(truth.subset(rows), ctf=True, progress=False, halves=True,
                                device=args.device).map
-        at_given = resolution_at(fsc(ref_given, truth_maps[t]), box, apix, 0.5)
-        at_true = resolution_at(fsc(ref_true, truth_maps[t]), box, apix, 0.5)
+        at_given = resolution_at(fsc(ref_given, truth_maps[t]), box, pixel_size_A, 0.5)
+        at_true = resolution_at(fsc(ref_true, truth_maps[t]), box, pixel_size_A, 0.5)
         worst = max(worst, got / at_true - 1)
         lines.append(
             f"- true class {t + 1} → class {match[t] + 1}: FSC 0.5 vs truth {got:.2f} Å; "

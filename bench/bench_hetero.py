@@ -279,7 +279,7 @@ def run_ceiling(lines: list[str]) -> None:
     mask = auto_mask(maps[3], 4.0)
     boxes = Boxes(48, 4.0, 36, 48)
     model = HeteroVAE(enc_box=36, template_box=48, zdim=1, zaffinedim=0, consensus=maps[3],
-                      mask=mask, body_masks=None, template_pixel_A=4.0)
+                      mask=mask, body_masks=None, template_pixel_size_A=4.0)
     truth = read_particles(data / "truth.star")
     angle = truth.particles["rlnSubtomoHingeDeg"].to_numpy()
     n = 400

@@ -49,7 +49,7 @@ def main() -> None:
                                                      Path(tmp) / "t.tbl", tomograms=tomograms))
         _, t_back = timed(lambda: interop.dynamo2star(Path(tmp) / "t.tbl", Path(tmp) / "t.doc",
                                                       Path(tmp) / "back.star", flavour="warp",
-                                                      angpix=10.0))
+                                                      pixel_size_A=10.0))
     body = "\n".join(rows) + (
         f"\n\n{args.n:,} simulated particles with subtomogram frames. "
         f"RELION 5 → Dynamo table: {t_dyn:.2f} s; Dynamo table → Warp STAR: {t_back:.2f} s.")

@@ -105,9 +105,9 @@ def main() -> None:
                                                max_iter=args.max_iter))
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     peak = bench_peak(simulated)
-    box, apix = 48, 4.0
-    refined_05 = resolution_at(fsc(result.reconstruction.map, truth_map), box, apix, 0.5)
-    true_05 = resolution_at(fsc(true_pose.map, truth_map), box, apix, 0.5)
+    box, pixel_size_A = 48, 4.0
+    refined_05 = resolution_at(fsc(result.reconstruction.map, truth_map), box, pixel_size_A, 0.5)
+    true_05 = resolution_at(fsc(true_pose.map, truth_map), box, pixel_size_A, 0.5)
     errors = symmetric_distance_deg(truth_ps.rotation_matrices(),
                                     result.particles.rotation_matrices(), args.sym)
     start_errors = symmetric_distance_deg(truth_ps.rotation_matrices(),
@@ -143,13 +143,13 @@ def main() -> None:
                            progress=False, device=args.device).map
         lines.append(
             "- the refined poses (run_data.star) rebuilt: relion_reconstruct "
-            f"{resolution_at(fsc(theirs, truth_map), box, apix, 0.5):.2f} Å, subtomo "
-            f"reconstruct {resolution_at(fsc(ours, truth_map), box, apix, 0.5):.2f} Å (FSC 0.5 "
-            "vs truth)")
+            f"{resolution_at(fsc(theirs, truth_map), box, pixel_size_A, 0.5):.2f} Å, subtomo "
+            f"reconstruct {resolution_at(fsc(ours, truth_map), box, pixel_size_A, 0.5):.2f} Å "
+            "(FSC 0.5 vs truth)")
     if args.sym != "C1":  # the same data refined without symmetry, for comparison
         c1 = auto_refine(start_ps, reference, data / "Refine3D_C1", device=args.device,
                          progress=False, options=RefineOptions(ctf=True, max_iter=args.max_iter))
-        c1_05 = resolution_at(fsc(c1.reconstruction.map, truth_map), box, apix, 0.5)
+        c1_05 = resolution_at(fsc(c1.reconstruction.map, truth_map), box, pixel_size_A, 0.5)
         lines.append(f"- same data refined in C1: FSC 0.5 vs truth {c1_05:.2f} Å, gold-standard "
                      f"{c1.reconstruction.resolution_A:.2f} Å ({args.sym}: {refined_05:.2f} Å)")
     print("\n".join(lines))

@@ -99,16 +99,18 @@ def child_iteration(star: str, reference: str, resolution_A: float, order: int,
     from subtomo.refine.reconstruct import half_sets, image_box
 
     ps = read_particles(star).subset(np.arange(n))
-    box, apix = image_box(ps), float(ps.pixel_size_A()[0])
+    box, pixel_size_A = image_box(ps), float(ps.pixel_size_A()[0])
     ref = torch.from_numpy(read_mrc(reference)[0])
     options = RefineOptions(ctf=True, max_memory_gib=max_memory)
-    matrices, origins = outputs.full_poses(ps, apix)
+    matrices, origins = outputs.full_poses(ps, pixel_size_A)
     schedule = Schedule(order, 6.0, 2.0, resolution_A)
-    settings = search_settings(schedule, options, box, apix, 0.8 * box * apix, False, 1)
+    settings = search_settings(schedule, options, box, pixel_size_A, 0.8 * box * pixel_size_A,
+                               False, 1)
     sigma2 = initial_sigma2(ps, np.arange(n), box, True,
                             torch.as_tensor(origins, dtype=torch.float32), None, "cpu",
                             Context(), options.batch_size, max_memory)
-    job = Job(Path(out).parent, options, box, apix, 0.8 * box * apix, None, half_sets(ps),
+    job = Job(Path(out).parent, options, box, pixel_size_A, 0.8 * box * pixel_size_A, None,
+              half_sets(ps),
               progress=False)
     plan = plan_memory(job.e_step(settings, None), box=box, k_classes=1, n_searched=1,
                        device="cpu")
@@ -158,7 +160,7 @@ def child_refine(folder: str, n: int, max_iter: int, max_memory: float | None,
     start_ps = read_particles(data / "particles.star").subset(np.arange(n))
     truth_ps = read_particles(data / "truth.star").subset(np.arange(n))
     truth_map = torch.from_numpy(read_mrc(data / "truth_class001.mrc")[0])
-    box, apix = truth_map.shape[-1], float(start_ps.pixel_size_A()[0])
+    box, pixel_size_A = truth_map.shape[-1], float(start_ps.pixel_size_A()[0])
     reference = reconstruct(start_ps, ctf=True, progress=False, max_memory_gib=max_memory).map
     true_pose = reconstruct(truth_ps, ctf=True, halves=True, progress=False,
                             max_memory_gib=max_memory)
@@ -178,8 +180,8 @@ def child_refine(folder: str, n: int, max_iter: int, max_memory: float | None,
                                                particle_diameter_A=particle_diameter,
                                                flatten_solvent=particle_diameter is not None))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    refined = resolution_at(fsc(result.reconstruction.map, truth_map), box, apix, 0.5)
-    true = resolution_at(fsc(true_pose.map, truth_map), box, apix, 0.5)
+    refined = resolution_at(fsc(result.reconstruction.map, truth_map), box, pixel_size_A, 0.5)
+    true = resolution_at(fsc(true_pose.map, truth_map), box, pixel_size_A, 0.5)
     errors = symmetric_distance_deg(truth_ps.rotation_matrices(),
                                     result.particles.rotation_matrices(), "C1")
     start_errors = symmetric_distance_deg(truth_ps.rotation_matrices(),
@@ -190,7 +192,7 @@ def child_refine(folder: str, n: int, max_iter: int, max_memory: float | None,
             "gold_A": result.reconstruction.resolution_A,
             "median_error_deg": float(errors.median()),
             "start_error_deg": float(start_errors.median()), "n": n, "box": box,
-            "apix": apix, "history": [
+            "apix": pixel_size_A, "history": [
                 {k: h[k] for k in ("iteration", "resolution_A", "healpix_order", "local",
                                    "final", "seconds")} for h in result.history],
             "peak_rss_gib": _peak_gib()}
@@ -300,10 +302,11 @@ def bench_reconstruct(args) -> None:
 
 def bench_refine(args, name: str, n: int, box: int) -> None:
     full_n = n
-    apix = 2.0 if box >= 128 else 4.0
+    pixel_size_A = 2.0 if box >= 128 else 4.0
     n = min(args.n or n, n)
     folder = simulate(name if n == full_n else f"{name}_n{n}", n=n, box_px=box,
-                      pixel_size_A=apix, n_atoms=4000, noise_sigma=5.0, seed=3, batch_size=8)
+                      pixel_size_A=pixel_size_A, n_atoms=4000, noise_sigma=5.0, seed=3,
+                      batch_size=8)
     r = run_child("refine", folder=str(folder), n=n, max_iter=args.max_iter,
                   max_memory=args.max_memory, auto_local=args.auto_local,
                   resume=args.resume, particle_diameter=args.particle_diameter)
@@ -319,7 +322,7 @@ def bench_refine(args, name: str, n: int, box: int) -> None:
     wall = sum(h["seconds"] for h in r["history"])
     gap = 100 * (r["refined_fsc05_A"] / r["true_fsc05_A"] - 1)
     body = "\n".join([
-        f"- data: {n} subtomograms {box}³, {apix} Å/px, CTF, noise σ 5; start median "
+        f"- data: {n} subtomograms {box}³, {pixel_size_A} Å/px, CTF, noise σ 5; start median "
         f"angular error {r['start_error_deg']:.2f}°",
         f"- refine (global HEALPix order 2, local from order {args.auto_local}"
         + (f", `--particle_diameter {args.particle_diameter:g} --flatten_solvent`"

@@ -80,7 +80,7 @@ from subtomo.tomo.reconstruct_tomogram import reconstruct_tomogram
 torch.set_num_threads(int(sys.argv[2]))
 ts = series(sys.argv[1], 4096, 2000)
 wall, cpu = time.perf_counter(), time.process_time()
-volume, apix = reconstruct_tomogram(ts, binning=8.0, progress=False)
+volume, pixel_size_A = reconstruct_tomogram(ts, binning=8.0, progress=False)
 print(json.dumps({"shape": list(volume.shape), "threads": int(sys.argv[2]),
                   "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
                   "rss_GB": peak_rss_GB()}))

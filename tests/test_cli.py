@@ -118,9 +118,9 @@ def test_star_downgrade_applies_origins(capsys, tmp_path):
                                         for i in range(3)]
     assert list(df["rlnClassNumber"]) == [1, 2, 1]
     # RELION 3.0 pixel size: detector pixel (µm) × 10⁴ / magnification = 2.5 Å
-    apix = df["rlnDetectorPixelSize"].to_numpy(float) * 1e4 / df["rlnMagnification"].to_numpy(
+    pixel_size_A = df["rlnDetectorPixelSize"].to_numpy(float) * 1e4 / df["rlnMagnification"].to_numpy(
         float)
-    np.testing.assert_allclose(apix, 2.5, rtol=1e-12)
+    np.testing.assert_allclose(pixel_size_A, 2.5, rtol=1e-12)
     assert read_particles(out_path).flavour == "warp"  # .tomostar names: Warp reads it as is
 
 

@@ -157,8 +157,8 @@ def run_classification_demo(out_dir: Path, n: int, seed: int, console: Console,
     random orientations, 3D classification (K = 3, T = 4, local searches) from its poses,
     selection of the best-resolved class; scored against the true classes and maps."""
     start = time.perf_counter()
-    box, apix = 32, 6.0
-    config = SimulationConfig(n=n, box_px=box, pixel_size_A=apix, classes=3,
+    box, pixel_size_A = 32, 6.0
+    config = SimulationConfig(n=n, box_px=box, pixel_size_A=pixel_size_A, classes=3,
                               noise_sigma=size.classification_noise,
                               seed=seed)
     sim = simulate_subtomograms(out_dir / "simulated", config, progress=False)
@@ -167,8 +167,8 @@ def run_classification_demo(out_dir: Path, n: int, seed: int, console: Console,
 
     def fsc05_aligned(volume: torch.Tensor, truth: torch.Tensor) -> float:
         """FSC-0.5 resolution (Å) against ``truth`` after alignment (hand flip allowed)."""
-        aligned = align_maps(volume, truth, apix, allow_flip=True).aligned
-        return resolution_at(fsc(aligned, truth), box, apix, threshold=0.5)
+        aligned = align_maps(volume, truth, pixel_size_A, allow_flip=True).aligned
+        return resolution_at(fsc(aligned, truth), box, pixel_size_A, threshold=0.5)
 
     iter_ini, iter_inbetween, iter_final, batch_ini, batch_final = size.initial_model
     console.print(f"initial model from {n} particles at random orientations ...")
@@ -372,19 +372,19 @@ def run_tiltseries_demo(out_dir: Path, n: int, seed: int, console: Console) -> d
     and 3D CTF volumes → auto-refine from perturbed poses → postprocess; scored against the
     truth, with reconstruct-particle (the average straight from the tilt series) beside it."""
     start = time.perf_counter()
-    box, apix = 24, 8.0
+    box, pixel_size_A = 24, 8.0
     config = TiltSeriesConfig(n_particles=n, image_size_px=(320, 320), thickness_px=64,
-                              pixel_size_A=apix, box_px=box, n_atoms=1200, noise_sigma=15.0,
+                              pixel_size_A=pixel_size_A, box_px=box, n_atoms=1200, noise_sigma=15.0,
                               defocus_um=(2.5, 3.0), seed=seed)
-    console.print(f"simulating a tilt series of {n} particles (41 tilts, {apix} Å/px) ...")
+    console.print(f"simulating a tilt series of {n} particles (41 tilts, {pixel_size_A} Å/px) ...")
     sim = simulate_tiltseries(_fresh(out_dir / "simulated"), config, progress=False)
     inputs = read_inputs(sim.optimisation_set)
     ts = inputs.tomograms["TS_01"]
     truth_ps = sim.truth_particles
     truth_map = torch.from_numpy(read_mrc(sim.truth_maps[0])[0])
 
-    tomogram, tomo_apix = reconstruct_tomogram(ts, binning=2.0, progress=False)
-    write_mrc(out_dir / "rec_TS_01.mrc", tomogram, tomo_apix)
+    tomogram, tomo_pixel_size_A = reconstruct_tomogram(ts, binning=2.0, progress=False)
+    write_mrc(out_dir / "rec_TS_01.mrc", tomogram, tomo_pixel_size_A)
     offsets = _tomogram_peak_offsets(ts, tomogram, truth_ps)
     extracted = extract_subtomograms(inputs.particles, inputs.tomograms, out_dir / "Extract",
                                      ExtractOptions(box=box), progress=False)
@@ -401,16 +401,17 @@ def run_tiltseries_demo(out_dir: Path, n: int, seed: int, console: Console) -> d
         "particles": float(extracted.written),
         "tomogram_peak_offset_voxels": float(np.median(offsets)),
         "reconstruct_particle_fsc05_truth_A": resolution_at(fsc(direct.map, truth_map), box,
-                                                            apix, 0.5),
+                                                            pixel_size_A, 0.5),
         "extract_reconstruct_fsc05_truth_A": resolution_at(
             fsc(reconstruct(extracted.particles, ctf=True, progress=False).map, truth_map), box,
-            apix, 0.5),
+            pixel_size_A, 0.5),
         "median_pose_error_start_deg": errors[0],
         "median_pose_error_refined_deg": errors[1],
-        "refined_fsc05_truth_A": resolution_at(fsc(full.map, truth_map), box, apix, 0.5),
+        "refined_fsc05_truth_A": resolution_at(fsc(full.map, truth_map), box, pixel_size_A, 0.5),
         "postprocess_resolution_A": float(post.resolution_A),
     }
-    _print_tiltseries_table(figures, n, apix, config.noise_sigma, refined.iterations, console)
+    _print_tiltseries_table(figures, n, pixel_size_A, config.noise_sigma, refined.iterations,
+                            console)
     console.print(f"tilt-series demo finished in {time.perf_counter() - start:.1f} s; outputs in "
                   f"{out_dir}/")
     return figures
@@ -449,11 +450,11 @@ def _refine_perturbed(ps: ParticleSet, seed: int, out_dir: Path, console: Consol
     return ps, refined
 
 
-def _print_tiltseries_table(figures: dict[str, float], n: int, apix: float,
+def _print_tiltseries_table(figures: dict[str, float], n: int, pixel_size_A: float,
                             noise_sigma: float, iterations: int, console: Console) -> None:
     """The tilt-series demo's table of figures with their checks."""
     table = demo_table(f"subtomo demo: a simulated tilt series of {n} particles (41 tilts, "
-                       f"{apix:g} Å/px, depth-dependent CTF, exposure, noise σ "
+                       f"{pixel_size_A:g} Å/px, depth-dependent CTF, exposure, noise σ "
                        f"{noise_sigma:g})")
     part = ("tiltseries", figures)
     row(table, "tomogram (bin 2): particle peak from true position, median (voxels)",

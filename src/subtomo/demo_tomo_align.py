@@ -66,7 +66,7 @@ def run_tomo_align_demo(out_dir: str | Path = "demo_out/tomo_align", n_particles
     os.chdir(sim.directory)  # STAR files name files relative to the project, as RELION's
     try:
         truth_map = torch.from_numpy(read_mrc(sim.truth_maps[0])[0])
-        box, apix = config.box_px, config.pixel_size_A
+        box, pixel_size_A = config.box_px, config.pixel_size_A
         given = read_inputs("optimisation_set.star")
         truth = read_inputs("truth/optimisation_set.star")
         console.print("reconstruct-particle with the given geometry → references ...")
@@ -75,12 +75,13 @@ def run_tomo_align_demo(out_dir: str | Path = "demo_out/tomo_align", n_particles
         write_outputs(after, Path("ReconstructParticle/job005"))
         true_rec = reconstruct_particle(truth.particles, truth.tomograms, box=box,
                                         motion=truth.motion, progress=False)
-        mask = create_mask(after.map, apix, 0.15 * float(after.map.max()), extend_inimask_px=2,
+        mask = create_mask(after.map, pixel_size_A, 0.15 * float(after.map.max()),
+                           extend_inimask_px=2,
                            width_soft_edge_px=3)
-        post = postprocess(after.half1, after.half2, mask, apix)
-        write_mrc("postprocess.mrc", post.sharpened, apix)
+        post = postprocess(after.half1, after.half2, mask, pixel_size_A)
+        write_mrc("postprocess.mrc", post.sharpened, pixel_size_A)
         errors = _position_errors(truth, job)
-        fsc05 = {label: resolution_at(fsc(rec.map, truth_map), box, apix, 0.5)
+        fsc05 = {label: resolution_at(fsc(rec.map, truth_map), box, pixel_size_A, 0.5)
                  for label, rec in (("given", before), ("aligned", after), ("truth", true_rec))}
     finally:
         os.chdir(cwd)

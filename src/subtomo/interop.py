@@ -22,18 +22,18 @@ def dynamo2star(
     table_map: str | Path | None,
     output: str | Path,
     *,
-    angpix: float | None = None,
+    pixel_size_A: float | None = None,
     flavour: str = "auto",
     tomograms: str | Path | None = None,
 ) -> tuple[ParticleSet, str]:
     """Dynamo table (+ table map) → particle STAR (replaces dynamo2m's ``dynamo2warp``).
 
-    Coordinates x+dx, y+dy, z+dz in tomogram pixels (``angpix`` Å each); angles to RELION.
+    Coordinates x+dx, y+dy, z+dz in tomogram pixels (``pixel_size_A`` Å each); angles to RELION.
     Returns the particles and the flavour written.
     """
     check_not_input(output, table, table_map, tomograms)
     mapping = None if table_map is None else dynamo.read_table_map(table_map)
-    ps = dynamo.table_to_particles(dynamo.read_table(table), mapping, angpix=angpix,
+    ps = dynamo.table_to_particles(dynamo.read_table(table), mapping, pixel_size_A=pixel_size_A,
                                    source=table, map_source=table_map)
     if tomograms is not None:
         ps.tomograms = read_tomograms(tomograms)
@@ -47,7 +47,7 @@ def dynamo2star(
 
 def star2dynamo(
     star: str | Path, output: str | Path, *, tomograms: str | Path | None = None,
-    angpix: float | None = None,
+    pixel_size_A: float | None = None,
 ) -> tuple[Path, Path]:
     """Particle STAR → Dynamo table (centres in x, y, z) and table map beside it (``.doc``)."""
     output = Path(output)
@@ -56,7 +56,7 @@ def star2dynamo(
     doc = output.with_suffix(".doc")
     check_not_input(output, star, tomograms)
     check_not_input(doc, star, tomograms)
-    ps = read_particles(star, angpix=angpix, tomograms=tomograms)
+    ps = read_particles(star, pixel_size_A=pixel_size_A, tomograms=tomograms)
     table, mapping = dynamo.particles_to_table(ps)
     dynamo.write_table(table, output)
     dynamo.write_table_map(mapping, doc)
@@ -97,11 +97,11 @@ def recentre(ps: ParticleSet) -> ParticleSet:
 
 def star_convert(
     star: str | Path, output: str | Path, *, flavour: str = "auto",
-    angpix: float | None = None, tomograms: str | Path | None = None,
+    pixel_size_A: float | None = None, tomograms: str | Path | None = None,
 ) -> str:
     """Any particle STAR flavour → ``flavour`` (``auto``: RELION 5 when possible, else 4)."""
     check_not_input(output, star, tomograms)
-    ps = read_particles(star, angpix=angpix, tomograms=tomograms)
+    ps = read_particles(star, pixel_size_A=pixel_size_A, tomograms=tomograms)
     return write_particles(ps, output, flavour)
 
 
@@ -133,9 +133,10 @@ def export_poses(
     if fmt not in POSE_FORMATS:
         raise InputError(None, f"unknown pose format {fmt!r}; choose from {POSE_FORMATS}")
     check_not_input(output, star)
-    ps = read_particles(star, angpix=pixel_size_A)
-    apix = pixel_size_A if pixel_size_A is not None else float(np.nanmean(ps.pixel_size_A()))
-    if not np.isfinite(apix):
+    ps = read_particles(star, pixel_size_A=pixel_size_A)
+    resolved_pixel_size_A = (pixel_size_A if pixel_size_A is not None
+                             else float(np.nanmean(ps.pixel_size_A())))
+    if not np.isfinite(resolved_pixel_size_A):
         raise InputError(star, "no pixel size; pass --Apix", field="rlnImagePixelSize")
     # poses of the images themselves: RELION 4/5 subtomograms are cut in their subtomogram
     # frame, so angles and origins relative to it are what the peers need
@@ -144,9 +145,9 @@ def export_poses(
     angles = df[list(ANGLES)].to_numpy(float) if has_angles else np.zeros((len(ps), 3))
     shifts = ps.shifts_A()
     if fmt == "opus":
-        obj = poses.poses_opus(angles, shifts, box_px, apix)
+        obj = poses.poses_opus(angles, shifts, box_px, resolved_pixel_size_A)
     else:
-        obj = poses.poses_cryodrgn(angles, shifts, box_px, apix)
+        obj = poses.poses_cryodrgn(angles, shifts, box_px, resolved_pixel_size_A)
     poses.write_poses_pickle(obj, output, inputs=(star,))
     return len(ps)
 
@@ -156,13 +157,13 @@ def star_info(star: str | Path) -> dict:
     ps = read_particles(star)
     df = ps.particles
     names = df.get("rlnTomoName", df.get("rlnMicrographName", pd.Series(dtype=str)))
-    apix = ps.pixel_size_A()
+    pixel_size_A = ps.pixel_size_A()
     return {
         "file": str(star),
         "flavour": ps.flavour,
         "particles": len(ps),
         "optics_groups": len(ps.optics),
-        "pixel_size_A": sorted({round(float(a), 6) for a in apix if np.isfinite(a)}),
+        "pixel_size_A": sorted({round(float(a), 6) for a in pixel_size_A if np.isfinite(a)}),
         "tomograms": int(names.nunique()),
         "coordinates": "centred Å" if ps.has_centred_coordinates() else (
             "pixels" if ps.has_pixel_coordinates() else "none"),

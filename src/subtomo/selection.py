@@ -126,13 +126,13 @@ def apply_origins(ps: ParticleSet) -> ParticleSet:
         for i, label in enumerate(COORD_CENTRED_A):
             df[label] = df[label].to_numpy(float) - shifts[:, i]
     elif ps.has_pixel_coordinates():
-        apix = ps.coordinate_pixel_size_A()
-        if not np.all(np.isfinite(apix)):
+        pixel_size_A = ps.coordinate_pixel_size_A()
+        if not np.all(np.isfinite(pixel_size_A)):
             raise InputError(ps.source, "recentring needs the pixel size of the coordinates",
                              field="rlnImagePixelSize")
         for i, label in enumerate(COORD_PX):
             if label in df:
-                df[label] = df[label].to_numpy(float) - shifts[:, i] / apix
+                df[label] = df[label].to_numpy(float) - shifts[:, i] / pixel_size_A
     else:
         raise InputError(ps.source, "no coordinates to recentre", field="rlnCoordinateX")
     for label in ORIGIN_A:

@@ -80,20 +80,23 @@ def test_batched_fsc_equals_single() -> None:
 
 
 def test_resolution_at_interpolates_the_first_crossing() -> None:
-    box, apix = 64, 1.5
+    box, pixel_size_A = 64, 1.5
     curve = 1.0 - torch.arange(box // 2 + 1, dtype=torch.float64) / 20.0
     # First below 0.143: shell 18 (0.10); shell 17 is 0.15 -> s = 17 + 0.007 / 0.05.
     s = 17 + (0.15 - 0.143) / 0.05
-    assert math.isclose(resolution_at(curve, box, apix), box * apix / s, rel_tol=1e-9)
+    assert math.isclose(resolution_at(curve, box, pixel_size_A), box * pixel_size_A / s,
+                        rel_tol=1e-9)
     # Only the first crossing counts, even if the curve rises again.
     bumpy = curve.clone()
     bumpy[25:] = 0.9
-    assert math.isclose(resolution_at(bumpy, box, apix), box * apix / s, rel_tol=1e-9)
+    assert math.isclose(resolution_at(bumpy, box, pixel_size_A), box * pixel_size_A / s,
+                        rel_tol=1e-9)
     # 0.5 threshold: curve[10] = 0.5 is not below, curve[11] = 0.45 is -> s = 10.
-    assert math.isclose(resolution_at(curve, box, apix, 0.5), box * apix / 10, rel_tol=1e-9)
+    assert math.isclose(resolution_at(curve, box, pixel_size_A, 0.5), box * pixel_size_A / 10,
+                        rel_tol=1e-9)
     # Never below: Nyquist.
-    assert math.isclose(resolution_at(torch.ones(33), box, apix), 2 * apix)
-    assert resolution_at(torch.zeros(33), box, apix) == math.inf
+    assert math.isclose(resolution_at(torch.ones(33), box, pixel_size_A), 2 * pixel_size_A)
+    assert resolution_at(torch.zeros(33), box, pixel_size_A) == math.inf
 
 
 def test_shell_resolution() -> None:

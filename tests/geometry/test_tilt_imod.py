@@ -51,8 +51,8 @@ def imod_project(points, xf, tilt, xtilt, tomo_size, image_size, *, xaxis=0.0, o
     return raw + np.array([w / 2.0 - 0.5, h / 2.0 - 0.5])  # edge centre → pixel index
 
 
-def ours(params, apix, tomo_size, image_size, points):
-    mats = projection_matrices(*(torch.as_tensor(v) for v in params.as_tuple()), apix,
+def ours(params, pixel_size_A, tomo_size, image_size, points):
+    mats = projection_matrices(*(torch.as_tensor(v) for v in params.as_tuple()), pixel_size_A,
                                tomo_size, image_size)
     return project_points(mats, torch.as_tensor(points))[..., :2].numpy()
 

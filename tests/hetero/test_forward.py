@@ -42,9 +42,10 @@ def _truth(sim):
     return ps, maps
 
 
-def _model(box: int, consensus: torch.Tensor, pixel_A: float) -> HeteroVAE:
+def _model(box: int, consensus: torch.Tensor, pixel_size_A: float) -> HeteroVAE:
     return HeteroVAE(enc_box=16, template_box=box, zdim=2, zaffinedim=0, consensus=consensus,
-                     mask=torch.ones_like(consensus), body_masks=None, template_pixel_A=pixel_A)
+                     mask=torch.ones_like(consensus), body_masks=None,
+                     template_pixel_size_A=pixel_size_A)
 
 
 def test_prediction_reproduces_the_simulated_particles(clean):
@@ -52,13 +53,13 @@ def test_prediction_reproduces_the_simulated_particles(clean):
     (noise-free) subtomogram, up to trilinear interpolation (template grid 32³ for the 24³
     particles)."""
     ps, maps = _truth(clean)
-    box, apix = 24, 8.0
-    boxes = Boxes(box, apix, 16, 32)
+    box, pixel_size_A = 24, 8.0
+    boxes = Boxes(box, pixel_size_A, 16, 32)
     maps = [resample_map(m, 32) for m in maps]
     model = _model(32, maps[0], boxes.pixel(32))
     rows = np.arange(len(ps))
     batch = next(iterate_batches(ps, rows, box=box, ctf=True, batch_size=len(rows),
-                                 shifts_px=torch.as_tensor(ps.shifts_A() / apix)))
+                                 shifts_px=torch.as_tensor(ps.shifts_A() / pixel_size_A)))
     classes = ps.particles["rlnClassNumber"].to_numpy()
     volumes = torch.stack([maps[c - 1] for c in classes])
     filt = ctf_filter(batch.ctf, boxes, 1.0, 0.0, len(rows), torch.device("cpu"))
@@ -77,10 +78,10 @@ def test_encoder_input_is_the_particle_in_the_reference_frame(clean):
     """Rotated back by its pose, a particle (phase-flipped, no reference subtracted) lines up
     with its class map; the transposed rotation does not."""
     ps, maps = _truth(clean)
-    box, apix = 24, 8.0
-    boxes = Boxes(box, apix, 16, 16)
+    box, pixel_size_A = 24, 8.0
+    boxes = Boxes(box, pixel_size_A, 16, 16)
     batch = next(iterate_batches(ps, np.arange(len(ps)), box=box, ctf=True, batch_size=6,
-                                 shifts_px=torch.as_tensor(ps.shifts_A() / apix)))
+                                 shifts_px=torch.as_tensor(ps.shifts_A() / pixel_size_A)))
     A = ps.rotation_matrices().float()
     ones = torch.ones(16, 16, 16)
     right = encoder_input(batch.spectra, batch.ctf, A, torch.zeros(6, 3), boxes, ones, 0.0, 1.0)
@@ -138,7 +139,7 @@ def test_rigid_body_moves_its_density_about_its_centre():
     body = torch.zeros(1, t, t, t)
     body[0, 6:11, 6:11, 9:14] = 1
     model = HeteroVAE(enc_box=16, template_box=t, zdim=2, zaffinedim=1, consensus=vol,
-                      mask=torch.ones_like(vol), body_masks=body, template_pixel_A=1.0)
+                      mask=torch.ones_like(vol), body_masks=body, template_pixel_size_A=1.0)
     c = model.body_centres_A[0]
     angle = math.pi / 2
 
@@ -236,3 +237,11 @@ def test_decoder_starts_small_and_reaches_the_template_box():
     assert out.shape == (4, 32, 32, 32)
     with pytest.raises(ValueError):
         Decoder(3, 40)
+
+
+def test_boxes_read_back_from_a_config_written_before_the_rename():
+    """config.json of runs written before ``pixel_A`` became ``pixel_size_A`` still load."""
+    boxes = Boxes(24, 8.0, 16, 32)
+    assert Boxes.from_dict(boxes.as_dict()) == boxes
+    old = {"box": 24, "pixel_A": 8.0, "enc_box": 16, "template_box": 32}
+    assert Boxes.from_dict(old) == boxes

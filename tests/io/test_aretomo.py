@@ -14,8 +14,9 @@ from subtomo.geometry.tilt import RelionParameters, project_points, projection_m
 from subtomo.io import aretomo, imod
 
 
-def project(params, apix, size, image, points):
-    m = projection_matrices(*(torch.as_tensor(v) for v in params.as_tuple()), apix, size, image)
+def project(params, pixel_size_A, size, image, points):
+    m = projection_matrices(*(torch.as_tensor(v) for v in params.as_tuple()), pixel_size_A, size,
+                            image)
     return project_points(m, torch.as_tensor(points))[..., :2].numpy()
 
 

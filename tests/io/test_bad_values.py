@@ -39,11 +39,11 @@ def data(simulated, tmp_path) -> Path:
 
 
 def spoil_volume(path: Path, value: float, at=(3, 4, 5)) -> None:
-    volume, apix = read_mrc(path, finite=False)
+    volume, pixel_size_A = read_mrc(path, finite=False)
     volume[at] = value
     with warnings.catch_warnings():  # mrcfile warns about the NaN we write on purpose
         warnings.simplefilter("ignore", RuntimeWarning)
-        write_mrc(path, volume, apix)
+        write_mrc(path, volume, pixel_size_A)
 
 
 def replace_column(star: Path, label: str, row: int, value: str) -> int:

@@ -93,7 +93,7 @@ def test_random_tables_match_dynamo2warp(dynamo2m, tmp_path, seed):
     names = {i: f"/data/tomo_{i:02d}.mrc_10.00Apx.mrc" for i in range(1, 5)}
     dynamo.write_table_map(names, doc)
     dynamo2m.dynamo2warp(str(tbl), str(doc), str(tmp_path / "theirs.star"))
-    interop.dynamo2star(tbl, doc, tmp_path / "ours.star", flavour="warp", angpix=10.0)
+    interop.dynamo2star(tbl, doc, tmp_path / "ours.star", flavour="warp", pixel_size_A=10.0)
     ours = read_star(tmp_path / "ours.star")[""]
     theirs = starfile.read(tmp_path / "theirs.star")
     theirs["rlnMicrographName"] = theirs["rlnMicrographName"].str.replace("/data/", "")
@@ -105,7 +105,7 @@ def test_coordinates_are_position_plus_shift(tmp_path):
     table = random_table(5, seed=4)
     table.loc[0, ["tdrot", "tilt", "narot"]] = [10.0, 20.0, 30.0]
     dynamo.write_table(table, tmp_path / "t.tbl")
-    ps = dynamo.table_to_particles(dynamo.read_table(tmp_path / "t.tbl"), angpix=7.0)
+    ps = dynamo.table_to_particles(dynamo.read_table(tmp_path / "t.tbl"), pixel_size_A=7.0)
     expected = table[["x", "y", "z"]].to_numpy() + table[["dx", "dy", "dz"]].to_numpy()
     np.testing.assert_allclose(ps.particles[COORDS].to_numpy(float), expected, atol=1e-9)
     np.testing.assert_allclose(ps.particles[ANGLES].iloc[0].to_numpy(float), [-60, 20, 100],
@@ -118,10 +118,10 @@ def test_star_to_dynamo_round_trip(tmp_path):
     dynamo.write_table(table, tmp_path / "t.tbl")
     dynamo.write_table_map({i: f"tomo_{i}.mrc" for i in range(1, 5)}, tmp_path / "t.doc")
     interop.dynamo2star(tmp_path / "t.tbl", tmp_path / "t.doc", tmp_path / "a.star",
-                        flavour="relion31", angpix=8.0)
+                        flavour="relion31", pixel_size_A=8.0)
     interop.star2dynamo(tmp_path / "a.star", tmp_path / "b.tbl")
     interop.dynamo2star(tmp_path / "b.tbl", tmp_path / "b.doc", tmp_path / "b.star",
-                        flavour="relion31", angpix=8.0)
+                        flavour="relion31", pixel_size_A=8.0)
     a, b = read_particles(tmp_path / "a.star"), read_particles(tmp_path / "b.star")
     np.testing.assert_allclose(b.particles[COORDS], a.particles[COORDS], atol=1e-6)
     assert float(angular_distance_deg(a.rotation_matrices(), b.rotation_matrices()).max()) < 1e-6

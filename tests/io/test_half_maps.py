@@ -34,8 +34,8 @@ def maps(tmp_path):
 
 def test_maps_are_read_and_masked_exactly(maps):
     paths, mask = maps
-    h1, h2, apix = read_half_maps(paths["h1"], paths["h2"])
-    assert apix == APIX and h1.dtype == torch.float32 and h1.shape == (8, 8, 8)
+    h1, h2, pixel_size_A = read_half_maps(paths["h1"], paths["h2"])
+    assert pixel_size_A == APIX and h1.dtype == torch.float32 and h1.shape == (8, 8, 8)
     m1, m2, _ = read_half_maps(paths["h1"], paths["h2"], paths["mask"])
     assert torch.equal(m1, h1 * torch.from_numpy(mask))
     assert torch.equal(m2, h2 * torch.from_numpy(mask))

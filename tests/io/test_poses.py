@@ -183,7 +183,7 @@ def test_opus_empty():
 
 
 @pytest.mark.parametrize(
-    ("angles", "shifts", "box", "apix", "match"),
+    ("angles", "shifts", "box", "pixel_size_A", "match"),
     [
         (np.zeros((2, 2)), np.zeros((2, 3)), 64, 1.0, "angles"),
         (np.zeros(3), np.zeros((1, 3)), 64, 1.0, "angles"),
@@ -198,9 +198,9 @@ def test_opus_empty():
         (np.zeros((1, 3)), np.zeros((1, 3)), 64, float("nan"), "pixel_size"),
     ],
 )
-def test_opus_rejects_bad_input(angles, shifts, box, apix, match):
+def test_opus_rejects_bad_input(angles, shifts, box, pixel_size_A, match):
     with pytest.raises(ValueError, match=match):
-        poses_opus(angles, shifts, box, apix)
+        poses_opus(angles, shifts, box, pixel_size_A)
 
 
 def test_shift_of_whole_box_is_allowed():

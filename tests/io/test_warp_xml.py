@@ -42,19 +42,20 @@ def warp_positions(ws, t, points_A, volume_A, image_A):
     return out[:, :2]
 
 
-def ours(params, apix, size, image, points_px):
-    m = projection_matrices(*(torch.as_tensor(v) for v in params.as_tuple()), apix, size, image)
+def ours(params, pixel_size_A, size, image, points_px):
+    m = projection_matrices(*(torch.as_tensor(v) for v in params.as_tuple()), pixel_size_A, size,
+                            image)
     return project_points(m, torch.as_tensor(points_px))[..., :2].numpy()
 
 
-def check_against_warp(ws, apix, size, image, seed=0):
-    params = warp_to_relion(ws, apix, size, image)
+def check_against_warp(ws, pixel_size_A, size, image, seed=0):
+    params = warp_to_relion(ws, pixel_size_A, size, image)
     used = np.flatnonzero(ws.use)
     points = np.random.default_rng(seed).uniform(0, 1, (150, 3)) * np.array(size)
-    got = ours(params, apix, size, image, points)
+    got = ours(params, pixel_size_A, size, image, points)
     for j, t in enumerate(used):
-        expected = warp_positions(ws, t, points * apix, np.array(size) * apix,
-                                  np.array(image) * apix) / apix
+        expected = warp_positions(ws, t, points * pixel_size_A, np.array(size) * pixel_size_A,
+                                  np.array(image) * pixel_size_A) / pixel_size_A
         assert np.abs(got[:, j] - expected).max() < 1e-3
     return params
 
@@ -78,10 +79,10 @@ def test_real_warp_xml_with_a_binned_stack(cryoet_alignment_data, tmp_path, caps
     size is taken, Warp's Å shifts become stack pixels at it, and a note names the binning."""
     xml = cryoet_alignment_data / "warp/00254.xml"
     ws = read_warp_xml(xml)
-    apix, image, thickness = ws.pixel_size_A * binning, (96, 80), 40
+    pixel_size_A, image, thickness = ws.pixel_size_A * binning, (96, 80), 40
     with mrcfile.new(tmp_path / "TS.mrc") as mrc:
         mrc.set_data(np.zeros((ws.n_tilts, image[1], image[0]), np.int8))
-        mrc.voxel_size = apix
+        mrc.voxel_size = pixel_size_A
     out = tmp_path / "tomograms.star"
     assert main(["tomograms", "import", "--stack", str(tmp_path / "TS.mrc"), "--warp_xml",
                  str(xml), "--thickness", str(thickness), "--o", str(out)]) == 0
@@ -90,15 +91,17 @@ def test_real_warp_xml_with_a_binned_stack(cryoet_alignment_data, tmp_path, caps
     # a header of 1 Å is MRC's "unset": the XML's pixel size then, with a note
     assert ("no pixel size in the header" in printed) == (binning == 1), printed
     ts = read_tomogram_set(out)["TS"]
-    assert ts.pixel_size_A == apix and ts.tomo_size_px == (*image, thickness)
-    shifts_px = np.stack([ts.column(f"rlnTomo{a}ShiftAngst") for a in "XY"], -1) / apix
-    np.testing.assert_allclose(shifts_px, (ws.axis_offset_A - ws.movement_A) / apix, atol=1e-9)
+    assert ts.pixel_size_A == pixel_size_A and ts.tomo_size_px == (*image, thickness)
+    shifts_px = np.stack([ts.column(f"rlnTomo{a}ShiftAngst") for a in "XY"], -1) / pixel_size_A
+    np.testing.assert_allclose(shifts_px, (ws.axis_offset_A - ws.movement_A) / pixel_size_A,
+                               atol=1e-9)
     size = np.array(ts.tomo_size_px)
     points = np.random.default_rng(2).uniform(0, 1, (100, 3)) * size
     got = ts.project(torch.as_tensor(points)).numpy()[..., :2]
     for t in range(ws.n_tilts):
-        expected = warp_positions(ws, t, points * apix, size * apix, np.array(image) * apix)
-        assert np.abs(got[:, t] - expected / apix).max() < 1e-3
+        expected = warp_positions(ws, t, points * pixel_size_A, size * pixel_size_A,
+                                  np.array(image) * pixel_size_A)
+        assert np.abs(got[:, t] - expected / pixel_size_A).max() < 1e-3
 
 
 def synthetic_xml(n=7, inverted=False):

@@ -117,8 +117,8 @@ def test_cli_maps_align(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     report = capsys.readouterr().out.strip()
     assert len(report.splitlines()) == 1
     assert "(rot, tilt, psi)" in report and "Å" in report and "flipped no" in report
-    aligned, angpix = read_mrc(out)
-    assert angpix == pytest.approx(PIXEL_A)
+    aligned, pixel_size_A = read_mrc(out)
+    assert pixel_size_A == pytest.approx(PIXEL_A)
     assert aligned.shape == (BOX,) * 3
     assert correlation(torch.from_numpy(aligned), scene["truth"]) > 0.98
 

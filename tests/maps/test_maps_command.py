@@ -40,9 +40,9 @@ def test_mask_create(tmp_path: Path, c4_map: Path) -> None:
     out = tmp_path / "mask.mrc"
     assert _run(["mask", "create", "--i", str(c4_map), "--o", str(out), "--ini_threshold",
                  "0.5", "--extend_inimask", "2", "--width_soft_edge", "3"]) == 0
-    mask, angpix = read_mrc(out)
+    mask, pixel_size_A = read_mrc(out)
     data, _ = read_mrc(c4_map)
-    assert angpix == pytest.approx(2.5)
+    assert pixel_size_A == pytest.approx(2.5)
     assert mask.min() >= 0 and mask.max() == 1
     assert np.all(mask[data >= 0.5] == 1)
     with pytest.raises(InputError, match="above the map maximum"):
@@ -55,8 +55,8 @@ def test_symmetrize_and_align(tmp_path: Path, c4_map: Path) -> None:
     aligned_path = tmp_path / "aligned.mrc"
     assert _run(["align-symmetry", "--i", str(c4_map), "--o", str(aligned_path),
                  "--sym", "C4"]) == 0
-    aligned, angpix = read_mrc(aligned_path)
-    assert angpix == pytest.approx(2.5)
+    aligned, pixel_size_A = read_mrc(aligned_path)
+    assert pixel_size_A == pytest.approx(2.5)
     # the aligned map is (nearly) C4-symmetric about z: a quarter turn is exact on the grid
     quarter = rotate_volume(torch.from_numpy(aligned), rotation_z(torch.tensor(90.0)))
     inside = soft_sphere(aligned.shape[-1], 28.0, 0.0, dtype=torch.bool)

@@ -84,10 +84,12 @@ def _digest(path: Path) -> str:
 def test_final_iteration_widens_the_fine_pass_only():
     """The final iteration searches to Nyquist, its coarse pass stays the converged one's
     (at 128³ a coarse pass to 0.6 Nyquist made the poses worse: 2.56° → 3.79°)."""
-    for box, apix, res, order in ((128, 2.0, 11.7, 5), (48, 4.0, 12.0, 4), (64, 3.0, 20.0, 3)):
-        diameter = 0.8 * box * apix
-        coarse, fine = search_radii(res, order, box, apix, diameter, False)
-        coarse_final, fine_final = search_radii(res, order, box, apix, diameter, False, True)
+    for box, pixel_size_A, res, order in ((128, 2.0, 11.7, 5), (48, 4.0, 12.0, 4), (64, 3.0, 20.0,
+                                                                                    3)):
+        diameter = 0.8 * box * pixel_size_A
+        coarse, fine = search_radii(res, order, box, pixel_size_A, diameter, False)
+        coarse_final, fine_final = search_radii(res, order, box, pixel_size_A, diameter, False,
+                                                True)
         assert fine_final == box / 2 > fine
         assert coarse_final == coarse <= 0.6 * fine + 1e-9
 
@@ -132,8 +134,8 @@ def test_bad_inputs_give_one_line_and_write_nothing(data, tmp_path, capsys):
     base = ["refine", "--i", str(sim.particles_star), "--ctf"]
     small = tmp_path / "small.mrc"
     write_mrc(small, torch.randn(24, 24, 24), APIX)
-    wrong_apix = tmp_path / "apix.mrc"
-    write_mrc(wrong_apix, torch.randn(BOX, BOX, BOX), 5.0)
+    wrong_pixel_size_A = tmp_path / "apix.mrc"
+    write_mrc(wrong_pixel_size_A, torch.randn(BOX, BOX, BOX), 5.0)
     mask = tmp_path / "mask.mrc"
     write_mrc(mask, torch.full((BOX, BOX, BOX), 1.5), APIX)
     no_ctf = tmp_path / "no_ctf.star"
@@ -142,7 +144,7 @@ def test_bad_inputs_give_one_line_and_write_nothing(data, tmp_path, capsys):
     write_particles(ps, no_ctf, "relion31")
     cases = [
         (["--ref", str(small)], "box size"),
-        (["--ref", str(wrong_apix)], "pixel size"),
+        (["--ref", str(wrong_pixel_size_A)], "pixel size"),
         (["--ref", str(root / "ref.mrc"), "--mask", str(mask)], "[0, 1]"),
     ]
     for extra, expected in cases:

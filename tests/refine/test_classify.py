@@ -177,9 +177,9 @@ def _with_offset(given, folder, offset: float):
     star_dir = Path(given.source).parent
     names = []
     for i, name in enumerate(given.particles["rlnImageName"]):
-        data, apix = read_mrc(resolve(str(name), star_dir))
+        data, pixel_size_A = read_mrc(resolve(str(name), star_dir))
         path = folder / f"particle_{i:05d}.mrc"
-        write_mrc(path, data + offset, apix)
+        write_mrc(path, data + offset, pixel_size_A)
         names.append(str(path))
     df = given.particles.copy()
     df["rlnImageName"] = names

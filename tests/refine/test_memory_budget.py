@@ -45,8 +45,8 @@ def simulated(tmp_path_factory):
 @pytest.mark.parametrize("classes", [1, 2])
 def test_smallest_plan_gives_the_same_e_step(simulated, classes):
     ps, maps = simulated
-    box, apix = 16, 8.0
-    matrices, origins = outputs.full_poses(ps, apix)
+    box, pixel_size_A = 16, 8.0
+    matrices, origins = outputs.full_poses(ps, pixel_size_A)
     sigma2 = initial_sigma2(ps, np.arange(len(ps)), box, True,
                             torch.as_tensor(origins, dtype=torch.float32), None, "cpu",
                             Context(), 4)

@@ -31,10 +31,10 @@ CTF = dict(defocus_u_A=21000.0, defocus_v_A=17000.0, astigmatism_angle_deg=32.0,
            voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.1, phase_shift_deg=40.0)
 
 
-def _grid(shape_hw: tuple[int, int], pixel_A: float) -> torch.Tensor:
+def _grid(shape_hw: tuple[int, int], pixel_size_A: float) -> torch.Tensor:
     """Full FFT grid ``(H, W, 2)`` of (kx, ky) in 1/Å: x along the columns, y along the rows."""
-    ky = torch.fft.fftfreq(shape_hw[0], pixel_A, dtype=torch.float64)
-    kx = torch.fft.fftfreq(shape_hw[1], pixel_A, dtype=torch.float64)
+    ky = torch.fft.fftfreq(shape_hw[0], pixel_size_A, dtype=torch.float64)
+    kx = torch.fft.fftfreq(shape_hw[1], pixel_size_A, dtype=torch.float64)
     return torch.stack(torch.broadcast_tensors(kx[None, :], ky[:, None]), dim=-1)
 
 
@@ -146,7 +146,8 @@ def test_fourier_projection_matches_real_space_rotate_and_sum(angles):
         assert np.corrcoef(image.ravel(), wrong.ravel())[0, 1] < 0.9
 
 
-def _relion5_projection(xtilt, ytilt, zrot, shift_x_A, shift_y_A, pixel_A, tomo_size, image_size
+def _relion5_projection(xtilt, ytilt, zrot, shift_x_A, shift_y_A, pixel_size_A, tomo_size,
+                        image_size
                         ) -> np.ndarray:
     """RELION 5 ``Tomogram::setProjectionMatrix``: P = S(shift / pixel) S(image centre) Rz Ry Rx
     S(−specimen centre), the centres ``int(size / 2)``, active right-handed rotations."""
@@ -162,7 +163,7 @@ def _relion5_projection(xtilt, ytilt, zrot, shift_x_A, shift_y_A, pixel_A, tomo_
 
     specimen = np.array([int(s / 2) for s in tomo_size], dtype=float)
     image_centre = np.array([int(image_size[0] / 2), int(image_size[1] / 2), 0.0])
-    return (translation([shift_x_A / pixel_A, shift_y_A / pixel_A, 0.0])
+    return (translation([shift_x_A / pixel_size_A, shift_y_A / pixel_size_A, 0.0])
             @ translation(image_centre) @ rotation([0, 0, 1], zrot) @ rotation([0, 1, 0], ytilt)
             @ rotation([1, 0, 0], xtilt) @ translation(-specimen))
 
@@ -171,11 +172,11 @@ def test_projection_matrices_match_relion5():
     rng = np.random.default_rng(3)
     params = [rng.uniform(-5, 5, 6), rng.uniform(-60, 60, 6), rng.uniform(-95, 95, 6),
               rng.uniform(-40, 40, 6), rng.uniform(-40, 40, 6)]
-    tomo_size, image_size, pixel_A = (301, 257, 61), (301, 257), 7.5  # odd: int(size / 2)
-    ours = projection_matrices(*(torch.from_numpy(p) for p in params), pixel_A, tomo_size,
+    tomo_size, image_size, pixel_size_A = (301, 257, 61), (301, 257), 7.5  # odd: int(size / 2)
+    ours = projection_matrices(*(torch.from_numpy(p) for p in params), pixel_size_A, tomo_size,
                                image_size).numpy()
     for t in range(6):
-        expected = _relion5_projection(*(p[t] for p in params), pixel_A, tomo_size, image_size)
+        expected = _relion5_projection(*(p[t] for p in params), pixel_size_A, tomo_size, image_size)
         assert np.abs(ours[t] - expected).max() < 1e-9
 
 
@@ -196,21 +197,22 @@ def test_simulated_tilt_images_show_particles_where_relion5_projects_them(tmp_pa
     row = read_particles(sim.truth_particles_star).particles.iloc[0]
     structure = pseudo_atomic(config.n_atoms, box_px=config.box_px,
                               pixel_size_A=config.pixel_size_A, seed=config.seed)
-    apix, box = config.pixel_size_A, 32
+    pixel_size_A, box = config.pixel_size_A, 32
     size = (161, 131, 41)
-    position = np.array([row[f"rlnCenteredCoordinate{a}Angst"] for a in "XYZ"]) / apix + (
+    position = np.array([row[f"rlnCenteredCoordinate{a}Angst"] for a in "XYZ"]) / pixel_size_A + (
         np.array(size) / 2.0)
     A = _relion_A([row["rlnAngleRot"], row["rlnAngleTilt"], row["rlnAnglePsi"]])
     tilts = ts.tilts
     for t in range(len(tilts)):
         P = _relion5_projection(*(float(tilts[c].iloc[t]) for c in (
             "rlnTomoXTilt", "rlnTomoYTilt", "rlnTomoZRot", "rlnTomoXShiftAngst",
-            "rlnTomoYShiftAngst")), apix, size, config.image_size_px)
+            "rlnTomoYShiftAngst")), pixel_size_A, size, config.image_size_px)
         xy = (P @ np.append(position, 1.0))[:2]
         corner = np.round(xy) - box // 2
         atoms = structure.positions_A.numpy() @ (P[:3, :3] @ A).T  # Å, tilt frame
-        atoms[:, :2] += (xy - np.round(xy)) * apix
-        volume = render_atoms(torch.from_numpy(atoms)[None], structure.amplitudes, box, apix,
+        atoms[:, :2] += (xy - np.round(xy)) * pixel_size_A
+        volume = render_atoms(torch.from_numpy(atoms)[None], structure.amplitudes, box,
+                              pixel_size_A,
                               config.sigma_A, dtype=torch.float64)[0]
         expected = -volume.sum(0)  # along the beam
         x0, y0 = int(corner[0]), int(corner[1])

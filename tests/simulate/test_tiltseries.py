@@ -46,7 +46,7 @@ def test_images_are_projections_at_the_projected_positions(single):
     motion = read_motion(sim.truth_motion_star)
     structure = pseudo_atomic(config.n_atoms, box_px=config.box_px,
                               pixel_size_A=config.pixel_size_A, seed=config.seed)
-    apix, box = config.pixel_size_A, 32
+    pixel_size_A, box = config.pixel_size_A, 32
     mats = ts.matrices()
     for i in (0,):
         row = truth.iloc[i]
@@ -56,13 +56,14 @@ def test_images_are_projections_at_the_projected_positions(single):
                                            row["rlnAnglePsi"]]], dtype=torch.float64))[0]
         for t in range(ts.n_tilts):
             position = ts.centred_to_px(centred) + torch.from_numpy(
-                motion[row["rlnTomoParticleName"]][t]) / apix
+                motion[row["rlnTomoParticleName"]][t]) / pixel_size_A
             xy = (mats[t, :3, :3] @ position + mats[t, :3, 3])[:2]
             corner = torch.round(xy) - box // 2
-            offset = (xy - torch.round(xy)) * apix  # sub-pixel part, Å
+            offset = (xy - torch.round(xy)) * pixel_size_A  # sub-pixel part, Å
             atoms = structure.positions_A @ (mats[t, :3, :3] @ A).T
             atoms[:, :2] += offset
-            volume = render_atoms(atoms[None], structure.amplitudes, box, apix, config.sigma_A,
+            volume = render_atoms(atoms[None], structure.amplitudes, box, pixel_size_A,
+                                  config.sigma_A,
                                   dtype=torch.float64)[0]
             expected = -volume.sum(0)  # along the beam (z of the tilt frame)
             x0, y0 = int(corner[0]), int(corner[1])
@@ -103,5 +104,5 @@ def test_command_writes_a_project_and_refuses_bad_input(tmp_path, capsys):
                  "20", "20"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert not (tmp_path / "q").exists()
-    volume, apix = read_mrc(tmp_path / "p" / "truth" / "class001.mrc")
-    assert volume.shape == (16, 16, 16) and apix == 10.0
+    volume, pixel_size_A = read_mrc(tmp_path / "p" / "truth" / "class001.mrc")
+    assert volume.shape == (16, 16, 16) and pixel_size_A == 10.0

@@ -96,11 +96,12 @@ def test_rescaled_extractions_agree(tmp_path):
     ps = read_particles(sim.truth_particles_star)
     ts = read_tomogram_set(sim.truth_tomograms_star)
     volumes = []
-    for name, box, apix in (("a", 50, 1.6), ("b", 16, 5.0)):
-        extract_subtomograms(ps, ts, tmp_path / name, ExtractOptions(box=box, pixel_size_A=apix),
-                             progress=False)
-        volume, written_apix = read_mrc(tmp_path / name / "Subtomograms" / "TS_01" / "1_data.mrc")
-        assert written_apix == pytest.approx(apix)
+    for name, box, pixel_size_A in (("a", 50, 1.6), ("b", 16, 5.0)):
+        options = ExtractOptions(box=box, pixel_size_A=pixel_size_A)
+        extract_subtomograms(ps, ts, tmp_path / name, options, progress=False)
+        path = tmp_path / name / "Subtomograms" / "TS_01" / "1_data.mrc"
+        volume, written_pixel_size_A = read_mrc(path)
+        assert written_pixel_size_A == pytest.approx(pixel_size_A)
         volumes.append(torch.from_numpy(volume))
     cropped, coarse = resample_map(volumes[0], 16), volumes[1]
     assert fsc(cropped, coarse)[1:8].min() > 0.99

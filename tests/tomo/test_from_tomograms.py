@@ -33,14 +33,14 @@ def _imod_files(folder, stem, angles, defocus_nm=3000, name="ctfplotter.defocus"
     (folder / name).write_text("\n".join(lines) + "\n")
 
 
-def _expected_ctf(box, apix, c, size, keep):
+def _expected_ctf(box, pixel_size_A, c, size, keep):
     """The CTF volume of a particle at ``c`` (tomogram px) over the tilts ``keep`` (hand −1)."""
     theta = np.radians(ANGLES)
     d = (c - np.array([size, size, size]) / 2) * 10.0  # Å from the tomogram centre
     depth = -np.sin(theta) * d[0] + np.cos(theta) * d[2]
     mean = 29500 + 50 * np.arange(len(ANGLES)) - depth
     scheme = TiltScheme(tuple(ANGLES[keep]), tuple(np.abs(ANGLES[keep])))
-    weights, _ = ctf_volume(box, apix, scheme, torch.tensor(mean[keep][None]),
+    weights, _ = ctf_volume(box, pixel_size_A, scheme, torch.tensor(mean[keep][None]),
                             astigmatism_A=1000.0, astigmatism_angle_deg=20.0,
                             dtype=torch.float64)
     return weights[0]
@@ -50,14 +50,14 @@ def _expected_ctf(box, apix, c, size, keep):
 def one_tomogram(tmp_path):
     """A 64³ tomogram at 10 Å/px with one particle near its centre (and one whose boxes leave
     it); returns (tomograms.star, structure, coordinates)."""
-    apix, size = 10.0, 64
-    structure = pseudo_atomic(300, box_px=14, pixel_size_A=apix, seed=3)
+    pixel_size_A, size = 10.0, 64
+    structure = pseudo_atomic(300, box_px=14, pixel_size_A=pixel_size_A, seed=3)
     coords = np.array([[31.3, 32.6, 30.2], [3.0, 30.0, 30.0]])
-    atoms = structure.positions_A + torch.tensor((coords[0] - size // 2) * apix)
-    tomogram = render_atoms(atoms[None], structure.amplitudes, size, apix, 12.0)[0]
+    atoms = structure.positions_A + torch.tensor((coords[0] - size // 2) * pixel_size_A)
+    tomogram = render_atoms(atoms[None], structure.amplitudes, size, pixel_size_A, 12.0)[0]
     folder = tmp_path / "TS_001"
     folder.mkdir()
-    write_mrc(folder / "TS_001.mrc", tomogram, apix)
+    write_mrc(folder / "TS_001.mrc", tomogram, pixel_size_A)
     np.savetxt(folder / "TS_001.coords", coords)
     _imod_files(folder, "TS_001", ANGLES)
     write_star({"": pd.DataFrame({"rlnMicrographName": [str(folder / "TS_001.mrc")]})},
@@ -78,8 +78,8 @@ def test_crop_and_pixel_size_give_the_fourier_cropped_box(one_tomogram, tmp_path
     assert len(ps) == 1
     assert float(ps.optics["rlnImagePixelSize"].iloc[0]) == 20.0
     assert int(ps.optics["rlnImageSize"].iloc[0]) == 16
-    data, apix = read_mrc(ps.particles["rlnImageName"].iloc[0])
-    assert data.shape == (16, 16, 16) and apix == 20.0
+    data, pixel_size_A = read_mrc(ps.particles["rlnImageName"].iloc[0])
+    assert data.shape == (16, 16, 16) and pixel_size_A == 20.0
     reference = render_atoms(structure.positions_A[None], structure.amplitudes, 40, 10.0,
                              12.0)[0].double()
     expected = centred_irfft(crop_spectrum(centred_rfft(reference), 20), 20) / 8
@@ -124,18 +124,18 @@ def test_options_without_meaning_for_tomograms_are_refused(one_tomogram, tmp_pat
 
 def test_batches_give_the_same_files(tmp_path, capsys):
     """Two tomograms, several particles: one batch or one particle at a time, same boxes."""
-    apix, size = 10.0, 48
-    structure = pseudo_atomic(100, box_px=10, pixel_size_A=apix, seed=4)
+    pixel_size_A, size = 10.0, 48
+    structure = pseudo_atomic(100, box_px=10, pixel_size_A=pixel_size_A, seed=4)
     names = []
     for t in range(2):
         coords = np.array([[16.2, 20.0, 24.4], [30.0, 28.7, 22.1], [24.5, 16.3, 30.0]]) + t
-        atoms = torch.cat([structure.positions_A + torch.tensor((c - size // 2) * apix)
+        atoms = torch.cat([structure.positions_A + torch.tensor((c - size // 2) * pixel_size_A)
                            for c in coords])
-        tomogram = render_atoms(atoms[None], structure.amplitudes.repeat(3), size, apix,
+        tomogram = render_atoms(atoms[None], structure.amplitudes.repeat(3), size, pixel_size_A,
                                 12.0)[0]
         folder = tmp_path / f"TS_{t}"
         folder.mkdir()
-        write_mrc(folder / f"TS_{t}.mrc", tomogram, apix)
+        write_mrc(folder / f"TS_{t}.mrc", tomogram, pixel_size_A)
         np.savetxt(folder / f"TS_{t}.coords", coords)
         _imod_files(folder, f"TS_{t}", ANGLES)
         names.append(str(folder / f"TS_{t}.mrc"))
@@ -207,15 +207,16 @@ def test_every_extract_option_changes_the_tomogram_route_or_is_refused(one_tomog
 
 
 def test_tomogram_route(tmp_path, capsys):
-    apix, size, box = 10.0, 64, 24
-    structure = pseudo_atomic(300, box_px=16, pixel_size_A=apix, seed=2)
+    pixel_size_A, size, box = 10.0, 64, 24
+    structure = pseudo_atomic(300, box_px=16, pixel_size_A=pixel_size_A, seed=2)
     coords = np.array([[20.3, 30.6, 25.2], [44.7, 33.1, 38.9], [2.0, 30.0, 30.0]])
-    atoms = torch.cat([structure.positions_A + torch.tensor((c - size // 2) * apix)
+    atoms = torch.cat([structure.positions_A + torch.tensor((c - size // 2) * pixel_size_A)
                        for c in coords[:2]])
-    tomogram = render_atoms(atoms[None], structure.amplitudes.repeat(2), size, apix, 12.0)[0]
+    tomogram = render_atoms(atoms[None], structure.amplitudes.repeat(2), size, pixel_size_A,
+                            12.0)[0]
     folder = tmp_path / "TS_026"
     folder.mkdir()
-    write_mrc(folder / "TS_026.mrc", tomogram, apix)
+    write_mrc(folder / "TS_026.mrc", tomogram, pixel_size_A)
     np.savetxt(folder / "TS_026.coords", coords)
     angles = np.arange(-60.0, 61.0, 3.0)
     np.savetxt(folder / "TS_026.tlt", angles)
@@ -234,22 +235,24 @@ def test_tomogram_route(tmp_path, capsys):
     assert len(ps) == 2 and ps.flavour == "relion30"
     for i, c in enumerate(coords[:2]):
         data, _ = read_mrc(ps.particles["rlnImageName"].iloc[i])
-        expected = render_atoms(structure.positions_A[None], structure.amplitudes, box, apix,
+        expected = render_atoms(structure.positions_A[None], structure.amplitudes, box,
+                                pixel_size_A,
                                 12.0)[0]
         assert np.abs(data - expected.numpy()).max() < 0.02 * expected.abs().max()
         ctf = read_ctf_volume(ps.particles["rlnCtfImage"].iloc[i], box)
         theta = np.radians(angles)
-        d = (c - np.array([size, size, size]) / 2) * apix  # Å from the tomogram centre
+        d = (c - np.array([size, size, size]) / 2) * pixel_size_A  # Å from the tomogram centre
         depth = -np.sin(theta) * d[0] + np.cos(theta) * d[2]
         mean = 29500 + 50 * np.arange(len(angles)) - depth  # hand −1
         scheme = TiltScheme(tuple(angles), tuple(dose))
-        weights, _ = ctf_volume(box, apix, scheme, torch.tensor(mean[None]), astigmatism_A=1000.0,
+        weights, _ = ctf_volume(box, pixel_size_A, scheme, torch.tensor(mean[None]),
+                                astigmatism_A=1000.0,
                                 astigmatism_angle_deg=20.0, dtype=torch.float64)
         assert (ctf.double() - weights[0]).abs().max() < 1e-4
     # a NaN in the tomogram inside the second particle's box (after the first was written):
     # one line naming the file and the particle, exit 2, nothing left of the job
     tomogram[38, 33, 44] = float("nan")
-    write_mrc(folder / "TS_026.mrc", tomogram, apix)
+    write_mrc(folder / "TS_026.mrc", tomogram, pixel_size_A)
     capsys.readouterr()
     bad = tmp_path / "bad" / "job"
     assert main(["extract", "--tomograms_star", str(tmp_path / "tomograms.star"), "--b",

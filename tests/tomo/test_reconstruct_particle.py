@@ -22,14 +22,14 @@ from subtomo.tomo.reconstruct_particle import reconstruct_particle
 
 
 def test_insert_slices_reconstructs_from_analytic_projections():
-    box, apix = 24, 4.0
-    structure = pseudo_atomic(300, box_px=box, pixel_size_A=apix, seed=4)
-    volume = render_atoms(structure.positions_A[None], structure.amplitudes, box, apix, 3.2,
+    box, pixel_size_A = 24, 4.0
+    structure = pseudo_atomic(300, box_px=box, pixel_size_A=pixel_size_A, seed=4)
+    volume = render_atoms(structure.positions_A[None], structure.amplitudes, box, pixel_size_A, 3.2,
                           dtype=torch.float64)[0]
     A = euler_to_matrix(random_rotations(400, torch.Generator().manual_seed(0)))
-    atoms = torch.einsum("bij,mj->bmi", A, structure.positions_A) / apix
+    atoms = torch.einsum("bij,mj->bmi", A, structure.positions_A) / pixel_size_A
     images = render_projected_atoms(atoms[..., :2] + box // 2, structure.amplitudes, box,
-                                    3.2 / apix)
+                                    3.2 / pixel_size_A)
     spectra = torch.fft.rfft2(torch.fft.ifftshift(images, dim=(-2, -1)))
     bp = Backprojector(box, pad=2, dtype=torch.float64)
     bp.insert_slices(spectra, A)

@@ -27,9 +27,9 @@ def test_particles_appear_at_their_coordinates(tmp_path):
     sim = simulate_tiltseries(tmp_path / "sim", config, progress=False)
     ts = read_tomogram_set(sim.truth_tomograms_star)["TS_01"]
     for weighting, ctf in (("ramp", "none"), ("sirt", "wiener")):
-        volume, apix = reconstruct_tomogram(ts, binning=2.0, weighting=weighting, ctf=ctf,
+        volume, pixel_size_A = reconstruct_tomogram(ts, binning=2.0, weighting=weighting, ctf=ctf,
                                             progress=False)
-        assert volume.shape == (32, 96, 96) and apix == 20.0
+        assert volume.shape == (32, 96, 96) and pixel_size_A == 20.0
         dark = -torch.nn.functional.avg_pool3d(volume[None, None], 3, 1, 1)[0, 0]
         for centre in _centres(sim) / 2.0:  # binned voxels
             z, y, x = np.round(centre[::-1]).astype(int)
@@ -46,7 +46,7 @@ def test_command_writes_tomograms(project, tmp_path):
     out = tmp_path / "rec"
     assert main(["reconstruct-tomogram", "--t", str(project.truth_tomograms_star), "--bin", "4",
                  "--d", "40", "--filter", "sirt", "--o", str(out)]) == 0
-    volume, apix = read_mrc(out / "tomograms" / "rec_TS_01.mrc")
-    assert volume.shape == (10, 56, 56) and apix == 40.0
+    volume, pixel_size_A = read_mrc(out / "tomograms" / "rec_TS_01.mrc")
+    assert volume.shape == (10, 56, 56) and pixel_size_A == 40.0
     ts = read_tomogram_set(out / "tomograms.star")["TS_01"]
     assert ts.globals["rlnTomoTomogramBinning"] == 4.0

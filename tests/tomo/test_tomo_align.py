@@ -203,8 +203,8 @@ def pair(tmp_path_factory):
                               noise_sigma=10.0, shift_error_px=1.0, angle_error_deg=0.3,
                               motion_px=1.0, seed=3)
     sim = simulate_tiltseries(out, config, progress=False)
-    volume, apix = read_mrc(sim.truth_maps[0])
-    write_mrc(out / "ref.mrc", volume, apix)
+    volume, pixel_size_A = read_mrc(sim.truth_maps[0])
+    write_mrc(out / "ref.mrc", volume, pixel_size_A)
     return sim
 
 
@@ -277,17 +277,17 @@ def test_job_files_read_back_losslessly(pair, tmp_path, monkeypatch):
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(pair, tmp_path, capsys):
     out = tmp_path / "bad"
     small = tmp_path / "small.mrc"
-    volume, apix = read_mrc(pair.directory / "ref.mrc")
-    write_mrc(small, volume[2:-2, 2:-2, 2:-2], apix)
-    other_apix = tmp_path / "apix.mrc"
-    write_mrc(other_apix, volume, 2 * apix)
+    volume, pixel_size_A = read_mrc(pair.directory / "ref.mrc")
+    write_mrc(small, volume[2:-2, 2:-2, 2:-2], pixel_size_A)
+    other_pixel_size_A = tmp_path / "apix.mrc"
+    write_mrc(other_pixel_size_A, volume, 2 * pixel_size_A)
     unknown = tmp_path / "unknown.star"
     unknown.write_text(pair.particles_star.read_text().replace("\nTS_02\t", "\nTS_09\t", 1))
     other_motion = tmp_path / "motion.star"
     other_motion.write_text(pair.truth_motion_star.read_text().replace("TS_01/3", "TS_07/3"))
     cases = [
         (["--ref2", str(small)], "box"),
-        (["--ref2", str(other_apix)], "pixel size"),
+        (["--ref2", str(other_pixel_size_A)], "pixel size"),
         (["--p", str(unknown)], "TS_09"),
         (["--mot", str(other_motion)], "TS_01/3"),
         (["--r", "0"], "--r"),

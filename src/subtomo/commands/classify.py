@@ -71,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.skip_align and (args.local or args.sigma_ang is not None):
         raise InputError(None, "--skip_align excludes --local and --sigma_ang",
                          field="--skip_align")
-    ps = read_particles(args.input, angpix=args.angpix)
+    ps = read_particles(args.input, pixel_size_A=args.angpix)
     out = job_folder(args, *ps.files(), args.ref, args.mask)
     reference, ref_apix = read_mrc(args.ref, role="reference", field="--ref")
     mask = (torch.from_numpy(read_mrc(args.mask, role="mask", field="--mask")[0])
@@ -83,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
     ctx = init(args.device)
     result = classify(
         ps, torch.from_numpy(reference), Path(out), options=options, mask=mask,
-        reference_path=args.ref, mask_path=args.mask, reference_apix=ref_apix,
+        reference_path=args.ref, mask_path=args.mask, reference_pixel_size_A=ref_apix,
         **job_run(args, ctx))
     if ctx.main:
         shares = ", ".join(f"{k}: {100 * s:.1f} %" for k, s in

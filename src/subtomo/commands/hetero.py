@@ -166,7 +166,7 @@ def _train(args: argparse.Namespace) -> int:
             resume_dir = None
     if resume_dir:
         star = star or config["particles"]
-        inputs = hi.read_inputs(star, poses=config.get("poses"), angpix=config.get("angpix"),
+        inputs = hi.read_inputs(star, poses=config.get("poses"), pixel_size_A=config.get("angpix"),
                                 datadir=args.datadir)
         inputs = ck.saved_inputs(resume_dir, inputs.particles, inputs.matrices,
                                  inputs.shifts_A, inputs.sources)
@@ -273,7 +273,8 @@ def _eval_vol(args: argparse.Namespace) -> int:
     from subtomo.hetero.volumes import eval_vol
 
     apix = args.apix if args.apix is not None else args.apix_pos
-    paths = eval_vol(args.dir, args.epoch, args.what, args.number, apix=apix, flip=args.flip,
+    paths = eval_vol(args.dir, args.epoch, args.what, args.number, pixel_size_A=apix,
+                     flip=args.flip,
                      device=args.device)
     print(f"Wrote {len(paths)} maps reference0.mrc … reference{len(paths) - 1}.mrc in "
           f"{paths[0].parent}.")

@@ -58,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     from subtomo.parallel.distributed import init
     from subtomo.refine.initial_model import InitialModelOptions, initial_model
 
-    ps = read_particles(args.input, angpix=args.angpix)
+    ps = read_particles(args.input, pixel_size_A=args.angpix)
     out = job_folder(args, *ps.files())
     options = InitialModelOptions(
         **job_options(args), K=args.K, iter_ini=args.iter_ini,

@@ -40,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     check_not_input(out, args.input)
-    ps = read_particles(args.input, angpix=args.angpix)
+    ps = read_particles(args.input, pixel_size_A=args.angpix)
     stem = out.with_suffix("").name
     beside = [f"{stem}{s}" for s in ("_fsc.star", "_fsc.png", "_half1.mrc", "_half2.mrc")]
     check_outputs(ps.files(), out.parent, [out.name, *(beside if args.halves else ())])

@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.ref is None:
         raise InputError(None, "--ref is needed (the initial reference map)", field="--ref")
-    ps = read_particles(args.input, angpix=args.angpix)
+    ps = read_particles(args.input, pixel_size_A=args.angpix)
     out = job_folder(args, *ps.files(), args.ref, args.mask)
     reference, ref_apix = read_mrc(args.ref, role="reference", field="--ref")
     mask = None
@@ -84,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     ctx = init(args.device)
     result = auto_refine(
         ps, torch.from_numpy(reference), Path(out), options=options, solvent_mask=mask,
-        reference_path=args.ref, mask_path=args.mask, reference_apix=ref_apix,
+        reference_path=args.ref, mask_path=args.mask, reference_pixel_size_A=ref_apix,
         **job_run(args, ctx))
     if ctx.main:
         state = "converged" if result.converged else "stopped at --iter"

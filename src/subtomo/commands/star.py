@@ -62,7 +62,7 @@ def _downgrade(args: argparse.Namespace) -> int:
 def _upgrade(args: argparse.Namespace) -> int:
     src = Path(args.input)
     out = args.output or src.with_name(f"{src.stem}_rln5.star")
-    flavour = interop.star_convert(src, out, flavour=args.flavour, angpix=args.angpix,
+    flavour = interop.star_convert(src, out, flavour=args.flavour, pixel_size_A=args.angpix,
                                    tomograms=args.tomograms)
     print(f"Wrote {out} ({flavour}).")
     return 0

@@ -29,11 +29,11 @@ class Boxes:
 
     ``box`` D of the particles; ``enc_box`` d = the encoder input (``--downfrac``);
     ``template_box`` T of the decoded maps (``--templateres``); ``loss_box`` L = min(D, T) where
-    the model is compared with the data. All cover the same field of view, ``D · pixel_A``.
+    the model is compared with the data. All cover the same field of view, ``D · pixel_size_A``.
     """
 
     box: int
-    pixel_A: float
+    pixel_size_A: float
     enc_box: int
     template_box: int
 
@@ -43,10 +43,18 @@ class Boxes:
 
     def pixel(self, n: int) -> float:
         """Pixel size (Å) of an ``n``-voxel box over the same field of view."""
-        return self.pixel_A * self.box / n
+        return self.pixel_size_A * self.box / n
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> Boxes:
+        """Boxes of a saved config.json; runs written before the rename store ``pixel_A``."""
+        saved = dict(saved)
+        if "pixel_A" in saved:
+            saved["pixel_size_A"] = saved.pop("pixel_A")
+        return cls(**saved)
 
 
 def enc_box_for(box: int, downfrac: float) -> int:
@@ -54,18 +62,18 @@ def enc_box_for(box: int, downfrac: float) -> int:
     return max(8, min(box, 2 * int(round(box * downfrac / 2))))
 
 
-def affine_grid(M: Tensor, b_A: Tensor, out_box: int, out_pixel_A: float, in_box: int,
-                in_pixel_A: float, where: Tensor | None = None) -> Tensor:
+def affine_grid(M: Tensor, b_A: Tensor, out_box: int, out_pixel_size_A: float, in_box: int,
+                in_pixel_size_A: float, where: Tensor | None = None) -> Tensor:
     """The ``grid_sample`` grid (B, n, n, n, 3) that reads, at each voxel centre ``r`` (x, y, z)
-    Å of an ``n = out_box`` box (pixel ``out_pixel_A``), the point ``r M + b`` (row vectors;
-    ``M`` (B, 3, 3), ``b_A`` (B, 3) Å) of an ``in_box`` volume of pixel ``in_pixel_A``; with
+    Å of an ``n = out_box`` box (pixel ``out_pixel_size_A``), the point ``r M + b`` (row vectors;
+    ``M`` (B, 3, 3), ``b_A`` (B, 3) Å) of an ``in_box`` volume of pixel ``in_pixel_size_A``; with
     ``where`` (P,) flat voxel indices, only at those voxels: (B, P, 3).
 
     The grid is affine in the voxel indices, so it is summed from three (B, n, 3) rows per
     axis: one pass over the grid, and gradients to ``M`` and ``b`` through small tensors."""
     n = out_box
-    axis = (torch.arange(n, device=M.device, dtype=M.dtype) - n // 2) * out_pixel_A
-    scale = 2 / (in_pixel_A * (in_box - 1))
+    axis = (torch.arange(n, device=M.device, dtype=M.dtype) - n // 2) * out_pixel_size_A
+    scale = 2 / (in_pixel_size_A * (in_box - 1))
     offset = 2 * (in_box // 2) / (in_box - 1) - 1
     Ms, bs = M * scale, b_A * scale + offset
     if where is not None:  # one (P, 3) x (3, 3B) product for the listed voxels
@@ -79,15 +87,15 @@ def affine_grid(M: Tensor, b_A: Tensor, out_box: int, out_pixel_A: float, in_box
     return (gz[:, :, None, None] + gy[:, None, :, None]) + gx[:, None, None, :]
 
 
-def sample_affine(volumes: Tensor, M: Tensor, b_A: Tensor, pixel_A: float, out_box: int,
-                  out_pixel_A: float, where: Tensor | None = None) -> Tensor:
-    """Trilinear samples (B, C, n, n, n) of ``volumes`` (B, C, m, m, m) (pixel ``pixel_A``) at
-    ``r M + b`` for the voxel centres ``r`` of an ``out_box`` box of pixel ``out_pixel_A``
+def sample_affine(volumes: Tensor, M: Tensor, b_A: Tensor, pixel_size_A: float, out_box: int,
+                  out_pixel_size_A: float, where: Tensor | None = None) -> Tensor:
+    """Trilinear samples (B, C, n, n, n) of ``volumes`` (B, C, m, m, m) (pixel ``pixel_size_A``) at
+    ``r M + b`` for the voxel centres ``r`` of an ``out_box`` box of pixel ``out_pixel_size_A``
     (see :func:`affine_grid`); 0 outside the box. With ``where`` (flat voxel indices), only
     those voxels are sampled and the others are 0: exact where the caller knows the rest
     reads zeros (:func:`within_radius`) or is masked out."""
     m = volumes.shape[-1]
-    grid = affine_grid(M, b_A, out_box, out_pixel_A, m, pixel_A, where).to(volumes.dtype)
+    grid = affine_grid(M, b_A, out_box, out_pixel_size_A, m, pixel_size_A, where).to(volumes.dtype)
     if where is None:
         return F.grid_sample(volumes, grid, mode="bilinear", padding_mode="zeros",
                              align_corners=True)
@@ -98,10 +106,10 @@ def sample_affine(volumes: Tensor, M: Tensor, b_A: Tensor, pixel_A: float, out_b
     return out.view(B, C, out_box, out_box, out_box)
 
 
-def within_radius(volume: Tensor, pixel_A: float, out_box: int, out_pixel_A: float,
+def within_radius(volume: Tensor, pixel_size_A: float, out_box: int, out_pixel_size_A: float,
                   shift_A: Tensor | None = None) -> Tensor | None:
-    """Flat indices of the voxels of an ``out_box`` box (pixel ``out_pixel_A``) that can read
-    non-zero values of ``volume`` (T³, pixel ``pixel_A``) rotated about the centres and
+    """Flat indices of the voxels of an ``out_box`` box (pixel ``out_pixel_size_A``) that can read
+    non-zero values of ``volume`` (T³, pixel ``pixel_size_A``) rotated about the centres and
     shifted by at most ``|shift_A|`` (B, 3) Å: ``|r| < R + √3 a + max |s|``, ``R`` the
     largest distance of a non-zero voxel from the centre, ``√3 a`` the reach of trilinear
     interpolation. None when that is the whole box."""
@@ -111,12 +119,12 @@ def within_radius(volume: Tensor, pixel_A: float, out_box: int, out_pixel_A: flo
     support = r2[volume != 0]
     if not len(support):
         return None
-    reach = float(support.max()) ** 0.5 * pixel_A + 3 ** 0.5 * pixel_A + 1e-3
+    reach = float(support.max()) ** 0.5 * pixel_size_A + 3 ** 0.5 * pixel_size_A + 1e-3
     if shift_A is not None and len(shift_A):
         reach += float(shift_A.detach().norm(dim=-1).max())
     n = out_box
     out = ((torch.arange(n, device=volume.device, dtype=torch.float32) - n // 2)
-           * out_pixel_A) ** 2
+           * out_pixel_size_A) ** 2
     inside = (out[:, None, None] + out[None, :, None] + out[None, None, :]) < reach ** 2
     if bool(inside.all()):
         return None
@@ -124,20 +132,21 @@ def within_radius(volume: Tensor, pixel_A: float, out_box: int, out_pixel_A: flo
 
 
 def sample_model(model: HeteroVAE, maps: Tensor, z: Tensor, M: Tensor, b_A: Tensor,
-                 out_box: int, out_pixel_A: float, where: Tensor | None = None) -> Tensor:
+                 out_box: int, out_pixel_size_A: float, where: Tensor | None = None) -> Tensor:
     """``maps`` (B, T³) with the rigid-body motions of ``z``'s dynamics latent applied (module
     docstring of :mod:`subtomo.hetero.model`), read at ``r M + b`` (:func:`affine_grid`):
     (B, n, n, n). Body ``j`` moves ``p`` to ``(p - c_j - t_j) R_j + c_j``, which composes with
     the affine read into ``r (M R_j) + ((b - c_j - t_j) R_j + c_j)``. ``where``: the voxels
     to sample without bodies (:func:`sample_affine`); bodies can move density anywhere."""
-    pixel_t = model.template_pixel_A
+    pixel_t = model.template_pixel_size_A
     motions = model.motions(z)
     if motions is None:
-        return sample_affine(maps[:, None], M, b_A, pixel_t, out_box, out_pixel_A,
+        return sample_affine(maps[:, None], M, b_A, pixel_t, out_box, out_pixel_size_A,
                              where)[:, 0]
     bodies = model.body_masks  # (J, T³)
     static = (1 - bodies.sum(0)).clamp_min(0)
-    moved = sample_affine((maps * static)[:, None], M, b_A, pixel_t, out_box, out_pixel_A)[:, 0]
+    moved = sample_affine((maps * static)[:, None], M, b_A, pixel_t, out_box, out_pixel_size_A)[:,
+                                                                                                0]
     rotvec, trans = motions
     R = rotation_vector_to_matrix(rotvec)  # (B, J, 3, 3)
     for j in range(bodies.shape[0]):  # a handful of bodies; each one grid_sample
@@ -145,7 +154,7 @@ def sample_model(model: HeteroVAE, maps: Tensor, z: Tensor, M: Tensor, b_A: Tens
         Mj = M @ R[:, j]
         bj = ((b_A - c - trans[:, j])[:, None, :] @ R[:, j])[:, 0] + c
         moved = moved + sample_affine((maps * bodies[j])[:, None], Mj, bj, pixel_t, out_box,
-                                      out_pixel_A)[:, 0]
+                                      out_pixel_size_A)[:, 0]
     return moved
 
 
@@ -226,12 +235,12 @@ def predict(model: HeteroVAE, maps: Tensor, z: Tensor, A: Tensor, shift_A: Tenso
     A = A.to(maps.dtype)
     b = (shift_A.to(maps.dtype)[:, None, :] @ A)[:, 0]  # A^T (r + s)
     # maps and mask are 0 outside the mask: only the voxels that can read it are sampled
-    where = within_radius(model.mask, model.template_pixel_A, n, boxes.pixel(n), shift_A)
+    where = within_radius(model.mask, model.template_pixel_size_A, n, boxes.pixel(n), shift_A)
     moved = sample_model(model, maps, z, A, b, n, boxes.pixel(n), where)
     mask = model.mask.expand(maps.shape[0], 1, t, t, t)
     with torch.set_grad_enabled(torch.is_grad_enabled() and (A.requires_grad or
                                                              b.requires_grad)):
-        mask_at = sample_affine(mask, A, b, model.template_pixel_A, n, boxes.pixel(n),
+        mask_at = sample_affine(mask, A, b, model.template_pixel_size_A, n, boxes.pixel(n),
                                 where)[:, 0]
     if filt is not None:
         moved = centred_irfft(centred_rfft(moved) * filt, n)

@@ -100,11 +100,11 @@ class TrainInputs:
 
 def read_inputs(star: str | Path, *, poses: str | Path | None = None,
                 ref: str | Path | None = None, mask: str | Path | None = None,
-                masks: list[str] | None = None, angpix: float | None = None,
+                masks: list[str] | None = None, pixel_size_A: float | None = None,
                 datadir: str | Path | None = None, ctf: bool = True) -> TrainInputs:
     """Read what training needs: the STAR file (image names under ``datadir`` if given),
     poses from it or from a pose pickle (``subtomo poses export``), and the maps."""
-    ps = read_particles(star, angpix=angpix)
+    ps = read_particles(star, pixel_size_A=pixel_size_A)
     if datadir is not None:
         root = Path(datadir)
         if not root.is_dir():
@@ -115,17 +115,17 @@ def read_inputs(star: str | Path, *, poses: str | Path | None = None,
                 df[column] = [name if Path(name.split("@")[-1]).is_absolute() else
                               str(root / name.split("@")[-1]) for name in df[column].astype(str)]
         ps = replace(ps, particles=df)
-    box, apix = particle_geometry(ps, angpix)
+    box, resolved_pixel_size_A = particle_geometry(ps, pixel_size_A)
     if poses is not None:
         if not Path(poses).is_file():
             raise InputError(poses, "file not found", field="--poses")
         try:
-            matrices, shifts = read_poses_pickle(poses, box, apix)
+            matrices, shifts = read_poses_pickle(poses, box, resolved_pixel_size_A)
         except (ValueError, OSError) as exc:
             raise InputError(poses, str(exc), field="--poses") from None
     else:
-        matrices, origins_px = full_poses(ps, apix)
-        shifts = origins_px * apix
+        matrices, origins_px = full_poses(ps, resolved_pixel_size_A)
+        shifts = origins_px * resolved_pixel_size_A
 
     def volume(path: str | Path | None, name: str) -> torch.Tensor | None:
         if path is None:
@@ -134,7 +134,7 @@ def read_inputs(star: str | Path, *, poses: str | Path | None = None,
         return torch.from_numpy(read_mrc(path, role=role, field=name)[0].astype(np.float32))
 
     sources = {"poses": str(poses) if poses else None, "--ref": str(ref) if ref else None,
-               "--mask": str(mask) if mask else None, "angpix": angpix,
+               "--mask": str(mask) if mask else None, "angpix": pixel_size_A,
                "body_masks": [str(m) for m in masks or []]}
     for name in ("--masks",):
         sources[name] = ", ".join(masks or [])
@@ -149,13 +149,14 @@ def default_templateres(box: int, downfrac: float) -> int:
     return max(16, int(math.ceil(box * downfrac / 0.75 / 16)) * 16)
 
 
-def particle_geometry(ps: ParticleSet, angpix: float | None) -> tuple[int, float]:
+def particle_geometry(ps: ParticleSet, given_pixel_size_A: float | None) -> tuple[int, float]:
     """Box (px) and pixel size (Å) of the particle images."""
-    apix = float(angpix) if angpix else float(np.nanmean(ps.pixel_size_A()))
-    if not math.isfinite(apix) or apix <= 0:
+    pixel_size_A = (float(given_pixel_size_A) if given_pixel_size_A
+                    else float(np.nanmean(ps.pixel_size_A())))
+    if not math.isfinite(pixel_size_A) or pixel_size_A <= 0:
         raise InputError(ps.source, "particles have no pixel size; give --angpix",
                          field="rlnImagePixelSize")
-    return image_box(ps), apix
+    return image_box(ps), pixel_size_A
 
 
 def to_template(volume: torch.Tensor, template_box: int) -> torch.Tensor:
@@ -181,22 +182,23 @@ def split_rows(n: int, valfrac: float, seed: int, path: Path | None) -> np.ndarr
     return np.sort(rng.permutation(n)[: int(round(valfrac * n))])
 
 
-def consensus_map(inputs: TrainInputs, apix: float, ctf: bool, progress: bool,
+def consensus_map(inputs: TrainInputs, pixel_size_A: float, ctf: bool, progress: bool,
                   device: torch.device) -> torch.Tensor:
     """CTF-weighted reconstruction of all particles at the given poses (the decoder's base)."""
     ps = inputs.particles
     n = len(ps)
     frame_free = replace(ps, particles=ps.particles.drop(
         columns=[c for c in SUBTOMO_ANGLES if c in ps.particles]))
-    posed = with_poses(frame_free, inputs.matrices, inputs.shifts_A / apix, apix, np.ones(n),
+    posed = with_poses(frame_free, inputs.matrices, inputs.shifts_A / pixel_size_A, pixel_size_A,
+                       np.ones(n),
                        np.zeros(n))
     return reconstruct(posed, ctf=ctf, progress=progress, device=device).map.cpu()
 
 
-def auto_mask(consensus: torch.Tensor, pixel_A: float) -> torch.Tensor:
+def auto_mask(consensus: torch.Tensor, pixel_size_A: float) -> torch.Tensor:
     """A soft mask from the consensus map: 20 Å low-pass, threshold at 20 % of its maximum,
     extended 2 px with a 3 px soft edge."""
-    smooth_A = max(20.0, 3 * pixel_A)
-    low = lowpass_map(consensus.float(), pixel_A, smooth_A)
-    return create_mask(low, pixel_A, 0.2 * float(low.max()), extend_inimask_px=2,
+    smooth_A = max(20.0, 3 * pixel_size_A)
+    low = lowpass_map(consensus.float(), pixel_size_A, smooth_A)
+    return create_mask(low, pixel_size_A, 0.2 * float(low.max()), extend_inimask_px=2,
                        width_soft_edge_px=3)

@@ -266,7 +266,7 @@ class HeteroVAE(nn.Module):
 
     def __init__(self, *, enc_box: int, template_box: int, zdim: int, zaffinedim: int,
                  consensus: Tensor, mask: Tensor, body_masks: Tensor | None,
-                 template_pixel_A: float) -> None:
+                 template_pixel_size_A: float) -> None:
         super().__init__()
         bodies = 0 if body_masks is None else len(body_masks)
         if bodies and zaffinedim < 1:
@@ -275,7 +275,7 @@ class HeteroVAE(nn.Module):
         self.encoder = Encoder(enc_box, self.zdim + self.zaffinedim)
         self.decoder = Decoder(zdim, template_box)
         self.bodies = (RigidBodies(self.zaffinedim, bodies, 0.1 * template_box *
-                                   template_pixel_A) if bodies else None)
+                                   template_pixel_size_A) if bodies else None)
         self.register_buffer("consensus", consensus.float().clone())
         self.register_buffer("mask", mask.float().clone())
         inside = consensus[mask > 0.5]
@@ -286,8 +286,8 @@ class HeteroVAE(nn.Module):
         if bodies:
             masks = body_masks.float().clone()
             self.register_buffer("body_masks", masks)
-            self.register_buffer("body_centres_A", centres_of_mass_A(masks, template_pixel_A))
-        self.template_box, self.template_pixel_A = template_box, template_pixel_A
+            self.register_buffer("body_centres_A", centres_of_mass_A(masks, template_pixel_size_A))
+        self.template_box, self.template_pixel_size_A = template_box, template_pixel_size_A
 
     def correction(self, z: Tensor) -> Tensor:
         """``s · L[Δ(z)]``: (B, T, T, T), density units."""
@@ -309,10 +309,10 @@ class HeteroVAE(nn.Module):
         return self.bodies(z[:, self.zdim:])
 
 
-def centres_of_mass_A(masks: Tensor, pixel_A: float) -> Tensor:
+def centres_of_mass_A(masks: Tensor, pixel_size_A: float) -> Tensor:
     """Centres of mass (J, 3) (x, y, z) in Å from the box centre of masks (J, T, T, T)."""
     box = masks.shape[-1]
-    axis = (torch.arange(box, dtype=torch.float64, device=masks.device) - box // 2) * pixel_A
+    axis = (torch.arange(box, dtype=torch.float64, device=masks.device) - box // 2) * pixel_size_A
     w = masks.double().clamp_min(0)
     total = w.sum((1, 2, 3)).clamp_min(1e-12)
     x = (w.sum((1, 2)) * axis).sum(-1) / total

@@ -190,7 +190,7 @@ def prepare(inputs: TrainInputs, options: TrainOptions, out_dir: Path, *, ctx: C
     n = len(ps)
     if n < 2:
         raise InputError(ps.source, "need at least two particles")
-    box, apix = particle_geometry(ps, inputs.sources.get("angpix"))
+    box, pixel_size_A = particle_geometry(ps, inputs.sources.get("angpix"))
     if len(inputs.matrices) != n or len(inputs.shifts_A) != n:
         raise InputError(inputs.sources.get("poses"), f"has {len(inputs.matrices)} poses; "
                          f"{ps.source} has {n} particles", field="--poses")
@@ -207,14 +207,14 @@ def prepare(inputs: TrainInputs, options: TrainOptions, out_dir: Path, *, ctx: C
     templateres = options.templateres or default_templateres(box, options.downfrac)
     options = replace(options, templateres=templateres,
                       zaffinedim=(options.zaffinedim or 4) if inputs.body_masks else 0)
-    boxes = Boxes(box, apix, enc_box_for(box, options.downfrac), templateres)
+    boxes = Boxes(box, pixel_size_A, enc_box_for(box, options.downfrac), templateres)
     val_rows = split_rows(n, options.valfrac, options.seed, split_path)
     device = torch.device(device)
 
     reference = inputs.reference
     if reference is None:
-        reference = consensus_map(inputs, apix, options.ctf, progress and ctx.main, device)
-    mask = inputs.mask if inputs.mask is not None else auto_mask(reference, apix)
+        reference = consensus_map(inputs, pixel_size_A, options.ctf, progress and ctx.main, device)
+    mask = inputs.mask if inputs.mask is not None else auto_mask(reference, pixel_size_A)
     T = templateres
     body_masks = (torch.stack([to_template(m, T).clamp(0, 1) for m in inputs.body_masks])
                   if inputs.body_masks else None)
@@ -224,7 +224,7 @@ def prepare(inputs: TrainInputs, options: TrainOptions, out_dir: Path, *, ctx: C
                           zaffinedim=options.zaffinedim,
                           consensus=to_template(reference, T),
                           mask=to_template(mask, T).clamp(0, 1), body_masks=body_masks,
-                          template_pixel_A=boxes.pixel(T)).to(device)
+                          template_pixel_size_A=boxes.pixel(T)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
     d = boxes.enc_box
     enc_mask = resample_map(mask.float(), d).clamp(0, 1).to(device)
@@ -235,7 +235,7 @@ def prepare(inputs: TrainInputs, options: TrainOptions, out_dir: Path, *, ctx: C
     run = Run(inputs, options, boxes, model, optimizer, val_rows, train_rows, 1.0, 1.0,
               mask_voxels, enc_mask, poses, device,
               torch.as_tensor(inputs.matrices, dtype=torch.float32),
-              torch.as_tensor(inputs.shifts_A, dtype=torch.float64) / apix)
+              torch.as_tensor(inputs.shifts_A, dtype=torch.float64) / pixel_size_A)
     if options.ema > 0:
         run.averaged = copy.deepcopy(model)
         run.averaged.requires_grad_(False)
@@ -249,10 +249,10 @@ def prepare(inputs: TrainInputs, options: TrainOptions, out_dir: Path, *, ctx: C
         run.averaged.load_state_dict(model.state_dict())
     if ctx.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_mrc(out_dir / "consensus.mrc", reference, apix)
-        write_mrc(out_dir / "mask.mrc", mask, apix)
+        write_mrc(out_dir / "consensus.mrc", reference, pixel_size_A)
+        write_mrc(out_dir / "mask.mrc", mask, pixel_size_A)
         for j, body in enumerate(inputs.body_masks):
-            write_mrc(out_dir / f"body{j + 1}.mrc", body, apix)
+            write_mrc(out_dir / f"body{j + 1}.mrc", body, pixel_size_A)
         split_file = split_path or out_dir / "split.json"
         if not split_file.exists():
             write_json({"n": n, "val": val_rows.tolist()}, split_file)
@@ -270,7 +270,7 @@ def config_dict(run: Run, split_file: Path) -> dict:
         "particles": str(Path(run.inputs.particles.source).resolve())
         if run.inputs.particles.source else None,
         "poses": src.get("poses"), "ref": src.get("--ref"), "mask": src.get("--mask"),
-        "masks": src.get("body_masks", []), "angpix": run.boxes.pixel_A,
+        "masks": src.get("body_masks", []), "angpix": run.boxes.pixel_size_A,
         "n_particles": len(run.inputs.particles), "split": str(split_file),
         "options": asdict(run.options), "boxes": run.boxes.as_dict(),
         "sigma2": run.sigma2, "data_scale": run.data_scale, "mask_voxels": run.mask_voxels,

@@ -150,17 +150,19 @@ def corrected_particles(ps, run_dir: str | Path, epoch: int):
     state = load_checkpoint(checkpoint_path(Path(run_dir), epoch), field="EPOCH")
     if state.get("poses") is None:
         return ps
-    apix = float(np.nanmean(ps.pixel_size_A()))
-    A, origins_px = full_poses(ps, apix)
+    pixel_size_A = float(np.nanmean(ps.pixel_size_A()))
+    A, origins_px = full_poses(ps, pixel_size_A)
     delta = state["poses"]["delta"].double()
     if len(delta) != len(ps):
         raise InputError(ps.source, f"has {len(ps)} particles; the pose corrections "
                          f"{len(delta)}", field="--i")
-    A2, shifts = corrected_poses(torch.as_tensor(A), torch.as_tensor(origins_px * apix), delta)
+    A2, shifts = corrected_poses(torch.as_tensor(A), torch.as_tensor(origins_px * pixel_size_A),
+                                 delta)
     keep = ps.particles.copy()
     frame_free = replace(ps, particles=keep.drop(columns=[c for c in SUBTOMO_ANGLES
                                                           if c in keep]))
-    out = with_poses(frame_free, A2.numpy(), shifts.numpy() / apix, apix, np.ones(len(ps)),
+    out = with_poses(frame_free, A2.numpy(), shifts.numpy() / pixel_size_A, pixel_size_A,
+                     np.ones(len(ps)),
                      np.zeros(len(ps)))
     df = out.particles.drop(columns=["rlnMaxValueProbDistribution",
                                      "rlnLogLikeliContribution"])

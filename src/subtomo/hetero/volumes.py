@@ -54,14 +54,14 @@ def load_model(run_dir: str | Path, epoch: int, device: str | torch.device = "cp
         raise InputError(path, f"no checkpoint for epoch {epoch} ({have})", field="EPOCH")
     state = load_checkpoint(path, field="EPOCH")
     options = options_from_config(config)
-    boxes = Boxes(**config["boxes"])
+    boxes = Boxes.from_dict(config["boxes"])
     t = boxes.template_box
     bodies = len(config.get("masks", []))
     model = HeteroVAE(enc_box=boxes.enc_box, template_box=t, zdim=options.zdim,
                       zaffinedim=options.zaffinedim, consensus=torch.zeros(t, t, t),
                       mask=torch.zeros(t, t, t),
                       body_masks=torch.zeros(bodies, t, t, t) if bodies else None,
-                      template_pixel_A=boxes.pixel(t))
+                      template_pixel_size_A=boxes.pixel(t))
     model.load_state_dict(state["model"])
     return LoadedModel(model.to(device).eval(), boxes, config, state)
 
@@ -90,11 +90,11 @@ def volumes_at(loaded: LoadedModel, z: np.ndarray | torch.Tensor, batch: int = 8
 
 
 def eval_vol(run_dir: str | Path, epoch: int, kind: str, number: int, *,
-             apix: float | None = None, flip: bool = False,
+             pixel_size_A: float | None = None, flip: bool = False,
              device: str | torch.device = "cpu") -> list[Path]:
     """Decode the KMeans centres of ``analyze.N/kmeansK`` (``kind`` "kmeans", ``number`` K)
     or the points along ``analyze.N/pcP`` (``kind`` "pc", ``number`` P) into
-    ``referenceI.mrc`` beside them, at ``apix`` Å (default the particles'); ``flip`` mirrors
+    ``referenceI.mrc`` beside them, at ``pixel_size_A`` Å (default the particles'); ``flip`` mirrors
     the hand. Returns the paths written."""
     # matplotlib 0.4 s of 1.7 s importing subtomo.hetero.select (which imports this module and
     # never plots), measured on the shared 2-core machine at load 3
@@ -111,10 +111,10 @@ def eval_vol(run_dir: str | Path, epoch: int, kind: str, number: int, *,
                          "(pc) first", field="KIND")
     z = np.atleast_2d(np.loadtxt(points_file))
     boxes = loaded.boxes
-    apix_out = float(apix) if apix else boxes.pixel_A
-    if apix_out <= 0:
-        raise InputError(None, f"--apix must be positive, not {apix_out}", field="--apix")
-    box_out = max(2, int(round(boxes.box * boxes.pixel_A / apix_out / 2)) * 2)
+    out_pixel_size_A = float(pixel_size_A) if pixel_size_A else boxes.pixel_size_A
+    if out_pixel_size_A <= 0:
+        raise InputError(None, f"--apix must be positive, not {out_pixel_size_A}", field="--apix")
+    box_out = max(2, int(round(boxes.box * boxes.pixel_size_A / out_pixel_size_A / 2)) * 2)
     maps = volumes_at(loaded, z)
     written = []
     slices = []
@@ -123,7 +123,7 @@ def eval_vol(run_dir: str | Path, epoch: int, kind: str, number: int, *,
         if flip:
             out = torch.flip(out, dims=(0,))
         path = folder / f"reference{i}.mrc"
-        write_mrc(path, out, boxes.box * boxes.pixel_A / box_out)
+        write_mrc(path, out, boxes.box * boxes.pixel_size_A / box_out)
         written.append(path)
         slices.append(out)
     plot_class_slices(slices, folder / "references.png",

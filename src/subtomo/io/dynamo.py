@@ -1,7 +1,7 @@
 """Dynamo tables (``.tbl``) and table maps (``.doc``) ⇄ ParticleSet.
 
 Column names and numbers follow Dynamo's table convention as packaged by ``dynamotable``
-(1-based: 4–6 dx dy dz, 7–9 tdrot tilt narot, 20 tomo, 24–26 x y z, 36 apix). A particle's
+(1-based: 4–6 dx dy dz, 7–9 tdrot tilt narot, 20 tomo, 24–26 x y z, 36 pixel_size_A). A particle's
 centre in the tomogram is (x + dx, y + dy, z + dz) in tomogram pixels. Angles are Dynamo's ZXZ
 (tdrot, tilt, narot), converted with :func:`subtomo.geometry.euler.dynamo_to_relion`.
 We parse ourselves (rather than ``dynamotable.read``) to reject short rows and unlisted
@@ -121,13 +121,13 @@ def table_to_particles(
     table: pd.DataFrame,
     table_map: dict[int, str] | None = None,
     *,
-    angpix: float | None = None,
+    pixel_size_A: float | None = None,
     source: str | Path | None = None,
     map_source: str | Path | None = None,
 ) -> ParticleSet:
     """Particles at (x+dx, y+dy, z+dz) tomogram pixels with RELION angles.
 
-    ``angpix``: tomogram pixel size in Å (else Dynamo's apix column 36 when set).
+    ``pixel_size_A``: tomogram pixel size in Å (else Dynamo's apix column 36 when set).
     """
     tomo = table["tomo"].to_numpy()
     if table_map is not None:
@@ -147,14 +147,14 @@ def table_to_particles(
     relion = dynamo_to_relion(dynamo).numpy()
     for i, label in enumerate(ANGLES):
         df[label] = relion[:, i]
-    if angpix is None and "apix" in table and (table["apix"] > 0).all():
-        angpix = float(table["apix"].iloc[0])
+    if pixel_size_A is None and "apix" in table and (table["apix"] > 0).all():
+        pixel_size_A = float(table["apix"].iloc[0])
     df["rlnOpticsGroup"] = 1
     optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
                            "rlnImageDimensionality": [3]})
-    if angpix is not None:
-        optics["rlnImagePixelSize"] = float(angpix)
-        optics["rlnMicrographPixelSize"] = float(angpix)
+    if pixel_size_A is not None:
+        optics["rlnImagePixelSize"] = float(pixel_size_A)
+        optics["rlnMicrographPixelSize"] = float(pixel_size_A)
     return ParticleSet(particles=df, optics=optics, flavour="dynamo",
                        source=None if source is None else str(source))
 
@@ -172,8 +172,9 @@ def particles_to_table(ps: ParticleSet) -> tuple[pd.DataFrame, dict[int, str]]:
         names = pd.Series(["tomo1"] * n)
     unique = list(dict.fromkeys(names.astype(str)))
     index = {name: i + 1 for i, name in enumerate(unique)}
-    coord_apix = ps.coordinate_pixel_size_A()
-    shift_px = ps.tomogram_shifts_A() / coord_apix[:, None] if "rlnOriginXAngst" in df else (
+    coord_pixel_size_A = ps.coordinate_pixel_size_A()
+    shift_px = ps.tomogram_shifts_A() / coord_pixel_size_A[:,
+                                                           None] if "rlnOriginXAngst" in df else (
         np.zeros((n, 3)))
     table = pd.DataFrame(0.0, index=range(n), columns=list(COLUMNS[:WRITE_COLUMNS]))
     table["tag"] = np.arange(1, n + 1)
@@ -186,8 +187,8 @@ def particles_to_table(ps: ParticleSet) -> tuple[pd.DataFrame, dict[int, str]]:
     table["tomo"] = [index[str(name)] for name in names]
     if "rlnClassNumber" in df:
         table["class"] = df["rlnClassNumber"].to_numpy()
-    if np.all(np.isfinite(coord_apix)):
-        table["apix"] = coord_apix
+    if np.all(np.isfinite(coord_pixel_size_A)):
+        table["apix"] = coord_pixel_size_A
     return table, {i: name for name, i in index.items()}
 
 

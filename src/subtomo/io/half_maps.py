@@ -24,10 +24,10 @@ def read_half_maps(ref1: str | Path | None, ref2: str | Path | None,
         if path is None:
             raise InputError(None, "tomo-align needs both half maps (--ref1, --ref2 or "
                              "rlnTomoReferenceMap1File/2File in --i)", field=field)
-        data, apix = read_mrc(path, role="reference", field=field)
+        data, pixel_size_A = read_mrc(path, role="reference", field=field)
         if data.ndim != 3 or len(set(data.shape)) != 1:
             raise InputError(path, f"reference is not a cube: {data.shape}", field=field)
-        maps.append((torch.from_numpy(data), apix, Path(path)))
+        maps.append((torch.from_numpy(data), pixel_size_A, Path(path)))
     (h1, p1, f1), (h2, p2, f2) = maps
     if h1.shape != h2.shape:
         raise InputError(f2, f"half maps differ in box: {tuple(h1.shape)} ({f1.name}) and "

@@ -161,10 +161,10 @@ class ParticleSet:
                              field="rlnTomoName")
         size = np.stack([names.map(table[c]).to_numpy(float) for c in TOMO_SIZE], axis=1)
         if "rlnTomoTiltSeriesPixelSize" in table:
-            apix = names.map(table["rlnTomoTiltSeriesPixelSize"]).to_numpy(float)
+            pixel_size_A = names.map(table["rlnTomoTiltSeriesPixelSize"]).to_numpy(float)
         else:
-            apix = self.coordinate_pixel_size_A()
-        return size, apix
+            pixel_size_A = self.coordinate_pixel_size_A()
+        return size, pixel_size_A
 
     def with_pixel_coordinates(self) -> ParticleSet:
         """Same set with ``rlnCoordinateX/Y/Z`` (px) computed from centred Å if needed.
@@ -174,28 +174,29 @@ class ParticleSet:
         """
         if self.has_pixel_coordinates() or not self.has_centred_coordinates():
             return self
-        size, apix = self._tomogram_geometry()
+        size, pixel_size_A = self._tomogram_geometry()
         df = self.particles.copy()
         centred = df[list(COORD_CENTRED_A)].to_numpy(float)
-        pixels = centred / apix[:, None] + tomogram_centre_px(size).numpy()
+        pixels = centred / pixel_size_A[:, None] + tomogram_centre_px(size).numpy()
         at = df.columns.get_loc(COORD_CENTRED_A[0])
         df = df.drop(columns=list(COORD_CENTRED_A))
         for i, label in enumerate(COORD_PX):
             df.insert(at + i, label, pixels[:, i])
         optics = self.optics.copy()
         if "rlnTomoTiltSeriesPixelSize" not in optics and "rlnMicrographPixelSize" not in optics:
-            group_apix = pd.Series(apix).groupby(df["rlnOpticsGroup"].to_numpy()).first()
-            optics["rlnMicrographPixelSize"] = optics["rlnOpticsGroup"].map(group_apix)
+            group_pixel_size_A = pd.Series(pixel_size_A).groupby(
+                df["rlnOpticsGroup"].to_numpy()).first()
+            optics["rlnMicrographPixelSize"] = optics["rlnOpticsGroup"].map(group_pixel_size_A)
         return replace(self, particles=df, optics=optics)
 
     def with_centred_coordinates(self) -> ParticleSet:
         """Same set with RELION 5 ``rlnCenteredCoordinateX/Y/ZAngst`` computed if needed."""
         if self.has_centred_coordinates() or not self.has_pixel_coordinates():
             return self
-        size, apix = self._tomogram_geometry()
+        size, pixel_size_A = self._tomogram_geometry()
         df = self.particles.copy()
         pixels = df[list(COORD_PX)].to_numpy(float)
-        centred = (pixels - tomogram_centre_px(size).numpy()) * apix[:, None]
+        centred = (pixels - tomogram_centre_px(size).numpy()) * pixel_size_A[:, None]
         at = df.columns.get_loc(COORD_PX[0])
         df = df.drop(columns=list(COORD_PX))
         for i, label in enumerate(COORD_CENTRED_A):

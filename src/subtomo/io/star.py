@@ -69,29 +69,29 @@ def _as_int_columns(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _from_relion30(path: Path, df: pd.DataFrame, angpix: float | None) -> ParticleSet:
+def _from_relion30(path: Path, df: pd.DataFrame, given_pixel_size_A: float | None) -> ParticleSet:
     df = df.copy()
-    if angpix is not None:
-        apix = np.full(len(df), float(angpix))
+    if given_pixel_size_A is not None:
+        pixel_size_A = np.full(len(df), float(given_pixel_size_A))
     elif {"rlnDetectorPixelSize", "rlnMagnification"} <= set(df.columns):
-        apix = df["rlnDetectorPixelSize"].to_numpy(float) * 1e4 / df["rlnMagnification"].to_numpy(
-            float)
+        pixel_size_A = (df["rlnDetectorPixelSize"].to_numpy(float) * 1e4
+                        / df["rlnMagnification"].to_numpy(float))
     elif "rlnImagePixelSize" in df:
-        apix = df["rlnImagePixelSize"].to_numpy(float)
+        pixel_size_A = df["rlnImagePixelSize"].to_numpy(float)
     elif present(df, ORIGIN_PX) == 0:
-        apix = np.full(len(df), np.nan)  # positions and angles only, as dynamo2warp writes
+        pixel_size_A = np.full(len(df), np.nan)  # positions and angles only, as dynamo2warp writes
     else:
         field = "rlnMagnification" if "rlnDetectorPixelSize" in df else "rlnDetectorPixelSize"
         raise InputError(path, "no pixel size: RELION 3.0 files need rlnDetectorPixelSize and "
                          "rlnMagnification (or give --angpix)", field=field)
-    if not np.all(np.isnan(apix) | (apix > 0)):
+    if not np.all(np.isnan(pixel_size_A) | (pixel_size_A > 0)):
         raise InputError(path, "pixel size must be positive", field="rlnDetectorPixelSize")
     df = df.drop(columns=[c for c in ("rlnDetectorPixelSize", "rlnMagnification",
                                       "rlnImagePixelSize") if c in df])
     for px, angst in zip(ORIGIN_PX, ORIGIN_A, strict=True):
         if px in df:
-            df.insert(df.columns.get_loc(px), angst, df.pop(px).to_numpy(float) * apix)
-    keys = pd.DataFrame({"rlnImagePixelSize": apix})
+            df.insert(df.columns.get_loc(px), angst, df.pop(px).to_numpy(float) * pixel_size_A)
+    keys = pd.DataFrame({"rlnImagePixelSize": pixel_size_A})
     for label in (*OPTICS_IN_30, "rlnMicrographPixelSize"):
         if label in df:
             keys[label] = df.pop(label).to_numpy(float)
@@ -141,17 +141,17 @@ def _from_modern(path: Path, blocks: dict) -> ParticleSet:
 def read_particles(
     path: str | Path,
     *,
-    angpix: float | None = None,
+    pixel_size_A: float | None = None,
     tomograms: str | Path | pd.DataFrame | None = None,
 ) -> ParticleSet:
     """Read a particle STAR file of any flavour.
 
-    ``angpix`` (Å) supplies or overrides the pixel size of RELION 3.0 files; ``tomograms`` is a
-    RELION 5 tomograms.star (or its table) for pixel ⇄ centred coordinate conversion.
+    ``pixel_size_A`` (Å) supplies or overrides the pixel size of RELION 3.0 files; ``tomograms`` is
+    a RELION 5 tomograms.star (or its table) for pixel ⇄ centred coordinate conversion.
     """
     path = Path(path)
-    if angpix is not None:
-        validate.positive(angpix, None, field="--angpix", unit="Å")
+    if pixel_size_A is not None:
+        validate.positive(pixel_size_A, None, field="--angpix", unit="Å")
     blocks = read_star(path)
     if "optics" in blocks and "particles" in blocks:
         ps = _from_modern(path, blocks)
@@ -160,13 +160,13 @@ def read_particles(
         if len(tables) != 1:
             raise InputError(path, "unrecognised layout: expected data_optics + data_particles "
                              "(RELION 3.1+) or a single particle table (RELION 3.0)")
-        ps = _from_relion30(path, tables[0], angpix)
+        ps = _from_relion30(path, tables[0], pixel_size_A)
     if len(ps.particles) == 0:
         raise InputError(path, "no particles: the particle table is empty",
                          field="data_particles")
     _check_triples(path, ps.particles)
-    if angpix is not None and ps.flavour not in ("relion30", "warp"):
-        ps.optics["rlnImagePixelSize"] = float(angpix)
+    if pixel_size_A is not None and ps.flavour not in ("relion30", "warp"):
+        ps.optics["rlnImagePixelSize"] = float(pixel_size_A)
     ps.particles = _as_int_columns(ps.particles)
     ps.optics = _as_int_columns(ps.optics)
     if tomograms is not None:
@@ -227,26 +227,27 @@ def _to_relion30(ps: ParticleSet, warp: bool) -> pd.DataFrame:
     if ps.has_centred_coordinates():
         ps._tomogram_geometry()  # raises the clear error
     df = ps.particles.copy()
-    apix = ps.pixel_size_A()
-    known = bool(np.all(np.isfinite(apix)))
+    pixel_size_A = ps.pixel_size_A()
+    known = bool(np.all(np.isfinite(pixel_size_A)))
     if not known and present(df, ORIGIN_A):
         raise InputError(ps.source, "shifts in Å need the image pixel size (pass --angpix)",
                          field="rlnImagePixelSize")
-    coord_apix = ps.coordinate_pixel_size_A()
+    coord_pixel_size_A = ps.coordinate_pixel_size_A()
     for angst, px in zip(ORIGIN_A, ORIGIN_PX, strict=True):
         if angst in df:
-            df.insert(df.columns.get_loc(angst), px, df.pop(angst).to_numpy(float) / apix)
+            df.insert(df.columns.get_loc(angst), px, df.pop(angst).to_numpy(float) / pixel_size_A)
     df = _micrograph_names_only(ps, df.drop(columns=[c for c in OPTICS_ONLY if c in df]))
-    if ps.has_pixel_coordinates() and not np.allclose(coord_apix, apix, equal_nan=True):
+    if ps.has_pixel_coordinates() and not np.allclose(coord_pixel_size_A, pixel_size_A,
+                                                      equal_nan=True):
         # 3.0 has no label for the tomogram pixel size; keep it so that nothing is lost
-        df["rlnMicrographPixelSize"] = coord_apix
+        df["rlnMicrographPixelSize"] = coord_pixel_size_A
     for label in OPTICS_IN_30:
         values = ps.optics_column(label)
         if not np.all(np.isnan(values)):
             df[label] = values
     if known:
         df["rlnMagnification"] = WARP_MAGNIFICATION
-        df["rlnDetectorPixelSize"] = apix * WARP_MAGNIFICATION / 1e4
+        df["rlnDetectorPixelSize"] = pixel_size_A * WARP_MAGNIFICATION / 1e4
     if warp:
         names = ps.particles.get("rlnMicrographName", ps.particles.get("rlnTomoName"))
         if names is None:
@@ -312,8 +313,9 @@ def _modern_optics(ps: ParticleSet, flavour: str) -> pd.DataFrame:
     optics = _image_optics(ps, ps.optics.copy())
     if flavour in ("relion4", "relion5"):
         if "rlnTomoTiltSeriesPixelSize" not in optics:
-            apix = ps.coordinate_pixel_size_A()
-            groups = pd.Series(apix).groupby(ps.particles["rlnOpticsGroup"].to_numpy()).first()
+            pixel_size_A = ps.coordinate_pixel_size_A()
+            groups = pd.Series(pixel_size_A).groupby(
+                ps.particles["rlnOpticsGroup"].to_numpy()).first()
             optics["rlnTomoTiltSeriesPixelSize"] = optics["rlnOpticsGroup"].map(groups)
         if "rlnTomoSubtomogramBinning" not in optics and "rlnImagePixelSize" in optics:
             optics["rlnTomoSubtomogramBinning"] = (optics["rlnImagePixelSize"]

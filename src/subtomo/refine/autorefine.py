@@ -348,14 +348,14 @@ def auto_refine(
     ps: ParticleSet, reference: torch.Tensor, out_dir: str | Path, *,
     options: RefineOptions | None = None, solvent_mask: torch.Tensor | None = None,
     reference_path: str | Path = "reference", mask_path: str | Path | None = None,
-    reference_apix: float = 0.0, **run: Unpack[JobRun],
+    reference_pixel_size_A: float = 0.0, **run: Unpack[JobRun],
 ) -> RefineResult:
     """Refine ``ps`` against ``reference`` into the job folder ``out_dir`` (RELION's layout);
     ``run``: device, ranks, ``continue_from`` (resume after the last finished iteration
     there) and the rest of :class:`subtomo.refine.job.JobRun`."""
     options = options or RefineOptions()
     started = time.perf_counter()
-    box, pixel_size = check_inputs(ps, reference, reference_apix, reference_path,
+    box, pixel_size = check_inputs(ps, reference, reference_pixel_size_A, reference_path,
                                    solvent_mask, mask_path, options)
     job, ps = Job.set_up(ps, out_dir, options, box, pixel_size, started, **run)
     if solvent_mask is not None:

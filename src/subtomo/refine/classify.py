@@ -326,7 +326,7 @@ def classify(
     ps: ParticleSet, reference: torch.Tensor, out_dir: str | Path, *,
     options: ClassifyOptions | None = None, mask: torch.Tensor | None = None,
     reference_path: str | Path = "reference", mask_path: str | Path | None = None,
-    reference_apix: float = 0.0, **run: Unpack[JobRun],
+    reference_pixel_size_A: float = 0.0, **run: Unpack[JobRun],
 ) -> ClassifyResult:
     """Classify ``ps`` into ``options.K`` classes starting from ``reference`` (job folder
     ``out_dir``); ``run``: device, ranks, ``continue_from`` (resume after the last finished
@@ -334,7 +334,7 @@ def classify(
     options = options or ClassifyOptions()
     check_options(options)
     started = time.perf_counter()
-    box, pixel_size = check_inputs(ps, reference, reference_apix, reference_path, mask,
+    box, pixel_size = check_inputs(ps, reference, reference_pixel_size_A, reference_path, mask,
                                    mask_path, options)
     job, ps = Job.set_up(ps, out_dir, options, box, pixel_size, started, **run)
     if mask is not None:

@@ -237,26 +237,27 @@ def run_job(job: Job[Opts], steps: JobSteps[Opts, S], ps: ParticleSet) -> S:
 # ---- the checks and helpers of every driver
 
 
-def check_inputs(ps: ParticleSet, reference: torch.Tensor, reference_apix: float,
+def check_inputs(ps: ParticleSet, reference: torch.Tensor, reference_pixel_size_A: float,
                  reference_path: str | Path, mask: torch.Tensor | None,
                  mask_path: str | Path | None, options: JobOptions) -> tuple[int, float]:
     """Box (px) and pixel size (Å) of the particles, after checking the reference and mask."""
     if len(ps) < 2:
         raise InputError(ps.source, "refinement needs at least two particles")
-    apix = ps.pixel_size_A()
-    if not np.all(np.isfinite(apix)):
+    pixel_size_A = ps.pixel_size_A()
+    if not np.all(np.isfinite(pixel_size_A)):
         raise InputError(ps.source, "particles have no pixel size", field="rlnImagePixelSize")
-    validate.positive(apix, ps.source, field="rlnImagePixelSize", what="pixel size", unit="Å",
+    validate.positive(pixel_size_A, ps.source, field="rlnImagePixelSize", what="pixel size",
+                      unit="Å",
                       rows=np.arange(1, len(ps) + 1))
-    pixel_size, box = float(apix[0]), image_box(ps)
+    pixel_size, box = float(pixel_size_A[0]), image_box(ps)
     validate.volume(reference, reference_path, what="reference")
     if mask is not None:
         validate.volume(mask, mask_path, what="mask")
     if tuple(reference.shape) != (box, box, box):
         raise InputError(reference_path, f"reference is {tuple(reference.shape)}, particles "
                          f"are {box}³", field="box size")
-    if reference_apix > 0 and abs(reference_apix - pixel_size) > 0.01 * pixel_size:
-        raise InputError(reference_path, f"reference pixel size {reference_apix:.3f} Å, "
+    if reference_pixel_size_A > 0 and abs(reference_pixel_size_A - pixel_size) > 0.01 * pixel_size:
+        raise InputError(reference_path, f"reference pixel size {reference_pixel_size_A:.3f} Å, "
                          f"particles {pixel_size:.3f} Å", field="pixel size")
     if mask is not None:
         if tuple(mask.shape) != (box, box, box):

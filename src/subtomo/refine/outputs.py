@@ -203,9 +203,9 @@ def write_class_iteration(out: Path, iteration: int, ps: ParticleSet,
         name = f"{stem.name}_class{k:03d}.mrc"
         write_mrc(out / name, recon.map, recon.pixel_size_A)
         names.append(name)
-    apix = recons[0].pixel_size_A
+    pixel_size_A = recons[0].pixel_size_A
     write_model(Path(f"{stem}_model.star"), recons, names, distribution.tolist(), sigma2, ps,
-                settings.step_deg / 2, settings.offset_step_px / 2 * apix, tau2_fudge)
+                settings.step_deg / 2, settings.offset_step_px / 2 * pixel_size_A, tau2_fudge)
     write_sampling(Path(f"{stem}_sampling.star"), settings)
 
 

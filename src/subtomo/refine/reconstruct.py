@@ -158,14 +158,15 @@ def reconstruct(
         symmetry_operators(sym)
     except ValueError as exc:
         raise InputError(None, str(exc), field="--sym") from None
-    apix = ps.pixel_size_A()
+    pixel_size_A = ps.pixel_size_A()
     if len(ps) == 0:
         raise InputError(ps.source, "no particles selected")
-    if not np.all(np.isfinite(apix)):
+    if not np.all(np.isfinite(pixel_size_A)):
         raise InputError(ps.source, "particles have no pixel size", field="rlnImagePixelSize")
-    validate.positive(apix, ps.source, field="rlnImagePixelSize", what="pixel size", unit="Å",
+    validate.positive(pixel_size_A, ps.source, field="rlnImagePixelSize", what="pixel size",
+                      unit="Å",
                       rows=np.arange(1, len(ps) + 1))
-    pixel_size = float(apix[0])
+    pixel_size = float(pixel_size_A[0])
     box = image_box(ps)
     validate.positive(box, ps.source, field="rlnImageSize", what="box size", unit="px")
     split = half_sets(ps, seed)

@@ -173,14 +173,14 @@ def simulate_subtomograms(out_dir: str | Path, config: SimulationConfig,
     check_config(config)
     gen = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    n, box, apix = config.n, config.box_px, config.pixel_size_A
+    n, box, pixel_size_A = config.n, config.box_px, config.pixel_size_A
     base = build_structure(config)
     scheme = tilt_scheme(config)
     (out / "Subtomograms").mkdir(parents=True, exist_ok=True)
 
     true_angles = random_rotations(n, gen)
     true_shift_A = torch.randn(n, 3, generator=gen, dtype=torch.float64) * (
-        config.shift_sd_px * apix)
+        config.shift_sd_px * pixel_size_A)
     classes = torch.randint(1, max(config.classes, 1) + 1, (n,), generator=gen)
     hinge = torch.rand(n, generator=gen, dtype=torch.float64) * config.hinge_max_deg
     defocus_A = torch.empty(n, dtype=torch.float64).uniform_(
@@ -190,10 +190,10 @@ def simulate_subtomograms(out_dir: str | Path, config: SimulationConfig,
     truth_maps = []
     for k in range(1, max(config.classes, 1) + 1):
         variant = class_variant(base, k)
-        density = render_atoms(variant.positions_A[None], variant.amplitudes, box, apix,
+        density = render_atoms(variant.positions_A[None], variant.amplitudes, box, pixel_size_A,
                                config.sigma_A)[0]
         path = out / f"truth_class{k:03d}.mrc"
-        write_mrc(path, density, apix)
+        write_mrc(path, density, pixel_size_A)
         truth_maps.append(path)
 
     names = [f"Subtomograms/particle_{i + 1:06d}.mrc" for i in range(n)]
@@ -210,11 +210,11 @@ def simulate_subtomograms(out_dir: str | Path, config: SimulationConfig,
             if config.hinge_max_deg > 0:
                 variant = variant.hinged(float(hinge[i]))
             positions = rotated_positions(variant, true_angles[i:i + 1]) - true_shift_A[i]
-            volume = render_atoms(positions, variant.amplitudes, box, apix, config.sigma_A,
+            volume = render_atoms(positions, variant.amplitudes, box, pixel_size_A, config.sigma_A,
                                   device=device)[0]
             volumes.append(volume if junk[i] != 1 else torch.zeros_like(volume))
         density = torch.stack(volumes)
-        weights, sampling = ctf_volume(box, apix, scheme, defocus_A[idx].to(torch.float32),
+        weights, sampling = ctf_volume(box, pixel_size_A, scheme, defocus_A[idx].to(torch.float32),
                                        device=device)
         spectrum = centred_rfft(density) * weights
         if config.noise_sigma > 0:
@@ -223,12 +223,12 @@ def simulate_subtomograms(out_dir: str | Path, config: SimulationConfig,
             spectrum = spectrum + centred_rfft(noise.to(device)) * sampling
         subtomograms = centred_irfft(spectrum, box)
         for j, i in enumerate(idx):
-            write_mrc(out / names[i], subtomograms[j], apix)
-            write_ctf_volume(out / ctf_names[i], weights[j], apix, layout="relion")
+            write_mrc(out / names[i], subtomograms[j], pixel_size_A)
+            write_ctf_volume(out / ctf_names[i], weights[j], pixel_size_A, layout="relion")
 
     start_angles = perturb_rotations(true_angles, config.angle_error_deg, gen)
     start_shift_A = true_shift_A + torch.randn(n, 3, generator=gen, dtype=torch.float64) * (
-        config.shift_error_px * apix / np.sqrt(3))
+        config.shift_error_px * pixel_size_A / np.sqrt(3))
 
     def particle_set(angles: torch.Tensor, origins_A: torch.Tensor, truth: bool) -> ParticleSet:
         df = pd.DataFrame({
@@ -253,7 +253,7 @@ def simulate_subtomograms(out_dir: str | Path, config: SimulationConfig,
         optics = pd.DataFrame({
             "rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
             "rlnVoltage": [300.0], "rlnSphericalAberration": [2.7],
-            "rlnAmplitudeContrast": [0.07], "rlnImagePixelSize": [apix],
+            "rlnAmplitudeContrast": [0.07], "rlnImagePixelSize": [pixel_size_A],
             "rlnImageSize": [box], "rlnImageDimensionality": [3]})
         return ParticleSet(particles=df, optics=optics, flavour=config.flavour, source=str(out))
 

@@ -251,13 +251,13 @@ def _render_series(ts: TiltSeries, structures: list[Structure], angles: torch.Te
     """The noisy tilt images ``(T, H, W)`` of one tilt series."""
     w, h = ts.image_size_px
     t = ts.n_tilts
-    apix = ts.pixel_size_A
+    pixel_size_A = ts.pixel_size_A
     mats = ts.matrices()
     lam = electron_wavelength_A(config.voltage_kv)
-    delocalisation = lam * config.defocus_um[1] * 1e4 / (2 * apix * apix)
+    delocalisation = lam * config.defocus_um[1] * 1e4 / (2 * pixel_size_A * pixel_size_A)
     size = config.box_px + 2 * (int(math.ceil(delocalisation)) + 6)
     images = torch.zeros(t * h * w, dtype=torch.float64)
-    freqs = frequencies_2d(size, apix)  # (S, S // 2 + 1, 2) (x, y), 1/Å
+    freqs = frequencies_2d(size, pixel_size_A)  # (S, S // 2 + 1, 2) (x, y), 1/Å
     dose = dose_filter(freqs.norm(dim=-1), torch.as_tensor(ts.pre_exposure)[:, None, None])
     trajectories = positions_px[:, None] + motion_px  # (N, T, 3)
     u, v, angle = ts.defocus_at(trajectories, mats)
@@ -267,12 +267,12 @@ def _render_series(ts: TiltSeries, structures: list[Structure], angles: torch.Te
     for i in tqdm(range(len(structures)), desc=f"rendering {ts.name}",
                   disable=None if progress else True, unit="particle"):
         atoms = trajectories[i][None] + (structures[i].positions_A @ rotations[i].T)[:, None] / (
-            apix)  # (M, T, 3): each tilt with the particle's position in it
+            pixel_size_A)  # (M, T, 3): each tilt with the particle's position in it
         xy = project_points(mats, atoms)[..., :2].transpose(0, 1)  # (T, M, 2)
         xy = xy + image_deformation(deformation[:, None], xy, (w, h))
         origin = torch.round(centre[i]) - size // 2  # (T, 2) patch corner (px)
         patch = render_projected_atoms(xy - origin[:, None], structures[i].amplitudes, size,
-                                       config.sigma_A / apix)
+                                       config.sigma_A / pixel_size_A)
         ctf = ctf_2d(freqs, u[i, :, None, None], v[i, :, None, None], angle[i, :, None, None],
                      config.voltage_kv, config.cs_mm, config.amplitude_contrast)
         patch = -torch.fft.irfft2(torch.fft.rfft2(patch) * ctf * dose, s=(size, size))
@@ -352,14 +352,14 @@ def simulate_tiltseries(out_dir: str | Path, config: TiltSeriesConfig, progress:
 
 def _write_truth_maps(base: Structure, config: TiltSeriesConfig, out: Path) -> list[Path]:
     """``truth/classNNN.mrc``: the map of each class (rendered on the particle box)."""
-    apix = config.pixel_size_A
+    pixel_size_A = config.pixel_size_A
     truth_maps = []
     for k in range(1, max(config.classes, 1) + 1):
         variant = class_variant(base, k)
         density = render_atoms(variant.positions_A[None], variant.amplitudes, config.box_px,
-                               apix, config.sigma_A)[0]
+                               pixel_size_A, config.sigma_A)[0]
         truth_maps.append(out / "truth" / f"class{k:03d}.mrc")
-        write_mrc(truth_maps[-1], density, apix)
+        write_mrc(truth_maps[-1], density, pixel_size_A)
     return truth_maps
 
 
@@ -398,7 +398,7 @@ def _simulate_series(index: int, base: Structure, config: TiltSeriesConfig, out:
     """Tilt series ``index``: tilts, particles (placed, rotated, of a class and hinge angle),
     motion and deformations drawn in this order, the images rendered and written
     (``tilt_series/TS_NN.mrcs``), then the per-tilt errors of the geometry given."""
-    apix = config.pixel_size_A
+    pixel_size_A = config.pixel_size_A
     w, h = config.image_size_px
     size = (w, h, config.thickness_px)
     name = f"TS_{index + 1:02d}"
@@ -421,15 +421,15 @@ def _simulate_series(index: int, base: Structure, config: TiltSeriesConfig, out:
                                   config.deformation_model, config.deformation_per_tilt)
     images = _render_series(truth, structures, angles, positions, shifts, deform, config,
                             gen, progress)
-    write_mrc(stack, images, apix, stack=True)
+    write_mrc(stack, images, pixel_size_A, stack=True)
 
     t = truth.n_tilts
     errors = [torch.randn(t, generator=gen, dtype=torch.float64) * config.angle_error_deg
               for _ in range(3)]
     errors += [torch.randn(t, generator=gen, dtype=torch.float64) * config.shift_error_px
-               * apix for _ in range(2)]
+               * pixel_size_A for _ in range(2)]
     given = truth.with_dof(*(p + e for p, e in zip(truth.dof(), errors, strict=True)))
-    motion_A = (shifts * apix).numpy()
+    motion_A = (shifts * pixel_size_A).numpy()
     return _Series(truth, given, positions.numpy(), angles.numpy(), classes.numpy(),
                    hinge.numpy(), {f"{name}/{i + 1}": motion_A[i] for i in range(n)},
                    deform.numpy())

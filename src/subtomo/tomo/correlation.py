@@ -174,10 +174,10 @@ def correlation_maps(
     device = prepared.images.device
     n, t = positions_px.shape[:2]
     mats = ts.matrices(device=device) if matrices is None else matrices.to(device)
-    apix = refs.pixel_size_A
+    pixel_size_A = refs.pixel_size_A
 
     def crops_of(rows):
-        return particle_crops(ts, prepared, positions_px[rows].to(device), box, apix,
+        return particle_crops(ts, prepared, positions_px[rows].to(device), box, pixel_size_A,
                               matrices=mats)
 
     batches = [np.arange(start, min(n, start + batch_size)) for start in range(0, n, batch_size)]

@@ -101,7 +101,7 @@ class SliceGather:
     :class:`subtomo.ctf.volume.CtfGridder` of the same pairs.
 
     ``frames``: ``(T, 3, 3)`` tilt rotations; ``pixel_size_A``: voxel size of the 3D box;
-    ``crop_pixel_A``: pixel size (x, y) of the crops; ``padded``: crop spectrum size ``P``;
+    ``crop_pixel_size_A``: pixel size (x, y) of the crops; ``padded``: crop spectrum size ``P``;
     ``pre_exposure`` (e/Å², per tilt) and the optics for the CTF volumes.
 
     For an even box the centring of the subtomogram (``fftshift`` after the inverse FFT) is
@@ -110,7 +110,7 @@ class SliceGather:
     """
 
     def __init__(self, box: int, pixel_size_A: float, frames: Tensor,
-                 crop_pixel_A: tuple[float, float], padded: int, pre_exposure: Tensor, *,
+                 crop_pixel_size_A: tuple[float, float], padded: int, pre_exposure: Tensor, *,
                  voltage_kv: float, cs_mm: float, amplitude_contrast: float) -> None:
         device = frames.device
         pairs = tilt_pairs(box, pixel_size_A, frames.to(torch.float64))
@@ -118,8 +118,8 @@ class SliceGather:
         p = TiltPairs(box, *(x[inside] for x in (pairs.t, pairs.v, pairs.tent, pairs.kx,
                                                  pairs.ky)), pairs.tent_sum)
         half = padded // 2 + 1
-        gx = p.kx * (padded * crop_pixel_A[0])
-        gy = p.ky * (padded * crop_pixel_A[1])
+        gx = p.kx * (padded * crop_pixel_size_A[0])
+        gy = p.ky * (padded * crop_pixel_size_A[1])
         mirror = gx < 0
         sign = torch.where(mirror, -1.0, 1.0).to(torch.float64)
         gx, gy = gx * sign, gy * sign
@@ -215,24 +215,24 @@ def _recentred(ps: ParticleSet) -> ParticleSet:
         for i, label in enumerate(COORD_CENTRED_A):
             df[label] = df[label].to_numpy(float) - shifts[:, i]
     else:
-        apix = ps.coordinate_pixel_size_A()
+        pixel_size_A = ps.coordinate_pixel_size_A()
         for i, label in enumerate(COORD_PX):
-            df[label] = df[label].to_numpy(float) - shifts[:, i] / apix
+            df[label] = df[label].to_numpy(float) - shifts[:, i] / pixel_size_A
     for label in ORIGIN_A:
         df[label] = 0.0
     return replace(ps, particles=df)
 
 
 def _write_subtomograms(files: list[tuple[Path, Path, int]], volumes: np.ndarray,
-                        weights: np.ndarray, apix: float, layout: str) -> None:
+                        weights: np.ndarray, pixel_size_A: float, layout: str) -> None:
     for data_path, ctf_path, j in files:
-        write_mrc(data_path, volumes[j], apix)
-        write_ctf_volume(ctf_path, weights[j], apix, layout=layout)
+        write_mrc(data_path, volumes[j], pixel_size_A)
+        write_ctf_volume(ctf_path, weights[j], pixel_size_A, layout=layout)
 
 
-def _write_stack_files(stacks: list[tuple[Path, np.ndarray]], apix: float) -> None:
+def _write_stack_files(stacks: list[tuple[Path, np.ndarray]], pixel_size_A: float) -> None:
     for path, images in stacks:
-        write_mrc(path, images, apix, stack=True)
+        write_mrc(path, images, pixel_size_A, stack=True)
 
 
 @undone_on_input_error("out_dir")
@@ -242,22 +242,23 @@ def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir
     """Write ``Subtomograms/<tomogram>/<n>_data.mrc`` + ``_ctf.mrc`` (or ``_stack2d.mrcs``) and
     ``particles.star`` into ``out_dir``; returns the particle set written."""
     o = options
-    crop, apix, first_apix = _checked(o, particles, tomograms)
+    crop, pixel_size_A, first_pixel_size_A = _checked(o, particles, tomograms)
     out = Path(out_dir)
     folder = out / "Subtomograms"
-    files = _BatchFiles(o, crop, apix, _particle_names(particles), folder,
+    files = _BatchFiles(o, crop, pixel_size_A, _particle_names(particles), folder,
                         project_path(folder), len(particles))
     with BackgroundWriter() as writer:
-        for_each_batch(particles, tomograms, files.size2d, apix,
+        for_each_batch(particles, tomograms, files.size2d, pixel_size_A,
                        lambda batch: files.write(batch, writer), motion=motion,
                        tilts=lambda ts: select_tilts(ts, o.max_dose, o.max_tilts),
                        ctf=o.stacks_2d, apply_origins=o.recenter, batch_size=o.batch_size,
                        device=o.device, progress=progress, desc="extracting")
-    result, done = _written_set(particles, tomograms, o, files, crop, apix, first_apix)
+    result, done = _written_set(particles, tomograms, o, files, crop, pixel_size_A,
+                                first_pixel_size_A)
     star = out / "particles.star"
     write_particles(result, star, o.flavour)
     result.source = str(star)
-    return ExtractResult(result, star, int(done.sum()), int((~done).sum()), apix)
+    return ExtractResult(result, star, int(done.sum()), int((~done).sum()), pixel_size_A)
 
 
 def _checked(o: ExtractOptions, particles: ParticleSet, tomograms: TomogramSet
@@ -278,19 +279,19 @@ def _checked(o: ExtractOptions, particles: ParticleSet, tomograms: TomogramSet
     if names is None or len(particles) == 0:
         raise InputError(particles.source, "no particles with tomogram names", field="rlnTomoName")
     first = tomograms[str(names.iloc[0])]
-    apix = float(o.pixel_size_A or first.pixel_size_A)
-    if apix <= 0:
+    pixel_size_A = float(o.pixel_size_A or first.pixel_size_A)
+    if pixel_size_A <= 0:
         raise InputError(None, "pixel size must be positive", field="--angpix")
-    return crop, apix, first.pixel_size_A
+    return crop, pixel_size_A, first.pixel_size_A
 
 
 class _BatchFiles:
     """Writes the files of each batch of crops (on the background writer) and records the
     names the STAR file gives them (None: the particle is seen in no tilt)."""
 
-    def __init__(self, o: ExtractOptions, crop: int, apix: float, labels: list[str],
+    def __init__(self, o: ExtractOptions, crop: int, pixel_size_A: float, labels: list[str],
                  folder: Path, named: str, n: int) -> None:
-        self.o, self.crop, self.apix, self.labels = o, crop, apix, labels
+        self.o, self.crop, self.pixel_size_A, self.labels = o, crop, pixel_size_A, labels
         self.folder, self.named = folder, named  # named: how the STAR file names the folder
         self.image_names: list[str | None] = [None] * n
         self.ctf_names: list[str | None] = [None] * n
@@ -328,7 +329,7 @@ class _BatchFiles:
                           j))
             self.image_names[row] = f"{named}/{labels[row]}_data.mrc"
             self.ctf_names[row] = f"{named}/{labels[row]}_ctf.mrc"
-        writer.submit(_write_subtomograms, files, volumes, weights, self.apix, o.ctf_layout)
+        writer.submit(_write_subtomograms, files, volumes, weights, self.pixel_size_A, o.ctf_layout)
 
     def _gather(self, batch: CropBatch) -> SliceGather:
         """The gather operator of the batch's tilt series (one kept at a time)."""
@@ -336,7 +337,8 @@ class _BatchFiles:
         if ts.name not in self.gathers:
             self.gathers.clear()
             self.gathers[ts.name] = SliceGather(
-                self.crop, self.apix, batch.rotations, batch.prepared.pixel_size_A, self.padded,
+                self.crop, self.pixel_size_A, batch.rotations, batch.prepared.pixel_size_A,
+                self.padded,
                 torch.as_tensor(ts.pre_exposure).float(), voltage_kv=ts.voltage_kv,
                 cs_mm=ts.cs_mm, amplitude_contrast=ts.amplitude_contrast)
         return self.gathers[ts.name]
@@ -357,11 +359,11 @@ class _BatchFiles:
             stacks.append((folder / f"{labels[row]}_stack2d.mrcs", images[j][vis].cpu().numpy()))
             self.image_names[row] = f"{named}/{labels[row]}_stack2d.mrcs"
             self.visible_frames[row] = "[" + ",".join(str(int(b)) for b in vis.tolist()) + "]"
-        writer.submit(_write_stack_files, stacks, self.apix)
+        writer.submit(_write_stack_files, stacks, self.pixel_size_A)
 
 
 def _written_set(particles: ParticleSet, tomograms: TomogramSet, o: ExtractOptions,
-                 files: _BatchFiles, crop: int, apix: float, first_apix: float
+                 files: _BatchFiles, crop: int, pixel_size_A: float, first_pixel_size_A: float
                  ) -> tuple[ParticleSet, np.ndarray]:
     """The particle set of what was written (particles seen in no tilt left out; recentred
     with ``--recenter``) with its optics, and which input rows it keeps."""
@@ -377,10 +379,10 @@ def _written_set(particles: ParticleSet, tomograms: TomogramSet, o: ExtractOptio
         df["rlnTomoParticleName"] = files.labels
     df = df.loc[done].reset_index(drop=True)
     optics = ps.optics.copy()
-    optics["rlnImagePixelSize"] = apix
+    optics["rlnImagePixelSize"] = pixel_size_A
     optics["rlnImageSize"] = crop
     optics["rlnImageDimensionality"] = 2 if o.stacks_2d else 3
-    optics["rlnTomoSubtomogramBinning"] = apix / first_apix
+    optics["rlnTomoSubtomogramBinning"] = pixel_size_A / first_pixel_size_A
     optics["rlnCtfDataAreCtfPremultiplied"] = int(o.stacks_2d)
     general = {"rlnTomoSubTomosAre2DStacks": int(o.stacks_2d)}
     result = replace(ps, particles=df, optics=optics, general=general,

@@ -101,10 +101,10 @@ def _coordinates(path: Path) -> np.ndarray:
 
 def _output_pixel_size(first_A: float, pixel_size_A: float | None,
                        binning: float | None) -> float:
-    apix = pixel_size_A or (binning or 1.0) * first_A
-    if not apix > 0:
+    out_pixel_size_A = pixel_size_A or (binning or 1.0) * first_A
+    if not out_pixel_size_A > 0:
         raise InputError(None, "the output pixel size must be positive", field="--angpix")
-    return float(apix)
+    return float(out_pixel_size_A)
 
 
 def _cut_size(path: Path, box: int, out_A: float, tomo_A: float) -> int:
@@ -226,16 +226,16 @@ def _planned(star: Path, table: pd.DataFrame, box: int, optics: dict,
         if not path.is_file():
             raise InputError(star, f"tomogram {name!r} not found", field="rlnMicrographName")
         shape, voxel = read_mrc_header(path)  # a truncated file is refused here
-        apix = tomo_pixel_size_A or voxel
-        if not apix > 0:
+        tomogram_pixel_size_A = tomo_pixel_size_A or voxel
+        if not tomogram_pixel_size_A > 0:
             raise InputError(path, "no pixel size in the header: give --tomo_angpix",
                              field="--tomo_angpix")
-        out_A = out_A or _output_pixel_size(apix, pixel_size_A, binning)
-        ts = imod_tilt_series(path, shape, apix, defocus_name, hand, optics)
+        out_A = out_A or _output_pixel_size(tomogram_pixel_size_A, pixel_size_A, binning)
+        ts = imod_tilt_series(path, shape, tomogram_pixel_size_A, defocus_name, hand, optics)
         if not select_tilts(ts, max_dose, max_tilts).any():
             raise InputError(path, "--max_dose / --max_tilts leave no tilt", field="--max_dose")
         coords = _coordinates(path.parent / f"{path.stem}{coord_suffix}")
-        jobs.append(_Tomogram(path, ts, coords, _cut_size(path, box, out_A, apix)))
+        jobs.append(_Tomogram(path, ts, coords, _cut_size(path, box, out_A, tomogram_pixel_size_A)))
     return jobs, out_A
 
 
@@ -305,13 +305,13 @@ def _boxes(data: np.ndarray, path: Path, corners: np.ndarray, numbers: np.ndarra
     return torch.stack(boxes).to(device)
 
 
-def _write(out: Path, job: _Tomogram, i: int, volume: Tensor, weights: Tensor, apix: float,
+def _write(out: Path, job: _Tomogram, i: int, volume: Tensor, weights: Tensor, pixel_size_A: float,
            layout: str) -> dict:
     """Write particle ``i`` (0-based) of ``job``; its row of the particle table."""
     name, c = job.ts.name, job.coords[i]
     stem = out / "Subtomograms" / name / f"{i + 1}"
-    write_mrc(f"{stem}_data.mrc", volume, apix)
-    write_ctf_volume(f"{stem}_ctf.mrc", weights, apix, layout=layout)
+    write_mrc(f"{stem}_data.mrc", volume, pixel_size_A)
+    write_ctf_volume(f"{stem}_ctf.mrc", weights, pixel_size_A, layout=layout)
     return {"rlnTomoName": name, "rlnTomoParticleName": f"{name}/{i + 1}",
             "rlnMicrographName": project_path(job.path),
             "rlnCoordinateX": c[0], "rlnCoordinateY": c[1], "rlnCoordinateZ": c[2],

@@ -92,9 +92,9 @@ def from_imod(al: imod.ImodAlignment, n_stack: int, stack: Path) -> StackAlignme
     check_count(Path(al.source), "views", al.n_views, n_stack, stack, "A11")
     images = np.arange(n_stack)
 
-    def to_relion(apix: float, size: tuple[int, int, int], image_size: tuple[int, int],
+    def to_relion(pixel_size_A: float, size: tuple[int, int, int], image_size: tuple[int, int],
                   notes: list[str]) -> RelionParameters:
-        params = tilt_imod.imod_to_relion(al, apix, size, image_size)
+        params = tilt_imod.imod_to_relion(al, pixel_size_A, size, image_size)
         if params.distortion_px > 0.1:
             notes.append(f"{al.source}: magnification/skew in the .xf is not representable "
                          f"(up to {params.distortion_px:.2f} px at the image corners); "
@@ -121,7 +121,8 @@ def from_aretomo(aln: aretomo.AlnFile, path: Path, n_stack: int, stack: Path,
     stack_angles = np.full(n_stack, np.nan)  # NaN for dark frames
     stack_angles[aln.sections] = aln.tilt_deg
     return StackAlignment(aln.sections, stack_angles, aln.tilt_deg, aln.thickness_px,
-                          lambda apix, size, image_size, notes: aretomo.aln_to_relion(aln, apix))
+                          lambda pixel_size_A, size, image_size, notes: aretomo.aln_to_relion(aln,
+                                                                                              pixel_size_A))
 
 
 def from_warp(warp: warp_xml.WarpTiltSeries, path: Path, n_stack: int, stack: Path,
@@ -149,8 +150,8 @@ def from_warp(warp: warp_xml.WarpTiltSeries, path: Path, n_stack: int, stack: Pa
     voltage = (lambda: float(warp.ctf["Voltage"])) if "Voltage" in warp.ctf else None
     return StackAlignment(
         images, warp.angles_deg[stack_tilts], warp.angles_deg[rows],
-        to_relion=lambda apix, size, image_size, notes: warp_xml.warp_to_relion(
-            warp, apix, size, image_size, rows),
+        to_relion=lambda pixel_size_A, size, image_size, notes: warp_xml.warp_to_relion(
+            warp, pixel_size_A, size, image_size, rows),
         pre_exposure=warp.dose[rows],
         ctf=(d + delta / 2, d - delta / 2, warp.defocus_angle_deg[rows], phase),
         voltage_kv=voltage, hand=warp.hand)

@@ -103,38 +103,38 @@ def _agree(values: list[tuple[str, str, float]]) -> float | None:
     return ref
 
 
-def _warp_pixel_size(apix: float | None, warp: warp_xml.WarpTiltSeries, src: Sources,
+def _warp_pixel_size(pixel_size_A: float | None, warp: warp_xml.WarpTiltSeries, src: Sources,
                      notes: list[str]) -> float | None:
     """The stack's pixel size against the Warp XML's ``CTF/PixelSize`` (the pixel size Warp
     fitted the CTF at, usually the movies'; ``ts_stack --angpix`` bins the stack): the stack's
-    (or ``--angpix``) wins and the binning ``apix / CTF/PixelSize`` is noted; the XML's only
+    (or ``--angpix``) wins and the binning ``pixel_size_A / CTF/PixelSize`` is noted; the XML's only
     where neither the stack nor ``--angpix`` gives one. Warp's shifts are in Å either way."""
-    xml_apix = warp.pixel_size_A
-    if xml_apix is None or not xml_apix > 0:
-        return apix
-    if apix is None:
-        notes.append(f"{src.stack}: no pixel size in the header; using {xml_apix:g} Å from "
+    xml_pixel_size_A = warp.pixel_size_A
+    if xml_pixel_size_A is None or not xml_pixel_size_A > 0:
+        return pixel_size_A
+    if pixel_size_A is None:
+        notes.append(f"{src.stack}: no pixel size in the header; using {xml_pixel_size_A:g} Å from "
                      f"{src.warp_xml} (CTF/PixelSize): give --angpix if the stack is binned")
-        return xml_apix
-    binning = apix / xml_apix
+        return xml_pixel_size_A
+    binning = pixel_size_A / xml_pixel_size_A
     if abs(binning - 1.0) > PIXEL_TOLERANCE:
         shown = f"{round(binning)}" if abs(binning - round(binning)) < PIXEL_TOLERANCE \
             else f"{binning:.4g}"
-        notes.append(f"stack {apix:g} Å/px, Warp XML CTF/PixelSize {xml_apix:g} Å: binning "
-                     f"{shown} inferred (ts_stack --angpix); Warp's shifts and axis offsets "
-                     f"(Å) converted at {apix:g} Å/px")
-    return apix
+        notes.append(f"stack {pixel_size_A:g} Å/px, Warp XML CTF/PixelSize {xml_pixel_size_A:g} Å: "
+                     f"binning {shown} inferred (ts_stack --angpix); Warp's shifts and "
+                     f"axis offsets (Å) converted at {pixel_size_A:g} Å/px")
+    return pixel_size_A
 
 
 def import_tilt_series(src: Sources, optics: Optics) -> Imported:
     """One tilt series from its files (see the module docstring): each alignment format's
     adapter (:mod:`subtomo.tomo.import_formats`), then the merge, one quantity at a time."""
     notes: list[str] = []
-    n_stack, width, height, header_apix = _stack_header(src.stack)
+    n_stack, width, height, header_pixel_size_A = _stack_header(src.stack)
     mdoc: MdocTiltSeries | None = read_mdoc(src.mdoc) if src.mdoc else None
     warp, aln, imod_alignment = import_formats.read_alignment_files(
         src.imod, src.tilt_com, src.aln, src.warp_xml, notes)
-    apix = _pixel_size(src, optics, mdoc, header_apix, warp, notes)
+    pixel_size_A = _pixel_size(src, optics, mdoc, header_pixel_size_A, warp, notes)
     if mdoc is not None:
         import_formats.check_count(src.mdoc, "ZValue sections", mdoc.n_tilts, n_stack, src.stack,
                             "ZValue")
@@ -158,7 +158,7 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
     if axis is None and mdoc is not None:
         axis = mdoc.tilt_axis_deg
     size = _tomogram_size(src, optics, alignment, width, height)
-    params = _geometry(src, alignment, apix, size, (width, height), nominal, axis, notes)
+    params = _geometry(src, alignment, pixel_size_A, size, (width, height), nominal, axis, notes)
     if axis is None:
         axis = float(np.median(params.zrot))
     pre, dose_per_tilt = _exposure(src, optics, alignment, mdoc, mdoc_of, nominal, notes)
@@ -190,8 +190,9 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
         "rlnTomoName": src.name,
         "rlnVoltage": float(voltage), "rlnSphericalAberration": float(optics.cs_mm),
         "rlnAmplitudeContrast": float(optics.amplitude_contrast),
-        "rlnMicrographOriginalPixelSize": apix, "rlnTomoHand": float(hand),
-        "rlnTomoTiltSeriesPixelSize": apix, "rlnTomoSizeX": size[0], "rlnTomoSizeY": size[1],
+        "rlnMicrographOriginalPixelSize": pixel_size_A, "rlnTomoHand": float(hand),
+        "rlnTomoTiltSeriesPixelSize": pixel_size_A, "rlnTomoSizeX": size[0],
+        "rlnTomoSizeY": size[1],
         "rlnTomoSizeZ": size[2], "rlnTomoImportFractionalDose": float(dose_per_tilt),
         "rlnOpticsGroupName": "opticsGroup1",
     }
@@ -202,7 +203,8 @@ def import_tilt_series(src: Sources, optics: Optics) -> Imported:
     return Imported(ts, notes)
 
 
-def _pixel_size(src: Sources, optics: Optics, mdoc: MdocTiltSeries | None, header_apix: float,
+def _pixel_size(src: Sources, optics: Optics, mdoc: MdocTiltSeries | None,
+                header_pixel_size_A: float,
                 warp: warp_xml.WarpTiltSeries | None, notes: list[str]) -> float:
     """``--angpix``, the mdoc's ``PixelSpacing`` and the stack header's (1 Å: unset), which
     must agree; then the Warp XML's (see :func:`_warp_pixel_size`)."""
@@ -211,14 +213,14 @@ def _pixel_size(src: Sources, optics: Optics, mdoc: MdocTiltSeries | None, heade
         candidates.append(("--angpix", "--angpix", optics.pixel_size_A))
     if mdoc is not None and mdoc.pixel_size_A is not None:
         candidates.append((src.mdoc, "PixelSpacing", mdoc.pixel_size_A))
-    if header_apix > 0 and abs(header_apix - 1.0) > 1e-6:
-        candidates.append((src.stack, "voxel size (MRC header)", header_apix))
-    apix = _agree(candidates)
+    if header_pixel_size_A > 0 and abs(header_pixel_size_A - 1.0) > 1e-6:
+        candidates.append((src.stack, "voxel size (MRC header)", header_pixel_size_A))
+    pixel_size_A = _agree(candidates)
     if warp is not None:
-        apix = _warp_pixel_size(apix, warp, src, notes)
-    if apix is None or not apix > 0:
+        pixel_size_A = _warp_pixel_size(pixel_size_A, warp, src, notes)
+    if pixel_size_A is None or not pixel_size_A > 0:
         raise InputError(src.stack, "no pixel size in the files; give --angpix", field="--angpix")
-    return apix
+    return pixel_size_A
 
 
 def _nominal_angles(src: Sources, mdoc: MdocTiltSeries | None,
@@ -258,13 +260,13 @@ def _tomogram_size(src: Sources, optics: Optics, alignment: import_formats.Stack
     return size
 
 
-def _geometry(src: Sources, alignment: import_formats.StackAlignment, apix: float,
+def _geometry(src: Sources, alignment: import_formats.StackAlignment, pixel_size_A: float,
               size: tuple[int, int, int], image_size: tuple[int, int], nominal: np.ndarray,
               axis: float | None, notes: list[str]) -> RelionParameters:
     """The alignment's five parameters per tilt; without one, the nominal angles about the
     tilt axis with zero shifts."""
     if alignment.to_relion is not None:
-        return alignment.to_relion(apix, size, image_size, notes)
+        return alignment.to_relion(pixel_size_A, size, image_size, notes)
     if axis is None:
         raise InputError(src.stack, "no alignment and no tilt-axis angle: give --imod, "
                          "--aln, --warp_xml or --tilt_axis", field="--tilt_axis")

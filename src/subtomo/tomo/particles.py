@@ -53,12 +53,13 @@ def with_tomograms(ps: ParticleSet, tomograms: TomogramSet) -> ParticleSet:
             raise InputError(ps.source, f"particle names tomogram {name!r}, which is not in "
                              f"{tomograms.source}", field="rlnTomoName")
     if "rlnTomoTiltSeriesPixelSize" in ps.optics:
-        apix = ps.optics_column("rlnTomoTiltSeriesPixelSize")
+        pixel_size_A = ps.optics_column("rlnTomoTiltSeriesPixelSize")
         expected = np.array([tomograms[n].pixel_size_A for n in names])
-        bad = np.flatnonzero(np.abs(apix - expected) > 1e-3 * expected)
+        bad = np.flatnonzero(np.abs(pixel_size_A - expected) > 1e-3 * expected)
         if len(bad):
             i = int(bad[0])
-            raise InputError(ps.source, f"tilt-series pixel size {apix[i]} Å disagrees with "
+            raise InputError(ps.source,
+                             f"tilt-series pixel size {pixel_size_A[i]} Å disagrees with "
                              f"{expected[i]} Å of tomogram {names.iloc[i]} in "
                              f"{tomograms.source}", field="rlnTomoTiltSeriesPixelSize")
     ps.tomograms = tomograms.global_table()
@@ -72,9 +73,10 @@ def particle_positions_px(ps: ParticleSet, ts: TiltSeries, rows: np.ndarray,
     sub = ps.subset(rows)
     pixel = sub.with_pixel_coordinates()
     coords = pixel.particles[list(COORD_PX)].to_numpy(np.float64)
-    coord_apix = pixel.coordinate_pixel_size_A()
-    coord_apix = np.where(np.isfinite(coord_apix), coord_apix, ts.pixel_size_A)
-    pos = coords * (coord_apix / ts.pixel_size_A)[:, None]
+    coord_pixel_size_A = pixel.coordinate_pixel_size_A()
+    coord_pixel_size_A = np.where(np.isfinite(coord_pixel_size_A), coord_pixel_size_A,
+                                  ts.pixel_size_A)
+    pos = coords * (coord_pixel_size_A / ts.pixel_size_A)[:, None]
     if apply_origins:
         pos = pos - sub.tomogram_shifts_A() / ts.pixel_size_A
     out = torch.from_numpy(pos)[:, None].expand(-1, ts.n_tilts, -1).clone()

@@ -67,8 +67,8 @@ def reconstruct_particle(
         raise InputError(particles.source, "no particles with tomogram names",
                          field="rlnTomoName")
     first = tomograms[str(names.iloc[0])]
-    apix = float(pixel_size_A or first.pixel_size_A)
-    if apix <= 0:
+    out_pixel_size_A = float(pixel_size_A or first.pixel_size_A)
+    if out_pixel_size_A <= 0:
         raise InputError(None, "pixel size must be positive", field="--angpix")
     halves = half_sets(particles, seed)
     bps = [Backprojector(box, pad=pad, device=device, dtype=torch.float32) for _ in (1, 2)]
@@ -85,7 +85,8 @@ def reconstruct_particle(
         if not bool(vis.any()):
             return
         px, py = batch.prepared.pixel_size_A
-        aniso = torch.diag(torch.tensor([apix / px, apix / py, 1.0], dtype=torch.float64,
+        aniso = torch.diag(torch.tensor([out_pixel_size_A / px, out_pixel_size_A / py, 1.0],
+                                        dtype=torch.float64,
                                         device=A.device))
         frames = aniso @ batch.rotations[None] @ A[:, None]  # (N, T, 3, 3)
         for h in (1, 2):
@@ -97,7 +98,7 @@ def reconstruct_particle(
             for op in ops:
                 bps[h - 1].insert_slices(spectra, frame @ op, ctf)
 
-    for_each_batch(particles, tomograms, box, apix, insert, motion=motion,
+    for_each_batch(particles, tomograms, box, out_pixel_size_A, insert, motion=motion,
                    batch_size=batch_size, device=device, progress=progress,
                    desc="reconstructing")
     if counts["particles"] == 0:
@@ -106,7 +107,7 @@ def reconstruct_particle(
         if float(bp.weight.sum()) == 0:
             raise InputError(particles.source, f"half set {h} is empty",
                              field="rlnRandomSubset")
-    result = gold_standard(bps[0], bps[1], apix, pad)
+    result = gold_standard(bps[0], bps[1], out_pixel_size_A, pad)
     result.n_particles = counts["particles"]
     if crop is not None and crop < box:
         start = box // 2 - crop // 2
@@ -114,7 +115,7 @@ def reconstruct_particle(
         result.map, result.half1, result.half2 = (v[cut].contiguous() for v in (
             result.map, result.half1, result.half2))
         result.fsc = fsc(result.half1, result.half2)
-        result.resolution_A = resolution_at(result.fsc, crop, apix)
+        result.resolution_A = resolution_at(result.fsc, crop, out_pixel_size_A)
     result.skipped = counts["skipped"]  # type: ignore[attr-defined]
     result.tilt_images = counts["tilts"]  # type: ignore[attr-defined]
     return result

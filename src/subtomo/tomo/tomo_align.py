@@ -214,18 +214,19 @@ def _with_positions(ps: ParticleSet, tset: TomogramSet, positions_px: np.ndarray
     """``ps`` at new tomogram positions (tilt-series px, one row per particle), origins zero."""
     df = ps.particles.copy()
     names = ps.tomo_names()
-    apix = names.map({n: tset[n].pixel_size_A for n in set(names)}).to_numpy(float)
+    pixel_size_A = names.map({n: tset[n].pixel_size_A for n in set(names)}).to_numpy(float)
     if ps.has_centred_coordinates():
         size = np.stack([names.map({n: tset[n].tomo_size_px[i] for n in set(names)})
                          .to_numpy(float) for i in range(3)], 1)
-        centred = (positions_px - size / 2.0) * apix[:, None]
+        centred = (positions_px - size / 2.0) * pixel_size_A[:, None]
         for i, label in enumerate(CENTRED):
             df[label] = centred[:, i]
     else:
-        coord_apix = ps.coordinate_pixel_size_A()
-        coord_apix = np.where(np.isfinite(coord_apix), coord_apix, apix)
+        coord_pixel_size_A = ps.coordinate_pixel_size_A()
+        coord_pixel_size_A = np.where(np.isfinite(coord_pixel_size_A), coord_pixel_size_A,
+                                      pixel_size_A)
         for i, label in enumerate(COORD_PX):
-            df[label] = positions_px[:, i] * apix / coord_apix
+            df[label] = positions_px[:, i] * pixel_size_A / coord_pixel_size_A
     for label in ORIGINS:
         if label in df:
             df[label] = 0.0
