@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _dynamo2star(args: argparse.Namespace) -> int:
     ps, flavour = interop.dynamo2star(args.input, args.table_map, args.output,
-                                      angpix=args.angpix, flavour=args.flavour,
+                                      pixel_size_A=args.angpix, flavour=args.flavour,
                                       tomograms=args.tomograms)
     print(f"Wrote {len(ps)} particles to {args.output} ({flavour}).")
     return 0
@@ -46,6 +46,6 @@ def _dynamo2star(args: argparse.Namespace) -> int:
 
 def _star2dynamo(args: argparse.Namespace) -> int:
     table, doc = interop.star2dynamo(args.input, args.output, tomograms=args.tomograms,
-                                     angpix=args.angpix)
+                                     pixel_size_A=args.angpix)
     print(f"Wrote Dynamo table {table} and table map {doc}.")
     return 0

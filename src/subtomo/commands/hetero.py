@@ -192,7 +192,7 @@ def _train(args: argparse.Namespace) -> int:
         inputs = hi.read_inputs(star, poses=saved.get("poses", args.poses),
                                 ref=saved.get("ref", args.ref), mask=saved.get("mask", args.mask),
                                 masks=saved.get("masks", args.masks) or None,
-                                angpix=saved.get("angpix", args.angpix), datadir=args.datadir)
+                                pixel_size_A=saved.get("angpix", args.angpix), datadir=args.datadir)
         check_outputs([*inputs.particles.files(), saved.get("poses", args.poses),
                        saved.get("ref", args.ref), saved.get("mask", args.mask),
                        *(saved.get("masks", args.masks) or [])], args.output, TRAIN_OUTPUTS)

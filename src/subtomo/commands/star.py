@@ -70,6 +70,6 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     flavour = interop.star_convert(args.input, args.output, flavour=args.flavour,
-                                   angpix=args.angpix, tomograms=args.tomograms)
+                                   pixel_size_A=args.angpix, tomograms=args.tomograms)
     print(f"Wrote {args.output} ({flavour}).")
     return 0
