@@ -110,8 +110,7 @@ def child_iteration(star: str, reference: str, resolution_A: float, order: int,
                             torch.as_tensor(origins, dtype=torch.float32), None, "cpu",
                             Context(), options.batch_size, max_memory)
     job = Job(Path(out).parent, options, box, pixel_size_A, 0.8 * box * pixel_size_A, None,
-              half_sets(ps),
-              progress=False)
+              half_sets(ps), progress=False)
     plan = plan_memory(job.e_step(settings, None), box=box, k_classes=1, n_searched=1,
                        device="cpu")
     cache_needed = 8 * len(rotation_grid(order)[0]) * len(

@@ -84,8 +84,8 @@ def _digest(path: Path) -> str:
 def test_final_iteration_widens_the_fine_pass_only():
     """The final iteration searches to Nyquist, its coarse pass stays the converged one's
     (at 128³ a coarse pass to 0.6 Nyquist made the poses worse: 2.56° → 3.79°)."""
-    for box, pixel_size_A, res, order in ((128, 2.0, 11.7, 5), (48, 4.0, 12.0, 4), (64, 3.0, 20.0,
-                                                                                    3)):
+    for box, pixel_size_A, res, order in ((128, 2.0, 11.7, 5), (48, 4.0, 12.0, 4),
+                                          (64, 3.0, 20.0, 3)):
         diameter = 0.8 * box * pixel_size_A
         coarse, fine = search_radii(res, order, box, pixel_size_A, diameter, False)
         coarse_final, fine_final = search_radii(res, order, box, pixel_size_A, diameter, False,

@@ -145,8 +145,8 @@ def sample_model(model: HeteroVAE, maps: Tensor, z: Tensor, M: Tensor, b_A: Tens
                              where)[:, 0]
     bodies = model.body_masks  # (J, T³)
     static = (1 - bodies.sum(0)).clamp_min(0)
-    moved = sample_affine((maps * static)[:, None], M, b_A, pixel_t, out_box, out_pixel_size_A)[:,
-                                                                                                0]
+    moved = sample_affine((maps * static)[:, None], M, b_A, pixel_t, out_box,
+                          out_pixel_size_A)[:, 0]
     rotvec, trans = motions
     R = rotation_vector_to_matrix(rotvec)  # (B, J, 3, 3)
     for j in range(bodies.shape[0]):  # a handful of bodies; each one grid_sample

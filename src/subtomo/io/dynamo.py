@@ -173,9 +173,8 @@ def particles_to_table(ps: ParticleSet) -> tuple[pd.DataFrame, dict[int, str]]:
     unique = list(dict.fromkeys(names.astype(str)))
     index = {name: i + 1 for i, name in enumerate(unique)}
     coord_pixel_size_A = ps.coordinate_pixel_size_A()
-    shift_px = ps.tomogram_shifts_A() / coord_pixel_size_A[:,
-                                                           None] if "rlnOriginXAngst" in df else (
-        np.zeros((n, 3)))
+    shift_px = (ps.tomogram_shifts_A() / coord_pixel_size_A[:, None] if "rlnOriginXAngst" in df
+                else np.zeros((n, 3)))
     table = pd.DataFrame(0.0, index=range(n), columns=list(COLUMNS[:WRITE_COLUMNS]))
     table["tag"] = np.arange(1, n + 1)
     table["aligned_value"] = 1

@@ -121,8 +121,8 @@ def from_aretomo(aln: aretomo.AlnFile, path: Path, n_stack: int, stack: Path,
     stack_angles = np.full(n_stack, np.nan)  # NaN for dark frames
     stack_angles[aln.sections] = aln.tilt_deg
     return StackAlignment(aln.sections, stack_angles, aln.tilt_deg, aln.thickness_px,
-                          lambda pixel_size_A, size, image_size, notes: aretomo.aln_to_relion(aln,
-                                                                                              pixel_size_A))
+                          lambda pixel_size_A, size, image_size, notes:
+                          aretomo.aln_to_relion(aln, pixel_size_A))
 
 
 def from_warp(warp: warp_xml.WarpTiltSeries, path: Path, n_stack: int, stack: Path,
