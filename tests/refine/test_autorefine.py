@@ -134,8 +134,8 @@ def test_bad_inputs_give_one_line_and_write_nothing(data, tmp_path, capsys):
     base = ["refine", "--i", str(sim.particles_star), "--ctf"]
     small = tmp_path / "small.mrc"
     write_mrc(small, torch.randn(24, 24, 24), APIX)
-    wrong_pixel_size_A = tmp_path / "apix.mrc"
-    write_mrc(wrong_pixel_size_A, torch.randn(BOX, BOX, BOX), 5.0)
+    wrong_pixel_size_map = tmp_path / "apix.mrc"
+    write_mrc(wrong_pixel_size_map, torch.randn(BOX, BOX, BOX), 5.0)
     mask = tmp_path / "mask.mrc"
     write_mrc(mask, torch.full((BOX, BOX, BOX), 1.5), APIX)
     no_ctf = tmp_path / "no_ctf.star"
@@ -144,7 +144,7 @@ def test_bad_inputs_give_one_line_and_write_nothing(data, tmp_path, capsys):
     write_particles(ps, no_ctf, "relion31")
     cases = [
         (["--ref", str(small)], "box size"),
-        (["--ref", str(wrong_pixel_size_A)], "pixel size"),
+        (["--ref", str(wrong_pixel_size_map)], "pixel size"),
         (["--ref", str(root / "ref.mrc"), "--mask", str(mask)], "[0, 1]"),
     ]
     for extra, expected in cases:

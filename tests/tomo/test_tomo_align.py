@@ -279,15 +279,15 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(pair, tmp_path, caps
     small = tmp_path / "small.mrc"
     volume, pixel_size_A = read_mrc(pair.directory / "ref.mrc")
     write_mrc(small, volume[2:-2, 2:-2, 2:-2], pixel_size_A)
-    other_pixel_size_A = tmp_path / "apix.mrc"
-    write_mrc(other_pixel_size_A, volume, 2 * pixel_size_A)
+    other_pixel_size_map = tmp_path / "apix.mrc"
+    write_mrc(other_pixel_size_map, volume, 2 * pixel_size_A)
     unknown = tmp_path / "unknown.star"
     unknown.write_text(pair.particles_star.read_text().replace("\nTS_02\t", "\nTS_09\t", 1))
     other_motion = tmp_path / "motion.star"
     other_motion.write_text(pair.truth_motion_star.read_text().replace("TS_01/3", "TS_07/3"))
     cases = [
         (["--ref2", str(small)], "box"),
-        (["--ref2", str(other_pixel_size_A)], "pixel size"),
+        (["--ref2", str(other_pixel_size_map)], "pixel size"),
         (["--p", str(unknown)], "TS_09"),
         (["--mot", str(other_motion)], "TS_01/3"),
         (["--r", "0"], "--r"),

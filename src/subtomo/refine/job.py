@@ -243,22 +243,22 @@ def check_inputs(ps: ParticleSet, reference: torch.Tensor, reference_pixel_size_
     """Box (px) and pixel size (Å) of the particles, after checking the reference and mask."""
     if len(ps) < 2:
         raise InputError(ps.source, "refinement needs at least two particles")
-    pixel_size_A = ps.pixel_size_A()
-    if not np.all(np.isfinite(pixel_size_A)):
+    pixel_sizes_A = ps.pixel_size_A()
+    if not np.all(np.isfinite(pixel_sizes_A)):
         raise InputError(ps.source, "particles have no pixel size", field="rlnImagePixelSize")
-    validate.positive(pixel_size_A, ps.source, field="rlnImagePixelSize", what="pixel size",
-                      unit="Å",
-                      rows=np.arange(1, len(ps) + 1))
-    pixel_size, box = float(pixel_size_A[0]), image_box(ps)
+    validate.positive(pixel_sizes_A, ps.source, field="rlnImagePixelSize", what="pixel size",
+                      unit="Å", rows=np.arange(1, len(ps) + 1))
+    pixel_size_A, box = float(pixel_sizes_A[0]), image_box(ps)
     validate.volume(reference, reference_path, what="reference")
     if mask is not None:
         validate.volume(mask, mask_path, what="mask")
     if tuple(reference.shape) != (box, box, box):
         raise InputError(reference_path, f"reference is {tuple(reference.shape)}, particles "
                          f"are {box}³", field="box size")
-    if reference_pixel_size_A > 0 and abs(reference_pixel_size_A - pixel_size) > 0.01 * pixel_size:
+    if (reference_pixel_size_A > 0
+            and abs(reference_pixel_size_A - pixel_size_A) > 0.01 * pixel_size_A):
         raise InputError(reference_path, f"reference pixel size {reference_pixel_size_A:.3f} Å, "
-                         f"particles {pixel_size:.3f} Å", field="pixel size")
+                         f"particles {pixel_size_A:.3f} Å", field="pixel size")
     if mask is not None:
         if tuple(mask.shape) != (box, box, box):
             raise InputError(mask_path, f"mask is {tuple(mask.shape)}, particles are {box}³",
@@ -275,7 +275,7 @@ def check_inputs(ps: ParticleSet, reference: torch.Tensor, reference_pixel_size_
     except ValueError as exc:
         raise InputError(None, str(exc), field="--sym") from None
     check_files(ps, np.arange(len(ps)), options.ctf)
-    return box, pixel_size
+    return box, pixel_size_A
 
 
 def initial_sigma2(ps: ParticleSet, rows: np.ndarray, box: int, ctf: bool,

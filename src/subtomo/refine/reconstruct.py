@@ -158,15 +158,14 @@ def reconstruct(
         symmetry_operators(sym)
     except ValueError as exc:
         raise InputError(None, str(exc), field="--sym") from None
-    pixel_size_A = ps.pixel_size_A()
+    pixel_sizes_A = ps.pixel_size_A()
     if len(ps) == 0:
         raise InputError(ps.source, "no particles selected")
-    if not np.all(np.isfinite(pixel_size_A)):
+    if not np.all(np.isfinite(pixel_sizes_A)):
         raise InputError(ps.source, "particles have no pixel size", field="rlnImagePixelSize")
-    validate.positive(pixel_size_A, ps.source, field="rlnImagePixelSize", what="pixel size",
-                      unit="Å",
-                      rows=np.arange(1, len(ps) + 1))
-    pixel_size = float(pixel_size_A[0])
+    validate.positive(pixel_sizes_A, ps.source, field="rlnImagePixelSize", what="pixel size",
+                      unit="Å", rows=np.arange(1, len(ps) + 1))
+    pixel_size_A = float(pixel_sizes_A[0])
     box = image_box(ps)
     validate.positive(box, ps.source, field="rlnImageSize", what="box size", unit="px")
     split = half_sets(ps, seed)
@@ -186,8 +185,8 @@ def reconstruct(
         bp = backproject(ps, rows_all, **kwargs)
         volume = bp.reconstruct()
         if maxres_A:
-            volume = lowpass_map(volume, pixel_size, maxres_A)
-        return Reconstruction(volume, pixel_size, len(rows_all))
+            volume = lowpass_map(volume, pixel_size_A, maxres_A)
+        return Reconstruction(volume, pixel_size_A, len(rows_all))
 
     bps = []
     for h in (1, 2):
@@ -195,8 +194,8 @@ def reconstruct(
         if len(rows) == 0:
             raise InputError(ps.source, f"half set {h} is empty", field="rlnRandomSubset")
         bps.append(backproject(ps, rows, desc=f"half {h}", **kwargs))
-    result = gold_standard(bps[0], bps[1], pixel_size, pad)
-    joined = result.map if not maxres_A else lowpass_map(result.map, pixel_size, maxres_A)
+    result = gold_standard(bps[0], bps[1], pixel_size_A, pad)
+    joined = result.map if not maxres_A else lowpass_map(result.map, pixel_size_A, maxres_A)
     result.map, result.n_particles = joined, len(rows_all)
     return result
 
