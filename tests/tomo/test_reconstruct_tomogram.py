@@ -28,7 +28,7 @@ def test_particles_appear_at_their_coordinates(tmp_path):
     ts = read_tomogram_set(sim.truth_tomograms_star)["TS_01"]
     for weighting, ctf in (("ramp", "none"), ("sirt", "wiener")):
         volume, pixel_size_A = reconstruct_tomogram(ts, binning=2.0, weighting=weighting, ctf=ctf,
-                                            progress=False)
+                                                    progress=False)
         assert volume.shape == (32, 96, 96) and pixel_size_A == 20.0
         dark = -torch.nn.functional.avg_pool3d(volume[None, None], 3, 1, 1)[0, 0]
         for centre in _centres(sim) / 2.0:  # binned voxels

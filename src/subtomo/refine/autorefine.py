@@ -355,9 +355,9 @@ def auto_refine(
     there) and the rest of :class:`subtomo.refine.job.JobRun`."""
     options = options or RefineOptions()
     started = time.perf_counter()
-    box, pixel_size = check_inputs(ps, reference, reference_pixel_size_A, reference_path,
-                                   solvent_mask, mask_path, options)
-    job, ps = Job.set_up(ps, out_dir, options, box, pixel_size, started, **run)
+    box, pixel_size_A = check_inputs(ps, reference, reference_pixel_size_A, reference_path,
+                                     solvent_mask, mask_path, options)
+    job, ps = Job.set_up(ps, out_dir, options, box, pixel_size_A, started, **run)
     if solvent_mask is not None:
         solvent_mask = solvent_mask.to(device=job.device, dtype=torch.float32)
     elif options.flatten_solvent and job.particle_mask is not None:

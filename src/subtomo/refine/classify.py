@@ -334,9 +334,9 @@ def classify(
     options = options or ClassifyOptions()
     check_options(options)
     started = time.perf_counter()
-    box, pixel_size = check_inputs(ps, reference, reference_pixel_size_A, reference_path, mask,
-                                   mask_path, options)
-    job, ps = Job.set_up(ps, out_dir, options, box, pixel_size, started, **run)
+    box, pixel_size_A = check_inputs(ps, reference, reference_pixel_size_A, reference_path, mask,
+                                     mask_path, options)
+    job, ps = Job.set_up(ps, out_dir, options, box, pixel_size_A, started, **run)
     if mask is not None:
         mask = mask.to(device=job.device, dtype=torch.float32)
     return class_result(job, run_job(job, ClassifySteps(reference, mask), ps))

@@ -336,7 +336,7 @@ def initial_model(
                          field="--K")
     started = time.perf_counter()
     box = image_box(ps)
-    box, pixel_size = check_inputs(ps, torch.zeros(box, box, box), 0.0, "", None, None,
-                                   options)
-    job, ps = Job.set_up(ps, out_dir, options, box, pixel_size, started, **run)
+    box, pixel_size_A = check_inputs(ps, torch.zeros(box, box, box), 0.0, "", None, None,
+                                     options)
+    job, ps = Job.set_up(ps, out_dir, options, box, pixel_size_A, started, **run)
     return class_result(job, run_job(job, InitialModelSteps(), ps))
