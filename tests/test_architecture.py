@@ -6,6 +6,8 @@ The layers themselves (an import runs only down) are checked by import-linter
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,15 @@ def test_imports_at_module_top(path):
                     if isinstance(node, ast.Import | ast.ImportFrom)
                     and not any(r in lines[node.end_lineno - 1] for r in REASONS)})
     assert not inner
+
+
+PACKAGES = sorted(p.parent for p in SRC.rglob("__init__.py") if p.parent != SRC)
+
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.name)
+def test_each_package_states_its_public_api(package):
+    """``__all__`` in every package's ``__init__``, and each name in it exists."""
+    module = importlib.import_module(f"subtomo.{package.name}")
+    assert isinstance(getattr(module, "__all__", None), list)
+    for name in module.__all__:
+        assert hasattr(module, name) or importlib.util.find_spec(f"{module.__name__}.{name}")
