@@ -18,6 +18,7 @@ from rich.console import Console
 from subtomo.demo_checks import demo_table, row
 from subtomo.fourier.fsc import fsc, resolution_at
 from subtomo.io.mrc import read_mrc, write_mrc
+from subtomo.io.particle_series import particle_positions_px
 from subtomo.io.star import read_particles
 from subtomo.io.tomograms import (
     read_inputs,
@@ -30,7 +31,7 @@ from subtomo.maps.postprocess import postprocess
 from subtomo.simulate.tiltseries import TiltSeriesConfig, simulate_tiltseries
 from subtomo.tomo.alignment import AlignSettings
 from subtomo.tomo.correlation import read_references
-from subtomo.tomo.particles import particle_positions_px, with_tomograms
+from subtomo.tomo.particles import with_tomograms
 from subtomo.tomo.reconstruct_particle import reconstruct_particle, write_outputs
 from subtomo.tomo.tomo_align import tomo_align
 

@@ -10,7 +10,7 @@ from subtomo.fourier.grid import centred_rfft
 from subtomo.fourier.projector import Backprojector, selected_frequencies
 from subtomo.fourier.shift import phase_shift
 from subtomo.geometry.euler import euler_to_matrix
-from subtomo.refine.images import _translated_rfft
+from subtomo.refine.batch import translated_rfft
 
 
 def _rotations(n: int, seed: int) -> torch.Tensor:
@@ -119,8 +119,8 @@ def test_translated_rfft_matches_phase_shift(box: int) -> None:
     volumes = torch.randn(3, box, box, box, generator=g)
     shifts = torch.randn(3, 3, generator=g) * 6.5 + torch.tensor([100.0, -40.0, 3.0])
     ref = centred_rfft(volumes) * phase_shift(box, shifts)
-    got = _translated_rfft(volumes.clone(), shifts)
+    got = translated_rfft(volumes.clone(), shifts)
     assert float((got - ref).abs().max()) < 1e-5 * float(ref.abs().max())
-    plain = _translated_rfft(volumes.clone(), None)
+    plain = translated_rfft(volumes.clone(), None)
     centred = centred_rfft(volumes)
     assert float((plain - centred).abs().max()) < 1e-5 * float(centred.abs().max())

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from subtomo.fourier.grid import centred_irfft, soft_sphere
-from subtomo.refine.images import _translated_rfft, background_weights, subtract_background_
+from subtomo.refine.batch import translated_rfft
+from subtomo.refine.images import background_weights, subtract_background_
 
 
 @pytest.mark.parametrize("box", [32, 33])
@@ -21,7 +22,7 @@ def test_background_mean_from_the_spectrum_equals_the_real_space_mean(box, maske
     shifts = torch.tensor([[1.5, -2.0, 0.3], [0.0, 0.0, 0.0], [3.0, 1.0, -1.0]])
     mask = soft_sphere(box, 0.6 * box) if masked else None
     outside = 1 - (mask if masked else soft_sphere(box, 0.75 * box, width_px=0.0))
-    spectra = _translated_rfft(volumes, shifts)
+    spectra = translated_rfft(volumes, shifts)
     before = centred_irfft(spectra.clone(), box)
     expected = (outside * before).sum((-3, -2, -1)) / outside.sum()
     weights = background_weights(box, mask)

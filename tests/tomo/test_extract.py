@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from subtomo.cli import main
+from subtomo.ctf.slice_gather import SliceGather
 from subtomo.fourier.fsc import fsc, resolution_at
 from subtomo.fourier.grid import (
     centred_rfft,
@@ -29,7 +30,7 @@ from subtomo.refine.reconstruct import reconstruct
 from subtomo.simulate.render import render_atoms
 from subtomo.simulate.structure import pseudo_atomic
 from subtomo.simulate.tiltseries import TiltSeriesConfig, simulate_tiltseries
-from subtomo.tomo.extract import ExtractOptions, SliceGather, extract_subtomograms
+from subtomo.tomo.extract import ExtractOptions, extract_subtomograms
 from subtomo.tomo.reconstruct_particle import reconstruct_particle
 
 

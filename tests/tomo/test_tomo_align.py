@@ -16,6 +16,7 @@ import torch
 from subtomo.cli import main
 from subtomo.fourier.fsc import fsc, resolution_at
 from subtomo.io.mrc import read_mrc, write_mrc
+from subtomo.io.particle_series import particle_positions_px
 from subtomo.io.ply import read_trajectory_mesh
 from subtomo.io.star import read_particles
 from subtomo.io.tomograms import (
@@ -32,7 +33,7 @@ from subtomo.simulate.tiltseries import (
 from subtomo.tomo.alignment import AlignSettings, align_series, frame_transform
 from subtomo.tomo.correlation import References, read_references, snr_weight
 from subtomo.tomo.deformation import deformation_of
-from subtomo.tomo.particles import particle_positions_px, with_tomograms
+from subtomo.tomo.particles import with_tomograms
 from subtomo.tomo.reconstruct_particle import reconstruct_particle
 from subtomo.tomo.tomo_align import tomo_align
 

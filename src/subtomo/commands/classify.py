@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 
 from subtomo.commands.options import (
-    add_input,
     add_job_options,
     add_output,
+    add_particle_input,
     job_folder,
     job_options,
     job_run,
+    read_particle_input,
 )
 
 
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "around the given poses (--local / --sigma_ang) or with global searches. Writes "
         "RELION's Class3D job layout into --o; --continue resumes a killed job; run under "
         "`torchrun --nproc_per_node N -m subtomo classify ...` to shard particles.")
-    add_input(p, help="particle STAR file (any flavour), ideally with refined poses")
+    add_particle_input(p, help="particle STAR file (any flavour), ideally with refined poses")
     add_output(p, required=False, help="job folder, e.g. Class3D/job001")
     p.add_argument("--ref", help="reference map (.mrc) all classes start from")
     p.add_argument("--K", type=int, default=4, help="number of classes (default 4)")
@@ -61,7 +62,6 @@ def _run(args: argparse.Namespace) -> int:
 
     from subtomo.errors import InputError
     from subtomo.io.mrc import read_mrc
-    from subtomo.io.star import read_particles
     from subtomo.parallel.distributed import init
     from subtomo.refine.classify import ClassifyOptions, classify
 
@@ -71,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.skip_align and (args.local or args.sigma_ang is not None):
         raise InputError(None, "--skip_align excludes --local and --sigma_ang",
                          field="--skip_align")
-    ps = read_particles(args.input, pixel_size_A=args.angpix)
+    ps = read_particle_input(args)
     out = job_folder(args, *ps.files(), args.ref, args.mask)
     reference, ref_apix = read_mrc(args.ref, role="reference", field="--ref")
     mask = (torch.from_numpy(read_mrc(args.mask, role="mask", field="--mask")[0])

@@ -17,10 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="From tilt series (--i optimisation_set.star or --p/--t/--mot): per "
         "particle and tilt a crop at the projected position (sub-pixel phase), gridded into a "
         "3D Fourier volume, with its 3D CTF (defocus at the particle's depth, exposure) in "
-        "RELION's layout; DIR/Subtomograms/<tomogram>/<n>_data.mrc + _ctf.mrc and "
-        "DIR/particles.star. From tomograms (--tomograms_star with --coord_suffix): boxes cut "
-        "from each tomogram, CTF volumes from the IMOD files beside it (.tlt, ctfplotter "
-        ".defocus, .order).")
+        "RELION's layout; DIR/Subtomograms/<tomogram>/<n>_data.mrc + _ctf.mrc (or, with "
+        "--2d_stacks, <n>_stack2d.mrcs), DIR/particles.star and DIR/optimisation_set.star "
+        "(particles, tomograms, trajectories) for the next command. From tomograms "
+        "(--tomograms_star with --coord_suffix): boxes cut from each tomogram, CTF volumes "
+        "from the IMOD files beside it (.tlt, ctfplotter .defocus, .order).")
     add_tomo_inputs(p)
     p.add_argument("--o", "-o", "--output", dest="output", required=True, help="output folder")
     p.add_argument("--b", "--box", "--extract_size", dest="box", type=int, default=None,
@@ -99,10 +100,14 @@ def _run(args: argparse.Namespace) -> int:
         _refuse(args, TILT_SERIES_ONLY, "tilt series (--i/--t), not --tomograms_star")
         return _run_tomograms(args)
     _refuse(args, TOMOGRAMS_ONLY, "--tomograms_star (tomograms and their IMOD files)")
+    from pathlib import Path
+
+    from subtomo.io.tomograms import write_optimisation_set
     from subtomo.tomo.extract import ExtractOptions, extract_subtomograms
 
     inputs = tomo_inputs(args)
-    check_outputs(inputs.paths(), args.output, ("particles.star", "Subtomograms/*"))
+    check_outputs(inputs.paths(), args.output,
+                  ("particles.star", "optimisation_set.star", "Subtomograms/*"))
     if args.hand is not None:
         for ts in inputs.tomograms.series.values():
             ts.globals["rlnTomoHand"] = args.hand
@@ -116,6 +121,9 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch, device=args.device)
     result = extract_subtomograms(inputs.particles, inputs.tomograms, args.output, options,
                                   motion=inputs.motion)
+    files = inputs.files  # the next command starts from DIR/optimisation_set.star
+    write_optimisation_set(Path(args.output) / "optimisation_set.star", particles=result.star,
+                           tomograms=files["tomograms"], trajectories=files["trajectories"])
     print(f"Extracted {result.written} particles at {result.pixel_size_A:.3g} Å/px into "
           f"{args.output}/Subtomograms; {result.skipped} skipped (their boxes leave every tilt "
           f"image); {result.star} ({args.flavour}).")

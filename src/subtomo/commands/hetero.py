@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--o", "-o", dest="output", default=None, help="output folder")
     t.add_argument("--poses", default=None, help="pose pickle (subtomo poses export)")
     t.add_argument("--ctf", action="store_true", help="use the 3D CTF volumes (rlnCtfImage)")
+    t.add_argument("--tomograms", default=None,
+                   help="tomograms.star of a 2D-stack particle set (or give --i "
+                   "optimisation_set.star)")
     t.add_argument("--ref", default=None, help="consensus map (default: reconstructed)")
     t.add_argument("-r", "--mask", default=None, help="solvent mask of the consensus map")
     t.add_argument("--masks", nargs="+", default=None, help="masks of rigid bodies (.mrc)")
@@ -167,7 +170,7 @@ def _train(args: argparse.Namespace) -> int:
     if resume_dir:
         star = star or config["particles"]
         inputs = hi.read_inputs(star, poses=config.get("poses"), pixel_size_A=config.get("angpix"),
-                                datadir=args.datadir)
+                                datadir=args.datadir, tomograms=config.get("tomograms"))
         inputs = ck.saved_inputs(resume_dir, inputs.particles, inputs.matrices,
                                  inputs.shifts_A, inputs.sources)
         if args.latents:
@@ -192,7 +195,10 @@ def _train(args: argparse.Namespace) -> int:
         inputs = hi.read_inputs(star, poses=saved.get("poses", args.poses),
                                 ref=saved.get("ref", args.ref), mask=saved.get("mask", args.mask),
                                 masks=saved.get("masks", args.masks) or None,
-                                pixel_size_A=saved.get("angpix", args.angpix), datadir=args.datadir)
+                                pixel_size_A=saved.get("angpix", args.angpix), datadir=args.datadir,
+                                tomograms=saved.get("tomograms", args.tomograms))
+        if inputs.particles.series is not None:  # a particle series carries its CTFs
+            options = replace(options, ctf=True)
         check_outputs([*inputs.particles.files(), saved.get("poses", args.poses),
                        saved.get("ref", args.ref), saved.get("mask", args.mask),
                        *(saved.get("masks", args.masks) or [])], args.output, TRAIN_OUTPUTS)

@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 
 from subtomo.commands.options import (
-    add_input,
     add_job_options,
     add_output,
+    add_particle_input,
     job_folder,
     job_options,
     job_run,
+    read_particle_input,
 )
 
 
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "of the result is arbitrary. Writes RELION's InitialModel job layout into --o; "
         "--continue resumes from the last checkpoint. Follow with `align-symmetry` and "
         "`symmetrize` when the complex is symmetric.")
-    add_input(p, help="particle STAR file (any flavour); poses are not used")
+    add_particle_input(p, help="particle STAR file (any flavour); poses are not used")
     add_output(p, required=False, help="job folder, e.g. InitialModel/job001")
     p.add_argument("--K", type=int, default=1, help="number of models (default 1)")
     p.add_argument("--sym", default="C1", help="point-group symmetry (RELION's axes)")
@@ -54,11 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from subtomo.io.star import read_particles
     from subtomo.parallel.distributed import init
     from subtomo.refine.initial_model import InitialModelOptions, initial_model
 
-    ps = read_particles(args.input, pixel_size_A=args.angpix)
+    ps = read_particle_input(args)
     out = job_folder(args, *ps.files())
     options = InitialModelOptions(
         **job_options(args), K=args.K, iter_ini=args.iter_ini,

@@ -35,6 +35,29 @@ def add_input(parser: argparse.ArgumentParser, *extra: str, help: str) -> None:
     parser.add_argument("--i", "-i", "--input", *extra, dest="input", required=True, help=help)
 
 
+def add_particle_input(parser: argparse.ArgumentParser, *, help: str) -> None:
+    """``--i`` particles or optimisation set (RELION 5's ``--ios``), with ``--tomograms`` and
+    ``--mot`` for particle series (2D stacks) given as a particles STAR file."""
+    add_input(parser, "--ios", help=help + "; or optimisation_set.star (2D stacks: RELION 5, "
+              "WarpTools, subtomo extract --2d_stacks)")
+    parser.add_argument("--tomograms", "--t", dest="tomograms", default=None,
+                        help="tomograms.star of a 2D-stack set (overrides the optimisation set's)")
+    parser.add_argument("--mot", dest="motion", default=None,
+                        help="motion.star trajectories of a 2D-stack set")
+
+
+def read_particle_input(args: argparse.Namespace):
+    """The particle set of :func:`add_particle_input`'s options (a particle series with its
+    tomograms attached; ``args.ctf`` is then set: its CTFs come with it)."""
+    from subtomo.io.particle_series import read_particle_input as read
+
+    ps = read(args.input, tomograms=args.tomograms, motion=args.motion,
+              pixel_size_A=getattr(args, "angpix", None))
+    if ps.series is not None and hasattr(args, "ctf"):
+        args.ctf = True
+    return ps
+
+
 def add_output(parser: argparse.ArgumentParser, *, required: bool = True, help: str) -> None:
     parser.add_argument("--o", "-o", "--output", dest="output", required=required, help=help)
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from subtomo.commands.options import add_accepted, add_input, add_max_memory, add_output
+from subtomo.commands.options import (
+    add_accepted,
+    add_max_memory,
+    add_output,
+    add_particle_input,
+    read_particle_input,
+)
 from subtomo.io.files import check_not_input, check_outputs
 
 
@@ -15,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Fourier-space gridding of CTF-weighted subtomograms with CTF² weights. "
         "With --halves also writes the unregularised half maps <stem>_half1/2.mrc (for "
         "postprocess), <stem>_fsc.star and <stem>_fsc.png.")
-    add_input(p, help="particle STAR file (any flavour)")
+    add_particle_input(p, help="particle STAR file (any flavour)")
     add_output(p, help="output map (.mrc)")
     p.add_argument("--ctf", action="store_true", help="weight by the 3D CTF volumes (rlnCtfImage)")
     add_accepted(p, "--3d_rot", help="3D subtomograms (RELION's option; always so here)")
@@ -35,12 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from subtomo.io.mrc import write_mrc
-    from subtomo.io.star import read_particles
     from subtomo.refine.reconstruct import reconstruct, write_fsc_outputs
 
     out = Path(args.output)
     check_not_input(out, args.input)
-    ps = read_particles(args.input, pixel_size_A=args.angpix)
+    ps = read_particle_input(args)
     stem = out.with_suffix("").name
     beside = [f"{stem}{s}" for s in ("_fsc.star", "_fsc.png", "_half1.mrc", "_half2.mrc")]
     check_outputs(ps.files(), out.parent, [out.name, *(beside if args.halves else ())])

@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 
 from subtomo.commands.options import (
-    add_input,
     add_job_options,
     add_output,
+    add_particle_input,
     job_folder,
     job_options,
     job_run,
+    read_particle_input,
 )
 
 
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "halves into run_class001.mrc. Writes RELION's Refine3D job layout into "
         "--o; --continue resumes a killed job. Run under `torchrun --nproc_per_node N -m "
         "subtomo refine ...` to shard particles over processes.")
-    add_input(p, help="particle STAR file (any flavour)")
+    add_particle_input(p, help="particle STAR file (any flavour)")
     add_output(p, required=False, help="job folder, e.g. Refine3D/job001")
     p.add_argument("--ref", help="initial reference map (.mrc), same box and pixel size")
     p.add_argument("--ini_high", type=float, default=30.0,
@@ -64,13 +65,12 @@ def _run(args: argparse.Namespace) -> int:
 
     from subtomo.errors import InputError
     from subtomo.io.mrc import read_mrc
-    from subtomo.io.star import read_particles
     from subtomo.parallel.distributed import init
     from subtomo.refine.autorefine import RefineOptions, auto_refine
 
     if args.ref is None:
         raise InputError(None, "--ref is needed (the initial reference map)", field="--ref")
-    ps = read_particles(args.input, pixel_size_A=args.angpix)
+    ps = read_particle_input(args)
     out = job_folder(args, *ps.files(), args.ref, args.mask)
     reference, ref_apix = read_mrc(args.ref, role="reference", field="--ref")
     mask = None

@@ -15,9 +15,9 @@ import torch
 from subtomo.errors import InputError
 from subtomo.fourier.grid import lowpass_map, resample_map
 from subtomo.io.mrc import read_mrc
+from subtomo.io.particle_series import read_particle_input
 from subtomo.io.particles import SUBTOMO_ANGLES, ParticleSet
 from subtomo.io.poses import read_poses_pickle
-from subtomo.io.star import read_particles
 from subtomo.maps.mask import create_mask
 from subtomo.refine.outputs import full_poses, with_poses
 from subtomo.refine.reconstruct import image_box, reconstruct
@@ -101,10 +101,12 @@ class TrainInputs:
 def read_inputs(star: str | Path, *, poses: str | Path | None = None,
                 ref: str | Path | None = None, mask: str | Path | None = None,
                 masks: list[str] | None = None, pixel_size_A: float | None = None,
-                datadir: str | Path | None = None, ctf: bool = True) -> TrainInputs:
-    """Read what training needs: the STAR file (image names under ``datadir`` if given),
-    poses from it or from a pose pickle (``subtomo poses export``), and the maps."""
-    ps = read_particles(star, pixel_size_A=pixel_size_A)
+                datadir: str | Path | None = None, ctf: bool = True,
+                tomograms: str | Path | None = None) -> TrainInputs:
+    """Read what training needs: the STAR file or optimisation set (image names under
+    ``datadir`` if given; a 2D-stack set with its tomograms), poses from it or from a pose
+    pickle (``subtomo poses export``), and the maps."""
+    ps = read_particle_input(star, tomograms=tomograms, pixel_size_A=pixel_size_A)
     if datadir is not None:
         root = Path(datadir)
         if not root.is_dir():
@@ -135,7 +137,8 @@ def read_inputs(star: str | Path, *, poses: str | Path | None = None,
 
     sources = {"poses": str(poses) if poses else None, "--ref": str(ref) if ref else None,
                "--mask": str(mask) if mask else None, "angpix": pixel_size_A,
-               "body_masks": [str(m) for m in masks or []]}
+               "body_masks": [str(m) for m in masks or []],
+               "tomograms": str(Path(tomograms).resolve()) if tomograms else None}
     for name in ("--masks",):
         sources[name] = ", ".join(masks or [])
     return TrainInputs(ps, np.asarray(matrices, dtype=np.float64),

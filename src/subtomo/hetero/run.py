@@ -271,6 +271,7 @@ def config_dict(run: Run, split_file: Path) -> dict:
         if run.inputs.particles.source else None,
         "poses": src.get("poses"), "ref": src.get("--ref"), "mask": src.get("--mask"),
         "masks": src.get("body_masks", []), "angpix": run.boxes.pixel_size_A,
+        "tomograms": src.get("tomograms"),
         "n_particles": len(run.inputs.particles), "split": str(split_file),
         "options": asdict(run.options), "boxes": run.boxes.as_dict(),
         "sigma2": run.sigma2, "data_scale": run.data_scale, "mask_voxels": run.mask_voxels,

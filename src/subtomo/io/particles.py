@@ -56,6 +56,7 @@ class ParticleSet:
     general: dict = field(default_factory=dict)
     flavour: str = "relion5"
     source: str | None = None
+    series: object | None = None  # particle series: io.particle_series.SeriesSource
 
     def __len__(self) -> int:
         return len(self.particles)
@@ -127,6 +128,8 @@ class ParticleSet:
         star_dir = Path(self.source).parent if self.source else None
         names = {str(n) for c in columns if c in self.particles for n in self.particles[c]}
         found = [resolve(name, star_dir) for name in sorted(names)]
+        if self.series is not None:
+            found += self.series.files()
         return [Path(self.source), *found] if self.source else found
 
     def tomo_names(self) -> pd.Series | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +11,12 @@ import torch
 
 from subtomo.errors import InputError
 from subtomo.fourier.grid import centred_rfft, hermitian_weights, soft_sphere
-from subtomo.fourier.shift import shift_spectra_
 from subtomo.io import validate
 from subtomo.io.files import resolve
 from subtomo.io.mrc import ctf_from_disk, read_mrc
 from subtomo.io.particles import ParticleSet
-
-
-@dataclass
-class ParticleBatch:
-    """One batch: row indices, centred spectra (B, D, D, D//2+1), CTF weights or None."""
-
-    rows: np.ndarray
-    spectra: torch.Tensor
-    ctf: torch.Tensor | None
+from subtomo.refine.batch import ParticleBatch, translated_rfft
+from subtomo.refine.series import series_batch
 
 
 def _read_volume(ps: ParticleSet, row: int, column: str, star_dir: Path | None) -> np.ndarray:
@@ -46,6 +37,8 @@ def _read_volume(ps: ParticleSet, row: int, column: str, star_dir: Path | None) 
 def check_files(ps: ParticleSet, rows: np.ndarray, ctf: bool) -> None:
     """Fail before any work if an image (or CTF volume) of ``rows`` is missing."""
     star_dir = Path(ps.source).parent if ps.source else None
+    if ps.series is not None:
+        ctf = False  # a particle series carries its CTFs in its tomograms
     for column in ("rlnImageName", "rlnCtfImage") if ctf else ("rlnImageName",):
         if column not in ps.particles:
             raise InputError(ps.source, "column needed and missing", field=column)
@@ -54,24 +47,6 @@ def check_files(ps: ParticleSet, rows: np.ndarray, ctf: bool) -> None:
             if not resolve(name, star_dir).is_file():
                 raise InputError(ps.source, f"particle {int(row) + 1}: file {name!r} not found",
                                  field=column)
-
-
-def _translated_rfft(volumes: torch.Tensor, shifts_px: torch.Tensor | None) -> torch.Tensor:
-    """Centred half spectra of ``volumes`` ``(B, D, D, D)``, translated by ``shifts_px``
-    ``(B, 3)`` (``(x, y, z)`` px; ``None``: no translation).
-
-    The centring (``ifftshift``, a shift by ``-D // 2``) and the translation are one phase
-    factor ``exp(-2 pi i k . (s - D // 2))``, applied in place as separable factors
-    (:func:`subtomo.fourier.shift.shift_spectra_`) instead of an ``ifftshift`` copy and a
-    full-grid phase volume.
-    """
-    box = volumes.shape[-1]
-    spectra = torch.fft.rfftn(volumes, dim=(-3, -2, -1))
-    s = torch.full((volumes.shape[0], 3), -float(box // 2), dtype=torch.float64,
-                   device=spectra.device)
-    if shifts_px is not None:
-        s = s + shifts_px.to(device=spectra.device, dtype=torch.float64)
-    return shift_spectra_(spectra, s)
 
 
 def background_weights(box: int, mask: torch.Tensor | None = None,
@@ -122,6 +97,10 @@ def iterate_batches(
     :func:`background_weights`; each particle's background mean is then set to 0
     (:func:`subtract_background_`).
     """
+    if ps.series is not None:  # 2D stacks: always with their CTFs, never background-levelled
+        def load(chunk: np.ndarray) -> ParticleBatch:
+            return series_batch(ps, chunk, box=box, device=device, shifts_px=shifts_px)
+        return _read_ahead(load, rows, batch_size)
     star_dir = Path(ps.source).parent if ps.source else None
     if ctf and "rlnCtfImage" not in ps.particles:
         raise InputError(ps.source, "--ctf needs a 3D CTF volume per particle",
@@ -140,7 +119,7 @@ def iterate_batches(
         shifts = None
         if shifts_px is not None:
             shifts = torch.as_tensor(shifts_px)[torch.as_tensor(chunk, dtype=torch.long)]
-        spectra = _translated_rfft(volumes.to(device), shifts)
+        spectra = translated_rfft(volumes.to(device), shifts)
         if background is not None:
             subtract_background_(spectra, background)
         weights = None
@@ -153,8 +132,13 @@ def iterate_batches(
             weights = weights.to(device)
         return ParticleBatch(chunk, spectra, weights)
 
-    # One batch is read ahead in a worker thread (file reads and FFTs release the GIL), so
-    # reading overlaps the caller's work on the current batch; at most two batches live.
+    return _read_ahead(load, rows, batch_size)
+
+
+def _read_ahead(load, rows: np.ndarray, batch_size: int) -> Iterator[ParticleBatch]:
+    """``load`` of each chunk of ``rows``; one batch is read ahead in a worker thread (file
+    reads and FFTs release the GIL), so reading overlaps the caller's work on the current
+    batch; at most two batches live."""
     chunks = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(load, chunks[0]) if chunks else None

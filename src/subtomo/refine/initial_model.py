@@ -67,7 +67,7 @@ from subtomo.refine.job import (
 )
 from subtomo.refine.reconstruct import (
     image_box,
-    insert_symmetric,
+    insert_batch,
     reconstruct_classes,
 )
 
@@ -184,7 +184,7 @@ def random_start(ps: ParticleSet, options: InitialModelOptions, box: int, pixel_
                                  batch_size=batch_size, device=device, shifts_px=origins,
                                  background=background_weights(box, None, device)):
         at = torch.as_tensor([position[int(r)] for r in batch.rows], device=device)
-        insert_symmetric(bp, batch.spectra, A[at], batch.ctf, ops)
+        insert_batch(bp, batch, A[at], ops)
     ctx.sum_(bp.data)
     ctx.sum_(bp.weight)
     volume = bp.reconstruct(wiener_constant=0.1 * float(bp.weight.mean()) * options.pad**3)

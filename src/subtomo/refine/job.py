@@ -267,7 +267,7 @@ def check_inputs(ps: ParticleSet, reference: torch.Tensor, reference_pixel_size_
         if low < -1e-6 or high > 1 + 1e-6:
             raise InputError(mask_path, f"mask values must lie in [0, 1], found "
                              f"[{low:.3g}, {high:.3g}]", field="values")
-    if options.ctf and "rlnCtfImage" not in ps.particles:
+    if options.ctf and ps.series is None and "rlnCtfImage" not in ps.particles:
         raise InputError(ps.source, "--ctf needs a 3D CTF volume per particle",
                          field="rlnCtfImage")
     try:

@@ -33,6 +33,7 @@ from subtomo.io.mrc import read_mrc, write_mrc
 from subtomo.io.particles import ParticleSet
 from subtomo.io.star import read_particles, write_particles
 from subtomo.io.star_text import write_star
+from subtomo.io.tomograms import write_optimisation_set
 from subtomo.parallel.distributed import Context
 from subtomo.refine.images import resolve
 from subtomo.refine.reconstruct import Reconstruction, write_fsc_outputs
@@ -184,6 +185,8 @@ def write_iteration(out: Path, iteration: int, ps: ParticleSet, recon: Reconstru
     write_particles(ps, f"{stem}_data.star", "relion30" if relion30 else "auto")
     write_mrc(f"{stem}_half1_class001.mrc", recon.half1, recon.pixel_size_A)
     write_mrc(f"{stem}_half2_class001.mrc", recon.half2, recon.pixel_size_A)
+    write_series_set(f"{stem}_data.star", ps, ref1=f"{stem}_half1_class001.mrc",
+                     ref2=f"{stem}_half2_class001.mrc")
     write_model(Path(f"{stem}_model.star"), [recon], [f"{stem.name}_half1_class001.mrc"],
                 [1.0], sigma2, ps, settings.step_deg / 2,
                 settings.offset_step_px / 2 * recon.pixel_size_A)
@@ -198,6 +201,7 @@ def write_class_iteration(out: Path, iteration: int, ps: ParticleSet,
     after them): particles, class maps, model and sampling."""
     stem = _stem(out, iteration)
     write_particles(ps, f"{stem}_data.star", "relion30" if relion30 else "auto")
+    write_series_set(f"{stem}_data.star", ps)
     names = []
     for k, recon in enumerate(recons, 1):
         name = f"{stem.name}_class{k:03d}.mrc"
@@ -207,6 +211,20 @@ def write_class_iteration(out: Path, iteration: int, ps: ParticleSet,
     write_model(Path(f"{stem}_model.star"), recons, names, distribution.tolist(), sigma2, ps,
                 settings.step_deg / 2, settings.offset_step_px / 2 * pixel_size_A, tau2_fudge)
     write_sampling(Path(f"{stem}_sampling.star"), settings)
+
+
+def write_series_set(data_star: str | Path, ps: ParticleSet, **maps: str | Path) -> None:
+    """Beside the ``_data.star`` of a particle series, its ``_optimisation_set.star`` (RELION
+    5's ``--ios`` output): the particles, their tomograms and trajectories, and ``maps``
+    (``ref1``, ``ref2``, ...); the next command (``tomo-align``, ``refine``) starts from it."""
+    if ps.series is None:
+        return
+    source = ps.series
+    data_star = Path(data_star)
+    name = data_star.name.replace("_data.star", "_optimisation_set.star")
+    write_optimisation_set(data_star.with_name(name), particles=data_star,
+                           tomograms=source.tomograms.source,
+                           trajectories=source.motion_source, **maps)
 
 
 def write_sampling(path: Path, settings: SearchSettings) -> None:
@@ -249,6 +267,9 @@ def write_final(out: Path, ps: ParticleSet, recon: Reconstruction, history: list
     write_mrc(out / "run_class001.mrc", recon.map, recon.pixel_size_A)
     for h, half in enumerate(recon.unfiltered_halves(), 1):
         write_mrc(out / f"run_half{h}_class001_unfil.mrc", half, recon.pixel_size_A)
+    write_series_set(out / "run_data.star", ps, ref1=out / "run_half1_class001_unfil.mrc",
+                     ref2=out / "run_half2_class001_unfil.mrc",
+                     fsc=out / "run_class001_fsc.star")
     write_fsc_outputs(recon, out / "run_class001.mrc", halves=False)
     last = history[-1] if history else {}
     write_model(out / "run_model.star", [recon], ["run_class001.mrc"], [1.0], sigma2, ps,

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from subtomo.geometry.tilt import project_points, projection_matrices
+from subtomo.io.particle_series import particle_positions_px
 from subtomo.io.particles import ParticleSet
 from subtomo.io.tilt_series import TiltSeries
 from subtomo.refine.reconstruct import half_sets
@@ -47,7 +48,6 @@ from subtomo.tomo import deformation as deform
 from subtomo.tomo.correlation import CorrelationMaps, References, correlation_maps, interpolate
 from subtomo.tomo.crops import prepare_images
 from subtomo.tomo.motion_model import MotionBasis, frame_dose, motion_basis, trajectories
-from subtomo.tomo.particles import particle_positions_px
 
 __all__ = ["AlignSettings", "SeriesAlignment", "align_series", "frame_transform", "gauge_basis"]
 

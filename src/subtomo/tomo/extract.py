@@ -28,7 +28,6 @@ visible tilts' crops multiplied by ``CTF × exposure`` (and −1), as ``_stack2d
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,9 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from subtomo.ctf.volume import CtfGridder, TiltPairs, tilt_pairs
+from subtomo.ctf.slice_gather import SliceGather, padded_spectra
 from subtomo.errors import InputError
-from subtomo.fourier.grid import shell_radius_px, soft_sphere
+from subtomo.fourier.grid import soft_sphere
 from subtomo.io.files import BackgroundWriter, undone_on_input_error
 from subtomo.io.mrc import write_ctf_volume, write_mrc
 from subtomo.io.particles import COORD_CENTRED_A, COORD_PX, ORIGIN_A, ParticleSet
@@ -47,8 +46,7 @@ from subtomo.io.tilt_series import TiltSeries
 from subtomo.io.tomograms import TomogramSet, project_path
 from subtomo.tomo.particles import CropBatch, for_each_batch
 
-__all__ = ["ExtractOptions", "ExtractResult", "SliceGather", "extract_subtomograms",
-           "select_tilts"]
+__all__ = ["ExtractOptions", "ExtractResult", "extract_subtomograms", "select_tilts"]
 
 
 @dataclass
@@ -93,96 +91,6 @@ def select_tilts(ts: TiltSeries, max_dose: float | None, max_tilts: int | None) 
         order = np.argsort(dose, kind="stable")
         keep &= np.isin(np.arange(ts.n_tilts), order[:max_tilts])
     return keep
-
-
-class SliceGather:
-    """The sparse operator from crop spectra ``(N, T, P, P // 2 + 1)`` to subtomograms
-    ``(N, D, D, D)`` of one tilt geometry (see the module docstring), and the
-    :class:`subtomo.ctf.volume.CtfGridder` of the same pairs.
-
-    ``frames``: ``(T, 3, 3)`` tilt rotations; ``pixel_size_A``: voxel size of the 3D box;
-    ``crop_pixel_size_A``: pixel size (x, y) of the crops; ``padded``: crop spectrum size ``P``;
-    ``pre_exposure`` (e/Å², per tilt) and the optics for the CTF volumes.
-
-    For an even box the centring of the subtomogram (``fftshift`` after the inverse FFT) is
-    folded into the operator as the sign ``(−1)^(kx + ky + kz)`` of each output voxel; an odd
-    box is shifted after the transform.
-    """
-
-    def __init__(self, box: int, pixel_size_A: float, frames: Tensor,
-                 crop_pixel_size_A: tuple[float, float], padded: int, pre_exposure: Tensor, *,
-                 voltage_kv: float, cs_mm: float, amplitude_contrast: float) -> None:
-        device = frames.device
-        pairs = tilt_pairs(box, pixel_size_A, frames.to(torch.float64))
-        inside = shell_radius_px(box, device, torch.float64).reshape(-1)[pairs.v] <= box / 2
-        p = TiltPairs(box, *(x[inside] for x in (pairs.t, pairs.v, pairs.tent, pairs.kx,
-                                                 pairs.ky)), pairs.tent_sum)
-        half = padded // 2 + 1
-        gx = p.kx * (padded * crop_pixel_size_A[0])
-        gy = p.ky * (padded * crop_pixel_size_A[1])
-        mirror = gx < 0
-        sign = torch.where(mirror, -1.0, 1.0).to(torch.float64)
-        gx, gy = gx * sign, gy * sign
-        x0, y0 = torch.floor(gx), torch.floor(gy)
-        fx, fy = gx - x0, gy - y0
-        weight = p.tent / p.tent_sum[p.v].clamp_min(1.0)
-        h3 = box // 2 + 1
-        iz, iy, ix = p.v // (box * h3), (p.v // h3) % box, p.v % h3
-        voxel = (ix * box + iz) * box + iy  # output rows in (x, z, y) order: see volumes()
-        self.centred = box % 2 == 0
-        if self.centred:  # fftshift of the volume = (−1)^(iz + iy + ix) on its spectrum
-            weight = weight * (1.0 - 2.0 * ((iz + iy + ix) % 2).to(torch.float64))
-        rows, cols, values, signs = [], [], [], []
-        for dx, wx in ((0, 1 - fx), (1, fx)):
-            for dy, wy in ((0, 1 - fy), (1, fy)):
-                x = (x0.long() + dx).clamp(max=half - 1)
-                y = (y0.long() + dy) % padded
-                rows.append(voxel)
-                cols.append((p.t * padded + y) * half + x)
-                values.append(weight * wx * wy)
-                signs.append(sign)
-        rows, cols, values, signs = (torch.cat(x) for x in (rows, cols, values, signs))
-        shape = (box * box * (box // 2 + 1), frames.shape[0] * padded * half)
-        index = torch.stack([rows, cols])
-        with warnings.catch_warnings():  # CSR is "beta" in torch; its matmul is what we need
-            warnings.simplefilter("ignore", UserWarning)
-            self.real, self.imag = (
-                torch.sparse_coo_tensor(index, v, shape, check_invariants=False).coalesce()
-                .to_sparse_csr().to(torch.float32) for v in (values, values * signs))
-        self.box = box
-        self.padded = padded
-        ctf_pairs = TiltPairs(box, p.t, p.v, *(x.float() for x in (p.tent, p.kx, p.ky,
-                                                                   p.tent_sum)))
-        self.ctf = CtfGridder(ctf_pairs, torch.as_tensor(pre_exposure, device=device),
-                              voltage_kv=voltage_kv, cs_mm=cs_mm,
-                              amplitude_contrast=amplitude_contrast)
-
-    def volumes(self, spectra: Tensor) -> Tensor:
-        """Subtomograms ``(N, D, D, D)`` (float32, centred at ``D // 2``) of crop spectra
-        ``(N, T, P, P // 2 + 1)``."""
-        n, box = spectra.shape[0], self.box
-        parts = torch.view_as_real(spectra.reshape(n, -1).to(torch.complex64))
-        parts = parts.permute(2, 1, 0).contiguous()  # (re/im, crop frequencies, particles)
-        re = torch.sparse.mm(self.real, parts[0])
-        im = torch.sparse.mm(self.imag, parts[1])
-        spectrum = torch.complex(re, im).reshape(box // 2 + 1, box, box, n)  # (x, z, y, N)
-        # irfftn as its two steps, the complex one first over the (z, y) planes as they lie
-        planes = torch.fft.ifft2(spectrum, dim=(1, 2)).permute(3, 1, 2, 0)  # (N, z, y, x)
-        volumes = torch.fft.irfft(planes, n=box, dim=-1)
-        return volumes if self.centred else torch.fft.fftshift(volumes, dim=(-3, -2, -1))
-
-
-def _padded_spectra(spectra: Tensor, size: int, padded: int) -> Tensor:
-    """Centred crop spectra zero-padded to ``padded`` px in real space, after dividing by the
-    transform of the bilinear kernel on that grid (gridding pre-correction)."""
-    images = torch.fft.fftshift(torch.fft.irfft2(spectra, s=(size, size)), dim=(-2, -1))
-    axis = (torch.arange(size, device=spectra.device, dtype=torch.float64) - size // 2) / padded
-    kernel = torch.sinc(axis) ** 2
-    images = images / (kernel[:, None] * kernel[None, :]).to(images.dtype)
-    out = images.new_zeros(*images.shape[:-2], padded, padded)
-    start = padded // 2 - size // 2
-    out[..., start:start + size, start:start + size] = images
-    return torch.fft.rfft2(torch.fft.ifftshift(out, dim=(-2, -1)))
 
 
 def _normalise(volumes: Tensor, radius: float) -> Tensor:
@@ -247,10 +155,13 @@ def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir
     folder = out / "Subtomograms"
     files = _BatchFiles(o, crop, pixel_size_A, _particle_names(particles), folder,
                         project_path(folder), len(particles))
+    def tilts(ts: TiltSeries) -> np.ndarray:
+        files.selected[ts.name] = select_tilts(ts, o.max_dose, o.max_tilts)
+        return files.selected[ts.name]
+
     with BackgroundWriter() as writer:
         for_each_batch(particles, tomograms, files.size2d, pixel_size_A,
-                       lambda batch: files.write(batch, writer), motion=motion,
-                       tilts=lambda ts: select_tilts(ts, o.max_dose, o.max_tilts),
+                       lambda batch: files.write(batch, writer), motion=motion, tilts=tilts,
                        ctf=o.stacks_2d, apply_origins=o.recenter, batch_size=o.batch_size,
                        device=o.device, progress=progress, desc="extracting")
     result, done = _written_set(particles, tomograms, o, files, crop, pixel_size_A,
@@ -297,6 +208,7 @@ class _BatchFiles:
         self.ctf_names: list[str | None] = [None] * n
         self.visible_frames: list[str | None] = [None] * n
         self.gathers: dict[str, SliceGather] = {}
+        self.selected: dict[str, np.ndarray] = {}  # tilts in use per tilt series (all tilts)
         self.size2d = o.box if o.stacks_2d else crop
         self.padded = self.size2d * o.pad2d
         self.sign = -1.0 if o.invert else 1.0
@@ -312,7 +224,7 @@ class _BatchFiles:
         gather = self._gather(batch)
         spectra = crops.spectra
         if o.pad2d > 1:
-            spectra = _padded_spectra(spectra, self.size2d, self.padded)
+            spectra = padded_spectra(spectra, self.size2d, self.padded)
         volumes = gather.volumes(spectra) * self.sign
         u, v, angle = (x.float() for x in ts.defocus_at(batch.positions_px))
         weights = gather.ctf((u + v) / 2, astigmatism_A=u - v, astigmatism_angle_deg=angle,
@@ -358,7 +270,9 @@ class _BatchFiles:
             vis = crops.visible[j]
             stacks.append((folder / f"{labels[row]}_stack2d.mrcs", images[j][vis].cpu().numpy()))
             self.image_names[row] = f"{named}/{labels[row]}_stack2d.mrcs"
-            self.visible_frames[row] = "[" + ",".join(str(int(b)) for b in vis.tolist()) + "]"
+            flags = np.zeros(len(self.selected[batch.ts.name]), dtype=int)
+            flags[self.selected[batch.ts.name]] = vis.cpu().numpy()  # over all tilts, as RELION
+            self.visible_frames[row] = "[" + ",".join(str(int(b)) for b in flags) + "]"
         writer.submit(_write_stack_files, stacks, self.pixel_size_A)
 
 

@@ -1,10 +1,8 @@
 """Particles in their tilt series: positions per tilt, and batches of crops for every consumer.
 
-:func:`particle_positions_px` is RELION's ``ParticleSet::getPosition`` (centred Å → tomogram
-px about ``size / 2``, minus the origin shift in the tomogram frame ``A_subtomogram · origin``)
-plus, with a trajectory set, the particle's displacement in each tilt
-(``Trajectory::getShiftsInPix``). :func:`for_each_batch` reads each tilt series' images once,
-brings them to the working pixel size and hands batches of
+Positions per tilt are :func:`subtomo.io.particle_series.particle_positions_px` (RELION's
+``ParticleSet::getPosition`` plus each particle's trajectory). :func:`for_each_batch` reads each
+tilt series' images once, brings them to the working pixel size and hands batches of
 :class:`subtomo.tomo.crops.TiltCrops` to a callback: extraction, reconstruct-particle and
 tilt-series refinement share it.
 """
@@ -20,12 +18,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from subtomo.errors import InputError
-from subtomo.io.particles import COORD_PX, ParticleSet
+from subtomo.io.particle_series import particle_positions_px
+from subtomo.io.particles import ParticleSet
 from subtomo.io.tilt_series import TiltSeries
 from subtomo.io.tomograms import TomogramSet
 from subtomo.tomo.crops import PreparedImages, TiltCrops, particle_crops, prepare_images
 
-__all__ = ["CropBatch", "for_each_batch", "particle_positions_px", "with_tomograms"]
+__all__ = ["CropBatch", "for_each_batch", "with_tomograms"]
 
 
 @dataclass
@@ -64,37 +63,6 @@ def with_tomograms(ps: ParticleSet, tomograms: TomogramSet) -> ParticleSet:
                              f"{tomograms.source}", field="rlnTomoTiltSeriesPixelSize")
     ps.tomograms = tomograms.global_table()
     return ps
-
-
-def particle_positions_px(ps: ParticleSet, ts: TiltSeries, rows: np.ndarray,
-                          motion: dict[str, np.ndarray] | None = None,
-                          apply_origins: bool = True) -> Tensor:
-    """Tomogram positions ``(N, T, 3)`` (tilt-series px) of particles ``rows`` in each tilt."""
-    sub = ps.subset(rows)
-    pixel = sub.with_pixel_coordinates()
-    coords = pixel.particles[list(COORD_PX)].to_numpy(np.float64)
-    coord_pixel_size_A = pixel.coordinate_pixel_size_A()
-    coord_pixel_size_A = np.where(np.isfinite(coord_pixel_size_A), coord_pixel_size_A,
-                                  ts.pixel_size_A)
-    pos = coords * (coord_pixel_size_A / ts.pixel_size_A)[:, None]
-    if apply_origins:
-        pos = pos - sub.tomogram_shifts_A() / ts.pixel_size_A
-    out = torch.from_numpy(pos)[:, None].expand(-1, ts.n_tilts, -1).clone()
-    if motion is not None:
-        if "rlnTomoParticleName" not in sub.particles:
-            raise InputError(ps.source, "a trajectory set needs particle names",
-                             field="rlnTomoParticleName")
-        for i, name in enumerate(sub.particles["rlnTomoParticleName"].astype(str)):
-            if name not in motion:
-                raise InputError(ps.source, f"no trajectory for particle {name!r} in the "
-                                 "motion set", field="rlnTomoParticleName")
-            shifts = np.asarray(motion[name])
-            if shifts.shape != (ts.n_tilts, 3):
-                raise InputError(ps.source, f"trajectory of {name!r} has {len(shifts)} tilts; "
-                                 f"tilt series {ts.name} has {ts.n_tilts}",
-                                 field="rlnTomoParticleName")
-            out[i] += torch.from_numpy(shifts) / ts.pixel_size_A
-    return out
 
 
 def check_box(ts: TiltSeries, box: int, pixel_size_A: float, field: str = "--b") -> None:

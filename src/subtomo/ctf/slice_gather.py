@@ -1,0 +1,127 @@
+"""Tilt slices gathered onto a 3D half grid: the operator behind subtomograms from tilt series
+and pseudo-subtomograms from 2D stacks.
+
+A voxel ``k`` of a ``D``-voxel half grid takes from tilt ``t`` (rows ``u_t, v_t, n_t`` of its
+rotation) the bilinear interpolation of that tilt's crop spectrum at ``(k·u_t, k·v_t)`` with the
+tent weight ``τ = max(0, 1 − |k·n_t|)`` (RELION's
+``FourierBackprojection::backprojectSlice_forward_with_multiplicity``); the pairs are those of
+:func:`subtomo.ctf.volume.tilt_pairs`. Two normalisations:
+
+- ``normalise=True`` (extraction): the sum is divided by ``max(Σ_t τ, 1)``, so a subtomogram's
+  spectrum is ``C(k) V(k)`` with ``C`` the gridded CTF of :class:`CtfGridder` on the same pairs.
+- ``normalise=False`` (2D stacks, CTF-premultiplied crops ``Y_t = c_t X_t``): the sums
+  ``B(k) = Σ_t τ_t Y_t`` and ``W(k) = Σ_t τ_t c_t²`` (``squared_ctf=True``) are RELION 4/5's
+  pseudo-subtomogram data and weights. Since ``Σ_k τ(k·n) f(k) ≈ Σ_{k₂} f(k₂)`` (a tent sums to 1
+  across the slice), ``Re Σ_k B̄ P − ½ Σ_k W |P|²`` equals the sum over tilts of the 2D
+  log-likelihoods ``Re Σ c_t Ȳ_t P(R_tᵀ k₂) − ½ Σ c_t² |P(R_tᵀ k₂)|²`` up to interpolation.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from subtomo.ctf.volume import CtfGridder, TiltPairs, _voxel_frequencies, tilt_pairs
+
+__all__ = ["SliceGather", "padded_spectra"]
+
+
+def _voxel_radius_px(box: int, v: Tensor) -> Tensor:
+    """``|k|`` (Fourier px) of flat half-grid voxels ``v``."""
+    fz, fy, fx = _voxel_frequencies(box, v.device, torch.float64)
+    half = fx.shape[0]
+    return torch.sqrt(fx[v % half] ** 2 + fy[(v // half) % box] ** 2 + fz[v // (box * half)] ** 2)
+
+
+def padded_spectra(spectra: Tensor, size: int, padded: int) -> Tensor:
+    """Centred crop spectra zero-padded to ``padded`` px in real space, after dividing by the
+    transform of the bilinear kernel on that grid (gridding pre-correction)."""
+    images = torch.fft.fftshift(torch.fft.irfft2(spectra, s=(size, size)), dim=(-2, -1))
+    axis = (torch.arange(size, device=spectra.device, dtype=torch.float64) - size // 2) / padded
+    kernel = torch.sinc(axis) ** 2
+    images = images / (kernel[:, None] * kernel[None, :]).to(images.dtype)
+    out = images.new_zeros(*images.shape[:-2], padded, padded)
+    start = padded // 2 - size // 2
+    out[..., start:start + size, start:start + size] = images
+    return torch.fft.rfft2(torch.fft.ifftshift(out, dim=(-2, -1)))
+
+
+class SliceGather:
+    """The sparse operator from crop spectra ``(N, T, P, P // 2 + 1)`` to subtomograms
+    ``(N, D, D, D)`` of one tilt geometry (see the module docstring), and the
+    :class:`subtomo.ctf.volume.CtfGridder` of the same pairs.
+
+    ``frames``: ``(T, 3, 3)`` tilt rotations; ``pixel_size_A``: voxel size of the 3D box;
+    ``crop_pixel_size_A``: pixel size (x, y) of the crops; ``padded``: crop spectrum size ``P``;
+    ``pre_exposure`` (e/Å², per tilt) and the optics for the CTF volumes; ``normalise``: divide
+    by ``max(Σ_t τ, 1)`` (module docstring); ``squared_ctf``: :attr:`ctf` grids ``c²``.
+
+    For an even box the centring of the subtomogram (``fftshift`` after the inverse FFT) is
+    folded into the operator as the sign ``(−1)^(kx + ky + kz)`` of each output voxel; an odd
+    box is shifted after the transform.
+    """
+
+    def __init__(self, box: int, pixel_size_A: float, frames: Tensor,
+                 crop_pixel_size_A: tuple[float, float], padded: int, pre_exposure: Tensor, *,
+                 voltage_kv: float, cs_mm: float, amplitude_contrast: float,
+                 normalise: bool = True, squared_ctf: bool = False) -> None:
+        pairs = tilt_pairs(box, pixel_size_A, frames.to(torch.float64))
+        inside = _voxel_radius_px(box, pairs.v) <= box / 2
+        tent_sum = pairs.tent_sum if normalise else torch.ones_like(pairs.tent_sum)
+        p = TiltPairs(box, *(x[inside] for x in (pairs.t, pairs.v, pairs.tent, pairs.kx,
+                                                 pairs.ky)), tent_sum)
+        half = padded // 2 + 1
+        gx = p.kx * (padded * crop_pixel_size_A[0])
+        gy = p.ky * (padded * crop_pixel_size_A[1])
+        mirror = gx < 0
+        sign = torch.where(mirror, -1.0, 1.0).to(torch.float64)
+        gx, gy = gx * sign, gy * sign
+        x0, y0 = torch.floor(gx), torch.floor(gy)
+        fx, fy = gx - x0, gy - y0
+        weight = p.tent / p.tent_sum[p.v].clamp_min(1.0)
+        h3 = box // 2 + 1
+        iz, iy, ix = p.v // (box * h3), (p.v // h3) % box, p.v % h3
+        voxel = (ix * box + iz) * box + iy  # output rows in (x, z, y) order: see volumes()
+        self.centred = box % 2 == 0
+        if self.centred:  # fftshift of the volume = (−1)^(iz + iy + ix) on its spectrum
+            weight = weight * (1.0 - 2.0 * ((iz + iy + ix) % 2).to(torch.float64))
+        rows, cols, values, signs = [], [], [], []
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            for dy, wy in ((0, 1 - fy), (1, fy)):
+                x = (x0.long() + dx).clamp(max=half - 1)
+                y = (y0.long() + dy) % padded
+                rows.append(voxel)
+                cols.append((p.t * padded + y) * half + x)
+                values.append(weight * wx * wy)
+                signs.append(sign)
+        rows, cols, values, signs = (torch.cat(x) for x in (rows, cols, values, signs))
+        shape = (box * box * (box // 2 + 1), frames.shape[0] * padded * half)
+        index = torch.stack([rows, cols])
+        with warnings.catch_warnings():  # CSR is "beta" in torch; its matmul is what we need
+            warnings.simplefilter("ignore", UserWarning)
+            self.real, self.imag = (
+                torch.sparse_coo_tensor(index, v, shape, check_invariants=False).coalesce()
+                .to_sparse_csr().to(torch.float32) for v in (values, values * signs))
+        self.box = box
+        self.padded = padded
+        ctf_pairs = TiltPairs(box, p.t, p.v, *(x.float() for x in (p.tent, p.kx, p.ky,
+                                                                   p.tent_sum)))
+        self.ctf = CtfGridder(ctf_pairs, torch.as_tensor(pre_exposure, device=frames.device),
+                              voltage_kv=voltage_kv, cs_mm=cs_mm,
+                              amplitude_contrast=amplitude_contrast, squared=squared_ctf)
+
+    def volumes(self, spectra: Tensor) -> Tensor:
+        """Subtomograms ``(N, D, D, D)`` (float32, centred at ``D // 2``) of crop spectra
+        ``(N, T, P, P // 2 + 1)``."""
+        n, box = spectra.shape[0], self.box
+        parts = torch.view_as_real(spectra.reshape(n, -1).to(torch.complex64))
+        parts = parts.permute(2, 1, 0).contiguous()  # (re/im, crop frequencies, particles)
+        re = torch.sparse.mm(self.real, parts[0])
+        im = torch.sparse.mm(self.imag, parts[1])
+        spectrum = torch.complex(re, im).reshape(box // 2 + 1, box, box, n)  # (x, z, y, N)
+        # irfftn as its two steps, the complex one first over the (z, y) planes as they lie
+        planes = torch.fft.ifft2(spectrum, dim=(1, 2)).permute(3, 1, 2, 0)  # (N, z, y, x)
+        volumes = torch.fft.irfft(planes, n=box, dim=-1)
+        return volumes if self.centred else torch.fft.fftshift(volumes, dim=(-3, -2, -1))

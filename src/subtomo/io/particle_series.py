@@ -1,0 +1,211 @@
+"""Particle series: per particle, the 2D crops of its visible tilt images (RELION 5
+pseudo-subtomograms as 2D stacks, WarpTools particle series).
+
+A set is a particle series when ``rlnTomoSubTomosAre2DStacks`` is 1 in its general block or its
+optics say ``rlnImageDimensionality 2`` while naming tomograms. Per particle:
+
+- ``rlnImageName``: one ``.mrcs`` stack holding one image per VISIBLE tilt, in tilt-series order;
+- ``rlnTomoVisibleFrames``: ``[1,1,0,...]``, one flag per tilt of its tilt series (absent: all
+  tilts visible, as WarpTools writes);
+- the images are CTF- and dose-premultiplied (``rlnCtfDataAreCtfPremultiplied 1``, RELION 5 and
+  ``subtomo extract --2d_stacks``) and show protein white; each crop is centred on the projection
+  of the particle's coordinate (the origin ``rlnOrigin*Angst`` stays a translation to refine);
+- the per-tilt projection, defocus (at the particle's depth), dose and optics come from the
+  tomogram set (:class:`subtomo.io.tomograms.TomogramSet`): RELION 5 tilt-series STAR files or
+  RELION 4 / WarpTools projection matrices. A set without one cannot be used: the tilts' geometry
+  and CTFs are not in the particle file.
+
+:func:`attach_tomograms` checks a set against its tomograms once (names, visible-frame counts)
+and composes any subtomogram frame into the angles, so that poses live in the tomogram frame in
+which the slices are laid out. :func:`read_stack_spectra` reads a batch of stacks as centred 2D
+spectra ``(N, T, S, S // 2 + 1)`` with zeros at invisible tilts. :func:`particle_positions_px` is
+RELION's ``ParticleSet::getPosition`` (centred Å → tomogram px, minus the origin in the tomogram
+frame) plus the trajectory of each particle when a motion set is given.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from subtomo.errors import InputError
+from subtomo.io import validate
+from subtomo.io.files import resolve
+from subtomo.io.mrc import read_mrc, read_mrc_header
+from subtomo.io.particles import COORD_PX, ParticleSet
+from subtomo.io.star import read_particles
+from subtomo.io.star_text import read_star
+from subtomo.io.tilt_series import TiltSeries
+from subtomo.io.tomograms import (
+    TomogramSet,
+    read_inputs,
+    read_motion,
+    read_tomogram_set,
+    tomogram_files,
+)
+
+__all__ = ["SeriesSource", "attach_tomograms", "is_particle_series", "particle_positions_px",
+           "read_particle_input", "read_stack_spectra", "visible_frames"]
+
+
+@dataclass
+class SeriesSource:
+    """What a particle series needs beyond its STAR file: the tomograms and any trajectories."""
+
+    tomograms: TomogramSet
+    motion: dict[str, np.ndarray] | None = None
+    motion_source: str | None = None  # the motion.star the trajectories came from
+    operators: OrderedDict = field(default_factory=OrderedDict, repr=False)  # per tilt series
+
+    def files(self) -> list[Path]:
+        """The tomogram set's files (STAR files and tilt stacks) a job on the series reads."""
+        return tomogram_files(self.tomograms)
+
+
+def is_particle_series(ps: ParticleSet) -> bool:
+    """True for 2D-stack particle sets (module docstring)."""
+    if int(float(ps.general.get("rlnTomoSubTomosAre2DStacks", 0) or 0)) == 1:
+        return True
+    if "rlnImageDimensionality" in ps.optics and ps.tomo_names() is not None:
+        return bool((ps.optics["rlnImageDimensionality"].astype(int) == 2).all())
+    return False
+
+
+def visible_frames(ps: ParticleSet, row: int, n_tilts: int) -> np.ndarray:
+    """Bool ``(T,)`` visible tilts of particle ``row`` (0-based) in a tilt series of
+    ``n_tilts``; all tilts where the set has no ``rlnTomoVisibleFrames``."""
+    if "rlnTomoVisibleFrames" not in ps.particles:
+        return np.ones(n_tilts, bool)
+    text = str(ps.particles["rlnTomoVisibleFrames"].iloc[row]).strip().strip("[]")
+    try:
+        flags = np.array([int(float(x)) for x in text.split(",") if x.strip()], dtype=int)
+    except ValueError:
+        raise InputError(ps.source, f"particle {row + 1}: visible frames {text!r} are not 0/1 "
+                         "flags", field="rlnTomoVisibleFrames") from None
+    if len(flags) != n_tilts or not np.isin(flags, (0, 1)).all():
+        raise InputError(ps.source, f"particle {row + 1}: {len(flags)} visible-frame flags for a "
+                         f"tilt series of {n_tilts} tilts", field="rlnTomoVisibleFrames")
+    return flags.astype(bool)
+
+
+def attach_tomograms(ps: ParticleSet, tomograms: TomogramSet | None,
+                     motion: dict[str, np.ndarray] | None = None,
+                     motion_source: str | Path | None = None) -> ParticleSet:
+    """The series ``ps`` with its tomograms attached (``ps.series``), after checking that every
+    particle's tomogram is in the set and its visible-frame flags fit that tilt series.
+    Subtomogram frames are composed into the angles (poses in the tomogram frame)."""
+    if tomograms is None:
+        raise InputError(ps.source, "a 2D-stack particle set needs its tomograms: give --i "
+                         "optimisation_set.star or --tomograms tomograms.star",
+                         field="rlnTomoTiltSeriesStarFile")
+    names = ps.tomo_names()
+    if names is None:
+        raise InputError(ps.source, "2D-stack particles name no tomogram", field="rlnTomoName")
+    for name in dict.fromkeys(names):
+        if name not in tomograms.series:
+            raise InputError(ps.source, f"particles name tomogram {name!r}, which is not in "
+                             f"{tomograms.source}", field="rlnTomoName")
+    if "rlnImageName" not in ps.particles:
+        raise InputError(ps.source, "particles have no images", field="rlnImageName")
+    for row, name in enumerate(names):
+        visible_frames(ps, row, tomograms[name].n_tilts)
+    out = ps.without_subtomogram_angles()
+    tomo_table = tomograms.global_table()
+    return replace(out, series=SeriesSource(
+        tomograms, motion, None if motion_source is None else str(motion_source)),
+        tomograms=tomo_table)
+
+
+def read_particle_input(path: str | Path, *, tomograms: str | Path | None = None,
+                        motion: str | Path | None = None,
+                        pixel_size_A: float | None = None) -> ParticleSet:
+    """The particle set a command names with ``--i`` (particles STAR file or optimisation set,
+    RELION 5's ``--ios``), with ``--tomograms`` / ``--mot`` overriding the optimisation set's;
+    a particle series gets its tomograms attached (:func:`attach_tomograms`)."""
+    blocks = read_star(path)
+    optimisation = any("rlnTomoParticlesFile" in (b if isinstance(b, dict) else b.columns)
+                       for b in blocks.values())
+    tset = None
+    trajectories = None
+    if optimisation:
+        inputs = read_inputs(path, tomograms=tomograms, motion=motion)
+        ps, tset, trajectories = inputs.particles, inputs.tomograms, inputs.motion
+        motion = inputs.files["trajectories"]
+        if pixel_size_A is not None:
+            ps = read_particles(inputs.files["particles"], pixel_size_A=pixel_size_A)
+    else:
+        ps = read_particles(path, pixel_size_A=pixel_size_A)
+        if tomograms is not None:
+            tset = read_tomogram_set(tomograms)
+        if motion is not None:
+            trajectories = read_motion(motion)
+    if not is_particle_series(ps):
+        return ps
+    return attach_tomograms(ps, tset, trajectories, motion)
+
+
+def read_stack_spectra(ps: ParticleSet, rows: np.ndarray, n_tilts: int, size: int
+                       ) -> tuple[Tensor, Tensor]:
+    """Centred 2D half spectra ``(N, T, S, S // 2 + 1)`` of the stacks of ``rows`` (all in one
+    tilt series of ``n_tilts``), zero at invisible tilts, and the visible flags ``(N, T)``.
+
+    A stack must hold exactly one ``S × S`` image per visible tilt; NaN is refused."""
+    star_dir = Path(ps.source).parent if ps.source else None
+    images = torch.zeros((len(rows), n_tilts, size, size), dtype=torch.float32)
+    visible = torch.zeros((len(rows), n_tilts), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        row = int(row)
+        flags = visible_frames(ps, row, n_tilts)
+        name = str(ps.particles["rlnImageName"].iloc[row])
+        path = resolve(name.split("@")[-1], star_dir)
+        if not path.is_file():
+            raise InputError(ps.source, f"particle {row + 1}: stack {name!r} not found",
+                             field="rlnImageName")
+        (n_images, ny, nx), _ = read_mrc_header(path)
+        if n_images < flags.sum() or (ny, nx) != (size, size):
+            raise InputError(ps.source, f"particle {row + 1}: stack {name!r} holds {n_images} "
+                             f"images of {nx}×{ny} px for {int(flags.sum())} visible tilts of "
+                             f"{size}×{size} px", field="rlnImageName")
+        data, _ = read_mrc(path, finite=False, what="2D stack")
+        data = np.asarray(data, dtype=np.float32).reshape(-1, size, size)[: int(flags.sum())]
+        validate.finite(data, path, what=f"particle {row + 1}: 2D stack", field="rlnImageName")
+        images[i, torch.from_numpy(flags)] = torch.from_numpy(data)
+        visible[i] = torch.from_numpy(flags)
+    spectra = torch.fft.rfft2(torch.fft.ifftshift(images, dim=(-2, -1)))
+    return spectra, visible
+
+
+def particle_positions_px(ps: ParticleSet, ts: TiltSeries, rows: np.ndarray,
+                          motion: dict[str, np.ndarray] | None = None,
+                          apply_origins: bool = True) -> Tensor:
+    """Tomogram positions ``(N, T, 3)`` (tilt-series px) of particles ``rows`` in each tilt."""
+    sub = ps.subset(rows)
+    pixel = sub.with_pixel_coordinates()
+    coords = pixel.particles[list(COORD_PX)].to_numpy(np.float64)
+    coord_pixel_size_A = pixel.coordinate_pixel_size_A()
+    coord_pixel_size_A = np.where(np.isfinite(coord_pixel_size_A), coord_pixel_size_A,
+                                  ts.pixel_size_A)
+    pos = coords * (coord_pixel_size_A / ts.pixel_size_A)[:, None]
+    if apply_origins:
+        pos = pos - sub.tomogram_shifts_A() / ts.pixel_size_A
+    out = torch.from_numpy(pos)[:, None].expand(-1, ts.n_tilts, -1).clone()
+    if motion is not None:
+        if "rlnTomoParticleName" not in sub.particles:
+            raise InputError(ps.source, "a trajectory set needs particle names",
+                             field="rlnTomoParticleName")
+        for i, name in enumerate(sub.particles["rlnTomoParticleName"].astype(str)):
+            if name not in motion:
+                raise InputError(ps.source, f"no trajectory for particle {name!r} in the "
+                                 "motion set", field="rlnTomoParticleName")
+            shifts = np.asarray(motion[name])
+            if shifts.shape != (ts.n_tilts, 3):
+                raise InputError(ps.source, f"trajectory of {name!r} has {len(shifts)} tilts; "
+                                 f"tilt series {ts.name} has {ts.n_tilts}",
+                                 field="rlnTomoParticleName")
+            out[i] += torch.from_numpy(shifts) / ts.pixel_size_A
+    return out

@@ -1,0 +1,110 @@
+"""Particle series (2D stacks) for the refinement engine: one batch of stacks becomes whitened
+pseudo-subtomograms plus the slices they came from (:mod:`.batch` has the model).
+
+Per tilt series, a :class:`subtomo.ctf.slice_gather.SliceGather` without normalisation maps the
+premultiplied crop spectra ``Y_t`` (zero-padded ``pad2d``-fold after the bilinear pre-correction)
+to ``B(k) = Σ_t τ_t(k) Y_t(k·u_t, k·v_t)`` and grids ``W(k) = Σ_t τ_t(k) c_t(k)²`` with each
+particle's defocus at its depth in each tilt, its dose filter and its visible tilts. The engine
+then sees ``X = B / √W`` and ``C = √W`` (0 where ``W = 0``): ``C X = B``, ``C² = W``, and the noise
+of ``X`` has at most the crops' variance, since ``Var B = Σ τ² c² σ² ≤ W σ²``. The operators are
+built once per tilt series and kept (a few per job). Translations (``rlnOrigin``) shift ``B`` in
+3D and each slice by ``(R_t s)_{x,y}``; both are applied at read time, as for subtomograms.
+
+The crops are centred on the projection of each particle's coordinate, as extracted; geometry
+refined later (``tomo-align``) enters the slices' rotations and CTFs here, and the crops' centres
+through the trajectories of the motion set given with the particles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from subtomo.ctf.ctf2d import ctf_2d
+from subtomo.ctf.dose import dose_filter
+from subtomo.ctf.slice_gather import SliceGather, padded_spectra
+from subtomo.fourier.grid import frequencies_2d
+from subtomo.io.particle_series import SeriesSource, particle_positions_px, read_stack_spectra
+from subtomo.io.particles import ParticleSet
+from subtomo.io.tilt_series import TiltSeries
+from subtomo.refine.batch import ParticleBatch, SeriesSlices, translated_rfft
+
+__all__ = ["series_batch"]
+
+KEPT_OPERATORS = 4  # gather operators kept per job (one per tilt series)
+
+
+def _gather(source: SeriesSource, ts: TiltSeries, box: int, pixel_size_A: float, pad2d: int,
+            device: torch.device) -> SliceGather:
+    """The unnormalised gather operator of tilt series ``ts`` (kept on ``source``)."""
+    cache = source.operators
+    key = (ts.name, box, pixel_size_A, pad2d, str(device), ts.matrices().numpy().tobytes())
+    if key not in cache:
+        cache[key] = SliceGather(
+            box, pixel_size_A, ts.matrices(device=device)[:, :3, :3],
+            (pixel_size_A, pixel_size_A), box * pad2d,
+            torch.as_tensor(ts.pre_exposure).float(), voltage_kv=ts.voltage_kv,
+            cs_mm=ts.cs_mm, amplitude_contrast=ts.amplitude_contrast, normalise=False,
+            squared_ctf=True)
+        while len(cache) > KEPT_OPERATORS:
+            cache.popitem(last=False)
+    cache.move_to_end(key)
+    return cache[key]
+
+
+def _slice_ctf(ts: TiltSeries, positions_px: Tensor, box: int, pixel_size_A: float,
+               visible: Tensor) -> Tensor:
+    """``c = CTF(depth) × exposure filter`` ``(N, T, S, S // 2 + 1)`` on the crops' grid."""
+    device = positions_px.device
+    freqs = frequencies_2d(box, pixel_size_A, device=device).float()
+    u, v, angle = (x.float()[..., None, None] for x in ts.defocus_at(positions_px))
+    c = ctf_2d(freqs, u, v, angle, ts.voltage_kv, ts.cs_mm, ts.amplitude_contrast)
+    exposure = torch.as_tensor(ts.pre_exposure, device=device, dtype=torch.float32)
+    c = c * dose_filter(freqs.norm(dim=-1), exposure[:, None, None])
+    return c * visible[..., None, None].to(c.dtype)
+
+
+def series_batch(ps: ParticleSet, chunk: np.ndarray, *, box: int, device: torch.device | str,
+                 shifts_px: Tensor | None = None, pad2d: int = 2) -> ParticleBatch:
+    """The :class:`ParticleBatch` of rows ``chunk`` of the particle series ``ps`` (module
+    docstring): whitened pseudo-subtomograms, their CTF volumes ``√W`` and the slices."""
+    source: SeriesSource = ps.series  # type: ignore[assignment]
+    device = torch.device(device)
+    pixel_size_A = float(ps.pixel_size_A()[0])
+    names = ps.tomo_names().to_numpy()[chunk]
+    n, half = len(chunk), box // 2 + 1
+    spectra = torch.empty((n, box, box, half), dtype=torch.complex64, device=device)
+    weights = torch.empty((n, box, box, half), dtype=torch.float32, device=device)
+    parts: list[tuple[np.ndarray, SeriesSlices]] = []
+    for name in dict.fromkeys(names):
+        at = np.flatnonzero(names == name)
+        rows = chunk[at]
+        ts = source.tomograms[name]
+        y, visible = read_stack_spectra(ps, rows, ts.n_tilts, box)
+        y, visible = y.to(device), visible.to(device)
+        positions = particle_positions_px(ps, ts, rows, source.motion,
+                                          apply_origins=False).to(device)
+        u, v, angle = (x.float() for x in ts.defocus_at(positions))
+        gather = _gather(source, ts, box, pixel_size_A, pad2d, device)
+        w = gather.ctf((u + v) / 2, astigmatism_A=u - v, astigmatism_angle_deg=angle,
+                       active=visible).reshape(-1, box, box, half).clamp_min(0.0)
+        padded = padded_spectra(y, box, box * pad2d) if pad2d > 1 else y
+        shifts = None if shifts_px is None else torch.as_tensor(shifts_px)[
+            torch.as_tensor(rows, dtype=torch.long)].to(device)
+        b = translated_rfft(gather.volumes(padded), shifts)
+        root = w.sqrt()
+        index = torch.as_tensor(at, device=device)
+        spectra[index] = torch.where(root > 0, b / root.clamp_min(1e-30), 0.0).to(spectra.dtype)
+        weights[index] = root
+        frames = ts.matrices(device=device)[:, :3, :3].float().expand(len(rows), -1, -1, -1)
+        slices = SeriesSlices(y, _slice_ctf(ts, positions, box, pixel_size_A, visible),
+                              visible, frames.contiguous())
+        if shifts is not None:
+            slices.spectra = slices.shifted(shifts.float())
+        parts.append((at, slices))
+    order = np.concatenate([at for at, _ in parts])
+    joined = SeriesSlices(*(torch.cat([getattr(s, f) for _, s in parts])
+                            for f in ("spectra", "ctf", "visible", "frames")))
+    inverse = torch.as_tensor(np.argsort(order), device=device)
+    return ParticleBatch(chunk, spectra, weights, joined.subset(inverse))
