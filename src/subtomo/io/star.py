@@ -18,6 +18,7 @@ import pandas as pd
 
 from subtomo.errors import InputError
 from subtomo.io import validate
+from subtomo.io.files import resolve
 from subtomo.io.labels import LABELS
 from subtomo.io.mrc import read_mrc_header
 from subtomo.io.particles import (
@@ -138,13 +139,28 @@ def _from_modern(path: Path, blocks: dict) -> ParticleSet:
                        source=str(path))
 
 
+def _optimisation_particles(path: Path, blocks: dict) -> Path | None:
+    """The particles file that an optimisation set names (``rlnTomoParticlesFile``), or None
+    when ``blocks`` are not an optimisation set."""
+    for block in blocks.values():
+        if isinstance(block, pd.DataFrame) and len(block) == 1:
+            block = block.iloc[0].to_dict()
+        if isinstance(block, dict) and "rlnTomoParticlesFile" in block:
+            named = resolve(str(block["rlnTomoParticlesFile"]), path.parent)
+            if not named.is_file() or named.resolve() == path.resolve():
+                raise InputError(path, f"particles file {str(named)!r} not found",
+                                 field="rlnTomoParticlesFile")
+            return named
+    return None
+
+
 def read_particles(
     path: str | Path,
     *,
     pixel_size_A: float | None = None,
     tomograms: str | Path | pd.DataFrame | None = None,
 ) -> ParticleSet:
-    """Read a particle STAR file of any flavour.
+    """Read a particle STAR file of any flavour, or the particles an optimisation set names.
 
     ``pixel_size_A`` (Å) supplies or overrides the pixel size of RELION 3.0 files; ``tomograms`` is
     a RELION 5 tomograms.star (or its table) for pixel ⇄ centred coordinate conversion.
@@ -153,6 +169,9 @@ def read_particles(
     if pixel_size_A is not None:
         validate.positive(pixel_size_A, None, field="--angpix", unit="Å")
     blocks = read_star(path)
+    named = _optimisation_particles(path, blocks)
+    if named is not None:
+        return read_particles(named, pixel_size_A=pixel_size_A, tomograms=tomograms)
     if "optics" in blocks and "particles" in blocks:
         ps = _from_modern(path, blocks)
     else:
