@@ -7,6 +7,24 @@ Flavours (``FLAVOURS``):
 - ``relion31``: ``data_optics`` + ``data_particles``; ``rlnOrigin*Angst``; pixel coordinates.
 - ``relion4``: 3.1 plus ``rlnTomoName`` and subtomogram angles (RELION 4 tomography).
 - ``relion5``: ``data_general`` + optics + particles with ``rlnCenteredCoordinate*Angst``.
+
+An optimisation set (RELION 5's ``--i``) is read as the particles file it names.
+
+Particle series (2D stacks: ``rlnTomoSubTomosAre2DStacks`` 1 in ``data_general``,
+``rlnImageDimensionality`` 2) read as any other set; ``rlnTomoVisibleFrames`` stays the string
+written (``[1,0,...]``, one flag per tilt of the tilt series). WarpTools' sets (e.g.
+``tests/data/warptools_70s``) differ from RELION 5's in ways a reader cannot see:
+
+- before warpem/warp ``7ad2dcc`` (2026-07-22) each stack holds one image per exported tilt,
+  visible or not (excluded tilts ≈ 0), in the tomograms table's order; from then on only the
+  visible ones, as RELION 5 does;
+- before that commit ``rlnCoordinateX/Y/Z`` are in pixels of the exported particles
+  (``rlnImagePixelSize``), while ``rlnTomoTiltSeriesPixelSize`` and ``rlnTomoSizeX/Y/Z`` are
+  the tilt series' (binning ≠ 1); ``coordinate_pixel_size_A`` takes the tilt series' pixel
+  size, so such coordinates must be rescaled by the binning before depths are computed. Since
+  then the tomogram is a virtual one sampled at the particle pixel size (binning 1);
+- images are CTF- and dose-premultiplied (``rlnCtfDataAreCtfPremultiplied`` 1, unless
+  ``--dont_premultiply``), inverted by default (protein white), origins all 0.
 """
 
 from __future__ import annotations
