@@ -7,6 +7,24 @@ Flavours (``FLAVOURS``):
 - ``relion31``: ``data_optics`` + ``data_particles``; ``rlnOrigin*Angst``; pixel coordinates.
 - ``relion4``: 3.1 plus ``rlnTomoName`` and subtomogram angles (RELION 4 tomography).
 - ``relion5``: ``data_general`` + optics + particles with ``rlnCenteredCoordinate*Angst``.
+
+An optimisation set (RELION 5's ``--i``) is read as the particles file it names.
+
+Particle series (2D stacks: ``rlnTomoSubTomosAre2DStacks`` 1 in ``data_general``,
+``rlnImageDimensionality`` 2) read as any other set; ``rlnTomoVisibleFrames`` stays the string
+written (``[1,0,...]``, one flag per tilt of the tilt series). WarpTools' sets (e.g.
+``tests/data/warptools_70s``) differ from RELION 5's in ways a reader cannot see:
+
+- before warpem/warp ``7ad2dcc`` (2026-07-22) each stack holds one image per exported tilt,
+  visible or not (excluded tilts ≈ 0), in the tomograms table's order; from then on only the
+  visible ones, as RELION 5 does;
+- before that commit ``rlnCoordinateX/Y/Z`` are in pixels of the exported particles
+  (``rlnImagePixelSize``), while ``rlnTomoTiltSeriesPixelSize`` and ``rlnTomoSizeX/Y/Z`` are
+  the tilt series' (binning ≠ 1); ``coordinate_pixel_size_A`` takes the tilt series' pixel
+  size, so such coordinates must be rescaled by the binning before depths are computed. Since
+  then the tomogram is a virtual one sampled at the particle pixel size (binning 1);
+- images are CTF- and dose-premultiplied (``rlnCtfDataAreCtfPremultiplied`` 1, unless
+  ``--dont_premultiply``), inverted by default (protein white), origins all 0.
 """
 
 from __future__ import annotations
@@ -18,6 +36,7 @@ import pandas as pd
 
 from subtomo.errors import InputError
 from subtomo.io import validate
+from subtomo.io.files import resolve
 from subtomo.io.labels import LABELS
 from subtomo.io.mrc import read_mrc_header
 from subtomo.io.particles import (
@@ -138,13 +157,28 @@ def _from_modern(path: Path, blocks: dict) -> ParticleSet:
                        source=str(path))
 
 
+def _optimisation_particles(path: Path, blocks: dict) -> Path | None:
+    """The particles file that an optimisation set names (``rlnTomoParticlesFile``), or None
+    when ``blocks`` are not an optimisation set."""
+    for block in blocks.values():
+        if isinstance(block, pd.DataFrame) and len(block) == 1:
+            block = block.iloc[0].to_dict()
+        if isinstance(block, dict) and "rlnTomoParticlesFile" in block:
+            named = resolve(str(block["rlnTomoParticlesFile"]), path.parent)
+            if not named.is_file() or named.resolve() == path.resolve():
+                raise InputError(path, f"particles file {str(named)!r} not found",
+                                 field="rlnTomoParticlesFile")
+            return named
+    return None
+
+
 def read_particles(
     path: str | Path,
     *,
     pixel_size_A: float | None = None,
     tomograms: str | Path | pd.DataFrame | None = None,
 ) -> ParticleSet:
-    """Read a particle STAR file of any flavour.
+    """Read a particle STAR file of any flavour, or the particles an optimisation set names.
 
     ``pixel_size_A`` (Å) supplies or overrides the pixel size of RELION 3.0 files; ``tomograms`` is
     a RELION 5 tomograms.star (or its table) for pixel ⇄ centred coordinate conversion.
@@ -153,6 +187,9 @@ def read_particles(
     if pixel_size_A is not None:
         validate.positive(pixel_size_A, None, field="--angpix", unit="Å")
     blocks = read_star(path)
+    named = _optimisation_particles(path, blocks)
+    if named is not None:
+        return read_particles(named, pixel_size_A=pixel_size_A, tomograms=tomograms)
     if "optics" in blocks and "particles" in blocks:
         ps = _from_modern(path, blocks)
     else:

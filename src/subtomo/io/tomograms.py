@@ -13,6 +13,27 @@ Tomogram sets (``TomogramSet::read`` / ``write`` and ``TomogramSet::loadTomogram
   has both; we turn them into the five parameters exactly (:func:`angles_from_matrices`), which
   needs the tilt-image size (from the stack header, or ``image_size=``).
 
+WarpTools particle series (``ts_export_particles --2d``, and Warp 2's GUI export; e.g.
+``tests/data/warptools_70s``) write a RELION 4 file that describes no real tilt series:
+
+- ``rlnTomoTiltSeriesName`` is a placeholder (``dummy.mrc`` or ``dummy_tiltseries.mrc``);
+- ``rlnTomoProjX/Y/Z`` are rotation-only: the 3×3 part is Warp's tilt rotation about the
+  tomogram centre (``Matrix3.Euler(GetAngleInAllTilts(centre))``), the translation column is 0
+  and ``rlnTomoProjW`` is ``[0,0,0,1]``; the per-tilt image shifts and Warp's deformation grids
+  stay in Warp's XML;
+- ``rlnDefocusU/V/Angle`` are at the tomogram centre; ``rlnCtfScalefactor`` is Warp's weight
+  (cos tilt, ~0 for excluded tilts); ``rlnMicrographPreExposure`` is Warp's per-tilt dose;
+- one row per tilt kept for export, in Warp's tilt order (by angle, not by exposure).
+
+We read such matrices as RELION does, literally (tomogram voxel 0 projects onto image pixel
+0), so that they round-trip unchanged; when the named stack is missing, the tilt-image size
+(which the five parameters need but the matrices do not depend on) is taken as the tomogram's
+``(X, Y)``. The per-tilt rotations and each particle's depth, hence its defocus, are right
+(``Tomogram::getDepthOffset`` does not see the translation), and that is all that 2D particle
+stacks, already centred on their particle, need. What cannot be done with these sets:
+anything that needs positions in the tilt images: extracting from the tilt series,
+``tomo-align`` (there are no images to fit shifts against), re-projecting a tomogram.
+
 Optimisation sets: one unnamed block listing ``rlnTomoParticlesFile``, ``rlnTomoTomogramsFile``,
 ``rlnTomoTrajectoriesFile``, ``rlnTomoManifoldsFile``, ``rlnTomoReferenceMap1File/2File``,
 ``rlnTomoReferenceMaskFile``, ``rlnTomoReferenceFscFile`` (``OptimisationSet`` in
@@ -118,9 +139,21 @@ def _matrix_rows(path: Path, tilts: pd.DataFrame, name: str) -> np.ndarray:
     return out
 
 
+def _placeholder_size(ts: TiltSeries) -> None:
+    """WarpTools' sets name a tilt-series stack that does not exist (module docstring): take
+    the tomogram's ``(X, Y)`` as the image size, which the matrices do not depend on."""
+    stack = ts.globals.get("rlnTomoTiltSeriesName")
+    base = Path(ts.source).parent if ts.source else None
+    if (ts.image_size is None and "rlnMicrographName" not in ts.tilts and stack is not None
+            and not resolve(str(stack), base).is_file()):
+        ts.image_size = ts.tomo_size_px[:2]
+
+
 def _from_matrices(path: Path, ts: TiltSeries) -> TiltSeries:
     """RELION 4 matrices → the five parameters (exact; checked by re-projection)."""
     mats = torch.from_numpy(_matrix_rows(path, ts.tilts, ts.name))
+    if not bool(mats[:, :3, 3].any()):
+        _placeholder_size(ts)
     params = angles_from_matrices(mats, ts.pixel_size_A, ts.tomo_size_px, ts.image_size_px)
     again = projection_matrices(*params, ts.pixel_size_A, ts.tomo_size_px, ts.image_size_px)
     corners = torch.tensor([[x, y, z, 1.0] for x in (0, 1) for y in (0, 1) for z in (0, 1)],
