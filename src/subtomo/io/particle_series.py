@@ -4,7 +4,8 @@ pseudo-subtomograms as 2D stacks, WarpTools particle series).
 A set is a particle series when ``rlnTomoSubTomosAre2DStacks`` is 1 in its general block or its
 optics say ``rlnImageDimensionality 2`` while naming tomograms. Per particle:
 
-- ``rlnImageName``: one ``.mrcs`` stack holding one image per VISIBLE tilt, in tilt-series order;
+- ``rlnImageName``: one ``.mrcs`` stack holding one image per visible tilt, in tilt-series
+  order (WarpTools before 2026: one per tilt, the excluded ones ≈ 0);
 - ``rlnTomoVisibleFrames``: ``[1,1,0,...]``, one flag per tilt of its tilt series (absent: all
   tilts visible, as WarpTools writes);
 - the images are CTF- and dose-premultiplied (``rlnCtfDataAreCtfPremultiplied 1``, RELION 5 and
@@ -154,7 +155,9 @@ def read_stack_spectra(ps: ParticleSet, rows: np.ndarray, n_tilts: int, size: in
     """Centred 2D half spectra ``(N, T, S, S // 2 + 1)`` of the stacks of ``rows`` (all in one
     tilt series of ``n_tilts``), zero at invisible tilts, and the visible flags ``(N, T)``.
 
-    A stack must hold exactly one ``S × S`` image per visible tilt; NaN is refused."""
+    A stack holds one ``S × S`` image per visible tilt (RELION 5; Warp since 2026), or one per
+    tilt (WarpTools before, excluded tilts ≈ 0), indexed by tilt; anything else and NaN are
+    refused."""
     star_dir = Path(ps.source).parent if ps.source else None
     images = torch.zeros((len(rows), n_tilts, size, size), dtype=torch.float32)
     visible = torch.zeros((len(rows), n_tilts), dtype=torch.bool)
@@ -167,12 +170,15 @@ def read_stack_spectra(ps: ParticleSet, rows: np.ndarray, n_tilts: int, size: in
             raise InputError(ps.source, f"particle {row + 1}: stack {name!r} not found",
                              field="rlnImageName")
         (n_images, ny, nx), _ = read_mrc_header(path)
-        if n_images < flags.sum() or (ny, nx) != (size, size):
+        n_visible = int(flags.sum())
+        if n_images not in (n_visible, n_tilts) or (ny, nx) != (size, size):
             raise InputError(ps.source, f"particle {row + 1}: stack {name!r} holds {n_images} "
-                             f"images of {nx}×{ny} px for {int(flags.sum())} visible tilts of "
-                             f"{size}×{size} px", field="rlnImageName")
+                             f"images of {nx}×{ny} px for {n_visible} visible tilts (of "
+                             f"{n_tilts}) of {size}×{size} px", field="rlnImageName")
         data, _ = read_mrc(path, finite=False, what="2D stack")
-        data = np.asarray(data, dtype=np.float32).reshape(-1, size, size)[: int(flags.sum())]
+        data = np.asarray(data, dtype=np.float32).reshape(-1, size, size)
+        if n_images == n_tilts:  # one image per tilt (WarpTools before 2026): keep the visible
+            data = data[flags]
         validate.finite(data, path, what=f"particle {row + 1}: 2D stack", field="rlnImageName")
         images[i, torch.from_numpy(flags)] = torch.from_numpy(data)
         visible[i] = torch.from_numpy(flags)
