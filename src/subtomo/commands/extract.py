@@ -120,7 +120,8 @@ def _run(args: argparse.Namespace) -> int:
         ctf_layout=args.ctf_layout, pad2d=args.pad2d or 1, invert=args.invert_contrast,
         batch_size=args.batch, device=args.device)
     result = extract_subtomograms(inputs.particles, inputs.tomograms, args.output, options,
-                                  motion=inputs.motion)
+                                  motion=inputs.motion,
+                                  motion_source=inputs.files["trajectories"])
     files = inputs.files  # the next command starts from DIR/optimisation_set.star
     write_optimisation_set(Path(args.output) / "optimisation_set.star", particles=result.star,
                            tomograms=files["tomograms"], trajectories=files["trajectories"])

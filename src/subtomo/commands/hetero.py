@@ -42,9 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--o", "-o", dest="output", default=None, help="output folder")
     t.add_argument("--poses", default=None, help="pose pickle (subtomo poses export)")
     t.add_argument("--ctf", action="store_true", help="use the 3D CTF volumes (rlnCtfImage)")
-    t.add_argument("--tomograms", default=None,
-                   help="tomograms.star of a 2D-stack particle set (or give --i "
-                   "optimisation_set.star)")
+    t.add_argument("--tomograms", default=None, help="tomograms.star of a 2D-stack set")
     t.add_argument("--ref", default=None, help="consensus map (default: reconstructed)")
     t.add_argument("-r", "--mask", default=None, help="solvent mask of the consensus map")
     t.add_argument("--masks", nargs="+", default=None, help="masks of rigid bodies (.mrc)")

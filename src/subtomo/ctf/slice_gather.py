@@ -37,15 +37,23 @@ def _voxel_radius_px(box: int, v: Tensor) -> Tensor:
 
 def padded_spectra(spectra: Tensor, size: int, padded: int) -> Tensor:
     """Centred crop spectra zero-padded to ``padded`` px in real space, after dividing by the
-    transform of the bilinear kernel on that grid (gridding pre-correction)."""
-    images = torch.fft.fftshift(torch.fft.irfft2(spectra, s=(size, size)), dim=(-2, -1))
-    axis = (torch.arange(size, device=spectra.device, dtype=torch.float64) - size // 2) / padded
+    transform of the bilinear kernel on that grid (gridding pre-correction).
+
+    The image of a centred spectrum has its centre at pixel 0 (wrapped), so the kernel is
+    divided in that layout and the padding inserts zeros in the middle of each wrapped axis: no
+    shifted copies."""
+    images = torch.fft.irfft2(spectra, s=(size, size))  # centre at pixel 0
+    axis = torch.fft.fftfreq(size, d=1.0 / size, device=spectra.device,
+                             dtype=torch.float64) / padded
     kernel = torch.sinc(axis) ** 2
     images = images / (kernel[:, None] * kernel[None, :]).to(images.dtype)
     out = images.new_zeros(*images.shape[:-2], padded, padded)
-    start = padded // 2 - size // 2
-    out[..., start:start + size, start:start + size] = images
-    return torch.fft.rfft2(torch.fft.ifftshift(out, dim=(-2, -1)))
+    low, high = (size + 1) // 2, size // 2  # pixels 0 … low−1 and the last ``high`` (negative)
+    for rows_in, rows_out in ((slice(0, low), slice(0, low)),
+                              (slice(size - high, size), slice(padded - high, padded))):
+        out[..., rows_out, :low] = images[..., rows_in, :low]
+        out[..., rows_out, padded - high:] = images[..., rows_in, size - high:]
+    return torch.fft.rfft2(out)
 
 
 class SliceGather:

@@ -37,7 +37,7 @@ from torch import Tensor
 from subtomo.errors import InputError
 from subtomo.io import validate
 from subtomo.io.files import resolve
-from subtomo.io.mrc import read_mrc, read_mrc_header
+from subtomo.io.mrc import read_mrc
 from subtomo.io.particles import COORD_PX, ParticleSet
 from subtomo.io.star import read_particles
 from subtomo.io.star_text import read_star
@@ -61,6 +61,7 @@ class SeriesSource:
     tomograms: TomogramSet
     motion: dict[str, np.ndarray] | None = None
     motion_source: str | None = None  # the motion.star the trajectories came from
+    cut_with: SeriesSource | None = None  # the geometry the crops were cut with, if other
     operators: OrderedDict = field(default_factory=OrderedDict, repr=False)  # per tilt series
 
     def files(self) -> list[Path]:
@@ -116,10 +117,44 @@ def attach_tomograms(ps: ParticleSet, tomograms: TomogramSet | None,
     for row, name in enumerate(names):
         visible_frames(ps, row, tomograms[name].n_tilts)
     out = ps.without_subtomogram_angles()
-    tomo_table = tomograms.global_table()
-    return replace(out, series=SeriesSource(
-        tomograms, motion, None if motion_source is None else str(motion_source)),
-        tomograms=tomo_table)
+    source = SeriesSource(tomograms, motion,
+                          None if motion_source is None else str(motion_source))
+    source.cut_with = _cut_with(ps, source)
+    return replace(out, series=source, tomograms=tomograms.global_table())
+
+
+def _same_file(a: str | Path | None, b: str | Path | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def _cut_with(ps: ParticleSet, current: SeriesSource) -> SeriesSource | None:
+    """The tomograms and trajectories the crops were cut with (``rlnTomoTomogramsFile`` and
+    ``rlnTomoTrajectoriesFile`` of the general block, as ``subtomo extract --2d_stacks`` writes
+    them), when they differ from ``current``: the reader then re-centres each crop on the
+    particle's position under the current geometry. None: same geometry, or not recorded."""
+    name = ps.general.get("rlnTomoTomogramsFile")
+    if not name:
+        return None
+    star_dir = Path(ps.source).parent if ps.source else None
+    path = resolve(str(name), star_dir)
+    if not path.is_file():
+        raise InputError(ps.source, f"tomograms the stacks were cut with, {str(name)!r}, not "
+                         "found", field="rlnTomoTomogramsFile")
+    motion_name = ps.general.get("rlnTomoTrajectoriesFile")
+    motion_path = resolve(str(motion_name), star_dir) if motion_name else None
+    if _same_file(path, current.tomograms.source) and _same_file(motion_path,
+                                                                  current.motion_source):
+        return None
+    tset = read_tomogram_set(path)
+    for name in dict.fromkeys(ps.tomo_names()):
+        if name not in tset.series or tset[name].n_tilts != current.tomograms[name].n_tilts:
+            raise InputError(ps.source, f"tomogram {name!r} of the stacks' geometry "
+                             f"{str(path)!r} is missing or has other tilts",
+                             field="rlnTomoTomogramsFile")
+    motion = read_motion(motion_path) if motion_path is not None else None
+    return SeriesSource(tset, motion, None if motion_path is None else str(motion_path))
 
 
 def read_particle_input(path: str | Path, *, tomograms: str | Path | None = None,
@@ -169,21 +204,26 @@ def read_stack_spectra(ps: ParticleSet, rows: np.ndarray, n_tilts: int, size: in
         if not path.is_file():
             raise InputError(ps.source, f"particle {row + 1}: stack {name!r} not found",
                              field="rlnImageName")
-        (n_images, ny, nx), _ = read_mrc_header(path)
+        data, _ = read_mrc(path, finite=False, what="2D stack")
+        data = np.asarray(data, dtype=np.float32)
+        data = data.reshape((1, *data.shape) if data.ndim == 2 else data.shape)
+        n_images, ny, nx = data.shape
         n_visible = int(flags.sum())
         if n_images not in (n_visible, n_tilts) or (ny, nx) != (size, size):
             raise InputError(ps.source, f"particle {row + 1}: stack {name!r} holds {n_images} "
                              f"images of {nx}×{ny} px for {n_visible} visible tilts (of "
                              f"{n_tilts}) of {size}×{size} px", field="rlnImageName")
-        data, _ = read_mrc(path, finite=False, what="2D stack")
-        data = np.asarray(data, dtype=np.float32).reshape(-1, size, size)
         if n_images == n_tilts:  # one image per tilt (WarpTools before 2026): keep the visible
             data = data[flags]
         validate.finite(data, path, what=f"particle {row + 1}: 2D stack", field="rlnImageName")
         images[i, torch.from_numpy(flags)] = torch.from_numpy(data)
         visible[i] = torch.from_numpy(flags)
-    spectra = torch.fft.rfft2(torch.fft.ifftshift(images, dim=(-2, -1)))
-    return spectra, visible
+    if size % 2:
+        return torch.fft.rfft2(torch.fft.ifftshift(images, dim=(-2, -1))), visible
+    # an even crop's centring is the sign (−1)^(kx + ky) on its spectrum: no shifted copy
+    k = torch.arange(size)
+    sign = 1 - 2 * ((k[:, None] + k[None, : size // 2 + 1]) % 2)
+    return torch.fft.rfft2(images) * sign.to(torch.complex64), visible
 
 
 def particle_positions_px(ps: ParticleSet, ts: TiltSeries, rows: np.ndarray,

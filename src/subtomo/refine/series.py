@@ -10,9 +10,11 @@ of ``X`` has at most the crops' variance, since ``Var B = Σ τ² c² σ² ≤ W
 built once per tilt series and kept (a few per job). Translations (``rlnOrigin``) shift ``B`` in
 3D and each slice by ``(R_t s)_{x,y}``; both are applied at read time, as for subtomograms.
 
-The crops are centred on the projection of each particle's coordinate, as extracted; geometry
-refined later (``tomo-align``) enters the slices' rotations and CTFs here, and the crops' centres
-through the trajectories of the motion set given with the particles.
+The crops are centred on the projection of each particle's coordinate under the geometry they
+were cut with (recorded in the set's general block). Geometry refined since (``tomo-align``:
+tilt angles and shifts, trajectories) enters the slices' rotations and CTFs, and each crop is
+re-centred by a 2D phase shift of ``−(p_now − p_cut)``, the move of the particle's projection
+``p = P_t x + m_t`` in that tilt: no re-extraction. 2D image deformations are not yet applied.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from subtomo.ctf.ctf2d import ctf_2d
 from subtomo.ctf.dose import dose_filter
 from subtomo.ctf.slice_gather import SliceGather, padded_spectra
 from subtomo.fourier.grid import frequencies_2d
+from subtomo.fourier.shift import shift_spectra_2d_
 from subtomo.io.particle_series import SeriesSource, particle_positions_px, read_stack_spectra
 from subtomo.io.particles import ParticleSet
 from subtomo.io.tilt_series import TiltSeries
@@ -85,6 +88,12 @@ def series_batch(ps: ParticleSet, chunk: np.ndarray, *, box: int, device: torch.
         y, visible = y.to(device), visible.to(device)
         positions = particle_positions_px(ps, ts, rows, source.motion,
                                           apply_origins=False).to(device)
+        if source.cut_with is not None:  # geometry refined since the cut: re-centre the crops
+            cut = source.cut_with
+            then = particle_positions_px(ps, cut.tomograms[name], rows, cut.motion,
+                                         apply_origins=False).to(device)
+            moved = ts.project(positions) - cut.tomograms[name].project(then)
+            y = shift_spectra_2d_(y, -moved * (ts.pixel_size_A / pixel_size_A))
         u, v, angle = (x.float() for x in ts.defocus_at(positions))
         gather = _gather(source, ts, box, pixel_size_A, pad2d, device)
         w = gather.ctf((u + v) / 2, astigmatism_A=u - v, astigmatism_angle_deg=angle,

@@ -146,9 +146,12 @@ def _write_stack_files(stacks: list[tuple[Path, np.ndarray]], pixel_size_A: floa
 @undone_on_input_error("out_dir")
 def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir: str | Path,
                          options: ExtractOptions, *, motion: dict[str, np.ndarray] | None = None,
+                         motion_source: str | Path | None = None,
                          progress: bool = True) -> ExtractResult:
     """Write ``Subtomograms/<tomogram>/<n>_data.mrc`` + ``_ctf.mrc`` (or ``_stack2d.mrcs``) and
-    ``particles.star`` into ``out_dir``; returns the particle set written."""
+    ``particles.star`` into ``out_dir``; returns the particle set written. 2D stacks name the
+    tomograms (and ``motion_source``, the trajectories' file) they were cut with in the general
+    block, so that later geometry re-centres their crops without re-extraction."""
     o = options
     crop, pixel_size_A, first_pixel_size_A = _checked(o, particles, tomograms)
     out = Path(out_dir)
@@ -165,7 +168,7 @@ def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir
                        ctf=o.stacks_2d, apply_origins=o.recenter, batch_size=o.batch_size,
                        device=o.device, progress=progress, desc="extracting")
     result, done = _written_set(particles, tomograms, o, files, crop, pixel_size_A,
-                                first_pixel_size_A)
+                                first_pixel_size_A, motion_source if motion else None)
     star = out / "particles.star"
     write_particles(result, star, o.flavour)
     result.source = str(star)
@@ -277,8 +280,8 @@ class _BatchFiles:
 
 
 def _written_set(particles: ParticleSet, tomograms: TomogramSet, o: ExtractOptions,
-                 files: _BatchFiles, crop: int, pixel_size_A: float, first_pixel_size_A: float
-                 ) -> tuple[ParticleSet, np.ndarray]:
+                 files: _BatchFiles, crop: int, pixel_size_A: float, first_pixel_size_A: float,
+                 motion_source: str | Path | None = None) -> tuple[ParticleSet, np.ndarray]:
     """The particle set of what was written (particles seen in no tilt left out; recentred
     with ``--recenter``) with its optics, and which input rows it keeps."""
     done = np.array([name is not None for name in files.image_names])
@@ -299,6 +302,10 @@ def _written_set(particles: ParticleSet, tomograms: TomogramSet, o: ExtractOptio
     optics["rlnTomoSubtomogramBinning"] = pixel_size_A / first_pixel_size_A
     optics["rlnCtfDataAreCtfPremultiplied"] = int(o.stacks_2d)
     general = {"rlnTomoSubTomosAre2DStacks": int(o.stacks_2d)}
+    if o.stacks_2d and tomograms.source:  # the geometry the crops were cut with (particle_series)
+        general["rlnTomoTomogramsFile"] = project_path(Path(tomograms.source))
+        if motion_source is not None:
+            general["rlnTomoTrajectoriesFile"] = project_path(Path(motion_source))
     result = replace(ps, particles=df, optics=optics, general=general,
                      tomograms=tomograms.global_table())
     return result, done

@@ -40,6 +40,7 @@ from tqdm import tqdm
 import subtomo
 from subtomo.errors import InputError
 from subtomo.io.files import atomic_path, undone_on_input_error
+from subtomo.io.particle_series import is_particle_series, particle_positions_px
 from subtomo.io.particles import COORD_PX, ParticleSet
 from subtomo.io.ply import write_trajectory_mesh
 from subtomo.io.star import write_particles
@@ -211,7 +212,11 @@ def _read_series(out: Path, name: str, image_size) -> tuple[TiltSeries, dict, di
 # ---- merging ----------------------------------------------------------------------------
 def _with_positions(ps: ParticleSet, tset: TomogramSet, positions_px: np.ndarray
                     ) -> ParticleSet:
-    """``ps`` at new tomogram positions (tilt-series px, one row per particle), origins zero."""
+    """``ps`` at new tomogram positions (tilt-series px, one row per particle), origins zero;
+    a particle series keeps the coordinates its crops were cut at and takes the change as its
+    origins (position = coordinate − origin), so its stacks are used without re-extraction."""
+    if is_particle_series(ps):
+        return _with_origins(ps, tset, positions_px)
     df = ps.particles.copy()
     names = ps.tomo_names()
     pixel_size_A = names.map({n: tset[n].pixel_size_A for n in set(names)}).to_numpy(float)
@@ -230,6 +235,28 @@ def _with_positions(ps: ParticleSet, tset: TomogramSet, positions_px: np.ndarray
     for label in ORIGINS:
         if label in df:
             df[label] = 0.0
+    return replace(ps, particles=df)
+
+
+def _with_origins(ps: ParticleSet, tset: TomogramSet, positions_px: np.ndarray
+                  ) -> ParticleSet:
+    """Origins (Å; in the subtomogram frame where the set has one) that put each particle at
+    ``positions_px`` from its unchanged coordinate."""
+    names = ps.tomo_names().to_numpy()
+    coords = np.zeros_like(positions_px)
+    pixel_size_A = np.zeros(len(ps))
+    for name in dict.fromkeys(names):
+        rows = np.flatnonzero(names == name)
+        coords[rows] = particle_positions_px(ps, tset[name], rows, apply_origins=False)[:, 0]
+        pixel_size_A[rows] = tset[name].pixel_size_A
+    origins = (coords - positions_px) * pixel_size_A[:, None]  # tomogram frame
+    frames = ps.subtomogram_matrices()
+    if frames is not None:  # RELION keeps origins in the subtomogram frame: A_subᵀ · shift
+        origins = (frames.transpose(1, 2) @ torch.from_numpy(origins)[..., None])[..., 0]
+        origins = origins.numpy()
+    df = ps.particles.drop(columns=[label for label in ORIGINS[3:] if label in ps.particles])
+    for i, label in enumerate(ORIGINS[:3]):
+        df[label] = origins[:, i]
     return replace(ps, particles=df)
 
 
