@@ -40,6 +40,9 @@ class TiltSeriesGeometry:
     tilts: pd.DataFrame
     source: str | None = None
     image_size: tuple[int, int] | None = None  # (W, H) px; io.TiltSeries reads it when None
+    # a WarpTools particle-series export (rotation-only rlnTomoProjX/Y/Z/W): its particles'
+    # rlnCoordinateX/Y/Z count the exported particles' pixels (rlnImagePixelSize)
+    warptools: bool = False
 
     # ---- scalar properties ------------------------------------------------------------
     @property

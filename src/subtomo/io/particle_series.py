@@ -18,7 +18,8 @@ optics say ``rlnImageDimensionality 2`` while naming tomograms. Per particle:
 
 :func:`attach_tomograms` checks a set against its tomograms once (names, visible-frame counts)
 and composes any subtomogram frame into the angles, so that poses live in the tomogram frame in
-which the slices are laid out. :func:`read_stack_spectra` reads a batch of stacks as centred 2D
+which the slices are laid out; WarpTools' coordinates (in the particles' pixels) become
+tilt-series pixels there. :func:`read_stack_spectra` reads a batch of stacks as centred 2D
 spectra ``(N, T, S, S // 2 + 1)`` with zeros at invisible tilts. :func:`particle_positions_px` is
 RELION's ``ParticleSet::getPosition`` (centred Å → tomogram px, minus the origin in the tomogram
 frame) plus the trajectory of each particle when a motion set is given.
@@ -116,7 +117,7 @@ def attach_tomograms(ps: ParticleSet, tomograms: TomogramSet | None,
         raise InputError(ps.source, "particles have no images", field="rlnImageName")
     for row, name in enumerate(names):
         visible_frames(ps, row, tomograms[name].n_tilts)
-    out = ps.without_subtomogram_angles()
+    out = _warptools_coordinates(ps.without_subtomogram_angles(), tomograms)
     source = SeriesSource(tomograms, motion,
                           None if motion_source is None else str(motion_source))
     source.cut_with = _cut_with(ps, source)
@@ -155,6 +156,30 @@ def _cut_with(ps: ParticleSet, current: SeriesSource) -> SeriesSource | None:
                              field="rlnTomoTomogramsFile")
     motion = read_motion(motion_path) if motion_path is not None else None
     return SeriesSource(tset, motion, None if motion_path is None else str(motion_path))
+
+
+def _warptools_coordinates(ps: ParticleSet, tomograms: TomogramSet) -> ParticleSet:
+    """``ps`` with the coordinates of its WarpTools particles in tilt-series pixels.
+
+    WarpTools counts ``rlnCoordinateX/Y/Z`` of a particle series in the exported particles'
+    pixels, ``rlnImagePixelSize`` (``TiltSeries.ReconstructParticleSeries``: position /
+    ``BinnedPixelSizeMean``), where RELION reads tilt-series pixels; until warpem/warp 7ad2dcc
+    (2026) it wrote the tilt series' own pixel as ``rlnTomoTiltSeriesPixelSize`` (since then the
+    particles' pixel, so that the two agree). Only the depth, hence the defocus, depends on it:
+    the crops are centred on their particle."""
+    names = ps.tomo_names()
+    if not ps.has_pixel_coordinates() or "rlnImagePixelSize" not in ps.optics:
+        return ps
+    warptools = names.map(lambda name: tomograms[name].warptools).to_numpy(bool)
+    if not warptools.any():
+        return ps
+    scale = ps.optics_column("rlnImagePixelSize") / ps.coordinate_pixel_size_A()
+    scale = np.where(warptools & np.isfinite(scale), scale, 1.0)
+    df = ps.particles.copy()
+    for label in COORD_PX:
+        if label in df:
+            df[label] = df[label].to_numpy(float) * scale
+    return replace(ps, particles=df)
 
 
 def read_particle_input(path: str | Path, *, tomograms: str | Path | None = None,

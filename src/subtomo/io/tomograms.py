@@ -23,7 +23,19 @@ WarpTools particle series (``ts_export_particles --2d``, and Warp 2's GUI export
   stay in Warp's XML;
 - ``rlnDefocusU/V/Angle`` are at the tomogram centre; ``rlnCtfScalefactor`` is Warp's weight
   (cos tilt, ~0 for excluded tilts); ``rlnMicrographPreExposure`` is Warp's per-tilt dose;
-- one row per tilt kept for export, in Warp's tilt order (by angle, not by exposure).
+- one row per tilt kept for export, in Warp's tilt order (by angle, not by exposure);
+- the rows of the 3×3 part are those of Warp's ``Matrix3`` (``M11 M12 M13`` first), which acts
+  on column vectors: image ``(x, y)`` and depth = ``R_t (p − centre)``, as RELION reads
+  ``rlnTomoProjX/Y/Z``; Warp projects a particle at ``R_t A`` with ``A`` its RELION matrix
+  (``TiltSeries.GetAnglesInOneTilt``; ``Matrix3.Euler`` is RELION's), as we do;
+- ``rlnTomoHand`` was always −1 until warpem/warp 7ad2dcc (2026; since then −1, or +1 for a
+  series whose defocus handedness Warp flipped, ``AreAnglesInverted``). Warp's own defocus is
+  the centre's plus the depth (``GetPositionInAllTilts``), RELION's plus hand × depth; we keep
+  RELION's reading of the file;
+- the particles' ``rlnCoordinateX/Y/Z`` count the particles' pixels, not the tilt series'
+  (:func:`subtomo.io.particle_series.attach_tomograms` converts them).
+
+Such a tilt series is marked ``warptools``.
 
 We read such matrices as RELION does, literally (tomogram voxel 0 projects onto image pixel
 0), so that they round-trip unchanged; when the named stack is missing, the tilt-image size
@@ -154,6 +166,7 @@ def _from_matrices(path: Path, ts: TiltSeries) -> TiltSeries:
     mats = torch.from_numpy(_matrix_rows(path, ts.tilts, ts.name))
     if not bool(mats[:, :3, 3].any()):
         _placeholder_size(ts)
+        ts.warptools = True
     params = angles_from_matrices(mats, ts.pixel_size_A, ts.tomo_size_px, ts.image_size_px)
     again = projection_matrices(*params, ts.pixel_size_A, ts.tomo_size_px, ts.image_size_px)
     corners = torch.tensor([[x, y, z, 1.0] for x in (0, 1) for y in (0, 1) for z in (0, 1)],
