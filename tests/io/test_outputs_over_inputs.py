@@ -70,8 +70,7 @@ SUB = "subtomos/particles.star"
 REFS = ["--ref1", "subtomos/truth_class001.mrc", "--ref2", "subtomos/truth_class001.mrc"]
 # (command, the input file the message names)
 CASES = {
-    "extract into the project": (["extract", "--i", OPT, "--b", "16", "--o", "tilts"],
-                                 "tilts/particles.star"),
+    "extract into the project": (["extract", "--i", OPT, "--b", "16", "--o", "tilts"], OPT),
     "extract with --p": (["extract", "--p", "tilts/particles.star", "--t",
                           "tilts/tomograms.star", "--b", "16", "--o", "tilts"],
                          "tilts/particles.star"),
