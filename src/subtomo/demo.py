@@ -16,6 +16,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from subtomo import interop
 from subtomo.demo_checks import Check, checks, demo_table, row
+from subtomo.demo_series import run_series_demo
 from subtomo.demo_tomo_align import run_tomo_align_demo
 from subtomo.fourier.fsc import fsc, resolution_at
 from subtomo.geometry.euler import angular_distance_deg
@@ -98,7 +99,8 @@ def run_demo(out_dir: str | Path = "demo_out", n: int = 300, seed: int = 0,
              n_hetero: int = 200) -> dict:
     """The whole demo: STAR interop; simulate → subset → reconstruct → auto-refine → mask →
     postprocess; de novo initial model → 3D classification → class selection; a tilt series →
-    tomogram → extraction → auto-refine, and tomo-align; heterogeneity VAE → latent analysis →
+    tomogram → extraction → auto-refine, and tomo-align; 2D stacks → refine → tomo-align →
+    refine without re-extraction; heterogeneity VAE → latent analysis →
     maps → cluster selection. Returns the figures it prints, per part, and under ``"checks"``
     the checked ones against their bounds (:mod:`subtomo.demo_checks`). Sizes: :data:`QUICK` (a few
     minutes on two CPU cores) or, with ``full``, :data:`FULL`; ``n_subtomograms`` /
@@ -121,6 +123,8 @@ def run_demo(out_dir: str | Path = "demo_out", n: int = 300, seed: int = 0,
                                                     seed, console)
         results["tomo_align"] = run_tomo_align_demo(Path(out_dir) / "tomo_align", n_tiltseries,
                                                     seed, console)
+        results["series"] = run_series_demo(Path(out_dir) / "series", n_tiltseries, seed,
+                                            console)
     if n_hetero:
         results["hetero"] = run_hetero_demo(Path(out_dir) / "hetero", n_hetero, seed, console)
     results["checks"] = demo_checks(results)
