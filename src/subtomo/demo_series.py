@@ -41,21 +41,26 @@ def _refine(start, reference: torch.Tensor, out: str, diameter_A: float):
 
 
 def run_series_demo(out_dir: str | Path = "demo_out/series", n_particles: int = 40,
-                    seed: int = 0, console: Console | None = None) -> dict[str, float]:
-    """Run the demo into ``out_dir`` (replaced); print a table and return its figures."""
+                    seed: int = 0, console: Console | None = None,
+                    config: TiltSeriesConfig | None = None) -> dict[str, float]:
+    """Run the demo into ``out_dir`` (replaced); print a table and return its figures.
+    ``config``: another simulated project (``bench/bench_series.py``)."""
     console = console or Console(width=120)
     start = time.perf_counter()
     out = Path(out_dir).resolve()
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    config = TiltSeriesConfig(n_particles=n_particles, image_size_px=(256, 256),
-                              thickness_px=60, box_px=24, n_atoms=800, tilt_step_deg=4.0,
-                              noise_sigma=15.0, shift_error_px=2.0, angle_error_deg=0.5,
-                              seed=seed)
-    console.print(f"2D-stack demo: {n_particles} particles, 31 tilts with per-tilt errors (σ 2 "
-                  "px, 0.5°) → extract --2d_stacks → refine → tomo-align → refine ...")
+    config = config or TiltSeriesConfig(
+        n_particles=n_particles, image_size_px=(256, 256), thickness_px=60, box_px=24,
+        n_atoms=800, tilt_step_deg=4.0, noise_sigma=15.0, shift_error_px=2.0,
+        angle_error_deg=0.5, seed=seed)
+    n_tilts = int(2 * config.tilt_range_deg / config.tilt_step_deg) + 1
+    console.print(f"2D-stack demo: {config.n_particles} particles, {n_tilts} tilts with per-tilt "
+                  f"errors (σ {config.shift_error_px:g} px, {config.angle_error_deg:g}°) → "
+                  "extract --2d_stacks → refine → tomo-align → refine ...")
     sim = simulate_tiltseries(out / "project", config, progress=False)
-    box, pixel_size_A, diameter_A = config.box_px, config.pixel_size_A, 200.0
+    box, pixel_size_A = config.box_px, config.pixel_size_A
+    diameter_A = 0.8 * box * pixel_size_A
     cwd = os.getcwd()
     os.chdir(sim.directory)  # STAR files name files relative to the project, as RELION's
     try:
@@ -76,7 +81,7 @@ def run_series_demo(out_dir: str | Path = "demo_out/series", n_particles: int = 
         inputs = read_inputs("Refine3D/job001/run_optimisation_set.star")
         refs = read_references(inputs.files["ref1"], inputs.files["ref2"],
                                fsc=inputs.files["fsc"])
-        tomo_align(inputs, refs, AlignSettings(box=48, max_shift_px=6.0, motion=True,
+        tomo_align(inputs, refs, AlignSettings(box=2 * box, max_shift_px=6.0, motion=True,
                                                s_div=300.0), "TomoAlign/job002",
                    reconstruct=False, command=["subtomo", "tomo-align", "(demo)"],
                    progress=False)
@@ -96,8 +101,9 @@ def run_series_demo(out_dir: str | Path = "demo_out/series", n_particles: int = 
     figures["gain_at_tomo_align"] = figures["refined_fsc05_A"] / figures[
         "aligned_refined_fsc05_A"] - 1.0
     figures["seconds"] = time.perf_counter() - start
-    table = demo_table(f"2D-stack demo: {n_particles} particles × 31 tilts (10 Å/px, noise σ "
-                       f"{config.noise_sigma:g}), per-tilt errors; the stacks are cut once")
+    table = demo_table(f"2D-stack demo: {config.n_particles} particles × {n_tilts} tilts "
+                       f"({config.pixel_size_A:g} Å/px, noise σ {config.noise_sigma:g}), "
+                       "per-tilt errors; the stacks are cut once")
     part = ("series", figures)
     row(table, "reconstruct from the stacks, FSC 0.5 vs truth (Å)",
         f"{figures['stacks_fsc05_A']:.1f}")
