@@ -64,7 +64,8 @@ class SliceGather:
     ``frames``: ``(T, 3, 3)`` tilt rotations; ``pixel_size_A``: voxel size of the 3D box;
     ``crop_pixel_size_A``: pixel size (x, y) of the crops; ``padded``: crop spectrum size ``P``;
     ``pre_exposure`` (e/Å², per tilt) and the optics for the CTF volumes; ``normalise``: divide
-    by ``max(Σ_t τ, 1)`` (module docstring); ``squared_ctf``: :attr:`ctf` grids ``c²``.
+    by ``max(Σ_t τ, 1)`` (module docstring); ``squared_ctf``: :attr:`ctf` grids ``c²``;
+    ``centre=False``: for :meth:`half_spectra` (spectra, not volumes).
 
     For an even box the centring of the subtomogram (``fftshift`` after the inverse FFT) is
     folded into the operator as the sign ``(−1)^(kx + ky + kz)`` of each output voxel; an odd
@@ -74,7 +75,8 @@ class SliceGather:
     def __init__(self, box: int, pixel_size_A: float, frames: Tensor,
                  crop_pixel_size_A: tuple[float, float], padded: int, pre_exposure: Tensor, *,
                  voltage_kv: float, cs_mm: float, amplitude_contrast: float,
-                 normalise: bool = True, squared_ctf: bool = False) -> None:
+                 normalise: bool = True, squared_ctf: bool = False,
+                 centre: bool = True) -> None:
         pairs = tilt_pairs(box, pixel_size_A, frames.to(torch.float64))
         inside = _voxel_radius_px(box, pairs.v) <= box / 2
         tent_sum = pairs.tent_sum if normalise else torch.ones_like(pairs.tent_sum)
@@ -92,7 +94,7 @@ class SliceGather:
         h3 = box // 2 + 1
         iz, iy, ix = p.v // (box * h3), (p.v // h3) % box, p.v % h3
         voxel = (ix * box + iz) * box + iy  # output rows in (x, z, y) order: see volumes()
-        self.centred = box % 2 == 0
+        self.centred = centre and box % 2 == 0
         if self.centred:  # fftshift of the volume = (−1)^(iz + iy + ix) on its spectrum
             weight = weight * (1.0 - 2.0 * ((iz + iy + ix) % 2).to(torch.float64))
         rows, cols, values, signs = [], [], [], []
@@ -120,15 +122,27 @@ class SliceGather:
                               voltage_kv=voltage_kv, cs_mm=cs_mm,
                               amplitude_contrast=amplitude_contrast, squared=squared_ctf)
 
-    def volumes(self, spectra: Tensor) -> Tensor:
-        """Subtomograms ``(N, D, D, D)`` (float32, centred at ``D // 2``) of crop spectra
-        ``(N, T, P, P // 2 + 1)``."""
+    def half_spectra(self, spectra: Tensor) -> Tensor:
+        """The gathered centred half spectra ``(N, D, D, D // 2 + 1)`` (phase origin at the
+        particle centre, as the crops'), of an operator built with ``centre=False``."""
+        if self.centred:
+            raise ValueError("half_spectra needs an operator built with centre=False")
+        return self._gathered(spectra).permute(3, 1, 2, 0)
+
+    def _gathered(self, spectra: Tensor) -> Tensor:
+        """The sparse products: the half spectrum laid out ``(x, z, y, N)``."""
         n, box = spectra.shape[0], self.box
         parts = torch.view_as_real(spectra.reshape(n, -1).to(torch.complex64))
         parts = parts.permute(2, 1, 0).contiguous()  # (re/im, crop frequencies, particles)
         re = torch.sparse.mm(self.real, parts[0])
         im = torch.sparse.mm(self.imag, parts[1])
-        spectrum = torch.complex(re, im).reshape(box // 2 + 1, box, box, n)  # (x, z, y, N)
+        return torch.complex(re, im).reshape(box // 2 + 1, box, box, n)
+
+    def volumes(self, spectra: Tensor) -> Tensor:
+        """Subtomograms ``(N, D, D, D)`` (float32, centred at ``D // 2``) of crop spectra
+        ``(N, T, P, P // 2 + 1)``."""
+        box = self.box
+        spectrum = self._gathered(spectra)  # (x, z, y, N)
         # irfftn as its two steps, the complex one first over the (z, y) planes as they lie
         planes = torch.fft.ifft2(spectrum, dim=(1, 2)).permute(3, 1, 2, 0)  # (N, z, y, x)
         volumes = torch.fft.irfft(planes, n=box, dim=-1)

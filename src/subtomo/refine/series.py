@@ -27,11 +27,11 @@ from subtomo.ctf.ctf2d import ctf_2d
 from subtomo.ctf.dose import dose_filter
 from subtomo.ctf.slice_gather import SliceGather, padded_spectra
 from subtomo.fourier.grid import frequencies_2d
-from subtomo.fourier.shift import shift_spectra_2d_
+from subtomo.fourier.shift import shift_spectra_, shift_spectra_2d_
 from subtomo.io.particle_series import SeriesSource, particle_positions_px, read_stack_spectra
 from subtomo.io.particles import ParticleSet
 from subtomo.io.tilt_series import TiltSeries
-from subtomo.refine.batch import ParticleBatch, SeriesSlices, translated_rfft
+from subtomo.refine.batch import ParticleBatch, SeriesSlices
 
 __all__ = ["series_batch"]
 
@@ -49,7 +49,7 @@ def _gather(source: SeriesSource, ts: TiltSeries, box: int, pixel_size_A: float,
             (pixel_size_A, pixel_size_A), box * pad2d,
             torch.as_tensor(ts.pre_exposure).float(), voltage_kv=ts.voltage_kv,
             cs_mm=ts.cs_mm, amplitude_contrast=ts.amplitude_contrast, normalise=False,
-            squared_ctf=True)
+            squared_ctf=True, centre=False)
         while len(cache) > KEPT_OPERATORS:
             cache.popitem(last=False)
     cache.move_to_end(key)
@@ -101,7 +101,9 @@ def series_batch(ps: ParticleSet, chunk: np.ndarray, *, box: int, device: torch.
         padded = padded_spectra(y, box, box * pad2d) if pad2d > 1 else y
         shifts = None if shifts_px is None else torch.as_tensor(shifts_px)[
             torch.as_tensor(rows, dtype=torch.long)].to(device)
-        b = translated_rfft(gather.volumes(padded), shifts)
+        b = gather.half_spectra(padded)
+        if shifts is not None:  # content at −origin: translate by +origin, as subtomograms
+            b = shift_spectra_(b.contiguous(), shifts)
         root = w.sqrt()
         index = torch.as_tensor(at, device=device)
         spectra[index] = torch.where(root > 0, b / root.clamp_min(1e-30), 0.0).to(spectra.dtype)
