@@ -57,6 +57,7 @@ def test_reconstruction_matches_cryodrgn_in_its_hand(tmp_path, capsys):
     assert np.all(mirror[5:32] < curve[5:32] - 0.4)
     wrong_pixel = tmp_path / "pixel_196.mrc"  # the STAR's own, unbinned, pixel size: wrong CTF
     assert main(["reconstruct", "--i", str(STAR), "--o", str(wrong_pixel)]) == 0
+    assert "pixel size 1.96 Å from its rows" in capsys.readouterr().err
     assert fsc(_map(wrong_pixel), theirs).numpy()[8:32].mean() < 0.2  # measured 0.004
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from subtomo.commands.options import (
@@ -57,6 +58,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.tomograms is None and is_warp1_series(args.input):  # one row per tilt image
         ps, series = read_warp1_series(args.input, pixel_size_A=args.angpix)
         check_outputs(warp1_files(args.input, series), out.parent, names)
+        if args.angpix is None:  # Warp 1 writes the unbinned pixel size in every row
+            print(f"subtomo: warning: {args.input}: pixel size {ps.pixel_size_A()[0]:g} Å from "
+                  "its rows; if the images were binned, give --angpix", file=sys.stderr)
         result = reconstruct_warp1(ps, series, **options)
     else:
         ps = read_particle_input(args)
