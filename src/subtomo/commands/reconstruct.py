@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from subtomo.commands.options import (
@@ -20,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "reconstruct", help="reconstruct a map from subtomograms with known poses",
         description="Fourier-space gridding of CTF-weighted subtomograms with CTF² weights. "
         "With --halves also writes the unregularised half maps <stem>_half1/2.mrc (for "
-        "postprocess), <stem>_fsc.star and <stem>_fsc.png.")
+        "postprocess), <stem>_fsc.star and <stem>_fsc.png. A Warp 1 sub-tilt STAR file (one row "
+        "per tilt image, grouped by rlnGroupName) is reconstructed with its per-image poses and "
+        "CTFs (give --angpix: its rows hold the unbinned pixel size).")
     add_particle_input(p, help="particle STAR file (any flavour)")
     add_output(p, help="output map (.mrc)")
     p.add_argument("--ctf", action="store_true", help="weight by the 3D CTF volumes (rlnCtfImage)")
@@ -41,17 +44,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from subtomo.io.mrc import write_mrc
+    from subtomo.io.warp1_series import is_warp1_series, read_warp1_series, warp1_files
     from subtomo.refine.reconstruct import reconstruct, write_fsc_outputs
+    from subtomo.refine.warp1 import reconstruct_warp1
 
     out = Path(args.output)
     check_not_input(out, args.input)
-    ps = read_particle_input(args)
     stem = out.with_suffix("").name
     beside = [f"{stem}{s}" for s in ("_fsc.star", "_fsc.png", "_half1.mrc", "_half2.mrc")]
-    check_outputs(ps.files(), out.parent, [out.name, *(beside if args.halves else ())])
-    result = reconstruct(ps, ctf=args.ctf, sym=args.sym, halves=args.halves, subset=args.subset,
-                         maxres_A=args.maxres, pad=args.pad, batch_size=args.batch,
-                         device=args.device, max_memory_gib=args.max_memory)
+    names = [out.name, *(beside if args.halves else ())]
+    options = dict(sym=args.sym, halves=args.halves, subset=args.subset, maxres_A=args.maxres,
+                   pad=args.pad, batch_size=args.batch, device=args.device)
+    if args.tomograms is None and is_warp1_series(args.input):  # one row per tilt image
+        ps, series = read_warp1_series(args.input, pixel_size_A=args.angpix)
+        check_outputs(warp1_files(args.input, series), out.parent, names)
+        if args.angpix is None:  # Warp 1 writes the unbinned pixel size in every row
+            print(f"subtomo: warning: {args.input}: pixel size {ps.pixel_size_A()[0]:g} Å from "
+                  "its rows; if the images were binned, give --angpix", file=sys.stderr)
+        result = reconstruct_warp1(ps, series, **options)
+    else:
+        ps = read_particle_input(args)
+        check_outputs(ps.files(), out.parent, names)
+        result = reconstruct(ps, ctf=args.ctf, max_memory_gib=args.max_memory, **options)
     write_mrc(out, result.map, result.pixel_size_A)
     line = f"Reconstructed {result.n_particles} particles into {out}"
     if args.halves:

@@ -26,6 +26,8 @@ block); cryoDRGN-ET reads these files (``cryodrgn.dataset.TiltSeriesData``). Lab
 
 No tilt-series table, no particle position in the tomogram and no particle orientation
 outside the per-image poses: a particle is its list of images with their poses and CTFs.
+:func:`is_warp1_series` tells such a file from the other particle files (``subtomo reconstruct``
+takes either) and :func:`check_warp1_images` checks every image before a job reads any.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import pandas as pd
 from subtomo.errors import InputError
 from subtomo.io import validate
 from subtomo.io.files import resolve
+from subtomo.io.mrc import read_mrc_header
 from subtomo.io.particles import ANGLES, ParticleSet
 from subtomo.io.star_text import read_star
 
@@ -197,3 +200,53 @@ def _single(path: Path, values: np.ndarray, label: str) -> float:
         raise InputError(path, "differs between rows (one optics group is supported)",
                          field=label)
     return float(values[0])
+
+
+def is_warp1_series(path: str | Path) -> bool:
+    """True for a Warp 1 sub-tilt file: one table, no optics block, no tomogram labels, images
+    with per-image poses and defocus, grouped by a particle label into groups of several images
+    from distinct micrographs (one per tilt; a RELION 3.0 single-particle group holds many
+    particles of one micrograph)."""
+    tables = [b for b in read_star(path).values() if isinstance(b, pd.DataFrame)]
+    if len(tables) != 1:
+        return False
+    df = tables[0]
+    group = next((g for g in GROUP_LABELS if g in df), None)
+    needed = {"rlnImageName", *ANGLES, "rlnDefocusU"}
+    if group is None or not needed <= set(df.columns) or "rlnTomoName" in df or len(df) == 0:
+        return False
+    sizes = df.groupby(df[group].astype(str), sort=False).size()
+    if sizes.max() < 2:
+        return False
+    if "rlnMicrographName" in df:
+        return not df.duplicated([group, "rlnMicrographName"]).any()
+    return True
+
+
+def warp1_files(path: str | Path, series: dict[str, TiltImages]) -> list[Path]:
+    """The STAR file and the stacks its images are in: what a job on the set reads."""
+    return [Path(path), *dict.fromkeys(f for s in series.values() for f, _ in s.images)]
+
+
+def check_warp1_images(path: str | Path, series: dict[str, TiltImages]) -> int:
+    """The images' box size (px), after checking that every stack exists, holds square images
+    of one size and every image a row names (``n@stack``) is in its stack."""
+    box = None
+    last: dict[Path, tuple[int, str]] = {}
+    for name, s in series.items():
+        for file, index in s.images:
+            if index >= last.get(file, (-1, ""))[0]:
+                last[file] = (index, name)
+    for file, (index, name) in last.items():
+        if not file.is_file():
+            raise InputError(path, f"particle {name}: stack {file} not found",
+                             field="rlnImageName")
+        (n, ny, nx), _ = read_mrc_header(file)
+        if index >= n:
+            raise InputError(path, f"particle {name}: image {index + 1}@{file.name} is beyond "
+                             f"its stack of {n} images", field="rlnImageName")
+        if ny != nx or (box is not None and nx != box):
+            raise InputError(path, f"{file.name}: images of {nx}×{ny} px; expected square "
+                             "images of one size", field="rlnImageName")
+        box = nx
+    return int(box)
