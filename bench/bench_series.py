@@ -149,6 +149,9 @@ def chain(n: int, sigma: float) -> dict:
 
 
 def refine(kind: str) -> dict:
+    import shutil
+
+    shutil.rmtree(DATA / f"job_{kind}", ignore_errors=True)  # a previous run's job folder
     out = subprocess.run([sys.executable, "-c", CHILD, kind, str(DATA), str(BOX), str(APIX)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
