@@ -336,7 +336,6 @@ class Backprojector:
         A: Tensor,
         ctf: Tensor | None = None,
         max_radius_px: float | None = None,
-        premultiplied: bool = False,
     ) -> None:
         """Insert 2D spectra as central slices: ``ctf * spectra`` at ``A^T (kx, ky, 0)``.
 
@@ -348,19 +347,16 @@ class Backprojector:
         projection-slice theorem the image of a volume rotated by ``A`` samples its spectrum
         at ``A^T k``; as in :meth:`insert`, the ``kx = 0`` (and ``D / 2``) column holds each
         coefficient twice and counts 1/2, and points with CTF exactly 0 are skipped.
-        ``premultiplied``: the spectra already carry the CTF (RELION 5's 2D stacks,
-        ``rlnCtfDataAreCtfPremultiplied``): ``spectra`` is inserted as it is, weights ``ctf²``.
         """
         box = self.box
         shape = (box, box // 2 + 1)
         if tuple(spectra.shape[-2:]) != shape:
             raise ValueError(f"expected 2D spectra (B, {shape}), got {tuple(spectra.shape)}")
         self._insert_points(spectra.reshape(-1, math.prod(shape)), A, ctf,
-                            *self._selection(max_radius_px, central_slice=True),
-                            premultiplied=premultiplied)
+                            *self._selection(max_radius_px, central_slice=True))
 
     def _insert_points(self, spectra: Tensor, A: Tensor, ctf: Tensor | None, flat: Tensor,
-                       k0: Tensor, half_factor: Tensor, premultiplied: bool = False) -> None:
+                       k0: Tensor, half_factor: Tensor) -> None:
         """Scatter the selected coefficients ``flat`` of each row of ``spectra`` ``(B, n)``
         (positions ``k0``, Hermitian factors ``half_factor``) at ``A^T k``."""
         size = spectra.shape[1]
@@ -388,7 +384,7 @@ class Backprojector:
                 c0 = c0.to(device=self.device, dtype=self.dtype)
                 c = c0 * half_factor
                 c2 = (c0 * c).reshape(-1)
-                c = (half_factor.expand(b, n) if premultiplied else c).reshape(-1)
+                c = c.reshape(-1)
                 keep = torch.nonzero(c0.reshape(-1)).reshape(-1)
                 if keep.numel() < c.numel():
                     x, c, c2 = x[keep], c[keep], c2[keep]

@@ -34,7 +34,6 @@ from subtomo.fourier.shift import shift_spectra_
 from subtomo.geometry.symmetry import symmetry_operators
 from subtomo.io.particles import ParticleSet
 from subtomo.parallel.distributed import Context
-from subtomo.refine.batch import SeriesSlices
 from subtomo.refine.images import background_weights, iterate_batches
 from subtomo.refine.reconstruct import insert_symmetric
 
@@ -100,21 +99,15 @@ def insertion_radius_px(resolution_A: float, box: int, pixel_size_A: float) -> f
 
 def insert_weighted(bp: Backprojector, spectra: torch.Tensor, ctf: torch.Tensor | None,
                     result: SearchResult, ops: torch.Tensor,
-                    max_radius_px: float | None = None,
-                    slices: SeriesSlices | None = None) -> None:
+                    max_radius_px: float | None = None) -> None:
     """Insert every particle at its significant hypotheses with their posterior weights p
     (RELION's marginalisation): data += p C X, weight += p C², as √p-scaled X and C (up to
-    ``max_radius_px``); a particle series inserts its tilts' slices instead."""
+    ``max_radius_px``)."""
     for m in range(result.top_weights.shape[1]):
         weight = result.top_weights[:, m]
         keep = torch.nonzero(weight > 0).flatten()
         if keep.numel() == 0:
             break
-        if slices is not None:
-            slices.subset(keep).insert(bp, result.top_matrices[keep, m], ops,
-                                       shifts_px=result.top_shifts_px[keep, m],
-                                       weights=weight[keep], max_radius_px=max_radius_px)
-            continue
         root = weight[keep].sqrt().view(-1, 1, 1, 1)
         shifted = shift_spectra_(spectra[keep], result.top_shifts_px[keep, m]).mul_(root)
         c = root.expand(-1, *spectra.shape[1:]) if ctf is None else ctf[keep] * root
@@ -389,9 +382,8 @@ def _accumulate(sums: Expectation, h: int, batch, spectra: torch.Tensor,
             part.top_weights = part.top_weights * posterior[take, k, None].to(
                 part.top_weights.dtype)
             ctf = None if batch.ctf is None else batch.ctf[take]
-            slices = None if batch.slices is None else batch.slices.subset(take)
             insert_weighted(sums.backprojectors[k][h - 1], batch.spectra[take], ctf, part, ops,
-                            step.insert_radius_px, slices)
+                            step.insert_radius_px)
     chosen = _stack_best(results, best)
     s, c = noise_power(spectra, batch.ctf, fine, chosen.shifts_px, chosen.projection,
                        len(sums.noise_sums))

@@ -65,11 +65,7 @@ from subtomo.refine.job import (
     run_job,
     search_radii,
 )
-from subtomo.refine.reconstruct import (
-    image_box,
-    insert_batch,
-    reconstruct_classes,
-)
+from subtomo.refine.reconstruct import image_box, insert_symmetric, reconstruct_classes
 
 
 @dataclass
@@ -184,7 +180,7 @@ def random_start(ps: ParticleSet, options: InitialModelOptions, box: int, pixel_
                                  batch_size=batch_size, device=device, shifts_px=origins,
                                  background=background_weights(box, None, device)):
         at = torch.as_tensor([position[int(r)] for r in batch.rows], device=device)
-        insert_batch(bp, batch, A[at], ops)
+        insert_symmetric(bp, batch.spectra, A[at], batch.ctf, ops)
     ctx.sum_(bp.data)
     ctx.sum_(bp.weight)
     volume = bp.reconstruct(wiener_constant=0.1 * float(bp.weight.mean()) * options.pad**3)

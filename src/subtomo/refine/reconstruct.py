@@ -34,7 +34,6 @@ from subtomo.io.files import resolve
 from subtomo.io.mrc import read_mrc_header, write_mrc
 from subtomo.io.particles import ParticleSet
 from subtomo.io.star_text import write_star
-from subtomo.refine.batch import ParticleBatch
 from subtomo.refine.images import check_files, iterate_batches
 
 
@@ -99,7 +98,7 @@ def backproject(
                       desc=desc, disable=None if progress else True, unit="batch"):
         index = torch.as_tensor(batch.rows, device=device)
         A = matrices[index]
-        insert_batch(bp, batch, A, ops)
+        insert_symmetric(bp, batch.spectra, A, batch.ctf, ops)
     return bp
 
 
@@ -199,16 +198,6 @@ def reconstruct(
     joined = result.map if not maxres_A else lowpass_map(result.map, pixel_size_A, maxres_A)
     result.map, result.n_particles = joined, len(rows_all)
     return result
-
-
-def insert_batch(bp: Backprojector, batch: ParticleBatch, A: torch.Tensor,
-                 ops: torch.Tensor) -> None:
-    """Insert a batch at poses ``A`` ``(B, 3, 3)`` and their symmetry mates: subtomograms as
-    3D spectra, particle series as their tilts' slices (direct insertion)."""
-    if batch.slices is not None:
-        batch.slices.insert(bp, A, ops)
-    else:
-        insert_symmetric(bp, batch.spectra, A, batch.ctf, ops)
 
 
 def insert_symmetric(bp: Backprojector, spectra: torch.Tensor, A: torch.Tensor,

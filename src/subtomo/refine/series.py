@@ -1,18 +1,28 @@
 """Particle series (2D stacks) for the refinement engine: one batch of stacks becomes whitened
-pseudo-subtomograms plus the slices they came from (:mod:`.batch` has the model).
+pseudo-subtomograms (:mod:`.batch` has the model).
 
 Per tilt series, a :class:`subtomo.ctf.slice_gather.SliceGather` without normalisation maps the
-premultiplied crop spectra ``Y_t`` (zero-padded ``pad2d``-fold after the bilinear pre-correction)
-to ``B(k) = Σ_t τ_t(k) Y_t(k·u_t, k·v_t)`` and grids ``W(k) = Σ_t τ_t(k) c_t(k)²`` with each
-particle's defocus at its depth in each tilt, its dose filter and its visible tilts. The engine
-then sees ``X = B / √W`` and ``C = √W`` (0 where ``W = 0``): ``C X = B``, ``C² = W``, and the noise
-of ``X`` has at most the crops' variance, since ``Var B = Σ τ² c² σ² ≤ W σ²``. The operators are
-built once per tilt series and kept (a few per job). Translations (``rlnOrigin``) shift ``B`` in
-3D and each slice by ``(R_t s)_{x,y}``; both are applied at read time, as for subtomograms.
+premultiplied crop spectra ``Y_t`` to ``B(k) = Σ_t τ_t(k) Y_t(k·u_t, k·v_t)`` (bilinear in the
+plane, the tent ``τ`` across it) and grids ``W(k) = Σ_t τ_t(k) c_t(k)²`` with each particle's
+defocus at its depth in each tilt, its dose filter and its visible tilts. The engine then sees
+``X = B / √W`` and ``C = √W`` (0 where ``W = 0``): ``C X = B``, ``C² = W``, and the noise of ``X``
+has at most the crops' variance, since ``Var B = Σ τ² c² σ² ≤ W σ²``. Scores are then the sums
+over the tilts of the 2D log-likelihoods (tested), and maps insert ``B`` with weights ``W``. The
+operators are built once per tilt series and kept (a few per job). Translations
+(``rlnOrigin``) shift ``B``, as subtomograms, at read time.
+
+Why this and not the slices inserted one by one (direct insertion, as
+``relion_tomo_reconstruct_particle`` and ``subtomo reconstruct-particle`` do): the true-pose map
+from these pseudo-subtomograms is closer to the truth than direct insertion and than extract-3D
+(``bench/bench_series.py``), and the M step inserts one 3D spectrum instead of every tilt's
+slice, so that a 2D-stack iteration costs what a 3D one does. Zero-padding the crops before the
+gather (``pad2d = 2``) makes the in-plane interpolation exact but loses the bilinear kernel's
+smoothing of the sparse high-frequency samples (the real-space taper it amounts to), which
+costs more than it gives; it is off by default.
 
 The crops are centred on the projection of each particle's coordinate under the geometry they
 were cut with (recorded in the set's general block). Geometry refined since (``tomo-align``:
-tilt angles and shifts, trajectories) enters the slices' rotations and CTFs, and each crop is
+tilt angles and shifts, trajectories) enters the rotations and CTFs, and each crop is
 re-centred by a 2D phase shift of ``−(p_now − p_cut)``, the move of the particle's projection
 ``p = P_t x + m_t`` in that tilt: no re-extraction. 2D image deformations are not yet applied.
 """
@@ -23,15 +33,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from subtomo.ctf.ctf2d import ctf_2d
-from subtomo.ctf.dose import dose_filter
 from subtomo.ctf.slice_gather import SliceGather, padded_spectra
-from subtomo.fourier.grid import frequencies_2d
 from subtomo.fourier.shift import shift_spectra_, shift_spectra_2d_
 from subtomo.io.particle_series import SeriesSource, particle_positions_px, read_stack_spectra
 from subtomo.io.particles import ParticleSet
 from subtomo.io.tilt_series import TiltSeries
-from subtomo.refine.batch import ParticleBatch, SeriesSlices
+from subtomo.refine.batch import ParticleBatch
 
 __all__ = ["series_batch"]
 
@@ -56,22 +63,10 @@ def _gather(source: SeriesSource, ts: TiltSeries, box: int, pixel_size_A: float,
     return cache[key]
 
 
-def _slice_ctf(ts: TiltSeries, positions_px: Tensor, box: int, pixel_size_A: float,
-               visible: Tensor) -> Tensor:
-    """``c = CTF(depth) × exposure filter`` ``(N, T, S, S // 2 + 1)`` on the crops' grid."""
-    device = positions_px.device
-    freqs = frequencies_2d(box, pixel_size_A, device=device).float()
-    u, v, angle = (x.float()[..., None, None] for x in ts.defocus_at(positions_px))
-    c = ctf_2d(freqs, u, v, angle, ts.voltage_kv, ts.cs_mm, ts.amplitude_contrast)
-    exposure = torch.as_tensor(ts.pre_exposure, device=device, dtype=torch.float32)
-    c = c * dose_filter(freqs.norm(dim=-1), exposure[:, None, None])
-    return c * visible[..., None, None].to(c.dtype)
-
-
 def series_batch(ps: ParticleSet, chunk: np.ndarray, *, box: int, device: torch.device | str,
-                 shifts_px: Tensor | None = None, pad2d: int = 2) -> ParticleBatch:
+                 shifts_px: Tensor | None = None, pad2d: int = 1) -> ParticleBatch:
     """The :class:`ParticleBatch` of rows ``chunk`` of the particle series ``ps`` (module
-    docstring): whitened pseudo-subtomograms, their CTF volumes ``√W`` and the slices."""
+    docstring): whitened pseudo-subtomograms and their CTF volumes ``√W``."""
     source: SeriesSource = ps.series  # type: ignore[assignment]
     device = torch.device(device)
     pixel_size_A = float(ps.pixel_size_A()[0])
@@ -79,7 +74,6 @@ def series_batch(ps: ParticleSet, chunk: np.ndarray, *, box: int, device: torch.
     n, half = len(chunk), box // 2 + 1
     spectra = torch.empty((n, box, box, half), dtype=torch.complex64, device=device)
     weights = torch.empty((n, box, box, half), dtype=torch.float32, device=device)
-    parts: list[tuple[np.ndarray, SeriesSlices]] = []
     for name in dict.fromkeys(names):
         at = np.flatnonzero(names == name)
         rows = chunk[at]
@@ -108,14 +102,4 @@ def series_batch(ps: ParticleSet, chunk: np.ndarray, *, box: int, device: torch.
         index = torch.as_tensor(at, device=device)
         spectra[index] = torch.where(root > 0, b / root.clamp_min(1e-30), 0.0).to(spectra.dtype)
         weights[index] = root
-        frames = ts.matrices(device=device)[:, :3, :3].float().expand(len(rows), -1, -1, -1)
-        slices = SeriesSlices(y, _slice_ctf(ts, positions, box, pixel_size_A, visible),
-                              visible, frames.contiguous())
-        if shifts is not None:
-            slices.spectra = slices.shifted(shifts.float())
-        parts.append((at, slices))
-    order = np.concatenate([at for at, _ in parts])
-    joined = SeriesSlices(*(torch.cat([getattr(s, f) for _, s in parts])
-                            for f in ("spectra", "ctf", "visible", "frames")))
-    inverse = torch.as_tensor(np.argsort(order), device=device)
-    return ParticleBatch(chunk, spectra, weights, joined.subset(inverse))
+    return ParticleBatch(chunk, spectra, weights)
