@@ -51,7 +51,7 @@ EXPECTED: dict[str, dict[str, tuple[str, float]]] = {
         "fsc05_aligned_A": ("<=", 30.0),
         "postprocess_resolution_A": ("<=", 33.0),
     },
-    "series": {  # 21.9/25.5 Å (true geometry 21.2/24.5 Å); gain 135 %/108 % (from 51/53 Å)
+    "series": {  # 21.4/24.3 Å (true geometry 21.2/24.5 Å); gain 134 %/105 % (from 50/50 Å)
         "aligned_refined_fsc05_A": ("<=", 30.0),
         "gain_at_tomo_align": (">=", 0.05),
     },
