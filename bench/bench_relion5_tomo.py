@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -72,16 +73,18 @@ def fsc05(path: Path, truth: Path) -> float:
 def reconstruct_particle_row(project: Path, relion5: Path) -> dict:
     """Both programs on the true geometry, 2 threads each."""
     env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    opt = str(project / "truth" / "optimisation_set.star")  # names files as simulated: from here
+    for folder in ("bench_ours", "bench_relion5"):
+        shutil.rmtree(project / folder, ignore_errors=True)
     ours, wall, cpu, peak = run_measured(
-        [sys.executable, "-m", "subtomo", "reconstruct-particle", "--i",
-         "truth/optimisation_set.star", "--b", str(BOX), "--j", "2", "--o", "bench_ours"],
-        cwd=project, capture_output=True, text=True)
+        [sys.executable, "-m", "subtomo", "reconstruct-particle", "--i", opt, "--b", str(BOX),
+         "--j", "2", "--o", str(project / "bench_ours")], capture_output=True, text=True)
     if ours.returncode:
         sys.exit(ours.stderr)
     theirs, r_wall, r_cpu, r_peak = run_measured(
-        [str(relion5 / "relion_tomo_reconstruct_particle"), "--i", "truth/optimisation_set.star",
-         "--b", str(BOX), "--j", "2", "--o", "bench_relion5/"], cwd=project, env=env,
-        capture_output=True, text=True)
+        [str(relion5 / "relion_tomo_reconstruct_particle"), "--i", opt, "--b", str(BOX), "--j",
+         "2", "--o", str(project / "bench_relion5") + "/"], env=env, capture_output=True,
+        text=True)
     if theirs.returncode:
         sys.exit(theirs.stdout[-2000:] + theirs.stderr[-2000:])
     truth = project / "truth" / "class001.mrc"
