@@ -3,14 +3,17 @@ Backprojector.insert_slices against analytic projections."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
+import pytest
 import torch
 
 from subtomo.cli import main
 from subtomo.fourier.fsc import fsc, resolution_at
 from subtomo.fourier.projector import Backprojector
+from subtomo.fourier.reconstruction import taper_to_sphere
 from subtomo.geometry.euler import euler_to_matrix
 from subtomo.geometry.so3 import random_rotations
 from subtomo.io.mrc import read_mrc
@@ -18,6 +21,7 @@ from subtomo.io.star import read_particles
 from subtomo.io.tomograms import read_optimisation_set, read_tomogram_set
 from subtomo.simulate.render import render_atoms, render_projected_atoms
 from subtomo.simulate.structure import pseudo_atomic
+from subtomo.tomo.crops import crop_circle
 from subtomo.tomo.reconstruct_particle import reconstruct_particle
 
 
@@ -111,3 +115,42 @@ def test_command_outputs_and_bad_input(project, tmp_path, capsys):
                  "--b", "24", "--o", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "rlnTomoTiltSeriesPixelSize" in err and not bad.exists()
+
+
+def test_command_tapers_the_maps_as_relion5(project, tmp_path):
+    """RELION 5 writes its maps tapered to the sphere (``--taper 10``); so do we by default.
+    The soft mask removes the noise of the box and little of the particle: against the truth
+    the mean FSC over shells 8–12 (30–20 Å) rises from 0.64 to 0.85, where RELION 5's own
+    (tapered) map of this project reaches 0.82 (issue 25)."""
+    truth_opt = project.directory / "truth" / "optimisation_set.star"
+    truth = torch.from_numpy(read_mrc(project.truth_maps[0])[0]).double()
+    maps = {}
+    for taper in ("10", "0"):
+        out = tmp_path / f"taper{taper}"
+        args = [] if taper == "10" else ["--taper", taper]
+        assert main(["reconstruct-particle", "--i", str(truth_opt), "--b", "24", *args,
+                     "--o", str(out)]) == 0
+        maps[taper] = torch.from_numpy(read_mrc(out / "merged.mrc")[0]).double()
+    assert torch.allclose(maps["10"], taper_to_sphere(maps["0"], 10.0), atol=1e-4)
+    outer = {k: float(fsc(v, truth)[8:].mean()) for k, v in maps.items()}
+    assert outer["10"] > 0.8 and outer["0"] < outer["10"] - 0.1, outer
+
+
+def test_circle_crop_of_the_tilt_images_brings_the_map_closer_to_the_truth(project):
+    """RELION 5 cuts each 2D crop to a soft circle (corners' mean subtracted) before insertion;
+    the noise of the corners, outside every view of the particle's sphere, then stays out of
+    the map: against the truth the mean FSC over shells 8–12 rises from 0.53 to 0.64."""
+    truth = torch.from_numpy(read_mrc(project.truth_maps[0])[0]).double()
+    ps = read_particles(project.truth_particles_star)
+    tomograms = read_tomogram_set(project.truth_tomograms_star)
+    outer = {cc: float(fsc(reconstruct_particle(ps, tomograms, box=24, circle_crop=cc,
+                                                progress=False).map.double(), truth)[8:].mean())
+             for cc in (True, False)}
+    assert outer[True] > outer[False] + 0.07, outer
+    crops = torch.full((3, 16, 16), 5.0) + torch.randn(3, 1, 1)  # constant crops vanish
+    assert crop_circle(crops).abs().max() < 1e-5
+    spikes = torch.ones(1, 16, 16)
+    spikes[0, 8, 8] = spikes[0, 5, 5] = spikes[0, 8, 0] = 2.0  # 1 above the corners' mean
+    edge = crop_circle(spikes)[0]  # RELION's mask: 1 to radius 3, cosine to 0 at radius 8
+    assert edge[8, 8] == 1.0 and edge[8, 0] == 0.0 and edge[0, 0] == 0.0
+    assert float(edge[5, 5]) == pytest.approx(0.5 - 0.5 * math.cos(math.pi * (8 - 18**0.5) / 5))

@@ -219,12 +219,13 @@ def lowpass_map(vol: Tensor, pixel_size_A: float, resolution_A: float,
 
 def soft_sphere(box: int, diameter_px: float, width_px: float = 5.0,
                 device: torch.device | str | None = None,
-                dtype: torch.dtype = torch.float32) -> Tensor:
+                dtype: torch.dtype = torch.float32, ndim: int = 3) -> Tensor:
     """Real-space soft sphere ``(D, D, D)`` about the centre voxel ``D // 2``: 1 within
     ``diameter_px / 2``, a raised-cosine edge ``width_px`` wide outside it, then 0 (RELION's
-    particle mask and, with diameter ``D`` and width 3, its ``softMaskOutsideMap``)."""
+    particle mask and, with diameter ``D`` and width 3, its ``softMaskOutsideMap``).
+    ``ndim=2``: the disc ``(D, D)``."""
     axis = torch.arange(box, device=device, dtype=torch.float64) - box // 2
-    r = (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2).sqrt()
+    r = torch.stack(torch.meshgrid([axis] * ndim, indexing="ij")).square().sum(0).sqrt()
     edge = ((r - diameter_px / 2) / width_px).clamp(0, 1) if width_px > 0 else (
         r > diameter_px / 2).to(torch.float64)
     return (0.5 + 0.5 * torch.cos(math.pi * edge)).to(dtype)

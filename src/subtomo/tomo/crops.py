@@ -33,7 +33,7 @@ from torch import Tensor
 
 from subtomo.ctf.ctf2d import ctf_2d
 from subtomo.ctf.dose import dose_filter
-from subtomo.fourier.grid import frequencies_2d
+from subtomo.fourier.grid import frequencies_2d, soft_sphere
 from subtomo.fourier.shift import shift_spectra_2d_
 from subtomo.geometry.tilt import project_points
 from subtomo.io.tilt_series import TiltSeries
@@ -86,6 +86,21 @@ def prepare_images(images: Tensor, pixel_size_A: float, target_pixel_size_A: flo
                           pixel_size_A)
 
 
+def crop_circle(crops: Tensor, falloff_px: float = 5.0) -> Tensor:
+    """``c (X - m)`` for crops ``(..., S, S)``: RELION 5's ``TomoExtraction::cropCircle``
+    (``relion_tomo_reconstruct_particle`` and ``relion_tomo_subtomo`` unless
+    ``--no_circle_crop``). ``c`` is 1 within radius ``S/2 - falloff_px`` of the centre pixel
+    ``S // 2``, a raised cosine down to 0 at ``S/2``, 0 beyond; ``m`` is each crop's mean beyond
+    radius ``S/2`` (the corners). Noise in the corners, outside every view of the particle's
+    sphere, no longer reaches the map."""
+    size = crops.shape[-1]
+    c = soft_sphere(size, size - 2.0 * falloff_px, falloff_px, crops.device, crops.dtype, ndim=2)
+    corners = (soft_sphere(size, size, 0.0, crops.device, crops.dtype, ndim=2) == 0).to(
+        crops.dtype)
+    mean = (crops * corners).sum((-2, -1), keepdim=True) / corners.sum().clamp(min=1)
+    return c * (crops - mean)
+
+
 def particle_crops(
     ts: TiltSeries,
     prepared: PreparedImages,
@@ -97,12 +112,14 @@ def particle_crops(
     dose_weighting: bool = True,
     flip: bool = True,
     matrices: Tensor | None = None,
+    circle_crop: bool = False,
 ) -> TiltCrops:
     """Crops of particles at tomogram positions ``(N, 3)`` or ``(N, T, 3)`` (tilt-series px).
 
     ``size``: crop (px of the prepared images); ``output_pixel_size_A``: voxel size of the map
     the spectra are sections of (sets their scale). ``matrices``: projection matrices (default:
-    the tilt series'). Returns spectra in ``prepared.images``' dtype's complex type.
+    the tilt series'). ``circle_crop``: each crop through :func:`crop_circle`. Returns spectra
+    in ``prepared.images``' dtype's complex type.
     """
     images = prepared.images
     device = images.device
@@ -123,6 +140,8 @@ def particle_crops(
         crops = windows[torch.arange(t, device=device), corner[..., 1].long().clamp(0, h - size),
                         corner[..., 0].long().clamp(0, w - size)]  # (N, T, S, S)
         crops[~visible] = 0.0
+        if circle_crop:
+            crops = crop_circle(crops)
     else:  # no window fits: nothing is visible
         crops = images.new_zeros(*visible.shape, size, size)
 

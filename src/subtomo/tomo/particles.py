@@ -87,6 +87,7 @@ def for_each_batch(
     motion: dict[str, np.ndarray] | None = None,
     tilts: Callable[[TiltSeries], np.ndarray] | None = None,
     ctf: bool = True,
+    circle_crop: bool = False,
     apply_origins: bool = True,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
@@ -95,7 +96,8 @@ def for_each_batch(
 ) -> None:
     """Call ``fn`` on batches of ``size``-px crops at ``pixel_size_A`` of all particles, tilt
     series by tilt series (images read once each). ``tilts(ts)`` may select tilts (bool
-    ``(T,)``); motion trajectories follow the selection."""
+    ``(T,)``); motion trajectories follow the selection. ``circle_crop``: see
+    :func:`subtomo.tomo.crops.crop_circle`."""
     ps = with_tomograms(ps, tomograms)
     names = ps.tomo_names().to_numpy()
     for name in dict.fromkeys(names):  # fail before any work
@@ -125,7 +127,7 @@ def for_each_batch(
                 rows = rows_all[start:start + batch_size]
                 pos = positions[start:start + batch_size].to(device)
                 crops = particle_crops(ts, prepared, pos, size, pixel_size_A, ctf=ctf,
-                                       matrices=mats)
+                                       matrices=mats, circle_crop=circle_crop)
                 fn(CropBatch(ts, rows, pos, crops, matrices[torch.as_tensor(rows)].to(device),
                              rotations, prepared))
                 bar.update(len(rows))
