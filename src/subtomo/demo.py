@@ -392,9 +392,7 @@ def run_tiltseries_demo(out_dir: Path, n: int, seed: int, console: Console) -> d
     offsets = _tomogram_peak_offsets(ts, tomogram, truth_ps)
     extracted = extract_subtomograms(inputs.particles, inputs.tomograms, out_dir / "Extract",
                                      ExtractOptions(box=box), progress=False)
-    # the crops extract cuts (no circle crop): the two routes compare like with like
-    direct = reconstruct_particle(inputs.particles, inputs.tomograms, box=box, circle_crop=False,
-                                  progress=False)
+    direct = reconstruct_particle(inputs.particles, inputs.tomograms, box=box, progress=False)
     ps, refined = _refine_perturbed(extracted.particles, seed, out_dir, console)
     full = refined.reconstruction
     errors = [float(angular_distance_deg(truth_ps.rotation_matrices(), p.rotation_matrices())

@@ -90,7 +90,7 @@ def run_series_demo(out_dir: str | Path = "demo_out/series", n_particles: int = 
                         "Refine3D/job003", diameter_A)
         truth = reconstruct_particle(read_particles("truth/particles.star"),
                                      read_tomogram_set("truth/tomograms.star"), box=box,
-                                     circle_crop=False, progress=False)  # as the stacks' crops
+                                     progress=False)
         figures = {"stacks_fsc05_A": score(first),
                    "refined_fsc05_A": score(refined.reconstruction.map),
                    "aligned_refined_fsc05_A": score(final.reconstruction.map),

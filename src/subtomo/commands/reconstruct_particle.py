@@ -24,15 +24,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--b", "--box", dest="box", type=int, required=True,
                    help="box size (px at the output pixel size)")
     p.add_argument("--crop", type=int, default=None, help="crop the maps to this box")
-    p.add_argument("--taper", type=float, default=10.0,
-                   help="taper the written maps to the sphere over this many px, as RELION "
-                   "(0: off; the FSC is that of the untapered half maps)")
+    p.add_argument("--taper", type=float, default=0.0,
+                   help="taper the written maps to the sphere over this many px (RELION 5 "
+                   "writes --taper 10; 0, the default: off; the FSC is that of the untapered "
+                   "half maps)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--bin", type=float, default=None, help="binning of the tilt series")
     group.add_argument("--angpix", "--binned_angpix", dest="angpix", type=float, default=None,
                        help="output pixel size, Å (any ratio to the tilt series')")
-    p.add_argument("--no_circle_crop", action="store_true",
-                   help="do not crop the 2D images to a circle (RELION's option)")
+    p.add_argument("--circle_crop", action="store_true",
+                   help="cut each 2D crop to a soft circle first (RELION 5's default)")
     p.add_argument("--sym", default="C1", help="point-group symmetry")
     p.add_argument("--batch", type=int, default=32, help="particles per batch")
     p.add_argument("--j", type=int, default=None, help="CPU threads")
@@ -57,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     result = reconstruct_particle(inputs.particles, inputs.tomograms, box=args.box,
                                   crop=args.crop, pixel_size_A=apix, sym=args.sym,
                                   motion=inputs.motion, batch_size=args.batch,
-                                  circle_crop=not args.no_circle_crop,
+                                  circle_crop=args.circle_crop,
                                   device=args.device)
     out = Path(args.output)
     write_outputs(result, out, args.taper)
