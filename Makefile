@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 test: $(STAMP) lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

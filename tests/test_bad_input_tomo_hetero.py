@@ -387,7 +387,9 @@ def test_jobs_killed_by_sigkill_finish_after_continue(work):
     train = [*HT[:5], "K", *HT[6:]]
     _kill_when(train, Path("K/weights.0.pt"))
     assert main([*train, "--continue", "K"]) == 0
-    assert np.array_equal(np.load("K/z.1.npy"), np.load("HT/z.1.npy"))
+    # equal up to the summation order of another thread count: under load the killed process
+    # can finish its last epoch before the kill lands, and it ran with its own torch threads
+    np.testing.assert_allclose(np.load("K/z.1.npy"), np.load("HT/z.1.npy"), rtol=0, atol=1e-5)
     align = [*TA[:4], "A", *TA[5:]]
     _kill_when(align, Path("A/temp/settings.json"))
     assert main([*align, "--continue"]) == 0
