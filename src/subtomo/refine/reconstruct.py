@@ -181,19 +181,28 @@ def reconstruct(
     kwargs = dict(box=box, ctf=ctf, sym=sym, pad=pad, batch_size=batch_size, device=device,
                   progress=progress)
 
+    return reconstruct_rows(lambda rows, desc: backproject(ps, rows, desc=desc, **kwargs),
+                            rows_all, split, halves=halves, pixel_size_A=pixel_size_A, pad=pad,
+                            maxres_A=maxres_A, source=ps.source)
+
+
+def reconstruct_rows(backproject_rows, rows_all: np.ndarray, split: np.ndarray, *, halves: bool,
+                     pixel_size_A: float, pad: int, maxres_A: float | None,
+                     source: str | None) -> Reconstruction:
+    """The map of particles ``rows_all``, from ``backproject_rows(rows, desc)`` (a filled
+    :class:`Backprojector`): one back-projection, or the two half sets of ``split`` through
+    :func:`gold_standard`; low-passed to ``maxres_A`` when given."""
     if not halves:
-        bp = backproject(ps, rows_all, **kwargs)
-        volume = bp.reconstruct()
+        volume = backproject_rows(rows_all, "backprojecting").reconstruct()
         if maxres_A:
             volume = lowpass_map(volume, pixel_size_A, maxres_A)
         return Reconstruction(volume, pixel_size_A, len(rows_all))
-
     bps = []
     for h in (1, 2):
         rows = rows_all[split[rows_all] == h]
         if len(rows) == 0:
-            raise InputError(ps.source, f"half set {h} is empty", field="rlnRandomSubset")
-        bps.append(backproject(ps, rows, desc=f"half {h}", **kwargs))
+            raise InputError(source, f"half set {h} is empty", field="rlnRandomSubset")
+        bps.append(backproject_rows(rows, f"half {h}"))
     result = gold_standard(bps[0], bps[1], pixel_size_A, pad)
     joined = result.map if not maxres_A else lowpass_map(result.map, pixel_size_A, maxres_A)
     result.map, result.n_particles = joined, len(rows_all)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from subtomo.ctf.ctf2d import ctf_2d
 from subtomo.ctf.dose import dose_filter
 from subtomo.errors import InputError
-from subtomo.fourier.grid import frequencies_2d, lowpass_map
+from subtomo.fourier.grid import frequencies_2d
 from subtomo.fourier.projector import Backprojector
 from subtomo.fourier.shift import shift_spectra_2d_
 from subtomo.geometry.euler import euler_to_matrix
@@ -43,7 +43,7 @@ from subtomo.geometry.symmetry import symmetry_operators
 from subtomo.io.mrc import read_section
 from subtomo.io.particles import ParticleSet
 from subtomo.io.warp1_series import TiltImages, check_warp1_images
-from subtomo.refine.reconstruct import Reconstruction, gold_standard, half_sets
+from subtomo.refine.reconstruct import Reconstruction, half_sets, reconstruct_rows
 
 __all__ = ["image_spectra", "image_ctfs", "reconstruct_warp1"]
 
@@ -125,20 +125,7 @@ def reconstruct_warp1(ps: ParticleSet, series: dict[str, TiltImages], *, sym: st
         raise InputError(ps.source, f"half set {subset} is empty", field="rlnRandomSubset")
     kwargs = dict(optics=optics, box=box, pixel_size_A=pixel_size_A, ops=ops, pad=pad,
                   batch_size=batch_size, device=device, progress=progress)
-    if not halves:
-        bp = _backproject([series[names[r]] for r in rows], desc="backprojecting", **kwargs)
-        volume = bp.reconstruct()
-        if maxres_A:
-            volume = lowpass_map(volume, pixel_size_A, maxres_A)
-        return Reconstruction(volume, pixel_size_A, len(rows))
-    bps = []
-    for h in (1, 2):
-        mine = rows[split[rows] == h]
-        if len(mine) == 0:
-            raise InputError(ps.source, f"half set {h} is empty", field="rlnRandomSubset")
-        bps.append(_backproject([series[names[r]] for r in mine], desc=f"half {h}", **kwargs))
-    result = gold_standard(bps[0], bps[1], pixel_size_A, pad)
-    if maxres_A:
-        result.map = lowpass_map(result.map, pixel_size_A, maxres_A)
-    result.n_particles = len(rows)
-    return result
+    return reconstruct_rows(
+        lambda mine, desc: _backproject([series[names[r]] for r in mine], desc=desc, **kwargs),
+        rows, split, halves=halves, pixel_size_A=pixel_size_A, pad=pad, maxres_A=maxres_A,
+        source=ps.source)
