@@ -14,6 +14,7 @@ from subtomo.commands import (
     hetero,
     initial_model,
     maps,
+    pick,
     poses,
     postprocess,
     reconstruct,
@@ -31,7 +32,7 @@ from subtomo.io import validate
 
 COMMANDS = (convert, star, select, poses, simulate, reconstruct, initial_model, refine,
             classify, maps, postprocess, hetero, demo, reconstruct_particle, extract,
-            reconstruct_tomogram, tomograms, tomo_align)
+            reconstruct_tomogram, tomograms, tomo_align, pick)
 
 
 class Parser(argparse.ArgumentParser):

@@ -9,6 +9,7 @@ __all__ = [
     "initial_model",
     "maps",
     "options",
+    "pick",
     "poses",
     "postprocess",
     "reconstruct",
