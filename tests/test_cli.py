@@ -324,9 +324,10 @@ def test_averaging_demo_reports_consistent_resolutions(tmp_path):
 
 
 def test_tiltseries_demo_recovers_the_truth(tmp_path):
-    """The tilt-series part of the demo: the tomogram shows the particles where they are, the
-    extracted subtomograms rebuild the map as reconstruct-particle does, and refinement from
-    8° off brings the poses back (figures against the simulated truth)."""
+    """The tilt-series part of the demo: picking finds the particles where they are, the
+    subtomograms extracted at the picks rebuild the map as reconstruct-particle does, and
+    refinement from the picks' orientations brings the poses back (figures against the
+    simulated truth)."""
     from rich.console import Console
 
     from subtomo.demo import run_tiltseries_demo
@@ -335,8 +336,8 @@ def test_tiltseries_demo_recovers_the_truth(tmp_path):
     from subtomo.demo_checks import checks
 
     assert not [c for c in checks("tiltseries", figures) if not c.passed]  # the printed bounds
-    assert figures["particles"] == 40
-    assert figures["tomogram_peak_offset_voxels"] <= 1.5
+    assert figures["pick_precision"] >= 0.95 and figures["pick_recall"] >= 0.9
+    assert 36 <= figures["particles"] <= 42
     # extraction loses nothing against the direct reconstruction from the tilt series
     assert figures["extract_reconstruct_fsc05_truth_A"] <= 1.05 * figures[
         "reconstruct_particle_fsc05_truth_A"]

@@ -44,13 +44,19 @@ from subtomo.selection import select_class
 from subtomo.simulate.particles import random_particle_set
 from subtomo.simulate.subtomograms import (
     SimulationConfig,
-    perturb_rotations,
     simulate_subtomograms,
 )
 from subtomo.simulate.tiltseries import TiltSeriesConfig, simulate_tiltseries
 from subtomo.tomo.extract import ExtractOptions, extract_subtomograms
+from subtomo.tomo.pick_job import picks_to_particles
+from subtomo.tomo.picking import (
+    PickOptions,
+    load_template,
+    refine_picks,
+    search_tomogram,
+    threshold_picks,
+)
 from subtomo.tomo.reconstruct_particle import reconstruct_particle
-from subtomo.tomo.reconstruct_tomogram import reconstruct_tomogram
 
 DEMO_FLAVOURS = ("relion5", "relion4", "relion31", "relion30", "warp")
 
@@ -371,10 +377,11 @@ def run_interop_demo(out_dir: str | Path, n: int, seed: int,
 
 
 def run_tiltseries_demo(out_dir: Path, n: int, seed: int, console: Console) -> dict[str, float]:
-    """The tilt-series route (issue 11): simulate a tilt series (41 tilts, dose-symmetric,
-    CTF at each particle's depth, noise) → reconstruct a tomogram (bin 2) → extract subtomograms
-    and 3D CTF volumes → auto-refine from perturbed poses → postprocess; scored against the
-    truth, with reconstruct-particle (the average straight from the tilt series) beside it."""
+    """The tilt-series route: simulate a tilt series (41 tilts, dose-symmetric, CTF at each
+    particle's depth, noise) → reconstruct a tomogram (bin 2) and pick by template matching →
+    extract subtomograms and 3D CTF volumes at the picks → auto-refine from the picks'
+    orientations → postprocess; scored against the truth (picks matched within half a radius),
+    with reconstruct-particle (the average straight from the tilt series) beside it."""
     start = time.perf_counter()
     box, pixel_size_A = 24, 8.0
     config = TiltSeriesConfig(n_particles=n, image_size_px=(320, 320), thickness_px=64,
@@ -383,31 +390,41 @@ def run_tiltseries_demo(out_dir: Path, n: int, seed: int, console: Console) -> d
     console.print(f"simulating a tilt series of {n} particles (41 tilts, {pixel_size_A} Å/px) ...")
     sim = simulate_tiltseries(_fresh(out_dir / "simulated"), config, progress=False)
     inputs = read_inputs(sim.optimisation_set)
-    ts = inputs.tomograms["TS_01"]
     truth_ps = sim.truth_particles
     truth_map = torch.from_numpy(read_mrc(sim.truth_maps[0])[0])
 
-    tomogram, tomo_pixel_size_A = reconstruct_tomogram(ts, binning=2.0, progress=False)
-    write_mrc(out_dir / "rec_TS_01.mrc", tomogram, tomo_pixel_size_A)
-    offsets = _tomogram_peak_offsets(ts, tomogram, truth_ps)
-    extracted = extract_subtomograms(inputs.particles, inputs.tomograms, out_dir / "Extract",
+    picked, matched, pick_figures = _pick(inputs, sim.truth_maps[0], truth_ps, box * pixel_size_A
+                                          * 0.8, out_dir)
+    extracted = extract_subtomograms(picked, inputs.tomograms, out_dir / "Extract",
                                      ExtractOptions(box=box), progress=False)
     direct = reconstruct_particle(inputs.particles, inputs.tomograms, box=box, progress=False)
-    ps, refined = _refine_perturbed(extracted.particles, seed, out_dir, console)
+    hits = matched >= 0
+    true_angles = truth_ps.particles[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]]
+    at_truth = ParticleSet(extracted.particles.particles[hits].reset_index(drop=True),
+                           extracted.particles.optics, extracted.particles.tomograms)
+    at_truth.particles[list(true_angles)] = true_angles.to_numpy()[matched[hits]]
+    console.print(f"auto-refine of {len(extracted.particles)} picked subtomograms from the "
+                  "picks' orientations ...")
+    refined = auto_refine(extracted.particles, reconstruct(extracted.particles, ctf=True,
+                                                           progress=False).map,
+                          _fresh(out_dir / "Refine3D" / "job001"),
+                          options=RefineOptions(ctf=True, auto_local_healpix_order=3,
+                                                max_iter=10), progress=False)
+    truth_rot = truth_ps.rotation_matrices()[matched[hits]]
+    errors = [float(angular_distance_deg(truth_rot, p.rotation_matrices()[hits]).median())
+              for p in (extracted.particles, refined.particles)]
     full = refined.reconstruction
-    errors = [float(angular_distance_deg(truth_ps.rotation_matrices(), p.rotation_matrices())
-                    .median()) for p in (ps, refined.particles)]
     mask = create_mask(full.map, full.pixel_size_A, 0.15 * float(full.map.max()),
                        extend_inimask_px=2, width_soft_edge_px=3)
     post = postprocess(full.half1, full.half2, mask, full.pixel_size_A)
     write_mrc(out_dir / "postprocess.mrc", post.sharpened, full.pixel_size_A)
     figures = {
+        **pick_figures,
         "particles": float(extracted.written),
-        "tomogram_peak_offset_voxels": float(np.median(offsets)),
         "reconstruct_particle_fsc05_truth_A": resolution_at(fsc(direct.map, truth_map), box,
                                                             pixel_size_A, 0.5),
         "extract_reconstruct_fsc05_truth_A": resolution_at(
-            fsc(reconstruct(extracted.particles, ctf=True, progress=False).map, truth_map), box,
+            fsc(reconstruct(at_truth, ctf=True, progress=False).map, truth_map), box,
             pixel_size_A, 0.5),
         "median_pose_error_start_deg": errors[0],
         "median_pose_error_refined_deg": errors[1],
@@ -421,37 +438,30 @@ def run_tiltseries_demo(out_dir: Path, n: int, seed: int, console: Console) -> d
     return figures
 
 
-def _tomogram_peak_offsets(ts, tomogram: torch.Tensor, truth_ps: ParticleSet) -> list[float]:
-    """Per particle, the distance (voxels of the bin-2 ``tomogram``) from its true position to
-    the darkest 3-voxel average within ±3 voxels of it."""
-    centred = torch.tensor(truth_ps.particles[[f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]]
-                           .to_numpy(float))
-    dark = -torch.nn.functional.avg_pool3d(tomogram[None, None], 3, 1, 1)[0, 0]
-    offsets = []
-    for centre in ts.centred_to_px(centred).numpy() / 2.0:
-        z, y, x = np.round(centre[::-1]).astype(int)
-        lo = np.maximum([z - 3, y - 3, x - 3], 0)
-        window = dark[lo[0]:z + 4, lo[1]:y + 4, lo[2]:x + 4]
-        peak = np.array(np.unravel_index(int(window.argmax()), window.shape)) + lo
-        offsets.append(np.linalg.norm(peak - np.array([z, y, x])))
-    return offsets
-
-
-def _refine_perturbed(ps: ParticleSet, seed: int, out_dir: Path, console: Console):
-    """``ps`` with its poses perturbed by 8° (seeded), and auto-refine of them from their own
-    reconstruction."""
-    gen = torch.Generator().manual_seed(seed + 7)
-    df = ps.particles.copy()
-    true_angles = torch.tensor(df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float))
-    df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]] = perturb_rotations(
-        true_angles, 8.0, gen).numpy()
-    ps.particles = df
-    template = reconstruct(ps, ctf=True, progress=False)
-    console.print(f"auto-refine of {len(ps)} extracted subtomograms from poses 8° off ...")
-    refined = auto_refine(ps, template.map, _fresh(out_dir / "Refine3D" / "job001"),
-                          options=RefineOptions(ctf=True, auto_local_healpix_order=3,
-                                                max_iter=10), progress=False)
-    return ps, refined
+def _pick(inputs, template_path: Path, truth_ps: ParticleSet, diameter_A: float,
+          out_dir: Path) -> tuple[ParticleSet, np.ndarray, dict[str, float]]:
+    """``subtomo pick`` (bin 2, 15°, automatic threshold at 0.1 expected false picks) of the
+    tomogram with the true map as the template: the picked set, each pick's row in the truth
+    (−1: none within half a radius), precision and recall."""
+    tset = inputs.tomograms
+    ts = tset["TS_01"]
+    opts = PickOptions(particle_diameter_A=diameter_A, false_positives=0.1)
+    template, _ = load_template(template_path, ts.pixel_size_A * 2.0)
+    result, volume, voxel_A, binning = search_tomogram(ts, template, None, opts, 2.0,
+                                                       progress=False)
+    write_mrc(out_dir / "rec_TS_01.mrc", -volume, voxel_A)
+    picks = refine_picks(threshold_picks(result, opts, voxel_A, binning), ts, volume, template,
+                         None, opts)
+    picked = picks_to_particles(tset, {"TS_01": picks})
+    write_particles(picked, out_dir / "picks.star", "relion5")
+    centred = truth_ps.particles[[f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]].to_numpy()
+    truth_px = ts.centred_to_px(torch.as_tensor(centred, dtype=torch.float64)).numpy()
+    dist = np.linalg.norm(picks.positions_px[:, None] - truth_px[None], axis=-1) * ts.pixel_size_A
+    near = dist.min(1) < diameter_A / 4 if len(dist) else np.zeros(0, bool)
+    matched = np.where(near, dist.argmin(1) if len(dist) else 0, -1)
+    recall = float((dist.min(0) < diameter_A / 4).mean()) if len(dist) else 0.0
+    return picked, matched, {"pick_precision": float(near.mean()) if len(near) else 0.0,
+                             "pick_recall": recall, "pick_expected_false": picks.expected_false}
 
 
 def _print_tiltseries_table(figures: dict[str, float], n: int, pixel_size_A: float,
@@ -461,15 +471,18 @@ def _print_tiltseries_table(figures: dict[str, float], n: int, pixel_size_A: flo
                        f"{pixel_size_A:g} Å/px, depth-dependent CTF, exposure, noise σ "
                        f"{noise_sigma:g})")
     part = ("tiltseries", figures)
-    row(table, "tomogram (bin 2): particle peak from true position, median (voxels)",
-        f"{figures['tomogram_peak_offset_voxels']:.1f}", *part, "tomogram_peak_offset_voxels")
+    row(table, f"pick (bin 2, 15°): precision (expected false picks "
+        f"{figures['pick_expected_false']:.1f})", f"{figures['pick_precision']:.2f}", *part,
+        "pick_precision")
+    row(table, "pick: recall within half a radius", f"{figures['pick_recall']:.2f}", *part,
+        "pick_recall")
     row(table, "reconstruct-particle (tilt series, true poses), FSC 0.5 vs truth (Å)",
         f"{figures['reconstruct_particle_fsc05_truth_A']:.1f}", *part,
         "reconstruct_particle_fsc05_truth_A")
     row(table, f"extract {int(figures['particles'])} subtomograms + CTF volumes → reconstruct, "
         "FSC 0.5 vs truth (Å)", f"{figures['extract_reconstruct_fsc05_truth_A']:.1f}", *part,
         "extract_reconstruct_fsc05_truth_A")
-    row(table, f"auto-refine ({iterations} iterations): median pose error (°)",
+    row(table, f"auto-refine ({iterations} iterations) from the picks: median pose error (°)",
         f"{figures['median_pose_error_start_deg']:.1f} → "
         f"{figures['median_pose_error_refined_deg']:.1f}", *part,
         "median_pose_error_refined_deg")

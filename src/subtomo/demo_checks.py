@@ -38,8 +38,9 @@ EXPECTED: dict[str, dict[str, tuple[str, float]]] = {
         "class_3_fsc05_A": ("<=", 20.0),
         "selected_purity": (">=", 0.95),
     },
-    "tiltseries": {  # 1.0/1.0 voxel; 18.1/17.4, 18.2/18.1 Å; 1.3°/2.7°; 17.7/17.4, 17.5/17.5 Å
-        "tomogram_peak_offset_voxels": ("<=", 1.5),
+    "tiltseries": {  # 18.1/17.4, 18.2/18.1 Å; 1.3°/2.7°; 17.7/17.4, 17.5/17.5 Å
+        "pick_precision": (">=", 0.95),
+        "pick_recall": (">=", 0.9),
         "reconstruct_particle_fsc05_truth_A": ("<=", 21.0),
         "extract_reconstruct_fsc05_truth_A": ("<=", 21.0),
         "median_pose_error_refined_deg": ("<=", 3.5),

@@ -86,8 +86,8 @@ def test_false_alarm_estimate_matches_a_noise_count():
     result = match_template(volume, _blobs(box), mats,
                             lambda z: torch.ones(box, box, box // 2 + 1),
                             sphere_diameter_px=10, batch=12, progress=False)
-    null = false_alarms(result.null, 6.0, result.valid, result.scores)
     cand, scores = find_peaks(result.scores, 6.0, valid=result.valid)
+    null = false_alarms(result.null, 6.0, result.valid, cand, scores)
     threshold = null.threshold_for(30.0)
     measured = int((scores >= threshold).sum())
     expected = null.null_count(threshold)
@@ -192,3 +192,14 @@ def test_bad_input_is_refused_with_nothing_written(scene, tmp_path, case):
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and field in done.stderr, done.stderr
     assert not out.exists()
+
+
+def test_subvoxel_peak_of_a_parabola_is_exact():
+    from subtomo.tomo.template_matching import _subvoxel
+
+    g = torch.arange(3.0) - 1
+    z, y, x = torch.meshgrid(g, g, g, indexing="ij")
+    scores = -((z - 0.3) ** 2 + 2 * (y + 0.2) ** 2 + 0.5 * (x - 0.1) ** 2)
+    best = scores.flatten().argmax()
+    offset = _subvoxel(scores.flatten()[None], best[None], 3)
+    assert torch.allclose(offset, torch.tensor([[0.3, -0.2, 0.1]]), atol=1e-6)

@@ -21,7 +21,7 @@ def plot_scores(picks: Mapping[str, object], path: str | Path, dpi: int = 110) -
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.add_subplot()
     for name, p in picks.items():
-        null = p.null.heights.cpu().numpy()
+        null = np.asarray(p.null.heights)
         scores = np.asarray(p.peaks)
         top = max(float(null.max()) if len(null) else 0.0, float(scores.max()) if len(
             scores) else 0.0, p.threshold) * 1.05

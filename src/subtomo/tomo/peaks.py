@@ -10,12 +10,12 @@ score of the contrast-inverted template (:mod:`subtomo.tomo.template_matching`),
 particle matches, while noise matches it as often as the template itself (noise is
 symmetric). The peaks of that null map, found with the same suppression, are false alarms by
 construction — except where the inverted template matches a particle's own rim or band-pass
-halo; those null peaks sit next to a higher score and are dropped. Their number above a
-threshold ``s``, ``n₀(s)``, is counted where there are enough of them and extrapolated beyond
+halo. A pick suppresses every peak within ``d`` of it, so at a threshold ``s`` a null peak
+counts only if no peak of the score map above ``s`` lies within ``d``: near a particle the halo
+peaks drop out, in the background (where the score map's peaks above ``s`` are rare) nearly all
+count. That number ``n₀(s)`` is counted where there are enough peaks and extrapolated beyond
 with an exponential tail fitted to the top 10 % (at least 10 peaks; maximum likelihood: the
-mean excess). ``n₀(s)`` is the expected number of false picks above ``s``; it slightly
-overstates it where particles fill much of the volume (noise peaks there lose to the particle
-they sit next to).
+mean excess).
 """
 
 from __future__ import annotations
@@ -71,22 +71,24 @@ def find_peaks(scores: Tensor, min_distance_px: float, *, floor: float = -math.i
 
 @dataclass
 class FalseAlarms:
-    """The null peaks' heights (decreasing), the valid volume (voxels) and the tail fit."""
+    """The null peaks' heights ``h`` (decreasing), for each the highest score ``m`` of a
+    positive peak within the suppression distance (0 if none), and the tail fit."""
 
-    heights: Tensor
-    volume_voxels: float
+    heights: np.ndarray
+    covered: np.ndarray
     tail_start: float
     tail_scale: float
     tail_count: int
 
     def null_count(self, threshold: float) -> float:
-        """Expected number of null peaks above ``threshold`` (counted, else the fitted tail)."""
+        """Expected false picks above ``threshold`` ``s``: the null peaks with ``h ≥ s`` that no
+        pick above ``s`` covers (``m < s``); beyond the counted range, the fitted tail."""
         if threshold <= self.tail_start:
-            return float((self.heights >= threshold).sum())
+            return float(((self.heights >= threshold) & (self.covered < threshold)).sum())
         return self.tail_count * math.exp(-(threshold - self.tail_start) / self.tail_scale)
 
     def threshold_for(self, expected: float) -> float:
-        """The lowest threshold at which at most ``expected`` null peaks are expected."""
+        """The lowest threshold at which at most ``expected`` false picks are expected."""
         lo, hi = (float(self.heights.min()) if len(self.heights) else 0.0), 1.0
         for _ in range(60):
             mid = (lo + hi) / 2
@@ -94,23 +96,24 @@ class FalseAlarms:
         return hi
 
 
-def false_alarms(null: Tensor, min_distance_px: float, valid: Tensor,
-                 scores: Tensor | None = None) -> FalseAlarms:
-    """The empirical null of the module docstring from the null score map; with ``scores``,
-    a null peak is dropped where the score map holds a higher value within its cube (the
-    inverted template matching a particle's rim or its band-pass halo: particles make these,
-    noise rarely does above the null's bulk)."""
+def false_alarms(null: Tensor, min_distance_px: float, valid: Tensor, peaks_px: Tensor,
+                 peak_scores: Tensor) -> FalseAlarms:
+    """The empirical null of the module docstring from the null score map and the score map's
+    peaks (``peaks_px`` ``(K, 3)``, ``peak_scores``)."""
     positions, heights = find_peaks(null, min_distance_px, valid=valid)
-    if scores is not None and len(heights):
-        half = max(1, int(min_distance_px))
-        pooled = cube_max(scores, half)
-        keep = pooled[tuple(positions.T)] <= heights
-        heights = heights[keep]
-    n = len(heights)
+    h = heights.double().cpu().numpy()
+    covered = np.zeros_like(h)
+    if len(h) and len(peak_scores):
+        tree = cKDTree(peaks_px.cpu().numpy().astype(np.float64))
+        near = tree.query_ball_point(positions.cpu().numpy().astype(np.float64),
+                                     r=min_distance_px)
+        values = peak_scores.double().cpu().numpy()
+        covered = np.array([values[n].max() if n else 0.0 for n in near])
+    free = h[covered < h]  # the peaks that count at s = h
+    n = len(free)
     if n < 2:
-        return FalseAlarms(heights, float(valid.sum()), 1.0, 1e-3, n)
+        return FalseAlarms(h, covered, 1.0, 1e-3, n)
     top = min(max(10, n // 10), n)
-    start = float(heights[top - 1])
-    excess = (heights[:top] - start).double()
-    scale = max(float(excess.sum() / max(top - 1, 1)), 1e-6)
-    return FalseAlarms(heights, float(valid.sum()), start, scale, top)
+    start = float(free[top - 1])
+    scale = max(float((free[:top] - start).sum() / max(top - 1, 1)), 1e-6)
+    return FalseAlarms(h, covered, start, scale, top)

@@ -42,7 +42,7 @@ from subtomo.tomo.picking import (
 )
 from subtomo.tomo.template_matching import MatchResult
 
-__all__ = ["map_names", "run_pick"]
+__all__ = ["map_names", "picks_to_particles", "run_pick"]
 
 MAPS = ("scores", "angles", "null", "tomogram")
 
@@ -63,7 +63,8 @@ def _saved(out: Path, name: str) -> MatchResult | None:
                        valid=scores > -1)
 
 
-def _particles(tset: TomogramSet, picks: dict[str, Picks]) -> ParticleSet:
+def picks_to_particles(tset: TomogramSet, picks: dict[str, Picks]) -> ParticleSet:
+    """A RELION 5 particle set of the picks (centred Å, angles, figure of merit)."""
     rows = []
     for name, p in picks.items():
         ts = tset[name]
@@ -130,7 +131,7 @@ def run_pick(tset: TomogramSet, tomograms_path: Path, names: list[str], template
                                        opts)
         print(f"{name}: {len(p.scores)} picks above score {p.threshold:.3f}; expected false "
               f"positives among them {p.expected_false:.2f}")
-    write_particles(_particles(tset, picks), out / "particles.star", "relion5")
+    write_particles(picks_to_particles(tset, picks), out / "particles.star", "relion5")
     write_optimisation_set(out / "optimisation_set.star", particles=out / "particles.star",
                            tomograms=tomograms_path)
     plot_scores(picks, out / "scores.png")

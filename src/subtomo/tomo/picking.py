@@ -217,8 +217,8 @@ def threshold_picks(result: MatchResult, opts: PickOptions, voxel_A: float,
                     binning: float) -> Picks:
     """Peaks of the score map above the threshold ``opts`` asks for (module docstring)."""
     distance = (opts.min_distance_A or opts.particle_diameter_A) / voxel_A
-    null = false_alarms(result.null, distance, result.valid, result.scores)
     cand, scores = find_peaks(result.scores, distance, floor=0.0, valid=result.valid)
+    null = false_alarms(result.null, distance, result.valid, cand, scores)
     if opts.number is not None:
         keep = min(opts.number, len(scores))
         threshold = float(scores[keep - 1]) if keep else 1.0
@@ -243,7 +243,8 @@ def refine_picks(picks: Picks, ts: TiltSeries, volume: Tensor, template: Tensor,
                  mask: Tensor | None, opts: PickOptions) -> Picks:
     """Each pick searched again locally (:func:`subtomo.tomo.template_matching.refine_peaks`):
     rotations on a cubic grid of ``angular_step`` within one global step of the global best,
-    shifts of ±1 voxel, the template weighted at the pick's own depth. The position, angles
+    shifts of ±1 voxel (then to a fraction of a voxel), the template weighted at the pick's own
+    depth. The position, angles
     and score (``rlnAutopickFigureOfMerit``) become the refined ones, in decreasing score; the
     threshold stays on the global search's scores."""
     if not len(picks.scores):

@@ -250,8 +250,8 @@ def match_template(
 
 @dataclass
 class Refined:
-    """Per peak: the best rotation ``(K, 3, 3)``, position ``(K, 3)`` (z, y, x voxels) and
-    normalised score of the local search."""
+    """Per peak: the best rotation ``(K, 3, 3)``, position ``(K, 3)`` (z, y, x voxels, to a
+    fraction of a voxel) and normalised score of the local search."""
 
     rotations: Tensor
     positions: Tensor
@@ -266,8 +266,9 @@ def refine_peaks(volume: Tensor, white: Tensor | None, template: Tensor, peaks: 
     rotations ``δ``, the identity first) and integer shifts of up to ``shift_px`` voxels, scored
     as in :func:`match_template` (the template weighted at the peak's own depth) by direct
     products of the templates with the peak's neighbourhood (one batched matrix product per
-    chunk of peaks). ``volume``: the searched tomogram (:func:`prepared`); ``peaks``
-    ``(K, 3)`` voxels (z, y, x) at least half a box inside; ``rotations`` ``(K, 3, 3)``."""
+    chunk of peaks), the position then to a fraction of a voxel by a parabola through the
+    best score and its two neighbours along each axis. ``volume``: the searched tomogram
+    (:func:`prepared`); ``peaks`` ``(K, 3)`` voxels (z, y, x); ``rotations`` ``(K, 3, 3)``."""
     box = template.shape[-1]
     dev = volume.device
     sphere = soft_sphere(box, sphere_diameter_px or box - 2, 2.0, device=dev)
@@ -299,9 +300,32 @@ def refine_peaks(volume: Tensor, white: Tensor | None, template: Tensor, peaks: 
         best, where = scores.reshape(k, -1).max(-1)
         j, s = where // len(offsets), where % len(offsets)
         out_rot.append(cand[torch.arange(k), j])
-        out_pos.append(centres + offsets[s])
+        out_pos.append(centres + offsets[s] + _subvoxel(scores[torch.arange(k), j], s,
+                                                          2 * shift_px + 1))
         out_score.append(best)
     if not out_rot:
         empty = torch.zeros((0, 3), device=dev)
-        return Refined(torch.zeros((0, 3, 3), device=dev), empty.long(), empty[:, 0])
+        return Refined(torch.zeros((0, 3, 3), device=dev), empty, empty[:, 0])
     return Refined(torch.cat(out_rot), torch.cat(out_pos), torch.cat(out_score))
+
+
+def _subvoxel(scores: Tensor, best: Tensor, width: int) -> Tensor:
+    """Sub-voxel offsets ``(k, 3)`` (z, y, x) of the maxima of ``scores`` ``(k, width³)`` on the
+    shift grid, from a parabola through the best and its neighbours on each axis (0 where the
+    best is on the grid's edge); at most half a voxel."""
+    cube = scores.reshape(-1, width, width, width)
+    index = torch.stack([best // (width * width), best // width % width, best % width], -1)
+    out = torch.zeros(index.shape, dtype=scores.dtype, device=scores.device)
+    rows = torch.arange(len(index), device=scores.device)
+    for axis in range(3):
+        inner = (index[:, axis] > 0) & (index[:, axis] < width - 1)
+        lo, hi = index.clone(), index.clone()
+        lo[:, axis] = (index[:, axis] - 1).clamp_min(0)
+        hi[:, axis] = (index[:, axis] + 1).clamp_max(width - 1)
+        s0 = cube[rows, index[:, 0], index[:, 1], index[:, 2]]
+        sm = cube[rows, lo[:, 0], lo[:, 1], lo[:, 2]]
+        sp = cube[rows, hi[:, 0], hi[:, 1], hi[:, 2]]
+        curve = sm - 2 * s0 + sp
+        step = torch.where(curve < 0, 0.5 * (sm - sp) / curve.clamp_max(-1e-12), 0.0)
+        out[:, axis] = torch.where(inner, step.clamp(-0.5, 0.5), 0.0)
+    return out
