@@ -28,8 +28,9 @@ import json
 import platform
 import re
 import resource
+import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from tqdm import tqdm
 
 import subtomo
 from subtomo.errors import InputError
+from subtomo.geometry.symmetry import symmetry_operators
 from subtomo.io.files import atomic_path, undone_on_input_error
 from subtomo.io.particle_series import is_particle_series, particle_positions_px
 from subtomo.io.particles import COORD_PX, ParticleSet
@@ -59,9 +61,9 @@ from subtomo.parallel.distributed import Context
 from subtomo.report.plots import plot_fsc, plot_tilt_changes
 from subtomo.tomo import deformation as deform
 from subtomo.tomo.alignment import AlignSettings, align_series
-from subtomo.tomo.correlation import BORDER, References
+from subtomo.tomo.correlation import BORDER, References, read_references
 from subtomo.tomo.particles import check_box, with_tomograms
-from subtomo.tomo.reconstruct_particle import reconstruct_particle
+from subtomo.tomo.reconstruct_particle import reconstruct_particle, write_outputs
 
 __all__ = ["AlignJob", "check_inputs", "tomo_align"]
 
@@ -83,6 +85,7 @@ class AlignJob:
     stats: dict[str, dict]
     resolution_before_A: float | None = None
     resolution_after_A: float | None = None
+    rounds: list[dict] = field(default_factory=list)
 
 
 # ---- checks -------------------------------------------------------------------------------
@@ -188,8 +191,7 @@ def _portable(ts: TiltSeries) -> TiltSeries:
     return replace(ts, globals=globals_, tilts=tilts)
 
 
-def _write_series(out: Path, name: str, result) -> None:
-    temp = out / "temp"
+def _write_series(temp: Path, name: str, result) -> None:
     ts = _portable(result.ts)
     globals_ = {k: v for k, v in ts.globals.items() if k != "rlnTomoTiltSeriesStarFile"}
     write_star({"global": pd.DataFrame([globals_]), name: ts.tilts},
@@ -201,8 +203,7 @@ def _write_series(out: Path, name: str, result) -> None:
         tmp.write_text(json.dumps(result.stats, indent=1))
 
 
-def _read_series(out: Path, name: str, image_size) -> tuple[TiltSeries, dict, dict]:
-    temp = out / "temp"
+def _read_series(temp: Path, name: str, image_size) -> tuple[TiltSeries, dict, dict]:
     ts = read_tomogram_set(temp / f"{name}_tomogram.star", image_size=image_size)[name]
     with np.load(temp / f"{name}_particles.npz") as data:
         arrays = {k: data[k] for k in data.files}
@@ -260,9 +261,95 @@ def _with_origins(ps: ParticleSet, tset: TomogramSet, positions_px: np.ndarray
     return replace(ps, particles=df)
 
 
-def _reconstruct(ps, tset, motion, refs, device):
+def _reconstruct(ps, tset, motion, refs, device, sym="C1"):
     return reconstruct_particle(ps, tset, box=refs.box, pixel_size_A=refs.pixel_size_A,
-                                motion=motion, device=device, progress=False)
+                                sym=sym, motion=motion, device=device, progress=False)
+
+
+# ---- rounds -------------------------------------------------------------------------------
+@dataclass
+class _Geometry:
+    """The geometry a round starts from: particles, tilt series and trajectories (Å by
+    particle name; ``None``: none) and, after a round, the positions (tilt-series px)."""
+
+    particles: ParticleSet
+    tomograms: TomogramSet
+    motion: dict[str, np.ndarray] | None
+    positions_px: np.ndarray | None = None
+
+
+def _align_round(folder: Path, state: _Geometry, refs: References, settings: AlignSettings,
+                 names: np.ndarray, series: list[str], resume: bool, ctx: Context, device,
+                 progress: bool, desc: str) -> None:
+    """Align this rank's tilt series of one round (those not finished in ``folder``)."""
+    mine = [n for n in ctx.shard(np.array(series, dtype=object))
+            if not (resume and (folder / f"{n}.json").is_file())]
+    if ctx.main:
+        folder.mkdir(parents=True, exist_ok=True)
+    ctx.barrier()
+    projectors = refs.projectors(settings.box, device) if mine else None
+    total = int(sum((names == n).sum() for n in mine))
+    bar = tqdm(total=total, desc=desc, unit="particle", disable=None if progress else True)
+    for name in mine:
+        rows = np.flatnonzero(names == name)
+        result = align_series(state.tomograms[name], state.particles, rows, refs, projectors,
+                              settings, motion=state.motion, device=device,
+                              progress=bar.update)
+        _write_series(folder, name, result)
+    bar.close()
+    ctx.barrier()
+
+
+def _merge(folder: Path, state: _Geometry, series: list[str], names: np.ndarray
+           ) -> tuple[_Geometry, dict]:
+    """The geometry after a round (every rank reads all tilt series' results) and the
+    figures of each tilt series."""
+    ps = state.particles
+    new_series = {n: _portable(ts) for n, ts in state.tomograms.series.items()}
+    positions = np.zeros((len(ps), 3))
+    particle_names = ps.particles["rlnTomoParticleName"].astype(str).to_numpy()
+    trajectories: dict[str, np.ndarray] = {}
+    stats = {}
+    for name in series:
+        ts, arrays, stats[name] = _read_series(folder, name,
+                                               state.tomograms[name].image_size_px)
+        new_series[name] = ts
+        rows = arrays["rows"]
+        positions[rows] = arrays["positions_px"]
+        for row, traj in zip(rows, arrays["trajectories_A"], strict=True):
+            trajectories[particle_names[row]] = traj
+    tset = TomogramSet(new_series, str(folder / "tomograms.star"))
+    return _Geometry(_with_positions(ps, tset, positions), tset, trajectories, positions), stats
+
+
+def _round_references(folder: Path, state: _Geometry, refs: References, mask, sym: str,
+                      resume: bool, ctx: Context, device) -> tuple[References, float]:
+    """Half maps of ``reconstruct-particle`` with the geometry of the previous round, at the
+    input references' box and pixel size, masked by the input mask; weighted by their own
+    FSC (of the masked maps where there is a mask). Rank 0 writes them into ``folder``
+    (``half1.mrc``, ``half2.mrc``, ``fsc.star``; ``references.json`` last), all ranks read
+    them back."""
+    done = folder / "references.json"
+    if ctx.main and not (resume and done.is_file()):
+        folder.mkdir(parents=True, exist_ok=True)
+        done.unlink(missing_ok=True)
+        result = _reconstruct(state.particles, state.tomograms, state.motion, refs, device, sym)
+        write_outputs(result, folder)
+        with atomic_path(done) as tmp:
+            tmp.write_text(json.dumps({"resolution_A": result.resolution_A}))
+    ctx.barrier()
+    fsc = folder / "fsc.star" if mask is None else None
+    new = read_references(folder / "half1.mrc", folder / "half2.mrc", mask, fsc)
+    return new, float(json.loads(done.read_text())["resolution_A"])
+
+
+def _report_round(entry: dict, rounds: int) -> None:
+    moved = max(entry["rms_image_shift_px"].values())
+    line = f"round {entry['round']}/{rounds}: projected positions moved by up to {moved:.3f} px"
+    if "reference_resolution_A" in entry:
+        line += (f" (references from the previous round: "
+                 f"{entry['reference_resolution_A']:.2f} Å)")
+    print(line, file=sys.stderr, flush=True)
 
 
 @undone_on_input_error("out")
@@ -277,6 +364,8 @@ def tomo_align(
     resume: bool = False,
     reconstruct: bool = True,
     write_matrices: bool = False,
+    rounds: int = 2,
+    sym: str = "C1",
     command: list[str] | None = None,
     progress: bool = True,
 ) -> AlignJob | None:
@@ -285,43 +374,42 @@ def tomo_align(
     ctx = ctx or Context()
     out = Path(out)
     ps = check_inputs(inputs, refs, settings)
-    record = _settings_record(settings, refs)
+    if rounds < 1:
+        raise InputError(None, f"--rounds must be at least 1 (got {rounds})", field="--rounds")
+    try:
+        symmetry_operators(sym)
+    except ValueError as exc:
+        raise InputError(None, str(exc), field="--sym") from None
+    record = {**_settings_record(settings, refs), "sym": sym}
     resume = _prepare_folder(out, record, resume, ctx)
     if ctx.main and command is not None:
         (out / "note.txt").write_text(" ".join(command) + "\n")
 
     names = ps.tomo_names().to_numpy()
     series = list(dict.fromkeys(names))
-    mine = [n for n in ctx.shard(np.array(series, dtype=object))
-            if not (resume and (out / "temp" / f"{n}.json").is_file())]
-    projectors = refs.projectors(settings.box, device) if mine else None
-    total = int(sum((names == n).sum() for n in mine))
-    bar = tqdm(total=total, desc="tomo-align", unit="particle", disable=None if progress else True)
-    for name in mine:
-        ts = inputs.tomograms[name]
-        rows = np.flatnonzero(names == name)
-        result = align_series(ts, ps, rows, refs, projectors, settings, motion=inputs.motion,
-                              device=device, progress=bar.update)
-        _write_series(out, name, result)
-    bar.close()
-    ctx.barrier()
+    state = _Geometry(ps, inputs.tomograms, inputs.motion)
+    history: list[dict] = []
+    round_refs = refs
+    for index in range(1, rounds + 1):
+        folder = out / "temp" / f"round{index}"
+        entry: dict = {"round": index}
+        if index > 1:
+            round_refs, entry["reference_resolution_A"] = _round_references(
+                folder, state, refs, inputs.files.get("mask"), sym, resume, ctx, device)
+        _align_round(folder, state, round_refs, settings, names, series, resume, ctx, device,
+                     progress, desc=f"tomo-align round {index}/{rounds}")
+        state, stats = _merge(folder, state, series, names)
+        entry["rms_image_shift_px"] = {n: s["rms_image_shift_px"] for n, s in stats.items()}
+        history.append(entry)
+        if progress and ctx.main:
+            _report_round(entry, rounds)
     if not ctx.main:
         return None
 
-    new_series = {n: _portable(ts) for n, ts in inputs.tomograms.series.items()}
-    positions = np.zeros((len(ps), 3))
+    tset, new_ps, trajectories = state.tomograms, state.particles, state.motion
+    tset = TomogramSet(tset.series, str(out / "tomograms.star"))
+    positions = state.positions_px
     particle_names = ps.particles["rlnTomoParticleName"].astype(str).to_numpy()
-    trajectories: dict[str, np.ndarray] = {}
-    stats = {}
-    for name in series:
-        ts, arrays, stats[name] = _read_series(out, name, inputs.tomograms[name].image_size_px)
-        new_series[name] = ts
-        rows = arrays["rows"]
-        positions[rows] = arrays["positions_px"]
-        for row, traj in zip(rows, arrays["trajectories_A"], strict=True):
-            trajectories[particle_names[row]] = traj
-    tset = TomogramSet(new_series, str(out / "tomograms.star"))
-    new_ps = _with_positions(ps, tset, positions)
     write_tomogram_set(tset, out / "tomograms.star", matrices=write_matrices)
     write_particles(new_ps, out / "particles.star", new_ps.flavour)
     write_motion(out / "motion.star", trajectories)
@@ -332,10 +420,10 @@ def tomo_align(
                            mask=files.get("mask"), fsc=files.get("fsc"))
     _write_pictures(out, series, inputs.tomograms, tset, positions, names, particle_names,
                     trajectories)
-    job = AlignJob(out, tset, new_ps, trajectories, stats)
+    job = AlignJob(out, tset, new_ps, trajectories, stats, rounds=history)
     if reconstruct:
-        before = _reconstruct(ps, inputs.tomograms, inputs.motion, refs, device)
-        after = _reconstruct(new_ps, tset, trajectories, refs, device)
+        before = _reconstruct(ps, inputs.tomograms, inputs.motion, refs, device, sym)
+        after = _reconstruct(new_ps, tset, trajectories, refs, device, sym)
         job.resolution_before_A, job.resolution_after_A = before.resolution_A, after.resolution_A
         plot_fsc({f"before ({before.resolution_A:.2f} Å)": before.fsc.cpu(),
                   f"after ({after.resolution_A:.2f} Å)": after.fsc.cpu()}, refs.box,
@@ -375,6 +463,7 @@ def _write_job_json(out: Path, command, record: dict, job: AlignJob, wall: float
         "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "resolution_before_A": job.resolution_before_A,
         "resolution_after_A": job.resolution_after_A, "tilt_series": job.stats,
+        "rounds": job.rounds,
     }
     with atomic_path(out / "job.json") as tmp:
         tmp.write_text(json.dumps(data, indent=1))
