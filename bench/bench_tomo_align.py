@@ -267,18 +267,23 @@ def bench_rounds(device: str, lines: list[str], summary: dict) -> None:
     for kind, radius in (("alignment", "8"), ("large", "16")):
         folder = project(kind)
         opt = reference(folder, device)
-        true_geometry = reference(folder, device, "truth/optimisation_set.star", "ref_true")
-        true_map = folder / "true_map.star"
-        true_map.write_text("data_\n\n_rlnTomoParticlesFile particles.star\n"
-                            "_rlnTomoTomogramsFile tomograms.star\n"
-                            "_rlnTomoReferenceMap1File truth/class001.mrc\n"
-                            "_rlnTomoReferenceMap2File truth/class001.mrc\n")
+        maps = {"true_map": ("truth/class001.mrc",) * 2,
+                "true_geometry": tuple(f"ref_true/{f}" for f in ("half1.mrc", "half2.mrc",
+                                                                 "fsc.star"))}
+        reference(folder, device, "truth/optimisation_set.star", "ref_true")
+        for name, files in maps.items():  # the given geometry with other references
+            labels = ("Map1File", "Map2File", "FscFile")[:len(files)]
+            (folder / f"{name}.star").write_text(
+                "data_\n\n_rlnTomoParticlesFile particles.star\n_rlnTomoTomogramsFile "
+                "tomograms.star\n" + "".join(f"_rlnTomoReference{label} {file}\n"
+                                             for label, file in zip(labels, files, strict=True)))
         given = rms_error(folder, folder)
         rows.append(f"| {kind} | given geometry | {_pair(given)} | "
                     f"{_pair(origin_free_error(folder, folder))} | | |")
         runs = [(f"`--rounds {n}`", f"rounds{n}", opt, ("--rounds", str(n))) for n in (1, 2, 3)]
-        runs += [("true map (the ceiling)", "true_map", true_map, ()),
-                 ("references from the true geometry", "true_geometry", true_geometry, ())]
+        runs += [("true map (the ceiling)", "true_map", folder / "true_map.star", ()),
+                 ("references from the true geometry", "true_geometry",
+                  folder / "true_geometry.star", ())]
         for label, name, source, extra in runs:
             out, fig = align(folder, name, source, device, "--r", radius, *extra)
             err, free = rms_error(folder, out), origin_free_error(folder, out)

@@ -25,6 +25,7 @@ Nothing is written before every input has been checked.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import re
 import resource
@@ -36,10 +37,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 import subtomo
 from subtomo.errors import InputError
+from subtomo.fourier.grid import rfft_freqs, shell_index
 from subtomo.geometry.symmetry import symmetry_operators
 from subtomo.io.files import atomic_path, undone_on_input_error
 from subtomo.io.particle_series import is_particle_series, particle_positions_px
@@ -58,14 +61,17 @@ from subtomo.io.tomograms import (
     write_tomogram_set,
 )
 from subtomo.parallel.distributed import Context
+from subtomo.refine.reconstruct import half_sets
 from subtomo.report.plots import plot_fsc, plot_tilt_changes
 from subtomo.tomo import deformation as deform
 from subtomo.tomo.alignment import AlignSettings, align_series
-from subtomo.tomo.correlation import BORDER, References, read_references
+from subtomo.tomo.correlation import BORDER, References, read_references, snr_weight
 from subtomo.tomo.particles import check_box, with_tomograms
 from subtomo.tomo.reconstruct_particle import reconstruct_particle, write_outputs
 
-__all__ = ["AlignJob", "check_inputs", "tomo_align"]
+__all__ = ["AlignJob", "check_inputs", "half_map_offset_px", "tomo_align"]
+
+MIN_OFFSET_PX = 0.01  # half maps closer than this are left as they are
 
 CENTRED = ("rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst",
            "rlnCenteredCoordinateZAngst")
@@ -323,32 +329,105 @@ def _merge(folder: Path, state: _Geometry, series: list[str], names: np.ndarray
 
 
 def _round_references(folder: Path, state: _Geometry, refs: References, mask, sym: str,
-                      resume: bool, ctx: Context, device) -> tuple[References, float]:
+                      resume: bool, ctx: Context, device) -> tuple[References, _Geometry, dict]:
     """Half maps of ``reconstruct-particle`` with the geometry of the previous round, at the
-    input references' box and pixel size, masked by the input mask; weighted by their own
-    FSC (of the masked maps where there is a mask). Rank 0 writes them into ``folder``
-    (``half1.mrc``, ``half2.mrc``, ``fsc.star``; ``references.json`` last), all ranks read
-    them back."""
+    input references' box and pixel size, masked by the input mask and weighted by their own
+    FSC (of the masked maps where there is a mask); the two half sets first brought into one
+    frame (:func:`half_map_offset_px`, :func:`_coregistered`). Rank 0 writes them into
+    ``folder`` (``half1.mrc``, ``half2.mrc``, ``fsc.star``; ``references.json`` last, with the
+    offset), all ranks read them back. Returns the references, the (co-registered) geometry
+    and the figures of the round's references."""
     done = folder / "references.json"
     if ctx.main and not (resume and done.is_file()):
         folder.mkdir(parents=True, exist_ok=True)
         done.unlink(missing_ok=True)
         result = _reconstruct(state.particles, state.tomograms, state.motion, refs, device, sym)
+        offset = half_map_offset_px(result.half1, result.half2,
+                                    snr_weight(result.fsc.cpu().numpy()))
+        figures = {"half_map_offset_px": offset.tolist(),
+                   "resolution_before_coregistration_A": result.resolution_A}
+        if float(offset.norm()) > MIN_OFFSET_PX:
+            result = _reconstruct(_coregistered(state, offset, refs.pixel_size_A).particles,
+                                  state.tomograms, state.motion, refs, device, sym)
+            residual = half_map_offset_px(result.half1, result.half2,
+                                          snr_weight(result.fsc.cpu().numpy()))
+            figures["residual_offset_px"] = residual.tolist()
+        figures["resolution_A"] = result.resolution_A
         write_outputs(result, folder)
         with atomic_path(done) as tmp:
-            tmp.write_text(json.dumps({"resolution_A": result.resolution_A}))
+            tmp.write_text(json.dumps(figures))
     ctx.barrier()
+    figures = json.loads(done.read_text())
+    offset = torch.tensor(figures["half_map_offset_px"], dtype=torch.float64)
+    if float(offset.norm()) > MIN_OFFSET_PX:
+        state = _coregistered(state, offset, refs.pixel_size_A)
     fsc = folder / "fsc.star" if mask is None else None
     new = read_references(folder / "half1.mrc", folder / "half2.mrc", mask, fsc)
-    return new, float(json.loads(done.read_text())["resolution_A"])
+    return new, state, figures
+
+
+def half_map_offset_px(half1: Tensor, half2: Tensor, snr: np.ndarray,
+                       iterations: int = 8) -> Tensor:
+    """The translation ``s`` (px, ``(x, y, z)``) that lays half map 2 best onto half map 1:
+    the maximum of ``C(s) = Σ_k w(|k|) Re[F₁(k) F₂*(k) e^{2πi k·s}]`` (``F₂ e^{−2πi k·s}``:
+    map 2 moved by ``s``; ``w``: the SNR weight per shell, zero from FSC 0.143 on), from the
+    best whole-pixel shift by Newton steps on the analytic gradient and Hessian."""
+    box = half1.shape[-1]
+    f1 = torch.fft.rfftn(half1.double().cpu())
+    f2 = torch.fft.rfftn(half2.double().cpu())
+    weight = torch.as_tensor(snr, dtype=torch.float64)
+    shell = shell_index(box)
+    w = torch.where(shell < len(weight), weight[shell.clamp(max=len(weight) - 1)], 0.0)
+    cross = w * f1 * f2.conj()
+    cross[0, 0, 0] = 0
+    cc = torch.fft.irfftn(cross, s=half1.shape)
+    z, y, x = np.unravel_index(int(cc.argmax()), cc.shape)
+    shift = torch.tensor([x, y, z], dtype=torch.float64)
+    shift = torch.where(shift >= box / 2, shift - box, shift)
+    k = rfft_freqs(box, dtype=torch.float64)
+    count = torch.full(cross.shape, 2.0, dtype=torch.float64)  # the half spectrum's twins
+    count[..., 0] = 1.0
+    if box % 2 == 0:
+        count[..., -1] = 1.0
+    cross = cross * count
+    for _ in range(iterations):
+        term = cross * torch.exp(2j * math.pi * (k @ shift))
+        gradient = -2 * math.pi * torch.einsum("zyx,zyxc->c", term.imag, k)
+        hessian = -(2 * math.pi) ** 2 * torch.einsum("zyx,zyxc,zyxd->cd", term.real, k, k)
+        step = torch.linalg.solve(hessian, gradient)
+        shift = shift - step.clamp(-0.5, 0.5)
+    return shift
+
+
+def _coregistered(state: _Geometry, offset_px: Tensor, ref_pixel_size_A: float) -> _Geometry:
+    """``state`` with the particles of half set 1 and 2 moved by ``+A_i s / 2`` and
+    ``−A_i s / 2`` (``s``: :func:`half_map_offset_px`, px of the references): half map 2 moved
+    by ``s`` matches half map 1, and moving a reference's content by ``c`` while its particles
+    move by ``−A_i c`` leaves every image unchanged (a particle is the reference rotated by
+    ``A_i``), so both half maps come out moved half-way, into one frame. The data cannot place
+    that frame (the gauge), but a joined map of two half sets in different frames is
+    blurred."""
+    ps, tset = state.particles, state.tomograms
+    halves = half_sets(ps)
+    A = ps.rotation_matrices().to(torch.float64)
+    sign = torch.from_numpy(np.where(halves == 1, 0.5, -0.5))
+    names = ps.tomo_names()
+    scale = ref_pixel_size_A / names.map({n: tset[n].pixel_size_A for n in set(names)}
+                                         ).to_numpy(float)
+    delta = sign[:, None] * (A @ offset_px)  # (N, 3), px of the references
+    positions = state.positions_px + delta.numpy() * scale[:, None]
+    return replace(state, particles=_with_positions(ps, tset, positions),
+                   positions_px=positions)
 
 
 def _report_round(entry: dict, rounds: int) -> None:
     moved = max(entry["rms_image_shift_px"].values())
     line = f"round {entry['round']}/{rounds}: projected positions moved by up to {moved:.3f} px"
-    if "reference_resolution_A" in entry:
-        line += (f" (references from the previous round: "
-                 f"{entry['reference_resolution_A']:.2f} Å)")
+    if "references" in entry:
+        figures = entry["references"]
+        offset = np.linalg.norm(figures["half_map_offset_px"])
+        line += (f" against references from the previous round ({figures['resolution_A']:.2f} "
+                 f"Å; half maps {offset:.2f} px apart before co-registration)")
     print(line, file=sys.stderr, flush=True)
 
 
@@ -394,7 +473,7 @@ def tomo_align(
         folder = out / "temp" / f"round{index}"
         entry: dict = {"round": index}
         if index > 1:
-            round_refs, entry["reference_resolution_A"] = _round_references(
+            round_refs, state, entry["references"] = _round_references(
                 folder, state, refs, inputs.files.get("mask"), sym, resume, ctx, device)
         _align_round(folder, state, round_refs, settings, names, series, resume, ctx, device,
                      progress, desc=f"tomo-align round {index}/{rounds}")
