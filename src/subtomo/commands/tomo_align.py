@@ -80,8 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="most L-BFGS iterations per pass")
     g.add_argument("--batch", type=int, default=32, help="particles per batch")
     g.add_argument("--continue", dest="continue_dir", nargs="?", const="", default=None,
-                   help="resume a killed run in --o (or in this folder): finished tilt series "
-                   "are kept")
+                   help="resume a killed run in --o (or in this folder): finished rounds and "
+                   "tilt series are kept (a higher --rounds adds rounds to a finished job)")
     p.set_defaults(run=_run)
 
 

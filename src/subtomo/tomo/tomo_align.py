@@ -470,7 +470,8 @@ def _coregistered(state: _Geometry, offset_px: Tensor, ref_pixel_size_A: float) 
 
 def _report_round(entry: dict, rounds: int) -> None:
     moved = max(entry["rms_image_shift_px"].values())
-    line = f"round {entry['round']}/{rounds}: projected positions moved by up to {moved:.3f} px"
+    line = (f"round {entry['round']}/{rounds}: projected positions moved by up to {moved:.3f} px "
+            "rms per tilt series")
     if "references" in entry:
         figures = entry["references"]
         offset = np.linalg.norm(figures["half_map_offset_px"])
