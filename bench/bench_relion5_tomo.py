@@ -163,18 +163,21 @@ def tomo_align_rows(relion5: Path, n: int) -> list[str]:
                        str(project / "relion_ref1" / "half2.mrc"), *common, "--o",
                        f"{project / 'relion_r2'}/"], env=_env())
     runs["relion1"] = (project / "relion_r1", first)
-    runs["relion2"] = (project / "relion_r2",
-                       tuple(a + b + c for a, b, c in zip(first, rebuild, second, strict=True)))
+    runs["relion2"] = (project / "relion_r2", (first[0] + rebuild[0] + second[0],
+                                                first[1] + rebuild[1] + second[1],
+                                                max(first[2], rebuild[2], second[2])))
     rows = []
     given_error = origin_free_error(project, project)[0]
     for rounds in (1, 2):
         (ours, (wa, ca, pa)), (theirs, (wb, cb, pb)) = runs[f"ours{rounds}"], \
             runs[f"relion{rounds}"]
-        a, b = (origin_free_error(project, d)[0] for d in (ours, theirs))
+        (a, a_half), (b, b_half) = (origin_free_error(project, d) for d in (ours, theirs))
         ra, rb = (rms_error(project, d)[0] for d in (ours, theirs))
         rows.append(f"| σ 20, 64 px thick, per-tilt errors ({given_error:.2f} px) | tomo-align, "
                     f"{rounds} round{'s' if rounds > 1 else ''}: projected-position error, "
-                    f"origin removed (raw) | {a:.3f} px ({ra:.3f}) | {b:.3f} px ({rb:.3f}) | "
+                    "origin removed / one origin per half set (raw) | "
+                    f"{a:.3f} / {a_half:.3f} px ({ra:.3f}) | "
+                    f"{b:.3f} / {b_half:.3f} px ({rb:.3f}) | "
                     f"{100 * (a / b - 1):+.1f} % | {ca:.1f} / {cb:.1f} | {wa:.1f} / {wb:.1f} | "
                     f"{pa:.0f} / {pb:.0f} |")
     return rows
