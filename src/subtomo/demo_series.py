@@ -83,7 +83,7 @@ def run_series_demo(out_dir: str | Path = "demo_out/series", n_particles: int = 
                                fsc=inputs.files["fsc"])
         tomo_align(inputs, refs, AlignSettings(box=2 * box, max_shift_px=6.0, motion=True,
                                                s_div=300.0), "TomoAlign/job002",
-                   reconstruct=False, command=["subtomo", "tomo-align", "(demo)"],
+                   reconstruct=False, rounds=1, command=["subtomo", "tomo-align", "(demo)"],
                    progress=False)
         again = read_particle_input("TomoAlign/job002/optimisation_set.star")
         final = _refine(again, reconstruct(again, ctf=True, progress=False).map,

@@ -119,8 +119,8 @@ def _align_twice(before, box: int, console: Console):
         out = Path(f"TomoAlign/job{job_no + 1:03d}")
         job = tomo_align(inputs, refs, AlignSettings(box=48, max_shift_px=6.0,
                                                      motion=motion, s_div=300.0), out,
-                         reconstruct=False, command=["subtomo", "tomo-align", "(demo)"],
-                         progress=False)
+                         reconstruct=False, rounds=1,
+                         command=["subtomo", "tomo-align", "(demo)"], progress=False)
         sets = tuple(str(out / f) for f in ("particles.star", "tomograms.star",
                                             "motion.star"))
         rec = reconstruct_particle(job.particles, job.tomograms, box=box,

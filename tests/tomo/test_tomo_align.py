@@ -292,6 +292,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(pair, tmp_path, caps
         (["--p", str(unknown)], "TS_09"),
         (["--mot", str(other_motion)], "TS_01/3"),
         (["--r", "0"], "--r"),
+        (["--rounds", "0"], "--rounds"),
+        (["--sym", "X9"], "--sym"),
     ]
     for extra, words in cases:
         assert main(_args(pair, out, *extra)) == 2
@@ -329,7 +331,7 @@ def test_killed_run_continues_and_two_processes_match_one(pair, tmp_path):
             two / name).read_text().split("\n", 1)[1], name
 
     process = _run(_args(pair, killed, "--no_reconstruct", "--motion"), cwd, wait=False)
-    first = killed / "temp" / "TS_01.json"
+    first = killed / "temp" / "round1" / "TS_01.json"
     deadline = time.time() + 300
     while not first.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)

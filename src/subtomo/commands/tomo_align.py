@@ -36,6 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "the references' box)")
     p.add_argument("--r", dest="max_shift", type=float, default=20.0,
                    help="largest assumed error of the 2D particle positions, tilt-series px")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="rounds of alignment; each round after the first aligns against half "
+                   "maps reconstructed (reconstruct-particle) with the previous round's "
+                   "geometry (default: 2; see subtomo.tomo.tomo_align)")
+    p.add_argument("--sym", default="C1", help="point-group symmetry of the references that "
+                   "the rounds after the first reconstruct")
     p.add_argument("--j", type=int, default=None, help="CPU threads per process")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     g = p.add_argument_group("motion")
@@ -74,8 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="most L-BFGS iterations per pass")
     g.add_argument("--batch", type=int, default=32, help="particles per batch")
     g.add_argument("--continue", dest="continue_dir", nargs="?", const="", default=None,
-                   help="resume a killed run in --o (or in this folder): finished tilt series "
-                   "are kept")
+                   help="resume a killed run in --o (or in this folder): finished rounds and "
+                   "tilt series are kept (a higher --rounds adds rounds to a finished job)")
     p.set_defaults(run=_run)
 
 
@@ -113,12 +119,13 @@ def _run(args: argparse.Namespace) -> int:
     job = tomo_align(inputs, refs, settings, out, device=ctx.device, ctx=ctx,
                      resume=args.continue_dir is not None, reconstruct=not args.no_reconstruct,
                      write_matrices=args.write_proj_matrices,
+                     rounds=args.rounds, sym=args.sym,
                      command=["subtomo", *sys.argv[1:]], progress=ctx.main)
     if job is not None:
         moved = [s["rms_image_shift_px"] for s in job.stats.values()]
         line = (f"Aligned {len(job.particles)} particles in {len(job.stats)} tilt series into "
-                f"{out}: projected positions moved by up to {max(moved):.2f} px rms per tilt "
-                "series")
+                f"{out} in {len(job.rounds)} round(s): projected positions moved in the last "
+                f"round by up to {max(moved):.2f} px rms per tilt series")
         if job.resolution_after_A is not None:
             line += (f"; half-map FSC 0.143 {job.resolution_before_A:.2f} Å → "
                      f"{job.resolution_after_A:.2f} Å")
