@@ -109,7 +109,7 @@ def test_pick_finds_the_simulated_particles_and_resumes(scene, tmp_path):
     done = _subtomo("pick", "--i", str(scene / "optimisation_set.star"), "--template",
                     str(scene / "truth" / "class001.mrc"), "--particle_diameter",
                     str(DIAMETER_A), "--bin", "2", "--angular_step", "30", "--o", str(out),
-                    "--j", "2")
+                    "--false_positives", "0.1", "--j", "2")
     assert done.returncode == 0, done.stderr
     assert "expected false positives" in done.stdout
     positions, angles, ts = _truth(scene)
