@@ -92,13 +92,16 @@ def project(volume: np.ndarray, theta_deg: float, image_px: tuple[int, int]) -> 
     w, h = image_px
     u = np.arange(w) - w / 2
     v = np.arange(h) - h / 2
-    depth = np.arange(-nz / (2 * max(math.cos(t), 0.2)) - 2, nz / (2 * max(math.cos(t), 0.2)) + 2)
+    # the ray through image pixel (u, v) crosses height z (about the centre) at depth
+    # w = (z − u sin θ) / cos θ: sample the heights of the slab, 1 / cos θ of depth apiece
+    heights = np.arange(-nz / 2 - 2, nz / 2 + 2, math.cos(t))
     out = np.zeros((h, w), np.float32)
-    for d0 in range(0, len(depth), 16):
-        dd = depth[d0:d0 + 16]
+    for d0 in range(0, len(heights), 16):
+        hz = heights[d0:d0 + 16]
+        depth = (hz[:, None] - u[None, :] * math.sin(t)) / math.cos(t)  # (Z', W)
         r = (c[:, None, None, None] + e1[:, None, None, None] * u[None, None, None, :]
              + np.array([0, 1.0, 0])[:, None, None, None] * v[None, None, :, None]
-             + n[:, None, None, None] * dd[None, :, None, None])
+             + n[:, None, None, None] * depth[None, :, None, :])
         out += ndimage.map_coordinates(volume, r[::-1], order=1, cval=0.0).sum(0)
     return out
 

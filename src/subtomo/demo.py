@@ -55,6 +55,7 @@ from subtomo.tomo.picking import (
     refine_picks,
     search_tomogram,
     threshold_picks,
+    without_other_objects,
 )
 from subtomo.tomo.reconstruct_particle import reconstruct_particle
 
@@ -450,8 +451,8 @@ def _pick(inputs, template_path: Path, truth_ps: ParticleSet, diameter_A: float,
     result, volume, voxel_A, binning = search_tomogram(ts, template, None, opts, 2.0,
                                                        progress=False)
     write_mrc(out_dir / "rec_TS_01.mrc", -volume, voxel_A)
-    picks = refine_picks(threshold_picks(result, opts, voxel_A, binning), ts, volume, template,
-                         None, opts)
+    picks = without_other_objects(refine_picks(threshold_picks(result, opts, voxel_A, binning),
+                                               ts, volume, template, None, opts), opts)
     picked = picks_to_particles(tset, {"TS_01": picks})
     write_particles(picked, out_dir / "picks.star", "relion5")
     centred = truth_ps.particles[[f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]].to_numpy()

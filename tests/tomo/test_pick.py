@@ -203,3 +203,28 @@ def test_subvoxel_peak_of_a_parabola_is_exact():
     best = scores.flatten().argmax()
     offset = _subvoxel(scores.flatten()[None], best[None], 3)
     assert torch.allclose(offset, torch.tensor([[0.3, -0.2, 0.1]]), atol=1e-6)
+
+
+def test_split_modes_finds_the_valley_and_leaves_one_mode_alone():
+    from subtomo.tomo.peaks import split_modes
+
+    rng = np.random.default_rng(0)
+    two = np.concatenate([rng.normal(0.25, 0.02, 60), rng.normal(0.45, 0.05, 70)])
+    cut, separation = split_modes(two)
+    assert 0.29 < cut < 0.36 and separation > 2.5
+    assert ((two >= cut)[60:]).mean() >= 0.95 and ((two < cut)[:60]).mean() >= 0.95
+    assert split_modes(rng.normal(0.4, 0.08, 150)) is None
+    assert split_modes(rng.gamma(4.0, 0.05, 150)) is None  # skewed, one mode
+
+
+def test_split_modes_rarely_splits_one_mode():
+    """Unimodal scores (normal, skewed gamma and log-normal, 60–200 peaks): no split in 240."""
+    from subtomo.tomo.peaks import split_modes
+
+    splits = 0
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        for x in (rng.normal(0.4, 0.08, 150), rng.gamma(4.0, 0.05, 150),
+                  rng.gamma(2.0, 0.05, 60), rng.lognormal(-1.5, 0.4, 200)):
+            splits += split_modes(x) is not None
+    assert splits == 0

@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="'auto' (default) or a score")
     p.add_argument("--false_positives", type=float, default=1.0,
                    help="expected false picks per tomogram at the auto threshold")
+    p.add_argument("--no_split_modes", action="store_true",
+                   help="auto threshold: keep a lower, separate mode of peaks (by default taken "
+                   "for another kind of object and left out)")
     p.add_argument("--min_distance", type=float, default=None,
                    help="closest two picks, Å (default: the particle diameter)")
     p.add_argument("--no_whitening", action="store_true", help="do not whiten the spectra")
@@ -113,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
                        angular_step_deg=args.angular_step, sym=args.sym, number=args.number,
                        threshold=args.threshold, false_positives=args.false_positives,
                        min_distance_A=args.min_distance, whitening=not args.no_whitening,
-                       coarse_factor=args.coarse_factor,
+                       coarse_factor=args.coarse_factor, split_modes=not args.no_split_modes,
                        batch=batch, device=str(ctx.device))
     with removed_on_input_error(out):
         picks = run_pick(tset, Path(tset.source), names, template, mask, opts, Path(out),

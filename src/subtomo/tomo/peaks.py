@@ -16,6 +16,10 @@ peaks drop out, in the background (where the score map's peaks above ``s`` are r
 count. That number ``n₀(s)`` is counted where there are enough peaks and extrapolated beyond
 with an exponential tail fitted to the top 10 % (at least 10 peaks; maximum likelihood: the
 mean excess).
+
+Another kind of object is signal, not noise: where the peaks above the noise threshold fall
+into two separated modes (:func:`split_modes`), the lower one is taken for objects the template
+resembles but does not match, and the automatic threshold rises to the valley between them.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch.nn.functional as F
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-__all__ = ["FalseAlarms", "cube_max", "false_alarms", "find_peaks"]
+__all__ = ["FalseAlarms", "cube_max", "false_alarms", "find_peaks", "split_modes"]
 
 
 def cube_max(volume: Tensor, half: int) -> Tensor:
@@ -117,3 +121,31 @@ def false_alarms(null: Tensor, min_distance_px: float, valid: Tensor, peaks_px: 
     start = float(free[top - 1])
     scale = max(float((free[:top] - start).sum() / max(top - 1, 1)), 1e-6)
     return FalseAlarms(h, covered, start, scale, top)
+
+
+def split_modes(scores: np.ndarray, min_separation: float = 3.0, min_fraction: float = 0.1,
+                max_valley: float = 0.25) -> tuple[float, float] | None:
+    """Where two modes of ``scores`` part: a two-component Gaussian mixture; when the modes are
+    separated (Ashman's ``D = √2 |μ₁ − μ₂| / √(σ₁² + σ₂²) > min_separation``), the lower one
+    holds at least ``min_fraction`` and the mixture's density has a valley between the means
+    below ``max_valley`` times its lower peak (a skewed single mode has none), the score at
+    the valley and ``D``; else ``None``."""
+    if len(scores) < 20:
+        return None
+    from sklearn.mixture import GaussianMixture
+
+    x = np.asarray(scores, dtype=np.float64)[:, None]
+    gmm = GaussianMixture(2, random_state=0).fit(x)
+    means, sds = gmm.means_[:, 0], np.sqrt(gmm.covariances_.reshape(-1))
+    lower, upper = np.argsort(means)
+    separation = math.sqrt(2) * (means[upper] - means[lower]) / math.sqrt(
+        sds[0] ** 2 + sds[1] ** 2)
+    if separation <= min_separation or gmm.weights_[lower] < min_fraction:
+        return None
+    grid = np.linspace(means[lower], means[upper], 512)[:, None]
+    density = np.exp(gmm.score_samples(grid))
+    valley = int(np.argmin(density))
+    peaks = min(density[:valley + 1].max(), density[valley:].max())
+    if density[valley] > max_valley * peaks:
+        return None
+    return float(grid[valley, 0]), float(separation)

@@ -39,6 +39,7 @@ from subtomo.tomo.picking import (
     refine_picks,
     search_tomogram,
     threshold_picks,
+    without_other_objects,
 )
 from subtomo.tomo.template_matching import MatchResult
 
@@ -127,8 +128,8 @@ def run_pick(tset: TomogramSet, tomograms_path: Path, names: list[str], template
         tomogram, voxel_A = read_mrc(out / f"tomogram_{name}.mrc", what="tomogram")
         tomograms[name] = tomogram
         p = threshold_picks(result, opts, voxel_A, voxel_A / ts.pixel_size_A)
-        picks[name] = p = refine_picks(p, ts, -torch.from_numpy(tomogram), template, mask,
-                                       opts)
+        p = refine_picks(p, ts, -torch.from_numpy(tomogram), template, mask, opts)
+        picks[name] = p = without_other_objects(p, opts)
         print(f"{name}: {len(p.scores)} picks above score {p.threshold:.3f}; expected false "
               f"positives among them {p.expected_false:.2f}")
     write_particles(picks_to_particles(tset, picks), out / "particles.star", "relion5")

@@ -15,9 +15,12 @@ to picks with orientations, scores and an estimate of the false alarms among the
    at ``coarse_factor`` (2) times the requested step, for the template's symmetry.
 5. Peaks at ``min_distance`` and a threshold on the global scores: the top ``number``, a given
    score, or ``auto``, where the expected false picks from the empirical null
-   (:mod:`subtomo.tomo.peaks`) equal ``false_positives``.
+   (:mod:`subtomo.tomo.peaks`) equal ``false_positives``, raised past a lower mode of other
+   objects (:func:`without_other_objects`).
 6. Each pick refined locally at the requested step (:func:`refine_picks`): rotations within
-   one global step, ±1 voxel, the template weighted at the pick's own depth.
+   one global step, ±1 voxel, the template weighted at the pick's own depth. With ``auto``,
+   picks whose refined scores form a separate lower mode are left out
+   (:func:`without_other_objects`: another kind of object, not noise).
 
 Why a coarse global search: the whole-tomogram search costs one inverse FFT of the tomogram
 per rotation, and a HEALPix grid at half the step has 8× the rotations; a detection needs
@@ -44,7 +47,7 @@ from subtomo.io import validate
 from subtomo.io.files import resolve
 from subtomo.io.mrc import read_mrc
 from subtomo.io.tilt_series import TiltSeries
-from subtomo.tomo.peaks import FalseAlarms, false_alarms, find_peaks
+from subtomo.tomo.peaks import FalseAlarms, false_alarms, find_peaks, split_modes
 from subtomo.tomo.reconstruct_tomogram import reconstruct_tomogram
 from subtomo.tomo.template_matching import (
     MatchResult,
@@ -55,7 +58,8 @@ from subtomo.tomo.template_matching import (
 )
 
 __all__ = ["PickOptions", "Picks", "healpix_order_for", "load_template", "picking_tomogram",
-           "refine_picks", "search_tomogram", "template_weights", "threshold_picks"]
+           "refine_picks", "search_tomogram", "template_weights", "threshold_picks",
+           "without_other_objects"]
 
 
 @dataclass
@@ -71,6 +75,7 @@ class PickOptions:
     min_distance_A: float | None = None  # default: the particle diameter
     whitening: bool = True
     coarse_factor: float = 2.0  # the global search's step / angular_step
+    split_modes: bool = True  # auto threshold: drop a lower mode of other objects
     batch: int = 4
     device: str = "cpu"
 
@@ -265,3 +270,20 @@ def refine_picks(picks: Picks, ts: TiltSeries, volume: Tensor, template: Tensor,
     angles = matrix_to_euler(refined.rotations.double().cpu()[order]).numpy()
     return replace(picks, positions_px=positions, angles_deg=angles,
                    scores=refined.scores.cpu()[order].numpy())
+
+
+def without_other_objects(picks: Picks, opts: PickOptions) -> Picks:
+    """With the automatic threshold, the refined picks less a lower mode of their scores
+    (:func:`subtomo.tomo.peaks.split_modes`): objects the template resembles but does not
+    match score apart from those it does once each pick is refined."""
+    if opts.number is not None or opts.threshold is not None or not opts.split_modes:
+        return picks
+    split = split_modes(picks.scores)
+    if split is None:
+        return picks
+    keep = picks.scores >= split[0]
+    print(f"{int((~keep).sum())} of {len(keep)} picks left out: their refined scores form a "
+          f"lower mode (Ashman's D {split[1]:.1f}, split at {split[0]:.3f}), taken for another "
+          "kind of object (--no_split_modes keeps them)")
+    return replace(picks, positions_px=picks.positions_px[keep],
+                   angles_deg=picks.angles_deg[keep], scores=picks.scores[keep])
