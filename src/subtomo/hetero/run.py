@@ -19,12 +19,14 @@ from subtomo.fourier.grid import resample_map
 from subtomo.hetero.checkpoints import CONFIG, write_json
 from subtomo.hetero.forward import (
     Boxes,
+    contrast_scale,
     corrected_poses,
     ctf_filter,
     enc_box_for,
     encoder_input,
     predict,
     real_at,
+    translation_search,
 )
 from subtomo.hetero.inputs import (
     TrainInputs,
@@ -41,8 +43,8 @@ from subtomo.io.mrc import write_mrc
 from subtomo.parallel.distributed import Context
 from subtomo.refine.images import check_files, iterate_batches
 
-__all__ = ["PoseTable", "Run", "checkpoint_state", "config_dict", "encode", "estimate_noise",
-           "prepare", "residual_terms", "restore", "stream_batches"]
+__all__ = ["PoseTable", "Run", "centre_particles", "checkpoint_state", "config_dict", "encode",
+           "estimate_noise", "prepare", "residual_terms", "restore", "stream_batches"]
 
 
 class PoseTable:
@@ -121,9 +123,16 @@ class Run:
 
 
 def stream_batches(run: Run, rows: np.ndarray, batch_size: int):
-    """The particles of ``rows`` streamed from disk in batches, centred by their origins."""
-    return iterate_batches(run.inputs.particles, rows, box=run.boxes.box, ctf=run.options.ctf,
-                           batch_size=batch_size, device=run.device, shifts_px=run.origins_px)
+    """The particles of ``rows`` streamed from disk in batches, centred by their origins, with
+    the Fourier origin (the box mean) of the data and of the CTF set to 0: an additive offset
+    per particle (ice, normalisation) is no signal, and the encoder would otherwise learn it."""
+    for batch in iterate_batches(run.inputs.particles, rows, box=run.boxes.box,
+                                 ctf=run.options.ctf, batch_size=batch_size, device=run.device,
+                                 shifts_px=run.origins_px):
+        batch.spectra[..., 0, 0, 0] = 0
+        if batch.ctf is not None:
+            batch.ctf[..., 0, 0, 0] = 0
+        yield batch
 
 
 def residual_terms(run: Run, batch, z: torch.Tensor, correction: torch.Tensor | None,
@@ -139,7 +148,10 @@ def residual_terms(run: Run, batch, z: torch.Tensor, correction: torch.Tensor | 
                       len(idx), run.device)
     pred, mask_at = predict(net, maps, z, A, shift, run.boxes, filt)
     data = real_at(batch.spectra, run.boxes.box, run.boxes.loss_box)
-    return ((pred - data) ** 2 * mask_at).sum((1, 2, 3)), delta
+    with torch.no_grad():  # the minimum over s has the gradient of s fixed at its optimum
+        scale = contrast_scale(data, pred, mask_at)
+    residual = pred * scale[:, None, None, None] - data
+    return (residual ** 2 * mask_at).sum((1, 2, 3)), delta
 
 
 def encode(run: Run, batch, correction: torch.Tensor | None, net: HeteroVAE | None = None
@@ -154,6 +166,26 @@ def encode(run: Run, batch, correction: torch.Tensor | None, net: HeteroVAE | No
                           run.enc_mask, run.options.ctfalpha, run.data_scale,
                           net.mask * net.consensus)
     return net.encoder(x)
+
+
+def centre_particles(run: Run, ctx: Context) -> np.ndarray:
+    """Centre every particle on the masked consensus: the translation of each one within
+    ``--offset-range`` px (:func:`translation_search`) is added to its centring shift, so that
+    the encoder and the loss see the particles where the consensus is (a consensus pose a
+    fraction of a pixel off is otherwise the largest difference between particles, and the
+    latent encodes it). Returns the translations (N, 3) px."""
+    n = len(run.inputs.particles)
+    found = np.zeros((n, 3))
+    reference = run.model.mask * run.model.consensus
+    with torch.no_grad():
+        for batch in stream_batches(run, ctx.shard(np.arange(n)), run.options.batch_size):
+            A = run.A[torch.as_tensor(batch.rows)].to(run.device)
+            found[batch.rows] = translation_search(batch.spectra, batch.ctf, A, run.boxes,
+                                                   reference, run.options.offset_range_px
+                                                   ).cpu().numpy()
+    found = ctx.sum_array(found)
+    run.origins_px = run.origins_px - torch.as_tensor(found)
+    return found
 
 
 def estimate_noise(run: Run, rows: np.ndarray) -> tuple[float, float, torch.Tensor]:
@@ -239,6 +271,8 @@ def prepare(inputs: TrainInputs, options: TrainOptions, out_dir: Path, *, ctx: C
     if options.ema > 0:
         run.averaged = copy.deepcopy(model)
         run.averaged.requires_grad_(False)
+    if options.offset_range_px > 0:
+        centre_particles(run, ctx)
     if resume is not None:
         run.sigma2, run.data_scale = resume["sigma2"], resume["data_scale"]
         return run
