@@ -115,6 +115,7 @@ class Run:
     A: torch.Tensor  # (N, 3, 3) float32
     origins_px: torch.Tensor  # (N, 3) float64, the centring shift of each particle
     averaged: HeteroVAE | None = None  # moving average of the weights (``--ema``)
+    centring_px: torch.Tensor | None = None  # (N, 3) moved by -this (:func:`centre_particles`)
 
     @property
     def net(self) -> HeteroVAE:
@@ -184,8 +185,14 @@ def centre_particles(run: Run, ctx: Context) -> np.ndarray:
                                                    reference, run.options.offset_range_px
                                                    ).cpu().numpy()
     found = ctx.sum_array(found)
-    run.origins_px = run.origins_px - torch.as_tensor(found)
+    apply_centring(run, torch.as_tensor(found))
     return found
+
+
+def apply_centring(run: Run, centring_px: torch.Tensor) -> None:
+    """Move every particle by ``-centring_px`` (N, 3) from its given origin."""
+    run.centring_px = centring_px.double()
+    run.origins_px = run.origins_px - run.centring_px
 
 
 def estimate_noise(run: Run, rows: np.ndarray) -> tuple[float, float, torch.Tensor]:
@@ -271,11 +278,13 @@ def prepare(inputs: TrainInputs, options: TrainOptions, out_dir: Path, *, ctx: C
     if options.ema > 0:
         run.averaged = copy.deepcopy(model)
         run.averaged.requires_grad_(False)
-    if options.offset_range_px > 0:
-        centre_particles(run, ctx)
     if resume is not None:
+        if resume.get("centring_px") is not None:
+            apply_centring(run, resume["centring_px"])
         run.sigma2, run.data_scale = resume["sigma2"], resume["data_scale"]
         return run
+    if options.offset_range_px > 0:
+        centre_particles(run, ctx)
     sample = np.random.default_rng([options.seed, 3]).permutation(train_rows)[:256]
     run.sigma2, run.data_scale, pooled = estimate_noise(run, np.sort(sample))
     model.encoder.init_linear(pooled.to(device), split=options.zdim)
@@ -315,7 +324,7 @@ def config_dict(run: Run, split_file: Path) -> dict:
 def checkpoint_state(run: Run, epoch: int, encoded: dict, row: dict) -> dict:
     """What ``weights.N.pt`` holds after ``epoch``: the saved network (the average if kept, the
     training weights as ``training``), the optimiser, the pose corrections, the latents, the
-    scales, the random state and the epoch's log ``row``."""
+    scales, the centring shifts, the random state and the epoch's log ``row``."""
     state = {
         "epoch": epoch,
         "model": run.net.state_dict(),
@@ -325,6 +334,7 @@ def checkpoint_state(run: Run, epoch: int, encoded: dict, row: dict) -> dict:
         "logvar": torch.from_numpy(encoded["logvar"]),
         "sigma2": run.sigma2,
         "data_scale": run.data_scale,
+        "centring_px": run.centring_px,
         "rng_state": torch.get_rng_state(),
         "history": row,
     }
