@@ -175,8 +175,9 @@ def real_at(spectra: Tensor, box: int, n: int) -> Tensor:
 def encoder_input(spectra: Tensor, ctf: Tensor | None, A: Tensor, shift_A: Tensor,
                   boxes: Boxes, enc_mask: Tensor, ctfalpha: float, scale: float,
                   reference: Tensor | None = None) -> Tensor:
-    """Encoder input (B, 1, d, d, d): the subtomogram minus the ``reference`` (T³, the masked
-    consensus) seen at the particle's pose through its CTF, CTF-corrected
+    """Encoder input (B, 1, d, d, d): the subtomogram divided by its contrast scale
+    (:func:`contrast_scale`) against the ``reference`` (T³, the masked consensus) seen at the
+    particle's pose through its CTF, minus that view, CTF-corrected
     (``sign(C) |C|^alpha``), cropped to ``d``, rotated into the reference frame
     (``y(p) = x(A p - δs)``), masked and divided by ``scale``.
 
@@ -263,7 +264,7 @@ def contrast_scale(data: Tensor, model: Tensor, weights: Tensor | None = None) -
 
 
 def ctf_filter(ctf: Tensor | None, boxes: Boxes, ctfbeta: float, bfactor: float,
-               batch: int, device: torch.device) -> Tensor | None:
+               batch: int, device: torch.device) -> Tensor:
     """The model's Fourier filter at the loss box: ``sign(C)|C|^beta`` × B-factor envelope
     (``exp(-bfactor π² f²)``, f in 1/Å), 0 at the origin (the data's box mean is removed,
     :func:`subtomo.hetero.run.stream_batches`), (B or 1, L, L, L // 2 + 1)."""
