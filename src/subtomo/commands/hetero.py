@@ -71,12 +71,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "0: phase flip)")
     t.add_argument("--ctfbeta", type=float, default=1.0, help="model CTF sign(C)|C|^beta")
     t.add_argument("--estpose", action="store_true", help="refine a pose per particle")
-    t.add_argument("--ema", type=float, default=2.0,
-                   help="latents and saved model from a moving average of the weights over "
-                   "about this many epochs (0: the last weights)")
-    t.add_argument("--offset-range", "--offset_range", dest="offset_range", type=float,
-                   default=2.0, help="centre each particle on the consensus within this many "
-                   "pixels before training (0: as the poses say)")
+    t.add_argument("--ema", type=float, default=2.0, help="latents and saved model from a "
+                   "moving average of the weights over about this many epochs (0: the last)")
+    t.add_argument("--offset-range", "--offset_range", type=float, default=2.0,
+                   help="centre each particle on the consensus within this many px (0: no)")
     t.add_argument("--angpix", "--Apix", type=float, default=None, help="pixel size, Å")
     t.add_argument("--datadir", default=None, help="folder the STAR's image names are in")
     t.add_argument("--seed", type=int, default=0, help="random seed")

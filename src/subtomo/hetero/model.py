@@ -71,14 +71,13 @@ with ``A_i' = A_i exp([ω_i]×)`` and ``δs_i`` the per-particle pose correction
 
 **Loss** per particle, with ``z_i = mu_i + exp(logvar_i / 2) ε_i``, ``ε_i ~ N(0, I)``::
 
-    ℓ_i = 1 / (2 σ²) Σ_r M_i(r) (ŝ_i p_i(r) - x_i(r))²                 (Gaussian likelihood)
+    ℓ_i = 1 / (2 σ²) Σ_r M_i(r) (p_i(r) - x_i(r))²                     (Gaussian likelihood)
           + β(t) · ½ Σ_k (mu_ik² + exp(logvar_ik) - logvar_ik - 1)       (KL to N(0, I))
 
 where ``M_i(r) = M(A_i'^T (r + δs_i))`` is the mask at the particle's pose (the comparison is
-inside the mask), ``ŝ_i = Σ M_i p_i x_i / Σ M_i p_i²`` the particle's least-squares contrast
-scale (clamped to [0.5, 2], so that an empty box stays a poor fit; held fixed in the gradient,
-which is exact at the minimum over ``s``): a latent that only rescales the map gains nothing;
-the KL is optimised with "free bits" (per latent dimension its batch mean
+inside the mask; the contrast scale is taken out of the encoder's input only: fitted in the
+loss too, it trades off against the decoded maps' amplitude, which ``select --min-occupancy``
+reads to tell junk), the KL is optimised with "free bits" (per latent dimension its batch mean
 counts as at least 0.5 nat, so a dimension the decoder does not use yet is not driven to the
 prior: no posterior collapse while the decoder learns), ``σ²`` the noise variance per voxel
 estimated once from the residuals against the consensus, ``β(t) = beta_control · b(t)`` with

@@ -19,7 +19,6 @@ from subtomo.fourier.grid import resample_map
 from subtomo.hetero.checkpoints import CONFIG, write_json
 from subtomo.hetero.forward import (
     Boxes,
-    contrast_scale,
     corrected_poses,
     ctf_filter,
     enc_box_for,
@@ -149,10 +148,7 @@ def residual_terms(run: Run, batch, z: torch.Tensor, correction: torch.Tensor | 
                       len(idx), run.device)
     pred, mask_at = predict(net, maps, z, A, shift, run.boxes, filt)
     data = real_at(batch.spectra, run.boxes.box, run.boxes.loss_box)
-    with torch.no_grad():  # the minimum over s has the gradient of s fixed at its optimum
-        scale = contrast_scale(data, pred, mask_at)
-    residual = pred * scale[:, None, None, None] - data
-    return (residual ** 2 * mask_at).sum((1, 2, 3)), delta
+    return ((pred - data) ** 2 * mask_at).sum((1, 2, 3)), delta
 
 
 def encode(run: Run, batch, correction: torch.Tensor | None, net: HeteroVAE | None = None
