@@ -6,11 +6,14 @@ scale fitted, particles centred on the consensus."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from independent_sim import render, structure
 
+from subtomo.errors import InputError
 from subtomo.fourier.grid import centred_rfft
 from subtomo.hetero.forward import Boxes, contrast_scale, encoder_input, translation_search
+from subtomo.hetero.inputs import TrainOptions
 
 BOX, PIXEL_A = 24, 8.0
 
@@ -49,3 +52,8 @@ def test_encoder_input_ignores_contrast_scale_and_offset():
     s = contrast_scale(data * 1.3, data)
     torch.testing.assert_close(s, torch.full((2,), 1.3))
     assert float(contrast_scale(torch.zeros_like(data), data).min()) == 0.5  # clamped
+
+
+def test_a_negative_offset_range_is_one_clear_error():
+    with pytest.raises(InputError, match="--offset-range"):
+        TrainOptions(offset_range_px=-1.0).check()
