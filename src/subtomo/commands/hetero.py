@@ -71,9 +71,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "0: phase flip)")
     t.add_argument("--ctfbeta", type=float, default=1.0, help="model CTF sign(C)|C|^beta")
     t.add_argument("--estpose", action="store_true", help="refine a pose per particle")
-    t.add_argument("--ema", type=float, default=2.0,
-                   help="latents and saved model from a moving average of the weights over "
-                   "about this many epochs (0: the last weights)")
+    t.add_argument("--ema", type=float, default=2.0, help="latents and saved model from a "
+                   "moving average of the weights over about this many epochs (0: the last)")
+    t.add_argument("--offset-range", "--offset_range", type=float, default=2.0,
+                   help="centre each particle on the consensus within this many px (0: no)")
     t.add_argument("--angpix", "--Apix", type=float, default=None, help="pixel size, Å")
     t.add_argument("--datadir", default=None, help="folder the STAR's image names are in")
     t.add_argument("--seed", type=int, default=0, help="random seed")
@@ -185,7 +186,7 @@ def _train(args: argparse.Namespace) -> int:
             beta_cycle=args.beta_cycle, lamb=args.lamb, downfrac=args.downfrac,
             templateres=args.templateres, valfrac=args.valfrac, bfactor=args.bfactor,
             ctf=args.ctf, ctfalpha=args.ctfalpha, ctfbeta=args.ctfbeta, estpose=args.estpose,
-            ema=args.ema, seed=args.seed)
+            ema=args.ema, offset_range_px=args.offset_range, seed=args.seed)
         saved = config or {}
         if config is not None and epochs is not None:
             options = replace(options, epochs=epochs)
@@ -216,7 +217,8 @@ KEPT = {"zdim": "zdim", "zaffinedim": "zaffinedim", "batch": "batch_size", "lr":
         "beta_control": "beta_control", "beta": "beta", "beta_cycle": "beta_cycle",
         "lamb": "lamb", "downfrac": "downfrac", "templateres": "templateres",
         "valfrac": "valfrac", "bfactor": "bfactor", "ctf": "ctf", "ctfalpha": "ctfalpha",
-        "ctfbeta": "ctfbeta", "estpose": "estpose", "ema": "ema", "seed": "seed"}
+        "ctfbeta": "ctfbeta", "estpose": "estpose", "ema": "ema",
+        "offset_range": "offset_range_px", "seed": "seed"}
 
 
 def _resumable_config(args: argparse.Namespace, run_dir: str) -> dict | None:

@@ -45,8 +45,11 @@ def read_config(run_dir: Path) -> dict:
 
 
 def options_from_config(config: dict) -> TrainOptions:
+    """The options of a saved run; a run saved before ``offset_range_px`` existed did not
+    centre its particles (0)."""
     names = {f.name for f in fields(TrainOptions)}
-    return TrainOptions(**{k: v for k, v in config["options"].items() if k in names})
+    saved = {"offset_range_px": 0.0, **config["options"]}
+    return TrainOptions(**{k: v for k, v in saved.items() if k in names})
 
 
 def checkpoint_path(out_dir: Path, epoch: int) -> Path:

@@ -175,8 +175,9 @@ def real_at(spectra: Tensor, box: int, n: int) -> Tensor:
 def encoder_input(spectra: Tensor, ctf: Tensor | None, A: Tensor, shift_A: Tensor,
                   boxes: Boxes, enc_mask: Tensor, ctfalpha: float, scale: float,
                   reference: Tensor | None = None) -> Tensor:
-    """Encoder input (B, 1, d, d, d): the subtomogram minus the ``reference`` (T³, the masked
-    consensus) seen at the particle's pose through its CTF, CTF-corrected
+    """Encoder input (B, 1, d, d, d): the subtomogram divided by its contrast scale
+    (:func:`contrast_scale`) against the ``reference`` (T³, the masked consensus) seen at the
+    particle's pose through its CTF, minus that view, CTF-corrected
     (``sign(C) |C|^alpha``), cropped to ``d``, rotated into the reference frame
     (``y(p) = x(A p - δs)``), masked and divided by ``scale``.
 
@@ -190,13 +191,9 @@ def encoder_input(spectra: Tensor, ctf: Tensor | None, A: Tensor, shift_A: Tenso
     spectra = crop_spectrum(spectra, d) * (d / boxes.box) ** 3
     c = None if ctf is None else crop_spectrum(ctf, d)
     if reference is not None:
-        t = reference.shape[-1]
-        b = (shift_A[:, None, :] @ A)[:, 0]  # A^T (r + s)
-        where = within_radius(reference, boxes.pixel(t), d, pixel, shift_A)
-        seen = sample_affine(reference.expand(len(A), 1, t, t, t), A, b, boxes.pixel(t), d,
-                             pixel, where)[:, 0]
-        model = centred_rfft(seen)
-        spectra = spectra - (model if c is None else model * c)
+        model = seen_reference(reference, A, shift_A, boxes, d)
+        model = model if c is None else model * c
+        spectra = spectra / contrast_scale(spectra, model)[:, None, None, None] - model
     if c is not None:
         spectra = spectra * (torch.sign(c) if ctfalpha == 0 else
                              torch.sign(c) * c.abs() ** ctfalpha)
@@ -207,20 +204,78 @@ def encoder_input(spectra: Tensor, ctf: Tensor | None, A: Tensor, shift_A: Tenso
     return aligned * enc_mask / scale
 
 
+def seen_reference(reference: Tensor, A: Tensor, shift_A: Tensor, boxes: Boxes, n: int
+                   ) -> Tensor:
+    """Centred half spectra (B, n, n, n // 2 + 1) of ``reference`` (T³, reference frame) at the
+    poses ``A`` (B, 3, 3) with residual shifts ``shift_A`` (B, 3) Å, on an ``n``-voxel box."""
+    t, pixel = reference.shape[-1], boxes.pixel(n)
+    b = (shift_A[:, None, :] @ A)[:, 0]  # A^T (r + s)
+    where = within_radius(reference, boxes.pixel(t), n, pixel, shift_A)
+    seen = sample_affine(reference.expand(len(A), 1, t, t, t), A, b, boxes.pixel(t), n, pixel,
+                         where)[:, 0]
+    return centred_rfft(seen)
+
+
+def translation_search(spectra: Tensor, ctf: Tensor | None, A: Tensor, boxes: Boxes,
+                       reference: Tensor, max_px: float) -> Tensor:
+    """The translation ``τ`` (B, 3) px (x, y, z) by which each particle's content sits away
+    from the ``reference`` seen at its pose through its CTF: the peak of the cross-correlation
+    ``c(τ) = Σ_r x(r + τ) m(r)`` (``F^-1[X conj(C M)]``, the matched filter for white noise)
+    at a voxel within ``|τ| ≤ max_px``, refined by at most half a voxel by a parabola through
+    the peak and its two neighbours along each axis. Moving each particle by ``-τ`` centres it."""
+    d = boxes.box
+    model = seen_reference(reference, A.float(), torch.zeros(len(A), 3, device=A.device),
+                           boxes, d)
+    if ctf is not None:
+        model = model * ctf
+    cc = centred_irfft(spectra * model.conj(), d)
+    axis = torch.arange(d, device=cc.device, dtype=cc.dtype) - d // 2
+    r2 = axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2
+    inside = torch.where(r2 <= max_px ** 2, cc, torch.full_like(cc, -torch.inf))
+    flat = inside.flatten(1).argmax(1)
+    zyx = [flat // (d * d), flat // d % d, flat % d]
+    rows = torch.arange(len(cc), device=cc.device)
+
+    def at(dim: int, step: int) -> Tensor:  # cc one voxel from the peak along ``dim``
+        idx = list(zyx)
+        idx[dim] = (idx[dim] + step).clamp(0, d - 1)
+        return cc[rows, idx[0], idx[1], idx[2]]
+
+    out = torch.stack(zyx[::-1], 1).to(torch.float64) - d // 2  # (x, y, z)
+    for column, dim in enumerate((2, 1, 0)):
+        lo, centre, hi = at(dim, -1), at(dim, 0), at(dim, 1)
+        curve = lo + hi - 2 * centre
+        frac = torch.where(curve < 0, 0.5 * (lo - hi) / torch.where(curve < 0, curve, -1), 0)
+        out[:, column] += frac.clamp(-0.5, 0.5).double()
+    return out
+
+
+SCALE_RANGE = (0.5, 2.0)  # the per-particle contrast scale is searched within
+
+
+def contrast_scale(data: Tensor, model: Tensor, weights: Tensor | None = None) -> Tensor:
+    """The least-squares contrast scale (B,) of ``model`` in ``data``, ``ŝ = <m, x>_w / <m,
+    m>_w`` (real or complex arrays, summed over the last three axes, ``w`` real weights),
+    clamped to :data:`SCALE_RANGE` (an empty box stays a poor fit instead of a free one)."""
+    w = 1.0 if weights is None else weights
+    num = (model.conj() * data * w).real.sum((-3, -2, -1))
+    den = ((model.conj() * model).real * w).sum((-3, -2, -1))
+    return (num / den.clamp_min(1e-30)).clamp(*SCALE_RANGE)
+
+
 def ctf_filter(ctf: Tensor | None, boxes: Boxes, ctfbeta: float, bfactor: float,
-               batch: int, device: torch.device) -> Tensor | None:
+               batch: int, device: torch.device) -> Tensor:
     """The model's Fourier filter at the loss box: ``sign(C)|C|^beta`` × B-factor envelope
-    (``exp(-bfactor π² f²)``, f in 1/Å), (B, L, L, L // 2 + 1); None when it is 1."""
+    (``exp(-bfactor π² f²)``, f in 1/Å), 0 at the origin (the data's box mean is removed,
+    :func:`subtomo.hetero.run.stream_batches`), (B or 1, L, L, L // 2 + 1)."""
     n = boxes.loss_box
-    out = None
+    f = shell_radius_px(n, device) / (n * boxes.pixel(n))
+    out = torch.exp(-bfactor * math.pi ** 2 * f * f) if bfactor else torch.ones_like(f)
+    out = out * (f > 0)
     if ctf is not None:
         c = crop_spectrum(ctf, n)
-        out = c if ctfbeta == 1 else torch.sign(c) * c.abs() ** ctfbeta
-    if bfactor:
-        f = shell_radius_px(n, device) / (n * boxes.pixel(n))
-        envelope = torch.exp(-bfactor * math.pi ** 2 * f * f)
-        out = envelope.expand(batch, *envelope.shape) if out is None else out * envelope
-    return out
+        out = out * (c if ctfbeta == 1 else torch.sign(c) * c.abs() ** ctfbeta)
+    return out if out.ndim == 4 else out[None]
 
 
 def predict(model: HeteroVAE, maps: Tensor, z: Tensor, A: Tensor, shift_A: Tensor,

@@ -50,6 +50,7 @@ class TrainOptions:
     pose_lr_deg: float = 0.2
     pose_lr_A: float = 0.5
     ema: float = 2.0
+    offset_range_px: float = 2.0
     seed: int = 0
 
     def check(self) -> None:
@@ -65,6 +66,8 @@ class TrainOptions:
             raise bad("--downfrac", f"must be in (0, 1], not {self.downfrac}")
         if not 0 <= self.valfrac < 1:
             raise bad("--valfrac", f"must be in [0, 1), not {self.valfrac}")
+        if not 0 <= self.offset_range_px <= 100:
+            raise bad("--offset-range", f"must be in [0, 100] px, not {self.offset_range_px}")
         if not 0 <= self.ema <= 1000:
             raise bad("--ema", f"must be in [0, 1000] epochs, not {self.ema}")
         if self.epochs < 1 or self.batch_size < 1:

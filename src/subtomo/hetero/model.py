@@ -14,12 +14,20 @@ frequencies and the late, dose-damaged tilts at full weight), Fourier-cropped to
 downfrac`` voxels (pixel ``a D / d``), rotated into the reference frame (``y_i(p) = x_i(A_i
 p)``, trilinear), multiplied by the mask and divided by one global data scale; the consensus,
 seen at the particle's pose through its CTF, is subtracted first, so the input holds what sets
-the particle apart (and noise). Network: a 3×3×3 convolution (8 channels), then stride-2 3×3×3
-convolutions (16, 32, 64, 64 … channels) down to at most 4³, two linear layers (256 hidden
-units), LeakyReLU(0.1) between layers, plus a linear path from the input averaged to 6³ voxels
-into ``mu``, initialised to the whitened principal components of 256 particles' inputs (the best
-linear encoder: the decoder sees informative latents from the first step, where a random network
-gives it noise and the KL then pulls the latent to the prior). No batch statistics, so a batch
+the particle apart (and noise). Three differences between particles that are no structure are
+taken out before (issue 28, measured on data simulated by independent code): the box mean
+(Fourier origin) of data and CTF is set to 0 (an additive offset per particle), the data are
+divided by their least-squares contrast scale against that consensus view (``ŝ_i``, clamped
+to [0.5, 2]), and each particle is first centred on the masked consensus by the peak of their
+CTF-weighted cross-correlation within ``--offset-range`` px (a consensus translation a
+fraction of a pixel off is otherwise the largest difference the encoder sees, and the first
+principal component of the latents follows it instead of the structure).
+Network: a 3×3×3 convolution (8 channels), then stride-2 3×3×3 convolutions (16, 32, 64, 64 …
+channels) down to at most 4³, two linear layers (256 hidden units), LeakyReLU(0.1) between
+layers, plus a linear path from the input averaged to 6³ voxels into ``mu``, initialised to the
+whitened principal components of 256 particles' inputs (the best linear encoder: the decoder
+sees informative latents from the first step, where a random network gives it noise and the KL
+then pulls the latent to the prior). No batch statistics, so a batch
 split over processes gives the same numbers.
 
 **Decoder** ``V(z)``: a linear layer from the composition latent to 64 channels of ``(T/16)³``,
@@ -59,7 +67,7 @@ spectrum multiplied by the CTF and a B-factor envelope and returned to real spac
 
 with ``A_i' = A_i exp([ω_i]×)`` and ``δs_i`` the per-particle pose corrections of
 ``--estpose`` (otherwise 0). Where the missing wedge has no data ``C_i = 0``: the prediction is
-0 there, as is the (noise of the) data.
+0 there, as is the (noise of the) data; at ``k = 0`` both are 0 (the box mean is no signal).
 
 **Loss** per particle, with ``z_i = mu_i + exp(logvar_i / 2) ε_i``, ``ε_i ~ N(0, I)``::
 
@@ -67,7 +75,9 @@ with ``A_i' = A_i exp([ω_i]×)`` and ``δs_i`` the per-particle pose correction
           + β(t) · ½ Σ_k (mu_ik² + exp(logvar_ik) - logvar_ik - 1)       (KL to N(0, I))
 
 where ``M_i(r) = M(A_i'^T (r + δs_i))`` is the mask at the particle's pose (the comparison is
-inside the mask), the KL is optimised with "free bits" (per latent dimension its batch mean
+inside the mask; the contrast scale is taken out of the encoder's input only: fitted in the
+loss too, it trades off against the decoded maps' amplitude, which ``select --min-occupancy``
+reads to tell junk), the KL is optimised with "free bits" (per latent dimension its batch mean
 counts as at least 0.5 nat, so a dimension the decoder does not use yet is not driven to the
 prior: no posterior collapse while the decoder learns), ``σ²`` the noise variance per voxel
 estimated once from the residuals against the consensus, ``β(t) = beta_control · b(t)`` with

@@ -25,6 +25,7 @@ from subtomo.hetero.forward import (
     encoder_input,
     predict,
     real_at,
+    translation_search,
 )
 from subtomo.hetero.inputs import (
     TrainInputs,
@@ -41,8 +42,8 @@ from subtomo.io.mrc import write_mrc
 from subtomo.parallel.distributed import Context
 from subtomo.refine.images import check_files, iterate_batches
 
-__all__ = ["PoseTable", "Run", "checkpoint_state", "config_dict", "encode", "estimate_noise",
-           "prepare", "residual_terms", "restore", "stream_batches"]
+__all__ = ["PoseTable", "Run", "centre_particles", "checkpoint_state", "config_dict", "encode",
+           "estimate_noise", "prepare", "residual_terms", "restore", "stream_batches"]
 
 
 class PoseTable:
@@ -113,6 +114,7 @@ class Run:
     A: torch.Tensor  # (N, 3, 3) float32
     origins_px: torch.Tensor  # (N, 3) float64, the centring shift of each particle
     averaged: HeteroVAE | None = None  # moving average of the weights (``--ema``)
+    centring_px: torch.Tensor | None = None  # (N, 3) moved by -this (:func:`centre_particles`)
 
     @property
     def net(self) -> HeteroVAE:
@@ -121,9 +123,16 @@ class Run:
 
 
 def stream_batches(run: Run, rows: np.ndarray, batch_size: int):
-    """The particles of ``rows`` streamed from disk in batches, centred by their origins."""
-    return iterate_batches(run.inputs.particles, rows, box=run.boxes.box, ctf=run.options.ctf,
-                           batch_size=batch_size, device=run.device, shifts_px=run.origins_px)
+    """The particles of ``rows`` streamed from disk in batches, centred by their origins, with
+    the Fourier origin (the box mean) of the data and of the CTF set to 0: an additive offset
+    per particle (ice, normalisation) is no signal, and the encoder would otherwise learn it."""
+    for batch in iterate_batches(run.inputs.particles, rows, box=run.boxes.box,
+                                 ctf=run.options.ctf, batch_size=batch_size, device=run.device,
+                                 shifts_px=run.origins_px):
+        batch.spectra[..., 0, 0, 0] = 0
+        if batch.ctf is not None:
+            batch.ctf[..., 0, 0, 0] = 0
+        yield batch
 
 
 def residual_terms(run: Run, batch, z: torch.Tensor, correction: torch.Tensor | None,
@@ -154,6 +163,32 @@ def encode(run: Run, batch, correction: torch.Tensor | None, net: HeteroVAE | No
                           run.enc_mask, run.options.ctfalpha, run.data_scale,
                           net.mask * net.consensus)
     return net.encoder(x)
+
+
+def centre_particles(run: Run, ctx: Context) -> np.ndarray:
+    """Centre every particle on the masked consensus: the translation of each one within
+    ``--offset-range`` px (:func:`translation_search`) is added to its centring shift, so that
+    the encoder and the loss see the particles where the consensus is (a consensus pose a
+    fraction of a pixel off is otherwise the largest difference between particles, and the
+    latent encodes it). Returns the translations (N, 3) px."""
+    n = len(run.inputs.particles)
+    found = np.zeros((n, 3))
+    reference = run.model.mask * run.model.consensus
+    with torch.no_grad():
+        for batch in stream_batches(run, ctx.shard(np.arange(n)), run.options.batch_size):
+            A = run.A[torch.as_tensor(batch.rows)].to(run.device)
+            found[batch.rows] = translation_search(batch.spectra, batch.ctf, A, run.boxes,
+                                                   reference, run.options.offset_range_px
+                                                   ).cpu().numpy()
+    found = ctx.sum_array(found)
+    apply_centring(run, torch.as_tensor(found))
+    return found
+
+
+def apply_centring(run: Run, centring_px: torch.Tensor) -> None:
+    """Move every particle by ``-centring_px`` (N, 3) from its given origin."""
+    run.centring_px = centring_px.double()
+    run.origins_px = run.origins_px - run.centring_px
 
 
 def estimate_noise(run: Run, rows: np.ndarray) -> tuple[float, float, torch.Tensor]:
@@ -240,8 +275,12 @@ def prepare(inputs: TrainInputs, options: TrainOptions, out_dir: Path, *, ctx: C
         run.averaged = copy.deepcopy(model)
         run.averaged.requires_grad_(False)
     if resume is not None:
+        if resume.get("centring_px") is not None:
+            apply_centring(run, resume["centring_px"])
         run.sigma2, run.data_scale = resume["sigma2"], resume["data_scale"]
         return run
+    if options.offset_range_px > 0:
+        centre_particles(run, ctx)
     sample = np.random.default_rng([options.seed, 3]).permutation(train_rows)[:256]
     run.sigma2, run.data_scale, pooled = estimate_noise(run, np.sort(sample))
     model.encoder.init_linear(pooled.to(device), split=options.zdim)
@@ -281,7 +320,7 @@ def config_dict(run: Run, split_file: Path) -> dict:
 def checkpoint_state(run: Run, epoch: int, encoded: dict, row: dict) -> dict:
     """What ``weights.N.pt`` holds after ``epoch``: the saved network (the average if kept, the
     training weights as ``training``), the optimiser, the pose corrections, the latents, the
-    scales, the random state and the epoch's log ``row``."""
+    scales, the centring shifts, the random state and the epoch's log ``row``."""
     state = {
         "epoch": epoch,
         "model": run.net.state_dict(),
@@ -291,6 +330,7 @@ def checkpoint_state(run: Run, epoch: int, encoded: dict, row: dict) -> dict:
         "logvar": torch.from_numpy(encoded["logvar"]),
         "sigma2": run.sigma2,
         "data_scale": run.data_scale,
+        "centring_px": run.centring_px,
         "rng_state": torch.get_rng_state(),
         "history": row,
     }

@@ -146,7 +146,8 @@ def select_particles(run_dir: str | Path, epoch: int, *, star: str | Path | None
 def corrected_particles(ps, run_dir: str | Path, epoch: int):
     """``ps`` with the pose corrections of ``--estpose`` at ``epoch`` applied (angles and
     origins; unchanged if the run did not refine poses). ``A' = A exp([ω]×)``, origin'
-    = origin + δs (Å)."""
+    = origin - τ + δs (Å), ``τ`` the centring of ``--offset-range`` (corrections are on top
+    of it)."""
     state = load_checkpoint(checkpoint_path(Path(run_dir), epoch), field="EPOCH")
     if state.get("poses") is None:
         return ps
@@ -156,6 +157,8 @@ def corrected_particles(ps, run_dir: str | Path, epoch: int):
     if len(delta) != len(ps):
         raise InputError(ps.source, f"has {len(ps)} particles; the pose corrections "
                          f"{len(delta)}", field="--i")
+    if state.get("centring_px") is not None:
+        origins_px = origins_px - state["centring_px"].double().numpy()
     A2, shifts = corrected_poses(torch.as_tensor(A), torch.as_tensor(origins_px * pixel_size_A),
                                  delta)
     keep = ps.particles.copy()
