@@ -228,3 +228,27 @@ def test_split_modes_rarely_splits_one_mode():
                   rng.gamma(2.0, 0.05, 60), rng.lognormal(-1.5, 0.4, 200)):
             splits += split_modes(x) is not None
     assert splits == 0
+
+
+def test_two_processes_pick_what_one_does(tmp_path):
+    """``torchrun`` shares the tomograms out; rank 0 writes the same picks as one process."""
+    import os
+
+    config = TiltSeriesConfig(n_particles=5, image_size_px=(160, 160), thickness_px=40,
+                              box_px=24, n_atoms=600, tilt_step_deg=6.0, seed=4, noise_sigma=10.0,
+                              n_tomograms=2)
+    simulate_tiltseries(tmp_path / "p", config, progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["pick", "--t", str(tmp_path / "p" / "tomograms.star"), "--template",
+            str(tmp_path / "p" / "truth" / "class001.mrc"), "--particle_diameter", "200",
+            "--bin", "2", "--angular_step", "60", "--number", "4"]
+    one = subprocess.run([sys.executable, "-m", "subtomo", *args, "--o", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29553", "-m", "subtomo", "--", *args, "--o",
+                          str(tmp_path / "two")], capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = (read_particles(tmp_path / d / "particles.star").particles for d in ("one", "two"))
+    assert len(a) == 8 and set(a["rlnTomoName"]) == {"TS_01", "TS_02"}
+    assert np.allclose(a.select_dtypes("number").to_numpy(), b.select_dtypes("number").to_numpy())
