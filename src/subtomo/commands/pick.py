@@ -105,13 +105,13 @@ def _run(args: argparse.Namespace) -> int:
                                    template_A=args.template_angpix)
     ctx = init(args.device)
     batch = args.batch
-    if batch is None:  # one orientation costs ~4 floats per tomogram voxel (FFT and scores)
+    if batch is None:  # one orientation holds ~6 floats per voxel (spectra, product, scores)
         size = first.tomo_size_px
         voxels = 1.0
         for s in size:
             voxels *= s / (binning or voxel_A / first.pixel_size_A)
         batch = int(max(1, min(16, budget_bytes(args.max_memory, ctx.device) // (
-            16 * voxels) - 1)))
+            24 * voxels) - 1)))
     opts = PickOptions(particle_diameter_A=args.particle_diameter,
                        angular_step_deg=args.angular_step, sym=args.sym, number=args.number,
                        threshold=args.threshold, false_positives=args.false_positives,

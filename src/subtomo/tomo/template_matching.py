@@ -54,7 +54,8 @@ __all__ = ["MatchResult", "Refined", "fast_size", "match_template", "prepared", 
 @dataclass
 class MatchResult:
     """Per voxel ``(Z, Y, X)``: the best normalised score, the index of its orientation, the
-    null score (best score of the inverted template) and the local σ (whitened units)."""
+    null score (best score of the inverted template) and whether the score is defined (not
+    within half a template box of the x/y edges)."""
 
     scores: Tensor
     angles: Tensor
@@ -178,7 +179,7 @@ def match_template(
     tomogram: Tensor,
     template: Tensor,
     rotations: Tensor,
-    weights: Callable[[int], Tensor],
+    weights: Callable[[float], Tensor],
     *,
     mask: Tensor | None = None,
     sphere_diameter_px: float | None = None,
@@ -247,7 +248,6 @@ def match_template(
     return MatchResult(scores=scores, angles=angles, null=null, valid=valid)
 
 
-
 @dataclass
 class Refined:
     """Per peak: the best rotation ``(K, 3, 3)``, position ``(K, 3)`` (z, y, x voxels, to a
@@ -259,7 +259,7 @@ class Refined:
 
 
 def refine_peaks(volume: Tensor, white: Tensor | None, template: Tensor, peaks: Tensor,
-                 rotations: Tensor, local: Tensor, weights: Callable[[int], Tensor], *,
+                 rotations: Tensor, local: Tensor, weights: Callable[[float], Tensor], *,
                  mask: Tensor | None = None, sphere_diameter_px: float | None = None,
                  shift_px: int = 1, chunk: int = 8) -> Refined:
     """Local search around each peak: rotations ``A_k δ_j`` (``local``: ``(J, 3, 3)`` small
