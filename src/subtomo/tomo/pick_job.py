@@ -121,23 +121,19 @@ def run_pick(tset: TomogramSet, tomograms_path: Path, names: list[str], template
     picks: dict[str, Picks] = {}
     if not ctx.main:
         return picks
-    tomograms = {}
     for name in names:
         ts = tset[name]
         result = _saved(out, name)
         tomogram, voxel_A = read_mrc(out / f"tomogram_{name}.mrc", what="tomogram")
-        tomograms[name] = tomogram
         p = threshold_picks(result, opts, voxel_A, voxel_A / ts.pixel_size_A)
         p = refine_picks(p, ts, -torch.from_numpy(tomogram), template, mask, opts)
         picks[name] = p = without_other_objects(p, opts)
         print(f"{name}: {len(p.scores)} picks above score {p.threshold:.3f}; expected false "
               f"positives among them {p.expected_false:.2f}")
+        plot_pick_slice(tomogram, p, out / f"picks_{name}.png", binning=voxel_A / ts.pixel_size_A,
+                        radius_px=opts.particle_diameter_A / 2 / voxel_A)
     write_particles(picks_to_particles(tset, picks), out / "particles.star", "relion5")
     write_optimisation_set(out / "optimisation_set.star", particles=out / "particles.star",
                            tomograms=tomograms_path)
     plot_scores(picks, out / "scores.png")
-    for name, p in picks.items():
-        plot_pick_slice(tomograms[name], p, out / f"picks_{name}.png",
-                        binning=p.voxel_A / tset[name].pixel_size_A,
-                        radius_px=opts.particle_diameter_A / 2 / p.voxel_A)
     return picks
