@@ -123,13 +123,14 @@ def accuracy() -> str:
         for item in out.glob("*") if out.exists() else []:
             item.unlink()
         stdout, wall, cpu, peak = _pick(tomograms, template, out, "--o", str(out))
-        rows = [("auto (1 expected)", stdout, wall, cpu, peak)]
+        rows = [("auto (1 expected)", starfile.read(out / "particles.star")["particles"],
+                 stdout, wall, cpu, peak)]
         (out / "particles.star").unlink()
         loose = _pick(tomograms, template, out, "--continue", str(out), "--false_positives",
                       "20", "--no_split_modes")
-        rows.append(("20 expected, no mode split", *loose))
-        for threshold, text, w, c, m in rows:
-            picks = starfile.read(out / "particles.star")["particles"]
+        rows.append(("20 expected, no mode split",
+                     starfile.read(out / "particles.star")["particles"], *loose))
+        for threshold, picks, text, w, c, m in rows:
             s = score(truth, picks, DIAMETER_A)
             lines.append(
                 f"| {label}, threshold {threshold} | {s['picks']} | {s['precision']:.3f} | "
@@ -222,9 +223,9 @@ def main() -> None:
             "### Accuracy (`--bin 2`, 20 Å voxels; `--angular_step 15`)\n\n" + accuracy()
             + "\n\nBars: precision ≥ 0.95, recall ≥ 0.9 within half a particle radius; "
             "orientation error ≤ one angular step (15°); the expected false picks within a "
-            "factor of 2 of the counted ones. The expected count models noise: another species "
-            "is signal, and what keeps it out is the score (and the split of a lower mode of "
-            f"refined scores).\n\n_{machine_load()}_")
+            "factor of 2 of the counted ones (false picks less those on the other species: the "
+            "estimate models noise, and another species is signal, kept out by the score and the "
+            f"split of a lower mode of refined scores).\n\n_{machine_load()}_")
     if "speed" in parts:
         (DATA / "speed.md").write_text("### Speed (cpu, 2 threads)\n\n" + speed())
     text = "\n\n".join((DATA / f"{part}.md").read_text() for part in ("accuracy", "speed")
