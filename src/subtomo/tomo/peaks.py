@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
+from sklearn.mixture import GaussianMixture
 from torch import Tensor
 
 __all__ = ["FalseAlarms", "cube_max", "false_alarms", "find_peaks", "split_modes"]
@@ -132,8 +133,6 @@ def split_modes(scores: np.ndarray, min_separation: float = 3.0, min_fraction: f
     the valley and ``D``; else ``None``."""
     if len(scores) < 20:
         return None
-    from sklearn.mixture import GaussianMixture
-
     x = np.asarray(scores, dtype=np.float64)[:, None]
     gmm = GaussianMixture(2, random_state=0).fit(x)
     means, sds = gmm.means_[:, 0], np.sqrt(gmm.covariances_.reshape(-1))
