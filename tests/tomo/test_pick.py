@@ -263,3 +263,30 @@ def test_two_processes_pick_what_one_does(tmp_path):
     a, b = (read_particles(tmp_path / d / "particles.star").particles for d in ("one", "two"))
     assert len(a) == 8 and set(a["rlnTomoName"]) == {"TS_01", "TS_02"}
     assert np.allclose(a.select_dtypes("number").to_numpy(), b.select_dtypes("number").to_numpy())
+
+
+def test_relion5_reconstructs_from_the_picks(scene, tmp_path):
+    """RELION 5 reads the picks as they are: relion_tomo_reconstruct_particle of the picks'
+    optimisation set resembles the truth (RELION's ZYZ angles and centred coordinates)."""
+    import os
+
+    folder = os.environ.get("RELION5_BIN")
+    if not folder or not (Path(folder) / "relion_tomo_reconstruct_particle").is_file():
+        pytest.skip("RELION 5 not found: set RELION5_BIN (bench/relion5/build.sh)")
+    out = tmp_path / "pick"
+    done = _subtomo("pick", "--i", str(scene / "optimisation_set.star"), "--template",
+                    str(scene / "truth" / "class001.mrc"), "--particle_diameter",
+                    str(DIAMETER_A), "--bin", "2", "--angular_step", "30", "--o", str(out),
+                    "--false_positives", "0.1")
+    assert done.returncode == 0, done.stderr
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    rec = subprocess.run([str(Path(folder) / "relion_tomo_reconstruct_particle"), "--i",
+                          str(out / "optimisation_set.star"), "--b", "24", "--j", "2", "--o",
+                          str(tmp_path / "r5") + "/"], capture_output=True, text=True, env=env)
+    assert rec.returncode == 0, rec.stdout[-2000:] + rec.stderr[-2000:]
+    from subtomo.fourier.fsc import fsc, resolution_at
+    from subtomo.io.mrc import read_mrc
+
+    merged, truth_map = (torch.from_numpy(read_mrc(p)[0]) for p in (
+        tmp_path / "r5" / "merged.mrc", scene / "truth" / "class001.mrc"))
+    assert resolution_at(fsc(merged, truth_map), 24, 10.0, 0.5) <= 50.0
