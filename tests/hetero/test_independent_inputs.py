@@ -5,15 +5,28 @@ scale fitted, particles centred on the consensus."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from independent_sim import render, structure
 
 from subtomo.errors import InputError
-from subtomo.fourier.grid import centred_rfft
-from subtomo.hetero.forward import Boxes, contrast_scale, encoder_input, translation_search
+from subtomo.fourier.grid import centred_rfft, resample_map
+from subtomo.hetero.forward import (
+    Boxes,
+    contrast_scale,
+    encoder_input,
+    real_at,
+    translation_search,
+)
 from subtomo.hetero.inputs import TrainOptions
+from subtomo.hetero.model import HeteroVAE
+from subtomo.hetero.run import residual_terms
+from subtomo.io.mrc import read_mrc
+from subtomo.io.star import read_particles
+from subtomo.refine.images import iterate_batches
 
 BOX, PIXEL_A = 24, 8.0
 
@@ -57,3 +70,34 @@ def test_encoder_input_ignores_contrast_scale_and_offset():
 def test_a_negative_offset_range_is_one_clear_error():
     with pytest.raises(InputError, match="--offset-range"):
         TrainOptions(offset_range_px=-1.0).check()
+
+
+def test_loss_takes_the_contrast_scale_from_the_data(clean):
+    """Exact: the prediction carries the least-squares scale of the consensus view in the data,
+    so data scaled by c leave residuals scaled by c² (without it the decoder would have to
+    learn the scale, and a latent dimension would follow it)."""
+    ps = read_particles(clean.truth_star)
+    ones = np.flatnonzero(ps.particles["rlnClassNumber"].to_numpy() == 1)
+    box, pixel_A = 24, 8.0
+    boxes = Boxes(box, pixel_A, 16, 32)
+    consensus = resample_map(torch.from_numpy(read_mrc(clean.truth_maps[0])[0].copy()), 32)
+    net = HeteroVAE(enc_box=16, template_box=32, zdim=2, zaffinedim=0, consensus=consensus,
+                    mask=torch.ones_like(consensus), body_masks=None,
+                    template_pixel_size_A=boxes.pixel(32))
+    run = SimpleNamespace(model=net, A=ps.rotation_matrices().float(), device=torch.device("cpu"),
+                          boxes=boxes,
+                          options=SimpleNamespace(ctfbeta=1.0, bfactor=0.0))
+    batch = next(iterate_batches(ps, ones, box=box, ctf=True, batch_size=len(ones),
+                                 shifts_px=torch.as_tensor(ps.shifts_A() / pixel_A)))
+    batch.spectra[..., 0, 0, 0] = 0
+    batch.ctf[..., 0, 0, 0] = 0
+    z = torch.zeros(len(ones), 2)
+    with torch.no_grad():
+        base, _ = residual_terms(run, batch, z, None)
+        energy = real_at(batch.spectra, box, box).square().sum((1, 2, 3))
+        assert (base < 0.1 * energy).all()  # noise-free: the consensus view explains the data
+        for c in (0.7, 1.4):
+            scaled = SimpleNamespace(rows=batch.rows, spectra=batch.spectra * c, ctf=batch.ctf)
+            res, _ = residual_terms(run, scaled, z, None)
+            torch.testing.assert_close(res, base * c**2, rtol=1e-3,
+                                       atol=1e-6 * float(energy.max()))

@@ -71,22 +71,23 @@ with ``A_i' = A_i exp([ω_i]×)`` and ``δs_i`` the per-particle pose correction
 
 **Loss** per particle, with ``z_i = mu_i + exp(logvar_i / 2) ε_i``, ``ε_i ~ N(0, I)``::
 
-    ℓ_i = 1 / (2 σ²) Σ_r M_i(r) (p_i(r) - x_i(r))²                     (Gaussian likelihood)
+    ℓ_i = 1 / (2 σ²) Σ_r M_i(r) (ŝ_i p_i(r) - x_i(r))²                 (Gaussian likelihood)
           + β(t) · ½ Σ_k (mu_ik² + exp(logvar_ik) - logvar_ik - 1)       (KL to N(0, I))
 
 where ``M_i(r) = M(A_i'^T (r + δs_i))`` is the mask at the particle's pose (the comparison is
-inside the mask; the contrast scale is taken out of the encoder's input only: fitted in the
-loss too, it trades off against the decoded maps' amplitude, which ``select --min-occupancy``
-reads to tell junk), the KL is optimised with "free bits" (per latent dimension its batch mean
-counts as at least 0.5 nat, so a dimension the decoder does not use yet is not driven to the
-prior: no posterior collapse while the decoder learns), ``σ²`` the noise variance per voxel
-estimated once from the residuals against the consensus, ``β(t) = beta_control · b(t)`` with
-``b`` 1 or, for ``--beta cos``, the cyclical annealing ``b = ½ (1 - cos(π min(1, 2τ)))``
-over cycles of ``beta_cycle`` epochs (``τ`` the fraction of the cycle done: half a cycle rising
-from 0, half at 1); a cycle starts only while more than ``beta_cycle`` epochs remain, so the
-run ends at β = beta_control (a restart at β = 0 late in a run scrambles the latent space the
-decoder has just organised). A batch ``B`` adds the structural
-disentanglement prior (``--lamb`` λ)::
+inside the mask; ``ŝ_i`` the particle's contrast scale against the consensus view, the
+encoder's, fixed by the data: fitted against the decoded map instead, it would trade off against
+the decoded maps' amplitude, which ``select --min-occupancy`` reads to tell junk; left out, the
+latent learns it late in training), the KL is optimised with "free bits" (per latent dimension
+its batch mean counts as at least 0.5 nat, so a dimension the decoder does not use yet is not
+driven to the prior: no posterior collapse while the decoder learns), ``σ²`` the noise variance
+per voxel estimated once from the residuals against the consensus, ``β(t) = beta_control ·
+b(t)`` with ``b`` 1 or, for ``--beta cos``, the cyclical annealing ``b = ½ (1 - cos(π min(1,
+2τ)))`` over cycles of ``beta_cycle`` epochs (``τ`` the fraction of the cycle done: half a cycle
+rising from 0, half at 1); a cycle starts only while more than ``beta_cycle`` epochs remain, so
+the run ends at β = beta_control (a restart at β = 0 late in a run scrambles the latent space
+the decoder has just organised). A batch ``B`` adds the structural disentanglement prior
+(``--lamb`` λ)::
 
     λ · mean_{i<j in B} ( |mu_i - mu_j|² / m_z - |M (Δ_i - Δ_j)|² / m_V )²
 

@@ -39,9 +39,11 @@ __all__ = ["cluster_scores", "select_particles"]
 def cluster_scores(run_dir: str | Path, epoch: int, k: int) -> np.ndarray:
     """Per cluster of ``analyze.N/kmeansK`` (K, 3): particles, occupancy and correlation of its
     centre's decoded map ``V_k`` with the consensus ``V_0`` inside the mask ``M``. Occupancy =
-    ``<M V_k, M V_0>``, relative to the largest over the clusters (1: as much of the consensus
-    density as the fullest cluster; the consensus itself is diluted by any junk); correlation
-    is the Pearson coefficient of ``M V_k`` and ``M V_0``. Written to ``kmeansK/clusters.tsv``.
+    ``ŝ_k <M V_k, M V_0>`` in the data's units (``ŝ_k`` the mean contrast scale of the
+    cluster's particles, by which the loss multiplies the decoded maps; 1 for runs saved without
+    it), relative to the largest over the clusters (1: as much of the consensus density as the
+    fullest cluster; the consensus itself is diluted by any junk); correlation is the Pearson
+    coefficient of ``M V_k`` and ``M V_0``. Written to ``kmeansK/clusters.tsv``.
     """
     labels = read_labels(run_dir, epoch, k)
     folder = analysis_dir(run_dir, epoch) / f"kmeans{k}"
@@ -51,12 +53,17 @@ def cluster_scores(run_dir: str | Path, epoch: int, k: int) -> np.ndarray:
     mask = loaded.model.mask.cpu()
     ref = (mask * loaded.model.consensus.cpu()).flatten()
     flat = (maps * mask).flatten(1)
-    occupancy = flat @ ref
+    contrast = load_checkpoint(checkpoint_path(Path(run_dir), epoch), field="EPOCH").get(
+        "contrast")
+    sizes = np.bincount(labels, minlength=k)
+    scale = torch.ones(k, dtype=flat.dtype) if contrast is None else torch.from_numpy(
+        np.bincount(labels, weights=contrast.double().numpy(), minlength=k)
+        / np.maximum(sizes, 1)).to(flat.dtype)
+    occupancy = scale * (flat @ ref)
     occupancy = occupancy / occupancy.max().clamp_min(1e-12)
     centred = flat - flat.mean(1, keepdim=True)
     rc = ref - ref.mean()
     corr = (centred @ rc) / (centred.norm(dim=1) * rc.norm()).clamp_min(1e-12)
-    sizes = np.bincount(labels, minlength=k)
     table = np.column_stack([sizes, occupancy.numpy(), corr.numpy()])
     lines = ["cluster\tparticles\toccupancy\tcorrelation"] + [
         f"{i}\t{int(s)}\t{o:.4f}\t{c:.4f}" for i, (s, o, c) in enumerate(table)]

@@ -51,6 +51,7 @@ from subtomo.hetero.checkpoints import (
     save_epoch,
     write_json,
 )
+from subtomo.hetero.forward import corrected_poses
 from subtomo.hetero.inputs import TrainInputs, TrainOptions
 from subtomo.hetero.model import (
     beta_value,
@@ -62,6 +63,7 @@ from subtomo.hetero.run import (
     Run,
     checkpoint_state,
     encode,
+    particle_contrast,
     prepare,
     residual_terms,
     restore,
@@ -185,12 +187,14 @@ ENCODE_BATCHES = 4  # training batches per batch of the encoding pass
 
 
 def encode_all(run: Run, ctx: Context, progress: bool) -> dict:
-    """Latent means and log-variances of every particle at the current weights, and the
-    validation losses (reconstruction at z = mu, KL) per particle."""
+    """Latent means and log-variances of every particle at the current weights, their contrast
+    scales (:func:`~subtomo.hetero.run.particle_contrast`) and the validation losses
+    (reconstruction at z = mu, KL) per particle."""
     n = len(run.inputs.particles)
     zlat = run.model.zdim + run.model.zaffinedim
     mu_all = np.zeros((n, zlat))
     logvar_all = np.zeros((n, zlat))
+    contrast_all = np.zeros(n)
     val = np.zeros(n, dtype=bool)
     val[run.val_rows] = True
     sums = np.zeros(2)
@@ -204,6 +208,10 @@ def encode_all(run: Run, ctx: Context, progress: bool) -> dict:
                           disable=None if progress else True, leave=False, unit="batch"):
             correction = run.poses.rows(batch.rows, run.device).detach() if run.poses else None
             mu, logvar = encode(run, batch, correction, net)
+            A, shift = corrected_poses(run.A[torch.as_tensor(batch.rows)].to(run.device),
+                                       torch.zeros(len(batch.rows), 3, device=run.device),
+                                       correction)
+            contrast_all[batch.rows] = particle_contrast(run, batch, A, shift, net).cpu().numpy()
             mu_all[batch.rows] = mu.cpu().double().numpy()
             logvar_all[batch.rows] = logvar.cpu().double().numpy()
             is_val = val[batch.rows]
@@ -217,10 +225,11 @@ def encode_all(run: Run, ctx: Context, progress: bool) -> dict:
                 sums[1] += float(kl_divergence(mu[sel], logvar[sel]).sum()) / run.mask_voxels
     mu_all = ctx.sum_array(mu_all)
     logvar_all = ctx.sum_array(logvar_all)
+    contrast_all = ctx.sum_array(contrast_all)
     sums = ctx.sum_array(sums)
     count = max(len(run.val_rows), 1)
-    return {"mu": mu_all, "logvar": logvar_all, "val_rec": float(sums[0]) / count,
-            "val_kl": float(sums[1]) / count}
+    return {"mu": mu_all, "logvar": logvar_all, "contrast": contrast_all,
+            "val_rec": float(sums[0]) / count, "val_kl": float(sums[1]) / count}
 
 
 def _loop(run: Run, out: Path, first: int, ctx: Context, progress: bool,
