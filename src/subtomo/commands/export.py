@@ -52,11 +52,11 @@ def _refuse(args: argparse.Namespace, warp1: bool) -> None:
     from subtomo.errors import InputError
 
     if warp1:
-        for option in ("box", "max_dose", "max_tilts"):
+        for option, flag in (("box", "--b"), ("max_dose", "--max_dose"),
+                             ("max_tilts", "--max_tilts")):
             if getattr(args, option) is not None:
                 raise InputError(args.input, "a Warp 1 sub-tilt file's images are used as they "
-                                 f"are: --{option} applies to tilt-series input only",
-                                 field=f"--{option}")
+                                 f"are: {flag} applies to tilt-series input only", field=flag)
     elif args.box is None:
         raise InputError(args.input, "give the image size --b (px) to cut from the tilt series",
                          field="--b")

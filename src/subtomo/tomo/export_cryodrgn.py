@@ -30,6 +30,11 @@ What ``cryodrgn backproject_voxel --tilt`` and ``cryodrgn train_vae --encode-mod
   particle's depth in that tilt), astigmatism angle (deg), voltage (kV), Cs (mm), amplitude
   contrast, phase shift (deg) (``cryodrgn parse_ctf_star``).
 
+The images are cut at the tilt series' pixel size Fourier-cropped to about the output one
+(:func:`subtomo.tomo.crops.prepare_images`); where the ratio is not a whole number, their pixels
+differ from the written size by less than one part in the tilt-image width, which a single
+``rlnImagePixelSize`` cannot carry (``reconstruct-particle`` corrects for it).
+
 From a Warp 1 sub-tilt STAR file the images stay where they are: the table is copied with its
 image names made relative to the output folder (and ``--angpix`` written into it) and the
 pickles are computed from it.
