@@ -146,6 +146,22 @@ def test_cryodrgn_parsers_read_the_pickles_we_write(exported, tmp_path):
         assert np.array_equal(pickle.load(a), pickle.load(b))
 
 
+@needs_cryodrgn
+def test_cryodrgn_trains_on_the_export_in_tilt_mode(exported, tmp_path):
+    """``train_vae --encode-mode tilt`` reads the export: one epoch, one latent per particle."""
+    out = exported[0] / "export"
+    subprocess.run([CRYODRGN, "train_vae", str(out / "particles.star"), "--poses",
+                    str(out / "poses.pkl"), "--ctf", str(out / "ctf.pkl"), "--encode-mode",
+                    "tilt", "--ntilts", "10", "--dose-per-tilt", "3", "--angle-per-tilt", "4",
+                    "--zdim", "2", "-n", "1", "--enc-dim", "16", "--enc-layers", "1",
+                    "--dec-dim", "16", "--dec-layers", "1", "--no-analysis", "-o",
+                    str(tmp_path / "vae")], check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    with open(tmp_path / "vae" / "z.pkl", "rb") as f:
+        z = np.asarray(pickle.load(f))
+    assert z.shape == (30, 2) and np.isfinite(z).all()
+
+
 def test_committed_files_are_the_ones_cryodrgn_read():
     listed = dict(line.split()[::-1] for line in (DATA / "SHA256SUMS").read_text().splitlines())
     for name, digest in listed.items():
