@@ -24,7 +24,7 @@ import torch
 from subtomo.cli import main
 from subtomo.fourier.fsc import fsc
 from subtomo.io.mrc import read_mrc
-from subtomo.io.star_text import read_star
+from subtomo.io.star_text import read_star, write_star
 from subtomo.io.tomograms import read_tomogram_set
 from subtomo.simulate.tiltseries import TiltSeriesConfig, simulate_tiltseries
 
@@ -221,6 +221,11 @@ def test_bad_input_is_refused_in_one_line_and_nothing_written(exported, tmp_path
     # the output folder would overwrite the input's own particles.star
     copy = tmp_path / "copy"
     shutil.copytree(DATA, copy)
+    table = read_star(copy / "particles.star")[""]
+    write_star({"": table.drop(columns=["rlnVoltage"])}, copy / "no_voltage.star")
+    _refused(capsys, ["export", "cryodrgn", "--i", str(copy / "no_voltage.star"), "--o",
+                      str(out)], "rlnVoltage", out)
+    (copy / "no_voltage.star").unlink()
     before = sorted(p.name for p in copy.rglob("*"))
     capsys.readouterr()
     assert main(["export", "cryodrgn", "--i", str(copy / "particles.star"), "--o",

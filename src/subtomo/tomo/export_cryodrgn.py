@@ -99,35 +99,40 @@ def ctf_table(box: int, pixel_size_A: float, defocus: np.ndarray, voltage_kv: np
     return table.astype(np.float32)
 
 
-def _write_pickles(df: pd.DataFrame, out: Path, box: int, pixel_size_A: float
-                   ) -> tuple[Path, Path]:
+def _write_pickles(df: pd.DataFrame, out: Path, box: int, pixel_size_A: float,
+                   source: str | Path | None) -> tuple[Path, Path]:
     """``poses.pkl`` and ``ctf.pkl`` of the per-image table ``df`` (origins in px)."""
     shifts_A = df[["rlnOriginX", "rlnOriginY"]].to_numpy(float) * pixel_size_A
     try:
         poses = poses_cryodrgn(df[list(ANGLES)].to_numpy(float), shifts_A, box, pixel_size_A)
     except ValueError as exc:
-        raise InputError(None, str(exc), field="rlnOriginX") from None
+        raise InputError(source, str(exc), field="rlnOriginX") from None
     write_poses_pickle(poses, out / "poses.pkl")
-    def column(label: str, default: float) -> np.ndarray:
-        return df[label].to_numpy(float) if label in df else np.full(len(df), default)
 
-    defocus = np.stack([column("rlnDefocusU", 0.0), column("rlnDefocusV", np.nan),
+    def column(label: str, default: float | None = None) -> np.ndarray:
+        if label in df:
+            return df[label].to_numpy(float)
+        if default is None:
+            raise InputError(source, "required column missing (the images' CTF)", field=label)
+        return np.full(len(df), default)
+
+    u = column("rlnDefocusU")
+    defocus = np.stack([u, df["rlnDefocusV"].to_numpy(float) if "rlnDefocusV" in df else u,
                         column("rlnDefocusAngle", 0.0)], axis=1)
-    defocus[:, 1] = np.where(np.isnan(defocus[:, 1]), defocus[:, 0], defocus[:, 1])
-    table = ctf_table(box, pixel_size_A, defocus, column("rlnVoltage", 300.0),
-                      column("rlnSphericalAberration", 2.7),
-                      column("rlnAmplitudeContrast", 0.1), column("rlnPhaseShift", 0.0))
+    table = ctf_table(box, pixel_size_A, defocus, column("rlnVoltage"),
+                      column("rlnSphericalAberration"), column("rlnAmplitudeContrast"),
+                      column("rlnPhaseShift", 0.0))
     write_poses_pickle(table, out / "ctf.pkl")  # a portable pickle of one array
     return out / "poses.pkl", out / "ctf.pkl"
 
 
 def _finish(rows: pd.DataFrame, out: Path, box: int, pixel_size_A: float,
-            **extra) -> CryodrgnExport:
+            source: str | Path | None, **extra) -> CryodrgnExport:
     """Write ``particles.star`` and the two pickles; the summary."""
     rows = rows.copy()
     rows["rlnImagePixelSize"] = pixel_size_A
     rows["rlnImageSize"] = box
-    poses, ctf = _write_pickles(rows, out, box, pixel_size_A)
+    poses, ctf = _write_pickles(rows, out, box, pixel_size_A, source)
     write_star({"": rows}, out / "particles.star")
     counts = rows.groupby(rows["rlnGroupName"].astype(str), sort=False).size()
     return CryodrgnExport(out / "particles.star", poses, ctf, len(counts), len(rows), box,
@@ -158,7 +163,7 @@ def export_warp1(star: str | Path, out_dir: str | Path, *, pixel_size_A: float |
             df[label] = df[angst].to_numpy(float) / pixel if angst in df else 0.0
     df = df.drop(columns=[c for c in ("rlnOriginXAngst", "rlnOriginYAngst") if c in df])
     dose = _step(-df["rlnCtfBfactor"].to_numpy(float) / 4) if "rlnCtfBfactor" in df else None
-    return _finish(df, out, box, pixel, dose_per_tilt=dose)
+    return _finish(df, out, box, pixel, star, dose_per_tilt=dose)
 
 
 def cryodrgn_command(result: CryodrgnExport, outdir: str = "backproject") -> str:
@@ -281,7 +286,8 @@ def export_tilt_series(particles: ParticleSet, tomograms: TomogramSet, out_dir: 
                        device=device, progress=progress, desc="exporting")
     if not images.rows:
         raise InputError(particles.source, "no particle is visible in any tilt image")
-    return _finish(pd.DataFrame(images.rows), out, box, pixel, skipped=images.skipped,
+    return _finish(pd.DataFrame(images.rows), out, box, pixel, particles.source,
+                   skipped=images.skipped,
                    dose_per_tilt=_median(doses), angle_per_tilt=_median(tilts))
 
 
