@@ -10,6 +10,7 @@ from subtomo.commands import (
     classify,
     convert,
     demo,
+    export,
     extract,
     hetero,
     initial_model,
@@ -32,7 +33,7 @@ from subtomo.io import validate
 
 COMMANDS = (convert, star, select, poses, simulate, reconstruct, initial_model, refine,
             classify, maps, postprocess, hetero, demo, reconstruct_particle, extract,
-            reconstruct_tomogram, tomograms, tomo_align, pick)
+            reconstruct_tomogram, tomograms, tomo_align, pick, export)
 
 
 class Parser(argparse.ArgumentParser):

@@ -4,6 +4,7 @@ __all__ = [
     "classify",
     "convert",
     "demo",
+    "export",
     "extract",
     "hetero",
     "initial_model",

@@ -12,7 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("poses", help="export poses for heterogeneity tools")
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="ACTION")
     exp = kinds.add_parser(
-        "export", help="STAR → pose pickle (as OPUS-TOMO's parse_pose_star or cryoDRGN's)")
+        "export", help="STAR → pose pickle (as OPUS-TOMO's parse_pose_star or cryoDRGN's), one "
+        "pose per particle; per-tilt-image poses, CTFs and images for cryoDRGN-ET: subtomo "
+        "export cryodrgn")
     add_input(exp, help="particle STAR file (any flavour)")
     add_output(exp, help="output pickle (.pkl)")
     exp.add_argument("-D", "--D", "--box", dest="box", type=int, required=True,

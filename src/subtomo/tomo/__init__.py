@@ -6,6 +6,7 @@ __all__ = [
     "correlation",
     "crops",
     "deformation",
+    "export_cryodrgn",
     "extract",
     "from_tomograms",
     "import_formats",
