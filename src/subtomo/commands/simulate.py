@@ -98,6 +98,14 @@ def _register_tiltseries(kinds: argparse._SubParsersAction) -> None:
                    default=0.0, help="σ of particle position errors in particles.star, pixels")
     p.add_argument("--motion", type=float, default=0.0,
                    help="largest beam-induced displacement (smooth, correlated), pixels")
+    p.add_argument("--motion-kind", "--motion_kind", dest="motion_kind", default="gp",
+                   choices=("gp", "gradient", "short"),
+                   help="motion field per exposure step: gp (smooth, squared-exponential "
+                   "correlation, the motion model's prior), gradient (rigid translation plus a "
+                   "linear gradient) or short (smooth, short correlation length)")
+    p.add_argument("--motion-scale", "--motion_scale", dest="motion_scale", type=float,
+                   default=None, help="correlation length of the gp and short fields, pixels "
+                   "(default: 150 for gp, two boxes for short)")
     p.add_argument("--deformation", type=float, default=0.0,
                    help="largest 2D image deformation per tilt, pixels")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -113,6 +121,12 @@ def _run_tiltseries(args: argparse.Namespace) -> int:
     if args.thickness < args.box:
         raise InputError(None, f"--thickness {args.thickness} px must be at least one box "
                          f"({args.box} px)", field="--thickness")
+    scale = args.motion_scale
+    if scale is None:
+        scale = 2.0 * args.box if args.motion_kind == "short" else 150.0
+    if not scale > 0:
+        raise InputError(None, f"--motion-scale must be positive (got {scale})",
+                         field="--motion-scale")
     config = TiltSeriesConfig(
         n_tomograms=args.tomograms, n_particles=args.n, image_size_px=tuple(args.size),
         thickness_px=args.thickness, pixel_size_A=args.angpix, box_px=args.box,
@@ -122,6 +136,7 @@ def _run_tiltseries(args: argparse.Namespace) -> int:
         tilt_axis_deg=args.tilt_axis, defocus_um=args.defocus, noise_sigma=args.noise,
         shift_error_px=args.shift_error, angle_error_deg=args.angle_error,
         position_error_px=args.position_error, motion_px=args.motion,
+        motion_kind=args.motion_kind, motion_scale_px=scale,
         deformation_px=args.deformation, seed=args.seed)
     with removed_on_input_error(args.output):  # nothing left of a failed simulation
         try:

@@ -47,8 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("motion")
     g.add_argument("--motion", dest="do_motion", action="store_true",
                    help="estimate beam-induced particle motion")
-    g.add_argument("--s_vel", type=float, default=0.5,
-                   help="expected motion: σ of the velocity, Å per e/Å² of exposure")
+    g.add_argument("--s_vel", type=float, default=0.3,
+                   help="expected motion: σ of the velocity, Å per e/Å² of exposure (default "
+                   "0.3; RELION's 0.5 fits noise where the motion is small: see "
+                   "subtomo.tomo.motion_model)")
     g.add_argument("--s_div", type=float, default=5000.0,
                    help="spatial smoothness of the motion (Å; × exposure per tilt as RELION "
                    "unless --abs_params)")

@@ -3,6 +3,7 @@ particle sets, subtomograms and tilt series (never the referee: see the README).
 
 __all__ = [
     "particles",
+    "motion",
     "render",
     "structure",
     "subtomograms",

@@ -14,12 +14,12 @@ pre-exposure and by −1 (raw images show protein dark), and added into the imag
 Known errors, for tilt-series refinement to find: the images follow the *true* geometry; the
 project's ``tomograms.star`` holds it plus per-tilt errors of all five parameters, its
 ``particles.star`` the positions plus errors. Beam-induced motion: each particle's position in
-each tilt is displaced along a smooth, spatially correlated 3D trajectory (a random smooth
-velocity field per exposure step, accumulated in dose order; the first tilt has none), written
-as ``truth/motion.star``. 2D deformations: per tilt, a smooth displacement field of the image
-plane (:func:`deformation_offsets`, coefficients in ``truth/deformations.npz``), or
-RELION's affine ``linear`` model, per tilt or one for the whole series
-(:func:`image_deformation` evaluates either).
+each tilt is displaced along a 3D trajectory (per exposure step a random velocity field,
+accumulated in dose order; the first tilt has none; ``motion_kind`` picks the field, see
+:mod:`subtomo.simulate.motion`), written as ``truth/motion.star``. 2D deformations: per tilt,
+a smooth displacement field of the image plane (:func:`deformation_offsets`, coefficients in
+``truth/deformations.npz``), or RELION's affine ``linear`` model, per tilt or one for the
+whole series (:func:`image_deformation` evaluates either).
 
 Written (a RELION 5 project in ``out``): ``tilt_series/<name>.mrcs`` (stacks in table order,
 sorted by tilt angle), ``tilt_series/<name>.star``, ``tomograms.star``, ``particles.star``,
@@ -57,6 +57,7 @@ from subtomo.io.tomograms import (
     write_optimisation_set,
     write_tomogram_set,
 )
+from subtomo.simulate.motion import beam_motion
 from subtomo.simulate.render import render_atoms, render_projected_atoms
 from subtomo.simulate.structure import Structure, class_variant
 from subtomo.simulate.subtomograms import SimulationConfig, build_structure, tilt_scheme
@@ -98,7 +99,8 @@ class TiltSeriesConfig:
     angle_error_deg: float = 0.0
     position_error_px: float = 0.0
     motion_px: float = 0.0
-    motion_scale_px: float = 150.0
+    motion_scale_px: float = 150.0  # correlation length of the gp and short kinds
+    motion_kind: str = "gp"  # gp, gradient or short (subtomo.simulate.motion)
     deformation_px: float = 0.0
     deformation_model: str = "cosine"  # or "linear": RELION's 3-parameter affine model
     deformation_per_tilt: bool = True  # False: one field for the whole tilt series
@@ -179,31 +181,6 @@ def _random_deformations(n_tilts: int, amplitude_px: float, image_size: tuple[in
                                       indexing="xy"), -1).reshape(1, -1, 2).expand(n_tilts, -1, -1)
     peak = image_deformation(coeffs[:, None], grid, image_size).norm(dim=-1).amax()
     return coeffs * (amplitude_px / peak) if amplitude_px > 0 else coeffs * 0.0
-
-
-def _smooth_motion(positions_px: torch.Tensor, pre_exposure: np.ndarray, amplitude_px: float,
-                   scale_px: float, gen: torch.Generator) -> torch.Tensor:
-    """``(N, T, 3)`` displacements (px): per exposure step a random smooth velocity field,
-    independent between steps, accumulated in dose order (RELION's motion model).
-
-    Each field is a sum of 32 plane waves with wave vectors ``k ~ N(0, 1 / (2 π² ℓ²))``
-    (cycles per px), so that the velocities' covariance over a distance ``d`` is about
-    ``exp(−d² / ℓ²)``, ``ℓ = scale_px``: RELION's squared-exponential kernel (``--sq_exp_ker``)
-    with ``σ_d = ℓ``."""
-    t = len(pre_exposure)
-    order = np.argsort(pre_exposure, kind="stable")
-    waves = 32
-    k = torch.randn(t, waves, 3, generator=gen, dtype=torch.float64) / (
-        math.pi * math.sqrt(2.0) * scale_px)
-    phase = torch.rand(t, waves, generator=gen, dtype=torch.float64) * 2 * math.pi
-    amp = torch.randn(t, waves, 3, generator=gen, dtype=torch.float64)
-    arg = 2 * math.pi * torch.einsum("twc,nc->ntw", k, positions_px) + phase
-    velocity = torch.einsum("ntw,twc->ntc", torch.cos(arg), amp)  # (N, T, 3)
-    velocity[:, order[0]] = 0.0
-    motion = torch.zeros_like(velocity)
-    motion[:, order] = torch.cumsum(velocity[:, order], dim=1)
-    peak = motion.norm(dim=-1).amax()
-    return motion * (amplitude_px / peak) if amplitude_px > 0 and peak > 0 else motion * 0.0
 
 
 def _place(n: int, size: tuple[int, int, int], box: int, rng: np.random.Generator
@@ -415,8 +392,8 @@ def _simulate_series(index: int, base: Structure, config: TiltSeriesConfig, out:
         variant = class_variant(base, int(classes[i]))
         structures.append(variant.hinged(float(hinge[i])) if config.hinge_max_deg > 0
                           else variant)
-    shifts = _smooth_motion(positions, truth.pre_exposure, config.motion_px,
-                            config.motion_scale_px, gen)
+    shifts = beam_motion(config.motion_kind, positions, truth.pre_exposure, config.motion_px,
+                         config.motion_scale_px, size, gen)
     deform = _random_deformations(truth.n_tilts, config.deformation_px, (w, h), gen,
                                   config.deformation_model, config.deformation_per_tilt)
     images = _render_series(truth, structures, angles, positions, shifts, deform, config,

@@ -60,7 +60,7 @@ class AlignSettings:
     box: int = 96  # --b: crop for the estimation (px at the references' pixel size)
     max_shift_px: float = 20.0  # --r: largest assumed 2D position error (tilt-series px)
     motion: bool = False
-    s_vel: float = 0.5  # Å per e/Å² of exposure
+    s_vel: float = 0.3  # Å per e/Å² of exposure (RELION: 0.5; see motion_model)
     s_div: float = 5000.0  # Å (× exposure per tilt, as RELION, unless abs_params)
     sq_exp_kernel: bool = False
     abs_params: bool = False
