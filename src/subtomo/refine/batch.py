@@ -6,7 +6,10 @@ particle from its centred 3D half spectrum ``X`` and CTF volume ``C`` (model ``X
 A particle series gives the same pair as a whitened pseudo-subtomogram (:mod:`.series`):
 ``X = B / √W``, ``C = √W`` with ``B = Σ_t τ Y_t`` and ``W = Σ_t τ c_t²``, so that ``C X = B`` and
 ``C² = W`` are RELION 4/5's pseudo-subtomogram data and weights: every score term is the sum of
-the tilts' 2D terms, and a map inserts ``C X = B`` with weights ``C² = W``.
+the tilts' 2D terms, and a map inserts ``C X = B`` with weights ``C² = W``. RELION's 3D
+pseudo-subtomograms (CTF-premultiplied ``B`` on disk with ``W`` in their weights file) become the
+same pair (:func:`whitened`, :mod:`.images`), so every consumer reads both kinds of data through
+one piece of maths.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 
 from subtomo.fourier.shift import shift_spectra_
 
-__all__ = ["ParticleBatch", "translated_rfft"]
+__all__ = ["ParticleBatch", "translated_rfft", "whitened"]
 
 
 @dataclass
@@ -46,3 +49,13 @@ def translated_rfft(volumes: torch.Tensor, shifts_px: torch.Tensor | None) -> to
     if shifts_px is not None:
         s = s + shifts_px.to(device=spectra.device, dtype=torch.float64)
     return shift_spectra_(spectra, s)
+
+
+def whitened(numerator: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pair ``(X, C)`` of CTF-premultiplied data: ``X = B / √W``, ``C = √W`` (both 0 where
+    ``W <= 0``), so that ``C X = B`` and ``C² = W`` (numerator ``B``, weight ``W``, same shape).
+    With ``B = Σ c Y`` and ``W = Σ c²`` of images ``Y = c V + n`` (noise σ²), ``X = C V + n'``
+    with ``Var n' <= σ²``: the model of an ordinary subtomogram."""
+    root = weight.clamp_min(0.0).sqrt()
+    spectra = torch.where(root > 0, numerator / root.clamp_min(1e-30), 0.0)
+    return spectra.to(numerator.dtype), root

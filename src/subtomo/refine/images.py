@@ -1,4 +1,18 @@
-"""Streaming particle images (subtomograms) and their 3D CTF volumes from disk, in batches."""
+"""Streaming particle images (subtomograms) and their 3D CTF volumes from disk, in batches.
+
+CTF-premultiplied subtomograms (``rlnCtfDataAreCtfPremultiplied 1``: RELION 4/5's 3D
+pseudo-subtomograms, ``relion_tomo_subtomo`` without ``--stack2d``) hold the numerator
+``B = Σ_t m_t c_t Y_t`` (real space, centred like any subtomogram) and, in ``rlnCtfImage``
+(``<n>_weights.mrc``), the weight ``W = Σ_t m_t c_t²`` as an FFTW half spectrum
+``(D, D, D // 2 + 1)`` (z, y, x; our half layout) with, stacked above it along z, the
+multiplicity ``M = Σ_t m_t`` (``m_t``: the trilinear weights of tilt ``t``'s slice), so
+``(2 D, D, D // 2 + 1)`` in all. As ``relion_refine`` (``get3DCTFAndMulti``, ``--ctf3d_squared``
+by default): ``W`` is taken as is (its absolute value, no squaring) and the multiplicity only
+zeroes the coefficients with ``M < 0.01`` (``--subtomo_multi_thr``); the data are not divided by
+it. They enter the engine as the whitened pair of :func:`subtomo.refine.batch.whitened`
+(``C X = B``, ``C² = W``), always with their weights and never background-levelled, so that
+``reconstruct``, ``refine`` and ``classify`` read them as they read 2D stacks.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +29,13 @@ from subtomo.io import validate
 from subtomo.io.files import resolve
 from subtomo.io.mrc import ctf_from_disk, read_mrc
 from subtomo.io.particles import ParticleSet
-from subtomo.refine.batch import ParticleBatch, translated_rfft
+from subtomo.refine.batch import ParticleBatch, translated_rfft, whitened
 from subtomo.refine.series import series_batch
+
+__all__ = ["MULTIPLICITY_MIN", "background_weights", "check_files", "iterate_batches",
+           "premultiplied", "pseudo_weights", "subtract_background_"]
+
+MULTIPLICITY_MIN = 0.01  # relion_refine --subtomo_multi_thr: coefficients seen less are dropped
 
 
 def _read_volume(ps: ParticleSet, row: int, column: str, star_dir: Path | None) -> np.ndarray:
@@ -39,6 +58,7 @@ def check_files(ps: ParticleSet, rows: np.ndarray, ctf: bool) -> None:
     star_dir = Path(ps.source).parent if ps.source else None
     if ps.series is not None:
         ctf = False  # a particle series carries its CTFs in its tomograms
+    ctf = ctf or bool(premultiplied(ps)[rows].any())
     for column in ("rlnImageName", "rlnCtfImage") if ctf else ("rlnImageName",):
         if column not in ps.particles:
             raise InputError(ps.source, "column needed and missing", field=column)
@@ -47,6 +67,31 @@ def check_files(ps: ParticleSet, rows: np.ndarray, ctf: bool) -> None:
             if not resolve(name, star_dir).is_file():
                 raise InputError(ps.source, f"particle {int(row) + 1}: file {name!r} not found",
                                  field=column)
+
+
+def premultiplied(ps: ParticleSet) -> np.ndarray:
+    """Whether each particle's subtomogram is CTF-premultiplied (``rlnCtfDataAreCtfPremultiplied``
+    of its optics group; never for particle series, whose reader handles it)."""
+    if ps.series is not None:
+        return np.zeros(len(ps), dtype=bool)
+    return np.nan_to_num(ps.optics_column("rlnCtfDataAreCtfPremultiplied")) == 1
+
+
+def pseudo_weights(volume: np.ndarray, box: int, path: str | Path | None = None) -> torch.Tensor:
+    """The weight ``W`` ``(box, box, box // 2 + 1)`` of a premultiplied subtomogram from its
+    weights file (module docstring): ``|W|``, 0 where a stacked multiplicity is below
+    :data:`MULTIPLICITY_MIN`; a volume without the multiplicity is ``W`` in either CTF layout."""
+    half, stacked = (box, box, box // 2 + 1), (2 * box, box, box // 2 + 1)
+    if volume.shape != stacked:
+        if volume.shape not in (half, (box, box, box)):
+            raise InputError(path, f"weights have shape {volume.shape} (z, y, x); for a "
+                             f"{box}-pixel box expected {stacked} (Σ CTF² above the "
+                             f"multiplicity, RELION 5), {half} or {(box, box, box)}",
+                             field="rlnCtfImage")
+        return ctf_from_disk(volume, box, path).abs()
+    weight = torch.from_numpy(np.ascontiguousarray(volume[:box], dtype=np.float32)).abs()
+    multiplicity = torch.from_numpy(np.ascontiguousarray(volume[box:], dtype=np.float32))
+    return torch.where(multiplicity >= MULTIPLICITY_MIN, weight, 0.0)
 
 
 def background_weights(box: int, mask: torch.Tensor | None = None,
@@ -102,6 +147,8 @@ def iterate_batches(
             return series_batch(ps, chunk, box=box, device=device, shifts_px=shifts_px)
         return _read_ahead(load, rows, batch_size)
     star_dir = Path(ps.source).parent if ps.source else None
+    premult = premultiplied(ps)
+    ctf = ctf or bool(premult[rows].any())  # premultiplied data always come with their weights
     if ctf and "rlnCtfImage" not in ps.particles:
         raise InputError(ps.source, "--ctf needs a 3D CTF volume per particle",
                          field="rlnCtfImage")
@@ -120,16 +167,19 @@ def iterate_batches(
         if shifts_px is not None:
             shifts = torch.as_tensor(shifts_px)[torch.as_tensor(chunk, dtype=torch.long)]
         spectra = translated_rfft(volumes.to(device), shifts)
+        pre = torch.as_tensor(premult[chunk], device=device)
         if background is not None:
-            subtract_background_(spectra, background)
-        weights = None
-        if ctf:
-            weights = torch.empty((len(chunk), box, box, box // 2 + 1), dtype=torch.float32)
-            for i, row in enumerate(chunk):
-                name = str(ps.particles["rlnCtfImage"].iloc[int(row)])
-                data = _read_volume(ps, int(row), "rlnCtfImage", star_dir)
-                weights[i] = ctf_from_disk(data, box, resolve(name, star_dir))
-            weights = weights.to(device)
+            spectra[~pre] = subtract_background_(spectra[~pre], background)
+        if not ctf:
+            return ParticleBatch(chunk, spectra, None)
+        weights = torch.empty((len(chunk), box, box, box // 2 + 1), dtype=torch.float32)
+        for i, row in enumerate(chunk):
+            path = resolve(str(ps.particles["rlnCtfImage"].iloc[int(row)]), star_dir)
+            data = _read_volume(ps, int(row), "rlnCtfImage", star_dir)
+            weights[i] = (pseudo_weights if premult[row] else ctf_from_disk)(data, box, path)
+        weights = weights.to(device)
+        if bool(pre.any()):  # numerator B and weight W → X = B / √W, C = √W
+            spectra[pre], weights[pre] = whitened(spectra[pre], weights[pre])
         return ParticleBatch(chunk, spectra, weights)
 
     return _read_ahead(load, rows, batch_size)

@@ -38,7 +38,7 @@ from subtomo.fourier.shift import shift_spectra_, shift_spectra_2d_
 from subtomo.io.particle_series import SeriesSource, particle_positions_px, read_stack_spectra
 from subtomo.io.particles import ParticleSet
 from subtomo.io.tilt_series import TiltSeries
-from subtomo.refine.batch import ParticleBatch
+from subtomo.refine.batch import ParticleBatch, whitened
 
 __all__ = ["series_batch"]
 
@@ -98,8 +98,6 @@ def series_batch(ps: ParticleSet, chunk: np.ndarray, *, box: int, device: torch.
         b = gather.half_spectra(padded)
         if shifts is not None:  # content at −origin: translate by +origin, as subtomograms
             b = shift_spectra_(b.contiguous(), shifts)
-        root = w.sqrt()
         index = torch.as_tensor(at, device=device)
-        spectra[index] = torch.where(root > 0, b / root.clamp_min(1e-30), 0.0).to(spectra.dtype)
-        weights[index] = root
+        spectra[index], weights[index] = whitened(b.to(spectra.dtype), w)
     return ParticleBatch(chunk, spectra, weights)
