@@ -168,8 +168,10 @@ def iterate_batches(
             shifts = torch.as_tensor(shifts_px)[torch.as_tensor(chunk, dtype=torch.long)]
         spectra = translated_rfft(volumes.to(device), shifts)
         pre = torch.as_tensor(premult[chunk], device=device)
-        if background is not None:
+        if background is not None and bool(pre.any()):  # premultiplied: never levelled
             spectra[~pre] = subtract_background_(spectra[~pre], background)
+        elif background is not None:
+            subtract_background_(spectra, background)
         if not ctf:
             return ParticleBatch(chunk, spectra, None)
         weights = torch.empty((len(chunk), box, box, box // 2 + 1), dtype=torch.float32)
