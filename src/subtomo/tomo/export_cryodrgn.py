@@ -60,7 +60,7 @@ from subtomo.io.star_text import read_star, write_star
 from subtomo.io.tomograms import TomogramSet
 from subtomo.io.warp1_series import check_warp1_images, read_warp1_series
 from subtomo.tomo.extract import select_tilts
-from subtomo.tomo.particles import CropBatch, for_each_batch
+from subtomo.tomo.particles import CropBatch, for_each_batch, output_pixel_size_A
 
 __all__ = ["CryodrgnExport", "OUTPUTS", "ctf_table", "export_tilt_series", "export_warp1",
            "cryodrgn_command"]
@@ -260,14 +260,7 @@ def export_tilt_series(particles: ParticleSet, tomograms: TomogramSet, out_dir: 
                        ) -> CryodrgnExport:
     """Every visible tilt of every particle, cut from the tilt series (``box`` px at
     ``pixel_size_A``, default the tilt series'), into ``out_dir`` (module docstring)."""
-    names = particles.tomo_names()
-    if names is None or len(particles) == 0:
-        raise InputError(particles.source, "no particles with tomogram names",
-                         field="rlnTomoName")
-    first = tomograms[str(names.iloc[0])]
-    pixel = float(pixel_size_A or first.pixel_size_A)
-    if pixel <= 0:
-        raise InputError(None, "pixel size must be positive", field="--angpix")
+    pixel, _ = output_pixel_size_A(particles, tomograms, pixel_size_A)
     out = Path(out_dir)
     (out / "Subtilts").mkdir(parents=True, exist_ok=True)
     selected: dict[str, np.ndarray] = {}

@@ -44,7 +44,7 @@ from subtomo.io.particles import COORD_CENTRED_A, COORD_PX, ORIGIN_A, ParticleSe
 from subtomo.io.star import write_particles
 from subtomo.io.tilt_series import TiltSeries
 from subtomo.io.tomograms import TomogramSet, project_path
-from subtomo.tomo.particles import CropBatch, for_each_batch
+from subtomo.tomo.particles import CropBatch, for_each_batch, output_pixel_size_A
 
 __all__ = ["ExtractOptions", "ExtractResult", "extract_subtomograms", "select_tilts"]
 
@@ -189,14 +189,8 @@ def _checked(o: ExtractOptions, particles: ParticleSet, tomograms: TomogramSet
         raise InputError(None, f"--crop {o.crop} px must be even", field="--crop")
     if o.pad2d not in (1, 2):
         raise InputError(None, "--pad2d must be 1 or 2", field="--pad2d")
-    names = particles.tomo_names()
-    if names is None or len(particles) == 0:
-        raise InputError(particles.source, "no particles with tomogram names", field="rlnTomoName")
-    first = tomograms[str(names.iloc[0])]
-    pixel_size_A = float(o.pixel_size_A or first.pixel_size_A)
-    if pixel_size_A <= 0:
-        raise InputError(None, "pixel size must be positive", field="--angpix")
-    return crop, pixel_size_A, first.pixel_size_A
+    pixel_size_A, tilt_pixel_size_A = output_pixel_size_A(particles, tomograms, o.pixel_size_A)
+    return crop, pixel_size_A, tilt_pixel_size_A
 
 
 class _BatchFiles:

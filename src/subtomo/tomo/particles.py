@@ -24,7 +24,7 @@ from subtomo.io.tilt_series import TiltSeries
 from subtomo.io.tomograms import TomogramSet
 from subtomo.tomo.crops import PreparedImages, TiltCrops, particle_crops, prepare_images
 
-__all__ = ["CropBatch", "for_each_batch", "with_tomograms"]
+__all__ = ["CropBatch", "for_each_batch", "output_pixel_size_A", "with_tomograms"]
 
 
 @dataclass
@@ -63,6 +63,22 @@ def with_tomograms(ps: ParticleSet, tomograms: TomogramSet) -> ParticleSet:
                              f"{tomograms.source}", field="rlnTomoTiltSeriesPixelSize")
     ps.tomograms = tomograms.global_table()
     return ps
+
+
+def output_pixel_size_A(particles: ParticleSet, tomograms: TomogramSet,
+                        pixel_size_A: float | None) -> tuple[float, float]:
+    """The output pixel size (``--angpix``, default the first particle's tilt series') and that
+    tilt series' pixel size, Å; one clear error for a set without tomogram names or a
+    non-positive pixel size."""
+    names = particles.tomo_names()
+    if names is None or len(particles) == 0:
+        raise InputError(particles.source, "no particles with tomogram names",
+                         field="rlnTomoName")
+    first = tomograms[str(names.iloc[0])]
+    out = float(pixel_size_A or first.pixel_size_A)
+    if out <= 0:
+        raise InputError(None, "pixel size must be positive", field="--angpix")
+    return out, float(first.pixel_size_A)
 
 
 def check_box(ts: TiltSeries, box: int, pixel_size_A: float, field: str = "--b") -> None:

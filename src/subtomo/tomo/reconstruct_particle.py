@@ -36,7 +36,7 @@ from subtomo.io.particles import ParticleSet
 from subtomo.io.tomograms import TomogramSet
 from subtomo.refine.reconstruct import Reconstruction, gold_standard, half_sets
 from subtomo.report.plots import plot_fsc
-from subtomo.tomo.particles import for_each_batch
+from subtomo.tomo.particles import for_each_batch, output_pixel_size_A
 
 __all__ = ["reconstruct_particle"]
 
@@ -72,14 +72,7 @@ def reconstruct_particle(
         raise InputError(None, "need --b ≥ 8 and 8 ≤ --crop ≤ --b", field="--b")
     if crop is not None and crop % 2:
         raise InputError(None, f"--crop {crop} px must be even", field="--crop")
-    names = particles.tomo_names()
-    if names is None or len(particles) == 0:
-        raise InputError(particles.source, "no particles with tomogram names",
-                         field="rlnTomoName")
-    first = tomograms[str(names.iloc[0])]
-    out_pixel_size_A = float(pixel_size_A or first.pixel_size_A)
-    if out_pixel_size_A <= 0:
-        raise InputError(None, "pixel size must be positive", field="--angpix")
+    out_pixel_size_A, _ = output_pixel_size_A(particles, tomograms, pixel_size_A)
     halves = half_sets(particles, seed)
     bps = [Backprojector(box, pad=pad, device=device, dtype=torch.float32) for _ in (1, 2)]
     counts = {"particles": 0, "skipped": 0, "tilts": 0}
