@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from subtomo.errors import InputError
-from subtomo.io.star_text import read_star
+from subtomo.io.star_text import read_numeric_loops, read_star
 from subtomo.io.tomograms import (
     read_motion,
     read_optimisation_set,
@@ -27,6 +27,31 @@ def test_motion_round_trip_is_lossless(tmp_path):
     assert blocks["general"]["rlnParticleNumber"] == 5
     assert list(blocks["TS_01/3"].columns) == ["rlnOriginXAngst", "rlnOriginYAngst",
                                                "rlnOriginZAngst"]
+
+
+def test_numeric_loops_read_as_read_star_does(tmp_path):
+    rng = np.random.default_rng(1)
+    traj = {f"TS_{t:02d}/{i}": rng.normal(0, 3, (41, 3)) for t in (1, 2) for i in range(1, 40)}
+    write_motion(tmp_path / "motion.star", traj)
+    fast, slow = read_numeric_loops(tmp_path / "motion.star"), read_star(tmp_path / "motion.star")
+    assert list(fast) == list(slow)
+    assert fast["general"] == slow["general"] == {"rlnParticleNumber": 78}
+    for name in traj:
+        assert list(fast[name].columns) == list(slow[name].columns)
+        assert np.array_equal(fast[name].to_numpy(), slow[name].to_numpy())
+
+
+@pytest.mark.parametrize("change", [("\n3.25", "\nx.25"), ("\t4.25", ""),
+                                    ("\t5.25\n6.25", "\n5.25\t6.25"), ("\n6.25", "\nnan")])
+def test_a_bad_trajectory_row_is_named_by_line(tmp_path, change):
+    """The fast reader leaves text, short rows and non-numbers to read_star's checks."""
+    write_motion(tmp_path / "motion.star", {"a/1": np.arange(15.0).reshape(5, 3) + 0.25})
+    text = (tmp_path / "motion.star").read_text()
+    assert change[0] in text
+    (tmp_path / "motion.star").write_text(text.replace(*change, 1))
+    assert read_numeric_loops(tmp_path / "motion.star") is None
+    with pytest.raises(InputError, match=r"motion\.star:\d+"):
+        read_motion(tmp_path / "motion.star")
 
 
 def test_motion_with_missing_trajectories_fails(tmp_path):

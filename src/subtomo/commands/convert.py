@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from subtomo import interop
 from subtomo.commands.options import add_angpix, add_flavour, add_input, add_output, add_tomograms
 
 
@@ -37,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _dynamo2star(args: argparse.Namespace) -> int:
+    from subtomo import interop
     ps, flavour = interop.dynamo2star(args.input, args.table_map, args.output,
                                       pixel_size_A=args.angpix, flavour=args.flavour,
                                       tomograms=args.tomograms)
@@ -45,6 +45,7 @@ def _dynamo2star(args: argparse.Namespace) -> int:
 
 
 def _star2dynamo(args: argparse.Namespace) -> int:
+    from subtomo import interop
     table, doc = interop.star2dynamo(args.input, args.output, tomograms=args.tomograms,
                                      pixel_size_A=args.angpix)
     print(f"Wrote Dynamo table {table} and table map {doc}.")

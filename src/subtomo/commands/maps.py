@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import time
-
-import torch
+from typing import TYPE_CHECKING
 
 from subtomo.commands.options import add_angpix, add_input, add_output
 from subtomo.errors import InputError
-from subtomo.geometry.euler import matrix_to_euler
-from subtomo.geometry.symmetry import symmetry_operators
 from subtomo.io.files import check_not_input
-from subtomo.io.mrc import read_mrc, write_mrc
+
+if TYPE_CHECKING:
+    import torch
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +68,8 @@ def _add_sym(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_sym(name: str) -> str:
+    from subtomo.geometry.symmetry import symmetry_operators
+
     try:
         symmetry_operators(name)
     except ValueError as exc:
@@ -77,6 +78,10 @@ def _check_sym(name: str) -> str:
 
 
 def _read(args: argparse.Namespace) -> tuple[torch.Tensor, float]:
+    import torch
+
+    from subtomo.io.mrc import read_mrc
+
     check_not_input(args.output, args.input)
     data, header_A = read_mrc(args.input, role="reference", field="--i")
     if data.ndim != 3 or len(set(data.shape)) != 1:
@@ -86,6 +91,7 @@ def _read(args: argparse.Namespace) -> tuple[torch.Tensor, float]:
 
 
 def _mask_create(args: argparse.Namespace) -> int:
+    from subtomo.io.mrc import write_mrc
     from subtomo.maps.mask import create_mask
 
     vol, angpix = _read(args)
@@ -101,6 +107,7 @@ def _mask_create(args: argparse.Namespace) -> int:
 
 
 def _symmetrize(args: argparse.Namespace) -> int:
+    from subtomo.io.mrc import write_mrc
     from subtomo.maps.symmetrize import symmetrize
 
     _check_sym(args.sym)
@@ -112,6 +119,8 @@ def _symmetrize(args: argparse.Namespace) -> int:
 
 
 def _align_symmetry(args: argparse.Namespace) -> int:
+    from subtomo.geometry.euler import matrix_to_euler
+    from subtomo.io.mrc import write_mrc
     from subtomo.maps.align_symmetry import align_symmetry
 
     _check_sym(args.sym)
@@ -149,6 +158,10 @@ def _register_maps(sub: argparse._SubParsersAction) -> None:
 
 
 def _maps_align(args: argparse.Namespace) -> int:
+    import torch
+
+    from subtomo.geometry.euler import matrix_to_euler
+    from subtomo.io.mrc import read_mrc, write_mrc
     from subtomo.maps.align_maps import align_maps
 
     _check_sym(args.sym)

@@ -10,17 +10,16 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from subtomo.commands.options import add_output
 from subtomo.errors import InputError
 from subtomo.io.files import check_outputs
-from subtomo.io.fsc_star import write_fsc_star
-from subtomo.io.mrc import read_mrc, write_mrc
-from subtomo.io.star_text import read_star
-from subtomo.maps.postprocess import PostprocessResult, postprocess
-from subtomo.report.plots import plot_fsc, plot_guinier
+
+if TYPE_CHECKING:
+    from subtomo.maps.postprocess import PostprocessResult
 
 OUTPUTS = ("postprocess.mrc", "postprocess_masked.mrc", "postprocess.star",
            "postprocess_fsc.png", "postprocess_guinier.png")
@@ -67,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _read_mtf(path: str, mtf_angpix: float) -> np.ndarray:
     """RELION MTF STAR → ``(n, 2)`` table of (frequency 1/Å, MTF)."""
+    from subtomo.io.star_text import read_star
+
     for block in read_star(path).values():
         if hasattr(block, "columns") and {"rlnResolutionInversePixel",
                                           "rlnMtfValue"} <= set(block.columns):
@@ -77,6 +78,8 @@ def _read_mtf(path: str, mtf_angpix: float) -> np.ndarray:
 
 
 def _load(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    from subtomo.io.mrc import read_mrc
+
     half1, px1 = read_mrc(args.half1, role="reference", field="--i")
     half2, px2 = read_mrc(args.half2, role="reference", field="--i2")
     mask, _ = read_mrc(args.mask, role="mask", field="--mask")
@@ -101,6 +104,10 @@ def _load(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 
 
 def _write(result: PostprocessResult, args: argparse.Namespace, folder: Path) -> None:
+    from subtomo.io.fsc_star import write_fsc_star
+    from subtomo.io.mrc import write_mrc
+    from subtomo.report.plots import plot_fsc, plot_guinier
+
     px, box = result.pixel_size_A, result.box
     write_mrc(folder / "postprocess.mrc", result.sharpened, px)
     write_mrc(folder / "postprocess_masked.mrc", result.sharpened_masked, px)
@@ -133,6 +140,8 @@ def _write(result: PostprocessResult, args: argparse.Namespace, folder: Path) ->
 
 
 def _run(args: argparse.Namespace) -> int:
+    from subtomo.maps.postprocess import postprocess
+
     folder = Path(args.output)
     check_outputs((args.half1, args.half2, args.mask, args.mtf), folder, OUTPUTS)
     half1, half2, mask, pixel = _load(args)

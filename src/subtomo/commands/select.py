@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from subtomo import interop, selection
 from subtomo.commands.options import add_input, add_output
 from subtomo.errors import InputError
-from subtomo.io.star import read_particles
 
 SAME_FLAVOUR = "output STAR file (same flavour as the input)"
 
@@ -85,6 +83,8 @@ def _report(kept: int, total: int, what: str, output: str) -> None:
 
 
 def _class(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from subtomo import selection
+    from subtomo.io.star import read_particles
     if not args.classes:
         parser.error("give --class N (select by class) or a subcommand: random, duplicates, "
                      "neighbours")
@@ -106,6 +106,7 @@ def _no_class_options(args: argparse.Namespace) -> None:
 
 
 def _random(args: argparse.Namespace) -> int:
+    from subtomo import interop
     _no_class_options(args)
     subset = interop.select_random(args.input, args.output, args.n, args.seed)
     print(f"Wrote {len(subset)} randomly selected particles to {args.output}.")
@@ -113,6 +114,8 @@ def _random(args: argparse.Namespace) -> int:
 
 
 def _duplicates(args: argparse.Namespace) -> int:
+    from subtomo import selection
+    from subtomo.io.star import read_particles
     _no_class_options(args)
     total = len(read_particles(args.input))
     kept = selection.remove_duplicates(args.input, args.output, args.min_distance, args.score)
@@ -121,6 +124,8 @@ def _duplicates(args: argparse.Namespace) -> int:
 
 
 def _neighbours(args: argparse.Namespace) -> int:
+    from subtomo import selection
+    from subtomo.io.star import read_particles
     _no_class_options(args)
     total = len(read_particles(args.input))
     kept = selection.select_neighbours(args.input, args.output, args.distance, args.tolerance,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from subtomo import interop
 from subtomo.commands.options import add_angpix, add_flavour, add_input, add_output, add_tomograms
 
 
@@ -45,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from subtomo import interop
     info = interop.star_info(args.file)
     for key, value in info.items():
         if key == "columns":
@@ -54,12 +54,14 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _downgrade(args: argparse.Namespace) -> int:
+    from subtomo import interop
     out = interop.star_downgrade(args.input, args.output, keep_origins=args.keep_origins)
     print(f"Wrote RELION 3.0 STAR file {out}.")
     return 0
 
 
 def _upgrade(args: argparse.Namespace) -> int:
+    from subtomo import interop
     src = Path(args.input)
     out = args.output or src.with_name(f"{src.stem}_rln5.star")
     flavour = interop.star_convert(src, out, flavour=args.flavour, pixel_size_A=args.angpix,
@@ -69,6 +71,7 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from subtomo import interop
     flavour = interop.star_convert(args.input, args.output, flavour=args.flavour,
                                    pixel_size_A=args.angpix, tomograms=args.tomograms)
     print(f"Wrote {args.output} ({flavour}).")

@@ -118,6 +118,49 @@ def read_star(path: str | Path) -> dict[str, Block]:
     return blocks
 
 
+_BLOCK = re.compile(r"^data_(\S*)[ \t]*$", re.M)
+
+
+def _number(text: str) -> int | float:
+    return int(text) if text.lstrip("+-").isdigit() else float(text)
+
+
+def read_numeric_loops(path: str | Path) -> dict[str, Block] | None:
+    """:func:`read_star` in one pass of numpy for files of many small all-number loops
+    (trajectory sets: a loop per particle, where ``starfile`` spends milliseconds per block):
+    loops as float DataFrames, simple blocks as dicts of numbers. ``None`` when the file is not
+    of that kind (a text value, a bad number, a row of the wrong length, no loop), so that
+    :func:`read_star` reads it and names what is wrong."""
+    text = Path(path).read_text(errors="replace")
+    heads = list(_BLOCK.finditer(text))
+    if not heads or "'" in text or '"' in text:
+        return None
+    blocks: dict[str, Block] = {}
+    for head, end in zip(heads, [*heads[1:], None], strict=True):
+        body = text[head.end():end.start() if end is not None else len(text)]
+        lines = [line.split("#")[0].strip() for line in body.splitlines()]
+        lines = [line for line in lines if line]
+        try:
+            if lines and lines[0] == "loop_":
+                labels = [line.split()[0][1:] for line in lines[1:] if line.startswith("_")]
+                rows = [line.split() for line in lines[1 + len(labels):]]
+                if any(len(row) != len(labels) for row in rows):
+                    return None
+                values = np.array(rows, np.float64).reshape(len(rows), len(labels))
+                block = pd.DataFrame(values, columns=labels)
+            else:
+                block = {key[1:]: _number(value) for key, value in map(str.split, lines)}
+        except ValueError:  # text, a short row or not a pair: read_star says which
+            return None
+        if not all(label_kind(label) in NUMERIC_KINDS for label in
+                   (block.columns if isinstance(block, pd.DataFrame) else block)):
+            return None
+        if isinstance(block, pd.DataFrame) and not np.isfinite(block.to_numpy()).all():
+            return None
+        blocks[head.group(1)] = block
+    return blocks
+
+
 def write_star(blocks: dict[str, Block], path: str | Path) -> None:
     """Write blocks (in order) losslessly; the file appears only when complete."""
     with atomic_path(path) as tmp:

@@ -75,7 +75,7 @@ from subtomo.geometry.tilt import angles_from_matrices, projection_matrices
 from subtomo.geometry.tilt_series import DOF, SIZE
 from subtomo.io.files import resolve
 from subtomo.io.star import read_particles
-from subtomo.io.star_text import read_star, write_star
+from subtomo.io.star_text import read_numeric_loops, read_star, write_star
 from subtomo.io.tilt_series import TiltSeries
 
 MATRIX = ("rlnTomoProjX", "rlnTomoProjY", "rlnTomoProjZ", "rlnTomoProjW")
@@ -362,7 +362,7 @@ def write_optimisation_set(path: str | Path, **files: str | Path | None) -> None
 def read_motion(path: str | Path) -> dict[str, np.ndarray]:
     """Trajectories by particle name: ``(T, 3)`` displacements (x, y, z) in Å per tilt."""
     path = Path(path)
-    blocks = read_star(path)
+    blocks = read_numeric_loops(path) or read_star(path)
     general = blocks.pop("general", None)
     if not isinstance(general, dict) or "rlnParticleNumber" not in general:
         raise InputError(path, "not a trajectory set: data_general without rlnParticleNumber",
