@@ -7,9 +7,11 @@ and looking.
    frequency across the tilt axis (the image direction of the tomogram's y axis under the tilt's
    rotation) — ``ramp`` — or the SIRT-like filter ``|k⊥| (1 − (1 − 1/|k⊥|)^N)`` (Zeng, J. Struct.
    Biol. 178:271, 2012; ``|k⊥|`` in Fourier pixels, ``N`` iterations: a ramp at low frequency that
-   flattens beyond ``N``, like ``N`` SIRT iterations) — or ``none``; a cosine fall-off to 0 at
-   Nyquist. Optionally the CTF of the tilt at the tomogram centre is phase-flipped (``flip``) or
-   Wiener-divided (``wiener``, ``CTF / (CTF² + 1/SNR)``).
+   flattens beyond ``N``, like ``N`` SIRT iterations) — or ``none``; every frequency up to
+   Nyquist kept as it is (no apodisation: the Fourier crop already band-limits the images, and a
+   cosine fall-off to 0 at Nyquist would low-pass the tomogram, half-Nyquist halved). Optionally
+   the CTF of the tilt at the tomogram centre is phase-flipped (``flip``) or Wiener-divided
+   (``wiener``, ``CTF / (CTF² + 1/SNR)``).
 3. Back-projection: voxel ``(x, y, z)`` of the binned tomogram is the tomogram position
    ``bin × (x, y, z)`` (tilt-series px, RELION's zero origin), projected with each tilt's RELION 5
    matrix and sampled bilinearly; the sum is divided by the number of tilts that see the voxel.
@@ -20,8 +22,6 @@ Contrast is that of the images (raw tilt series: protein dark), as RELION's tomo
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -59,8 +59,6 @@ def tilt_filters(ts: TiltSeries, shape: tuple[int, int], pixel_size_A: tuple[flo
     scale = max(h, w)
     kyn, kxn = ky / h * scale, kx / w * scale  # isotropic Fourier px of the larger side
     across = (kxn[None] * axis[:, 1, None, None] - kyn[None] * axis[:, 0, None, None]).abs()
-    radius = torch.sqrt(kxn**2 + kyn**2) / (scale / 2)  # 1 at Nyquist
-    taper = torch.where(radius < 1, 0.5 * (1 + torch.cos(math.pi * radius)), 0.0)
     if weighting == "ramp":
         filt = across.clamp_min(0.5)
     elif weighting == "sirt":
@@ -68,7 +66,6 @@ def tilt_filters(ts: TiltSeries, shape: tuple[int, int], pixel_size_A: tuple[flo
         filt = k * (1 - (1 - 1 / k) ** iterations)
     else:
         filt = torch.ones_like(across)
-    filt = filt * taper
     if ctf != "none":
         freqs = torch.stack(torch.broadcast_tensors(kx / (w * pixel_size_A[0]),
                                                     ky / (h * pixel_size_A[1])), -1)
