@@ -337,7 +337,7 @@ def _our_tomogram() -> torch.Tensor:
 def test_our_tomogram_is_relion5s_in_its_frame():
     """relion_tomo_reconstruct_tomogram --bin 4 of the true geometry (36 × 36 × 12 voxels of
     40 Å) and ours of the same files: correlation 0.78 where they overlap as written, at most
-    0.42 shifted by one voxel along any axis and 0.15 mirrored in z or x (the frame: axis order,
+    0.43 shifted by one voxel along any axis and 0.16 mirrored in z or x (the frame: axis order,
     zero origin, hand); both as near the true density in the particle regions (Pearson 0.70 ours,
     0.70 RELION's), though RELION weights by its back-projected PSF and we by the ramp."""
     ours, theirs = _our_tomogram(), _map(TOMOGRAM_BIN4)
