@@ -178,7 +178,7 @@ def picking_tomogram(ts: TiltSeries, binning: float | None, device: str = "cpu"
 def template_weights(ts: TiltSeries, box: int, voxel_A: float, binning: float,
                      shape: tuple[int, int, int], device: str = "cpu"):
     """``z (binned voxel) → (D, D, D // 2 + 1)`` weights: CTF × exposure per tilt at the slab
-    centre's depth, gridded on the tilt planes, times the back-projection's cosine fall-off."""
+    centre's depth, gridded on the tilt planes, times a cosine fall-off to 0 at Nyquist."""
     frames = tilt_rotations(*ts.dof()[:3]).to(device)
     gridder = CtfGridder(tilt_pairs(box, voxel_A, frames),
                          torch.as_tensor(ts.pre_exposure, device=device),

@@ -5,11 +5,18 @@ and looking.
    :func:`subtomo.tomo.crops.prepare_images`).
 2. Each image is filtered in 2D Fourier space: the weighting of back-projection, ``|k⊥|``, the
    frequency across the tilt axis (the image direction of the tomogram's y axis under the tilt's
-   rotation) — ``ramp`` — or the SIRT-like filter ``|k⊥| (1 − (1 − 1/|k⊥|)^N)`` (Zeng, J. Struct.
-   Biol. 178:271, 2012; ``|k⊥|`` in Fourier pixels, ``N`` iterations: a ramp at low frequency that
-   flattens beyond ``N``, like ``N`` SIRT iterations) — or ``none``; a cosine fall-off to 0 at
-   Nyquist. Optionally the CTF of the tilt at the tomogram centre is phase-flipped (``flip``) or
-   Wiener-divided (``wiener``, ``CTF / (CTF² + 1/SNR)``).
+   rotation), floored where the slices of the thin tomogram overlap — ``ramp`` — or the SIRT-like
+   filter ``|k⊥| (1 − (1 − 1/|k⊥|)^N)`` (Zeng, J. Struct. Biol. 178:271, 2012; ``|k⊥|`` in
+   Fourier pixels, ``N`` iterations: a ramp at low frequency that flattens beyond ``N``, like
+   ``N`` SIRT iterations) — or ``none``; every frequency up to
+   Nyquist kept as it is (no apodisation: the Fourier crop already band-limits the images, and a
+   cosine fall-off to 0 at Nyquist would low-pass the tomogram, half-Nyquist halved). Optionally
+   the CTF of the tilt at the tomogram centre is phase-flipped (``flip``) or Wiener-divided
+   (``wiener``, ``CTF / (CTF² + 1/SNR)``).
+   The ramp's floor: in a tomogram ``T`` voxels thick each tilt's central slice is ``1/T`` wide
+   along z, so at ``|k⊥|`` about ``(W/T) / (|k⊥| Δθ)`` tilts overlap (``W`` the image width in
+   pixels, ``Δθ`` the tilt step), at most all ``n``: the inverse of that count is
+   ``max(|k⊥|, W / (T Θ))``, ``Θ = n Δθ`` the tilt span (and at least half a Fourier pixel).
 3. Back-projection: voxel ``(x, y, z)`` of the binned tomogram is the tomogram position
    ``bin × (x, y, z)`` (tilt-series px, RELION's zero origin), projected with each tilt's RELION 5
    matrix and sampled bilinearly; the sum is divided by the number of tilts that see the voxel.
@@ -21,8 +28,7 @@ Contrast is that of the images (raw tilt series: protein dark), as RELION's tomo
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -42,8 +48,9 @@ CTF_MODES = ("none", "flip", "wiener")
 
 def tilt_filters(ts: TiltSeries, shape: tuple[int, int], pixel_size_A: tuple[float, float],
                  weighting: str = "ramp", iterations: int = 10, ctf: str = "none",
-                 snr: float = 10.0, device=None) -> Tensor:
-    """2D filters ``(T, H, W // 2 + 1)`` for the rfft2 of images of ``shape (H, W)``."""
+                 snr: float = 10.0, device=None, thickness_px: float | None = None) -> Tensor:
+    """2D filters ``(T, H, W // 2 + 1)`` for the rfft2 of images of ``shape (H, W)``;
+    ``thickness_px``: the tomogram's depth in voxels of the images' pixel (the ramp's floor)."""
     if weighting not in FILTERS:
         raise InputError(None, f"unknown filter {weighting!r}; choose from {FILTERS}",
                          field="--filter")
@@ -59,16 +66,13 @@ def tilt_filters(ts: TiltSeries, shape: tuple[int, int], pixel_size_A: tuple[flo
     scale = max(h, w)
     kyn, kxn = ky / h * scale, kx / w * scale  # isotropic Fourier px of the larger side
     across = (kxn[None] * axis[:, 1, None, None] - kyn[None] * axis[:, 0, None, None]).abs()
-    radius = torch.sqrt(kxn**2 + kyn**2) / (scale / 2)  # 1 at Nyquist
-    taper = torch.where(radius < 1, 0.5 * (1 + torch.cos(math.pi * radius)), 0.0)
     if weighting == "ramp":
-        filt = across.clamp_min(0.5)
+        filt = across.clamp_min(max(0.5, _overlap_floor(ts, scale, thickness_px)))
     elif weighting == "sirt":
         k = across.clamp_min(1.0)
         filt = k * (1 - (1 - 1 / k) ** iterations)
     else:
         filt = torch.ones_like(across)
-    filt = filt * taper
     if ctf != "none":
         freqs = torch.stack(torch.broadcast_tensors(kx / (w * pixel_size_A[0]),
                                                     ky / (h * pixel_size_A[1])), -1)
@@ -78,6 +82,15 @@ def tilt_filters(ts: TiltSeries, shape: tuple[int, int], pixel_size_A: tuple[flo
                    ts.voltage_kv, ts.cs_mm, ts.amplitude_contrast)
         filt = filt * (torch.sign(c) if ctf == "flip" else c / (c * c + 1.0 / snr))
     return filt
+
+
+def _overlap_floor(ts: TiltSeries, width_px: int, thickness_px: float | None) -> float:
+    """``W / (T Θ)`` (Fourier px): below it every tilt's slice covers the frequency, with the
+    tilt span ``Θ = n Δθ`` (radians, ``Δθ`` the mean step); 0 without a thickness."""
+    tilts = np.radians(ts.nominal_tilt_deg)
+    if not thickness_px or len(tilts) < 2 or np.ptp(tilts) <= 0:
+        return 0.0
+    return width_px * (len(tilts) - 1) / (thickness_px * float(np.ptp(tilts)) * len(tilts))
 
 
 def reconstruct_tomogram(
@@ -108,7 +121,7 @@ def reconstruct_tomogram(
     images = torch.cat(binned)
     t, h, w = images.shape
     filt = tilt_filters(ts, (h, w), prepared.pixel_size_A, weighting, iterations, ctf, snr,
-                        device).to(images.device)
+                        device, thickness_px=shape[2]).to(images.device)
     images = torch.fft.irfft2(torch.fft.rfft2(images) * filt, s=(h, w))
     mats = ts.matrices(device=device)
     # image px of the binned images = (P · (bin · voxel)) × scale, as one affine map per tilt
