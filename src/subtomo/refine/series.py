@@ -2,10 +2,11 @@
 pseudo-subtomograms (:mod:`.batch` has the model).
 
 Per tilt series, a :class:`subtomo.ctf.slice_gather.SliceGather` without normalisation maps the
-premultiplied crop spectra ``Y_t`` (stacks that are not premultiplied, ``rlnCtfDataAreCtfPremultiplied
-0``, are multiplied by ``c_t`` first) to ``B(k) = Σ_t τ_t(k) Y_t(k·u_t, k·v_t)`` (bilinear in the
-plane, the tent ``τ`` across it) and grids ``W(k) = Σ_t τ_t(k) c_t(k)²`` with each particle's
-defocus at its depth in each tilt, its dose filter and its visible tilts. The engine then sees
+premultiplied crop spectra ``Y_t`` (stacks that are not premultiplied,
+``rlnCtfDataAreCtfPremultiplied 0``, are multiplied by ``c_t`` first) to
+``B(k) = Σ_t τ_t(k) Y_t(k·u_t, k·v_t)`` (bilinear in the plane, the tent ``τ`` across it)
+and grids ``W(k) = Σ_t τ_t(k) c_t(k)²`` with each particle's defocus at its depth in each
+tilt, its dose filter and its visible tilts. The engine then sees
 ``X = B / √W`` and ``C = √W`` (0 where ``W = 0``): ``C X = B``, ``C² = W``, and the noise of ``X``
 has at most the crops' variance, since ``Var B = Σ τ² c² σ² ≤ W σ²``. Scores are then the sums
 over the tilts of the 2D log-likelihoods (tested), and maps insert ``B`` with weights ``W``. The

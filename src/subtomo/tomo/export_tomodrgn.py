@@ -13,7 +13,8 @@ from its source, not copied):
   files carry angles, not ``rlnTomoProjX/Y/Z/W``. This module writes WarpTools' layout
   (``ts_export_particles --2d``, e.g. ``tests/data/warptools_70s``), which our readers read too
   (:mod:`subtomo.io.tomograms`, :mod:`subtomo.io.particle_series`):
-- ``tomodrgn_optimisation_set.star`` (tomoDRGN wants ``_optimisation_set`` in the name) naming ``particles.star`` and ``tomograms.star``;
+- ``tomodrgn_optimisation_set.star`` (tomoDRGN wants ``_optimisation_set`` in the name)
+  naming ``particles.star`` and ``tomograms.star``;
 - ``particles.star``: ``data_general`` (``rlnTomoSubTomosAre2DStacks 1``), ``data_optics``
   (one group per tomogram: image pixel and size, ``rlnCtfDataAreCtfPremultiplied``, the tilt
   series' pixel, binning), ``data_particles``: ``rlnCoordinateX/Y/Z`` in the images' pixels
@@ -113,19 +114,22 @@ def _global_row(ts, optics_name: str) -> dict:
     g = ts.globals
     size = ts.tomo_size_px
     dose = np.diff(np.sort(ts.pre_exposure))
-    return dict(zip(GLOBAL, (ts.name, PLACEHOLDER, ts.n_tilts, *size, ts.hand, optics_name,
-                             ts.pixel_size_A, ts.voltage_kv, ts.cs_mm, ts.amplitude_contrast,
-                             float(g.get("rlnTomoImportFractionalDose",
-                                         np.median(dose) if len(dose) else 0.0)))))
+    return _labelled(GLOBAL, (ts.name, PLACEHOLDER, ts.n_tilts, *size, ts.hand, optics_name,
+                              ts.pixel_size_A, ts.voltage_kv, ts.cs_mm, ts.amplitude_contrast,
+                              float(g.get("rlnTomoImportFractionalDose",
+                                          np.median(dose) if len(dose) else 0.0))))
+
+
+def _labelled(labels: tuple[str, ...], values: tuple) -> dict:
+    return dict(zip(labels, values, strict=True))
 
 
 class _Stacks:
     """Per particle, one image per tilt of its series (zeros where not seen) and its row."""
 
-    def __init__(self, ps: ParticleSet, out: Path, box: int, pixel_size_A: float,
-                 premultiplied: bool, selected: dict[str, np.ndarray],
-                 writer: BackgroundWriter) -> None:
-        self.ps, self.out, self.box, self.pixel_size_A = ps, out, box, pixel_size_A
+    def __init__(self, out: Path, box: int, pixel_size_A: float, premultiplied: bool,
+                 selected: dict[str, np.ndarray], writer: BackgroundWriter) -> None:
+        self.out, self.box, self.pixel_size_A = out, box, pixel_size_A
         self.premultiplied, self.selected, self.writer = premultiplied, selected, writer
         self.rows: list[dict] = []
         self.groups: dict[str, int] = {}
@@ -144,7 +148,7 @@ class _Stacks:
         centre = batch.positions_px.mean(1).cpu().numpy() * ts.pixel_size_A / self.pixel_size_A
         group = self.groups.setdefault(ts.name, len(self.groups) + 1)
         stacks = []
-        for j, row in enumerate(batch.rows):
+        for j in range(len(batch.rows)):
             if not visible[j].any():
                 self.skipped += 1
                 continue
@@ -155,10 +159,10 @@ class _Stacks:
             full[keep] = images[j] * visible[j][:, None, None]
             flags[keep] = visible[j]
             stacks.append((self.out / name, full))
-            self.rows.append(dict(zip(PARTICLES, (
+            self.rows.append(_labelled(PARTICLES, (
                 ts.name, n, *(float(x) for x in centre[j]), *(float(a) for a in angles[j]),
                 f"{ts.name}/{n}", group, name, 0.0, 0.0, 0.0,
-                "[" + ",".join(str(int(f)) for f in flags) + "]"))))
+                "[" + ",".join(str(int(f)) for f in flags) + "]")))
         self.writer.submit(_write_stacks, stacks, self.pixel_size_A)
 
 
@@ -191,7 +195,7 @@ def export_tomodrgn(particles: ParticleSet, tomograms: TomogramSet, out_dir: str
         return selected[ts.name]
 
     with BackgroundWriter() as writer:
-        stacks = _Stacks(particles, out, box, pixel, premultiplied, selected, writer)
+        stacks = _Stacks(out, box, pixel, premultiplied, selected, writer)
         for_each_batch(particles, tomograms, box, pixel, stacks.add, motion=motion,
                        tilts=select, ctf=premultiplied, apply_origins=True,
                        batch_size=batch_size, device=device, progress=progress,
@@ -199,15 +203,16 @@ def export_tomodrgn(particles: ParticleSet, tomograms: TomogramSet, out_dir: str
     if not stacks.rows:
         raise InputError(particles.source, "no particle is visible in any tilt image")
     series = [tomograms[name] for name in stacks.groups]
-    optics = pd.DataFrame([dict(zip(OPTICS, (
+    groups = list(stacks.groups.values())
+    optics = pd.DataFrame([_labelled(OPTICS, (
         group, f"opticsGroup{group}", ts.cs_mm, ts.voltage_kv, ts.pixel_size_A,
-        int(premultiplied), 2, pixel / ts.pixel_size_A, pixel, box, ts.amplitude_contrast)))
-        for ts, group in zip(series, stacks.groups.values())])
+        int(premultiplied), 2, pixel / ts.pixel_size_A, pixel, box, ts.amplitude_contrast))
+        for ts, group in zip(series, groups, strict=True)])
     write_star({"general": {"rlnTomoSubTomosAre2DStacks": 1}, "optics": optics,
                 "particles": pd.DataFrame(stacks.rows)[list(PARTICLES)]},
                out / "particles.star")
     globals_ = pd.DataFrame([_global_row(ts, f"opticsGroup{g}")
-                             for ts, g in zip(series, stacks.groups.values())])
+                             for ts, g in zip(series, groups, strict=True)])
     write_star({"global": globals_, **{ts.name: _tilt_table(ts) for ts in series}},
                out / "tomograms.star")
     # names relative to the set's folder, where tomoDRGN looks for them
