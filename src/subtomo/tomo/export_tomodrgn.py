@@ -22,9 +22,9 @@ from its source, not copied):
   0), the particle's angles in the tomogram frame, one stack per particle and its
   ``rlnTomoVisibleFrames`` over all tilts of its series;
 - ``tomograms.star`` (RELION 4 style): ``data_global`` (placeholder
-  ``rlnTomoTiltSeriesName``, sizes in tilt-series px, hand, optics) and per tilt series one row
-  per tilt: rotation-only ``rlnTomoProjX/Y/Z/W`` (``R_t``; tomoDRGN's pose of image ``t`` of
-  particle ``i`` is ``R_t A_i``, as ours), defocus at the tomogram centre, Warp's weight
+  ``rlnTomoTiltSeriesName``, sizes in tilt-series px, hand in Warp's meaning, optics) and per
+  tilt series one row per tilt: rotation-only ``rlnTomoProjX/Y/Z/W`` (``R_t``; tomoDRGN's
+  pose of image ``t`` of particle ``i`` is ``R_t A_i``, as ours), defocus at the tomogram centre, Warp's weight
   ``cos(tilt)`` as ``rlnCtfScalefactor`` (tomoDRGN takes the tilt from it) and the
   pre-exposure;
 - ``Subtilts/<tomogram>/<n>.mrcs``: one image per tilt of the series, in table order (zeros
@@ -33,10 +33,14 @@ from its source, not copied):
   its CTF); ``premultiplied``: × CTF × exposure, as RELION 5 (tomoDRGN then applies no CTF;
   its CTF sign is ours × −1, so such data are read with ``--uninvert-data``).
 
-Limits of tomoDRGN's reading, measured in ``tests/tomo/test_export_tomodrgn.py``: its defocus
-at depth is the centre's minus ``hand × depth`` (Warp's reading of ``rlnTomoHand``; RELION's
-and ours add it): an error of twice the depth (≤ the tomogram's thickness in Å), and it
-ignores ``rlnTomoDefocusSlope`` and trajectories (their shifts are in the crops' centring).
+``rlnTomoHand`` is written in Warp's meaning, which tomoDRGN follows: its defocus at depth is
+the centre's minus ``hand × depth`` where RELION's (and ours) add it, so the file holds minus
+our hand and tomoDRGN's per-image defocus is ours (``tests/tomo/test_export_tomodrgn.py``
+compares its poses and CTFs with ours image by image). Our reader, like RELION, reads any
+WarpTools file's hand literally (:mod:`subtomo.io.tomograms`): reading this export back, its
+defocus at depth is off by twice the depth (at most the tomogram's thickness in Å; no change
+in the FSC of the test's set, 10 Å pixels). tomoDRGN ignores ``rlnTomoDefocusSlope`` and
+trajectories (their shifts are in the crops' centring).
 """
 
 from __future__ import annotations
@@ -114,7 +118,7 @@ def _global_row(ts, optics_name: str) -> dict:
     g = ts.globals
     size = ts.tomo_size_px
     dose = np.diff(np.sort(ts.pre_exposure))
-    return _labelled(GLOBAL, (ts.name, PLACEHOLDER, ts.n_tilts, *size, ts.hand, optics_name,
+    return _labelled(GLOBAL, (ts.name, PLACEHOLDER, ts.n_tilts, *size, -ts.hand, optics_name,
                               ts.pixel_size_A, ts.voltage_kv, ts.cs_mm, ts.amplitude_contrast,
                               float(g.get("rlnTomoImportFractionalDose",
                                           np.median(dose) if len(dose) else 0.0))))
@@ -182,9 +186,6 @@ def export_tomodrgn(particles: ParticleSet, tomograms: TomogramSet, out_dir: str
     """Every particle seen in a tilt, cut from its tilt series (``box`` px at ``pixel_size_A``,
     default the tilt series'), written into ``out_dir`` as a WarpTools particle series
     (module docstring)."""
-    if box % 2:
-        raise InputError(None, f"--b {box} px must be even (tomoDRGN needs even images)",
-                         field="--b")
     pixel, _ = output_pixel_size_A(particles, tomograms, pixel_size_A)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
