@@ -24,9 +24,9 @@ from its source, not copied):
 - ``tomograms.star`` (RELION 4 style): ``data_global`` (placeholder
   ``rlnTomoTiltSeriesName``, sizes in tilt-series px, hand in Warp's meaning, optics) and per
   tilt series one row per tilt: rotation-only ``rlnTomoProjX/Y/Z/W`` (``R_t``; tomoDRGN's
-  pose of image ``t`` of particle ``i`` is ``R_t A_i``, as ours), defocus at the tomogram centre, Warp's weight
-  ``cos(tilt)`` as ``rlnCtfScalefactor`` (tomoDRGN takes the tilt from it) and the
-  pre-exposure;
+  pose of image ``t`` of particle ``i`` is ``R_t A_i``, as ours), defocus at the tomogram
+  centre, Warp's weight ``cos(tilt)`` as ``rlnCtfScalefactor`` (tomoDRGN takes the tilt from
+  it) and the pre-exposure;
 - ``Subtilts/<tomogram>/<n>.mrcs``: one image per tilt of the series, in table order (zeros
   where the particle is not seen or the tilt not selected), each centred on its particle,
   protein white. Default: NOT CTF-premultiplied (``backproject_voxel`` phase-flips them with
