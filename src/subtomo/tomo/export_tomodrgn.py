@@ -33,14 +33,17 @@ from its source, not copied):
   its CTF); ``premultiplied``: × CTF × exposure, as RELION 5 (tomoDRGN then applies no CTF;
   its CTF sign is ours × −1, so such data are read with ``--uninvert-data``).
 
-``rlnTomoHand`` is written in Warp's meaning, which tomoDRGN follows: its defocus at depth is
-the centre's minus ``hand × depth`` where RELION's (and ours) add it, so the file holds minus
-our hand and tomoDRGN's per-image defocus is ours (``tests/tomo/test_export_tomodrgn.py``
-compares its poses and CTFs with ours image by image). Our reader, like RELION, reads any
-WarpTools file's hand literally (:mod:`subtomo.io.tomograms`): reading this export back, its
-defocus at depth is off by twice the depth (at most the tomogram's thickness in Å; no change
-in the FSC of the test's set, 10 Å pixels). tomoDRGN ignores ``rlnTomoDefocusSlope`` and
-trajectories (their shifts are in the crops' centring).
+``rlnTomoHand`` is written as minus ours, Warp's meaning, which tomoDRGN follows: with ``−1``
+its defocus at depth is the centre's plus the depth ``(R_t (p − c))_z``, ours (RELION's) with
+hand +1, exactly; with ``+1`` it mirrors the position through the mid-plane and the rotation's
+last row (``D R_t D``), giving the centre's minus ``r_31 x + r_32 y − r_33 z``: ours with hand
+−1 (RELION's usual) plus ``2 r_33 z``, ``z`` the particle's height above the tomogram's
+mid-plane (at most the thickness in Å; writing −1 instead would err by twice the whole depth,
+``x`` and ``y`` terms included). ``tests/tomo/test_export_tomodrgn.py`` compares tomoDRGN's
+poses and CTFs with ours image by image. Our reader, like RELION, reads any WarpTools file's
+hand literally (:mod:`subtomo.io.tomograms`): reading this export back, its defocus at depth has
+the other sign (no change in the FSC of the test's set, 10 Å pixels). tomoDRGN ignores
+``rlnTomoDefocusSlope`` and trajectories (their shifts are in the crops' centring).
 """
 
 from __future__ import annotations
