@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import shutil
 import subprocess
 from pathlib import Path
@@ -242,6 +243,24 @@ def test_tomodrgn_backprojects_both_exports_as_close_to_the_truth_as_ours(export
     # z → −z about the centre voxel D/2: a flip and a roll by one voxel
     unmirrored = torch.roll(mirrored.flip(0), 1, 0)
     assert _curve(unmirrored, truth)[HIGH.start - 1:].mean() > right[HIGH.start - 1:].mean() - 0.1
+
+
+@needs_tomodrgn
+def test_tomodrgn_trains_on_the_export(exported, tmp_path):
+    """``train_vae`` reads the export: one epoch, one latent per particle."""
+    run = subprocess.run([TOMODRGN, "-c", "import tomodrgn.commands.train_vae"],
+                         capture_output=True)
+    if run.returncode:
+        pytest.skip("tomoDRGN's train_vae does not import here (its analysis dependencies)")
+    out = tmp_path / "vae"
+    subprocess.run([TOMODRGN, "-m", "tomodrgn.commands.train_vae",
+                    str(exported[0] / "plain" / OPT), "--outdir", str(out), "--zdim", "2", "-n",
+                    "1", "--enc-dim-A", "16", "--enc-layers-A", "1", "--out-dim-A", "16",
+                    "--enc-dim-B", "16", "--enc-layers-B", "1", "--dec-dim", "16",
+                    "--dec-layers", "1"], check=True, capture_output=True, env=ENV)
+    with open(out / "z.train.pkl", "rb") as f:
+        z = np.asarray(pickle.load(f))
+    assert z.shape == (30, 2) and np.isfinite(z).all()
 
 
 def test_committed_files_are_the_ones_tomodrgn_read():

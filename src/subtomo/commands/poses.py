@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(particles.star, Subtilts/*.mrcs images that are not CTF-premultiplied, poses.pkl, "
         "ctf.pkl; -D the image size, --Apix the output pixel size).")
     add_input(exp, help="particle STAR file (any flavour)")
-    add_output(exp, help="output pickle (.pkl)")
+    add_output(exp, help="output pickle (.pkl); a folder for --format cryodrgn of an "
+               "optimisation set or Warp 1 file")
     exp.add_argument("-D", "--D", "--box", dest="box", type=int, required=True,
                      help="box size of the subtomograms, pixels")
     exp.add_argument("--Apix", "--angpix", dest="angpix", type=float, default=None,
