@@ -20,7 +20,8 @@ from its source, not copied):
   series' pixel, binning), ``data_particles``: ``rlnCoordinateX/Y/Z`` in the images' pixels
   (``rlnImagePixelSize``; the particle's centre, origins applied, so ``rlnOrigin*Angst`` are
   0), the particle's angles in the tomogram frame, one stack per particle and its
-  ``rlnTomoVisibleFrames`` over all tilts of its series;
+  ``rlnTomoVisibleFrames`` over all tilts of its series; rows grouped by tomogram (tomoDRGN
+  gathers poses and CTFs tomogram by tomogram but images in row order);
 - ``tomograms.star`` (RELION 4 style): ``data_global`` (placeholder
   ``rlnTomoTiltSeriesName``, sizes in tilt-series px, hand in Warp's meaning, optics) and per
   tilt series one row per tilt: rotation-only ``rlnTomoProjX/Y/Z/W`` (``R_t``; tomoDRGN's
