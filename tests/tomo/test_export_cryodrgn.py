@@ -199,6 +199,25 @@ def test_exporting_the_committed_star_writes_the_pickles_cryodrgn_read(tmp_path,
     assert not (out / "Subtilts").exists()
 
 
+def test_poses_export_of_a_tilt_series_input_is_the_cryodrgn_export(exported, tmp_path):
+    """``poses export --format cryodrgn`` of an optimisation set writes what ``export
+    cryodrgn`` does (one implementation): the table, the images, the pose and CTF pickles."""
+    root, _ = exported
+    out = tmp_path / "poses"
+    assert main(["poses", "export", "--format", "cryodrgn", "--i",
+                 str(root / "x" / "optimisation_set.star"), "-D", str(BOX), "--o",
+                 str(out)]) == 0
+    ours, theirs = read_star(out / "particles.star")[""], read_star(
+        root / "export" / "particles.star")[""]
+    assert ours.astype(str).equals(theirs.astype(str))
+    for name in ("poses.pkl", "ctf.pkl"):
+        with open(out / name, "rb") as a, open(root / "export" / name, "rb") as b:
+            for x, y in zip(pickle.load(a), pickle.load(b), strict=True):
+                assert np.array_equal(x, y)
+    first = ours["rlnImageName"].iloc[0].split("@")[1]
+    assert np.array_equal(read_mrc(out / first)[0], read_mrc(root / "export" / first)[0])
+
+
 def _refused(capsys, argv: list[str], what: str, out: Path) -> None:
     capsys.readouterr()
     assert main(argv) == 2
@@ -214,6 +233,9 @@ def test_bad_input_is_refused_in_one_line_and_nothing_written(exported, tmp_path
     _refused(capsys, ["export", "cryodrgn", "--i", opt, "--o", str(out)], "--b", out)
     _refused(capsys, ["export", "cryodrgn", "--i", opt, "--b", "23", "--o", str(out)],
              "must be even", out)
+    # cryoDRGN multiplies by the CTF itself: premultiplied images are refused
+    _refused(capsys, ["export", "cryodrgn", "--i", opt, "--b", "24", "--premultiplied", "--o",
+                      str(out)], "premultiplied", out)
     _refused(capsys, ["export", "cryodrgn", "--i", str(DATA / "particles.star"), "--b", "24",
                       "--o", str(out)], "--b", out)
     _refused(capsys, ["export", "cryodrgn", "--i", str(tmp_path / "absent.star"), "--b", "24",

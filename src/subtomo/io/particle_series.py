@@ -8,9 +8,11 @@ optics say ``rlnImageDimensionality 2`` while naming tomograms. Per particle:
   order (WarpTools before 2026: one per tilt, the excluded ones ≈ 0);
 - ``rlnTomoVisibleFrames``: ``[1,1,0,...]``, one flag per tilt of its tilt series (absent: all
   tilts visible, as WarpTools writes);
-- the images are CTF- and dose-premultiplied (``rlnCtfDataAreCtfPremultiplied 1``, RELION 5 and
-  ``subtomo extract --2d_stacks``) and show protein white; each crop is centred on the projection
-  of the particle's coordinate (the origin ``rlnOrigin*Angst`` stays a translation to refine);
+- the images are CTF- and dose-premultiplied (``rlnCtfDataAreCtfPremultiplied 1``, RELION 5
+  and ``subtomo extract --2d_stacks``), or not (``0``: ``subtomo export tomodrgn`` by default;
+  the reader multiplies them by CTF × exposure) and show protein white; each crop is centred
+  on the projection of the particle's coordinate (the origin ``rlnOrigin*Angst`` stays a
+  translation to refine);
 - the per-tilt projection, defocus (at the particle's depth), dose and optics come from the
   tomogram set (:class:`subtomo.io.tomograms.TomogramSet`): RELION 5 tilt-series STAR files or
   RELION 4 / WarpTools projection matrices. A set without one cannot be used: the tilts' geometry

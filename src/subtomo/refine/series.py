@@ -2,9 +2,11 @@
 pseudo-subtomograms (:mod:`.batch` has the model).
 
 Per tilt series, a :class:`subtomo.ctf.slice_gather.SliceGather` without normalisation maps the
-premultiplied crop spectra ``Y_t`` to ``B(k) = Σ_t τ_t(k) Y_t(k·u_t, k·v_t)`` (bilinear in the
-plane, the tent ``τ`` across it) and grids ``W(k) = Σ_t τ_t(k) c_t(k)²`` with each particle's
-defocus at its depth in each tilt, its dose filter and its visible tilts. The engine then sees
+premultiplied crop spectra ``Y_t`` (stacks that are not premultiplied,
+``rlnCtfDataAreCtfPremultiplied 0``, are multiplied by ``c_t`` first) to
+``B(k) = Σ_t τ_t(k) Y_t(k·u_t, k·v_t)`` (bilinear in the plane, the tent ``τ`` across it)
+and grids ``W(k) = Σ_t τ_t(k) c_t(k)²`` with each particle's defocus at its depth in each
+tilt, its dose filter and its visible tilts. The engine then sees
 ``X = B / √W`` and ``C = √W`` (0 where ``W = 0``): ``C X = B``, ``C² = W``, and the noise of ``X``
 has at most the crops' variance, since ``Var B = Σ τ² c² σ² ≤ W σ²``. Scores are then the sums
 over the tilts of the 2D log-likelihoods (tested), and maps insert ``B`` with weights ``W``. The
@@ -33,7 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from subtomo.ctf.ctf2d import ctf_2d
+from subtomo.ctf.dose import dose_filter
 from subtomo.ctf.slice_gather import SliceGather, padded_spectra
+from subtomo.fourier.grid import frequencies_2d
 from subtomo.fourier.shift import shift_spectra_, shift_spectra_2d_
 from subtomo.io.particle_series import SeriesSource, particle_positions_px, read_stack_spectra
 from subtomo.io.particles import ParticleSet
@@ -63,6 +68,18 @@ def _gather(source: SeriesSource, ts: TiltSeries, box: int, pixel_size_A: float,
     return cache[key]
 
 
+def _premultiplied(y: Tensor, ts: TiltSeries, positions_px: Tensor, pixel_size_A: float,
+                   box: int) -> Tensor:
+    """Crop spectra ``Y (N, T, S, S//2+1)`` of stacks that are not CTF-premultiplied
+    (``rlnCtfDataAreCtfPremultiplied 0``, as ``subtomo export tomodrgn`` writes them by default)
+    × ``CTF × exposure`` at each particle's depth: the premultiplied data the gather expects."""
+    freqs = frequencies_2d(box, pixel_size_A, device=y.device, dtype=torch.float32)
+    u, v, angle = (x.float()[..., None, None] for x in ts.defocus_at(positions_px))
+    c = ctf_2d(freqs, u, v, angle, ts.voltage_kv, ts.cs_mm, ts.amplitude_contrast)
+    exposure = torch.as_tensor(ts.pre_exposure, device=y.device, dtype=torch.float32)
+    return y * (c * dose_filter(freqs.norm(dim=-1), exposure[:, None, None]))
+
+
 def series_batch(ps: ParticleSet, chunk: np.ndarray, *, box: int, device: torch.device | str,
                  shifts_px: Tensor | None = None, pad2d: int = 1) -> ParticleBatch:
     """The :class:`ParticleBatch` of rows ``chunk`` of the particle series ``ps`` (module
@@ -71,6 +88,7 @@ def series_batch(ps: ParticleSet, chunk: np.ndarray, *, box: int, device: torch.
     device = torch.device(device)
     pixel_size_A = float(ps.pixel_size_A()[0])
     names = ps.tomo_names().to_numpy()[chunk]
+    raw = np.nan_to_num(ps.optics_column("rlnCtfDataAreCtfPremultiplied"), nan=1.0) == 0
     n, half = len(chunk), box // 2 + 1
     spectra = torch.empty((n, box, box, half), dtype=torch.complex64, device=device)
     weights = torch.empty((n, box, box, half), dtype=torch.float32, device=device)
@@ -88,6 +106,9 @@ def series_batch(ps: ParticleSet, chunk: np.ndarray, *, box: int, device: torch.
                                          apply_origins=False).to(device)
             moved = ts.project(positions) - cut.tomograms[name].project(then)
             y = shift_spectra_2d_(y, -moved * (ts.pixel_size_A / pixel_size_A))
+        if raw[rows].any():
+            at_raw = torch.as_tensor(raw[rows], device=device)
+            y[at_raw] = _premultiplied(y[at_raw], ts, positions[at_raw], pixel_size_A, box)
         u, v, angle = (x.float() for x in ts.defocus_at(positions))
         gather = _gather(source, ts, box, pixel_size_A, pad2d, device)
         w = gather.ctf((u + v) / 2, astigmatism_A=u - v, astigmatism_angle_deg=angle,
