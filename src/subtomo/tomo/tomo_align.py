@@ -38,18 +38,21 @@ on bench/bench_tomo_align.py's projects (150 particles × 41 tilts, positions σ
 σ 20, references from ``reconstruct-particle`` with the given geometry; "Rounds" in
 bench/RESULTS.md; CPU seconds of the whole job on a shared 2-core machine)::
 
-    per-tilt errors (given)    round 1   --rounds 2   --rounds 3   true-geometry refs   true map
-    σ 1.5 px, 0.4° (2.74 px)   0.160     0.035        0.028        0.022                0.023
-    σ 3 px, 0.8° (4.91 px)     0.278     0.059        0.048        0.048                0.029
-    CPU (s)                    20, 24    52, 60       65, 85
+    per-tilt errors (given)    round 1  --rounds 2  --rounds 3  true-geometry refs  true map
+    σ 1.5 px, 0.4° (2.74 px)   0.160    0.035       0.028       0.022               0.023 (0.023)
+    σ 3 px, 0.8° (4.91 px)     0.278    0.059       0.048       0.048               0.029 (0.048)
+    CPU (s)                    20, 26   41, 61      93, 103
 
 "True-geometry refs" (one round against half maps reconstructed with the true geometry) is
-the limit for references made from these data; the true map, noise-free, is beyond it. The
-second round takes 91 % and 95 % of the way from round 1 to that limit, the third reaches it
-(0.006 px short, and on it). A later round costs the alignment and one or two
-reconstructions: 0.7 to 1.6 times round 1. Hence the default of 2 rounds: 2.5 times the cost
-of RELION's single pass for over 90 % of what iterating can gain; ``--rounds 3`` for the
-rest; ``--rounds 1`` with references made with an already refined geometry.
+the limit for references made from these data. The true map, noise-free, is beyond it where
+the data's FSC falls before Nyquist: its halves agree at every shell, so every shell weighs 1.
+Weighted by the FSC of the true-geometry half maps, as any reference from these data must be
+(in brackets), the true map reaches exactly what those references reach. The second round
+takes 91 % and 95 % of the way from round 1 to that limit, the third reaches it (0.006 px
+short, and on it). A later round costs the alignment and one or two reconstructions: 0.7 to
+2.6 times round 1 (CPU on a loaded machine). Hence the default of 2 rounds: 2 to 2.4 times
+the cost of RELION's single pass for over 90 % of what iterating can gain; ``--rounds 3``
+for the rest; ``--rounds 1`` with references made with an already refined geometry.
 
 Gauge. Image positions do not see a rigid motion of the tomogram frame (particles moved by
 ``G``, projections by ``G⁻¹``), but they do see the references' origin, which the data cannot
