@@ -7,7 +7,7 @@ on the stacks scored on each tilt's CTF-weighted slice (``--tilt-loss slices``, 
 Reported: ARI of KMeans(2) on the latents against the classes, or |ρ| (Spearman) of the
 latents' PC1 with the hinge angle, and the wall time per epoch (1 thread).
 
-    python bench/bench_hetero_series.py [classes|hinge] [--epochs 8] [--noise 20]
+    python bench/bench_hetero_series.py [classes|hinge] [--epochs 8] [--noise 20] [--seed 1]
 """
 
 from __future__ import annotations
@@ -45,12 +45,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--noise", type=float, default=20.0)
     parser.add_argument("--n", type=int, default=120)
+    parser.add_argument("--seed", type=int, default=1, help="seed of the simulation")
+    parser.add_argument("--only", default=None, help="run only the runs whose label has this")
     args = parser.parse_args()
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="bench_hetero_series_"))
     shape = dict(classes=2) if args.kind == "classes" else dict(hinge_max_deg=40.0)
     config = TiltSeriesConfig(n_particles=args.n, image_size_px=(384, 384), thickness_px=56,
-                              box_px=24, n_atoms=800, tilt_step_deg=4.0, seed=1,
+                              box_px=24, n_atoms=800, tilt_step_deg=4.0, seed=args.seed,
                               noise_sigma=args.noise, **shape)
     sim = simulate_tiltseries(root / "sim", config, progress=False)
     ps = read_particles(sim.truth_particles_star)
@@ -64,9 +66,11 @@ def main() -> None:
         for loss in losses:
             runs.append((f"{name}" + (f", --tilt-loss {loss}" if stacks else ""), written.star,
                          stacks, loss))
-    print(f"{args.kind}: {len(ps)} particles, 24³ at 10 Å, noise σ {args.noise} per tilt pixel, "
-          f"{args.epochs} epochs, zdim 4")
+    print(f"{args.kind} (seed {args.seed}): {len(ps)} particles, 24³ at 10 Å, noise σ "
+          f"{args.noise} per tilt pixel, {args.epochs} epochs, zdim 4")
     for label, star, stacks, loss in runs:
+        if args.only and args.only not in label:
+            continue
         inputs = read_inputs(star, tomograms=sim.truth_tomograms_star if stacks else None)
         truth = inputs.particles.particles[column].to_numpy()
         options = TrainOptions(zdim=4, epochs=args.epochs, ctf=True, tilt_loss=loss, seed=0)

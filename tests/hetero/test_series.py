@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from subtomo.cli import main
-from subtomo.fourier.grid import hermitian_weights
+from subtomo.fourier.grid import crop_spectrum, hermitian_weights
 from subtomo.geometry.so3 import rotation_vector_to_matrix
 from subtomo.hetero.forward import Boxes, seen_reference
 from subtomo.hetero.series import TiltBatch, slice_residuals, tilt_batches
@@ -55,28 +55,32 @@ def clean(tmp_path_factory):
     return series, maps, np.asarray(flags, bool)
 
 
-def _batch(series, shifts_px=None) -> TiltBatch:
+def _batch(series, shifts_px=None, loss_box: int = BOX) -> TiltBatch:
     rows = np.arange(len(series))
-    return next(tilt_batches(series, rows, box=BOX, loss_box=BOX, batch_size=len(rows),
+    return next(tilt_batches(series, rows, box=BOX, loss_box=loss_box, batch_size=len(rows),
                              device=torch.device("cpu"), shifts_px=shifts_px))
 
 
-def _seen(volume, A, shift_A):
-    return seen_reference(volume, A, shift_A, Boxes(BOX, APIX, BOX, BOX), BOX)
+def _seen(volume, A, shift_A, n: int = BOX):
+    return seen_reference(volume, A, shift_A, Boxes(BOX, APIX, BOX, BOX), n)
 
 
-def test_slice_likelihood_is_the_pseudo_subtomogram_likelihood(clean):
+@pytest.mark.parametrize("loss_box", [BOX, 16])
+def test_slice_likelihood_is_the_pseudo_subtomogram_likelihood(clean, loss_box):
     """For maps at 15 poses per particle (rotations within 10° of the truth, shifts of 0 or
     ±the data's origin) the 2D likelihood over the visible tilts, ``L² res − Σ h |X|²``, follows
     the pseudo-subtomogram's ``Σ_k h (W |P|² − 2 Re B̄ P)`` (correlation > 0.99, slope 1 up to
     interpolation: measured 0.93–1.17), and both are lowest at the truth: the crops, their
-    origins' 2D shifts, CTFs and visible frames match the 3D path."""
+    origins' 2D shifts, CTFs and visible frames match the 3D path. At a loss box of 16 for
+    24-px particles (15 Å pixels) the two interpolations differ more: measured correlation
+    0.92–0.99, slope 0.80–1.03, and 3 of 8 particles' 2D minima at a pose ≤ 10° off."""
     series, maps, _ = clean
     gen = torch.Generator().manual_seed(1)
     origins = (torch.rand(len(series), 3, generator=gen, dtype=torch.float64) - 0.5) * 3
-    batch = _batch(series, origins)
+    batch = _batch(series, origins, loss_box)
     classes = series.particles["rlnClassNumber"].to_numpy()
-    h3 = hermitian_weights(BOX)
+    L = loss_box
+    h3 = hermitian_weights(L)
     for i in range(len(series)):
         A0 = series.rotation_matrices()[i].float()
         w = torch.randn(15, 3, generator=gen) * math.radians(10.0) / math.sqrt(3)
@@ -84,20 +88,22 @@ def test_slice_likelihood_is_the_pseudo_subtomogram_likelihood(clean):
         A = rotation_vector_to_matrix(w.double()).float() @ A0
         s = origins[i].float() * APIX
         shift = torch.stack([s * k for k in (-1, 0, 1)]).repeat(5, 1)
-        P = _seen(maps[classes[i] - 1], A, shift)
+        P = _seen(maps[classes[i] - 1], A, shift, L)
         (term,) = batch.tilts  # one tilt series: particle i is row i of its terms
         term = replace(term, at=torch.arange(len(P)),
                        data=term.data[i:i + 1].expand(len(P), -1, -1, -1),
                        ctf=term.ctf[i:i + 1].expand(len(P), -1, -1, -1))
         one = TiltBatch(batch.rows[i:i + 1], batch.spectra[i:i + 1], batch.ctf[i:i + 1], [term])
         constant = float((term.weight * term.data[0].abs() ** 2).sum())
-        l2 = slice_residuals(P, torch.ones(len(P)), one) * BOX ** 2 - constant
-        B, W = batch.ctf[i] * batch.spectra[i], batch.ctf[i] ** 2
+        l2 = slice_residuals(P, torch.ones(len(P)), one) * L ** 2 - constant
+        B = crop_spectrum(batch.ctf[i] * batch.spectra[i], L) * (L / BOX) ** 3  # as real_at
+        W = crop_spectrum(batch.ctf[i] ** 2, L)
         l3 = (h3 * (W * P.abs() ** 2 - 2 * (B.conj() * P).real)).sum((1, 2, 3))
-        assert float(torch.corrcoef(torch.stack([l2, l3]))[0, 1]) > 0.99
+        assert float(torch.corrcoef(torch.stack([l2, l3]))[0, 1]) > (0.99 if L == BOX else 0.9)
         assert float((l2 * l3).sum() / (l3 * l3).sum()) == pytest.approx(1.0, abs=0.25)
-        assert int(l2.argmin()) == int(l3.argmin())
         assert int(l3.argmin()) in (0, 2, 3)  # the true rotation, moved by the data's origin
+        if L == BOX:
+            assert int(l2.argmin()) == int(l3.argmin())
 
 
 def test_truth_fits_the_visible_tilts_through_their_ctfs(clean):
