@@ -79,12 +79,14 @@ def main() -> None:
                        progress=False)
         wall = time.perf_counter() - start
         per_epoch = np.mean([row["wall_s"] for row in result.history])
+        cpu = np.mean([row["cpu_s"] for row in result.history])
         scores = [_score(args.kind, np.load(root / f"run_{len(label)}_{loss}_{stacks}" /
                                             f"z.{e}.npy"), truth)
                   for e in range(args.epochs)]
         what = "ARI" if args.kind == "classes" else "|ρ| PC1"
         print(f"- {label}: {what} last {scores[-1]:.3f}, best {max(scores):.3f} (per epoch "
-              f"{', '.join(f'{s:.2f}' for s in scores)}); {per_epoch:.1f} s/epoch, "
+              f"{', '.join(f'{s:.2f}' for s in scores)}); {per_epoch:.1f} s wall, {cpu:.1f} s CPU "
+              f"per epoch, "
               f"{wall:.0f} s in all")
 
 

@@ -30,9 +30,13 @@ real-space mask and without the tent's smoothing across tilts in ``W``.
 default ``--ctfalpha 1`` its input is ``C X = B = Σ_t τ_t Y_t``: the back-projection of the
 premultiplied tilts, the gradient of the 2D likelihood above at ``P = 0`` (its data term), so
 no per-tilt information the decoder's likelihood uses is hidden from the encoder, and the
-visible-tilt pooling is the gather itself (invisible tilts contribute 0 to ``B`` and ``W``).
-Measured (bench/RESULTS.md, "hetero on 2D stacks"): with this encoder the slice likelihood
-separates two classes as well as 3D subtomograms of the same particles do.
+visible-tilt pooling is the gather itself (invisible tilts contribute 0 to ``B`` and ``W``),
+at the cost of one 3D encoder pass whatever the number of tilts. Measured (bench/RESULTS.md,
+"hetero on 2D stacks", 120 particles, two classes or a hinge, single runs): with this encoder
+the latents of 2D stacks separate the classes as well as those of 3D subtomograms of the same
+particles at σ ≤ 120 per tilt pixel (ARI 1.00/1.00, 0.93 vs 0.87) and follow the hinge at σ 20
+and σ 40 (|ρ| 0.93 vs 0.95, 0.95 vs 0.96), later in training, or trail (0.75 vs 0.85). An
+encoder of per-tilt 2D encodings pooled over the visible tilts (tomoDRGN's) was not tried.
 """
 
 from __future__ import annotations
