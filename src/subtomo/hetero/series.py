@@ -27,16 +27,18 @@ real-space mask and without the tent's smoothing across tilts in ``W``.
 
 **Encoder**: the whitened pseudo-subtomogram ``X = B / √W`` with ``C = √W``
 (:func:`subtomo.refine.series.series_batch`), read by the 3D encoder of the 3D path. With the
-default ``--ctfalpha 1`` its input is ``C X = B = Σ_t τ_t Y_t``: the back-projection of the
-premultiplied tilts, the gradient of the 2D likelihood above at ``P = 0`` (its data term), so
-no per-tilt information the decoder's likelihood uses is hidden from the encoder, and the
-visible-tilt pooling is the gather itself (invisible tilts contribute 0 to ``B`` and ``W``),
-at the cost of one 3D encoder pass whatever the number of tilts. Measured (bench/RESULTS.md,
-"hetero on 2D stacks", 120 particles, two classes or a hinge, single runs): with this encoder
-the latents of 2D stacks separate the classes as well as those of 3D subtomograms of the same
-particles at σ ≤ 120 per tilt pixel (ARI 1.00/1.00, 0.93 vs 0.87) and follow the hinge at σ 20
-and σ 40 (|ρ| 0.93 vs 0.95, 0.95 vs 0.96), later in training, or trail (0.75 vs 0.85). An
-encoder of per-tilt 2D encodings pooled over the visible tilts (tomoDRGN's) was not tried.
+default ``--ctfalpha 1`` its input is ``C X = B = Σ_t τ_t Y_t``, the back-projection of the
+premultiplied visible tilts. Since the slices are ``Gᵀ P`` (normalised), the data enter the
+likelihood above only through ``Re Σ_t Ȳ_t (Gᵀ P)_t ≈ Re Σ_k B̄ P``: ``B`` is (up to that
+normalisation) a sufficient statistic of the tilts for the decoded map, so the encoder sees what
+the decoder is scored on; the pooling over visible tilts is the gather itself (invisible tilts
+add 0 to ``B`` and ``W``), one 3D encoder pass whatever the number of tilts. Measured
+(bench/RESULTS.md, "hetero on 2D stacks", 120 particles, two classes or a hinge, single runs):
+with this encoder the latents of 2D stacks separate the classes as well as those of 3D
+subtomograms of the same particles at σ ≤ 120 per tilt pixel (ARI 1.00 and 1.00, 0.93 vs
+0.87); they follow the hinge nearly as well at σ 20 and 40 (|ρ| 0.93 vs 0.95, 0.95 vs 0.96; on
+another project at σ 40 0.75 vs 0.85), later in training. An encoder of per-tilt 2D encodings
+pooled over the visible tilts (tomoDRGN's) was not tried.
 """
 
 from __future__ import annotations
