@@ -27,6 +27,15 @@ def _region(text: str) -> tuple[int, float, float]:
                                          ) from None
 
 
+def _series_arguments(t: argparse.ArgumentParser) -> None:
+    """The options of ``hetero train`` for 2D-stack sets."""
+    t.add_argument("--tomograms", default=None, help="tomograms.star of a 2D-stack set")
+    t.add_argument("--tilt-loss", "--tilt_loss", choices=("slices", "subtomograms"),
+                   default="slices", help="2D-stack sets: score the decoded map on each "
+                   "visible tilt's CTF-weighted central slice (slices) or on the "
+                   "pseudo-subtomograms (subtomograms)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("hetero", help="heterogeneity: VAE on subtomograms, latent space",
                             description=__doc__)
@@ -42,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--o", "-o", dest="output", default=None, help="output folder")
     t.add_argument("--poses", default=None, help="pose pickle (subtomo poses export)")
     t.add_argument("--ctf", action="store_true", help="use the 3D CTF volumes (rlnCtfImage)")
-    t.add_argument("--tomograms", default=None, help="tomograms.star of a 2D-stack set")
+    _series_arguments(t)
     t.add_argument("--ref", default=None, help="consensus map (default: reconstructed)")
     t.add_argument("-r", "--mask", default=None, help="solvent mask of the consensus map")
     t.add_argument("--masks", nargs="+", default=None, help="masks of rigid bodies (.mrc)")
@@ -186,7 +195,8 @@ def _train(args: argparse.Namespace) -> int:
             beta_cycle=args.beta_cycle, lamb=args.lamb, downfrac=args.downfrac,
             templateres=args.templateres, valfrac=args.valfrac, bfactor=args.bfactor,
             ctf=args.ctf, ctfalpha=args.ctfalpha, ctfbeta=args.ctfbeta, estpose=args.estpose,
-            ema=args.ema, offset_range_px=args.offset_range, seed=args.seed)
+            ema=args.ema, offset_range_px=args.offset_range, seed=args.seed,
+            tilt_loss=args.tilt_loss)
         saved = config or {}
         if config is not None and epochs is not None:
             options = replace(options, epochs=epochs)
@@ -218,7 +228,7 @@ KEPT = {"zdim": "zdim", "zaffinedim": "zaffinedim", "batch": "batch_size", "lr":
         "lamb": "lamb", "downfrac": "downfrac", "templateres": "templateres",
         "valfrac": "valfrac", "bfactor": "bfactor", "ctf": "ctf", "ctfalpha": "ctfalpha",
         "ctfbeta": "ctfbeta", "estpose": "estpose", "ema": "ema",
-        "offset_range": "offset_range_px", "seed": "seed"}
+        "offset_range": "offset_range_px", "seed": "seed", "tilt_loss": "tilt_loss"}
 
 
 def _resumable_config(args: argparse.Namespace, run_dir: str) -> dict | None:

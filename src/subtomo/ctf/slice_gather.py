@@ -14,6 +14,12 @@ tent weight ``τ = max(0, 1 − |k·n_t|)`` (RELION's
   pseudo-subtomogram data and weights. Since ``Σ_k τ(k·n) f(k) ≈ Σ_{k₂} f(k₂)`` (a tent sums to 1
   across the slice), ``Re Σ_k B̄ P − ½ Σ_k W |P|²`` equals the sum over tilts of the 2D
   log-likelihoods ``Re Σ c_t Ȳ_t P(R_tᵀ k₂) − ½ Σ c_t² |P(R_tᵀ k₂)|²`` up to interpolation.
+
+The way back, :meth:`SliceGather.slices`, is the adjoint ``Gᵀ`` of the same sparse operator
+divided by its row sums: each crop frequency takes the weighted mean of the voxels it is
+gathered into (bilinear in the plane × tent across it), so a 3D spectrum ``P`` gives its central
+slice ``P(R_tᵀ k₂)`` at each tilt, and ``Re Σ_t Ȳ_t (Gᵀ P)_t = Re Σ_k (G Y)‾ P`` up to that
+normalisation: the slices the 2D likelihood compares are the ones the pseudo-subtomogram sums.
 """
 
 from __future__ import annotations
@@ -137,6 +143,30 @@ class SliceGather:
         re = torch.sparse.mm(self.real, parts[0])
         im = torch.sparse.mm(self.imag, parts[1])
         return torch.complex(re, im).reshape(box // 2 + 1, box, box, n)
+
+    def slices(self, half_spectra: Tensor) -> Tensor:
+        """Central slices ``(N, T, P, P // 2 + 1)`` of centred 3D half spectra
+        ``(N, D, D, D // 2 + 1)`` (module docstring: ``Gᵀ`` over its row sums, 0 at crop
+        frequencies no voxel reaches); differentiable in ``half_spectra``. Operator built with
+        ``centre=False``."""
+        if self.centred:
+            raise ValueError("slices needs an operator built with centre=False")
+        if not hasattr(self, "_adjoint"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                real_t, imag_t = (m.to_sparse_coo().t().coalesce().to_sparse_csr()
+                                  for m in (self.real, self.imag))
+            ones = torch.ones(real_t.shape[1], 1, device=real_t.device)
+            rows = torch.sparse.mm(real_t, ones)[:, 0]
+            self._adjoint = (real_t, imag_t, torch.where(rows > 0, 1 / rows.clamp_min(1e-12), 0))
+        real_t, imag_t, inverse = self._adjoint
+        n, half = half_spectra.shape[0], self.padded // 2 + 1
+        parts = torch.view_as_real(half_spectra.to(torch.complex64).permute(3, 1, 2, 0)
+                                   .reshape(-1, n))  # rows in (x, z, y) order, as _gathered
+        re = torch.sparse.mm(real_t, parts[..., 0].contiguous()) * inverse[:, None]
+        im = torch.sparse.mm(imag_t, parts[..., 1].contiguous()) * inverse[:, None]
+        out = torch.complex(re, im).reshape(-1, self.padded, half, n)
+        return out.permute(3, 0, 1, 2)
 
     def volumes(self, spectra: Tensor) -> Tensor:
         """Subtomograms ``(N, D, D, D)`` (float32, centred at ``D // 2``) of crop spectra

@@ -46,9 +46,10 @@ def read_config(run_dir: Path) -> dict:
 
 def options_from_config(config: dict) -> TrainOptions:
     """The options of a saved run; a run saved before ``offset_range_px`` existed did not
-    centre its particles (0)."""
+    centre its particles (0), one saved before ``tilt_loss`` scored 2D stacks on their
+    pseudo-subtomograms."""
     names = {f.name for f in fields(TrainOptions)}
-    saved = {"offset_range_px": 0.0, **config["options"]}
+    saved = {"offset_range_px": 0.0, "tilt_loss": "subtomograms", **config["options"]}
     return TrainOptions(**{k: v for k, v in saved.items() if k in names})
 
 

@@ -52,6 +52,7 @@ class TrainOptions:
     ema: float = 2.0
     offset_range_px: float = 2.0
     seed: int = 0
+    tilt_loss: str = "slices"  # 2D stacks: "slices" (per-tilt 2D) or "subtomograms" (3D)
 
     def check(self) -> None:
         """One-line errors for impossible values (before anything is read or written)."""
@@ -78,6 +79,8 @@ class TrainOptions:
             if getattr(self, name) < 0:
                 raise bad("--" + name, f"a weight must not be negative, not "
                           f"{getattr(self, name)}")
+        if self.tilt_loss not in ("slices", "subtomograms"):
+            raise bad("--tilt-loss", f"'slices' or 'subtomograms', not {self.tilt_loss!r}")
         if self.beta_cycle < 1:
             raise bad("--beta-cycle", f"need at least one epoch per cycle, not {self.beta_cycle}")
         if self.beta != "cos":

@@ -15,7 +15,7 @@ import torch
 
 import subtomo
 from subtomo.errors import InputError
-from subtomo.fourier.grid import resample_map
+from subtomo.fourier.grid import centred_rfft, resample_map
 from subtomo.hetero.checkpoints import CONFIG, write_json
 from subtomo.hetero.forward import (
     Boxes,
@@ -40,6 +40,7 @@ from subtomo.hetero.inputs import (
     to_template,
 )
 from subtomo.hetero.model import HeteroVAE
+from subtomo.hetero.series import TiltBatch, slice_residuals, terms_count, tilt_batches
 from subtomo.io.mrc import write_mrc
 from subtomo.parallel.distributed import Context
 from subtomo.refine.images import check_files, iterate_batches
@@ -128,10 +129,19 @@ class Run:
 def stream_batches(run: Run, rows: np.ndarray, batch_size: int):
     """The particles of ``rows`` streamed from disk in batches, centred by their origins, with
     the Fourier origin (the box mean) of the data and of the CTF set to 0: an additive offset
-    per particle (ice, normalisation) is no signal, and the encoder would otherwise learn it."""
-    for batch in iterate_batches(run.inputs.particles, rows, box=run.boxes.box,
-                                 ctf=run.options.ctf, batch_size=batch_size, device=run.device,
-                                 shifts_px=run.origins_px):
+    per particle (ice, normalisation) is no signal, and the encoder would otherwise learn it.
+    A 2D-stack set with ``--tilt-loss slices`` streams :class:`~subtomo.hetero.series.TiltBatch`
+    es (the tilts beside the pseudo-subtomograms)."""
+    ps = run.inputs.particles
+    if ps.series is not None and run.options.tilt_loss == "slices":
+        batches = tilt_batches(ps, rows, box=run.boxes.box, loss_box=run.boxes.loss_box,
+                               batch_size=batch_size, device=run.device,
+                               shifts_px=run.origins_px)
+    else:
+        batches = iterate_batches(ps, rows, box=run.boxes.box, ctf=run.options.ctf,
+                                  batch_size=batch_size, device=run.device,
+                                  shifts_px=run.origins_px)
+    for batch in batches:
         batch.spectra[..., 0, 0, 0] = 0
         if batch.ctf is not None:
             batch.ctf[..., 0, 0, 0] = 0
@@ -157,6 +167,12 @@ def residual_terms(run: Run, batch, z: torch.Tensor, correction: torch.Tensor | 
     A, shift = corrected_poses(run.A[idx].to(run.device),
                                torch.zeros(len(idx), 3, device=run.device), correction)
     maps, delta = net.maps(z)
+    if isinstance(batch, TiltBatch):  # 2D stacks: the tilts' slices (subtomo.hetero.series)
+        pred, _ = predict(net, maps, z, A, shift, run.boxes, None)
+        spectra = centred_rfft(pred) * ctf_filter(None, run.boxes, 1.0, run.options.bfactor,
+                                                  1, run.device)
+        scale = particle_contrast(run, batch, A, shift, net)
+        return slice_residuals(spectra, scale, batch), delta
     filt = ctf_filter(batch.ctf, run.boxes, run.options.ctfbeta, run.options.bfactor,
                       len(idx), run.device)
     pred, mask_at = predict(net, maps, z, A, shift, run.boxes, filt)
@@ -227,7 +243,7 @@ def estimate_noise(run: Run, rows: np.ndarray) -> tuple[float, float, torch.Tens
             zb = z.expand(len(batch.rows), -1)
             res, _ = residual_terms(run, batch, zb, None)
             res_sum += float(res.sum())
-            mask_sum += run.mask_voxels * len(batch.rows)
+            mask_sum += terms_count(batch, run.mask_voxels)
             idx = torch.as_tensor(batch.rows)
             x = encoder_input(batch.spectra, batch.ctf, run.A[idx].to(run.device),
                               torch.zeros(len(idx), 3, device=run.device), run.boxes,

@@ -69,6 +69,7 @@ from subtomo.hetero.run import (
     restore,
     stream_batches,
 )
+from subtomo.hetero.series import select_rows
 from subtomo.io.files import undone_on_input_error
 from subtomo.parallel.distributed import Context
 
@@ -217,8 +218,7 @@ def encode_all(run: Run, ctx: Context, progress: bool) -> dict:
             is_val = val[batch.rows]
             if is_val.any():
                 sel = torch.as_tensor(np.flatnonzero(is_val))
-                sub = type(batch)(batch.rows[is_val], batch.spectra[sel],
-                                  None if batch.ctf is None else batch.ctf[sel])
+                sub = select_rows(batch, sel)
                 corr = None if correction is None else correction[sel]
                 res, _ = residual_terms(run, sub, mu[sel], corr, net)
                 sums[0] += float(res.sum()) / (run.sigma2 * run.mask_voxels)

@@ -31,6 +31,8 @@ re-centred by a 2D phase shift of ``−(p_now − p_cut)``, the move of the part
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -45,12 +47,12 @@ from subtomo.io.particles import ParticleSet
 from subtomo.io.tilt_series import TiltSeries
 from subtomo.refine.batch import ParticleBatch, whitened
 
-__all__ = ["series_batch"]
+__all__ = ["TiltGroup", "gather_operator", "series_batch", "tilt_groups"]
 
 KEPT_OPERATORS = 4  # gather operators kept per job (one per tilt series)
 
 
-def _gather(source: SeriesSource, ts: TiltSeries, box: int, pixel_size_A: float, pad2d: int,
+def gather_operator(source: SeriesSource, ts: TiltSeries, box: int, pixel_size_A: float, pad2d: int,
             device: torch.device) -> SliceGather:
     """The unnormalised gather operator of tilt series ``ts`` (kept on ``source``)."""
     cache = source.operators
@@ -80,18 +82,28 @@ def _premultiplied(y: Tensor, ts: TiltSeries, positions_px: Tensor, pixel_size_A
     return y * (c * dose_filter(freqs.norm(dim=-1), exposure[:, None, None]))
 
 
-def series_batch(ps: ParticleSet, chunk: np.ndarray, *, box: int, device: torch.device | str,
-                 shifts_px: Tensor | None = None, pad2d: int = 1) -> ParticleBatch:
-    """The :class:`ParticleBatch` of rows ``chunk`` of the particle series ``ps`` (module
-    docstring): whitened pseudo-subtomograms and their CTF volumes ``√W``."""
+@dataclass
+class TiltGroup:
+    """The stacks of the particles ``at`` (indices into a batch) of one tilt series ``ts``:
+    crop spectra ``y`` ``(n, T, S, S // 2 + 1)`` (premultiplied, re-centred on the current
+    geometry, 0 at invisible tilts), ``visible`` ``(n, T)`` and the defocus ``(u, v, angle)`` Å,
+    Å, ° ``(n, T)`` at each particle's depth."""
+
+    ts: TiltSeries
+    at: np.ndarray
+    y: Tensor
+    visible: Tensor
+    defocus: tuple[Tensor, Tensor, Tensor]
+
+
+def tilt_groups(ps: ParticleSet, chunk: np.ndarray, box: int, device: torch.device
+                ) -> list[TiltGroup]:
+    """The :class:`TiltGroup` of each tilt series of rows ``chunk`` of the series ``ps``."""
     source: SeriesSource = ps.series  # type: ignore[assignment]
-    device = torch.device(device)
     pixel_size_A = float(ps.pixel_size_A()[0])
     names = ps.tomo_names().to_numpy()[chunk]
     raw = np.nan_to_num(ps.optics_column("rlnCtfDataAreCtfPremultiplied"), nan=1.0) == 0
-    n, half = len(chunk), box // 2 + 1
-    spectra = torch.empty((n, box, box, half), dtype=torch.complex64, device=device)
-    weights = torch.empty((n, box, box, half), dtype=torch.float32, device=device)
+    groups = []
     for name in dict.fromkeys(names):
         at = np.flatnonzero(names == name)
         rows = chunk[at]
@@ -109,16 +121,36 @@ def series_batch(ps: ParticleSet, chunk: np.ndarray, *, box: int, device: torch.
         if raw[rows].any():
             at_raw = torch.as_tensor(raw[rows], device=device)
             y[at_raw] = _premultiplied(y[at_raw], ts, positions[at_raw], pixel_size_A, box)
-        u, v, angle = (x.float() for x in ts.defocus_at(positions))
-        gather = _gather(source, ts, box, pixel_size_A, pad2d, device)
+        defocus = tuple(x.float() for x in ts.defocus_at(positions))
+        groups.append(TiltGroup(ts, at, y, visible, defocus))
+    return groups
+
+
+def series_batch(ps: ParticleSet, chunk: np.ndarray, *, box: int, device: torch.device | str,
+                 shifts_px: Tensor | None = None, pad2d: int = 1,
+                 groups: list[TiltGroup] | None = None) -> ParticleBatch:
+    """The :class:`ParticleBatch` of rows ``chunk`` of the particle series ``ps`` (module
+    docstring): whitened pseudo-subtomograms and their CTF volumes ``√W`` (of the stacks
+    ``groups`` if already read)."""
+    source: SeriesSource = ps.series  # type: ignore[assignment]
+    device = torch.device(device)
+    pixel_size_A = float(ps.pixel_size_A()[0])
+    n, half = len(chunk), box // 2 + 1
+    spectra = torch.empty((n, box, box, half), dtype=torch.complex64, device=device)
+    weights = torch.empty((n, box, box, half), dtype=torch.float32, device=device)
+    for group in groups if groups is not None else tilt_groups(ps, chunk, box, device):
+        rows = chunk[group.at]
+        u, v, angle = group.defocus
+        gather = gather_operator(source, group.ts, box, pixel_size_A, pad2d, device)
         w = gather.ctf((u + v) / 2, astigmatism_A=u - v, astigmatism_angle_deg=angle,
-                       active=visible).reshape(-1, box, box, half).clamp_min(0.0)
+                       active=group.visible).reshape(-1, box, box, half).clamp_min(0.0)
+        y = group.y
         padded = padded_spectra(y, box, box * pad2d) if pad2d > 1 else y
         shifts = None if shifts_px is None else torch.as_tensor(shifts_px)[
             torch.as_tensor(rows, dtype=torch.long)].to(device)
         b = gather.half_spectra(padded)
         if shifts is not None:  # content at −origin: translate by +origin, as subtomograms
             b = shift_spectra_(b.contiguous(), shifts)
-        index = torch.as_tensor(at, device=device)
+        index = torch.as_tensor(group.at, device=device)
         spectra[index], weights[index] = whitened(b.to(spectra.dtype), w)
     return ParticleBatch(chunk, spectra, weights)
