@@ -16,10 +16,11 @@ documented defaults. Rows so far:
   particle`` of its first round's geometry, then ``relion_tomo_align`` again). Scored by the
   rms error of the projected positions against the truth with the references' origin removed
   (``bench_tomo_align.origin_free_error``).
-- ``extract`` (3D subtomograms with CTF volumes) then ``reconstruct --ctf`` vs
+- ``extract`` (3D subtomograms with CTF volumes; and ``--premultiplied``, RELION 5's 3D
+  pseudo-subtomograms) then ``reconstruct --ctf`` vs
   ``relion_tomo_subtomo`` (3D pseudo-subtomograms: CTF-premultiplied data, weights Σ CTF² above
   the multiplicity) then our ``reconstruct --ctf`` of them (RELION's own reader of them,
-  ``relion_reconstruct``, is not among the tomography targets built), true geometry of the
+  ``relion_refine``, is not among the tomography targets built), true geometry of the
   standard project: FSC 0.5 against the truth; CPU time of the extraction and the
   reconstruction together.
 - ``reconstruct-tomogram`` vs ``relion_tomo_reconstruct_tomogram`` (true geometry of the
@@ -197,30 +198,37 @@ def tomo_align_rows(relion5: Path, n: int) -> list[str]:
     return rows
 
 
-def subtomo_row(relion5: Path, n: int) -> str:
-    """``extract`` then ``reconstruct`` against ``relion_tomo_subtomo`` then our
+def subtomo_rows(relion5: Path, n: int) -> list[str]:
+    """``extract`` (normalised subtomograms with CTF volumes, and ``--premultiplied``: RELION 5's
+    pseudo-subtomograms) then ``reconstruct`` against ``relion_tomo_subtomo`` then our
     ``reconstruct`` of its pseudo-subtomograms (3D, box 32, no crop), on the true geometry."""
     project = simulate("standard", n)
     opt = str(project / "truth" / "optimisation_set.star")
     truth = project / "truth" / "class001.mrc"
-    ours, theirs = project / "bench_extract", project / "bench_subtomo"
-    for folder in (ours, theirs):
-        shutil.rmtree(folder, ignore_errors=True)
-    a = _checked([sys.executable, "-m", "subtomo", "extract", "--i", opt, "--b", str(BOX),
-                  "--o", str(ours)])
-    a2 = _checked([sys.executable, "-m", "subtomo", "reconstruct", "--i",
-                   str(ours / "particles.star"), "--ctf", "--o", str(ours / "map.mrc")])
+    theirs = project / "bench_subtomo"
+    shutil.rmtree(theirs, ignore_errors=True)
     b = _checked([str(relion5 / "relion_tomo_subtomo"), "--i", opt, "--b", str(BOX), "--j", "2",
                   "--o", f"{theirs}/"], env=_env())
     b2 = _checked([sys.executable, "-m", "subtomo", "reconstruct", "--i",
                    str(theirs / "particles.star"), "--ctf", "--o", str(theirs / "map.mrc")])
-    (ra, ma), (rb, mb) = fsc05(ours / "map.mrc", truth), fsc05(theirs / "map.mrc", truth)
-    return (f"| {PROJECTS['standard'][2]} | extract then reconstruct vs relion_tomo_subtomo (3D) "
+    rb, mb = fsc05(theirs / "map.mrc", truth)
+    rows = []
+    for label, extra in (("extract", []), ("extract --premultiplied", ["--premultiplied"])):
+        ours = project / f"bench_{label.replace(' --', '_')}"
+        shutil.rmtree(ours, ignore_errors=True)
+        a = _checked([sys.executable, "-m", "subtomo", "extract", "--i", opt, "--b", str(BOX),
+                      *extra, "--o", str(ours)])
+        a2 = _checked([sys.executable, "-m", "subtomo", "reconstruct", "--i",
+                       str(ours / "particles.star"), "--ctf", "--o", str(ours / "map.mrc")])
+        ra, ma = fsc05(ours / "map.mrc", truth)
+        rows.append(
+            f"| {PROJECTS['standard'][2]} | {label} then reconstruct vs relion_tomo_subtomo (3D) "
             "then our reconstruct of its pseudo-subtomograms, true geometry: FSC 0.5 vs truth "
             f"(mean FSC to Nyquist) | {ra:.2f} Å ({ma:.3f}) | {rb:.2f} Å ({mb:.3f}) | "
             f"{100 * (ra / rb - 1):+.1f} % ({ma - mb:+.3f}) | {a[1]:.1f} + {a2[1]:.1f} / "
             f"{b[1]:.1f} + {b2[1]:.1f} | {a[0] + a2[0]:.1f} / {b[0] + b2[0]:.1f} | "
             f"{max(a[2], a2[2]):.0f} / {max(b[2], b2[2]):.0f} |")
+    return rows
 
 
 TOMOGRAM_RUNS = (  # binning, label, our options, RELION's options (each program's best found)
@@ -298,7 +306,7 @@ def main() -> None:
     if "align" not in skip:
         lines += tomo_align_rows(relion5, args.n)
     if "subtomo" not in skip:
-        lines.append(subtomo_row(relion5, args.n))
+        lines += subtomo_rows(relion5, args.n)
     if "tomogram" not in skip:
         lines += tomogram_rows(relion5, args.n)
     lines += ["", "Bar: subtomo's FSC 0.5 within 1 % of RELION 5's or better, and RELION 5 as the "
@@ -313,7 +321,7 @@ def main() -> None:
               "relion_tomo_align again (no FSC file: RELION's default weighting); ours is "
               "`--rounds 2` (references rebuilt inside the job, half sets co-registered). "
               "extract row: the RELION side is relion_tomo_subtomo's 3D pseudo-subtomograms "
-              "reconstructed by our reconstruct (RELION's reader of them, relion_reconstruct, "
+              "reconstructed by our reconstruct (RELION's reader of them, relion_refine, "
               "is not built); CPU s are extraction + reconstruction. reconstruct-tomogram rows: "
               "the truth is the true map placed at each true pose, Fourier-cropped to the "
               "binned grid (voxel j at tomogram position bin × j, RELION's zero origin); the "

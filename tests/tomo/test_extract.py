@@ -56,6 +56,41 @@ def test_extraction_matches_reconstruct_particle_and_wrong_geometry_is_worse(pro
     assert resolution_at(fsc(good.map, truth), 24, 10.0, 0.5) < 30.0
 
 
+def test_premultiplied_extraction_is_nearer_the_truth(project, tmp_path, capsys):
+    """``--premultiplied`` (RELION 5's pseudo-subtomograms ``B = Σ τ c Y``, ``W = Σ τ c²``,
+    2D crops cut to RELION's soft circle) read by ``reconstruct --ctf`` with the true geometry:
+    mean FSC against the truth over the shells to Nyquist at least that of the normalised
+    subtomograms ``X = Σ τ Y / max(Σ τ, 1)`` with ``C = Σ τ c / max(Σ τ, 1)`` (here 0.871
+    against 0.819; without the circle crop 0.826), and above 0.85. The weights
+    file is ``W`` above the multiplicity ``M = Σ τ`` (``W ≤ M``: ``c² ≤ 1``), RELION's labels
+    are written; ``--norm`` with it is refused in one line."""
+    truth = torch.from_numpy(read_mrc(project.truth_maps[0])[0])
+    ps = read_particles(project.truth_particles_star)
+    tomograms = read_tomogram_set(project.truth_tomograms_star)
+    score = {}
+    for premultiplied in (False, True):
+        result = extract_subtomograms(ps, tomograms, tmp_path / str(premultiplied),
+                                      ExtractOptions(box=24, premultiplied=premultiplied),
+                                      progress=False)
+        written = read_particles(result.star)
+        m = reconstruct(written, ctf=True, progress=False).map
+        score[premultiplied] = float(fsc(m, truth)[1:13].mean())
+    assert score[True] >= score[False] and score[True] > 0.85, score
+    assert written.optics["rlnCtfDataAreCtfPremultiplied"].tolist() == [1]
+    assert written.optics["rlnImageDimensionality"].tolist() == [3]
+    weights, voxel_A = read_mrc(written.particles["rlnCtfImage"].iloc[0])[:2]
+    assert str(written.particles["rlnCtfImage"].iloc[0]).endswith("1_weights.mrc")
+    assert weights.shape == (48, 24, 13) and voxel_A == pytest.approx(0.1)
+    assert (weights[:24] <= weights[24:] + 1e-5).all() and weights[24:].max() > 1
+    truth_opt = project.directory / "truth" / "optimisation_set.star"
+    capsys.readouterr()
+    assert main(["extract", "--i", str(truth_opt), "--b", "24", "--premultiplied", "--norm",
+                 "--o", str(tmp_path / "bad")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--premultiplied" in error
+    assert not (tmp_path / "bad").exists()
+
+
 def test_ctf_volume_matches_the_extracted_signal(tmp_path):
     """Noise-free single particle: per shell, the extracted spectrum regressed on CTF volume ×
     the truth rendered at the particle's pose has slope 1 within 5 %."""

@@ -182,7 +182,7 @@ def test_every_extract_option_changes_the_tomogram_route_or_is_refused(one_tomog
         **{f"--{f}": ([f"--{f}"], []) for f in ("relion4", "relion31", "relion30", "warp")},
     }
     refused = {"--i": "x.star", "--p": "x.star", "--t": "x.star", "--mot": "x.star",
-               "--recenter": None, "--2d_stacks": None, "--pad2d": "2"}
+               "--recenter": None, "--2d_stacks": None, "--pad2d": "2", "--premultiplied": None}
     # the route's own inputs, the default flavour, and how (not what) it computes
     inputs = {"--tomograms_star", "--o", "--b", "--relion5", "--batch", "--j", "--device"}
     options = _extract_options()

@@ -46,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--2d_stacks", "--stack2d", dest="stacks_2d", action="store_true",
                    help="RELION 5 pseudo-subtomograms as 2D stacks (CTF-premultiplied; tilt "
                    "series)")
+    p.add_argument("--premultiplied", action="store_true",
+                   help="RELION 5's 3D pseudo-subtomograms (relion_tomo_subtomo's): data "
+                   "Σ τ CTF × crop, <n>_weights.mrc Σ τ CTF² above the multiplicity Σ τ, "
+                   "rlnCtfDataAreCtfPremultiplied 1 (tilt series)")
     p.add_argument("--ctf_layout", choices=("relion", "warp"), default="relion",
                    help="CTF volumes: RELION's centred full cube or Warp's half spectrum")
     p.add_argument("--pad2d", type=int, choices=(1, 2), default=None,
@@ -77,7 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # options of one route only: dest → option
 TILT_SERIES_ONLY = {"input": "--i", "particles": "--p", "tomograms": "--t", "motion": "--mot",
-                    "recenter": "--recenter", "stacks_2d": "--2d_stacks", "pad2d": "--pad2d"}
+                    "recenter": "--recenter", "stacks_2d": "--2d_stacks", "pad2d": "--pad2d",
+                    "premultiplied": "--premultiplied"}
 TOMOGRAMS_ONLY = {"coord_suffix": "--coord_suffix", "tomo_angpix": "--tomo_angpix",
                   "defocus": "--defocus"}
 
@@ -116,7 +121,8 @@ def _run(args: argparse.Namespace) -> int:
     options = ExtractOptions(
         box=args.box, crop=args.crop, pixel_size_A=apix, max_dose=args.max_dose,
         max_tilts=args.max_tilts, normalise=args.norm, bg_radius_px=args.bg_radius,
-        recenter=args.recenter, stacks_2d=args.stacks_2d, flavour=args.flavour,
+        recenter=args.recenter, stacks_2d=args.stacks_2d,
+        premultiplied=args.premultiplied, flavour=args.flavour,
         ctf_layout=args.ctf_layout, pad2d=args.pad2d or 1, invert=args.invert_contrast,
         batch_size=args.batch, device=args.device)
     result = extract_subtomograms(inputs.particles, inputs.tomograms, args.output, options,

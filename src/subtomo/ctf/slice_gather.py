@@ -14,6 +14,8 @@ tent weight ``τ = max(0, 1 − |k·n_t|)`` (RELION's
   pseudo-subtomogram data and weights. Since ``Σ_k τ(k·n) f(k) ≈ Σ_{k₂} f(k₂)`` (a tent sums to 1
   across the slice), ``Re Σ_k B̄ P − ½ Σ_k W |P|²`` equals the sum over tilts of the 2D
   log-likelihoods ``Re Σ c_t Ȳ_t P(R_tᵀ k₂) − ½ Σ c_t² |P(R_tᵀ k₂)|²`` up to interpolation.
+  :meth:`SliceGather.multiplicity` gives ``M(k) = Σ_t τ_t`` over each particle's tilts, the
+  third volume RELION 5 writes with them (``extract --premultiplied``).
 
 The way back, :meth:`SliceGather.slices`, is the adjoint ``Gᵀ`` of the same sparse operator
 divided by its row sums: each crop frequency takes the weighted mean of the voxels it is
@@ -122,6 +124,11 @@ class SliceGather:
                 .to_sparse_csr().to(torch.float32) for v in (values, values * signs))
         self.box = box
         self.padded = padded
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            self.tents = torch.sparse_coo_tensor(
+                torch.stack([p.v, p.t]), p.tent.float(), (shape[0], frames.shape[0]),
+                check_invariants=False).coalesce().to_sparse_csr()
         ctf_pairs = TiltPairs(box, p.t, p.v, *(x.float() for x in (p.tent, p.kx, p.ky,
                                                                    p.tent_sum)))
         self.ctf = CtfGridder(ctf_pairs, torch.as_tensor(pre_exposure, device=frames.device),
@@ -167,6 +174,13 @@ class SliceGather:
         im = torch.sparse.mm(imag_t, parts[..., 1].contiguous()) * inverse[:, None]
         out = torch.complex(re, im).reshape(-1, self.padded, half, n)
         return out.permute(3, 0, 1, 2)
+
+    def multiplicity(self, active: Tensor) -> Tensor:
+        """``M(k) = Σ_t τ_t(k)`` over the tilts ``active`` ``(N, T)`` (bool) of each particle:
+        ``(N, D, D, D // 2 + 1)`` in the layout of :attr:`ctf`'s weights."""
+        m = torch.sparse.mm(self.tents, active.T.to(torch.float32).contiguous())
+        box = self.box
+        return m.T.reshape(-1, box, box, box // 2 + 1)
 
     def volumes(self, spectra: Tensor) -> Tensor:
         """Subtomograms ``(N, D, D, D)`` (float32, centred at ``D // 2``) of crop spectra
