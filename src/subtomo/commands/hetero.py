@@ -27,6 +27,14 @@ def _region(text: str) -> tuple[int, float, float]:
                                          ) from None
 
 
+def _pose_arguments(t: argparse.ArgumentParser) -> None:
+    """``--estpose`` and how often it searches (:mod:`subtomo.hetero.poses`)."""
+    t.add_argument("--estpose", action="store_true", help="refine each particle's pose by a "
+                   "local search against the decoded map of its latent group")
+    t.add_argument("--pose-every", "--pose_every", type=int, default=3,
+                   help="with --estpose: search the poses before every N-th epoch (from N)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("hetero", help="heterogeneity: VAE on subtomograms, latent space",
                             description=__doc__)
@@ -70,10 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="encoder input CTF weighting sign(C)|C|^alpha (1: matched filter, "
                    "0: phase flip)")
     t.add_argument("--ctfbeta", type=float, default=1.0, help="model CTF sign(C)|C|^beta")
-    t.add_argument("--estpose", action="store_true", help="refine each particle's pose by a "
-                   "local search against the decoded map of its latent group")
-    t.add_argument("--pose-every", "--pose_every", type=int, default=3,
-                   help="with --estpose: search the poses before every N-th epoch (from N)")
+    _pose_arguments(t)
     t.add_argument("--ema", type=float, default=2.0, help="latents and saved model from a "
                    "moving average of the weights over about this many epochs (0: the last)")
     t.add_argument("--offset-range", "--offset_range", type=float, default=2.0,

@@ -43,13 +43,14 @@ from subtomo.refine.images import iterate_batches
 if TYPE_CHECKING:
     from subtomo.hetero.run import Run
 
-__all__ = ["POSE_MAPS", "POSE_ORDER", "POSE_RADIUS_STEPS", "PoseTable", "decoded_groups",
-           "matrix_to_rotation_vector", "pose_searcher", "search_due", "search_poses",
-           "search_rows"]
+__all__ = ["POSE_MAPS", "POSE_ORDER", "POSE_RADIUS_STEPS", "SEARCH_BATCHES", "PoseTable",
+           "decoded_groups", "matrix_to_rotation_vector", "pose_searcher", "search_due",
+           "search_poses", "search_rows"]
 
 POSE_MAPS = 8  # latent groups, one decoded map each
 POSE_ORDER = 4  # HEALPix order of the coarse local step: 3.75°, fine 1.875°
 POSE_RADIUS_STEPS = 2  # coarse rotations within this many steps of the current pose (7.5°)
+SEARCH_BATCHES = 4  # training batches per batch read by the search
 
 
 class PoseTable:
@@ -141,7 +142,8 @@ def search_rows(run: Run, rows: np.ndarray, labels: np.ndarray, references: torc
     searchers = [pose_searcher(ref, run) for ref in references]
     scored = searchers[0].n_coarse_rotations + len(searchers[0].fine_rotations)
     for batch in iterate_batches(run.inputs.particles, rows, box=run.boxes.box,
-                                 ctf=run.options.ctf, batch_size=run.options.batch_size,
+                                 ctf=run.options.ctf,
+                                 batch_size=SEARCH_BATCHES * run.options.batch_size,
                                  device=run.device, shifts_px=origins):
         batch.spectra[..., 0, 0, 0] = 0
         idx = torch.as_tensor(batch.rows)

@@ -22,6 +22,12 @@ the global batch of each step is ``world × -b`` particles split over the proces
 gradients are summed over them (``all_reduce``) before one identical optimiser step on every
 process: two processes with ``-b 4`` compute what one process computes with ``-b 8``.
 
+Poses (``--estpose``): before every ``--pose-every``-th epoch from that one on, each particle's
+pose is searched locally against the decoded map of its latent group
+(:func:`subtomo.hetero.poses.search_poses`); the epoch then trains and encodes at the new
+poses, and its checkpoint saves them. The search reads the previous epoch's latents and
+weights only, so a continued run repeats it exactly.
+
 The inputs and options are in :mod:`subtomo.hetero.inputs`, the set-up of a run and the terms
 of its loss in :mod:`subtomo.hetero.run`, the files of the training folder in
 :mod:`subtomo.hetero.checkpoints`; this module holds the loop.
