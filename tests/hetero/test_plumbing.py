@@ -106,6 +106,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny, caps
     err = _fails(["hetero", "train", "--i", star, "--templateres", "40", "--o", str(out)],
                  capsys)
     assert "--templateres" in err and "40" in err
+    err = _fails(["hetero", "train", "--i", star, "--estpose", "--pose-every", "0", "--o",
+                  str(out)], capsys)
+    assert "--pose-every" in err and "0" in err
     assert not out.exists()
     assert main(["hetero", "train", "--i", star, "-n", "1", "--o", str(out), *COMMON]) == 0
     capsys.readouterr()
