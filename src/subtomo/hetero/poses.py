@@ -10,12 +10,19 @@ little more) the latent means of the previous epoch are split into :data:`POSE_M
 dynamics latent), Fourier-resampled to the particle box. Each particle is searched against
 its group's map by :class:`subtomo.align.search.Searcher` in local mode around its current
 pose ``A_i'``: rotations on a cubic grid of the step of HEALPix order :data:`POSE_ORDER`
-(3.75°) within :data:`POSE_RADIUS_STEPS` steps (33 rotations), then the 9 of half that step
-around the best one; translations within
-``--offset-range`` px (step 1 px, then 0.5 px), scored by the normalised cross-correlation
-through the particle's CTF, ``Re Σ_k h C conj(P) X e^{-2πi k.t} / (Σ_k h C² |P|²)^½``, up to
-the decoder's band limit (the encoder box's Nyquist). The best hypothesis is the new pose:
+(0.94°) within :data:`POSE_RADIUS_STEPS` steps (1.9°, 33 rotations), then the 9 of half that
+step around the best one; translations within ``--offset-range`` px (at least 1; step 1 px, then
+0.5 px); scored by the normalised cross-correlation through the particle's CTF,
+``Re Σ_k h C conj(P) X e^{-2πi k.t} / (Σ_k h C² |P|²)^½``, on the frequencies the training
+compares (the loss box's Nyquist). The best hypothesis is the new pose:
 ``ω_i = log(A_i^T A_new)``, ``δs_i += t a``; the next epochs train and encode with it.
+
+Each search moves a pose by 2.3° at most; the searches every few epochs add up. A wider
+search does worse where the decoded maps are not yet right: on 300 hinged particles (48³,
+SNR 0.3, median error 2.6°), searched against the decoded maps of the second epoch, the
+median error became 2.2° within 1.9°, 2.3° within 2.8°, 3.0° within 7.5° at 3.75° steps; the
+true maps of 8 hinge angles give 2.1° (within 7.5°), one map (the consensus) 3.6°: a pose can
+trade against a hinge the map does not hold.
 
 With several processes each searches its share of the particles (``Context.shard``) and the
 rows are summed over processes (each row has one owner). The corrections are saved in every
@@ -48,8 +55,8 @@ __all__ = ["POSE_MAPS", "POSE_ORDER", "POSE_RADIUS_STEPS", "SEARCH_BATCHES", "Po
            "search_poses", "search_rows"]
 
 POSE_MAPS = 8  # latent groups, one decoded map each
-POSE_ORDER = 4  # HEALPix order of the coarse local step: 3.75°, fine 1.875°
-POSE_RADIUS_STEPS = 2  # coarse rotations within this many steps of the current pose (7.5°)
+POSE_ORDER = 6  # HEALPix order of the coarse local step: 0.94°, fine 0.47°
+POSE_RADIUS_STEPS = 2  # coarse rotations within this many steps of the current pose (1.9°)
 SEARCH_BATCHES = 4  # training batches per batch read by the search
 
 
