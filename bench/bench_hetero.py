@@ -12,8 +12,11 @@ Parts (``--parts``, default all):
   poses of a consensus refinement of the set (``subtomo refine``, local from the simulated
   poses); |Spearman ρ| between PC1 and the angle; ``eval-vol`` along PC1: FSC-0.5 resolution
   of the two end maps against the true end states (0° and 30°) next to the consensus map's;
+  the median orientation error of the poses ``--estpose`` refines, per epoch, and the time of
+  each pose search;
 * ``ceiling``: the hinge angle by template matching against the true maps at the simulated,
-  the consensus-refined and the true poses: what the data allow without learning;
+  the consensus-refined and the true poses (and at the poses the *hinge* part's training
+  refined, when it was run first): what the data allow without learning;
 * ``independent_hinge``, ``independent_classes`` (issue 28; not in the default list): sets made by
   ``tests/hetero/independent_sim.py``, a simulator that shares no code with the package (its
   own phantoms of Gaussian blobs, CTF formula and wedge, a contrast scale ×0.8–1.2 and an offset
@@ -50,8 +53,9 @@ from results import OWN_PEAK, machine_load, own_peak_mib, update_section  # noqa
 
 from subtomo.hetero.analysis import analyze  # noqa: E402
 from subtomo.hetero.inputs import TrainOptions, read_inputs  # noqa: E402
-from subtomo.hetero.select import cluster_scores  # noqa: E402
+from subtomo.hetero.select import cluster_scores, corrected_particles  # noqa: E402
 from subtomo.hetero.train import train  # noqa: E402
+from subtomo.io.particles import ParticleSet  # noqa: E402
 from subtomo.io.star import read_particles  # noqa: E402
 from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomograms  # noqa: E402
 
@@ -104,12 +108,18 @@ def consensus_refined(kind: str) -> Path:
     return out / "run_data.star"
 
 
-def median_error_deg(star: Path, truth: Path) -> float:
+def median_error_deg(star: Path | ParticleSet, truth: Path) -> float:
     from subtomo.geometry.symmetry import symmetric_distance_deg
 
-    a, b = read_particles(star), read_particles(truth)
+    a = star if isinstance(star, ParticleSet) else read_particles(star)
+    b = read_particles(truth)
     return float(symmetric_distance_deg(b.rotation_matrices(), a.rotation_matrices(),
                                         "C1").median())
+
+
+def refined_poses(star: Path, run_dir: Path, epoch: int) -> ParticleSet:
+    """The particles of ``star`` at the poses ``hetero train --estpose`` had at ``epoch``."""
+    return corrected_particles(read_particles(star), run_dir, epoch)
 
 
 def fresh(path: Path) -> Path:
@@ -225,6 +235,9 @@ def run_hinge(epochs: int, device: str, lines: list[str]) -> None:
     out, history = _train("hinge", epochs, device, star=star, estpose=True)
     data = DATA / "hetero_hinge"
     errors = [median_error_deg(p, data / "truth.star") for p in (data / "particles.star", star)]
+    refined = [median_error_deg(refined_poses(star, out, int(h["epoch"])), data / "truth.star")
+               for h in history]
+    searches = [h for h in history if "pose_s" in h]
     angle = read_particles(data / "truth.star").particles["rlnSubtomoHingeDeg"].to_numpy()
     last = int(history[-1]["epoch"])
     result = analyze(out, last, pcs=2, ksample=4, skip_umap=True)
@@ -256,6 +269,14 @@ def run_hinge(epochs: int, device: str, lines: list[str]) -> None:
                  f"simulated poses): median orientation error {errors[0]:.2f}° → {errors[1]:.2f}°"
                  " against the fixed body's true pose (the refinement aligns the whole "
                  "particle, hinged domain included, to the consensus map)")
+    lines.append("- poses refined in training (`--estpose`: a local search against the decoded "
+                 "map of the particle's latent group before every 3rd epoch from 3, "
+                 "`subtomo.hetero.poses`): median orientation error per epoch "
+                 f"{', '.join(f'{e:.2f}°' for e in refined)}; without `--estpose` "
+                 f"{errors[1]:.2f}° throughout (the input poses); "
+                 + ("; ".join(f"search before epoch {int(h['epoch'])}: {h['pose_particles']} "
+                              f"particles, {h['pose_rotations']} rotations each, "
+                              f"{h['pose_s']:.0f} s" for h in searches) or "no search"))
     lines.append(f"- hinge (1000 particles, 0–30°, `--estpose`, `--ema 2`): |Spearman ρ(PC1, "
                  f"angle)| per epoch {', '.join(f'{r:.3f}' for r in rhos)}; last {abs(rho):.3f}"
                  f" (bar ≥ 0.9); {_times(history)}")
@@ -301,10 +322,14 @@ def run_ceiling(lines: list[str]) -> None:
     angle = truth.particles["rlnSubtomoHingeDeg"].to_numpy()
     n = 400
     found = {}
-    for name in ("particles.star", "Refine3D/run_data.star", "truth.star"):
+    run_dir = data / "run"  # the *hinge* part's training, if it was run
+    done = sorted(int(p.name.split(".")[1]) for p in run_dir.glob("weights.*.pt"))
+    names = ["particles.star", "Refine3D/run_data.star", "truth.star"]
+    for name in names + (["refined"] if done else []):
         if name.startswith("Refine3D"):
             consensus_refined("hinge")
-        ps = read_particles(data / name)
+        ps = (refined_poses(data / "Refine3D/run_data.star", run_dir, done[-1])
+              if name == "refined" else read_particles(data / name))
         A = ps.rotation_matrices().float()
         best = np.zeros(n)
         for batch in iterate_batches(ps, np.arange(n), box=48, ctf=True, batch_size=16,
@@ -324,7 +349,9 @@ def run_ceiling(lines: list[str]) -> None:
                  f"true maps (0, 5, …, 30°) through the training's forward model, 400 particles:"
                  f" |Spearman ρ| {found['particles.star']:.3f} at the simulated poses (3° rms "
                  f"off), {found['Refine3D/run_data.star']:.3f} at the consensus refinement's "
-                 f"(the *hinge* section's input), {found['truth.star']:.3f} at the true poses")
+                 f"(the *hinge* section's input), {found['truth.star']:.3f} at the true poses"
+                 + (f", {found['refined']:.3f} at the poses the *hinge* training refined "
+                    f"(`--estpose`, epoch {done[-1]})" if "refined" in found else ""))
 
 
 def run_independent(part: str, epochs: int, device: str, lines: list[str]) -> None:

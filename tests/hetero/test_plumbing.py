@@ -37,30 +37,38 @@ def _subtomo(args: list[str], cwd, nproc: int = 1, wait: bool = True):
 
 
 def test_kill_and_continue_gives_the_uninterrupted_latents(tmp_path, tiny):
+    """With --estpose and a pose search before every epoch from 1: the run killed after an
+    epoch whose poses were searched, continued, ends with the uninterrupted run's latents and
+    poses (the saved corrections are the next search's starting poses)."""
     star = str(tiny.particles_star)
-    _subtomo(["hetero", "train", "--i", star, "-n", "3", "--o", "full", *COMMON], tmp_path)
-    run = _subtomo(["hetero", "train", "--i", star, "-n", "3", "--o", "killed", *COMMON],
-                   tmp_path, wait=False)
+    args = ["hetero", "train", "--i", star, "-n", "4", "--estpose", "--pose-every", "1"]
+    _subtomo([*args, "--o", "full", *COMMON], tmp_path)
+    run = _subtomo([*args, "--o", "killed", *COMMON], tmp_path, wait=False)
     deadline = time.time() + 300
-    while not (tmp_path / "killed" / "weights.0.pt").exists() and time.time() < deadline:
+    while not (tmp_path / "killed" / "weights.1.pt").exists() and time.time() < deadline:
         time.sleep(0.01)
     run.send_signal(signal.SIGKILL)
     run.wait()
     done = sorted(p.name for p in (tmp_path / "killed").glob("weights.*.pt"))
-    assert "weights.0.pt" in done
-    _subtomo(["hetero", "train", "--continue", "killed", "-n", "3"], tmp_path)
-    full, resumed = (np.load(tmp_path / d / "z.2.npy") for d in ("full", "killed"))
+    assert "weights.1.pt" in done and "weights.3.pt" not in done
+    _subtomo(["hetero", "train", "--continue", "killed", "-n", "4"], tmp_path)
+    full, resumed = (np.load(tmp_path / d / "z.3.npy") for d in ("full", "killed"))
     assert np.allclose(full, resumed, atol=1e-5)
-    state = torch.load(tmp_path / "killed" / "weights.2.pt", weights_only=True)
+    state = torch.load(tmp_path / "killed" / "weights.3.pt", weights_only=True)
     assert {"model", "training", "optimizer", "mu", "logvar", "rng_state", "epoch"} <= set(
         state)  # model: the weight average (--ema 2), training: the weights to resume from
-    assert len((tmp_path / "killed" / "log.tsv").read_text().splitlines()) == 4
+    poses = [torch.load(tmp_path / d / "weights.3.pt", weights_only=True)["poses"]["delta"]
+             for d in ("full", "killed")]
+    assert poses[0].abs().max() > 0 and torch.allclose(poses[0], poses[1], atol=1e-6)
+    assert len((tmp_path / "killed" / "log.tsv").read_text().splitlines()) == 5
 
 
 def test_two_processes_reach_the_validation_loss_of_one(tmp_path, tiny):
+    """Also with a pose search before epoch 1: each process searches its share of the
+    particles and the rows are exchanged, so both runs save the same poses."""
     star = str(tiny.particles_star)
     common = ["hetero", "train", "--i", star, "-n", "2", "--lamb", "0", *COMMON[:-4],
-              "--seed", "7", "--j", "1", "--zdim", "3"]
+              "--seed", "7", "--j", "1", "--zdim", "3", "--estpose", "--pose-every", "1"]
     _subtomo([*common, "-b", "8", "--o", "one"], tmp_path)
     _subtomo([*common, "-b", "4", "--o", "two"], tmp_path, nproc=2)
     losses = [float((tmp_path / d / "log.tsv").read_text().splitlines()[-1].split("\t")[5])
@@ -68,6 +76,11 @@ def test_two_processes_reach_the_validation_loss_of_one(tmp_path, tiny):
     assert losses[1] == pytest.approx(losses[0], rel=0.02)
     one, two = (np.load(tmp_path / d / "z.1.npy") for d in ("one", "two"))
     assert np.abs(one - two).max() < 1e-3 * max(1.0, np.abs(one).max())
+    poses = [torch.load(tmp_path / d / "weights.1.pt", weights_only=True)["poses"]["delta"]
+             for d in ("one", "two")]
+    moved = poses[0].abs().amax(1) > 0
+    assert moved.float().mean() > 0.5  # most particles moved, by the same in both runs
+    assert torch.allclose(poses[0], poses[1], atol=1e-5)
 
 
 def _fails(args: list[str], capsys) -> str:
@@ -93,6 +106,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny, caps
     err = _fails(["hetero", "train", "--i", star, "--templateres", "40", "--o", str(out)],
                  capsys)
     assert "--templateres" in err and "40" in err
+    err = _fails(["hetero", "train", "--i", star, "--estpose", "--pose-every", "0", "--o",
+                  str(out)], capsys)
+    assert "--pose-every" in err and "0" in err
     assert not out.exists()
     assert main(["hetero", "train", "--i", star, "-n", "1", "--o", str(out), *COMMON]) == 0
     capsys.readouterr()

@@ -36,6 +36,14 @@ def _series_arguments(t: argparse.ArgumentParser) -> None:
                    "pseudo-subtomograms (subtomograms)")
 
 
+def _pose_arguments(t: argparse.ArgumentParser) -> None:
+    """``--estpose`` and how often it searches (:mod:`subtomo.hetero.poses`)."""
+    t.add_argument("--estpose", action="store_true", help="refine each particle's pose by a "
+                   "local search against the decoded map of its latent group")
+    t.add_argument("--pose-every", "--pose_every", type=int, default=3,
+                   help="with --estpose: search the poses before every N-th epoch (from N)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("hetero", help="heterogeneity: VAE on subtomograms, latent space",
                             description=__doc__)
@@ -79,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="encoder input CTF weighting sign(C)|C|^alpha (1: matched filter, "
                    "0: phase flip)")
     t.add_argument("--ctfbeta", type=float, default=1.0, help="model CTF sign(C)|C|^beta")
-    t.add_argument("--estpose", action="store_true", help="refine a pose per particle")
+    _pose_arguments(t)
     t.add_argument("--ema", type=float, default=2.0, help="latents and saved model from a "
                    "moving average of the weights over about this many epochs (0: the last)")
     t.add_argument("--offset-range", "--offset_range", type=float, default=2.0,
@@ -156,6 +164,10 @@ def _train(args: argparse.Namespace) -> int:
     ctx = init(args.device)
 
     def echo(row: dict) -> None:
+        if "pose_s" in row:
+            print(f"pose search: {row['pose_particles']} particles, {row['pose_rotations']} "
+                  f"rotations each, {row['pose_maps']} decoded maps, {row['pose_s']:.1f} s",
+                  flush=True)
         print(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, validation "
               f"{row['val_rec']:.4f}, β {row['beta']:.2f}, {row['wall_s']:.1f} s "
               f"(CPU {row['cpu_s']:.1f} s)", flush=True)
@@ -196,7 +208,7 @@ def _train(args: argparse.Namespace) -> int:
             templateres=args.templateres, valfrac=args.valfrac, bfactor=args.bfactor,
             ctf=args.ctf, ctfalpha=args.ctfalpha, ctfbeta=args.ctfbeta, estpose=args.estpose,
             ema=args.ema, offset_range_px=args.offset_range, seed=args.seed,
-            tilt_loss=args.tilt_loss)
+            tilt_loss=args.tilt_loss, pose_every=args.pose_every)
         saved = config or {}
         if config is not None and epochs is not None:
             options = replace(options, epochs=epochs)
@@ -227,7 +239,7 @@ KEPT = {"zdim": "zdim", "zaffinedim": "zaffinedim", "batch": "batch_size", "lr":
         "beta_control": "beta_control", "beta": "beta", "beta_cycle": "beta_cycle",
         "lamb": "lamb", "downfrac": "downfrac", "templateres": "templateres",
         "valfrac": "valfrac", "bfactor": "bfactor", "ctf": "ctf", "ctfalpha": "ctfalpha",
-        "ctfbeta": "ctfbeta", "estpose": "estpose", "ema": "ema",
+        "ctfbeta": "ctfbeta", "estpose": "estpose", "pose_every": "pose_every", "ema": "ema",
         "offset_range": "offset_range_px", "seed": "seed", "tilt_loss": "tilt_loss"}
 
 

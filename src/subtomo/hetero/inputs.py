@@ -47,8 +47,7 @@ class TrainOptions:
     ctfalpha: float = 1.0
     ctfbeta: float = 1.0
     estpose: bool = False
-    pose_lr_deg: float = 0.2
-    pose_lr_A: float = 0.5
+    pose_every: int = 3
     ema: float = 2.0
     offset_range_px: float = 2.0
     seed: int = 0
@@ -69,6 +68,8 @@ class TrainOptions:
             raise bad("--valfrac", f"must be in [0, 1), not {self.valfrac}")
         if not 0 <= self.offset_range_px <= 100:
             raise bad("--offset-range", f"must be in [0, 100] px, not {self.offset_range_px}")
+        if self.pose_every < 1:
+            raise bad("--pose-every", f"need at least one epoch, not {self.pose_every}")
         if not 0 <= self.ema <= 1000:
             raise bad("--ema", f"must be in [0, 1000] epochs, not {self.ema}")
         if self.epochs < 1 or self.batch_size < 1:

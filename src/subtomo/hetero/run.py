@@ -1,7 +1,8 @@
 """One training run of ``subtomo hetero train`` in memory: the :class:`Run` (network,
 optimiser, poses, noise scale), its set-up (:func:`prepare`), the per-batch terms of the loss
-(:func:`encode`, :func:`residual_terms`), the per-particle pose corrections (``--estpose``) and
-the state a checkpoint holds (:func:`checkpoint_state`, :func:`restore`)."""
+(:func:`encode`, :func:`residual_terms`), the per-particle pose corrections (``--estpose``,
+:mod:`subtomo.hetero.poses`) and the state a checkpoint holds (:func:`checkpoint_state`,
+:func:`restore`)."""
 
 from __future__ import annotations
 
@@ -40,62 +41,15 @@ from subtomo.hetero.inputs import (
     to_template,
 )
 from subtomo.hetero.model import HeteroVAE
+from subtomo.hetero.poses import PoseTable
 from subtomo.hetero.series import TiltBatch, slice_residuals, terms_count, tilt_batches
 from subtomo.io.mrc import write_mrc
 from subtomo.parallel.distributed import Context
 from subtomo.refine.images import check_files, iterate_batches
 
-__all__ = ["PoseTable", "Run", "centre_particles", "checkpoint_state", "config_dict", "encode",
+__all__ = ["Run", "centre_particles", "checkpoint_state", "config_dict", "encode",
            "estimate_noise", "particle_contrast", "prepare", "residual_terms", "restore",
            "stream_batches"]
-
-
-class PoseTable:
-    """Per-particle corrections (N, 6) = (rotation vector rad, shift Å) and their Adam state.
-
-    Rows are updated only when their particle is in a batch; after each epoch the processes
-    exchange the rows each of them owned (every row has exactly one owner per epoch).
-    """
-
-    B1, B2, EPS = 0.9, 0.999, 1e-8
-
-    def __init__(self, n: int, lr_rad: float, lr_A: float) -> None:
-        self.delta = torch.zeros(n, 6)
-        self.m = torch.zeros(n, 6)
-        self.v = torch.zeros(n, 6)
-        self.t = torch.zeros(n)
-        self.lr = torch.tensor([lr_rad] * 3 + [lr_A] * 3)
-
-    def rows(self, rows: np.ndarray, device: torch.device) -> torch.Tensor:
-        return self.delta[torch.as_tensor(rows)].to(device).requires_grad_(True)
-
-    def update(self, rows: np.ndarray, grad: torch.Tensor) -> None:
-        idx = torch.as_tensor(rows)
-        g = grad.detach().cpu()
-        self.t[idx] += 1
-        self.m[idx] = self.B1 * self.m[idx] + (1 - self.B1) * g
-        self.v[idx] = self.B2 * self.v[idx] + (1 - self.B2) * g * g
-        t = self.t[idx][:, None]
-        m_hat = self.m[idx] / (1 - self.B1 ** t)
-        v_hat = self.v[idx] / (1 - self.B2 ** t)
-        self.delta[idx] -= self.lr * m_hat / (v_hat.sqrt() + self.EPS)
-
-    def exchange(self, owned: np.ndarray, ctx: Context) -> None:
-        if ctx.world == 1:
-            return
-        keep = torch.zeros(len(self.t), dtype=torch.bool)
-        keep[torch.as_tensor(owned)] = True
-        for tensor in (self.delta, self.m, self.v, self.t):
-            mine = torch.where(keep.view(-1, *([1] * (tensor.ndim - 1))), tensor,
-                               torch.zeros_like(tensor))
-            tensor.copy_(ctx.sum_(mine))
-
-    def state(self) -> dict:
-        return {"delta": self.delta, "m": self.m, "v": self.v, "t": self.t}
-
-    def load(self, state: dict) -> None:
-        for name in ("delta", "m", "v", "t"):
-            getattr(self, name).copy_(state[name])
 
 
 @dataclass
@@ -305,8 +259,7 @@ def prepare(inputs: TrainInputs, options: TrainOptions, out_dir: Path, *, ctx: C
     d = boxes.enc_box
     enc_mask = resample_map(mask.float(), d).clamp(0, 1).to(device)
     mask_voxels = float(resample_map(mask.float(), boxes.loss_box).clamp(0, 1).sum())
-    poses = (PoseTable(n, math.radians(options.pose_lr_deg), options.pose_lr_A)
-             if options.estpose else None)
+    poses = PoseTable(n) if options.estpose else None
     train_rows = np.setdiff1d(np.arange(n), val_rows)
     run = Run(inputs, options, boxes, model, optimizer, val_rows, train_rows, 1.0, 1.0,
               mask_voxels, enc_mask, poses, device,
@@ -393,5 +346,5 @@ def restore(run: Run, state: dict) -> None:
         raise InputError(None, f"checkpoint does not fit these options ({str(exc)[:120]})",
                          field="--load") from None
     if run.poses is not None and state.get("poses") is not None:
-        run.poses.load(state["poses"])
+        run.poses.load(state["poses"])  # only ``delta``: older runs also saved Adam moments
     torch.set_rng_state(state["rng_state"])

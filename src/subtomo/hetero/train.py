@@ -22,6 +22,12 @@ the global batch of each step is ``world × -b`` particles split over the proces
 gradients are summed over them (``all_reduce``) before one identical optimiser step on every
 process: two processes with ``-b 4`` compute what one process computes with ``-b 8``.
 
+Poses (``--estpose``): before every ``--pose-every``-th epoch from that one on, each particle's
+pose is searched locally against the decoded map of its latent group
+(:func:`subtomo.hetero.poses.search_poses`); the epoch then trains and encodes at the new
+poses, and its checkpoint saves them. The search reads the previous epoch's latents and
+weights only, so a continued run repeats it exactly.
+
 The inputs and options are in :mod:`subtomo.hetero.inputs`, the set-up of a run and the terms
 of its loss in :mod:`subtomo.hetero.run`, the files of the training folder in
 :mod:`subtomo.hetero.checkpoints`; this module holds the loop.
@@ -59,6 +65,7 @@ from subtomo.hetero.model import (
     kl_divergence,
     kl_penalty,
 )
+from subtomo.hetero.poses import search_due, search_poses
 from subtomo.hetero.run import (
     Run,
     checkpoint_state,
@@ -150,17 +157,11 @@ def train_epoch(run: Run, epoch: int, ctx: Context, progress: bool) -> dict:
                                     float(rec.detach().sum()), float(kl.detach().sum()),
                                     float(prior.detach()) * len(batch.rows)],
                                    dtype=torch.float64)
-        else:
-            correction = None
         _sum_grads(model, ctx)
         run.optimizer.step()
         average_weights(run, epoch * steps + step + 1, steps)
-        if correction is not None and correction.grad is not None:
-            run.poses.update(batch.rows, correction.grad)
         bar.update(1)
     bar.close()
-    if run.poses is not None:
-        run.poses.exchange(rows, ctx)
     totals = torch.as_tensor(ctx.sum_array(totals.numpy()))
     count = max(len(run.train_rows), 1)
     return {"train_loss": float(totals[0]) / count, "train_rec": float(totals[1]) / count,
@@ -207,7 +208,7 @@ def encode_all(run: Run, ctx: Context, progress: bool) -> dict:
         for batch in tqdm(stream_batches(run, rows, size), desc="encoding",
                           total=math.ceil(len(rows) / size),
                           disable=None if progress else True, leave=False, unit="batch"):
-            correction = run.poses.rows(batch.rows, run.device).detach() if run.poses else None
+            correction = run.poses.rows(batch.rows, run.device) if run.poses else None
             mu, logvar = encode(run, batch, correction, net)
             A, shift = corrected_poses(run.A[torch.as_tensor(batch.rows)].to(run.device),
                                        torch.zeros(len(batch.rows), 3, device=run.device),
@@ -237,7 +238,11 @@ def _loop(run: Run, out: Path, first: int, ctx: Context, progress: bool,
     history = []
     for epoch in range(first, run.options.epochs):
         wall, cpu = time.perf_counter(), time.process_time()
+        searched = {}
+        if run.poses is not None and search_due(epoch, run.options.pose_every):
+            searched = search_poses(run, encoded["mu"], ctx)
         row = train_epoch(run, epoch, ctx, progress and ctx.main)
+        row.update(searched)
         encoded = encode_all(run, ctx, progress and ctx.main)
         row.update(epoch=epoch, val_rec=encoded["val_rec"], val_kl=encoded["val_kl"],
                    wall_s=time.perf_counter() - wall, cpu_s=time.process_time() - cpu)
