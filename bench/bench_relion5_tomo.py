@@ -19,8 +19,9 @@ documented defaults. Rows so far:
 - the same, one round each, with motion estimation (``--motion``; each program's defaults,
   and RELION also with our ``--s_vel 0.3``) on projects with motion of up to 1.5 px
   (``gradient`` and ``gp``, :mod:`subtomo.simulate.motion`) besides the per-tilt errors, and
-  with RELION's linear per-tilt deformation model (``--deformation --def_model linear
-  --per_frame_deformation``) on a project with linear deformations of up to 4 px: the same
+  with per-tilt deformation models (``--deformation --per_frame_deformation``: ``--def_model
+  linear`` on a project with RELION's linear deformations of up to 4 px, ``spline`` with
+  RELION's 3 × 3 grid on one with the simulator's smooth cosine fields): the same
   score, each particle's trajectory (RELION's ``motion.star``) and the deformations (its
   tilt-series STAR files) included, beside the runs without the model (``--skip
   motion,deformation``).
@@ -213,7 +214,13 @@ MODEL_PROJECTS = {  # name: simulator options beyond the per-tilt errors, descri
                   "gp motion ≤ 1.5 px (ℓ 150 px)"),
     "deformation_linear": (dict(deformation_px=4.0, deformation_model="linear", seed=14),
                            "linear deformations ≤ 4 px per tilt"),
+    "deformation_cosine": (dict(deformation_px=4.0, seed=13),
+                           "smooth (cosine) deformations ≤ 4 px per tilt"),
 }
+DEFORMATION_RUNS = (  # project, the model's options (both programs)
+    ("deformation_linear", ["--def_model", "linear"]),
+    ("deformation_cosine", ["--def_model", "spline"]),  # RELION's 3 × 3 grid
+)
 
 
 def model_project(name: str, n: int) -> tuple[Path, Path]:
@@ -307,30 +314,32 @@ def motion_rows(relion5: Path, n: int) -> list[str]:
 
 
 def deformation_rows(relion5: Path, n: int) -> list[str]:
-    """One round of both programs without and with RELION's linear per-tilt deformation model
-    (``--deformation --def_model linear --per_frame_deformation``, each program's default
-    ``--def_reg``) on a project with linear per-tilt deformations and per-tilt errors:
-    projected-position error at the particles, the true and estimated deformations included,
-    origin removed; in brackets the held-out error (``bench_tomo_align.held_out_error``: a
-    grid of points between the particles, in the frame of the refined positions)."""
+    """One round of both programs without and with a per-tilt deformation model
+    (``--deformation --per_frame_deformation`` and :data:`DEFORMATION_RUNS`' options, each
+    program's default ``--def_reg``) on projects with per-tilt deformations and per-tilt
+    errors: projected-position error at the particles, the true and estimated deformations
+    included, origin removed; in brackets the held-out error (``bench_tomo_align.
+    held_out_error``: a grid of points between the particles, in the frame of the refined
+    positions)."""
     from bench_tomo_align import held_out_error, origin_free_error
 
-    project, ref = model_project("deformation_linear", n)
-    label = (f"{MODEL_PROJECTS['deformation_linear'][1]} + per-tilt errors "
-             f"({origin_free_error(project, project)[0]:.2f} px)")
-    model = ["--deformation", "--def_model", "linear", "--per_frame_deformation"]
     rows = []
-    for index, (run_label, extra) in enumerate((("no deformation model", []),
-                                                ("`" + " ".join(model) + "`", model))):
-        runs = _align_both(relion5, project, ref, f"deformation{index}", extra, extra)
-        cells = []
-        for folder, figures in (runs["ours"], runs["relion"]):
-            err, half = origin_free_error(project, folder)
-            cells.append(((err, f"{err:.3f} / {half:.3f} px "
-                                f"({held_out_error(project, folder):.3f})"), figures))
-        rows.append(_model_row(label, f"tomo-align 1 round, {run_label}: projected-position "
-                               "error with the deformations, origin removed / one per half set "
-                               "(held-out points)", *cells))
+    for name, options in DEFORMATION_RUNS:
+        project, ref = model_project(name, n)
+        label = (f"{MODEL_PROJECTS[name][1]} + per-tilt errors "
+                 f"({origin_free_error(project, project)[0]:.2f} px)")
+        model = ["--deformation", *options, "--per_frame_deformation"]
+        for index, (run_label, extra) in enumerate((("no deformation model", []),
+                                                    ("`" + " ".join(model) + "`", model))):
+            runs = _align_both(relion5, project, ref, f"deformation{index}", extra, extra)
+            cells = []
+            for folder, figures in (runs["ours"], runs["relion"]):
+                err, half = origin_free_error(project, folder)
+                cells.append(((err, f"{err:.3f} / {half:.3f} px "
+                                    f"({held_out_error(project, folder):.3f})"), figures))
+            rows.append(_model_row(label, f"tomo-align 1 round, {run_label}: projected-position "
+                                   "error with the deformations, origin removed / one per half "
+                                   "set (held-out points)", *cells))
     return rows
 
 
@@ -461,6 +470,12 @@ def main() -> None:
               "relion_tomo_reconstruct_particle of its first round's geometry, then "
               "relion_tomo_align again (no FSC file: RELION's default weighting); ours is "
               "`--rounds 2` (references rebuilt inside the job, half sets co-registered). "
+              "Motion and deformation rows: one round each against references of the given "
+              "geometry, the score taking in each program's trajectories (motion.star) and "
+              "deformations (tilt-series STAR files); (× r): error over the same program's "
+              "without the model; the `--s_vel 0.3` row reuses our `--motion` run (0.3 is our "
+              "default); held-out points: a 9 × 9 × 3 grid over 70 % of the image and the "
+              "middle 40 % of the thickness, in the frame of each program's positions. "
               "extract row: the RELION side is relion_tomo_subtomo's 3D pseudo-subtomograms "
               "reconstructed by our reconstruct (RELION's reader of them, relion_refine, "
               "is not built); CPU s are extraction + reconstruction. reconstruct-tomogram rows: "
