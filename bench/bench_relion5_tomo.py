@@ -16,6 +16,15 @@ documented defaults. Rows so far:
   particle`` of its first round's geometry, then ``relion_tomo_align`` again). Scored by the
   rms error of the projected positions against the truth with the references' origin removed
   (``bench_tomo_align.origin_free_error``).
+- the same, one round each, with motion estimation (``--motion``; each program's defaults,
+  and RELION also with our ``--s_vel 0.3``) on projects with motion of up to 1.5 px
+  (``gradient`` and ``gp``, :mod:`subtomo.simulate.motion`) besides the per-tilt errors, and
+  with per-tilt deformation models (``--deformation --per_frame_deformation``: ``--def_model
+  linear`` on a project with RELION's linear deformations of up to 4 px, ``spline`` with
+  RELION's 3 × 3 grid on one with the simulator's smooth cosine fields): the same
+  score, each particle's trajectory (RELION's ``motion.star``) and the deformations (its
+  tilt-series STAR files) included, beside the runs without the model (``--skip
+  motion,deformation``).
 - ``extract`` (3D subtomograms with CTF volumes; and ``--premultiplied``, RELION 5's 3D
   pseudo-subtomograms) then ``reconstruct --ctf`` vs
   ``relion_tomo_subtomo`` (3D pseudo-subtomograms: CTF-premultiplied data, weights Σ CTF² above
@@ -198,6 +207,142 @@ def tomo_align_rows(relion5: Path, n: int) -> list[str]:
     return rows
 
 
+MODEL_PROJECTS = {  # name: simulator options beyond the per-tilt errors, description
+    "motion_gradient": (dict(motion_px=1.5, motion_kind="gradient", seed=16),
+                        "gradient motion ≤ 1.5 px"),
+    "motion_gp": (dict(motion_px=1.5, motion_kind="gp", motion_scale_px=150.0, seed=12),
+                  "gp motion ≤ 1.5 px (ℓ 150 px)"),
+    "deformation_linear": (dict(deformation_px=4.0, deformation_model="linear", seed=14),
+                           "linear deformations ≤ 4 px per tilt"),
+    "deformation_cosine": (dict(deformation_px=4.0, seed=13),
+                           "smooth (cosine) deformations ≤ 4 px per tilt"),
+}
+DEFORMATION_RUNS = (  # project, the model's options (both programs)
+    ("deformation_linear", ["--def_model", "linear"]),
+    ("deformation_cosine", ["--def_model", "spline"]),  # RELION's 3 × 3 grid
+)
+
+
+def model_project(name: str, n: int) -> tuple[Path, Path]:
+    """A project of ``MODEL_PROJECTS`` (the per-tilt errors of the alignment rows plus motion
+    or deformations; :func:`subtomo.simulate.tiltseries.simulate_tiltseries`, as ``subtomo
+    simulate tiltseries`` with its defaults) and the references of its given geometry."""
+    from subtomo.simulate.tiltseries import TiltSeriesConfig, simulate_tiltseries
+
+    project = DATA / f"{name}_{n}"
+    if not (project / "simulation.json").is_file():
+        shutil.rmtree(project, ignore_errors=True)
+        simulate_tiltseries(project, TiltSeriesConfig(
+            n_particles=n, image_size_px=(640, 640), thickness_px=64, pixel_size_A=APIX,
+            box_px=BOX, tilt_step_deg=3.0, defocus_um=(3.0, 4.0), noise_sigma=20.0,
+            shift_error_px=1.5, angle_error_deg=0.4, position_error_px=1.0,
+            **MODEL_PROJECTS[name][0]), progress=False)
+    ref = project / "ref_given"
+    if not (ref / "fsc.star").is_file():
+        _checked([sys.executable, "-m", "subtomo", "reconstruct-particle", "--i",
+                  str(project / "optimisation_set.star"), "--b", str(BOX), "--j", "2", "--o",
+                  str(ref)])
+    return project, ref
+
+
+def _align_both(relion5: Path, project: Path, ref: Path, name: str, ours_extra: list[str],
+                theirs_extra: list[str] | None) -> dict:
+    """One round of ``tomo-align`` and of ``relion_tomo_align`` (``theirs_extra`` None: not
+    run) against the same references: output folder and (wall s, CPU s, peak MiB) of each."""
+    given = ["--p", str(project / "particles.star"), "--t", str(project / "tomograms.star")]
+    refs = ["--ref1", str(ref / "half1.mrc"), "--ref2", str(ref / "half2.mrc"), "--fsc",
+            str(ref / "fsc.star")]
+    common = ["--b", "96", "--r", "8", "--j", "2"]
+    runs = {}
+    if ours_extra is not None:
+        out = project / f"ours_{name}"
+        shutil.rmtree(out, ignore_errors=True)
+        runs["ours"] = (out, _checked([sys.executable, "-m", "subtomo", "tomo-align", *given,
+                                       *refs, *common, "--rounds", "1", "--no_reconstruct",
+                                       *ours_extra, "--o", str(out)]))
+    if theirs_extra is not None:
+        out = project / f"relion_{name}"
+        shutil.rmtree(out, ignore_errors=True)
+        runs["relion"] = (out, _checked([str(relion5 / "relion_tomo_align"), *given, *refs,
+                                         *common, *theirs_extra, "--o", f"{out}/"], env=_env()))
+    return runs
+
+
+def _model_row(project_label: str, label: str, ours: tuple, theirs: tuple) -> str:
+    """A table row from ``((figure, cell text), (wall s, CPU s, peak MiB))`` of each side."""
+    ((a, cell_a), (wa, ca, pa)), ((b, cell_b), (wb, cb, pb)) = ours, theirs
+    return (f"| {project_label} | {label} | {cell_a} | {cell_b} | {100 * (a / b - 1):+.1f} % | "
+            f"{ca:.1f} / {cb:.1f} | {wa:.1f} / {wb:.1f} | {pa:.0f} / {pb:.0f} |")
+
+
+MOTION_RUNS = (  # label, ours' options, RELION's options (ours None: the run above reused)
+    ("no motion estimation", [], []),
+    ("`--motion`, each program's defaults (ours `--s_vel 0.3`, RELION 0.5)", ["--motion"],
+     ["--motion"]),
+    ("`--motion --s_vel 0.3` both (ours: the run above)", None, ["--motion", "--s_vel", "0.3"]),
+)
+
+
+def motion_rows(relion5: Path, n: int) -> list[str]:
+    """One round of both programs without and with motion estimation on projects with motion
+    and per-tilt errors: projected-position error against the truth, each particle's true and
+    estimated trajectory included, the references' origin removed (``origin_free_error``), and
+    in brackets the ratio to the same program's run without motion estimation."""
+    from bench_tomo_align import origin_free_error
+
+    rows = []
+    for name in ("motion_gradient", "motion_gp"):
+        project, ref = model_project(name, n)
+        label = (f"{MODEL_PROJECTS[name][1]} + per-tilt errors "
+                 f"({origin_free_error(project, project)[0]:.2f} px)")
+        static: dict = {}
+        ours = None
+        for index, (run_label, ours_extra, theirs_extra) in enumerate(MOTION_RUNS):
+            runs = _align_both(relion5, project, ref, f"motion{index}", ours_extra, theirs_extra)
+            ours = runs.get("ours", ours)
+            cells = []
+            for side, (folder, figures) in (("ours", ours), ("relion", runs["relion"])):
+                err, half = origin_free_error(project, folder)
+                static.setdefault(side, err)
+                cells.append(((err, f"{err:.3f} / {half:.3f} px (× {err / static[side]:.2f})"),
+                              figures))
+            rows.append(_model_row(
+                label, f"tomo-align 1 round, {run_label}: projected-position error with the "
+                "trajectories, origin removed / one per half set (× the run without motion)",
+                *cells))
+    return rows
+
+
+def deformation_rows(relion5: Path, n: int) -> list[str]:
+    """One round of both programs without and with a per-tilt deformation model
+    (``--deformation --per_frame_deformation`` and :data:`DEFORMATION_RUNS`' options, each
+    program's default ``--def_reg``) on projects with per-tilt deformations and per-tilt
+    errors: projected-position error at the particles, the true and estimated deformations
+    included, origin removed; in brackets the held-out error (``bench_tomo_align.
+    held_out_error``: a grid of points between the particles, in the frame of the refined
+    positions)."""
+    from bench_tomo_align import held_out_error, origin_free_error
+
+    rows = []
+    for name, options in DEFORMATION_RUNS:
+        project, ref = model_project(name, n)
+        label = (f"{MODEL_PROJECTS[name][1]} + per-tilt errors "
+                 f"({origin_free_error(project, project)[0]:.2f} px)")
+        model = ["--deformation", *options, "--per_frame_deformation"]
+        for index, (run_label, extra) in enumerate((("no deformation model", []),
+                                                    ("`" + " ".join(model) + "`", model))):
+            runs = _align_both(relion5, project, ref, f"deformation{index}", extra, extra)
+            cells = []
+            for folder, figures in (runs["ours"], runs["relion"]):
+                err, half = origin_free_error(project, folder)
+                cells.append(((err, f"{err:.3f} / {half:.3f} px "
+                                    f"({held_out_error(project, folder):.3f})"), figures))
+            rows.append(_model_row(label, f"tomo-align 1 round, {run_label}: projected-position "
+                                   "error with the deformations, origin removed / one per half "
+                                   "set (held-out points)", *cells))
+    return rows
+
+
 def subtomo_rows(relion5: Path, n: int) -> list[str]:
     """``extract`` (normalised subtomograms with CTF volumes, and ``--premultiplied``: RELION 5's
     pseudo-subtomograms) then ``reconstruct`` against ``relion_tomo_subtomo`` then our
@@ -282,7 +427,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=150)
     parser.add_argument("--skip", default="",
-                        help="comma-separated: reconstruct,align,subtomo,tomogram")
+                        help="comma-separated: reconstruct,align,motion,deformation,subtomo,"
+                        "tomogram")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     relion5 = _relion5()
@@ -305,6 +451,10 @@ def main() -> None:
                          f"{cb:.1f} | {wa:.1f} / {wb:.1f} | {pa:.0f} / {pb:.0f} |")
     if "align" not in skip:
         lines += tomo_align_rows(relion5, args.n)
+    if "motion" not in skip:
+        lines += motion_rows(relion5, args.n)
+    if "deformation" not in skip:
+        lines += deformation_rows(relion5, args.n)
     if "subtomo" not in skip:
         lines += subtomo_rows(relion5, args.n)
     if "tomogram" not in skip:
@@ -320,6 +470,12 @@ def main() -> None:
               "relion_tomo_reconstruct_particle of its first round's geometry, then "
               "relion_tomo_align again (no FSC file: RELION's default weighting); ours is "
               "`--rounds 2` (references rebuilt inside the job, half sets co-registered). "
+              "Motion and deformation rows: one round each against references of the given "
+              "geometry, the score taking in each program's trajectories (motion.star) and "
+              "deformations (tilt-series STAR files); (× r): error over the same program's "
+              "without the model; the `--s_vel 0.3` row reuses our `--motion` run (0.3 is our "
+              "default); held-out points: a 9 × 9 × 3 grid over 70 % of the image and the "
+              "middle 40 % of the thickness, in the frame of each program's positions. "
               "extract row: the RELION side is relion_tomo_subtomo's 3D pseudo-subtomograms "
               "reconstructed by our reconstruct (RELION's reader of them, relion_refine, "
               "is not built); CPU s are extraction + reconstruction. reconstruct-tomogram rows: "
