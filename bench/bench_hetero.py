@@ -162,10 +162,10 @@ def run_speed(device: str, lines: list[str]) -> None:
                  "given, as reconstructing it is a separate job)")
 
 
-def _train(kind: str, epochs: int, device: str, star: Path | None = None,
+def _train(kind: str, epochs: int, device: str, star: Path | None = None, name: str = "run",
            **options) -> tuple[Path, list[dict]]:
     data = data_set(kind)
-    out = fresh(data / "run")
+    out = fresh(data / name)
     history = []
 
     def echo(row: dict) -> None:
@@ -241,10 +241,14 @@ def run_hinge(epochs: int, device: str, lines: list[str]) -> None:
     angle = read_particles(data / "truth.star").particles["rlnSubtomoHingeDeg"].to_numpy()
     last = int(history[-1]["epoch"])
     result = analyze(out, last, pcs=2, ksample=4, skip_umap=True)
-    rhos = []
-    for h in history:
-        z = np.load(out / f"z.{int(h['epoch'])}.npy")
-        rhos.append(abs(spearmanr(PCA(1).fit_transform(z)[:, 0], angle).statistic))
+    _, plain = _train("hinge", epochs, device, star=star, name="run_fixed_poses")
+
+    def pc1_rho(run: Path, epoch: int) -> float:
+        z = np.load(run / f"z.{epoch}.npy")
+        return abs(spearmanr(PCA(1).fit_transform(z)[:, 0], angle).statistic)
+
+    rhos = [pc1_rho(out, int(h["epoch"])) for h in history]
+    rhos_fixed = [pc1_rho(data / "run_fixed_poses", int(h["epoch"])) for h in plain]
     rho = spearmanr(result.pcs[:, 0], angle).statistic
     paths = eval_vol(out, last, "pc", 1)
     ends = [torch.from_numpy(read_mrc(paths[i])[0].copy()) for i in (0, len(paths) - 1)]
@@ -279,7 +283,8 @@ def run_hinge(epochs: int, device: str, lines: list[str]) -> None:
                               f"{h['pose_s']:.0f} s" for h in searches) or "no search"))
     lines.append(f"- hinge (1000 particles, 0–30°, `--estpose`, `--ema 2`): |Spearman ρ(PC1, "
                  f"angle)| per epoch {', '.join(f'{r:.3f}' for r in rhos)}; last {abs(rho):.3f}"
-                 f" (bar ≥ 0.9); {_times(history)}")
+                 f" (bar ≥ 0.9); {_times(history)}; the same run without `--estpose`: "
+                 f"{', '.join(f'{r:.3f}' for r in rhos_fixed)}")
     lines.append("- hinge end maps (eval-vol pc 1, 5th/95th percentile) vs the true 0°/30° "
                  "states, FSC 0.5 in the run's mask: " + "; ".join(
                      f"{name} {e:.2f} Å (consensus {c:.2f} Å)" for name, (e, c) in
