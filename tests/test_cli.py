@@ -10,6 +10,8 @@ re-running subtomo's own conversions.
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -397,3 +399,13 @@ def test_series_demo_gains_at_the_tomo_align_step(tmp_path, monkeypatch):
     assert not list((project / "TomoAlign" / "job002").glob("Subtomograms"))  # no re-cut
     opt = (project / "Refine3D" / "job003" / "run_optimisation_set.star").read_text()
     assert "TomoAlign/job002/tomograms.star" in opt and "TomoAlign/job002/motion.star" in opt
+
+
+def test_start_up_loads_no_numerical_library():
+    """``subtomo --help`` and option errors answer before torch, pandas, SciPy or matplotlib
+    load: every command defers its imports (tests/test_architecture.py, REASONS)."""
+    code = ("import sys, subtomo.cli; print(sorted({'torch', 'pandas', 'scipy', 'matplotlib', "
+            "'sklearn', 'starfile'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]"

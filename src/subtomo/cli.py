@@ -29,7 +29,6 @@ from subtomo.commands import (
     tomograms,
 )
 from subtomo.errors import InputError
-from subtomo.io import validate
 
 COMMANDS = (convert, star, select, poses, simulate, reconstruct, initial_model, refine,
             classify, maps, postprocess, hetero, demo, reconstruct_particle, extract,
@@ -60,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from subtomo.io import validate  # start-up: --help and option errors before numpy/torch
+
     try:
         validate.command_options(args)
         validate.outputs(args)

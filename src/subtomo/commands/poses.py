@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from subtomo import interop
 from subtomo.commands.options import add_input, add_output
 
 
@@ -28,12 +27,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="box size of the subtomograms, pixels")
     exp.add_argument("--Apix", "--angpix", dest="angpix", type=float, default=None,
                      help="pixel size of the subtomograms, Å (default: from the file)")
-    exp.add_argument("--format", choices=interop.POSE_FORMATS, default="opus",
+    exp.add_argument("--format", choices=("opus", "cryodrgn"), default="opus",
                      help="peer format (default opus)")
     exp.set_defaults(run=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
+    from subtomo import interop
+
     if args.format == "cryodrgn":
         from subtomo.commands import export
 
