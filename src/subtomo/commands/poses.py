@@ -13,8 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="ACTION")
     exp = kinds.add_parser(
         "export", help="STAR → pose pickle (as OPUS-TOMO's parse_pose_star or cryoDRGN's), one "
-        "pose per particle; per-tilt-image poses, CTFs and images for cryoDRGN-ET: subtomo "
-        "export cryodrgn")
+        "pose per particle; with --format opus and a tilt scheme also OUT.star + OUT_ctf/*.csv "
+        "(dsd train_tomo --warp --datadir <OUT's folder>); per-tilt-image poses, CTFs and "
+        "images for cryoDRGN-ET: subtomo export cryodrgn")
     add_input(exp, help="particle STAR file (any flavour)")
     add_output(exp, help="output pickle (.pkl)")
     exp.add_argument("-D", "--D", "--box", dest="box", type=int, required=True,
@@ -23,11 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="pixel size of the subtomograms, Å (default: from the file)")
     exp.add_argument("--format", choices=interop.POSE_FORMATS, default="opus",
                      help="peer format (default opus)")
+    exp.add_argument("--tilts", default=None,
+                     help="opus: tilt scheme JSON (tilt_range_deg, tilt_step_deg, dose_per_tilt, "
+                     "order; default simulation.json beside the STAR) for the per-tilt CTF CSVs")
     exp.set_defaults(run=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
     n = interop.export_poses(args.input, args.output, box_px=args.box,
-                             pixel_size_A=args.angpix, fmt=args.format)
+                             pixel_size_A=args.angpix, fmt=args.format, tilts=args.tilts)
     print(f"Wrote {args.format} poses of {n} particles to {args.output}.")
     return 0
