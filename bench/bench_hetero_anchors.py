@@ -224,6 +224,16 @@ class Opus(Tool):
     def latents(self, k: int) -> np.ndarray:
         return torch.load(self.dir / "run" / f"z.{k}.pkl", weights_only=False)["mu"].numpy()
 
+    def coverage(self, n: int) -> str:
+        """Share of the particles OPUS's sampler encodes per epoch: per pose bin (of its 48)
+        whole batches only, the rest never (``num_samples`` of train + validation)."""
+        log = self.dir / "log.0.txt"
+        if not log.exists():
+            return ""
+        counts = [int(line.split()[-1]) for line in log.read_text().splitlines()
+                  if line.startswith("num_samples:")]
+        return f" ({100 * sum(counts[-2:]) / n:.0f} % of the particles in its batches)"
+
 
 class CryoDRGN(Tool):
     name = "cryoDRGN-ET"
@@ -253,13 +263,13 @@ class CryoDRGN(Tool):
                 str(self.dir / "run")]
         return argv + (["--load", "latest"] if k else [])
 
-    def has_latents(self, k: int) -> bool:
-        return (self.dir / "run" / f"z.{k}.pkl").exists()
+    def has_latents(self, k: int) -> bool:  # cryoDRGN counts epochs from 1
+        return (self.dir / "run" / f"z.{k + 1}.pkl").exists()
 
     def latents(self, k: int) -> np.ndarray:
         import pickle
 
-        with open(self.dir / "run" / f"z.{k}.pkl", "rb") as f:
+        with open(self.dir / "run" / f"z.{k + 1}.pkl", "rb") as f:
             return np.asarray(pickle.load(f))
 
 
@@ -276,7 +286,8 @@ def table_row(part: str, tool: Tool, epochs: int, target: np.ndarray) -> str:
     to_bar = ("not reached" if reached is None else
               f"epoch {done[reached] + 1}: {sum(wall[:reached + 1]):.0f} s wall / "
               f"{sum(cpu[:reached + 1]):.0f} s CPU")
-    return (f"| {tool.name} | {', '.join(t for _, t in scores)} | {np.mean(wall):.0f} / "
+    name = tool.name + (tool.coverage(len(target)) if isinstance(tool, Opus) else "")
+    return (f"| {name} | {', '.join(t for _, t in scores)} | {np.mean(wall):.0f} / "
             f"{np.mean(cpu):.0f} | {peak:.0f} | {to_bar} | {len(done)} |")
 
 
