@@ -340,6 +340,11 @@ def main() -> None:
             f" with {' '.join(OPUS_SETTINGS)}; ours: `subtomo hetero train --ctf` defaults; "
             f"cryoDRGN-ET: `train_vae --encode-mode tilt --ntilts {CryoDRGN.NTILTS} --zdim 12 "
             "--beta 0.025` (its tutorial's), other options default",
+            "- OPUS-ET's README trains 40 epochs at lr 4e-5 on thousands of subtomograms with "
+            "GPUs; its sampler uses whole batches of 8 within each of 48 pose bins only, so on "
+            "a few hundred particles part of the set is never seen; its CPU cost (~9 min CPU "
+            "per epoch of 500 32³ particles, 61 M parameters at its smallest --templateres "
+            "128) limits it here to --opus-epochs: its scores are an early model's",
             f"- machine: {machine_load()}"]))
 
 

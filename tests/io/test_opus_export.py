@@ -170,3 +170,13 @@ def write_reference(folder: Path) -> None:
     REFERENCE.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(REFERENCE, ctf=data["ctf"].astype(np.float32), params=data["params"])
     (REFERENCE.parent / "settings.json").write_text(json.dumps(CONFIG, indent=1) + "\n")
+
+
+def test_missing_tilt_scheme_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from subtomo.cli import main
+
+    star = simulate_set(tmp_path / "sim")
+    out = tmp_path / "opus" / "poses.pkl"
+    assert main(["poses", "export", "--i", str(star), "--o", str(out), "-D", "16",
+                 "--tilts", str(tmp_path / "absent.json")]) == 2
+    assert "absent.json" in capsys.readouterr().err and not out.parent.exists()
