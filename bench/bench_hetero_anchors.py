@@ -165,7 +165,8 @@ class Tool:
         for k in range(epochs):
             if str(k) in done and self.has_latents(k):
                 continue
-            proc, wall, cpu, peak = run_measured(self.epoch_argv(k), env=env(),
+            # in its folder: OPUS writes its intermediate maps (tmpcpu.mrc) to the cwd
+            proc, wall, cpu, peak = run_measured(self.epoch_argv(k), env=env(), cwd=self.dir,
                                                  capture_output=True, text=True)
             (self.dir / f"log.{k}.txt").write_text(proc.stdout + proc.stderr)
             if proc.returncode != 0 or not self.has_latents(k):
@@ -307,7 +308,7 @@ def main() -> None:
     Opus.dsd = args.opus
     tools = args.tools.split(",")
     for part in args.part.split(","):
-        folder = Path(args.data) / part
+        folder = Path(args.data).resolve() / part
         star = simulate_set(part, folder, args.n, args.box)
         target = truth(part, folder)
         runs = [("ours", Ours(folder / "ours", star, args.box), args.epochs)]
