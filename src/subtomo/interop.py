@@ -127,13 +127,20 @@ def same_flavour(ps: ParticleSet) -> str:
 
 def export_poses(
     star: str | Path, output: str | Path, *, box_px: int, pixel_size_A: float | None = None,
-    fmt: str = "opus",
+    fmt: str = "opus", tilts: str | Path | None = None, tilt_sign: float = 1.0,
 ) -> int:
-    """Poses for the heterogeneity tools (OPUS-TOMO ``parse_pose_star`` or cryoDRGN) as pickle."""
+    """Poses for the heterogeneity tools (OPUS-TOMO ``parse_pose_star`` or cryoDRGN) as pickle.
+
+    OPUS with a tilt scheme (``tilts``: a JSON with ``tilt_range_deg``, ``tilt_step_deg``,
+    ``dose_per_tilt``, ``order`` as ``subtomo simulate`` writes; default ``simulation.json``
+    beside ``star``): also ``<output stem>.star`` and ``<output stem>_ctf/*.csv``, what
+    ``dsd train_tomo --warp --datadir <output folder>`` reads (:mod:`subtomo.io.opus`).
+    """
     if fmt not in POSE_FORMATS:
         raise InputError(None, f"unknown pose format {fmt!r}; choose from {POSE_FORMATS}")
-    check_not_input(output, star)
+    check_not_input(output, star, tilts)
     ps = read_particles(star, pixel_size_A=pixel_size_A)
+    scheme = _opus_tilt_scheme(star, tilts) if fmt == "opus" else None
     resolved_pixel_size_A = (pixel_size_A if pixel_size_A is not None
                              else float(np.nanmean(ps.pixel_size_A())))
     if not np.isfinite(resolved_pixel_size_A):
@@ -148,8 +155,75 @@ def export_poses(
         obj = poses.poses_opus(angles, shifts, box_px, resolved_pixel_size_A)
     else:
         obj = poses.poses_cryodrgn(angles, shifts, box_px, resolved_pixel_size_A)
+    if scheme is not None:
+        _write_opus_ctf(ps, Path(star), Path(output), scheme, resolved_pixel_size_A,
+                        shifts / resolved_pixel_size_A, tilt_sign)
     poses.write_poses_pickle(obj, output, inputs=(star,))
     return len(ps)
+
+
+def _opus_tilt_scheme(star: str | Path, tilts: str | Path | None):
+    """The tilt scheme for OPUS's per-tilt CSVs, or None (poses only) without one."""
+    import json
+
+    from subtomo.simulate.subtomograms import SimulationConfig, tilt_scheme
+
+    path = Path(tilts) if tilts is not None else Path(star).parent / "simulation.json"
+    if not path.exists():
+        if tilts is not None:
+            raise InputError(path, "tilt scheme file not found", field="--tilts")
+        return None
+    try:
+        data = json.loads(path.read_text())
+        keys = ("tilt_range_deg", "tilt_step_deg", "dose_per_tilt", "order")
+        return tilt_scheme(SimulationConfig(**{k: data[k] for k in keys}))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(path, f"not a tilt scheme ({exc})", field="--tilts") from None
+
+
+def _write_opus_ctf(ps: ParticleSet, star: Path, output: Path, scheme, pixel_size_A: float,
+                    shifts_px: np.ndarray, tilt_sign: float) -> None:
+    """``<stem>.star`` + ``<stem>_ctf/<particle>.csv`` beside ``output`` (paths relative to
+    its folder, OPUS's ``--datadir``)."""
+    import os
+
+    from subtomo.io.files import resolve
+    from subtomo.io.opus import tilt_table, write_star
+
+    df = ps.particles
+    for label in ("rlnImageName", "rlnDefocusU"):
+        if label not in df:
+            raise InputError(star, "OPUS needs each particle's subtomogram and defocus",
+                             field=label)
+    folder = output.parent
+    ctf_dir = folder / f"{output.stem}_ctf"
+    ctf_dir.mkdir(parents=True, exist_ok=True)
+    voltage, cs, amp = (ps.optics_column(c) for c in
+                        ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"))
+    dfv = df["rlnDefocusV"] if "rlnDefocusV" in df else df["rlnDefocusU"]
+    angle = df["rlnDefocusAngle"] if "rlnDefocusAngle" in df else pd.Series(0.0, index=df.index)
+    images, ctfs = [], []
+    for i, name in enumerate(df["rlnImageName"].astype(str)):
+        image = resolve(name, star.parent)
+        images.append(os.path.relpath(image.resolve(), folder.resolve()))
+        ctfs.append(f"{ctf_dir.name}/{i + 1:06d}_{Path(name).stem}.mrc")
+        tilt_table(scheme, defocus_u_A=float(df["rlnDefocusU"].iloc[i]),
+                   defocus_v_A=float(dfv.iloc[i]), astigmatism_angle_deg=float(angle.iloc[i]),
+                   voltage_kv=_finite(voltage[i], 300.0), cs_mm=_finite(cs[i], 2.7),
+                   amplitude_contrast=_finite(amp[i], 0.07), pixel_size_A=pixel_size_A,
+                   tilt_sign=tilt_sign).to_csv(folder / Path(ctfs[-1]).with_suffix(".csv"),
+                                                index=False)
+    angles = df[list(ANGLES)].to_numpy(float) if present(df, ANGLES) == 3 else np.zeros((len(df),
+                                                                                         3))
+    table = pd.DataFrame({"rlnImageName": images, "rlnCtfImage": ctfs,
+                          "rlnAngleRot": angles[:, 0], "rlnAngleTilt": angles[:, 1],
+                          "rlnAnglePsi": angles[:, 2], "rlnOriginX": shifts_px[:, 0],
+                          "rlnOriginY": shifts_px[:, 1], "rlnOriginZ": shifts_px[:, 2]})
+    write_star(folder / f"{output.stem}.star", table)
+
+
+def _finite(value: float, default: float) -> float:
+    return float(value) if np.isfinite(value) else default
 
 
 def star_info(star: str | Path) -> dict:

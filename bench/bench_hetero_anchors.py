@@ -1,0 +1,353 @@
+"""Heterogeneity side by side (issue 28): ``subtomo hetero train`` next to OPUS-ET (``dsd
+train_tomo --warp``, patched for CPU by bench/opus/setup.sh) and cryoDRGN-ET on the same
+simulated sets, at a size a 2-core CPU manages.
+
+Parts (``--part``, comma separated): ``composition`` (3 classes), ``hinge`` (domain 0–30°),
+``junk`` (30 % noise or another molecule) from ``bench_hetero.data_set``'s simulator at
+``--n`` particles and ``--box``³ (4 Å/px, CTF + wedge ±60°/3°, noise σ 5, poses 3°/0.5 px
+off), ``independent_hinge``, ``independent_classes`` from tests/hetero/independent_sim.py,
+and ``tiltseries``: 3 classes simulated as tilt series (``subtomo simulate tiltseries``, 5
+tomograms, ±60° / 6°, noise σ 40 per image pixel), the one set all three tools read: ours and
+OPUS on its subtomograms (``subtomo extract``), cryoDRGN-ET on its tilt images (``subtomo
+export cryodrgn``, ``train_vae --encode-mode tilt``).
+
+Per tool and set, per epoch: the score on the latents (KMeans 3 ARI; |Spearman ρ(PC1, hinge)|;
+junk: KMeans 8 with each cluster called junk when most of its members are, an oracle labelling
+that bounds what a selection on the latents could do: junk removed / good kept), wall and CPU
+time, peak RSS, and the cumulative time to the bar (0.9). Every epoch is its own process (the
+tool's own resume: ``hetero train --continue``, OPUS ``--load latest``), recorded in
+``epochs.json`` of the tool's folder: a killed bench resumes where it stopped and finished
+epochs are skipped; the per-epoch times include each process's start (data index, model).
+
+Run: ``python bench/bench_hetero_anchors.py --part composition [--tools ours,opus]
+[--epochs 4] [--opus-epochs 2] [--data DIR]``; OPUS from ``--opus`` (default
+/work/opus_venv/bin/dsd); its settings are those of its README scaled to the box: ``-b 8
+--zdim 12 --lr 4e-5 --beta-control 0.5 --lamb 0.5 --bfactor 4 --templateres 128`` (its
+smallest) ``--downfrac 1 --ctfalpha 0 --ctfbeta 1 --valfrac 0.1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "hetero"))
+
+from results import machine_load, run_measured, update_section  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+BAR = 0.9
+SETS = {"composition": dict(classes=3), "hinge": dict(hinge_max_deg=30.0),
+        "junk": dict(junk_fraction=0.3)}
+INDEPENDENT = {"independent_hinge": "hinge", "independent_classes": "classes"}
+OPUS_SETTINGS = ["-b", "8", "--zdim", "12", "--lr", "4e-5", "--beta-control", "0.5",
+                 "--lamb", "0.5", "--bfactor", "4", "--templateres", "128", "--downfrac", "1",
+                 "--ctfalpha", "0", "--ctfbeta", "1", "--valfrac", "0.1", "--checkpoint", "1",
+                 "--num-workers", "0"]
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "2"}
+
+
+def simulate_set(part: str, folder: Path, n: int, box: int) -> Path:
+    """The set's particles.star of subtomograms (made once); a tilts.json for OPUS's CSVs."""
+    star = folder / "particles.star"
+    if part == "tiltseries":
+        return simulate_tiltseries(folder, n, box)
+    if star.exists():
+        return star
+    shutil.rmtree(folder, ignore_errors=True)
+    if part in INDEPENDENT:
+        from independent_sim import IndependentConfig, simulate
+
+        simulate(folder, IndependentConfig(kind=INDEPENDENT[part], n=n, box_px=box,
+                                           pixel_size_A=4.0, snr=0.3, seed=1))
+        # its wedge ±60° about Y with no dose weighting: the closest tilt scheme
+        (folder / "tilts.json").write_text(json.dumps(dict(
+            tilt_range_deg=60.0, tilt_step_deg=3.0, dose_per_tilt=0.0, order="sequential")))
+    else:
+        from subtomo.simulate.subtomograms import SimulationConfig, simulate_subtomograms
+
+        simulate_subtomograms(folder, SimulationConfig(
+            n=n, box_px=box, pixel_size_A=4.0, n_atoms=4000, noise_sigma=5.0,
+            angle_error_deg=3.0, shift_error_px=0.5, seed=5, **SETS[part]), progress=False)
+        shutil.copy(folder / "simulation.json", folder / "tilts.json")
+    return star
+
+
+TOMOGRAMS = 5
+
+
+def simulate_tiltseries(folder: Path, n: int, box: int) -> Path:
+    """RELION 5 project of ``n`` particles in 3 classes and its subtomograms (extract/)."""
+    star = folder / "extract" / "particles.star"
+    if star.exists():
+        return star
+    if not (folder / "optimisation_set.star").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "subtomo", "simulate", "tiltseries", "--o",
+                        str(folder), "--tomograms", str(TOMOGRAMS), "--n",
+                        str(-(-n // TOMOGRAMS)), "--size", "384", "384", "--thickness", "96",
+                        "--angpix", "4", "--box", str(box), "--pseudo-atoms", "4000",
+                        "--classes", "3", "--tilt-step", "6", "--noise", "40", "--seed", "5"],
+                       env=env(), check=True, capture_output=True)
+    shutil.rmtree(folder / "extract", ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "subtomo", "extract", "--i",
+                    str(folder / "optimisation_set.star"), "--o", str(folder / "extract"),
+                    "--b", str(box)], env=env(), check=True, capture_output=True)
+    return star
+
+
+def truth(part: str, folder: Path) -> np.ndarray:
+    if part in INDEPENDENT:
+        return np.load(folder / "truth.npz")["variable"]
+    from subtomo.io.star import read_particles
+
+    if part == "tiltseries":
+        given = read_particles(folder / "extract" / "particles.star").particles
+        true = read_particles(folder / "truth" / "particles.star").particles
+        lookup = true.set_index("rlnTomoParticleName")["rlnClassNumber"]
+        return given["rlnTomoParticleName"].map(lookup).to_numpy()
+
+    df = read_particles(folder / "truth.star").particles
+    column = {"composition": "rlnClassNumber", "hinge": "rlnSubtomoHingeDeg",
+              "junk": "rlnSubtomoJunk"}[part]
+    return df[column].to_numpy()
+
+
+def score(part: str, z: np.ndarray, target: np.ndarray) -> tuple[float, str]:
+    """(score against the bar, text)."""
+    from scipy.stats import spearmanr
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import adjusted_rand_score
+
+    if part in ("hinge", "independent_hinge"):
+        rho = abs(spearmanr(PCA(1).fit_transform(z)[:, 0], target).statistic)
+        return rho, f"{rho:.3f}"
+    if part == "junk":
+        labels = KMeans(8, n_init=10, random_state=0).fit_predict(z)
+        junk = target > 0
+        called = np.array([junk[labels == k].mean() > 0.5 if np.any(labels == k) else False
+                           for k in range(8)])
+        removed, kept = called[labels][junk].mean(), (~called[labels])[~junk].mean()
+        return min(removed, kept), f"{100 * removed:.0f} % / {100 * kept:.0f} %"
+    ari = adjusted_rand_score(target, KMeans(3, n_init=10, random_state=0).fit_predict(z))
+    return ari, f"{ari:.3f}"
+
+
+class Tool:
+    """One tool's training folder; ``epoch_argv(k)`` runs epoch k (0-based) and leaves its
+    latents for ``latents(k)``."""
+
+    name = ""
+
+    def __init__(self, folder: Path, star: Path, box: int):
+        self.dir, self.star, self.box = folder, star, box
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def record(self) -> dict:
+        path = self.dir / "epochs.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def run(self, epochs: int) -> dict:
+        done = self.record()
+        for k in range(epochs):
+            if str(k) in done and self.has_latents(k):
+                continue
+            # in its folder: OPUS writes its intermediate maps (tmpcpu.mrc) to the cwd
+            proc, wall, cpu, peak = run_measured(self.epoch_argv(k), env=env(), cwd=self.dir,
+                                                 capture_output=True, text=True)
+            (self.dir / f"log.{k}.txt").write_text(proc.stdout + proc.stderr)
+            if proc.returncode != 0 or not self.has_latents(k):
+                raise RuntimeError(f"{self.name} epoch {k} failed: see {self.dir}/log.{k}.txt")
+            done[str(k)] = dict(wall_s=wall, cpu_s=cpu, peak_mib=peak)
+            (self.dir / "epochs.json").write_text(json.dumps(done, indent=1))
+        return done
+
+
+class Ours(Tool):
+    name = "ours (subtomo hetero)"
+
+    def epoch_argv(self, k: int) -> list[str]:
+        argv = [sys.executable, "-m", "subtomo", "hetero", "train", str(self.star), "--o",
+                str(self.dir / "run"), "-n", str(k + 1), "--j", "2", "--ctf"]
+        return argv + (["--continue", str(self.dir / "run")] if k else [])
+
+    def has_latents(self, k: int) -> bool:
+        return (self.dir / "run" / f"z.{k}.npy").exists()
+
+    def latents(self, k: int) -> np.ndarray:
+        return np.load(self.dir / "run" / f"z.{k}.npy")
+
+
+class Opus(Tool):
+    name = "OPUS-ET"
+    dsd = "/work/opus_venv/bin/dsd"
+
+    def prepare(self) -> None:
+        """``subtomo poses export --format opus`` and a spherical mask (radius 0.4 box)."""
+        if (self.dir / "poses.star").exists():
+            return
+        from subtomo import interop
+        from subtomo.io.mrc import write_mrc
+
+        interop.export_poses(self.star, self.dir / "poses.pkl", box_px=self.box, fmt="opus",
+                             tilts=self.star.parent / "tilts.json")
+        g = torch.arange(self.box) - self.box // 2
+        r = (g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2).sqrt()
+        write_mrc(self.dir / "mask.mrc", (r < 0.4 * self.box).float(), 4.0)
+
+    def epoch_argv(self, k: int) -> list[str]:
+        self.prepare()
+        tilts = json.loads((self.star.parent / "tilts.json").read_text())
+        argv = [self.dsd, "train_tomo", str(self.dir / "poses.star"), "--poses",
+                str(self.dir / "poses.pkl"), "-n", str(k + 1), "-o", str(self.dir / "run"),
+                "-r", str(self.dir / "mask.mrc"), "--split", str(self.dir / "split.pkl"),
+                "--angpix", "4", "--datadir", str(self.dir), "--warp",
+                "--tilt-range", str(tilts["tilt_range_deg"]),
+                "--tilt-step", str(tilts["tilt_step_deg"]), *OPUS_SETTINGS]
+        return argv + (["--load", "latest"] if k else [])
+
+    def has_latents(self, k: int) -> bool:
+        return (self.dir / "run" / f"z.{k}.pkl").exists()
+
+    def latents(self, k: int) -> np.ndarray:
+        return torch.load(self.dir / "run" / f"z.{k}.pkl", weights_only=False)["mu"].numpy()
+
+    def coverage(self, n: int) -> str:
+        """Share of the particles OPUS's sampler encodes per epoch: per pose bin (of its 48)
+        whole batches only, the rest never (``num_samples`` of train + validation)."""
+        log = self.dir / "log.0.txt"
+        if not log.exists():
+            return ""
+        counts = [int(line.split()[-1]) for line in log.read_text().splitlines()
+                  if line.startswith("num_samples:")]
+        return f" ({100 * sum(counts[-2:]) / n:.0f} % of the particles in its batches)"
+
+
+class CryoDRGN(Tool):
+    name = "cryoDRGN-ET"
+    exe = "/work/cdrgn_venv/bin/cryodrgn"
+    NTILTS = 10
+
+    def prepare(self) -> list[str]:
+        """``subtomo export cryodrgn`` of the tilt series (once); its dose and angle steps."""
+        project = self.star.parents[1]
+        export = self.dir / "export"
+        if not (export / "ctf.pkl").exists():
+            shutil.rmtree(export, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "subtomo", "export", "cryodrgn", "--i",
+                            str(project / "optimisation_set.star"), "--o", str(export), "--b",
+                            str(self.box)], env=env(), check=True, capture_output=True)
+        settings = json.loads((project / "simulation.json").read_text())
+        return ["--dose-per-tilt", str(settings["dose_per_tilt"]), "--angle-per-tilt",
+                str(settings["tilt_step_deg"])]
+
+    def epoch_argv(self, k: int) -> list[str]:
+        steps = self.prepare()
+        export = self.dir / "export"
+        argv = [self.exe, "train_vae", str(export / "particles.star"), "--poses",
+                str(export / "poses.pkl"), "--ctf", str(export / "ctf.pkl"), "--encode-mode",
+                "tilt", "--ntilts", str(self.NTILTS), *steps, "--zdim", "12", "-n",
+                str(k + 1), "--beta", "0.025", "--no-analysis", "--max-threads", "2", "-o",
+                str(self.dir / "run")]
+        return argv + (["--load", "latest"] if k else [])
+
+    def has_latents(self, k: int) -> bool:  # cryoDRGN counts epochs from 1
+        return (self.dir / "run" / f"z.{k + 1}.pkl").exists()
+
+    def latents(self, k: int) -> np.ndarray:
+        import pickle
+
+        with open(self.dir / "run" / f"z.{k + 1}.pkl", "rb") as f:
+            return np.asarray(pickle.load(f))
+
+
+def table_row(part: str, tool: Tool, epochs: int, target: np.ndarray) -> str:
+    record = tool.record()
+    done = [k for k in range(epochs) if str(k) in record and tool.has_latents(k)]
+    if not done:
+        return f"| {tool.name} | not run | | | | |"
+    scores = [score(part, tool.latents(k), target) for k in done]
+    wall = [record[str(k)]["wall_s"] for k in done]
+    cpu = [record[str(k)]["cpu_s"] for k in done]
+    peak = max(record[str(k)]["peak_mib"] for k in done)
+    reached = next((i for i, (s, _) in enumerate(scores) if s >= BAR), None)
+    to_bar = ("not reached" if reached is None else
+              f"epoch {done[reached] + 1}: {sum(wall[:reached + 1]):.0f} s wall / "
+              f"{sum(cpu[:reached + 1]):.0f} s CPU")
+    name = tool.name + (tool.coverage(len(target)) if isinstance(tool, Opus) else "")
+    return (f"| {name} | {', '.join(t for _, t in scores)} | {np.mean(wall):.0f} / "
+            f"{np.mean(cpu):.0f} | {peak:.0f} | {to_bar} | {len(done)} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", default="composition")
+    parser.add_argument("--tools", default="ours,opus,cryodrgn")
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--box", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=4, help="epochs of ours")
+    parser.add_argument("--opus-epochs", type=int, default=2)
+    parser.add_argument("--opus", default=Opus.dsd, help="OPUS-ET's dsd")
+    parser.add_argument("--data", default=str(ROOT / "bench" / ".data" / "anchors"))
+    parser.add_argument("--score-only", action="store_true",
+                        help="write the section from the finished epochs, train nothing")
+    args = parser.parse_args()
+    Opus.dsd = args.opus
+    tools = args.tools.split(",")
+    for part in args.part.split(","):
+        folder = Path(args.data).resolve() / part
+        star = simulate_set(part, folder, args.n, args.box)
+        target = truth(part, folder)
+        runs = [("ours", Ours(folder / "ours", star, args.box), args.epochs)]
+        if part != "tiltseries":
+            runs.append(("opus", Opus(folder / "opus", star, args.box), args.opus_epochs))
+        else:
+            runs.append(("cryodrgn", CryoDRGN(folder / "cryodrgn", star, args.box),
+                         args.epochs))
+        lines = ["| tool | score per epoch | wall / CPU s per epoch | peak RSS MiB | "
+                 f"time to {BAR} | epochs |", "|---|---|---|---|---|---|"]
+        for key, tool, epochs in runs:
+            if not args.score_only and key in tools:
+                tool.run(epochs)
+            lines.append(table_row(part, tool, epochs, target))
+        if part == "tiltseries":
+            lines.append("| OPUS-ET | TODO: `poses export --format opus` takes the defocus per "
+                         "particle (rlnDefocusU); extracted RELION 5 subtomograms keep it per "
+                         "tilt in tomograms.star, not read yet; not run | | | | |")
+        else:
+            lines.append("| cryoDRGN-ET | needs tilt images: see the tiltseries part | | | | |")
+        what = {"composition": "KMeans 3 ARI", "independent_classes": "KMeans 3 ARI",
+                "hinge": "|Spearman ρ(PC1, hinge)|", "independent_hinge":
+                "|Spearman ρ(PC1, hinge)|", "junk": "junk removed / good kept (oracle "
+                "labelling of KMeans 8 clusters)", "tiltseries": "KMeans 3 ARI"}[part]
+        update_section(f"Heterogeneity side by side: {part}", "\n".join([
+            f"- set: {part}, {args.n} particles, {args.box}³ at 4 Å/px; score: {what}; "
+            "bar 0.9", "", *lines, "",
+            "- each epoch is one process (times include its start); OPUS-ET: bench/opus "
+            "(patched for CPU), `dsd train_tomo --warp` on `subtomo poses export --format opus`"
+            f" with {' '.join(OPUS_SETTINGS)}; ours: `subtomo hetero train --ctf` defaults; "
+            f"cryoDRGN-ET: `train_vae --encode-mode tilt --ntilts {CryoDRGN.NTILTS} --zdim 12 "
+            "--beta 0.025` (its tutorial's), other options default",
+            "- OPUS-ET's README trains 40 epochs at lr 4e-5 on thousands of subtomograms with "
+            "GPUs; its sampler uses whole batches of 8 within each of 48 pose bins only, so on "
+            "a few hundred particles part of the set is never seen; its CPU cost (~9 min CPU "
+            "per epoch of 500 32³ particles, 61 M parameters at its smallest --templateres "
+            "128) limits it here to --opus-epochs: its scores are an early model's",
+            f"- machine: {machine_load()}"]))
+
+
+if __name__ == "__main__":
+    main()
