@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from subtomo.ctf.tilt_scheme import TiltScheme
 from subtomo.errors import InputError
 from subtomo.io import dynamo, poses
-from subtomo.io.files import check_not_input
+from subtomo.io.files import check_not_input, resolve
+from subtomo.io.opus import tilt_table, write_star
 from subtomo.io.particles import ANGLES, COORD_PX, ORIGIN_A, ParticleSet, present
 from subtomo.io.star import read_particles, read_tomograms, write_particles
 
@@ -164,10 +168,6 @@ def export_poses(
 
 def _opus_tilt_scheme(star: str | Path, tilts: str | Path | None):
     """The tilt scheme for OPUS's per-tilt CSVs, or None (poses only) without one."""
-    import json
-
-    from subtomo.simulate.subtomograms import SimulationConfig, tilt_scheme
-
     path = Path(tilts) if tilts is not None else Path(star).parent / "simulation.json"
     if not path.exists():
         if tilts is not None:
@@ -175,8 +175,11 @@ def _opus_tilt_scheme(star: str | Path, tilts: str | Path | None):
         return None
     try:
         data = json.loads(path.read_text())
-        keys = ("tilt_range_deg", "tilt_step_deg", "dose_per_tilt", "order")
-        return tilt_scheme(SimulationConfig(**{k: data[k] for k in keys}))
+        builders = {"dose-symmetric": TiltScheme.dose_symmetric,
+                    "sequential": TiltScheme.sequential, "bidirectional": TiltScheme.bidirectional}
+        return builders[data["order"]](tilt_range_deg=float(data["tilt_range_deg"]),
+                                       tilt_step_deg=float(data["tilt_step_deg"]),
+                                       dose_per_tilt=float(data["dose_per_tilt"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(path, f"not a tilt scheme ({exc})", field="--tilts") from None
 
@@ -185,11 +188,6 @@ def _write_opus_ctf(ps: ParticleSet, star: Path, output: Path, scheme, pixel_siz
                     shifts_px: np.ndarray, tilt_sign: float) -> None:
     """``<stem>.star`` + ``<stem>_ctf/<particle>.csv`` beside ``output`` (paths relative to
     its folder, OPUS's ``--datadir``)."""
-    import os
-
-    from subtomo.io.files import resolve
-    from subtomo.io.opus import tilt_table, write_star
-
     df = ps.particles
     for label in ("rlnImageName", "rlnDefocusU"):
         if label not in df:
