@@ -13,7 +13,7 @@ import pandas as pd
 from subtomo.ctf.tilt_scheme import TiltScheme
 from subtomo.errors import InputError
 from subtomo.io import dynamo, poses
-from subtomo.io.files import check_not_input, resolve
+from subtomo.io.files import atomic_path, check_not_input, resolve
 from subtomo.io.opus import tilt_table, write_star
 from subtomo.io.particles import ANGLES, COORD_PX, ORIGIN_A, ParticleSet, present
 from subtomo.io.star import read_particles, read_tomograms, write_particles
@@ -193,11 +193,15 @@ def _write_opus_ctf(ps: ParticleSet, star: Path, output: Path, scheme, pixel_siz
         if label not in df:
             raise InputError(star, "OPUS needs each particle's subtomogram and defocus",
                              field=label)
+    voltage, cs, amp = (ps.optics_column(c) for c in
+                        ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"))
+    for label, values in zip(("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"),
+                             (voltage, cs, amp), strict=True):
+        if not np.isfinite(np.asarray(values, float)).all():  # no guessed microscope
+            raise InputError(star, "OPUS's CTF needs it for every particle", field=label)
     folder = output.parent
     ctf_dir = folder / f"{output.stem}_ctf"
     ctf_dir.mkdir(parents=True, exist_ok=True)
-    voltage, cs, amp = (ps.optics_column(c) for c in
-                        ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"))
     dfv = df["rlnDefocusV"] if "rlnDefocusV" in df else df["rlnDefocusU"]
     angle = df["rlnDefocusAngle"] if "rlnDefocusAngle" in df else pd.Series(0.0, index=df.index)
     images, ctfs = [], []
@@ -205,12 +209,14 @@ def _write_opus_ctf(ps: ParticleSet, star: Path, output: Path, scheme, pixel_siz
         image = resolve(name, star.parent)
         images.append(os.path.relpath(image.resolve(), folder.resolve()))
         ctfs.append(f"{ctf_dir.name}/{i + 1:06d}_{Path(name).stem}.mrc")
-        tilt_table(scheme, defocus_u_A=float(df["rlnDefocusU"].iloc[i]),
-                   defocus_v_A=float(dfv.iloc[i]), astigmatism_angle_deg=float(angle.iloc[i]),
-                   voltage_kv=_finite(voltage[i], 300.0), cs_mm=_finite(cs[i], 2.7),
-                   amplitude_contrast=_finite(amp[i], 0.07), pixel_size_A=pixel_size_A,
-                   tilt_sign=tilt_sign).to_csv(folder / Path(ctfs[-1]).with_suffix(".csv"),
-                                                index=False)
+        table = tilt_table(scheme, defocus_u_A=float(df["rlnDefocusU"].iloc[i]),
+                           defocus_v_A=float(dfv.iloc[i]),
+                           astigmatism_angle_deg=float(angle.iloc[i]),
+                           voltage_kv=float(voltage[i]), cs_mm=float(cs[i]),
+                           amplitude_contrast=float(amp[i]), pixel_size_A=pixel_size_A,
+                           tilt_sign=tilt_sign)
+        with atomic_path(folder / Path(ctfs[-1]).with_suffix(".csv")) as tmp:
+            table.to_csv(tmp, index=False)
     angles = df[list(ANGLES)].to_numpy(float) if present(df, ANGLES) == 3 else np.zeros((len(df),
                                                                                          3))
     table = pd.DataFrame({"rlnImageName": images, "rlnCtfImage": ctfs,
@@ -218,10 +224,6 @@ def _write_opus_ctf(ps: ParticleSet, star: Path, output: Path, scheme, pixel_siz
                           "rlnAnglePsi": angles[:, 2], "rlnOriginX": shifts_px[:, 0],
                           "rlnOriginY": shifts_px[:, 1], "rlnOriginZ": shifts_px[:, 2]})
     write_star(folder / f"{output.stem}.star", table)
-
-
-def _finite(value: float, default: float) -> float:
-    return float(value) if np.isfinite(value) else default
 
 
 def star_info(star: str | Path) -> dict:

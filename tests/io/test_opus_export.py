@@ -180,3 +180,18 @@ def test_missing_tilt_scheme_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert main(["poses", "export", "--i", str(star), "--o", str(out), "-D", "16",
                  "--tilts", str(tmp_path / "absent.json")]) == 2
     assert "absent.json" in capsys.readouterr().err and not out.parent.exists()
+
+
+def test_missing_microscope_is_one_line_and_writes_nothing(tmp_path, capsys):
+    """No guessed voltage: OPUS's CTF needs the optics of every particle."""
+    from subtomo.cli import main
+    from subtomo.io.star_text import read_star, write_star
+
+    star = simulate_set(tmp_path / "sim")
+    blocks = read_star(star)
+    blocks["optics"] = blocks["optics"].drop(columns=["rlnVoltage"])
+    write_star(blocks, tmp_path / "sim" / "no_voltage.star")
+    out = tmp_path / "opus" / "poses.pkl"
+    assert main(["poses", "export", "--i", str(tmp_path / "sim" / "no_voltage.star"), "--o",
+                 str(out), "-D", "16", "--tilts", str(tmp_path / "sim" / "simulation.json")]) == 2
+    assert "rlnVoltage" in capsys.readouterr().err and not out.parent.exists()

@@ -25,6 +25,7 @@ import torch
 
 from subtomo.ctf.dose import dose_filter
 from subtomo.ctf.tilt_scheme import TiltScheme
+from subtomo.io.files import atomic_path
 
 CSV_COLUMNS = ("TiltAngle", "Defocus", "Voltage", "Cs", "Amplitude", "Bfactor", "Scale",
                "DefocusDelta", "AstigmatismAngle")
@@ -76,4 +77,5 @@ def write_star(path: str | Path, table: pd.DataFrame) -> None:
     lines += [f"_{name} #{i + 1}" for i, name in enumerate(STAR_COLUMNS)]
     for row in table[list(STAR_COLUMNS)].itertuples(index=False):
         lines.append(" ".join(f"{v:.6f}" if isinstance(v, float) else str(v) for v in row))
-    Path(path).write_text("\n".join(lines) + "\n\n")
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n\n")
