@@ -218,34 +218,28 @@ def test_poses_export_of_a_tilt_series_input_is_the_cryodrgn_export(exported, tm
     assert np.array_equal(read_mrc(out / first)[0], read_mrc(root / "export" / first)[0])
 
 
-def _refused(capsys, argv: list[str], what: str, out: Path) -> None:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and what in err[0]
-    assert not out.exists()
 
-
-def test_bad_input_is_refused_in_one_line_and_nothing_written(exported, tmp_path, capsys):
+def test_bad_input_is_refused_in_one_line_and_nothing_written(exported, tmp_path, capsys,
+                                                               refused):
     root, _ = exported
     opt = str(root / "x" / "optimisation_set.star")
     out = tmp_path / "out"
-    _refused(capsys, ["export", "cryodrgn", "--i", opt, "--o", str(out)], "--b", out)
-    _refused(capsys, ["export", "cryodrgn", "--i", opt, "--b", "23", "--o", str(out)],
+    refused(["export", "cryodrgn", "--i", opt, "--o", str(out)], "--b", out)
+    refused(["export", "cryodrgn", "--i", opt, "--b", "23", "--o", str(out)],
              "must be even", out)
     # cryoDRGN multiplies by the CTF itself: premultiplied images are refused
-    _refused(capsys, ["export", "cryodrgn", "--i", opt, "--b", "24", "--premultiplied", "--o",
+    refused(["export", "cryodrgn", "--i", opt, "--b", "24", "--premultiplied", "--o",
                       str(out)], "premultiplied", out)
-    _refused(capsys, ["export", "cryodrgn", "--i", str(DATA / "particles.star"), "--b", "24",
+    refused(["export", "cryodrgn", "--i", str(DATA / "particles.star"), "--b", "24",
                       "--o", str(out)], "--b", out)
-    _refused(capsys, ["export", "cryodrgn", "--i", str(tmp_path / "absent.star"), "--b", "24",
+    refused(["export", "cryodrgn", "--i", str(tmp_path / "absent.star"), "--b", "24",
                       "--o", str(out)], "absent.star", out)
     # the output folder would overwrite the input's own particles.star
     copy = tmp_path / "copy"
     shutil.copytree(DATA, copy)
     table = read_star(copy / "particles.star")[""]
     write_star({"": table.drop(columns=["rlnVoltage"])}, copy / "no_voltage.star")
-    _refused(capsys, ["export", "cryodrgn", "--i", str(copy / "no_voltage.star"), "--o",
+    refused(["export", "cryodrgn", "--i", str(copy / "no_voltage.star"), "--o",
                       str(out)], "rlnVoltage", out)
     (copy / "no_voltage.star").unlink()
     before = sorted(p.name for p in copy.rglob("*"))
