@@ -195,22 +195,37 @@ class Opus(Tool):
     name = "OPUS-ET"
     dsd = "/work/opus_venv/bin/dsd"
 
+    def tilts(self) -> dict:
+        """The tilt scheme (OPUS's --tilt-range/--tilt-step): tilts.json beside subtomograms
+        simulated as such, the project's simulation.json for ones cut from tilt series."""
+        path = self.star.parent / "tilts.json"
+        return json.loads((path if path.exists() else self.star.parents[1] /
+                           "simulation.json").read_text())
+
     def prepare(self) -> None:
-        """``subtomo poses export --format opus`` and a spherical mask (radius 0.4 box)."""
+        """``subtomo poses export --format opus`` (per-tilt CSVs from the tilt scheme, or from
+        the tilt series for subtomograms cut from them) and a spherical mask (radius 0.4 box)."""
         if (self.dir / "poses.star").exists():
             return
         from subtomo import interop
         from subtomo.io.mrc import write_mrc
 
-        interop.export_poses(self.star, self.dir / "poses.pkl", box_px=self.box, fmt="opus",
-                             tilts=self.star.parent / "tilts.json")
+        opt = self.star.parent / "optimisation_set.star"
+        if (self.star.parent / "tilts.json").exists() or not opt.exists():
+            interop.export_poses(self.star, self.dir / "poses.pkl", box_px=self.box,
+                                 fmt="opus", tilts=self.star.parent / "tilts.json")
+        else:
+            subprocess.run([sys.executable, "-m", "subtomo", "poses", "export", "--i", str(opt),
+                            "-D", str(self.box), "--format", "opus", "-o",
+                            str(self.dir / "poses.pkl")], env=env(), check=True,
+                           capture_output=True)
         g = torch.arange(self.box) - self.box // 2
         r = (g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2).sqrt()
         write_mrc(self.dir / "mask.mrc", (r < 0.4 * self.box).float(), 4.0)
 
     def epoch_argv(self, k: int) -> list[str]:
         self.prepare()
-        tilts = json.loads((self.star.parent / "tilts.json").read_text())
+        tilts = self.tilts()
         argv = [self.dsd, "train_tomo", str(self.dir / "poses.star"), "--poses",
                 str(self.dir / "poses.pkl"), "-n", str(k + 1), "-o", str(self.dir / "run"),
                 "-r", str(self.dir / "mask.mrc"), "--split", str(self.dir / "split.pkl"),
@@ -311,10 +326,9 @@ def main() -> None:
         folder = Path(args.data).resolve() / part
         star = simulate_set(part, folder, args.n, args.box)
         target = truth(part, folder)
-        runs = [("ours", Ours(folder / "ours", star, args.box), args.epochs)]
-        if part != "tiltseries":
-            runs.append(("opus", Opus(folder / "opus", star, args.box), args.opus_epochs))
-        else:
+        runs = [("ours", Ours(folder / "ours", star, args.box), args.epochs),
+                ("opus", Opus(folder / "opus", star, args.box), args.opus_epochs)]
+        if part == "tiltseries":
             runs.append(("cryodrgn", CryoDRGN(folder / "cryodrgn", star, args.box),
                          args.epochs))
         lines = ["| tool | score per epoch | wall / CPU s per epoch | peak RSS MiB | "
@@ -323,11 +337,7 @@ def main() -> None:
             if not args.score_only and key in tools:
                 tool.run(epochs)
             lines.append(table_row(part, tool, epochs, target))
-        if part == "tiltseries":
-            lines.append("| OPUS-ET | TODO: `poses export --format opus` takes the defocus per "
-                         "particle (rlnDefocusU); extracted RELION 5 subtomograms keep it per "
-                         "tilt in tomograms.star, not read yet; not run | | | | |")
-        else:
+        if part != "tiltseries":
             lines.append("| cryoDRGN-ET | needs tilt images: see the tiltseries part | | | | |")
         what = {"composition": "KMeans 3 ARI", "independent_classes": "KMeans 3 ARI",
                 "hinge": "|Spearman ρ(PC1, hinge)|", "independent_hinge":

@@ -12,9 +12,8 @@ import pandas as pd
 
 from subtomo.ctf.tilt_scheme import TiltScheme
 from subtomo.errors import InputError
-from subtomo.io import dynamo, poses
+from subtomo.io import dynamo, opus, poses
 from subtomo.io.files import atomic_path, check_not_input, resolve
-from subtomo.io.opus import tilt_table, write_star
 from subtomo.io.particles import ANGLES, COORD_PX, ORIGIN_A, ParticleSet, present
 from subtomo.io.star import read_particles, read_tomograms, write_particles
 
@@ -132,6 +131,7 @@ def same_flavour(ps: ParticleSet) -> str:
 def export_poses(
     star: str | Path, output: str | Path, *, box_px: int, pixel_size_A: float | None = None,
     fmt: str = "opus", tilts: str | Path | None = None, tilt_sign: float = 1.0,
+    tilt_tables: list[pd.DataFrame] | None = None,
 ) -> int:
     """Poses for the heterogeneity tools (OPUS-TOMO ``parse_pose_star`` or cryoDRGN) as pickle.
 
@@ -139,12 +139,15 @@ def export_poses(
     ``dose_per_tilt``, ``order`` as ``subtomo simulate`` writes; default ``simulation.json``
     beside ``star``): also ``<output stem>.star`` and ``<output stem>_ctf/*.csv``, what
     ``dsd train_tomo --warp --datadir <output folder>`` reads (:mod:`subtomo.io.opus`).
+    ``tilt_tables``: each particle's CSV rows already made (subtomograms cut from tilt series:
+    :func:`subtomo.tomo.export_opus.opus_tilt_tables`), in place of a tilt scheme.
     """
     if fmt not in POSE_FORMATS:
         raise InputError(None, f"unknown pose format {fmt!r}; choose from {POSE_FORMATS}")
     check_not_input(output, star, tilts)
     ps = read_particles(star, pixel_size_A=pixel_size_A)
-    scheme = _opus_tilt_scheme(star, tilts) if fmt == "opus" else None
+    scheme = (_opus_tilt_scheme(star, tilts) if fmt == "opus" and tilt_tables is None
+              else None)
     resolved_pixel_size_A = (pixel_size_A if pixel_size_A is not None
                              else float(np.nanmean(ps.pixel_size_A())))
     if not np.isfinite(resolved_pixel_size_A):
@@ -160,8 +163,9 @@ def export_poses(
     else:
         obj = poses.poses_cryodrgn(angles, shifts, box_px, resolved_pixel_size_A)
     if scheme is not None:
-        _write_opus_ctf(ps, Path(star), Path(output), scheme, resolved_pixel_size_A,
-                        shifts / resolved_pixel_size_A, tilt_sign)
+        tilt_tables = _scheme_tables(ps, Path(star), scheme, resolved_pixel_size_A, tilt_sign)
+    if fmt == "opus" and tilt_tables is not None:
+        _write_opus_ctf(ps, Path(star), Path(output), tilt_tables, shifts / resolved_pixel_size_A)
     poses.write_poses_pickle(obj, output, inputs=(star,))
     return len(ps)
 
@@ -184,46 +188,62 @@ def _opus_tilt_scheme(star: str | Path, tilts: str | Path | None):
         raise InputError(path, f"not a tilt scheme ({exc})", field="--tilts") from None
 
 
-def _write_opus_ctf(ps: ParticleSet, star: Path, output: Path, scheme, pixel_size_A: float,
-                    shifts_px: np.ndarray, tilt_sign: float) -> None:
+def _scheme_tables(ps: ParticleSet, star: Path, scheme, pixel_size_A: float,
+                   tilt_sign: float) -> list[pd.DataFrame]:
+    """Each particle's OPUS CSV rows from one tilt scheme and its own defocus and optics."""
+    df = ps.particles
+    if "rlnDefocusU" not in df:
+        raise InputError(star, "OPUS needs each particle's defocus", field="rlnDefocusU")
+    voltage, cs, amp = _microscope(ps, star)
+    offsets = np.asarray(scheme.defocus_offset_A, float)
+    dfv = df["rlnDefocusV"] if "rlnDefocusV" in df else df["rlnDefocusU"]
+    angle = df["rlnDefocusAngle"] if "rlnDefocusAngle" in df else pd.Series(0.0, index=df.index)
+    frames = opus.scheme_frames(scheme, tilt_sign)
+    exposure = np.asarray(scheme.pre_exposure_e_per_A2, float)
+    return [opus.tilt_table(frames, exposure_e_per_A2=exposure,
+                            defocus_u_A=float(df["rlnDefocusU"].iloc[i]) + offsets,
+                            defocus_v_A=float(dfv.iloc[i]) + offsets,
+                            astigmatism_angle_deg=np.full(len(offsets), float(angle.iloc[i])),
+                            voltage_kv=float(voltage[i]), cs_mm=float(cs[i]),
+                            amplitude_contrast=float(amp[i]), pixel_size_A=pixel_size_A)
+            for i in range(len(df))]
+
+
+def _microscope(ps: ParticleSet, star: Path) -> tuple[np.ndarray, ...]:
+    """Voltage, Cs and amplitude contrast per particle; refused where any is missing."""
+    values = tuple(np.asarray(ps.optics_column(c), float) for c in
+                   ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"))
+    for label, v in zip(("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"),
+                        values, strict=True):
+        if not np.isfinite(v).all():  # no guessed microscope
+            raise InputError(star, "OPUS's CTF needs it for every particle", field=label)
+    return values
+
+
+def _write_opus_ctf(ps: ParticleSet, star: Path, output: Path, tables: list[pd.DataFrame],
+                    shifts_px: np.ndarray) -> None:
     """``<stem>.star`` + ``<stem>_ctf/<particle>.csv`` beside ``output`` (paths relative to
     its folder, OPUS's ``--datadir``)."""
     df = ps.particles
-    for label in ("rlnImageName", "rlnDefocusU"):
-        if label not in df:
-            raise InputError(star, "OPUS needs each particle's subtomogram and defocus",
-                             field=label)
-    voltage, cs, amp = (ps.optics_column(c) for c in
-                        ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"))
-    for label, values in zip(("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"),
-                             (voltage, cs, amp), strict=True):
-        if not np.isfinite(np.asarray(values, float)).all():  # no guessed microscope
-            raise InputError(star, "OPUS's CTF needs it for every particle", field=label)
+    if "rlnImageName" not in df:
+        raise InputError(star, "OPUS needs each particle's subtomogram", field="rlnImageName")
     folder = output.parent
     ctf_dir = folder / f"{output.stem}_ctf"
     ctf_dir.mkdir(parents=True, exist_ok=True)
-    dfv = df["rlnDefocusV"] if "rlnDefocusV" in df else df["rlnDefocusU"]
-    angle = df["rlnDefocusAngle"] if "rlnDefocusAngle" in df else pd.Series(0.0, index=df.index)
     images, ctfs = [], []
     for i, name in enumerate(df["rlnImageName"].astype(str)):
         image = resolve(name, star.parent)
         images.append(os.path.relpath(image.resolve(), folder.resolve()))
         ctfs.append(f"{ctf_dir.name}/{i + 1:06d}_{Path(name).stem}.mrc")
-        table = tilt_table(scheme, defocus_u_A=float(df["rlnDefocusU"].iloc[i]),
-                           defocus_v_A=float(dfv.iloc[i]),
-                           astigmatism_angle_deg=float(angle.iloc[i]),
-                           voltage_kv=float(voltage[i]), cs_mm=float(cs[i]),
-                           amplitude_contrast=float(amp[i]), pixel_size_A=pixel_size_A,
-                           tilt_sign=tilt_sign)
         with atomic_path(folder / Path(ctfs[-1]).with_suffix(".csv")) as tmp:
-            table.to_csv(tmp, index=False)
+            tables[i].to_csv(tmp, index=False)
     angles = df[list(ANGLES)].to_numpy(float) if present(df, ANGLES) == 3 else np.zeros((len(df),
                                                                                          3))
     table = pd.DataFrame({"rlnImageName": images, "rlnCtfImage": ctfs,
                           "rlnAngleRot": angles[:, 0], "rlnAngleTilt": angles[:, 1],
                           "rlnAnglePsi": angles[:, 2], "rlnOriginX": shifts_px[:, 0],
                           "rlnOriginY": shifts_px[:, 1], "rlnOriginZ": shifts_px[:, 2]})
-    write_star(folder / f"{output.stem}.star", table)
+    opus.write_star(folder / f"{output.stem}.star", table)
 
 
 def star_info(star: str | Path) -> dict:

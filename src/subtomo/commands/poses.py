@@ -19,7 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="A particle STAR file (3D subtomograms): the pose pickle --o, one pose per "
         "particle; --format opus with a tilt scheme (--tilts, or simulation.json beside the "
         "STAR) also writes OUT.star and OUT_ctf/*.csv, the per-tilt CTF parameters OPUS-ET's "
-        "--warp route reads (cryoDRGN gets no CTF pickle here: a subtomogram's CTF is a 3D "
+        "--warp route reads; for subtomograms cut from tilt series (--i an optimisation set, "
+        "or particles with --t tomograms.star) the CSVs come from the tilt series instead: each "
+        "particle's tilts with the defocus at its depth, the tilt's dose and Scale 0 where its "
+        "box leaves the image; 2D stacks and tilts off the y axis are refused "
+        "(cryoDRGN gets no CTF pickle here: a subtomogram's CTF is a 3D "
         "volume, which its (N, 9) table cannot hold). --format cryodrgn of a RELION 5 "
         "optimisation set or a Warp 1 sub-tilt STAR file: --o is a folder and gets what subtomo "
         "export cryodrgn writes (particles.star, Subtilts/*.mrcs images that are not "
@@ -37,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--tilts", default=None,
                      help="opus: tilt scheme JSON (tilt_range_deg, tilt_step_deg, dose_per_tilt, "
                      "order; default simulation.json beside the STAR) for the per-tilt CTF CSVs")
+    exp.add_argument("--t", dest="tomograms", default=None,
+                     help="opus: tomograms.star of the tilt series the subtomograms were cut "
+                     "from: per-tilt CSVs from them (each particle's tilts, defocus at its "
+                     "depth, dose; an optimisation set as --i names it)")
+    exp.add_argument("--mot", dest="motion", default=None,
+                     help="opus with tilt series: motion.star trajectories")
     exp.set_defaults(run=_export)
 
 
@@ -49,7 +59,34 @@ def _export(args: argparse.Namespace) -> int:
         if export.is_tilt_series_input(args.input):
             return export.run_cryodrgn(export.cryodrgn_args(args.input, args.output, args.box,
                                                             args.angpix))
-    n = interop.export_poses(args.input, args.output, box_px=args.box,
-                             pixel_size_A=args.angpix, fmt=args.format, tilts=args.tilts)
+    star, tables = args.input, None
+    if args.format == "opus" and (args.tomograms or _is_optimisation_set(args.input)):
+        star, tables = _tilt_series_tables(args)
+    n = interop.export_poses(star, args.output, box_px=args.box, pixel_size_A=args.angpix,
+                             fmt=args.format, tilts=args.tilts, tilt_tables=tables)
     print(f"Wrote {args.format} poses of {n} particles to {args.output}.")
     return 0
+
+
+def _is_optimisation_set(path: str | None) -> bool:
+    from subtomo.commands.export import is_tilt_series_input
+    from subtomo.io.warp1_series import is_warp1_series
+
+    return is_tilt_series_input(path) and not is_warp1_series(path)
+
+
+def _tilt_series_tables(args: argparse.Namespace):
+    """The particle STAR and each particle's OPUS CSV rows from its tilt series."""
+    from subtomo.io.files import check_not_input
+    from subtomo.io.tomograms import read_inputs
+    from subtomo.tomo.export_opus import opus_tilt_tables
+
+    opt = args.input if _is_optimisation_set(args.input) else None
+    inputs = read_inputs(opt, particles=None if opt else args.input, tomograms=args.tomograms,
+                         motion=args.motion)
+    check_not_input(args.output, *inputs.paths())
+    ps = inputs.particles
+    pixel_size_A = args.angpix or float(ps.pixel_size_A()[0])
+    tables = opus_tilt_tables(ps, inputs.tomograms, box_px=args.box, pixel_size_A=pixel_size_A,
+                              motion=inputs.motion)
+    return inputs.files["particles"], tables
