@@ -299,57 +299,64 @@ def run_hinge(epochs: int, device: str, lines: list[str]) -> None:
                  f" (true 0° vs true 30°: {band(truths[0], truths[1]):.3f})")
 
 
-def run_ceiling(lines: list[str]) -> None:
-    """What the hinge data allow: each particle's angle by template matching against the true
-    maps at 0, 5, … 30° (the forward model of training, no learning), at the given poses and at
-    the true ones; |Spearman ρ| with the true angle on the first 400 particles."""
+def hinge_ceiling(config: SimulationConfig, truth_star: Path, poses: dict, n: int = 400
+                  ) -> dict[str, float]:
+    """What hinge data allow: each particle's angle by template matching against the true maps
+    at 0, 5, … 30° (the forward model of training, no learning), at each of ``poses`` (label →
+    particle set); |Spearman ρ| with the true angle on the first ``n`` particles."""
     from scipy.stats import spearmanr
 
     from subtomo.hetero.forward import Boxes, ctf_filter, predict, real_at
+    from subtomo.hetero.inputs import auto_mask
     from subtomo.hetero.model import HeteroVAE
     from subtomo.refine.images import iterate_batches
     from subtomo.simulate.render import render_atoms
     from subtomo.simulate.subtomograms import build_structure
 
-    data = data_set("hinge")
-    config = SimulationConfig(**BASE, **SETS["hinge"])
+    box, pixel_A = config.box_px, config.pixel_size_A
     base = build_structure(config)
     angles = np.arange(0.0, 31.0, 5.0)
-    maps = torch.stack([render_atoms(base.hinged(a).positions_A[None], base.amplitudes, 48, 4.0,
-                                     config.sigma_A)[0].float() for a in angles])
-    from subtomo.hetero.inputs import auto_mask
-
-    mask = auto_mask(maps[3], 4.0)
-    boxes = Boxes(48, 4.0, 36, 48)
-    model = HeteroVAE(enc_box=36, template_box=48, zdim=1, zaffinedim=0, consensus=maps[3],
-                      mask=mask, body_masks=None, template_pixel_size_A=4.0)
-    truth = read_particles(data / "truth.star")
-    angle = truth.particles["rlnSubtomoHingeDeg"].to_numpy()
-    n = 400
+    maps = torch.stack([render_atoms(base.hinged(a).positions_A[None], base.amplitudes, box,
+                                     pixel_A, config.sigma_A)[0].float() for a in angles])
+    mask = auto_mask(maps[3], pixel_A)
+    boxes = Boxes(box, pixel_A, 3 * box // 4, box)
+    model = HeteroVAE(enc_box=3 * box // 4, template_box=box, zdim=1, zaffinedim=0,
+                      consensus=maps[3], mask=mask, body_masks=None,
+                      template_pixel_size_A=pixel_A)
+    angle = read_particles(truth_star).particles["rlnSubtomoHingeDeg"].to_numpy()
+    n = min(n, len(angle))
     found = {}
-    run_dir = data / "run"  # the *hinge* part's training, if it was run
-    done = sorted(int(p.name.split(".")[1]) for p in run_dir.glob("weights.*.pt"))
-    names = ["particles.star", "Refine3D/run_data.star", "truth.star"]
-    for name in names + (["refined"] if done else []):
-        if name.startswith("Refine3D"):
-            consensus_refined("hinge")
-        ps = (refined_poses(data / "Refine3D/run_data.star", run_dir, done[-1])
-              if name == "refined" else read_particles(data / name))
+    for label, ps in poses.items():
         A = ps.rotation_matrices().float()
         best = np.zeros(n)
-        for batch in iterate_batches(ps, np.arange(n), box=48, ctf=True, batch_size=16,
-                                     shifts_px=torch.as_tensor(ps.shifts_A() / 4.0)):
+        for batch in iterate_batches(ps, np.arange(n), box=box, ctf=True, batch_size=16,
+                                     shifts_px=torch.as_tensor(ps.shifts_A() / pixel_A)):
             b = len(batch.rows)
             idx = torch.as_tensor(batch.rows)
             filt = ctf_filter(batch.ctf, boxes, 1.0, 0.0, b, torch.device("cpu"))
-            x = real_at(batch.spectra, 48, 48)
+            x = real_at(batch.spectra, box, box)
             cost = []
             for m in maps:
-                pred, at = predict(model, (m * mask).expand(b, 48, 48, 48), torch.zeros(b, 1),
+                pred, at = predict(model, (m * mask).expand(b, box, box, box), torch.zeros(b, 1),
                                    A[idx], torch.zeros(b, 3), boxes, filt)
                 cost.append(((pred - x) ** 2 * at).sum((1, 2, 3)))
             best[batch.rows] = angles[torch.stack(cost, 1).argmin(1).numpy()]
-        found[name] = abs(spearmanr(best, angle[:n]).statistic)
+        found[label] = abs(spearmanr(best, angle[:n]).statistic)
+    return found
+
+
+def run_ceiling(lines: list[str]) -> None:
+    """:func:`hinge_ceiling` of the *hinge* part's set at the simulated, consensus, true and
+    (if that part was run) training-refined poses."""
+    data = data_set("hinge")
+    run_dir = data / "run"  # the *hinge* part's training, if it was run
+    done = sorted(int(p.name.split(".")[1]) for p in run_dir.glob("weights.*.pt"))
+    consensus_refined("hinge")
+    poses = {name: read_particles(data / name) for name in
+             ("particles.star", "Refine3D/run_data.star", "truth.star")}
+    if done:
+        poses["refined"] = refined_poses(data / "Refine3D/run_data.star", run_dir, done[-1])
+    found = hinge_ceiling(SimulationConfig(**BASE, **SETS["hinge"]), data / "truth.star", poses)
     lines.append(f"- ceiling: the hinge angle of each particle by template matching against the "
                  f"true maps (0, 5, …, 30°) through the training's forward model, 400 particles:"
                  f" |Spearman ρ| {found['particles.star']:.3f} at the simulated poses (3° rms "
