@@ -20,7 +20,7 @@ tool's own resume: ``hetero train --continue``, OPUS ``--load latest``), recorde
 epochs are skipped; the per-epoch times include each process's start (data index, model).
 
 Run: ``python bench/bench_hetero_anchors.py --part composition [--tools ours,opus]
-[--epochs 4] [--opus-epochs 2] [--data DIR]``; OPUS from ``--opus`` (default
+[--epochs 4] [--opus-epochs 2] [--noise 5] [--data DIR]``; OPUS from ``--opus`` (default
 /work/opus_venv/bin/dsd); its settings are those of its README scaled to the box: ``-b 8
 --zdim 12 --lr 4e-5 --beta-control 0.5 --lamb 0.5 --bfactor 4 --templateres 128`` (its
 smallest) ``--downfrac 1 --ctfalpha 0 --ctfbeta 1 --valfrac 0.1``.
@@ -59,7 +59,7 @@ def env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "2"}
 
 
-def simulate_set(part: str, folder: Path, n: int, box: int) -> Path:
+def simulate_set(part: str, folder: Path, n: int, box: int, noise: float = 5.0) -> Path:
     """The set's particles.star of subtomograms (made once); a tilts.json for OPUS's CSVs."""
     star = folder / "particles.star"
     if part == "tiltseries":
@@ -78,19 +78,19 @@ def simulate_set(part: str, folder: Path, n: int, box: int) -> Path:
     else:
         from subtomo.simulate.subtomograms import simulate_subtomograms
 
-        simulate_subtomograms(folder, set_config(part, n, box), progress=False)
+        simulate_subtomograms(folder, set_config(part, n, box, noise), progress=False)
         shutil.copy(folder / "simulation.json", folder / "tilts.json")
     return star
 
 
-def set_config(part: str, n: int, box: int):
+def set_config(part: str, n: int, box: int, noise: float = 5.0):
     from subtomo.simulate.subtomograms import SimulationConfig
 
-    return SimulationConfig(n=n, box_px=box, pixel_size_A=4.0, n_atoms=4000, noise_sigma=5.0,
+    return SimulationConfig(n=n, box_px=box, pixel_size_A=4.0, n_atoms=4000, noise_sigma=noise,
                             angle_error_deg=3.0, shift_error_px=0.5, seed=5, **SETS[part])
 
 
-def ceiling(folder: Path, n: int, box: int) -> str:
+def ceiling(folder: Path, n: int, box: int, noise: float) -> str:
     """The hinge part's ceiling (``bench_hetero.hinge_ceiling``: template matching against the
     true maps through the training's forward model) at the given and at the true poses, once
     (``ceiling.json``)."""
@@ -100,7 +100,7 @@ def ceiling(folder: Path, n: int, box: int) -> str:
 
         from subtomo.io.star import read_particles
 
-        found = hinge_ceiling(set_config("hinge", n, box), folder / "truth.star", {
+        found = hinge_ceiling(set_config("hinge", n, box, noise), folder / "truth.star", {
             "given": read_particles(folder / "particles.star"),
             "true": read_particles(folder / "truth.star")})
         path.write_text(json.dumps(found))
@@ -342,6 +342,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="epochs of ours")
     parser.add_argument("--opus-epochs", type=int, default=2)
     parser.add_argument("--opus", default=Opus.dsd, help="OPUS-ET's dsd")
+    parser.add_argument("--noise", type=float, default=5.0,
+                        help="noise σ per voxel of the subtomogram sets (a second SNR: 10)")
     parser.add_argument("--data", default=str(ROOT / "bench" / ".data" / "anchors"))
     parser.add_argument("--score-only", action="store_true",
                         help="write the section from the finished epochs, train nothing")
@@ -349,8 +351,10 @@ def main() -> None:
     Opus.dsd = args.opus
     tools = args.tools.split(",")
     for part in args.part.split(","):
-        folder = Path(args.data).resolve() / part
-        star = simulate_set(part, folder, args.n, args.box)
+        other_snr = args.noise != 5.0 and part in SETS
+        folder = Path(args.data).resolve() / (part + (f"_noise{args.noise:g}" if other_snr
+                                                      else ""))
+        star = simulate_set(part, folder, args.n, args.box, args.noise)
         target = truth(part, folder)
         runs = [("ours", Ours(folder / "ours", star, args.box), args.epochs),
                 ("opus", Opus(folder / "opus", star, args.box), args.opus_epochs)]
@@ -369,8 +373,11 @@ def main() -> None:
                 "hinge": "|Spearman ρ(PC1, hinge)|", "independent_hinge":
                 "|Spearman ρ(PC1, hinge)|", "junk": "junk removed / good kept (oracle "
                 "labelling of KMeans 8 clusters)", "tiltseries": "KMeans 3 ARI"}[part]
-        update_section(f"Heterogeneity side by side: {part}", "\n".join([
-            f"- set: {part}, {args.n} particles, {args.box}³ at 4 Å/px; score: {what}; "
+        snr = f", noise σ {args.noise:g}" if other_snr else ""
+        update_section(f"Heterogeneity side by side: {part}{snr}", "\n".join([
+            f"- set: {part}, {args.n} particles, {args.box}³ at 4 Å/px"
+            f"{snr or (', noise σ 5' if part in SETS else '')}; "
+            f"score: {what}; "
             "bar 0.9", "", *lines, "",
             "- each epoch is one process (times include its start); OPUS-ET: bench/opus "
             "(patched for CPU), `dsd train_tomo --warp` on `subtomo poses export --format opus`"
@@ -382,7 +389,7 @@ def main() -> None:
             "a few hundred particles part of the set is never seen; its CPU cost (~9 min CPU "
             "per epoch of 500 32³ particles, 61 M parameters at its smallest --templateres "
             "128) limits it here to --opus-epochs: its scores are an early model's",
-            *([ceiling(folder, args.n, args.box)] if part == "hinge" else []),
+            *([ceiling(folder, args.n, args.box, args.noise)] if part == "hinge" else []),
             f"- machine: {machine_load()}"]))
 
 
