@@ -42,6 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "hetero"))
 
+import hetero_end_maps  # noqa: E402
 from results import machine_load, run_measured, update_section  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
@@ -182,6 +183,24 @@ class Tool:
         self.dir, self.star, self.box = folder, star, box
         self.dir.mkdir(parents=True, exist_ok=True)
 
+    def decode(self, k: int, z: np.ndarray) -> torch.Tensor:
+        """Maps (m, d, d, d) of epoch k's decoder at latent points z (m, zdim)."""
+        raise NotImplementedError
+
+    def _eval_dir(self, k: int, z: np.ndarray) -> Path:
+        """A fresh folder for a peer's eval_vol with ``z.txt`` in it."""
+        out = self.dir / f"eval.{k}"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        np.savetxt(out / "z.txt", z)
+        return out
+
+    def _maps(self, out: Path, pattern: str) -> torch.Tensor:
+        from subtomo.io.mrc import read_mrc
+
+        return torch.stack([torch.from_numpy(np.asarray(read_mrc(f)[0], np.float32).copy())
+                            for f in sorted(out.glob(pattern))])
+
     def record(self) -> dict:
         path = self.dir / "epochs.json"
         return json.loads(path.read_text()) if path.exists() else {}
@@ -215,6 +234,11 @@ class Ours(Tool):
 
     def latents(self, k: int) -> np.ndarray:
         return np.load(self.dir / "run" / f"z.{k}.npy")
+
+    def decode(self, k: int, z: np.ndarray) -> torch.Tensor:
+        from subtomo.hetero.volumes import load_model, volumes_at
+
+        return volumes_at(load_model(self.dir / "run", k), z)
 
 
 class Opus(Tool):
@@ -266,6 +290,15 @@ class Opus(Tool):
     def latents(self, k: int) -> np.ndarray:
         return torch.load(self.dir / "run" / f"z.{k}.pkl", weights_only=False)["mu"].numpy()
 
+    def decode(self, k: int, z: np.ndarray) -> torch.Tensor:
+        """``dsd eval_vol`` (its output: 0.85 of the box, cropped about the centre)."""
+        out = self._eval_dir(k, z)
+        subprocess.run([self.dsd, "eval_vol", "--load", str(self.dir / "run" /
+                        f"weights.{k}.pkl"), "-c", str(self.dir / "run" / "config.pkl"),
+                        "--zfile", str(out / "z.txt"), "-o", str(out), "--Apix", "4"],
+                       cwd=out, env=env(), check=True, capture_output=True)
+        return self._maps(out, "reference*.mrc")
+
     def coverage(self, n: int) -> str:
         """Share of the particles OPUS's sampler encodes per epoch: per pose bin (of its 48)
         whole batches only, the rest never (``num_samples`` of train + validation)."""
@@ -314,12 +347,25 @@ class CryoDRGN(Tool):
         with open(self.dir / "run" / f"z.{k + 1}.pkl", "rb") as f:
             return np.asarray(pickle.load(f))
 
+    def decode(self, k: int, z: np.ndarray) -> torch.Tensor:
+        out = self._eval_dir(k, z)
+        subprocess.run([self.exe, "eval_vol", str(self.dir / "run" / f"weights.{k + 1}.pkl"),
+                        "-c", str(self.dir / "run" / "config.yaml"), "--zfile",
+                        str(out / "z.txt"), "-o", str(out), "--Apix", "4"], env=env(),
+                       check=True, capture_output=True)
+        return self._maps(out, "vol_*.mrc")
 
-def table_row(part: str, tool: Tool, epochs: int, target: np.ndarray) -> str:
+
+def table_row(part: str, tool: Tool, epochs: int, target: np.ndarray,
+              truths: list[torch.Tensor] | None) -> str:
     record = tool.record()
     done = [k for k in range(epochs) if str(k) in record and tool.has_latents(k)]
     if not done:
-        return f"| {tool.name} | not run | | | | |"
+        return f"| {tool.name} | not run | | | | | |"
+    ends = "—"
+    if truths is not None:
+        points, labels = hetero_end_maps.end_points(part, tool.latents(done[-1]), target)
+        ends = hetero_end_maps.scores(tool.decode(done[-1], points), truths, labels)
     scores = [score(part, tool.latents(k), target) for k in done]
     wall = [record[str(k)]["wall_s"] for k in done]
     cpu = [record[str(k)]["cpu_s"] for k in done]
@@ -330,7 +376,7 @@ def table_row(part: str, tool: Tool, epochs: int, target: np.ndarray) -> str:
               f"{sum(cpu[:reached + 1]):.0f} s CPU")
     name = tool.name + (tool.coverage(len(target)) if isinstance(tool, Opus) else "")
     return (f"| {name} | {', '.join(t for _, t in scores)} | {np.mean(wall):.0f} / "
-            f"{np.mean(cpu):.0f} | {peak:.0f} | {to_bar} | {len(done)} |")
+            f"{np.mean(cpu):.0f} | {peak:.0f} | {to_bar} | {len(done)} | {ends} |")
 
 
 def main() -> None:
@@ -362,13 +408,17 @@ def main() -> None:
             runs.append(("cryodrgn", CryoDRGN(folder / "cryodrgn", star, args.box),
                          args.epochs))
         lines = ["| tool | score per epoch | wall / CPU s per epoch | peak RSS MiB | "
-                 f"time to {BAR} | epochs |", "|---|---|---|---|---|---|"]
+                 f"time to {BAR} | epochs | end maps: FSC / r |",
+                 "|---|---|---|---|---|---|---|"]
+        truths = (hetero_end_maps.truth_maps(part, folder, set_config(
+            "hinge", args.n, args.box, args.noise)) if part in ("composition", "hinge",
+                                                                "tiltseries") else None)
         for key, tool, epochs in runs:
             if not args.score_only and key in tools:
                 tool.run(epochs)
-            lines.append(table_row(part, tool, epochs, target))
+            lines.append(table_row(part, tool, epochs, target, truths))
         if part != "tiltseries":
-            lines.append("| cryoDRGN-ET | needs tilt images: see the tiltseries part | | | | |")
+            lines.append("| cryoDRGN-ET | needs tilt images: see the tiltseries part | | | | | |")
         what = {"composition": "KMeans 3 ARI", "independent_classes": "KMeans 3 ARI",
                 "hinge": "|Spearman ρ(PC1, hinge)|", "independent_hinge":
                 "|Spearman ρ(PC1, hinge)|", "junk": "junk removed / good kept (oracle "
@@ -389,6 +439,11 @@ def main() -> None:
             "a few hundred particles part of the set is never seen; its CPU cost (~9 min CPU "
             "per epoch of 500 32³ particles, 61 M parameters at its smallest --templateres "
             "128) limits it here to --opus-epochs: its scores are an early model's",
+            "- end maps (last epoch, `bench/hetero_end_maps.py`): each tool's decoder at the "
+            "ends of its latent path (KMeans-3 centres; PC1's 5th / 95th percentiles for the "
+            "hinge) against the true state: mean FSC to Nyquist in a soft sphere / correlation "
+            "of the maps' differences from their mean with the true states' (1: the decoded "
+            "states differ as the true ones do, 0: not at all)",
             *([ceiling(folder, args.n, args.box, args.noise)] if part == "hinge" else []),
             f"- machine: {machine_load()}"]))
 
