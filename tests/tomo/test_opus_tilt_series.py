@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from subtomo.cli import main
+from subtomo.commands.poses import opus_hint
 from subtomo.ctf.tilt_scheme import TiltScheme
 from subtomo.ctf.volume import ctf_volume
 from subtomo.fourier.grid import shell_index
@@ -109,6 +110,9 @@ def test_csv_rows_follow_the_tilt_series(exported):
     np.testing.assert_allclose(-table.Bfactor * 1e20 / 4,
                                dose_bfactor_A2(series.pre_exposure, PIXEL_A), rtol=1e-6)
     assert np.ptp(table.Defocus) > 0  # depth: a particle off the tilt axis changes defocus
+    # the OPUS line the command prints: its nominal tilts must cover these angles
+    tables = [pd.read_csv(f) for f in sorted((root / "opus" / "poses_ctf").glob("*.csv"))]
+    assert "--tilt-range 60 --tilt-step 10" in opus_hint(tables, str(root / "opus" / "p.pkl"))
 
 
 def test_two_d_stacks_and_tilts_off_y_are_refused(exported, tmp_path, refused):

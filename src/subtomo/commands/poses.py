@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from subtomo.commands.options import add_input, add_output
 
@@ -65,7 +66,22 @@ def _export(args: argparse.Namespace) -> int:
     n = interop.export_poses(star, args.output, box_px=args.box, pixel_size_A=args.angpix,
                              fmt=args.format, tilts=args.tilts, tilt_tables=tables)
     print(f"Wrote {args.format} poses of {n} particles to {args.output}.")
+    if tables:
+        print(opus_hint(tables, args.output))
     return 0
+
+
+def opus_hint(tables, output: str) -> str:
+    """OPUS's line for these CSVs: it maps each row to the nearest of its nominal tilts
+    −R, −R + S, … R (rows farther than S/2 are dropped), so R and S come from the angles."""
+    import numpy as np
+
+    angles = np.unique(np.round(np.concatenate([t.TiltAngle.to_numpy() for t in tables]), 1))
+    step = float(np.median(np.diff(angles))) if len(angles) > 1 else 1.0
+    tilt_range = step * np.ceil(np.abs(angles).max() / step - 0.25)
+    folder = Path(output).parent
+    return (f"OPUS-ET: dsd train_tomo {folder / (Path(output).stem + '.star')} --poses {output} "
+            f"--warp --datadir {folder} --tilt-range {tilt_range:g} --tilt-step {step:g}")
 
 
 def _is_optimisation_set(path: str | None) -> bool:
