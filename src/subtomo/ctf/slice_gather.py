@@ -17,6 +17,11 @@ tent weight ``τ = max(0, 1 − |k·n_t|)`` (RELION's
   :meth:`SliceGather.multiplicity` gives ``M(k) = Σ_t τ_t`` over each particle's tilts, the
   third volume RELION 5 writes with them (``extract --premultiplied``).
 
+Per-particle frames (``frames`` ``(N, T, 3, 3)``, e.g. ``R_t · A_sub`` of subtomograms cut in
+their subtomogram frames, :mod:`subtomo.tomo.extract`): the operator is block diagonal, one block
+of ``T`` tilts per particle with its own tent sums, and a batch of exactly ``N`` particles is
+one sparse product (its CTF volumes one :class:`CtfGridder` call of ``N · T`` tilts).
+
 The way back, :meth:`SliceGather.slices`, is the adjoint ``Gᵀ`` of the same sparse operator
 divided by its row sums: each crop frequency takes the weighted mean of the voxels it is
 gathered into (bilinear in the plane × tent across it), so a 3D spectrum ``P`` gives its central
@@ -41,6 +46,30 @@ def _voxel_radius_px(box: int, v: Tensor) -> Tensor:
     fz, fy, fx = _voxel_frequencies(box, v.device, torch.float64)
     half = fx.shape[0]
     return torch.sqrt(fx[v % half] ** 2 + fy[(v // half) % box] ** 2 + fz[v // (box * half)] ** 2)
+
+
+def _block_pairs(box: int, pixel_size_A: float, frames: Tensor, normalise: bool
+                 ) -> tuple[TiltPairs, Tensor]:
+    """The pairs inside the Nyquist sphere of tilt rotations ``frames`` ``(T, 3, 3)``, or
+    ``(N, T, 3, 3)`` per particle (``R_t · A_subtomogram``: a block per particle, tilts
+    numbered ``n · T + t`` and voxels ``n · V + v``, tent sums per block), and each pair's
+    block. Without ``normalise`` the tent sums are 1."""
+    n_tilts = frames.shape[-3]
+    pairs = tilt_pairs(box, pixel_size_A, frames.reshape(-1, 3, 3))
+    n_vox = pairs.tent_sum.shape[0]
+    inside = _voxel_radius_px(box, pairs.v) <= box / 2
+    t, v, tent, kx, ky = (x[inside] for x in (pairs.t, pairs.v, pairs.tent, pairs.kx, pairs.ky))
+    block = t // n_tilts
+    blocks = frames.shape[0] if frames.ndim == 4 else 1
+    if blocks > 1:
+        v = v + block * n_vox
+        tent_sum = torch.zeros(blocks * n_vox, dtype=tent.dtype, device=tent.device)
+        tent_sum.index_add_(0, pairs.v + (pairs.t // n_tilts) * n_vox, pairs.tent)
+    else:
+        tent_sum = pairs.tent_sum
+    if not normalise:
+        tent_sum = torch.ones_like(tent_sum)
+    return TiltPairs(box, t, v, tent, kx, ky, tent_sum), block
 
 
 def padded_spectra(spectra: Tensor, size: int, padded: int) -> Tensor:
@@ -69,7 +98,7 @@ class SliceGather:
     ``(N, D, D, D)`` of one tilt geometry (see the module docstring), and the
     :class:`subtomo.ctf.volume.CtfGridder` of the same pairs.
 
-    ``frames``: ``(T, 3, 3)`` tilt rotations; ``pixel_size_A``: voxel size of the 3D box;
+    ``frames``: ``(T, 3, 3)`` tilt rotations, or ``(N, T, 3, 3)`` per particle; ``pixel_size_A``: voxel size of the 3D box;
     ``crop_pixel_size_A``: pixel size (x, y) of the crops; ``padded``: crop spectrum size ``P``;
     ``pre_exposure`` (e/Å², per tilt) and the optics for the CTF volumes; ``normalise``: divide
     by ``max(Σ_t τ, 1)`` (module docstring); ``squared_ctf``: :attr:`ctf` grids ``c²``;
@@ -85,11 +114,9 @@ class SliceGather:
                  voltage_kv: float, cs_mm: float, amplitude_contrast: float,
                  normalise: bool = True, squared_ctf: bool = False,
                  centre: bool = True) -> None:
-        pairs = tilt_pairs(box, pixel_size_A, frames.to(torch.float64))
-        inside = _voxel_radius_px(box, pairs.v) <= box / 2
-        tent_sum = pairs.tent_sum if normalise else torch.ones_like(pairs.tent_sum)
-        p = TiltPairs(box, *(x[inside] for x in (pairs.t, pairs.v, pairs.tent, pairs.kx,
-                                                 pairs.ky)), tent_sum)
+        self.blocks = frames.shape[0] if frames.ndim == 4 else 1  # per-particle frames: N
+        n_tilts = frames.shape[-3]
+        p, block = _block_pairs(box, pixel_size_A, frames.to(torch.float64), normalise)
         half = padded // 2 + 1
         gx = p.kx * (padded * crop_pixel_size_A[0])
         gy = p.ky * (padded * crop_pixel_size_A[1])
@@ -100,8 +127,10 @@ class SliceGather:
         fx, fy = gx - x0, gy - y0
         weight = p.tent / p.tent_sum[p.v].clamp_min(1.0)
         h3 = box // 2 + 1
-        iz, iy, ix = p.v // (box * h3), (p.v // h3) % box, p.v % h3
-        voxel = (ix * box + iz) * box + iy  # output rows in (x, z, y) order: see volumes()
+        n_vox = box * box * h3
+        local = p.v - block * n_vox
+        iz, iy, ix = local // (box * h3), (local // h3) % box, local % h3
+        voxel = block * n_vox + (ix * box + iz) * box + iy  # rows (block, x, z, y): volumes()
         self.centred = centre and box % 2 == 0
         if self.centred:  # fftshift of the volume = (−1)^(iz + iy + ix) on its spectrum
             weight = weight * (1.0 - 2.0 * ((iz + iy + ix) % 2).to(torch.float64))
@@ -115,7 +144,8 @@ class SliceGather:
                 values.append(weight * wx * wy)
                 signs.append(sign)
         rows, cols, values, signs = (torch.cat(x) for x in (rows, cols, values, signs))
-        shape = (box * box * (box // 2 + 1), frames.shape[0] * padded * half)
+        all_tilts = self.blocks * n_tilts
+        shape = (self.blocks * n_vox, all_tilts * padded * half)
         index = torch.stack([rows, cols])
         with warnings.catch_warnings():  # CSR is "beta" in torch; its matmul is what we need
             warnings.simplefilter("ignore", UserWarning)
@@ -124,16 +154,36 @@ class SliceGather:
                 .to_sparse_csr().to(torch.float32) for v in (values, values * signs))
         self.box = box
         self.padded = padded
+        self.n_tilts = n_tilts
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             self.tents = torch.sparse_coo_tensor(
-                torch.stack([p.v, p.t]), p.tent.float(), (shape[0], frames.shape[0]),
+                torch.stack([p.v, p.t]), p.tent.float(), (shape[0], all_tilts),
                 check_invariants=False).coalesce().to_sparse_csr()
         ctf_pairs = TiltPairs(box, p.t, p.v, *(x.float() for x in (p.tent, p.kx, p.ky,
                                                                    p.tent_sum)))
-        self.ctf = CtfGridder(ctf_pairs, torch.as_tensor(pre_exposure, device=frames.device),
-                              voltage_kv=voltage_kv, cs_mm=cs_mm,
-                              amplitude_contrast=amplitude_contrast, squared=squared_ctf)
+        exposure = torch.as_tensor(pre_exposure, device=frames.device).repeat(self.blocks)
+        self._ctf = CtfGridder(ctf_pairs, exposure, voltage_kv=voltage_kv, cs_mm=cs_mm,
+                               amplitude_contrast=amplitude_contrast, squared=squared_ctf)
+
+    def ctf(self, defocus_A: Tensor, *, astigmatism_A: Tensor | float = 0.0,
+            astigmatism_angle_deg: Tensor | float = 0.0, active: Tensor | None = None
+            ) -> Tensor:
+        """Gridded CTF weights ``(N, D · D · (D // 2 + 1))`` of the particles (arguments of
+        :meth:`subtomo.ctf.volume.CtfGridder.__call__`, ``(N,)`` or ``(N, T)``); with
+        per-particle frames the N particles are the operator's blocks, gridded in one call."""
+        if self.blocks == 1:
+            return self._ctf(defocus_A, astigmatism_A=astigmatism_A,
+                             astigmatism_angle_deg=astigmatism_angle_deg, active=active)
+        n, t = self.blocks, self.n_tilts
+
+        def flat(x: Tensor | float) -> Tensor | float:
+            x = torch.as_tensor(x)
+            return x if x.ndim == 0 else x.reshape(n, -1).expand(n, t).reshape(1, n * t)
+        out = self._ctf(flat(defocus_A), astigmatism_A=flat(astigmatism_A),
+                        astigmatism_angle_deg=flat(astigmatism_angle_deg),
+                        active=None if active is None else active.reshape(1, n * t))
+        return out.reshape(n, -1)
 
     def half_spectra(self, spectra: Tensor) -> Tensor:
         """The gathered centred half spectra ``(N, D, D, D // 2 + 1)`` (phase origin at the
@@ -143,21 +193,28 @@ class SliceGather:
         return self._gathered(spectra).permute(3, 1, 2, 0)
 
     def _gathered(self, spectra: Tensor) -> Tensor:
-        """The sparse products: the half spectrum laid out ``(x, z, y, N)``."""
+        """The sparse products: the half spectrum laid out ``(x, z, y, N)``. With per-particle
+        frames the operator is block diagonal and all crops are one column."""
         n, box = spectra.shape[0], self.box
-        parts = torch.view_as_real(spectra.reshape(n, -1).to(torch.complex64))
-        parts = parts.permute(2, 1, 0).contiguous()  # (re/im, crop frequencies, particles)
+        columns = n if self.blocks == 1 else 1
+        if self.blocks not in (1, n):
+            raise ValueError(f"operator of {self.blocks} particles' frames given {n} particles")
+        parts = torch.view_as_real(spectra.reshape(columns, -1).to(torch.complex64))
+        parts = parts.permute(2, 1, 0).contiguous()  # (re/im, crop frequencies, columns)
         re = torch.sparse.mm(self.real, parts[0])
         im = torch.sparse.mm(self.imag, parts[1])
-        return torch.complex(re, im).reshape(box // 2 + 1, box, box, n)
+        out = torch.complex(re, im)
+        if self.blocks == 1:
+            return out.reshape(box // 2 + 1, box, box, n)
+        return out.reshape(n, box // 2 + 1, box, box).permute(1, 2, 3, 0)
 
     def slices(self, half_spectra: Tensor) -> Tensor:
         """Central slices ``(N, T, P, P // 2 + 1)`` of centred 3D half spectra
         ``(N, D, D, D // 2 + 1)`` (module docstring: ``Gᵀ`` over its row sums, 0 at crop
         frequencies no voxel reaches); differentiable in ``half_spectra``. Operator built with
         ``centre=False``."""
-        if self.centred:
-            raise ValueError("slices needs an operator built with centre=False")
+        if self.centred or self.blocks > 1:
+            raise ValueError("slices needs an operator of shared frames built with centre=False")
         if not hasattr(self, "_adjoint"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
@@ -178,8 +235,11 @@ class SliceGather:
     def multiplicity(self, active: Tensor) -> Tensor:
         """``M(k) = Σ_t τ_t(k)`` over the tilts ``active`` ``(N, T)`` (bool) of each particle:
         ``(N, D, D, D // 2 + 1)`` in the layout of :attr:`ctf`'s weights."""
-        m = torch.sparse.mm(self.tents, active.T.to(torch.float32).contiguous())
         box = self.box
+        if self.blocks > 1:
+            m = torch.sparse.mm(self.tents, active.reshape(-1, 1).to(torch.float32))
+            return m.reshape(-1, box, box, box // 2 + 1)
+        m = torch.sparse.mm(self.tents, active.T.to(torch.float32).contiguous())
         return m.T.reshape(-1, box, box, box // 2 + 1)
 
     def volumes(self, spectra: Tensor) -> Tensor:
