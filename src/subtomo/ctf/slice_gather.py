@@ -98,7 +98,8 @@ class SliceGather:
     ``(N, D, D, D)`` of one tilt geometry (see the module docstring), and the
     :class:`subtomo.ctf.volume.CtfGridder` of the same pairs.
 
-    ``frames``: ``(T, 3, 3)`` tilt rotations, or ``(N, T, 3, 3)`` per particle; ``pixel_size_A``: voxel size of the 3D box;
+    ``frames``: ``(T, 3, 3)`` tilt rotations, or ``(N, T, 3, 3)`` per particle (module
+    docstring); ``pixel_size_A``: voxel size of the 3D box;
     ``crop_pixel_size_A``: pixel size (x, y) of the crops; ``padded``: crop spectrum size ``P``;
     ``pre_exposure`` (e/Å², per tilt) and the optics for the CTF volumes; ``normalise``: divide
     by ``max(Σ_t τ, 1)`` (module docstring); ``squared_ctf``: :attr:`ctf` grids ``c²``;
