@@ -216,3 +216,37 @@ def test_pose_in_the_volume_and_back():
         np.testing.assert_allclose(again.particles[label], framed.particles[label], atol=1e-9)
     assert float(angular_distance_deg(again.particle_matrices(),
                                       framed.particle_matrices()).max()) < 1e-6
+
+
+@pytest.mark.parametrize(("box", "padded", "normalise"), [(16, 16, True), (15, 30, False)])
+def test_per_particle_operator_is_each_particles_own(box, padded, normalise):
+    """The block-diagonal gather of N particles' frames ``R_t · A_sub`` gives, in one product,
+    each particle's volume, CTF volume and multiplicity as the operator of its frames alone."""
+    from subtomo.ctf.slice_gather import SliceGather
+    from subtomo.geometry.euler import euler_to_matrix
+    from subtomo.geometry.so3 import random_rotations
+
+    gen = torch.Generator().manual_seed(1)
+    n, tilts = 4, 11
+    angles = torch.zeros(tilts, 3, dtype=torch.float64)
+    angles[:, 1] = torch.linspace(-60, 60, tilts)
+    frames = euler_to_matrix(angles)[None] @ euler_to_matrix(random_rotations(n, gen))[:, None]
+    optics = dict(voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07, normalise=normalise,
+                  squared_ctf=not normalise)
+
+    def operator(f):
+        return SliceGather(box, 10.0, f, (10.0, 10.0), padded, torch.linspace(0, 40, tilts),
+                           **optics)
+    spectra = torch.randn(n, tilts, padded, padded // 2 + 1, dtype=torch.complex64,
+                          generator=gen)
+    defocus = 2e4 + 1e3 * torch.randn(n, tilts, generator=gen)
+    active = torch.rand(n, tilts, generator=gen) > 0.2
+    block, single = operator(frames), [operator(f) for f in frames]
+    pairs = [(block.volumes(spectra), [s.volumes(spectra[i:i + 1]) for i, s in enumerate(single)]),
+             (block.ctf(defocus, active=active),
+              [s.ctf(defocus[i:i + 1], active=active[i:i + 1]) for i, s in enumerate(single)]),
+             (block.multiplicity(active),
+              [s.multiplicity(active[i:i + 1]) for i, s in enumerate(single)])]
+    for together, alone in pairs:
+        alone = torch.cat(alone)
+        assert torch.allclose(together, alone, atol=1e-6 * float(alone.abs().max()))

@@ -36,40 +36,63 @@ import warnings
 import torch
 from torch import Tensor
 
-from subtomo.ctf.volume import CtfGridder, TiltPairs, _voxel_frequencies, tilt_pairs
+from subtomo.ctf.volume import CtfGridder, TiltPairs, _voxel_frequencies
 
 __all__ = ["SliceGather", "padded_spectra"]
 
 
-def _voxel_radius_px(box: int, v: Tensor) -> Tensor:
-    """``|k|`` (Fourier px) of flat half-grid voxels ``v``."""
-    fz, fy, fx = _voxel_frequencies(box, v.device, torch.float64)
-    half = fx.shape[0]
-    return torch.sqrt(fx[v % half] ** 2 + fy[(v // half) % box] ** 2 + fz[v // (box * half)] ** 2)
+def _row_pairs(box: int, pixel_size_A: float, frames: Tensor,
+               max_chunk_elements: int = 1 << 24) -> TiltPairs:
+    """The (tilt, voxel) pairs with ``τ > 0`` inside the Nyquist sphere of tilt rotations
+    ``frames`` ``(T, 3, 3)``, or ``(N, T, 3, 3)`` per particle (a block each: tilts ``n · T + t``,
+    voxels ``n · V + r``, tent sums per block), as :func:`subtomo.ctf.volume.tilt_pairs` finds
+    them but with the voxels numbered ``r = (ix · D + iz) · D + iy`` (the ``(x, z, y)`` order of
+    the operator's rows) and sorted by (block, voxel, tilt): the sparse matrices are then built
+    in CSR order, without a sort."""
+    frames = frames.reshape(-1, *frames.shape[-3:])  # (B, T, 3, 3)
+    blocks, n_tilts = frames.shape[:2]
+    device, dtype = frames.device, frames.dtype
+    fz, fy, fx = _voxel_frequencies(box, device, dtype)
+    n_vox = box * box * (box // 2 + 1)
+    r = torch.arange(n_vox, device=device)
+    k = torch.stack([fx[r // (box * box)], fy[r % box], fz[(r // box) % box]], -1)
+    inside = (k * k).sum(-1) <= (box / 2) ** 2
+    r, k = r[inside], k[inside]
+    u, w, n = frames[:, :, 0], frames[:, :, 1], frames[:, :, 2]  # (B, T, 3)
+    tent_sum = torch.zeros(blocks * n_vox, dtype=dtype, device=device)
+    step_b = max(1, max_chunk_elements // max(len(r) * n_tilts, 1))
+    step_v = len(r) if step_b > 1 else max(1, max_chunk_elements // n_tilts)
+    parts = []
+    for b0 in range(0, blocks, step_b):  # blocks in chunks (a big block: voxels in chunks)
+        b1 = min(b0 + step_b, blocks)
+        for v0 in range(0, len(r), step_v):
+            kc = k[v0:v0 + step_v]
+            tent = (1.0 - torch.einsum("vc,btc->bvt", kc, n[b0:b1]).abs()).clamp_min(0.0)
+            rows = torch.arange(b0, b1, device=device)[:, None] * n_vox + r[v0:v0 + step_v]
+            tent_sum[rows.reshape(-1)] = tent.sum(-1).reshape(-1)
+            b, j, t = torch.nonzero(tent, as_tuple=True)  # sorted by (block, voxel, tilt)
+            kj = kc[j]
+            parts.append((t + (b + b0) * n_tilts, rows[b, j], tent[b, j, t],
+                          (u[b + b0, t] * kj).sum(-1), (w[b + b0, t] * kj).sum(-1)))
+    t, v, tent, kx, ky = (torch.cat(p) for p in zip(*parts, strict=True))
+    scale = 1.0 / (box * pixel_size_A)
+    return TiltPairs(box, t, v, tent, kx * scale, ky * scale, tent_sum)
 
 
-def _block_pairs(box: int, pixel_size_A: float, frames: Tensor, normalise: bool
-                 ) -> tuple[TiltPairs, Tensor]:
-    """The pairs inside the Nyquist sphere of tilt rotations ``frames`` ``(T, 3, 3)``, or
-    ``(N, T, 3, 3)`` per particle (``R_t · A_subtomogram``: a block per particle, tilts
-    numbered ``n · T + t`` and voxels ``n · V + v``, tent sums per block), and each pair's
-    block. Without ``normalise`` the tent sums are 1."""
-    n_tilts = frames.shape[-3]
-    pairs = tilt_pairs(box, pixel_size_A, frames.reshape(-1, 3, 3))
-    n_vox = pairs.tent_sum.shape[0]
-    inside = _voxel_radius_px(box, pairs.v) <= box / 2
-    t, v, tent, kx, ky = (x[inside] for x in (pairs.t, pairs.v, pairs.tent, pairs.kx, pairs.ky))
-    block = t // n_tilts
-    blocks = frames.shape[0] if frames.ndim == 4 else 1
-    if blocks > 1:
-        v = v + block * n_vox
-        tent_sum = torch.zeros(blocks * n_vox, dtype=tent.dtype, device=tent.device)
-        tent_sum.index_add_(0, pairs.v + (pairs.t // n_tilts) * n_vox, pairs.tent)
-    else:
-        tent_sum = pairs.tent_sum
-    if not normalise:
-        tent_sum = torch.ones_like(tent_sum)
-    return TiltPairs(box, t, v, tent, kx, ky, tent_sum), block
+def _csr(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """CSR matrix of entries already sorted by row, then column (distinct)."""
+    counts = torch.bincount(rows, minlength=shape[0])
+    crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    with warnings.catch_warnings():  # CSR is "beta" in torch; its matmul is what we need
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cols, values, shape)
+
+
+def _zyx(rows_xzy: Tensor, box: int) -> Tensor:
+    """``(B, V)`` values in the operator's voxel order ``(x, z, y)`` → ``(B, V)`` in the rfftn
+    half grid's ``(z, y, x)`` order."""
+    h3 = box // 2 + 1
+    return rows_xzy.reshape(-1, h3, box, box).permute(0, 2, 3, 1).reshape(rows_xzy.shape[0], -1)
 
 
 def padded_spectra(spectra: Tensor, size: int, padded: int) -> Tensor:
@@ -117,52 +140,44 @@ class SliceGather:
                  centre: bool = True) -> None:
         self.blocks = frames.shape[0] if frames.ndim == 4 else 1  # per-particle frames: N
         n_tilts = frames.shape[-3]
-        p, block = _block_pairs(box, pixel_size_A, frames.to(torch.float64), normalise)
-        half = padded // 2 + 1
+        p = _row_pairs(box, pixel_size_A, frames.to(torch.float64))
+        tent_sum = p.tent_sum if normalise else torch.ones_like(p.tent_sum)
+        half, n_vox = padded // 2 + 1, box * box * (box // 2 + 1)
         gx = p.kx * (padded * crop_pixel_size_A[0])
         gy = p.ky * (padded * crop_pixel_size_A[1])
-        mirror = gx < 0
-        sign = torch.where(mirror, -1.0, 1.0).to(torch.float64)
+        sign = torch.where(gx < 0, -1.0, 1.0).to(torch.float64)  # read at −k: conjugate
         gx, gy = gx * sign, gy * sign
         x0, y0 = torch.floor(gx), torch.floor(gy)
         fx, fy = gx - x0, gy - y0
-        weight = p.tent / p.tent_sum[p.v].clamp_min(1.0)
-        h3 = box // 2 + 1
-        n_vox = box * box * h3
-        local = p.v - block * n_vox
-        iz, iy, ix = local // (box * h3), (local // h3) % box, local % h3
-        voxel = block * n_vox + (ix * box + iz) * box + iy  # rows (block, x, z, y): volumes()
+        weight = p.tent / tent_sum[p.v].clamp_min(1.0)
+        local = p.v % n_vox
         self.centred = centre and box % 2 == 0
         if self.centred:  # fftshift of the volume = (−1)^(iz + iy + ix) on its spectrum
-            weight = weight * (1.0 - 2.0 * ((iz + iy + ix) % 2).to(torch.float64))
-        rows, cols, values, signs = [], [], [], []
-        for dx, wx in ((0, 1 - fx), (1, fx)):
-            for dy, wy in ((0, 1 - fy), (1, fy)):
-                x = (x0.long() + dx).clamp(max=half - 1)
-                y = (y0.long() + dy) % padded
-                rows.append(voxel)
-                cols.append((p.t * padded + y) * half + x)
-                values.append(weight * wx * wy)
-                signs.append(sign)
-        rows, cols, values, signs = (torch.cat(x) for x in (rows, cols, values, signs))
+            parity = (local // (box * box) + (local // box) % box + local % box) % 2
+            weight = weight * (1.0 - 2.0 * parity.to(torch.float64))
+        # bilinear neighbours in (dy, dx) order; x clamped at the last column (merged there)
+        dx, dy = (torch.tensor(d, device=p.v.device) for d in ([0, 1, 0, 1], [0, 0, 1, 1]))
+        x = (x0.long()[:, None] + dx).clamp(max=half - 1)
+        y = (y0.long()[:, None] + dy) % padded
+        values = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy],
+                             1) * weight[:, None]
+        clamped = x[:, 1] == x[:, 0]
+        values[:, 0] += torch.where(clamped, values[:, 1], 0.0)
+        values[:, 2] += torch.where(clamped, values[:, 3], 0.0)
+        keep = torch.stack([torch.ones_like(clamped), ~clamped] * 2, 1)
+        cols, order = ((p.t[:, None] * padded + y) * half + x).sort(dim=1)
+        values, keep = values.gather(1, order), keep.gather(1, order)
+        rows = p.v[:, None].expand_as(cols)[keep]
+        cols, values = cols[keep], values[keep]
+        signs = sign[:, None].expand_as(keep)[keep]
         all_tilts = self.blocks * n_tilts
         shape = (self.blocks * n_vox, all_tilts * padded * half)
-        index = torch.stack([rows, cols])
-        with warnings.catch_warnings():  # CSR is "beta" in torch; its matmul is what we need
-            warnings.simplefilter("ignore", UserWarning)
-            self.real, self.imag = (
-                torch.sparse_coo_tensor(index, v, shape, check_invariants=False).coalesce()
-                .to_sparse_csr().to(torch.float32) for v in (values, values * signs))
-        self.box = box
-        self.padded = padded
-        self.n_tilts = n_tilts
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            self.tents = torch.sparse_coo_tensor(
-                torch.stack([p.v, p.t]), p.tent.float(), (shape[0], all_tilts),
-                check_invariants=False).coalesce().to_sparse_csr()
+        self.real = _csr(rows, cols, values.float(), shape)
+        self.imag = _csr(rows, cols, (values * signs).float(), shape)
+        self.box, self.padded, self.n_tilts = box, padded, n_tilts
+        self.tents = _csr(p.v, p.t, p.tent.float(), (shape[0], all_tilts))
         ctf_pairs = TiltPairs(box, p.t, p.v, *(x.float() for x in (p.tent, p.kx, p.ky,
-                                                                   p.tent_sum)))
+                                                                   tent_sum)))
         exposure = torch.as_tensor(pre_exposure, device=frames.device).repeat(self.blocks)
         self._ctf = CtfGridder(ctf_pairs, exposure, voltage_kv=voltage_kv, cs_mm=cs_mm,
                                amplitude_contrast=amplitude_contrast, squared=squared_ctf)
@@ -174,8 +189,9 @@ class SliceGather:
         :meth:`subtomo.ctf.volume.CtfGridder.__call__`, ``(N,)`` or ``(N, T)``); with
         per-particle frames the N particles are the operator's blocks, gridded in one call."""
         if self.blocks == 1:
-            return self._ctf(defocus_A, astigmatism_A=astigmatism_A,
-                             astigmatism_angle_deg=astigmatism_angle_deg, active=active)
+            return _zyx(self._ctf(defocus_A, astigmatism_A=astigmatism_A,
+                                  astigmatism_angle_deg=astigmatism_angle_deg, active=active),
+                        self.box)
         n, t = self.blocks, self.n_tilts
 
         def flat(x: Tensor | float) -> Tensor | float:
@@ -184,7 +200,7 @@ class SliceGather:
         out = self._ctf(flat(defocus_A), astigmatism_A=flat(astigmatism_A),
                         astigmatism_angle_deg=flat(astigmatism_angle_deg),
                         active=None if active is None else active.reshape(1, n * t))
-        return out.reshape(n, -1)
+        return _zyx(out.reshape(n, -1), self.box)
 
     def half_spectra(self, spectra: Tensor) -> Tensor:
         """The gathered centred half spectra ``(N, D, D, D // 2 + 1)`` (phase origin at the
@@ -239,9 +255,10 @@ class SliceGather:
         box = self.box
         if self.blocks > 1:
             m = torch.sparse.mm(self.tents, active.reshape(-1, 1).to(torch.float32))
-            return m.reshape(-1, box, box, box // 2 + 1)
-        m = torch.sparse.mm(self.tents, active.T.to(torch.float32).contiguous())
-        return m.T.reshape(-1, box, box, box // 2 + 1)
+            m = m.reshape(self.blocks, -1)
+        else:
+            m = torch.sparse.mm(self.tents, active.T.to(torch.float32).contiguous()).T
+        return _zyx(m, box).reshape(-1, box, box, box // 2 + 1)
 
     def volumes(self, spectra: Tensor) -> Tensor:
         """Subtomograms ``(N, D, D, D)`` (float32, centred at ``D // 2``) of crop spectra

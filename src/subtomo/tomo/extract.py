@@ -32,7 +32,9 @@ particles.star keeps the frames and the relative ``rlnAngle*`` and ``rlnOrigin*`
 the volume: ``particle_set.cpp``, ``getMatrix3x3 = A_sub · A_particle``, ``getPosition``
 subtracts ``A_sub · origin``), which ``reconstruct`` and ``refine`` use as they are. The frames
 differ per particle, so the batch's operator is block diagonal, one block of ``R_t · A_sub`` per
-particle, built once per batch (without frames: once per tilt series). RELION 3.x flavours
+particle, built once per batch (without frames: once per tilt series; on one CPU thread of the
+shared machine, 20 particles of 21 tilts at box 48 extract in 1.4 s against 0.3 s without
+frames). RELION 3.x flavours
 (``--relion30``, ``relion31``, Warp) have no frame and compose it into the angles: there the
 volumes are cut in the tomogram frame.
 
