@@ -78,10 +78,10 @@ from subtomo.io.tilt_series import TiltSeries
 from subtomo.io.tomograms import TomogramSet, project_path
 from subtomo.tomo.particles import CropBatch, for_each_batch, output_pixel_size_A
 
-__all__ = ["FRAMED_FLAVOURS", "ExtractOptions", "ExtractResult", "extract_subtomograms",
+__all__ = ["FRAMELESS_FLAVOURS", "ExtractOptions", "ExtractResult", "extract_subtomograms",
            "select_tilts"]
 
-FRAMED_FLAVOURS = ("relion4", "relion5")  # STAR flavours that keep rlnTomoSubtomogram*
+FRAMELESS_FLAVOURS = ("relion30", "relion31", "warp")  # no rlnTomoSubtomogram*: tomogram frame
 
 
 @dataclass
@@ -197,7 +197,7 @@ def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir
     folder = out / "Subtomograms"
     files = _BatchFiles(o, crop, pixel_size_A, _particle_names(particles), folder,
                         project_path(folder), len(particles))
-    if o.flavour in FRAMED_FLAVOURS:  # RELION 3.x files compose the frames: tomogram frame
+    if o.flavour not in FRAMELESS_FLAVOURS:  # RELION 3.x files compose the frames
         files.frames = particles.subtomogram_matrices()
     def tilts(ts: TiltSeries) -> np.ndarray:
         files.selected[ts.name] = select_tilts(ts, o.max_dose, o.max_tilts)
