@@ -77,7 +77,7 @@ def test_refine_e_step_reduces_on_the_process_device(recorded, device, tmp_path)
     ps = read_particles(sim.particles_star)
     ref = torch.from_numpy(read_mrc(sim.truth_maps[0])[0])
     ctx = Context(rank=0, world=2, device=device)
-    matrices, origins = outputs.full_poses(ps, 8.0)
+    matrices, origins = outputs.volume_poses(ps, 8.0)
     sigma2 = initial_sigma2(ps, np.arange(len(ps)), 16, True,
                             torch.as_tensor(origins, dtype=torch.float32), None, "cpu", ctx, 4)
     settings = SearchSettings(order=1, offset_range_px=1.0, offset_step_px=1.0,

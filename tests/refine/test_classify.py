@@ -64,7 +64,7 @@ def test_own_share_matches_true_leave_one_out(data, resolution_A):
     root, sim, given, reference, labels, truths = data
     rows = np.flatnonzero(labels == 1)
     halves = half_sets(given, 0)[rows]
-    matrices, origins = outputs.full_poses(given, APIX)
+    matrices, origins = outputs.volume_poses(given, APIX)
     A = torch.as_tensor(matrices[rows], dtype=torch.float32)
     shifts = torch.as_tensor(origins, dtype=torch.float32)
     batch = next(iterate_batches(given, rows, box=BOX, ctf=True, batch_size=len(rows),

@@ -46,7 +46,7 @@ def simulated(tmp_path_factory):
 def test_smallest_plan_gives_the_same_e_step(simulated, classes):
     ps, maps = simulated
     box, pixel_size_A = 16, 8.0
-    matrices, origins = outputs.full_poses(ps, pixel_size_A)
+    matrices, origins = outputs.volume_poses(ps, pixel_size_A)
     sigma2 = initial_sigma2(ps, np.arange(len(ps)), box, True,
                             torch.as_tensor(origins, dtype=torch.float32), None, "cpu",
                             Context(), 4)

@@ -16,10 +16,10 @@ from subtomo.errors import InputError
 from subtomo.fourier.grid import lowpass_map, resample_map
 from subtomo.io.mrc import read_mrc
 from subtomo.io.particle_series import read_particle_input
-from subtomo.io.particles import SUBTOMO_ANGLES, ParticleSet
+from subtomo.io.particles import ParticleSet
 from subtomo.io.poses import read_poses_pickle
 from subtomo.maps.mask import create_mask
-from subtomo.refine.outputs import full_poses, with_poses
+from subtomo.refine.outputs import volume_poses, with_poses
 from subtomo.refine.reconstruct import image_box, reconstruct
 
 __all__ = ["TrainInputs", "TrainOptions", "auto_mask", "consensus_map", "default_templateres",
@@ -133,7 +133,7 @@ def read_inputs(star: str | Path, *, poses: str | Path | None = None,
         except (ValueError, OSError) as exc:
             raise InputError(poses, str(exc), field="--poses") from None
     else:
-        matrices, origins_px = full_poses(ps, resolved_pixel_size_A)
+        matrices, origins_px = volume_poses(ps, resolved_pixel_size_A)
         shifts = origins_px * resolved_pixel_size_A
 
     def volume(path: str | Path | None, name: str) -> torch.Tensor | None:
@@ -197,9 +197,7 @@ def consensus_map(inputs: TrainInputs, pixel_size_A: float, ctf: bool, progress:
     """CTF-weighted reconstruction of all particles at the given poses (the decoder's base)."""
     ps = inputs.particles
     n = len(ps)
-    frame_free = replace(ps, particles=ps.particles.drop(
-        columns=[c for c in SUBTOMO_ANGLES if c in ps.particles]))
-    posed = with_poses(frame_free, inputs.matrices, inputs.shifts_A / pixel_size_A, pixel_size_A,
+    posed = with_poses(ps, inputs.matrices, inputs.shifts_A / pixel_size_A, pixel_size_A,
                        np.ones(n),
                        np.zeros(n))
     return reconstruct(posed, ctf=ctf, progress=progress, device=device).map.cpu()

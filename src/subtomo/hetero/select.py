@@ -29,9 +29,8 @@ from subtomo.hetero.forward import corrected_poses
 from subtomo.hetero.volumes import load_model, volumes_at
 from subtomo.interop import same_flavour
 from subtomo.io.files import atomic_path, check_not_input, check_outputs
-from subtomo.io.particles import SUBTOMO_ANGLES
 from subtomo.io.star import read_particles, write_particles
-from subtomo.refine.outputs import full_poses, with_poses
+from subtomo.refine.outputs import volume_poses, with_poses
 
 __all__ = ["cluster_scores", "select_particles"]
 
@@ -159,7 +158,7 @@ def corrected_particles(ps, run_dir: str | Path, epoch: int):
     if state.get("poses") is None:
         return ps
     pixel_size_A = float(np.nanmean(ps.pixel_size_A()))
-    A, origins_px = full_poses(ps, pixel_size_A)
+    A, origins_px = volume_poses(ps, pixel_size_A)
     delta = state["poses"]["delta"].double()
     if len(delta) != len(ps):
         raise InputError(ps.source, f"has {len(ps)} particles; the pose corrections "
@@ -168,10 +167,7 @@ def corrected_particles(ps, run_dir: str | Path, epoch: int):
         origins_px = origins_px - state["centring_px"].double().numpy()
     A2, shifts = corrected_poses(torch.as_tensor(A), torch.as_tensor(origins_px * pixel_size_A),
                                  delta)
-    keep = ps.particles.copy()
-    frame_free = replace(ps, particles=keep.drop(columns=[c for c in SUBTOMO_ANGLES
-                                                          if c in keep]))
-    out = with_poses(frame_free, A2.numpy(), shifts.numpy() / pixel_size_A, pixel_size_A,
+    out = with_poses(ps, A2.numpy(), shifts.numpy() / pixel_size_A, pixel_size_A,
                      np.ones(len(ps)),
                      np.zeros(len(ps)))
     df = out.particles.drop(columns=["rlnMaxValueProbDistribution",

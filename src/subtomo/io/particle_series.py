@@ -73,12 +73,8 @@ class SeriesSource:
 
 
 def is_particle_series(ps: ParticleSet) -> bool:
-    """True for 2D-stack particle sets (module docstring)."""
-    if int(float(ps.general.get("rlnTomoSubTomosAre2DStacks", 0) or 0)) == 1:
-        return True
-    if "rlnImageDimensionality" in ps.optics and ps.tomo_names() is not None:
-        return bool((ps.optics["rlnImageDimensionality"].astype(int) == 2).all())
-    return False
+    """True for 2D-stack particle sets (module docstring; :meth:`ParticleSet.are_2d_stacks`)."""
+    return ps.are_2d_stacks()
 
 
 def visible_frames(ps: ParticleSet, row: int, n_tilts: int) -> np.ndarray:

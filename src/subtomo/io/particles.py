@@ -112,15 +112,70 @@ class ParticleSet:
         """
         return matrix_to_euler(self.rotation_matrices()).numpy()
 
-    def rotation_matrices(self) -> torch.Tensor:
-        """``(N, 3, 3)`` float64 RELION matrices A of the full orientation."""
+    def particle_matrices(self) -> torch.Tensor:
+        """``(N, 3, 3)`` float64 RELION matrices of ``rlnAngleRot/Tilt/Psi`` as given (relative
+        to the subtomogram frame where there is one); identity without angles."""
         df = self.particles
         if present(df, ANGLES) == 0:
-            particle = torch.eye(3, dtype=torch.float64).expand(len(self), 3, 3).clone()
-        else:
-            particle = euler_to_matrix(torch.tensor(df[list(ANGLES)].to_numpy(float)))
+            return torch.eye(3, dtype=torch.float64).expand(len(self), 3, 3).clone()
+        return euler_to_matrix(torch.tensor(df[list(ANGLES)].to_numpy(float)))
+
+    def rotation_matrices(self) -> torch.Tensor:
+        """``(N, 3, 3)`` float64 RELION matrices A of the full orientation in the tomogram."""
+        particle = self.particle_matrices()
         frames = self.subtomogram_matrices()
         return particle if frames is None else compose_subtomogram(particle, frames)
+
+    def are_2d_stacks(self) -> bool:
+        """True for 2D-stack particle sets (particle series, :mod:`subtomo.io.particle_series`):
+        ``rlnTomoSubTomosAre2DStacks 1``, or tomogram particles of image dimensionality 2."""
+        if self.series is not None:
+            return True
+        if int(float(self.general.get("rlnTomoSubTomosAre2DStacks", 0) or 0)) == 1:
+            return True
+        if "rlnImageDimensionality" in self.optics and self.tomo_names() is not None:
+            return bool((self.optics["rlnImageDimensionality"].astype(int) == 2).all())
+        return False
+
+    def _volume_frames(self) -> torch.Tensor | None:
+        """Rotations from the frame a particle's volume is read in to its pose's frame: the
+        subtomogram frames for a particle series (gathered in the tomogram frame by
+        :mod:`subtomo.refine.series`), None for 3D subtomograms (cut in that frame)."""
+        return self.subtomogram_matrices() if self.are_2d_stacks() else None
+
+    def volume_poses(self) -> tuple[torch.Tensor, np.ndarray]:
+        """Pose of each particle in the volume it is read as: ``(N, 3, 3)`` float64 rotations
+        and ``(N, 3)`` origins (Å).
+
+        3D subtomograms live in their subtomogram frame (RELION 5 ``relion_tomo_subtomo``
+        cuts them with ``projPart = projCut · A_subtomogram``, ``programs/subtomo.cpp``; its
+        ``relion_refine`` refines ``rlnAngle*`` and ``rlnOrigin*`` in that frame): the angles
+        and origins as given. A particle series is gathered in the tomogram frame: the full
+        ``A_subtomogram · A`` and ``A_subtomogram · origin``. Inverse:
+        :meth:`with_volume_poses`."""
+        frames = self._volume_frames()
+        if frames is None:
+            return self.particle_matrices(), self.shifts_A()
+        return self.rotation_matrices(), self.tomogram_shifts_A()
+
+    def with_volume_poses(self, matrices: np.ndarray | torch.Tensor,
+                          origins_A: np.ndarray) -> ParticleSet:
+        """Same set with the poses in the particles' volumes (as :meth:`volume_poses` gives
+        them) written as ``rlnAngleRot/Tilt/Psi`` and ``rlnOriginX/Y/ZAngst``, subtomogram
+        frames kept."""
+        A = torch.as_tensor(np.asarray(matrices), dtype=torch.float64)
+        origins = torch.as_tensor(np.asarray(origins_A, dtype=np.float64))
+        frames = self._volume_frames()
+        if frames is not None:
+            A = frames.transpose(1, 2) @ A
+            origins = (frames.transpose(1, 2) @ origins.unsqueeze(-1)).squeeze(-1)
+        angles, origins = matrix_to_euler(A).numpy(), origins.numpy()
+        df = self.particles.copy()
+        for i, label in enumerate(ANGLES):
+            df[label] = angles[:, i]
+        for i, label in enumerate(ORIGIN_A):
+            df[label] = origins[:, i]
+        return replace(self, particles=df)
 
     def files(self, columns: tuple[str, ...] = ("rlnImageName", "rlnCtfImage")) -> list[Path]:
         """The STAR file and every file it names in ``columns``, found as the readers find

@@ -246,7 +246,7 @@ class RefineSteps(JobSteps[RefineOptions, RefineLoop]):
         o, box, px = job.options, job.box, job.pixel_size_A
         schedule = Schedule(o.healpix_order, o.offset_range_px, o.offset_step_px, o.ini_high_A,
                             local=o.healpix_order >= o.auto_local_healpix_order)
-        poses = Poses(*outputs.full_poses(ps, px))
+        poses = Poses(*outputs.volume_poses(ps, px))
         first = initial_reference(self.reference, px, o)
         # noise-filled particles (RELION's default) start from the unmasked particles' power
         sigma2 = job.initial_sigma2(ps, poses.origins_px,

@@ -228,7 +228,7 @@ class ClassifySteps(JobSteps[ClassifyOptions, ClassLoop]):
     def start(self, job: ClassifyJob, ps: ParticleSet) -> ClassLoop:
         """Iteration 0: one class, the reference low-passed to ``ini_high``."""
         o = job.options
-        poses = Poses(*outputs.full_poses(ps, job.pixel_size_A))
+        poses = Poses(*outputs.volume_poses(ps, job.pixel_size_A))
         maps = [lowpass_map(self.reference.to(device=job.device, dtype=torch.float32),
                             job.pixel_size_A, o.ini_high_A)]
         sigma2 = job.initial_sigma2(ps, poses.origins_px, job.particle_mask)

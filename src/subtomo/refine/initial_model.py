@@ -170,7 +170,8 @@ def random_start(ps: ParticleSet, options: InitialModelOptions, box: int, pixel_
     rows = np.sort(torch.randperm(len(ps), generator=gen)[:options.batch_ini].numpy())
     A = euler_to_matrix(random_rotations(len(rows), gen)).to(device=device,
                                                               dtype=torch.float32)
-    origins = torch.as_tensor(ps.shifts_A() / pixel_size_A, dtype=torch.float32, device=device)
+    origins = torch.as_tensor(ps.volume_poses()[1] / pixel_size_A, dtype=torch.float32,
+                              device=device)
     ops = symmetry_operators(options.sym, dtype=torch.float32, device=device)
     bp = Backprojector(box, pad=options.pad, device=device)
     position = {int(r): i for i, r in enumerate(rows)}
@@ -234,7 +235,7 @@ class InitialModelSteps(JobSteps[InitialModelOptions, ModelLoop]):
     def start(self, job: ModelJob, ps: ParticleSet) -> ModelLoop:
         """Iteration 0: K copies of a random start, the particles' own noise power."""
         o = job.options
-        poses = Poses(*outputs.full_poses(ps, job.pixel_size_A))
+        poses = Poses(*outputs.volume_poses(ps, job.pixel_size_A))
         sigma2 = job.initial_sigma2(ps, poses.origins_px, job.particle_mask)
         first = random_start(ps, o, job.box, job.pixel_size_A, job.device, job.ctx)
         return ModelLoop(iteration=0, particles=ps, poses=poses, sigma2=sigma2,

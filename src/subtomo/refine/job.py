@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Generic, TypedDict, TypeVar, Unpack
 
@@ -137,7 +137,7 @@ class Job(Generic[Opts]):
         iteration (to continue from it)."""
         done, maps = outputs.read_iteration(self.out, iteration, ps, names)
         return done, [m.to(self.device) for m in maps], Poses(
-            *outputs.full_poses(done, self.pixel_size_A))
+            *outputs.volume_poses(replace(done, series=ps.series), self.pixel_size_A))
 
 
 @dataclass

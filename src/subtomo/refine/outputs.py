@@ -8,6 +8,16 @@ At the end of auto-refine: ``run_data.star``, ``run_class001.mrc``,
 ``run_half{1,2}_class001_unfil.mrc``, ``run_model.star``, ``run_class001_fsc.{star,png}`` and
 ``run_resolution.png``; of K classes: ``run_classes.png`` and ``run_class_occupancy.png``; of
 every job ``job.json``.
+
+Poses are those of the particles in their volumes (:func:`volume_poses`,
+:meth:`subtomo.io.particles.ParticleSet.volume_poses`), as RELION 5's ``relion_refine`` refines
+them: a 3D subtomogram lives in its subtomogram frame (``relion_tomo_subtomo``,
+``src/jaz/tomography/programs/subtomo.cpp`` ~l. 770, ``projPart = projCut · A_sub``), so
+``rlnAngleRot/Tilt/Psi`` and ``rlnOriginX/Y/ZAngst`` are read and written as they are, relative
+to ``rlnTomoSubtomogramRot/Tilt/Psi`` (``particle_set.cpp``: full orientation
+``A_sub · A_particle``, position ``coordinate − A_sub · origin``). Particle series (2D stacks) are
+gathered in the tomogram frame (:mod:`subtomo.refine.series`): their poses there are
+``A_sub · A`` and ``A_sub · origin``, and :func:`with_poses` turns them back.
 """
 
 from __future__ import annotations
@@ -27,7 +37,6 @@ import subtomo
 from subtomo.align.search import SearchSettings
 from subtomo.errors import InputError
 from subtomo.fourier.fsc import fsc, resolution_at, shell_resolution_A
-from subtomo.geometry.euler import matrix_to_euler
 from subtomo.io.files import atomic_path
 from subtomo.io.mrc import read_mrc, write_mrc
 from subtomo.io.particles import ParticleSet
@@ -43,8 +52,6 @@ from subtomo.report.plots import (
     plot_resolution_history,
 )
 
-ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
-ORIGINS = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
 STATE = re.compile(r"run_it(\d{3})_optimiser\.json$")
 
 
@@ -84,9 +91,11 @@ def with_halves(ps: ParticleSet, halves: np.ndarray) -> ParticleSet:
     return replace(ps, particles=df)
 
 
-def full_poses(ps: ParticleSet, pixel_size_A: float) -> tuple[np.ndarray, np.ndarray]:
-    """Full rotations ``A = A_subtomo A_particle`` (N, 3, 3) and origins (N, 3) in px."""
-    return (ps.rotation_matrices().double().numpy(), ps.shifts_A() / pixel_size_A)
+def volume_poses(ps: ParticleSet, pixel_size_A: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rotations (N, 3, 3) and origins (N, 3, px) of the particles in their volumes
+    (:meth:`ParticleSet.volume_poses`: for 3D subtomograms, in the subtomogram frame)."""
+    matrices, origins_A = ps.volume_poses()
+    return matrices.double().numpy(), origins_A / pixel_size_A
 
 
 def _project_relative(ps: ParticleSet) -> ParticleSet:
@@ -111,19 +120,11 @@ def _project_relative(ps: ParticleSet) -> ParticleSet:
 def with_poses(ps: ParticleSet, matrices: np.ndarray, origins_px: np.ndarray,
                pixel_size_A: float, max_probability: np.ndarray,
                log_likelihood: np.ndarray, classes: np.ndarray | None = None) -> ParticleSet:
-    """``ps`` with refined poses (particle angles in the subtomogram frame when there is one),
-    origins (Å), classes (1-based; default 1) and RELION's per-particle statistics."""
-    ps = _project_relative(ps)
-    A = torch.as_tensor(matrices)
-    sub = ps.subtomogram_matrices()
-    if sub is not None:
-        A = sub.to(A.dtype).transpose(1, 2) @ A
-    angles = matrix_to_euler(A).numpy()
+    """``ps`` with refined poses in the particles' volumes (``matrices``, ``origins_px``, as
+    :func:`volume_poses` gives them; written by :meth:`ParticleSet.with_volume_poses`), classes
+    (1-based; default 1) and RELION's per-particle statistics."""
+    ps = _project_relative(ps).with_volume_poses(matrices, origins_px * pixel_size_A)
     df = ps.particles.copy()
-    for i, label in enumerate(ANGLES):
-        df[label] = angles[:, i]
-    for i, label in enumerate(ORIGINS):
-        df[label] = origins_px[:, i] * pixel_size_A
     df["rlnClassNumber"] = 1 if classes is None else np.asarray(classes, dtype=int)
     df["rlnMaxValueProbDistribution"] = max_probability
     df["rlnLogLikeliContribution"] = log_likelihood

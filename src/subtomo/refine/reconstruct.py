@@ -87,8 +87,9 @@ def backproject(
 ) -> Backprojector:
     """Accumulate Σ C·X and Σ C² of particles ``rows`` (shift-corrected, symmetry-expanded)."""
     ops = symmetry_operators(sym, dtype=torch.float32, device=device)
-    matrices = ps.rotation_matrices().to(device=device, dtype=torch.float32)
-    origins_px = torch.as_tensor(ps.shifts_A() / ps.pixel_size_A()[:, None],
+    matrices, origins_A = ps.volume_poses()  # in the particles' volumes (their frames)
+    matrices = matrices.to(device=device, dtype=torch.float32)
+    origins_px = torch.as_tensor(origins_A / ps.pixel_size_A()[:, None],
                                  dtype=torch.float32, device=device)
     bp = Backprojector(box, pad=pad, device=device)
     total = (len(rows) + batch_size - 1) // batch_size

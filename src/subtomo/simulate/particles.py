@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
+import torch
 
-from subtomo.io.particles import ParticleSet
+from subtomo.geometry.euler import euler_to_matrix, matrix_to_euler
+from subtomo.geometry.so3 import random_rotations
+from subtomo.io.particles import (
+    ANGLES,
+    COORD_CENTRED_A,
+    COORD_PX,
+    ORIGIN_A,
+    SUBTOMO_ANGLES,
+    ParticleSet,
+    present,
+)
+
+__all__ = ["random_particle_set", "with_subtomogram_frames"]
 
 
 def random_particle_set(
@@ -71,3 +86,40 @@ def random_particle_set(
     })
     return ParticleSet(particles=df, optics=optics, tomograms=tomograms, flavour="relion4",
                        source="simulated")
+
+
+def with_subtomogram_frames(ps: ParticleSet, seed: int = 0, origin_sigma_A: float = 0.0
+                            ) -> tuple[ParticleSet, ParticleSet]:
+    """The same physical poses of ``ps`` (a set without subtomogram frames) told with random
+    subtomogram frames ``A_sub`` (RELION 4/5 ``rlnTomoSubtomogramRot/Tilt/Psi``): angles
+    ``A_subᵀ A`` and origins ``A_subᵀ o`` (``ParticleSet::getMatrix3x3`` is ``A_sub A_rel``,
+    ``getPosition`` subtracts ``A_sub o``). With ``origin_sigma_A`` the particles first get
+    random tomogram-frame origins ``o`` (σ, Å) and coordinates ``c + o``, so their centres
+    ``c`` stay. Returns ``(unframed, framed)``: the set with those origins and without frames,
+    and the framed set."""
+    if present(ps.particles, SUBTOMO_ANGLES):
+        raise ValueError("the set already has subtomogram frames")
+    rng = np.random.default_rng(seed)
+    n = len(ps)
+    origins_A = rng.normal(0.0, origin_sigma_A, (n, 3)) if origin_sigma_A else np.zeros((n, 3))
+    df = ps.particles.copy()
+    if ps.has_centred_coordinates():
+        for i, label in enumerate(COORD_CENTRED_A):
+            df[label] = df[label].to_numpy(float) + origins_A[:, i]
+    else:
+        pixel_size_A = ps.coordinate_pixel_size_A()
+        for i, label in enumerate(COORD_PX):
+            df[label] = df[label].to_numpy(float) + origins_A[:, i] / pixel_size_A
+    origins_A = origins_A + ps.shifts_A()
+    for i, label in enumerate(ORIGIN_A):
+        df[label] = origins_A[:, i]
+    unframed = replace(ps, particles=df)
+    frames = euler_to_matrix(random_rotations(n, torch.Generator().manual_seed(seed)))
+    relative = matrix_to_euler(frames.transpose(1, 2) @ ps.rotation_matrices()).numpy()
+    origins_A = (frames.transpose(1, 2) @ torch.as_tensor(origins_A)[..., None])[..., 0]
+    framed = df.copy()
+    for labels, values in ((SUBTOMO_ANGLES, matrix_to_euler(frames).numpy()),
+                           (ANGLES, relative), (ORIGIN_A, origins_A.numpy())):
+        for i, label in enumerate(labels):
+            framed[label] = values[:, i]
+    return unframed, replace(ps, particles=framed)

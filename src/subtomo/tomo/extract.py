@@ -22,6 +22,22 @@ the files are written on a background thread while the next batch is computed. W
 dividing by the bilinear kernel's transform), so the interpolation error is small; with 1 it is
 fastest.
 
+Subtomogram frames (RELION 4/5 ``rlnTomoSubtomogramRot/Tilt/Psi``, matrix ``A_sub``): a
+subtomogram is cut in its particle's subtomogram frame, as RELION 5.0.1's
+``relion_tomo_subtomo`` does without ``--apply_orientations`` (``programs/subtomo.cpp`` ~l. 770:
+``projPart[f] = projCut[f] * d4Matrix(A)``, ``A = particleSet.getSubtomogramMatrix(part_id)``):
+voxel ``y`` is the tomogram point ``A_sub y``, so tilt ``t`` is gathered with the rotation
+``R_t · A_sub`` and the volume is ``V_sub(y) = V(A_sub y)``, its CTF volume likewise. The
+particles.star keeps the frames and the relative ``rlnAngle*`` and ``rlnOrigin*`` (the pose in
+the volume: ``particle_set.cpp``, ``getMatrix3x3 = A_sub · A_particle``, ``getPosition``
+subtracts ``A_sub · origin``), which ``reconstruct`` and ``refine`` use as they are. The frames
+differ per particle, so the batch's operator is block diagonal, one block of ``R_t · A_sub`` per
+particle, built once per batch (without frames: once per tilt series; on one CPU thread of the
+shared machine, 20 particles of 21 tilts at box 48 extract in 1.4 s against 0.3 s without
+frames). RELION 3.x flavours
+(``--relion30``, ``relion31``, Warp) have no frame and compose it into the angles: there the
+volumes are cut in the tomogram frame.
+
 ``--2d_stacks`` writes RELION 5's pseudo-subtomograms as 2D stacks instead: per particle the
 visible tilts' crops multiplied by ``CTF × exposure`` (and −1), as ``_stack2d.mrcs``.
 
@@ -62,7 +78,10 @@ from subtomo.io.tilt_series import TiltSeries
 from subtomo.io.tomograms import TomogramSet, project_path
 from subtomo.tomo.particles import CropBatch, for_each_batch, output_pixel_size_A
 
-__all__ = ["ExtractOptions", "ExtractResult", "extract_subtomograms", "select_tilts"]
+__all__ = ["FRAMELESS_FLAVOURS", "ExtractOptions", "ExtractResult", "extract_subtomograms",
+           "select_tilts"]
+
+FRAMELESS_FLAVOURS = ("relion30", "relion31", "warp")  # no rlnTomoSubtomogram*: tomogram frame
 
 
 @dataclass
@@ -178,6 +197,8 @@ def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir
     folder = out / "Subtomograms"
     files = _BatchFiles(o, crop, pixel_size_A, _particle_names(particles), folder,
                         project_path(folder), len(particles))
+    if o.flavour not in FRAMELESS_FLAVOURS:  # RELION 3.x files compose the frames
+        files.frames = particles.subtomogram_matrices()
     def tilts(ts: TiltSeries) -> np.ndarray:
         files.selected[ts.name] = select_tilts(ts, o.max_dose, o.max_tilts)
         return files.selected[ts.name]
@@ -231,6 +252,7 @@ class _BatchFiles:
         self.visible_frames: list[str | None] = [None] * n
         self.gathers: dict[str, SliceGather] = {}
         self.selected: dict[str, np.ndarray] = {}  # tilts in use per tilt series (all tilts)
+        self.frames: Tensor | None = None  # (n, 3, 3) subtomogram frames A_sub, if any
         self.size2d = o.box if o.stacks_2d or o.premultiplied else crop
         self.padded = self.size2d * o.pad2d
         self.sign = -1.0 if o.invert else 1.0
@@ -269,17 +291,25 @@ class _BatchFiles:
         writer.submit(_write_subtomograms, files, volumes, weights, self.pixel_size_A, layout)
 
     def _gather(self, batch: CropBatch) -> SliceGather:
-        """The gather operator of the batch's tilt series (one kept at a time)."""
+        """The gather operator of the batch: of its tilt series (one kept at a time), or, with
+        subtomogram frames, of the batch's particles (rotations ``R_t · A_sub``, one block per
+        particle: the volumes are cut in the subtomogram frame)."""
         ts = batch.ts
+        if self.frames is not None:
+            frames = self.frames[torch.as_tensor(batch.rows)].to(batch.rotations)
+            return self._operator(batch, batch.rotations[None] @ frames[:, None])
         if ts.name not in self.gathers:
             self.gathers.clear()
-            self.gathers[ts.name] = SliceGather(
-                self.crop, self.pixel_size_A, batch.rotations, batch.prepared.pixel_size_A,
-                self.padded,
-                torch.as_tensor(ts.pre_exposure).float(), voltage_kv=ts.voltage_kv,
-                cs_mm=ts.cs_mm, amplitude_contrast=ts.amplitude_contrast,
-                normalise=not self.o.premultiplied, squared_ctf=self.o.premultiplied)
+            self.gathers[ts.name] = self._operator(batch, batch.rotations)
         return self.gathers[ts.name]
+
+    def _operator(self, batch: CropBatch, frames: Tensor) -> SliceGather:
+        ts = batch.ts
+        return SliceGather(
+            self.crop, self.pixel_size_A, frames, batch.prepared.pixel_size_A, self.padded,
+            torch.as_tensor(ts.pre_exposure).float(), voltage_kv=ts.voltage_kv,
+            cs_mm=ts.cs_mm, amplitude_contrast=ts.amplitude_contrast,
+            normalise=not self.o.premultiplied, squared_ctf=self.o.premultiplied)
 
     def _write_stacks(self, batch: CropBatch, seen: Tensor, writer: BackgroundWriter) -> None:
         """RELION 5's 2D stacks: the visible tilts' crops × ``CTF × exposure``."""

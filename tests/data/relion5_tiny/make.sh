@@ -5,7 +5,7 @@ set -euo pipefail
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 R=${RELION5_BIN:?set RELION5_BIN to the folder of relion_tomo_*}
 PY=${PYTHON:-python}
-rm -rf tilt_series truth Reconstruct Align Subtomo Tomograms ./*.star simulation.json
+rm -rf tilt_series truth Reconstruct Align Subtomo Tomograms Framed ./*.star simulation.json
 $PY -m subtomo simulate tiltseries --o . --n 20 --size 144 144 --thickness 48 --angpix 10 \
     --box 24 --pseudo-atoms 600 --tilt-step 6 --noise 10 --shift-error 1.5 --angle-error 0.4 \
     --position-error 1 --motion 3.0 --seed 25
@@ -24,6 +24,9 @@ run subtomo --i Align/motion/optimisation_set.star --b 24 --stack2d --float16 --
     --o Subtomo/stack2d/
 run subtomo --i Align/motion/optimisation_set.star --b 24 --crop 16 --float16 --j 1 \
     --o Subtomo/3d/
+$PY framed.py  # Framed/: Align/motion's particles told with random subtomogram frames
+run subtomo --i Framed/optimisation_set.star --b 24 --crop 16 --float16 --j 1 \
+    --o Subtomo/3d_framed/
 run reconstruct_tomogram --t truth/tomograms.star --bin 4 --w 144 --h 144 --d 48 --j 1 \
     --o Tomograms/bin4/
 # keep what the tests read: STAR files, stacks, pseudo-subtomograms, merged maps
