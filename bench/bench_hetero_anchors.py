@@ -50,7 +50,7 @@ BAR = 0.9
 SETS = {"composition": dict(classes=3), "hinge": dict(hinge_max_deg=30.0),
         "junk": dict(junk_fraction=0.3)}
 INDEPENDENT = {"independent_hinge": "hinge", "independent_classes": "classes"}
-OPUS_SETTINGS = ["-b", "8", "--zdim", "12", "--lr", "4e-5", "--beta-control", "0.5",
+OPUS_SETTINGS = ["--zdim", "12", "--lr", "4e-5", "--beta-control", "0.5",
                  "--lamb", "0.5", "--bfactor", "4", "--templateres", "128", "--downfrac", "1",
                  "--ctfalpha", "0", "--ctfbeta", "1", "--valfrac", "0.1", "--checkpoint", "1",
                  "--num-workers", "0"]
@@ -243,6 +243,13 @@ class Ours(Tool):
 
 class Opus(Tool):
     name = "OPUS-ET"
+    batch = 8  # OPUS's -b (its README's 8); a smaller one for small sets, see main
+
+    def __init__(self, folder: Path, star: Path, box: int, batch: int = 8):
+        super().__init__(folder, star, box)
+        self.batch = batch
+        if batch != 8:
+            self.name = f"OPUS-ET -b {batch}"
     dsd = "/work/opus_venv/bin/dsd"
 
     def tilts(self) -> dict:
@@ -281,7 +288,8 @@ class Opus(Tool):
                 "-r", str(self.dir / "mask.mrc"), "--split", str(self.dir / "split.pkl"),
                 "--angpix", "4", "--datadir", str(self.dir), "--warp",
                 "--tilt-range", str(tilts["tilt_range_deg"]),
-                "--tilt-step", str(tilts["tilt_step_deg"]), *OPUS_SETTINGS]
+                "--tilt-step", str(tilts["tilt_step_deg"]), *OPUS_SETTINGS, "-b",
+                str(self.batch)]
         return argv + (["--load", "latest"] if k else [])
 
     def has_latents(self, k: int) -> bool:
@@ -388,6 +396,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="epochs of ours")
     parser.add_argument("--opus-epochs", type=int, default=2)
     parser.add_argument("--opus", default=Opus.dsd, help="OPUS-ET's dsd")
+    parser.add_argument("--opus-batches", default="8",
+                        help="OPUS's -b, one row each: 8 (its README's); 2 lets its per-pose-bin "
+                        "batches cover a small set")
     parser.add_argument("--noise", type=float, default=5.0,
                         help="noise σ per voxel of the subtomogram sets (a second SNR: 10)")
     parser.add_argument("--data", default=str(ROOT / "bench" / ".data" / "anchors"))
@@ -403,7 +414,9 @@ def main() -> None:
         star = simulate_set(part, folder, args.n, args.box, args.noise)
         target = truth(part, folder)
         runs = [("ours", Ours(folder / "ours", star, args.box), args.epochs),
-                ("opus", Opus(folder / "opus", star, args.box), args.opus_epochs)]
+                *[("opus", Opus(folder / ("opus" if b == 8 else f"opus_b{b}"), star,
+                                args.box, b), args.opus_epochs)
+                  for b in map(int, args.opus_batches.split(","))]]
         if part == "tiltseries":
             runs.append(("cryodrgn", CryoDRGN(folder / "cryodrgn", star, args.box),
                          args.epochs))
@@ -431,7 +444,8 @@ def main() -> None:
             "bar 0.9", "", *lines, "",
             "- each epoch is one process (times include its start); OPUS-ET: bench/opus "
             "(patched for CPU), `dsd train_tomo --warp` on `subtomo poses export --format opus`"
-            f" with {' '.join(OPUS_SETTINGS)}; ours: `subtomo hetero train --ctf` defaults; "
+            f" with -b 8 (or as the row says) {' '.join(OPUS_SETTINGS)}; ours: `subtomo hetero "
+            "train --ctf` defaults; "
             f"cryoDRGN-ET: `train_vae --encode-mode tilt --ntilts {CryoDRGN.NTILTS} --zdim 12 "
             "--beta 0.025` (its tutorial's), other options default",
             "- OPUS-ET's README trains 40 epochs at lr 4e-5 on thousands of subtomograms with "
