@@ -187,6 +187,10 @@ class Tool:
         """Maps (m, d, d, d) of epoch k's decoder at latent points z (m, zdim)."""
         raise NotImplementedError
 
+    def trained(self, k: int) -> bool:
+        """Whether epoch k trained at all (a peer may finish an epoch without a batch)."""
+        return True
+
     def _eval_dir(self, k: int, z: np.ndarray) -> Path:
         """A fresh folder for a peer's eval_vol with ``z.txt`` in it."""
         out = self.dir / f"eval.{k}"
@@ -214,7 +218,7 @@ class Tool:
             proc, wall, cpu, peak = run_measured(self.epoch_argv(k), env=env(), cwd=self.dir,
                                                  capture_output=True, text=True)
             (self.dir / f"log.{k}.txt").write_text(proc.stdout + proc.stderr)
-            if proc.returncode != 0 or not self.has_latents(k):
+            if proc.returncode != 0 or not self.has_latents(k) or not self.trained(k):
                 raise RuntimeError(f"{self.name} epoch {k} failed: see {self.dir}/log.{k}.txt")
             done[str(k)] = dict(wall_s=wall, cpu_s=cpu, peak_mib=peak)
             (self.dir / "epochs.json").write_text(json.dumps(done, indent=1))
@@ -251,6 +255,13 @@ class Opus(Tool):
         if batch != 8:
             self.name = f"OPUS-ET -b {batch}"
     dsd = "/work/opus_venv/bin/dsd"
+
+    def trained(self, k: int) -> bool:
+        """OPUS logs ``Epoch: k+1 Average training gen_loss = 0.0`` for an epoch without a
+        batch (seen with -b 2: its epoch loop ran no iteration)."""
+        log = (self.dir / "run" / "run.log").read_text().splitlines()
+        line = next((x for x in reversed(log) if f"Epoch: {k + 1} Average training" in x), "")
+        return "gen_loss = 0.0," not in line
 
     def tilts(self) -> dict:
         """The tilt scheme (OPUS's --tilt-range/--tilt-step): tilts.json beside subtomograms
