@@ -101,8 +101,6 @@ def _tilt_series_tables(args: argparse.Namespace):
     inputs = read_inputs(opt, particles=None if opt else args.input, tomograms=args.tomograms,
                          motion=args.motion)
     check_not_input(args.output, *inputs.paths())
-    ps = inputs.particles
-    pixel_size_A = args.angpix or float(ps.pixel_size_A()[0])
-    tables = opus_tilt_tables(ps, inputs.tomograms, box_px=args.box, pixel_size_A=pixel_size_A,
-                              motion=inputs.motion)
+    tables = opus_tilt_tables(inputs.particles, inputs.tomograms, box_px=args.box,
+                              pixel_size_A=args.angpix, motion=inputs.motion)
     return inputs.files["particles"], tables

@@ -22,19 +22,26 @@ from subtomo.errors import InputError
 from subtomo.io.opus import tilt_table
 from subtomo.io.particles import ParticleSet
 from subtomo.io.tomograms import TomogramSet
-from subtomo.tomo.particles import CropBatch, for_each_batch
+from subtomo.tomo.particles import CropBatch, for_each_batch, output_pixel_size_A
 
 __all__ = ["opus_tilt_tables"]
 
 
 def opus_tilt_tables(ps: ParticleSet, tomograms: TomogramSet, *, box_px: int,
-                     pixel_size_A: float, motion: dict[str, np.ndarray] | None = None,
+                     pixel_size_A: float | None = None,
+                     motion: dict[str, np.ndarray] | None = None,
                      device: str | torch.device = "cpu", progress: bool = True
                      ) -> list[pd.DataFrame]:
-    """Each particle's OPUS CSV rows (one per tilt of its tilt series; module docstring)."""
-    if int(ps.general.get("rlnTomoSubTomosAre2DStacks", 0) or 0) == 1:
+    """Each particle's OPUS CSV rows (one per tilt of its tilt series; module docstring).
+    ``pixel_size_A``: the subtomograms' (default: ``rlnImagePixelSize``, else the tilt
+    series')."""
+    if ps.are_2d_stacks():
         raise InputError(ps.source, "OPUS-ET reads 3D subtomograms: run subtomo extract "
                          "without --2d_stacks first", field="rlnTomoSubTomosAre2DStacks")
+    if pixel_size_A is None:
+        image = np.asarray(ps.pixel_size_A(), float)
+        pixel_size_A = float(image[0]) if len(image) and np.isfinite(image[0]) else None
+    pixel_size_A, _ = output_pixel_size_A(ps, tomograms, pixel_size_A)
     frames = ps.subtomogram_matrices()
     tables: list[pd.DataFrame | None] = [None] * len(ps)
 
