@@ -18,12 +18,16 @@ time, peak RSS, and the cumulative time to the bar (0.9). Every epoch is its own
 tool's own resume: ``hetero train --continue``, OPUS ``--load latest``), recorded in
 ``epochs.json`` of the tool's folder: a killed bench resumes where it stopped and finished
 epochs are skipped; the per-epoch times include each process's start (data index, model).
+At the last epoch, each tool's decoder at the ends of its latent path against the true states
+(:mod:`hetero_end_maps`); for the hinge, the template-matching ceiling at the given and true
+poses (``bench_hetero.hinge_ceiling``). An OPUS epoch that ran no batch is an error.
 
 Run: ``python bench/bench_hetero_anchors.py --part composition [--tools ours,opus]
-[--epochs 4] [--opus-epochs 2] [--noise 5] [--data DIR]``; OPUS from ``--opus`` (default
-/work/opus_venv/bin/dsd); its settings are those of its README scaled to the box: ``-b 8
---zdim 12 --lr 4e-5 --beta-control 0.5 --lamb 0.5 --bfactor 4 --templateres 128`` (its
-smallest) ``--downfrac 1 --ctfalpha 0 --ctfbeta 1 --valfrac 0.1``.
+[--epochs 4] [--opus-epochs 2] [--opus-batches 8,4] [--noise 5] [--data DIR]``; OPUS from
+``--opus`` (default /work/opus_venv/bin/dsd); its settings are those of its README scaled to
+the box: ``-b 8`` (each of ``--opus-batches`` a row) ``--zdim 12 --lr 4e-5 --beta-control
+0.5 --lamb 0.5 --bfactor 4 --templateres 128`` (its smallest) ``--downfrac 1 --ctfalpha 0
+--ctfbeta 1 --valfrac 0.1``.
 """
 
 from __future__ import annotations
