@@ -26,7 +26,6 @@ from subtomo.fourier.fsc import fsc
 from subtomo.io.mrc import read_mrc
 from subtomo.io.star_text import read_star, write_star
 from subtomo.io.tomograms import read_tomogram_set
-from subtomo.simulate.tiltseries import TiltSeriesConfig, simulate_tiltseries
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "cryodrgn_export"
 BOX = 24
@@ -56,21 +55,11 @@ def _curve(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A noisy project with astigmatism and a tilted axis, its 2D stacks, their export, and
-    reconstruct-particle's map of the project (the reference of ours)."""
-    root = tmp_path_factory.mktemp("cryodrgn_export")
-    config = TiltSeriesConfig(n_particles=30, image_size_px=(224, 224), thickness_px=56,
-                              box_px=BOX, n_atoms=800, tilt_step_deg=4.0, tilt_axis_deg=85.0,
-                              astigmatism_A=1500.0, noise_sigma=10.0, seed=2)
-    sim = simulate_tiltseries(root / "sim", config, progress=False)
-    truth_opt = sim.truth_tomograms_star.parent / "optimisation_set.star"
-    assert main(["extract", "--i", str(truth_opt), "--b", str(BOX), "--2d_stacks", "--o",
-                 str(root / "x")]) == 0
+def exported(stacks_project):
+    """The shared 2D-stack project (conftest) and its export in ``root/export``."""
+    root, sim, _ = stacks_project
     assert main(["export", "cryodrgn", "--i", str(root / "x" / "optimisation_set.star"),
                  "--b", str(BOX), "--o", str(root / "export")]) == 0
-    assert main(["reconstruct-particle", "--i", str(truth_opt), "--b", str(BOX), "--o",
-                 str(root / "rp")]) == 0
     return root, sim
 
 

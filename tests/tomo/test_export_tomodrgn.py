@@ -30,7 +30,6 @@ from subtomo.io.mrc import read_mrc
 from subtomo.io.particle_series import particle_positions_px
 from subtomo.io.star_text import read_star, write_star
 from subtomo.io.tomograms import read_inputs
-from subtomo.simulate.tiltseries import TiltSeriesConfig, simulate_tiltseries
 from subtomo.tomo.particles import with_tomograms
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -85,24 +84,15 @@ def _backproject(export: Path, out: Path, *flags: str) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A noisy project with astigmatism and a tilted axis, its 2D stacks, their export (not
-    premultiplied, and premultiplied), and reconstruct-particle's map of the project."""
-    root = tmp_path_factory.mktemp("tomodrgn_export")
-    config = TiltSeriesConfig(n_particles=30, image_size_px=(224, 224), thickness_px=56,
-                              box_px=BOX, n_atoms=800, tilt_step_deg=4.0, tilt_axis_deg=85.0,
-                              astigmatism_A=1500.0, noise_sigma=10.0, seed=2)
-    sim = simulate_tiltseries(root / "sim", config, progress=False)
-    truth_opt = sim.truth_tomograms_star.parent / "optimisation_set.star"
-    assert main(["extract", "--i", str(truth_opt), "--b", str(BOX), "--2d_stacks", "--o",
-                 str(root / "x")]) == 0
+def exported(stacks_project):
+    """The shared 2D-stack project (conftest) and its exports, not premultiplied
+    (``root/plain``) and premultiplied (``root/premultiplied``)."""
+    root, sim, truth_opt = stacks_project
     stacks = str(root / "x" / "optimisation_set.star")
     assert main(["export", "tomodrgn", "--i", stacks, "--b", str(BOX), "--o",
                  str(root / "plain")]) == 0
     assert main(["export", "tomodrgn", "--i", stacks, "--b", str(BOX), "--premultiplied",
                  "--o", str(root / "premultiplied")]) == 0
-    assert main(["reconstruct-particle", "--i", str(truth_opt), "--b", str(BOX), "--o",
-                 str(root / "rp")]) == 0
     return root, sim, truth_opt
 
 
