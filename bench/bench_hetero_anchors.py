@@ -204,10 +204,7 @@ class Tool:
         return out
 
     def _maps(self, out: Path, pattern: str) -> torch.Tensor:
-        from subtomo.io.mrc import read_mrc
-
-        return torch.stack([torch.from_numpy(np.asarray(read_mrc(f)[0], np.float32).copy())
-                            for f in sorted(out.glob(pattern))])
+        return torch.stack([hetero_end_maps.read_map(f) for f in sorted(out.glob(pattern))])
 
     def record(self) -> dict:
         path = self.dir / "epochs.json"

@@ -22,7 +22,7 @@ from subtomo.fourier.fsc import fsc
 from subtomo.io.mrc import read_mrc
 
 
-def _read(path: Path) -> torch.Tensor:
+def read_map(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(read_mrc(path)[0], dtype=np.float32).copy())
 
 
@@ -38,7 +38,7 @@ def truth_maps(part: str, folder: Path, hinge_config=None) -> list[torch.Tensor]
                              hinge_config.sigma_A)[0].float() for a in (0.0, 30.0)]
     names = ([folder / "truth" / f"class00{c}.mrc" for c in (1, 2, 3)] if part == "tiltseries"
              else [folder / f"truth_class00{c}.mrc" for c in (1, 2, 3)])
-    return [_read(p) for p in names]
+    return [read_map(p) for p in names]
 
 
 def end_points(part: str, z: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, list[int]]:
