@@ -7,9 +7,9 @@ Parts (``--part``, comma separated): ``composition`` (3 classes), ``hinge`` (dom
 ``--n`` particles and ``--box``³ (4 Å/px, CTF + wedge ±60°/3°, noise σ 5, poses 3°/0.5 px
 off), ``independent_hinge``, ``independent_classes`` from tests/hetero/independent_sim.py,
 and ``tiltseries``: 3 classes simulated as tilt series (``subtomo simulate tiltseries``, 5
-tomograms, ±60° / 6°, noise σ 40 per image pixel), the one set all three tools read: ours and
-OPUS on its subtomograms (``subtomo extract``), cryoDRGN-ET on its tilt images (``subtomo
-export cryodrgn``, ``train_vae --encode-mode tilt``).
+tomograms, ±60° / 6°, noise σ 40 per image pixel, ``--tilt-noise``), the one set all three
+tools read: ours and OPUS on its subtomograms (``subtomo extract``), cryoDRGN-ET on its tilt
+images (``subtomo export cryodrgn``, ``train_vae --encode-mode tilt``).
 
 Per tool and set, per epoch: the score on the latents (KMeans 3 ARI; |Spearman ρ(PC1, hinge)|;
 junk: KMeans 8 with each cluster called junk when most of its members are, an oracle labelling
@@ -68,7 +68,7 @@ def simulate_set(part: str, folder: Path, n: int, box: int, noise: float = 5.0) 
     """The set's particles.star of subtomograms (made once); a tilts.json for OPUS's CSVs."""
     star = folder / "particles.star"
     if part == "tiltseries":
-        return simulate_tiltseries(folder, n, box)
+        return simulate_tiltseries(folder, n, box, noise)
     if star.exists():
         return star
     shutil.rmtree(folder, ignore_errors=True)
@@ -119,8 +119,9 @@ def ceiling(folder: Path, n: int, box: int, noise: float) -> str:
 TOMOGRAMS = 5
 
 
-def simulate_tiltseries(folder: Path, n: int, box: int) -> Path:
-    """RELION 5 project of ``n`` particles in 3 classes and its subtomograms (extract/)."""
+def simulate_tiltseries(folder: Path, n: int, box: int, noise: float = 40.0) -> Path:
+    """RELION 5 project of ``n`` particles in 3 classes (noise σ ``noise`` per tilt-image
+    pixel) and its subtomograms (extract/)."""
     star = folder / "extract" / "particles.star"
     if star.exists():
         return star
@@ -130,7 +131,8 @@ def simulate_tiltseries(folder: Path, n: int, box: int) -> Path:
                         str(folder), "--tomograms", str(TOMOGRAMS), "--n",
                         str(-(-n // TOMOGRAMS)), "--size", "384", "384", "--thickness", "96",
                         "--angpix", "4", "--box", str(box), "--pseudo-atoms", "4000",
-                        "--classes", "3", "--tilt-step", "6", "--noise", "40", "--seed", "5"],
+                        "--classes", "3", "--tilt-step", "6", "--noise", f"{noise:g}",
+                        "--seed", "5"],
                        env=env(), check=True, capture_output=True)
     shutil.rmtree(folder / "extract", ignore_errors=True)
     subprocess.run([sys.executable, "-m", "subtomo", "extract", "--i",
@@ -413,6 +415,9 @@ def main() -> None:
                         "batches cover a small set")
     parser.add_argument("--noise", type=float, default=5.0,
                         help="noise σ per voxel of the subtomogram sets (a second SNR: 10)")
+    parser.add_argument("--tilt-noise", type=float, default=40.0,
+                        help="noise σ per tilt-image pixel of the tiltseries set (a second "
+                        "SNR: 80)")
     parser.add_argument("--data", default=str(ROOT / "bench" / ".data" / "anchors"))
     parser.add_argument("--score-only", action="store_true",
                         help="write the section from the finished epochs, train nothing")
@@ -420,10 +425,11 @@ def main() -> None:
     Opus.dsd = args.opus
     tools = args.tools.split(",")
     for part in args.part.split(","):
-        other_snr = args.noise != 5.0 and part in SETS
-        folder = Path(args.data).resolve() / (part + (f"_noise{args.noise:g}" if other_snr
+        noise = args.tilt_noise if part == "tiltseries" else args.noise
+        other_snr = (noise != 5.0 and part in SETS) or (part == "tiltseries" and noise != 40.0)
+        folder = Path(args.data).resolve() / (part + (f"_noise{noise:g}" if other_snr
                                                       else ""))
-        star = simulate_set(part, folder, args.n, args.box, args.noise)
+        star = simulate_set(part, folder, args.n, args.box, noise)
         target = truth(part, folder)
         runs = [("ours", Ours(folder / "ours", star, args.box), args.epochs),
                 *[("opus", Opus(folder / ("opus" if b == 8 else f"opus_b{b}"), star,
@@ -448,10 +454,11 @@ def main() -> None:
                 "hinge": "|Spearman ρ(PC1, hinge)|", "independent_hinge":
                 "|Spearman ρ(PC1, hinge)|", "junk": "junk removed / good kept (oracle "
                 "labelling of KMeans 8 clusters)", "tiltseries": "KMeans 3 ARI"}[part]
-        snr = f", noise σ {args.noise:g}" if other_snr else ""
+        snr = (f", noise σ {noise:g}" + (" per tilt pixel" if part == "tiltseries" else "")
+               if other_snr else "")
         update_section(f"Heterogeneity side by side: {part}{snr}", "\n".join([
             f"- set: {part}, {args.n} particles, {args.box}³ at 4 Å/px"
-            f"{snr or (', noise σ 5' if part in SETS else '')}; "
+            f"{snr or (', noise σ 5' if part in SETS else ', noise σ 40 per tilt pixel')}; "
             f"score: {what}; "
             "bar 0.9", "", *lines, "",
             "- each epoch is one process (times include its start); OPUS-ET: bench/opus "
