@@ -299,50 +299,61 @@ def run_hinge(epochs: int, device: str, lines: list[str]) -> None:
                  f" (true 0° vs true 30°: {band(truths[0], truths[1]):.3f})")
 
 
-def hinge_ceiling(config: SimulationConfig, truth_star: Path, poses: dict, n: int = 400
-                  ) -> dict[str, float]:
-    """What hinge data allow: each particle's angle by template matching against the true maps
-    at 0, 5, … 30° (the forward model of training, no learning), at each of ``poses`` (label →
-    particle set); |Spearman ρ| with the true angle on the first ``n`` particles."""
-    from scipy.stats import spearmanr
-
+def matched_states(maps: torch.Tensor, pixel_A: float, ps, n: int,
+                   reference: torch.Tensor | None = None) -> np.ndarray:
+    """Index of the map in ``maps`` (``(S, D, D, D)``) that best explains each of the first
+    ``n`` particles of ``ps`` at its pose, through the training's forward model (CTF, wedge,
+    the mask training takes from ``reference``, default the mean map; least squares):
+    template matching, no learning."""
     from subtomo.hetero.forward import Boxes, ctf_filter, predict, real_at
     from subtomo.hetero.inputs import auto_mask
     from subtomo.hetero.model import HeteroVAE
     from subtomo.refine.images import iterate_batches
+
+    box = maps.shape[-1]
+    reference = maps.mean(0) if reference is None else reference
+    mask = auto_mask(reference, pixel_A)
+    boxes = Boxes(box, pixel_A, 3 * box // 4, box)
+    model = HeteroVAE(enc_box=3 * box // 4, template_box=box, zdim=1, zaffinedim=0,
+                      consensus=reference, mask=mask, body_masks=None,
+                      template_pixel_size_A=pixel_A)
+    A = ps.rotation_matrices().float()
+    best = np.zeros(n, dtype=int)
+    for batch in iterate_batches(ps, np.arange(n), box=box, ctf=True, batch_size=16,
+                                 shifts_px=torch.as_tensor(ps.shifts_A() / pixel_A)):
+        b = len(batch.rows)
+        idx = torch.as_tensor(batch.rows)
+        filt = ctf_filter(batch.ctf, boxes, 1.0, 0.0, b, torch.device("cpu"))
+        x = real_at(batch.spectra, box, box)
+        cost = []
+        for m in maps:
+            pred, at = predict(model, (m * mask).expand(b, box, box, box), torch.zeros(b, 1),
+                               A[idx], torch.zeros(b, 3), boxes, filt)
+            cost.append(((pred - x) ** 2 * at).sum((1, 2, 3)))
+        best[batch.rows] = torch.stack(cost, 1).argmin(1).numpy()
+    return best
+
+
+def hinge_ceiling(config: SimulationConfig, truth_star: Path, poses: dict, n: int = 400
+                  ) -> dict[str, float]:
+    """What hinge data allow: each particle's angle by template matching against the true maps
+    at 0, 5, … 30° (:func:`matched_states`) at each of ``poses`` (label → particle set);
+    |Spearman ρ| with the true angle on the first ``n`` particles."""
+    from scipy.stats import spearmanr
+
     from subtomo.simulate.render import render_atoms
     from subtomo.simulate.subtomograms import build_structure
 
-    box, pixel_A = config.box_px, config.pixel_size_A
     base = build_structure(config)
     angles = np.arange(0.0, 31.0, 5.0)
-    maps = torch.stack([render_atoms(base.hinged(a).positions_A[None], base.amplitudes, box,
-                                     pixel_A, config.sigma_A)[0].float() for a in angles])
-    mask = auto_mask(maps[3], pixel_A)
-    boxes = Boxes(box, pixel_A, 3 * box // 4, box)
-    model = HeteroVAE(enc_box=3 * box // 4, template_box=box, zdim=1, zaffinedim=0,
-                      consensus=maps[3], mask=mask, body_masks=None,
-                      template_pixel_size_A=pixel_A)
+    maps = torch.stack([render_atoms(base.hinged(a).positions_A[None], base.amplitudes,
+                                     config.box_px, config.pixel_size_A, config.sigma_A)[0].float()
+                        for a in angles])
     angle = read_particles(truth_star).particles["rlnSubtomoHingeDeg"].to_numpy()
     n = min(n, len(angle))
-    found = {}
-    for label, ps in poses.items():
-        A = ps.rotation_matrices().float()
-        best = np.zeros(n)
-        for batch in iterate_batches(ps, np.arange(n), box=box, ctf=True, batch_size=16,
-                                     shifts_px=torch.as_tensor(ps.shifts_A() / pixel_A)):
-            b = len(batch.rows)
-            idx = torch.as_tensor(batch.rows)
-            filt = ctf_filter(batch.ctf, boxes, 1.0, 0.0, b, torch.device("cpu"))
-            x = real_at(batch.spectra, box, box)
-            cost = []
-            for m in maps:
-                pred, at = predict(model, (m * mask).expand(b, box, box, box), torch.zeros(b, 1),
-                                   A[idx], torch.zeros(b, 3), boxes, filt)
-                cost.append(((pred - x) ** 2 * at).sum((1, 2, 3)))
-            best[batch.rows] = angles[torch.stack(cost, 1).argmin(1).numpy()]
-        found[label] = abs(spearmanr(best, angle[:n]).statistic)
-    return found
+    return {label: abs(spearmanr(angles[matched_states(maps, config.pixel_size_A, ps, n,
+                                                       reference=maps[3])],
+                                 angle[:n]).statistic) for label, ps in poses.items()}
 
 
 def run_ceiling(lines: list[str]) -> None:

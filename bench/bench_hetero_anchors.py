@@ -19,8 +19,9 @@ tool's own resume: ``hetero train --continue``, OPUS ``--load latest``), recorde
 ``epochs.json`` of the tool's folder: a killed bench resumes where it stopped and finished
 epochs are skipped; the per-epoch times include each process's start (data index, model).
 At the last epoch, each tool's decoder at the ends of its latent path against the true states
-(:mod:`hetero_end_maps`); for the hinge, the template-matching ceiling at the given and true
-poses (``bench_hetero.hinge_ceiling``). An OPUS epoch that ran no batch is an error.
+(:mod:`hetero_end_maps`); for the hinge and composition sets, the template-matching ceiling
+at the given and true poses (``bench_hetero.matched_states``). An OPUS epoch that ran no batch
+is an error.
 
 Run: ``python bench/bench_hetero_anchors.py --part composition [--tools ours,opus]
 [--epochs 4] [--opus-epochs 2] [--opus-batches 8,4] [--noise 5] [--data DIR]``; OPUS from
@@ -95,24 +96,34 @@ def set_config(part: str, n: int, box: int, noise: float = 5.0):
                             angle_error_deg=3.0, shift_error_px=0.5, seed=5, **SETS[part])
 
 
-def ceiling(folder: Path, n: int, box: int, noise: float) -> str:
-    """The hinge part's ceiling (``bench_hetero.hinge_ceiling``: template matching against the
-    true maps through the training's forward model) at the given and at the true poses, once
-    (``ceiling.json``)."""
+def ceiling(part: str, folder: Path, n: int, box: int, noise: float) -> str:
+    """What the data allow a matcher (``bench_hetero.matched_states``: template matching
+    against the true maps through the training's forward model) at the given and at the true
+    poses, once (``ceiling.json``): the hinge's |Spearman ρ|, the classes' KMeans-free ARI."""
     path = folder / "ceiling.json"
     if not path.exists():
-        from bench_hetero import hinge_ceiling
+        from bench_hetero import hinge_ceiling, matched_states
+        from sklearn.metrics import adjusted_rand_score
 
         from subtomo.io.star import read_particles
 
-        found = hinge_ceiling(set_config("hinge", n, box, noise), folder / "truth.star", {
-            "given": read_particles(folder / "particles.star"),
-            "true": read_particles(folder / "truth.star")})
+        poses = {"given": read_particles(folder / "particles.star"),
+                 "true": read_particles(folder / "truth.star")}
+        if part == "hinge":
+            found = hinge_ceiling(set_config("hinge", n, box, noise), folder / "truth.star",
+                                  poses)
+        else:
+            maps = torch.stack(hetero_end_maps.truth_maps(part, folder))
+            classes = truth(part, folder)
+            found = {label: adjusted_rand_score(classes[:400], matched_states(
+                maps, 4.0, ps, min(400, len(classes)))) for label, ps in poses.items()}
         path.write_text(json.dumps(found))
     found = json.loads(path.read_text())
-    return (f"- ceiling: the hinge angle of each particle by template matching against the true "
-            f"maps (0, 5, …, 30°) through our training's forward model, first 400 particles: "
-            f"|Spearman ρ| {found['given']:.3f} at the given poses (the tools' input, 3° rms "
+    what = ("the hinge angle", "maps (0, 5, …, 30°)", "|Spearman ρ|") if part == "hinge" else (
+        "the class", "class maps", "ARI")
+    return (f"- ceiling: {what[0]} of each particle by template matching against the true "
+            f"{what[1]} through our training's forward model, first 400 particles: "
+            f"{what[2]} {found['given']:.3f} at the given poses (the tools' input, 3° rms "
             f"off), {found['true']:.3f} at the true poses")
 
 
@@ -477,7 +488,8 @@ def main() -> None:
             "hinge) against the true state: mean FSC to Nyquist in a soft sphere / correlation "
             "of the maps' differences from their mean with the true states' (1: the decoded "
             "states differ as the true ones do, 0: not at all)",
-            *([ceiling(folder, args.n, args.box, args.noise)] if part == "hinge" else []),
+            *([ceiling(part, folder, args.n, args.box, noise)]
+              if part in ("hinge", "composition") else []),
             f"- machine: {machine_load()}"]))
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from subtomo.errors import InputError
 from subtomo.geometry.euler import angular_distance_deg
 from subtomo.io.particles import ParticleSet
 from subtomo.io.star import FLAVOURS, read_particles, write_particles
@@ -31,6 +33,9 @@ def assert_same_particles(truth: ParticleSet, other: ParticleSet) -> None:
     np.testing.assert_allclose(centres_A(other), centres_A(truth), atol=1e-4)
     np.testing.assert_allclose(other.pixel_size_A(), truth.pixel_size_A(), rtol=1e-12)
     for column in ("rlnImageName", "rlnCtfImage", "rlnSubtomoDemoScore", "rlnRandomSubset"):
+        assert (column in other.particles) == (column in truth.particles), column
+        if column not in truth.particles:
+            continue
         np.testing.assert_array_equal(other.particles[column].to_numpy(),
                                       truth.particles[column].to_numpy())
     assert list(other.tomo_names()) == list(truth.tomo_names())
@@ -38,7 +43,11 @@ def assert_same_particles(truth: ParticleSet, other: ParticleSet) -> None:
 
 @pytest.fixture(params=[False, True], ids=["plain", "subtomogram-angles"])
 def truth(request, tmp_path) -> tuple[ParticleSet, object]:
+    """A set of 3D subtomograms, or particles with subtomogram frames and no images (3D
+    subtomograms in frames have no RELION 3.x form: tested below)."""
     ps = random_particle_set(120, seed=3, subtomogram_angles=request.param)
+    if request.param:
+        ps = replace(ps, particles=ps.particles.drop(columns=["rlnImageName", "rlnCtfImage"]))
     tomograms = tmp_path / "tomograms.star"
     write_star({"global": ps.tomograms}, tomograms)
     return ps, tomograms
@@ -106,6 +115,7 @@ def test_numbers_are_written_losslessly(tmp_path):
 def test_subtomogram_angles_compose_into_full_orientation(tmp_path):
     """RELION 3.x has no subtomogram frame: angles written there are the composed ones."""
     ps = random_particle_set(30, seed=5, subtomogram_angles=True)
+    ps = replace(ps, particles=ps.particles.drop(columns=["rlnImageName", "rlnCtfImage"]))
     write_particles(ps, tmp_path / "p31.star", "relion31")
     df = read_star(tmp_path / "p31.star")["particles"]
     assert "rlnTomoSubtomogramRot" not in df
@@ -118,6 +128,23 @@ def test_subtomogram_angles_compose_into_full_orientation(tmp_path):
     sub = euler_to_matrix(torch.tensor(ps.particles[[
         "rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi"]].to_numpy()))
     assert float(angular_distance_deg(full, sub @ part).max()) < 1e-6
+
+
+@pytest.mark.parametrize("flavour", ["relion30", "relion31", "warp"])
+def test_framed_3d_subtomograms_have_no_relion3_form(tmp_path, flavour):
+    """3D subtomograms cut in their subtomogram frames: the composed angles would not describe
+    the volumes, the frame's angles not the particles in the tomogram. Refused, nothing written;
+    identity frames are no frames."""
+    ps = random_particle_set(10, seed=5, subtomogram_angles=True)
+    with pytest.raises(InputError) as error:
+        write_particles(ps, tmp_path / "p.star", flavour)
+    assert error.value.field == "rlnTomoSubtomogramRot"
+    assert not (tmp_path / "p.star").exists()
+    df = ps.particles.copy()
+    df[["rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi"]] = 0.0
+    write_particles(replace(ps, particles=df), tmp_path / "p.star", flavour)
+    assert "rlnTomoSubtomogramRot" not in read_star(tmp_path / "p.star")[
+        "" if flavour != "relion31" else "particles"]
 
 
 def test_real_warp_subtomogram_file(starfile_sdist, tmp_path):

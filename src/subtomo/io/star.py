@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from subtomo.errors import InputError
 from subtomo.io import validate
@@ -259,8 +260,23 @@ def _micrograph_names_only(ps: ParticleSet, df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _frameless(ps: ParticleSet, flavour: str) -> ParticleSet:
+    """``ps`` with its subtomogram frames composed into the angles, for flavours without
+    frames. 3D subtomograms cut in non-trivial frames are refused: their volumes live in the
+    frame (RELION 5 ``relion_tomo_subtomo``), so no angles describe both the volumes and the
+    particles in the tomogram."""
+    frames = ps.subtomogram_matrices()
+    if (frames is not None and "rlnImageName" in ps.particles and not ps.are_2d_stacks()
+            and float((frames - torch.eye(3, dtype=frames.dtype)).abs().max()) > 1e-9):
+        raise InputError(ps.source, f"{flavour} has no subtomogram frames, and these 3D "
+                         "subtomograms were cut in theirs: write RELION 4/5, or extract "
+                         f"them again from the tilt series with --{flavour}",
+                         field="rlnTomoSubtomogramRot")
+    return ps.without_subtomogram_angles()
+
+
 def _to_relion30(ps: ParticleSet, warp: bool) -> pd.DataFrame:
-    ps = ps.without_subtomogram_angles().with_pixel_coordinates()
+    ps = _frameless(ps, "warp" if warp else "relion30").with_pixel_coordinates()
     if ps.has_centred_coordinates():
         ps._tomogram_geometry()  # raises the clear error
     df = ps.particles.copy()
@@ -368,7 +384,7 @@ def particle_blocks(ps: ParticleSet, flavour: str = "relion5") -> dict[str, pd.D
     if flavour in ("relion30", "warp"):
         return {"": _to_relion30(ps, warp=flavour == "warp")}
     if flavour == "relion31":
-        ps = ps.without_subtomogram_angles()
+        ps = _frameless(ps, flavour)
     if flavour in ("relion31", "relion4"):
         ps = ps.with_pixel_coordinates()
         if ps.has_centred_coordinates():

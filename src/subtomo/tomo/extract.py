@@ -192,13 +192,14 @@ def extract_subtomograms(particles: ParticleSet, tomograms: TomogramSet, out_dir
     tomograms (and ``motion_source``, the trajectories' file) they were cut with in the general
     block, so that later geometry re-centres their crops without re-extraction."""
     o = options
+    if o.flavour in FRAMELESS_FLAVOURS:  # RELION 3.x: frames composed, cut in the tomogram's
+        particles = particles.without_subtomogram_angles()
     crop, pixel_size_A, first_pixel_size_A = _checked(o, particles, tomograms)
     out = Path(out_dir)
     folder = out / "Subtomograms"
     files = _BatchFiles(o, crop, pixel_size_A, _particle_names(particles), folder,
                         project_path(folder), len(particles))
-    if o.flavour not in FRAMELESS_FLAVOURS:  # RELION 3.x files compose the frames
-        files.frames = particles.subtomogram_matrices()
+    files.frames = particles.subtomogram_matrices()
     def tilts(ts: TiltSeries) -> np.ndarray:
         files.selected[ts.name] = select_tilts(ts, o.max_dose, o.max_tilts)
         return files.selected[ts.name]
