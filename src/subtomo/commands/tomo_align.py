@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--def_model", default="spline", help="linear, spline or Fourier")
     g.add_argument("--def_reg", type=float, default=None,
                    help="deformation regulariser (RELION's: λ Σ c² for linear and spline, "
-                   "λ Σ |f|² |z|² for Fourier); default: spline 1, Fourier 1e3, linear 0")
+                   "λ Σ |f|² |z|² for Fourier); default: spline 0.1, Fourier 1e3, linear 0")
     g.add_argument("--per_frame_deformation", action="store_true",
                    help="one deformation per tilt instead of one per tilt series")
     g = p.add_argument_group("other")

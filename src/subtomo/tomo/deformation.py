@@ -21,13 +21,16 @@ squared coefficients (linear, spline), λ Σ |f_i|² |z_i|² (Fourier). Our data
 likelihood (:mod:`subtomo.tomo.correlation`), so λ is a Gaussian prior's ``1 / (2 σ²)``: σ in
 px for spline coefficients (node values, and slopes per grid cell), σ a strain (px per px) for
 a Fourier mode's slope ``|f| |z|``. Without ``--def_reg`` we take :data:`DEFAULT_REG` (RELION's
-default is 0): spline 1 (σ ≈ 0.7 px), Fourier 10³ (σ ≈ 0.02: 1 px over 45 px), linear 0. With
+default is 0): spline 0.1 (σ ≈ 2.2 px, fields of a few px), Fourier 10³ (σ ≈ 0.02: 1 px over
+45 px), linear 0. With
 per-tilt deformations and free particle positions, a smooth warp of the positions that every
 tilt's field undoes is nearly invisible in the data (only the particles' spread in depth tells
 them apart); without a prior the positions drift along it (on simulated per-tilt fields of 2
 px, a 5 × 5 spline moved the positions by a smooth 0.5 px and left 0.36 px rms on held-out
 points, 0.10 px with λ = 1), and spline nodes at image edges, where no particle is seen, are
-unconstrained.
+unconstrained. Too tight a prior is as bad: on fields of up to 4 px a 3 × 3 spline with λ = 1
+(σ ≈ 0.7 px) cannot follow them (figures in bench/RESULTS.md, "RELION 5 side by side" and
+"Tilt-series refinement").
 
 In a tomogram set a deformation is ``rlnTomoDeformationType`` and
 ``rlnTomoDeformationGridSizeX/Y`` in ``data_global`` and ``rlnTomoDeformationCoefficients``
@@ -54,7 +57,7 @@ GRID = ("rlnTomoDeformationGridSizeX", "rlnTomoDeformationGridSizeY")
 COEFFS = "rlnTomoDeformationCoefficients"
 
 
-DEFAULT_REG = {"linear": 0.0, "spline": 1.0, "Fourier": 1.0e3}
+DEFAULT_REG = {"linear": 0.0, "spline": 0.1, "Fourier": 1.0e3}
 
 
 def canonical_model(name: str) -> str:
