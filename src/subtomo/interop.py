@@ -12,6 +12,7 @@ import pandas as pd
 
 from subtomo.ctf.tilt_scheme import TiltScheme
 from subtomo.errors import InputError
+from subtomo.geometry.euler import matrix_to_euler
 from subtomo.io import dynamo, opus, poses
 from subtomo.io.files import atomic_path, check_not_input, resolve
 from subtomo.io.particles import ANGLES, COORD_PX, ORIGIN_A, ParticleSet, present
@@ -152,12 +153,12 @@ def export_poses(
                              else float(np.nanmean(ps.pixel_size_A())))
     if not np.isfinite(resolved_pixel_size_A):
         raise InputError(star, "no pixel size; pass --Apix", field="rlnImagePixelSize")
-    # poses of the images themselves: RELION 4/5 subtomograms are cut in their subtomogram
-    # frame, so angles and origins relative to it are what the peers need
-    df = ps.particles
-    has_angles = present(df, ANGLES) == 3
-    angles = df[list(ANGLES)].to_numpy(float) if has_angles else np.zeros((len(ps), 3))
-    shifts = ps.shifts_A()
+    # poses in the particles' volumes (ParticleSet.volume_poses): 3D subtomograms are cut in
+    # their subtomogram frames (the relative angles and origins), 2D stacks are gathered in the
+    # tomogram frame (the frames composed in)
+    has_angles = present(ps.particles, ANGLES) == 3
+    matrices, shifts = ps.volume_poses()
+    angles = matrix_to_euler(matrices).numpy() if has_angles else np.zeros((len(ps), 3))
     if fmt == "opus":
         obj = poses.poses_opus(angles, shifts, box_px, resolved_pixel_size_A)
     else:

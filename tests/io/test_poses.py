@@ -258,3 +258,35 @@ def test_write_refuses_input_and_keeps_old_file(tmp_path):
         write_poses_pickle((np.array([object()]),), out)
     assert out.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["particles.star", "poses.pkl"]
+
+
+@pytest.mark.parametrize("stacks", [False, True], ids=["3d-subtomograms", "2d-stacks"])
+def test_export_of_framed_particles_gives_the_pose_in_their_volumes(tmp_path, stacks):
+    """Subtomogram frames (RELION 4/5): 3D subtomograms are cut in them, so the exported pose
+    is the relative one (``rlnAngle*``, ``rlnOrigin*``); 2D stacks are gathered in the
+    tomogram frame, so it is the composed ``A_sub · A`` with ``A_sub · origin``."""
+    from dataclasses import replace
+
+    import torch
+
+    from subtomo import interop
+    from subtomo.geometry.euler import angular_distance_deg
+    from subtomo.io.poses import read_poses_pickle
+    from subtomo.io.star import read_particles, write_particles
+    from subtomo.simulate.particles import random_particle_set
+
+    ps = random_particle_set(12, seed=4, subtomogram_angles=True)
+    if stacks:
+        ps = replace(ps, general={"rlnTomoSubTomosAre2DStacks": 1})
+    write_particles(ps, tmp_path / "p.star", "relion5")
+    ps = read_particles(tmp_path / "p.star")
+    assert ps.are_2d_stacks() == stacks
+    box, apix = 48, float(ps.pixel_size_A()[0])
+    interop.export_poses(tmp_path / "p.star", tmp_path / "poses.pkl", box_px=box, fmt="opus")
+    rot, origins = read_poses_pickle(tmp_path / "poses.pkl", box, apix)
+    expected = ps.rotation_matrices() if stacks else ps.particle_matrices()
+    shifts = ps.tomogram_shifts_A() if stacks else ps.shifts_A()
+    other = ps.particle_matrices() if stacks else ps.rotation_matrices()
+    assert float(angular_distance_deg(torch.as_tensor(rot), expected).max()) < 1e-4
+    assert float(angular_distance_deg(torch.as_tensor(rot), other).min()) > 1.0
+    np.testing.assert_allclose(origins, shifts, atol=1e-3)
