@@ -276,5 +276,5 @@ def particle_positions_px(ps: ParticleSet, ts: TiltSeries, rows: np.ndarray,
                 raise InputError(ps.source, f"trajectory of {name!r} has {len(shifts)} tilts; "
                                  f"tilt series {ts.name} has {ts.n_tilts}",
                                  field="rlnTomoParticleName")
-            out[i] += torch.from_numpy(shifts) / ts.pixel_size_A
+            out[i] += torch.as_tensor(shifts.copy()) / ts.pixel_size_A
     return out
