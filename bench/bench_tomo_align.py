@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from results import OWN_PEAK, machine_load, update_section  # noqa: E402
+from results import OWN_PEAK, commit, machine_load, update_section  # noqa: E402
 
 DATA = Path(__file__).parent / ".data" / "tomo_align"
 BASE = dict(n_particles=150, image_size_px=(512, 512), thickness_px=100, box_px=32,
@@ -473,8 +473,8 @@ def main() -> None:
             lines: list[str] = []
             load = os.getloadavg()[1]
             fn(args.device, lines, summary)
-            lines += [f"_5-minute load average {load:.1f} at the start of this part; "
-                      f"{machine_load()}._", ""]
+            lines += [f"_Part run at commit {commit()}; 5-minute load average {load:.1f} at "
+                      f"the start of this part; {machine_load()}._", ""]
             print("\n".join(lines), flush=True)
             (DATA / f"{args.device}_{name}.md").write_text("\n".join(lines))
             (DATA / f"summary_{args.device}_{name}.json").write_text(
