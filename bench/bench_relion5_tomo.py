@@ -28,10 +28,12 @@ documented defaults. Rows so far:
 - ``extract`` (3D subtomograms with CTF volumes; and ``--premultiplied``, RELION 5's 3D
   pseudo-subtomograms) then ``reconstruct --ctf`` vs
   ``relion_tomo_subtomo`` (3D pseudo-subtomograms: CTF-premultiplied data, weights Σ CTF² above
-  the multiplicity) then our ``reconstruct --ctf`` of them (RELION's own reader of them,
-  ``relion_refine``, is not among the tomography targets built), true geometry of the
+  the multiplicity) then our ``reconstruct --ctf`` of them, true geometry of the
   standard project: FSC 0.5 against the truth; CPU time of the extraction and the
-  reconstruction together.
+  reconstruction together. Where ``relion_refine`` is built too (``build.sh`` makes it), each
+  side's subtomograms are also read by RELION 5's own reader of them: ``relion_refine
+  --skip_align`` for one iteration at the true poses (:data:`REFINE_ONCE`), its map scored
+  the same way.
 - ``reconstruct-tomogram`` vs ``relion_tomo_reconstruct_tomogram`` (true geometry of the
   standard project, bin 4 and bin 8, each program's defaults and its best options found):
   Pearson correlation with the true density (the true map placed at each true pose,
@@ -366,6 +368,8 @@ def subtomo_rows(relion5: Path, n: int) -> list[str]:
         a2 = _checked([sys.executable, "-m", "subtomo", "reconstruct", "--i",
                        str(ours / "particles.star"), "--ctf", "--o", str(ours / "map.mrc")])
         ra, ma = fsc05(ours / "map.mrc", truth)
+        if (relion5 / "relion_refine").is_file():
+            rows.append(_refine_once_row(relion5, label, ours, theirs, truth, a, b))
         rows.append(
             f"| {PROJECTS['standard'][2]} | {label} then reconstruct vs relion_tomo_subtomo (3D) "
             "then our reconstruct of its pseudo-subtomograms, true geometry: FSC 0.5 vs truth "
@@ -374,6 +378,34 @@ def subtomo_rows(relion5: Path, n: int) -> list[str]:
             f"{b[1]:.1f} + {b2[1]:.1f} | {a[0] + a2[0]:.1f} / {b[0] + b2[0]:.1f} | "
             f"{max(a[2], a2[2]):.0f} / {max(b[2], b2[2]):.0f} |")
     return rows
+
+
+REFINE_ONCE = ["--ini_high", "30", "--iter", "1", "--K", "1", "--skip_align", "--ctf",
+               "--particle_diameter", "280", "--pad", "2", "--j", "2", "--tau2_fudge", "1",
+               "--flatten_solvent", "--zero_mask", "--dont_combine_weights_via_disc", "--pool",
+               "10"]  # one iteration at the given (true) poses: RELION's reading of the files
+
+
+def _refine_once_row(relion5: Path, label: str, ours: Path, theirs: Path, truth: Path,
+                     a: tuple, b: tuple) -> str:
+    """``relion_refine`` (:data:`REFINE_ONCE`) on our extraction and on relion_tomo_subtomo's:
+    FSC 0.5 and mean FSC of its map against the truth (CPU: extraction + relion_refine)."""
+    maps = []
+    for side in (ours, theirs):
+        out = side / "relion_refine"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        figures = _checked([str(relion5 / "relion_refine"), "--i", str(side / "particles.star"),
+                            "--o", str(out / "run"), "--ref", str(truth), *REFINE_ONCE],
+                           env=_env())
+        maps.append((fsc05(out / "run_it001_class001.mrc", truth), figures))
+    ((ra, ma), c), ((rb, mb), d) = maps
+    return (f"| {PROJECTS['standard'][2]} | {label} vs relion_tomo_subtomo (3D), each read by "
+            "RELION 5's relion_refine (`--skip_align`, 1 iteration at the true poses): FSC 0.5 "
+            f"vs truth (mean FSC to Nyquist) | {ra:.2f} Å ({ma:.3f}) | {rb:.2f} Å ({mb:.3f}) | "
+            f"{100 * (ra / rb - 1):+.1f} % ({ma - mb:+.3f}) | {a[1]:.1f} + {c[1]:.1f} / "
+            f"{b[1]:.1f} + {d[1]:.1f} | {a[0] + c[0]:.1f} / {b[0] + d[0]:.1f} | "
+            f"{max(a[2], c[2]):.0f} / {max(b[2], d[2]):.0f} |")
 
 
 TOMOGRAM_RUNS = (  # binning, label, our options, RELION's options (each program's best found)
@@ -476,9 +508,10 @@ def main() -> None:
               "without the model; the `--s_vel 0.3` row reuses our `--motion` run (0.3 is our "
               "default); held-out points: a 9 × 9 × 3 grid over 70 % of the image and the "
               "middle 40 % of the thickness, in the frame of each program's positions. "
-              "extract row: the RELION side is relion_tomo_subtomo's 3D pseudo-subtomograms "
-              "reconstructed by our reconstruct (RELION's reader of them, relion_refine, "
-              "is not built); CPU s are extraction + reconstruction. reconstruct-tomogram rows: "
+              "extract rows: the RELION side is relion_tomo_subtomo's 3D pseudo-subtomograms, "
+              "reconstructed by our reconstruct or read by RELION 5's relion_refine as the row "
+              "says (the same program on both sides); CPU s are extraction + reconstruction. "
+              "reconstruct-tomogram rows: "
               "the truth is the true map placed at each true pose, Fourier-cropped to the "
               "binned grid (voxel j at tomogram position bin × j, RELION's zero origin); the "
               "particle regions are spheres of the box radius (soft edge); defaults are each "

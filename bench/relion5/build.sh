@@ -9,7 +9,8 @@
 # RELION5_PREFIX: where the binaries go ($RELION5_PREFIX/bin/relion_tomo_*). Benches and tests find them
 #   through RELION5_BIN=$RELION5_PREFIX/bin, never through PATH (RELION 3.1 may be on PATH too).
 # FFTW, TIFF, PNG, MPI and cmake come from the system packages; no GUI, no CUDA, no model weights.
-# Only relion_lib and the tomography targets are built (about an hour on 2 cores). The build time is
+# Only relion_lib, the tomography targets and relion_refine (RELION's reader of 3D pseudo-subtomograms)
+# are built (about an hour on 2 cores). The build time is
 # printed and written to $RELION5_PREFIX/BUILD_INFO. RELION is GPL: nothing of it enters the package.
 set -euo pipefail
 : "${RELION5_SRC:?set RELION5_SRC to a RELION git directory or source tree}"
@@ -17,6 +18,7 @@ set -euo pipefail
 TAG="${RELION5_TAG:-5.0.1}"
 JOBS="${RELION5_JOBS:-$(nproc)}"
 TARGETS=(align reconstruct_particle subtomo reconstruct_tomogram refine_ctf)
+OTHERS=(refine)  # relion_refine
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
@@ -42,9 +44,12 @@ if [ ! -f "$work/CMakeLists.txt" ]; then
 fi
 cmake -S "$work" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DCUDA=OFF -DALTCPU=OFF -DGUI=OFF \
   -DFETCH_WEIGHTS=OFF -DFORCE_OWN_FFTW=OFF -DFORCE_OWN_TBB=OFF -DCMAKE_INSTALL_PREFIX="$RELION5_PREFIX" >/dev/null
-cmake --build "$work/build" -j "$JOBS" --target "${TARGETS[@]}"
+cmake --build "$work/build" -j "$JOBS" --target "${TARGETS[@]}" "${OTHERS[@]}"
 for t in "${TARGETS[@]}"; do
   cp "$work/build/bin/relion_tomo_$t" "$RELION5_PREFIX/bin/"
+done
+for t in "${OTHERS[@]}"; do
+  cp "$work/build/bin/relion_$t" "$RELION5_PREFIX/bin/"
 done
 end=$(date +%s)
 {
