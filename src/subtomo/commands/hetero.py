@@ -39,7 +39,9 @@ def _series_arguments(t: argparse.ArgumentParser) -> None:
 def _pose_arguments(t: argparse.ArgumentParser) -> None:
     """``--estpose`` and how often it searches (:mod:`subtomo.hetero.poses`)."""
     t.add_argument("--estpose", action="store_true", help="refine each particle's pose by a "
-                   "local search against the decoded map of its latent group")
+                   "local search against the decoded map of its latent group (where the "
+                   "decoded maps are noisy it can fit the noise and move poses away: off by "
+                   "default)")
     t.add_argument("--pose-every", "--pose_every", type=int, default=3,
                    help="with --estpose: search the poses before every N-th epoch (from N)")
 
