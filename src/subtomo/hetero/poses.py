@@ -22,7 +22,10 @@ search does worse where the decoded maps are not yet right: on 300 hinged partic
 SNR 0.3, median error 2.6°), searched against the decoded maps of the second epoch, the
 median error became 2.2° within 1.9°, 2.3° within 2.8°, 3.0° within 7.5° at 3.75° steps; the
 true maps of 8 hinge angles give 2.1° (within 7.5°), one map (the consensus) 3.6°: a pose can
-trade against a hinge the map does not hold.
+trade against a hinge the map does not hold. Where the decoded maps are noisy the best of ~40
+hypotheses is partly noise, and the searches pull poses away: on 500 three-class subtomograms
+(32³, noise σ 10; bench/bench_hetero_anchors.py's composition set) the median error went
+1.92° → 2.16° → 2.70° over two searches and KMeans-3 ARI 0.84 → 0.45. Hence off by default.
 
 With several processes each searches its share of the particles (``Context.shard``) and the
 rows are summed over processes (each row has one owner). The corrections are saved in every
