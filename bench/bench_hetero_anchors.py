@@ -236,7 +236,12 @@ class Tool:
                 raise RuntimeError(f"{self.name} epoch {k} failed: see {self.dir}/log.{k}.txt")
             done[str(k)] = dict(wall_s=wall, cpu_s=cpu, peak_mib=peak)
             (self.dir / "epochs.json").write_text(json.dumps(done, indent=1))
+            self.prune(k)
         return done
+
+    def prune(self, k: int) -> None:
+        """Drop what epoch ``k`` made redundant (checkpoints a resume and the scores no longer
+        need)."""
 
 
 class Ours(Tool):
@@ -269,6 +274,13 @@ class Opus(Tool):
         if batch != 8:
             self.name = f"OPUS-ET -b {batch}"
     dsd = "/work/opus_venv/bin/dsd"
+
+    def prune(self, k: int) -> None:
+        """OPUS's checkpoints hold its weights and optimiser state, 0.7 GB each at
+        --templateres 128: keep the latest (resume with --load latest, end maps)."""
+        for path in (self.dir / "run").glob("weights.*.pkl"):
+            if int(path.name.split(".")[1]) < k:
+                path.unlink()
 
     def trained(self, k: int) -> bool:
         """OPUS logs ``Epoch: k+1 Average training gen_loss = 0.0`` for an epoch without a
