@@ -115,8 +115,9 @@ def ceiling(part: str, folder: Path, n: int, box: int, noise: float) -> str:
         else:
             maps = torch.stack(hetero_end_maps.truth_maps(part, folder))
             classes = truth(part, folder)
+            pixel_A = set_config(part, n, box, noise).pixel_size_A
             found = {label: adjusted_rand_score(classes[:400], matched_states(
-                maps, 4.0, ps, min(400, len(classes)))) for label, ps in poses.items()}
+                maps, pixel_A, ps, min(400, len(classes)))) for label, ps in poses.items()}
         path.write_text(json.dumps(found))
     found = json.loads(path.read_text())
     what = ("the hinge angle", "maps (0, 5, …, 30°)", "|Spearman ρ|") if part == "hinge" else (
